@@ -1,0 +1,43 @@
+"""Errors a user can cause and fix.
+
+Every exception derived from :class:`ZutisError` is shown to command-line users as one line
+(``error: <message>``) and exit status 1, without a traceback (``ZUTIS_DEBUG=1`` shows it).
+A message says what is wrong, with which file, and what to do about it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ZutisError(Exception):
+    """A problem the user can fix: bad input, missing weights, a wrong kind of artefact."""
+
+    exit_code = 1
+
+
+class UsageError(ZutisError):
+    """Options that contradict each other or cannot be honoured (exit status 2, like Click)."""
+
+    exit_code = 2
+
+
+class ImageLoadError(ZutisError):
+    """An image file that cannot be decoded: missing, empty, truncated, not an image, too large."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class ArtefactError(ZutisError):
+    """An artefact directory or file that is missing, of the wrong kind, or of an unknown schema."""
+
+
+class ModelError(ZutisError):
+    """A model that cannot be built or loaded: unknown name, missing or mismatched weights."""
+
+
+class DeviceError(ZutisError):
+    """A requested device that this machine does not have."""
