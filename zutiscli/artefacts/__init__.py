@@ -1,0 +1,1 @@
+"""The contract between stages: manifests, atomic writes, COCO masks, run directories."""

@@ -1,0 +1,237 @@
+"""``manifest.json``: what every stage directory says about itself.
+
+A stage writes its files first and its manifest last, atomically; a directory without a manifest
+is an unfinished or foreign directory and every reader refuses it. The manifest records::
+
+    {"kind": "zutis.index", "schema": 1, "created_by": "zutis 0.1.0",
+     "created_at": "2026-11-22T02:00:00Z", "model": {...} | null,
+     "inputs": [{"path": "../images", "fingerprint": "blake2b:...", "kind": null}],
+     "params": {...}, "summary": {...}}
+
+Input paths are relative to the artefact directory, so a tree of artefacts can be moved as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from zutiscli._version import __version__
+from zutiscli.artefacts.atomic import atomic_write_json
+from zutiscli.errors import ArtefactError
+
+MANIFEST_NAME = "manifest.json"
+
+#: kind -> (current schema version, the command that writes it)
+KINDS: dict[str, tuple[int, str]] = {
+    "zutis.synth": (1, "zutis synth"),
+    "zutis.index": (1, "zutis index"),
+    "zutis.archives": (1, "zutis retrieve"),
+    "zutis.pseudolabels": (1, "zutis pseudolabel"),
+    "zutis.dataset": (1, "zutis copypaste"),
+    "zutis.run": (1, "zutis train"),
+    "zutis.predictions": (1, "zutis predict"),
+    "zutis.metrics": (1, "zutis evaluate"),
+}
+
+_FULL_HASH_LIMIT = 4 << 20  # files up to 4 MiB are hashed whole
+_SAMPLE = 1 << 20  # larger ones: size + three 1 MiB samples (head, middle, tail)
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """One input of a stage: a path relative to the artefact, its fingerprint, its kind if an artefact."""
+
+    path: str
+    fingerprint: str
+    kind: str | None = None
+
+
+@dataclass
+class Manifest:
+    """The parsed ``manifest.json`` of one artefact directory (``root``)."""
+
+    kind: str
+    schema: int
+    created_by: str
+    created_at: str
+    model: dict[str, Any] | None = None
+    inputs: list[InputRef] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("root")
+        return data
+
+    def input_paths(self) -> list[Path]:
+        """Absolute-ish paths of the inputs, resolved against the artefact directory."""
+        if self.root is None:
+            raise ValueError("manifest has no root directory")
+        return [resolve_relative(self.root, ref.path) for ref in self.inputs]
+
+
+def relative_to(root: str | Path, path: str | Path) -> str:
+    """``path`` expressed relative to directory ``root``, in POSIX form (``..`` allowed)."""
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
+
+
+def resolve_relative(root: str | Path, relative: str) -> Path:
+    """Inverse of :func:`relative_to`: join and normalise (no symlink resolution)."""
+    return Path(os.path.normpath(os.path.join(os.path.abspath(root), relative)))
+
+
+def _hash_file(path: Path) -> str:
+    size = path.stat().st_size
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        if size <= _FULL_HASH_LIMIT:
+            digest.update(handle.read())
+            return "blake2b:" + digest.hexdigest()
+        digest.update(size.to_bytes(8, "little"))
+        for offset in (0, size // 2 - _SAMPLE // 2, size - _SAMPLE):
+            handle.seek(offset)
+            digest.update(handle.read(_SAMPLE))
+    return "blake2b-sampled:" + digest.hexdigest()
+
+
+def fingerprint(path: str | Path) -> str:
+    """A content fingerprint of a file or directory, stable across moves and copies.
+
+    Files up to 4 MiB are hashed whole (BLAKE2b-128); larger files by size plus head, middle and
+    tail samples. An artefact directory is fingerprinted by its manifest; any other directory by
+    the sorted list of its entries' relative paths and sizes.
+    """
+    path = Path(path)
+    if path.is_file():
+        return _hash_file(path)
+    if path.is_dir():
+        manifest = path / MANIFEST_NAME
+        if manifest.is_file():
+            return _hash_file(manifest)
+        digest = hashlib.blake2b(digest_size=16)
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                full = Path(dirpath, name)
+                digest.update(f"{full.relative_to(path).as_posix()}\0{full.stat().st_size}\n".encode())
+        return "blake2b-listing:" + digest.hexdigest()
+    raise ArtefactError(f"{path}: no such file or directory")
+
+
+def _kind_of(path: Path) -> str | None:
+    manifest = path / MANIFEST_NAME
+    if path.is_dir() and manifest.is_file():
+        try:
+            return json.loads(manifest.read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return None
+
+
+def write_manifest(
+    directory: str | Path,
+    kind: str,
+    *,
+    model: Mapping[str, Any] | None = None,
+    inputs: Iterable[str | Path] = (),
+    params: Mapping[str, Any] | None = None,
+    summary: Mapping[str, Any] | None = None,
+) -> Manifest:
+    """Write ``directory/manifest.json`` atomically and return it. Call it after every other file.
+
+    ``inputs`` are paths (files or directories) the stage read; they are stored relative to
+    ``directory`` with a fingerprint, and with their kind when they are zutis artefacts.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown artefact kind {kind!r}")
+    directory = Path(directory)
+    refs = [InputRef(relative_to(directory, p), fingerprint(p), _kind_of(Path(p))) for p in inputs]
+    manifest = Manifest(
+        kind=kind,
+        schema=KINDS[kind][0],
+        created_by=f"zutis {__version__}",
+        created_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        model=dict(model) if model is not None else None,
+        inputs=refs,
+        params=dict(params or {}),
+        summary=dict(summary or {}),
+        root=directory,
+    )
+    atomic_write_json(directory / MANIFEST_NAME, manifest.to_json())
+    return manifest
+
+
+def _describe(kinds: Sequence[str]) -> str:
+    return " or ".join(f"{k} (written by `{KINDS[k][1]}`)" if k in KINDS else k for k in kinds)
+
+
+def read_manifest(path: str | Path, kind: str | Sequence[str] | None = None) -> Manifest:
+    """Read and validate the manifest of an artefact directory (or of ``manifest.json`` itself).
+
+    Raises :class:`ArtefactError`, naming the file, when the directory or manifest is missing,
+    the JSON is malformed, the kind is not one of ``kind``, or the schema is newer than this
+    version of zutis reads.
+    """
+    path = Path(path)
+    root = path.parent if path.name == MANIFEST_NAME and path.is_file() else path
+    wanted = [kind] if isinstance(kind, str) else list(kind or [])
+    expected = f"; expected a {_describe(wanted)} directory" if wanted else ""
+    if not root.exists():
+        raise ArtefactError(f"{root}: no such directory{expected}")
+    if not root.is_dir():
+        raise ArtefactError(f"{root}: is a file, not an artefact directory{expected}")
+    file = root / MANIFEST_NAME
+    if not file.is_file():
+        raise ArtefactError(
+            f"{root}: has no {MANIFEST_NAME}, so it is not a finished zutis artefact{expected}"
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArtefactError(f"{file}: is not UTF-8 text ({exc.reason}); the artefact is corrupt") from None
+    except json.JSONDecodeError as exc:
+        raise ArtefactError(
+            f"{file}: is not valid JSON (line {exc.lineno}: {exc.msg}); the artefact is corrupt"
+        ) from None
+    if not isinstance(data, dict):
+        raise ArtefactError(f"{file}: is not a zutis manifest (top level is not an object)")
+    missing = [k for k in ("kind", "schema", "created_by") if k not in data]
+    if missing:
+        raise ArtefactError(f"{file}: is not a zutis manifest (missing {', '.join(missing)})")
+    found = data["kind"]
+    if wanted and found not in wanted:
+        raise ArtefactError(f"{root}: is a {found} artefact{expected}")
+    if found not in KINDS:
+        raise ArtefactError(f"{file}: unknown artefact kind {found!r}; it was written by {data['created_by']}")
+    schema = data["schema"]
+    current = KINDS[found][0]
+    if not isinstance(schema, int) or schema < 1:
+        raise ArtefactError(f"{file}: invalid schema version {schema!r}")
+    if schema > current:
+        raise ArtefactError(
+            f"{file}: {found} schema {schema} was written by {data['created_by']}, newer than this "
+            f"zutis {__version__} reads (schema {current}); upgrade zutis"
+        )
+    try:
+        inputs = [InputRef(**ref) for ref in data.get("inputs", [])]
+    except TypeError:
+        raise ArtefactError(f"{file}: malformed 'inputs' list") from None
+    return Manifest(
+        kind=found,
+        schema=schema,
+        created_by=data["created_by"],
+        created_at=data.get("created_at", ""),
+        model=data.get("model"),
+        inputs=inputs,
+        params=data.get("params", {}),
+        summary=data.get("summary", {}),
+        root=root,
+    )
