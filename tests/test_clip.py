@@ -1,0 +1,248 @@
+import os
+import zipfile
+
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
+
+from zutiscli.errors import ModelError
+from zutiscli.models import clip as clip_mod
+from zutiscli.models.clip import ModelSpec, ensemble_templates, load_backbone, load_state_dict, resolve_pretrained
+
+TINY = "zutis-tiny"
+
+
+def _images(size=(32, 32), batch=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, 3, *size, generator=gen)
+
+
+def _outputs(backbone):
+    with torch.no_grad():
+        return (
+            backbone.encode_images(_images()),
+            backbone.encode_text(["red circle", "star"], templates="names"),
+            backbone.dense_tokens(_images((40, 56))),
+        )
+
+
+def test_none_gives_random_init_with_expected_shapes(tiny_backbone):
+    img, txt, dense = _outputs(tiny_backbone)
+    assert img.shape == (2, 32) and txt.shape == (2, 32) and dense.shape == (2, 5, 7, 32)
+    assert img.dtype == torch.float32
+    assert torch.allclose(img.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(txt.norm(dim=-1), torch.ones(2), atol=1e-5)
+    assert sum(p.numel() for p in tiny_backbone.parameters()) < 1_000_000
+
+
+def test_checkpoint_file_reloads_identically(tiny_backbone, tiny_checkpoint):
+    reloaded = load_backbone(ModelSpec(TINY, str(tiny_checkpoint)))
+    for a, b in zip(_outputs(tiny_backbone), _outputs(reloaded)):
+        assert torch.equal(a, b)
+    other = load_backbone(ModelSpec(TINY, "none"))
+    assert not torch.equal(_outputs(other)[0], _outputs(tiny_backbone)[0])
+
+
+def test_checkpoint_wrappers_are_unwrapped(tiny_backbone, tmp_path):
+    state = tiny_backbone.model.state_dict()
+    wrapped = tmp_path / "ddp.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, wrapped)
+    reloaded = load_backbone(ModelSpec(TINY, str(wrapped)))
+    assert torch.equal(_outputs(reloaded)[0], _outputs(tiny_backbone)[0])
+
+
+def test_safetensors_checkpoint(tiny_backbone, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_backbone.model.state_dict().items()}, str(path))
+    reloaded = load_backbone(ModelSpec(TINY, str(path)))
+    assert torch.equal(_outputs(reloaded)[0], _outputs(tiny_backbone)[0])
+
+
+def test_checkpoint_that_needs_unpickling_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(ModelError, match="weights_only=True"):
+        load_state_dict(path)
+
+
+def test_mismatched_checkpoint_is_one_clear_error(tmp_path, tiny_backbone):
+    state = dict(tiny_backbone.model.state_dict())
+    state.pop("text_projection")
+    state["extra.weight"] = torch.zeros(1)
+    path = tmp_path / "wrong.pt"
+    torch.save(state, path)
+    with pytest.raises(ModelError) as err:
+        load_backbone(ModelSpec(TINY, str(path)))
+    message = str(err.value)
+    assert str(path) in message and "1 weights missing" in message and "1 unexpected" in message
+
+
+def test_missing_file_and_unknown_names(tmp_path):
+    with pytest.raises(ModelError, match="no such checkpoint file"):
+        load_backbone(ModelSpec(TINY, str(tmp_path / "absent.pt")))
+    with pytest.raises(ModelError, match="not an open_clip model name"):
+        load_backbone(ModelSpec("ViT-Q-99", "none"))
+    with pytest.raises(ModelError, match="neither a checkpoint file nor a tag.*openai"):
+        resolve_pretrained(ModelSpec("ViT-B-16", "not-a-tag"))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint")
+    with pytest.raises(ModelError, match="garbage.pt"):
+        load_backbone(ModelSpec(TINY, str(garbage)))
+
+
+def test_uncached_tag_offline_says_pass_a_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError) as err:
+        resolve_pretrained(ModelSpec("ViT-B-16", "openai"), cache_dir=str(tmp_path))
+    assert "--pretrained /path/to/file.pt" in str(err.value)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(clip_mod, "_reachable", lambda cfg, timeout=3.0: False)
+    with pytest.raises(ModelError, match="no network"):
+        resolve_pretrained(ModelSpec("ViT-B-16", "openai"), cache_dir=str(tmp_path))
+
+
+def _fake_hf_cache(cache: os.PathLike, repo: str, filename: str, source) -> None:
+    org, name = repo.split("/")
+    base = os.path.join(cache, f"models--{org}--{name}")
+    os.makedirs(os.path.join(base, "refs"))
+    revision = "0" * 40
+    with open(os.path.join(base, "refs", "main"), "w") as handle:
+        handle.write(revision)
+    snapshot = os.path.join(base, "snapshots", revision)
+    os.makedirs(snapshot)
+    os.link(source, os.path.join(snapshot, filename))
+
+
+def test_cached_tag_loads_without_network_and_honours_quick_gelu(tiny_backbone, tiny_checkpoint, tmp_path, monkeypatch):
+    from open_clip import pretrained as registry
+
+    monkeypatch.setitem(
+        registry._PRETRAINED, TINY,
+        {"testtag": registry._pcfg(hf_hub="zutis-test/tiny-clip/", quick_gelu=True, mean=(0.5, 0.5, 0.5))},
+    )
+    monkeypatch.setattr(clip_mod, "_reachable", lambda cfg, timeout=3.0: pytest.fail("network was tried"))
+    _fake_hf_cache(tmp_path, "zutis-test/tiny-clip", "open_clip_pytorch_model.bin", tiny_checkpoint)
+    backbone = load_backbone(ModelSpec(TINY, "testtag"), cache_dir=str(tmp_path))
+    assert isinstance(backbone.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert backbone.mean == (0.5, 0.5, 0.5)
+    # same weights, different activation: outputs differ from the GELU model
+    assert not torch.allclose(_outputs(backbone)[0], _outputs(tiny_backbone)[0])
+    assert torch.equal(backbone.model.visual.proj, tiny_backbone.model.visual.proj)
+
+
+def test_plain_names_use_gelu(tiny_backbone):
+    assert not isinstance(tiny_backbone.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_openai_torchscript_archive_loads_with_quick_gelu(tmp_path):
+    torch.manual_seed(7)
+    reference = load_backbone(ModelSpec(TINY, "none"))
+    scripted = torch.jit.script(reference.model)
+    path = tmp_path / "openai-style.pt"
+    torch.jit.save(scripted, str(path))
+    assert zipfile.is_zipfile(path)
+    state, is_archive = load_state_dict(path)
+    assert is_archive
+    loaded = load_backbone(ModelSpec(TINY, str(path)))
+    assert isinstance(loaded.model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert torch.equal(loaded.model.visual.proj, reference.model.visual.proj)
+
+
+def test_dense_tokens_match_open_clip_at_native_size(tiny_backbone):
+    images = _images()
+    with torch.no_grad():
+        ours = tiny_backbone.dense_tokens(images)
+        theirs = tiny_backbone.model.visual.forward_intermediates(
+            images, indices=1, normalize_intermediates=True, output_fmt="NLC"
+        )["image_intermediates"][-1]
+    assert torch.allclose(ours.reshape(2, -1, ours.shape[-1]), theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize("size, grid", [((32, 32), (4, 4)), ((64, 48), (8, 6)), ((20, 100), (2, 12))])
+def test_dense_tokens_at_any_size(tiny_backbone, size, grid):
+    with torch.no_grad():
+        tokens = tiny_backbone.dense_tokens(_images(size, batch=1))
+        embeddings = tiny_backbone.dense_embeddings(_images(size, batch=1))
+    assert tokens.shape == (1, *grid, tiny_backbone.width)
+    assert embeddings.shape == (1, *grid, tiny_backbone.embed_dim)
+    assert torch.allclose(embeddings.norm(dim=-1), torch.ones(1, *grid), atol=1e-5)
+
+
+def test_interpolated_positions_are_smooth_resamplings(tiny_backbone):
+    base = tiny_backbone.model.visual.grid_size
+    assert tiny_backbone.positional_embedding(base) is tiny_backbone.model.visual.positional_embedding
+    doubled = tiny_backbone.positional_embedding((base[0] * 2, base[1] * 2))
+    assert doubled.shape == (1 + 4 * base[0] * base[1], tiny_backbone.width)
+    original = tiny_backbone.model.visual.positional_embedding
+    assert torch.equal(doubled[0], original[0])
+    # bicubic downsampling of the upsampled grid returns close to the original grid
+    grid = doubled[1:].reshape(1, base[0] * 2, base[1] * 2, -1).permute(0, 3, 1, 2)
+    back = F.interpolate(grid, size=tuple(base), mode="bilinear", align_corners=False, antialias=True)
+    back = back.permute(0, 2, 3, 1).reshape(-1, original.shape[-1])
+    rel = (back - original[1:]).norm() / original[1:].norm()
+    assert rel < 0.5
+
+
+def test_position_cache_follows_weight_updates(tiny_checkpoint):
+    backbone = load_backbone(ModelSpec(TINY, str(tiny_checkpoint)))
+    images = _images((48, 48), batch=1)
+    with torch.no_grad():
+        first = backbone.dense_tokens(images)
+        assert torch.equal(first, backbone.dense_tokens(images))
+        backbone.model.visual.positional_embedding.add_(0.5)
+        assert not torch.allclose(first, backbone.dense_tokens(images))
+
+
+def test_gradients_reach_positional_embedding_when_training(tiny_checkpoint):
+    backbone = load_backbone(ModelSpec(TINY, str(tiny_checkpoint)))
+    pos = backbone.model.visual.positional_embedding
+    pos.requires_grad_(True)
+    backbone.dense_tokens(_images((48, 40), batch=1)).sum().backward()
+    assert pos.grad is not None and pos.grad.abs().sum() > 0
+
+
+def test_template_ensemble():
+    templates = ensemble_templates()
+    assert len(templates) == 85 and len(set(templates)) == 85
+    assert all(t.count("{}") == 1 for t in templates)
+    assert "a photo of a {}." in templates and "there is a {} in the scene." in templates
+
+
+def test_ensemble_is_mean_of_normalised_prompts(tiny_backbone):
+    names = ["red circle", "blue star", "x{}y"]
+    with torch.no_grad():
+        got = tiny_backbone.encode_text(names, batch_size=37)
+        for i, name in enumerate(names):
+            prompts = [t.replace("{}", name) for t in ensemble_templates()]
+            per = F.normalize(tiny_backbone.model.encode_text(tiny_backbone.tokenizer(prompts)).float(), dim=-1)
+            assert torch.allclose(got[i], F.normalize(per.mean(0), dim=-1), atol=1e-5)
+        bare = tiny_backbone.encode_text(names, templates="names")
+        direct = F.normalize(tiny_backbone.model.encode_text(tiny_backbone.tokenizer(names)).float(), dim=-1)
+        assert torch.allclose(bare, direct, atol=1e-6)
+        custom = tiny_backbone.encode_text(["cat"], templates=["a {}", "the {}"])
+        assert custom.shape == (1, 32)
+    assert not torch.allclose(got, bare)
+
+
+def test_bf16_weights_run_and_agree(tiny_checkpoint):
+    fp32 = load_backbone(ModelSpec(TINY, str(tiny_checkpoint)))
+    bf16 = load_backbone(ModelSpec(TINY, str(tiny_checkpoint)), dtype=torch.bfloat16)
+    assert bf16.dtype is torch.bfloat16
+    with torch.no_grad():
+        a = fp32.encode_images(_images())
+        b = bf16.encode_images(_images())
+    assert b.dtype == torch.float32
+    assert F.cosine_similarity(a, b).min() > 0.97
+
+
+def test_model_spec_describes_files_with_fingerprint(tiny_checkpoint):
+    described = ModelSpec(TINY, str(tiny_checkpoint)).describe()
+    assert described["weights_fingerprint"].startswith("blake2b")
+    assert ModelSpec("ViT-B-16", "openai").describe() == {"name": "ViT-B-16", "pretrained": "openai"}
