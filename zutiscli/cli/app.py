@@ -1,0 +1,106 @@
+"""The `zutis` Typer application and its entry point with uniform error handling."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated, Optional, Sequence
+
+import typer
+
+from zutiscli._version import __version__
+from zutiscli.errors import ZutisError
+
+app = typer.Typer(
+    name="zutis",
+    help=(
+        "Zero-shot unsupervised transfer instance and semantic segmentation: "
+        "class names + unlabelled images -> a segmenter, with no human masks."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"zutis {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = None,
+) -> None:
+    """Zero-shot unsupervised transfer segmentation."""
+
+
+def _kinds(name: str) -> tuple[type, ...]:
+    """Exception classes called ``name`` in Typer and in Click (recent Typer vendors Click)."""
+    modules = [typer]
+    try:
+        from typer._click import exceptions as vendored
+
+        modules.append(vendored)
+    except ImportError:
+        pass
+    try:
+        from click import exceptions as upstream
+
+        modules.append(upstream)
+    except ImportError:
+        pass
+    found = {getattr(module, name) for module in modules if isinstance(getattr(module, name, None), type)}
+    return tuple(found)
+
+
+def _debug() -> bool:
+    return os.environ.get("ZUTIS_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+def _error(message: str) -> None:
+    from zutiscli.cli.options import err_console
+
+    err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run the command line; exits with 0 (success), 1 (error) or 2 (usage error)."""
+    command = typer.main.get_command(app)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        command.main(args=args, prog_name="zutis", standalone_mode=False)
+    except _kinds("Exit") as exc:
+        sys.exit(exc.exit_code)
+    except _kinds("NoArgsIsHelpError") as exc:
+        sys.stderr.write(exc.format_message() + "\n")
+        sys.exit(2)
+    except _kinds("UsageError") as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _error(f"{exc.format_message()}{where}")
+        sys.exit(2)
+    except _kinds("Abort"):
+        _error("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        sys.exit(130)
+    except ZutisError as exc:
+        if _debug():
+            raise
+        _error(str(exc))
+        sys.exit(exc.exit_code)
+    except _kinds("ClickException") as exc:
+        _error(exc.format_message())
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for the command line
+        if _debug():
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc}. Rerun with ZUTIS_DEBUG=1 for the traceback.")
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,89 @@
+"""Conventions every `zutis` subcommand follows, written down once.
+
+- Results go to stdout, everything else (logs, progress, warnings) to stderr.
+- ``--json`` prints exactly one JSON document on stdout and nothing else there.
+- ``--quiet`` silences logs and progress (errors still print).
+- ``--device auto|cpu|cuda|cuda:N``; ``auto`` is CUDA when available.
+- ``-o/--output`` is optional: without it a stage writes ``./runs/<stage>/<N>``, a new number each
+  run, and the artefact path is the last line on stdout, so shell scripts can chain stages::
+
+      INDEX=$(zutis index ./images | tail -n 1)
+
+- Exit status 0 on success, 1 for a runtime or input error, 2 for a usage error. A user mistake
+  prints one line, ``error: ...``, never a traceback (``ZUTIS_DEBUG=1`` shows it).
+- ``NO_COLOR`` turns colour off.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from zutiscli.models.device import DEVICE_CHOICES
+
+#: stderr console for logs and progress; rich honours NO_COLOR and non-terminals by itself.
+err_console = Console(stderr=True, highlight=False)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, help="Where to run; auto = CUDA when available.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        metavar="auto|fp32|bf16|fp16",
+        help="Weights' precision; auto = fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32.",
+    ),
+]
+OutputOpt = Annotated[
+    Optional[Path],
+    typer.Option("--output", "-o", help="Output directory (default: a new ./runs/<stage>/<N>)."),
+]
+
+
+class Reporter:
+    """Prints for one command invocation, honouring ``--json`` and ``--quiet``."""
+
+    def __init__(self, json_mode: bool = False, quiet: bool = False):
+        self.json_mode = json_mode
+        self.quiet = quiet
+
+    @property
+    def console(self) -> Console:
+        return err_console
+
+    @property
+    def show_progress(self) -> bool:
+        return not self.quiet
+
+    def log(self, message: str) -> None:
+        """A progress or status line on stderr (silenced by --quiet)."""
+        if not self.quiet:
+            err_console.print(message)
+
+    def warn(self, message: str) -> None:
+        """A warning on stderr; shown even with --quiet."""
+        err_console.print(f"[yellow]warning:[/yellow] {message}")
+
+    def result(self, data: dict[str, Any], *, path: Path | None = None, text: str | None = None) -> None:
+        """Print the command's result on stdout.
+
+        With ``--json``: one JSON document (``data``, plus ``"path"`` when given). Otherwise the
+        human ``text`` if any, then the artefact path alone on the last line.
+        """
+        if self.json_mode:
+            payload = dict(data)
+            if path is not None:
+                payload.setdefault("path", str(path))
+            sys.stdout.write(json.dumps(payload, ensure_ascii=False, allow_nan=False) + "\n")
+        else:
+            if text:
+                sys.stdout.write(text.rstrip("\n") + "\n")
+            if path is not None:
+                sys.stdout.write(f"{path}\n")
+        sys.stdout.flush()
