@@ -246,3 +246,8 @@ def test_model_spec_describes_files_with_fingerprint(tiny_checkpoint):
     described = ModelSpec(TINY, str(tiny_checkpoint)).describe()
     assert described["weights_fingerprint"].startswith("blake2b")
     assert ModelSpec("ViT-B-16", "openai").describe() == {"name": "ViT-B-16", "pretrained": "openai"}
+
+
+def test_builtin_without_shipped_weights_is_clear():
+    with pytest.raises(ModelError, match="ships no weights for zutis-tiny"):
+        load_backbone(ModelSpec(TINY, "builtin"))

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from zutiscli.errors import ModelError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+#: Weights shipped inside the package, by model name: ``--pretrained builtin``.
+BUILTIN_DIR = Path(__file__).with_name("weights")
 _REGISTERED = False
 
 #: The 5 templates MaskCLIP added to CLIP's 80 ImageNet templates ("{}" = class name).
@@ -71,7 +73,8 @@ def register_configs() -> None:
 class ModelSpec:
     """Which network and which weights: ``name`` (open_clip model name) + ``pretrained``.
 
-    ``pretrained`` is an open_clip tag, a path to a local checkpoint file, or ``"none"``.
+    ``pretrained`` is an open_clip tag, a path to a local checkpoint file, ``"builtin"`` (weights
+    shipped in the package, see :func:`builtin_weights`), or ``"none"``.
     """
 
     name: str
@@ -80,7 +83,7 @@ class ModelSpec:
     @property
     def weights_file(self) -> Path | None:
         """The local checkpoint file, when ``pretrained`` is a path rather than a tag or none."""
-        if self.pretrained.lower() == "none":
+        if self.pretrained.lower() in ("none", "builtin"):
             return None
         if os.sep in self.pretrained or self.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")):
             return Path(self.pretrained).expanduser()
@@ -100,6 +103,16 @@ class ModelSpec:
 
     def __str__(self) -> str:
         return f"{self.name} ({self.pretrained})"
+
+
+def builtin_weights(name: str) -> Path:
+    """The weights file shipped in the package for model ``name`` (``models/weights/<name>.pt``)."""
+    path = BUILTIN_DIR / f"{name}.pt"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in BUILTIN_DIR.glob("*.pt")) if BUILTIN_DIR.is_dir() else []
+        which = f"only {', '.join(shipped)} ha{'s' if len(shipped) == 1 else 've'} them" if shipped else "none are shipped"
+        raise ModelError(f"--pretrained builtin: zutis ships no weights for {name} ({which})")
+    return path
 
 
 def _check_model_name(name: str) -> None:
@@ -172,6 +185,8 @@ def resolve_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[P
 
     if spec.pretrained.lower() == "none" or spec.name.startswith(("hf-hub:", "local-dir:")):
         return None, {}
+    if spec.pretrained.lower() == "builtin":
+        return builtin_weights(spec.name), {}
     file = spec.weights_file
     if file is not None:
         if not file.is_file():
