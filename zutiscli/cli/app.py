@@ -59,6 +59,15 @@ def _kinds(name: str) -> tuple[type, ...]:
     return tuple(found)
 
 
+def _register_commands() -> None:
+    from zutiscli.cli import synth
+
+    app.add_typer(synth.app, name="synth")
+
+
+_register_commands()
+
+
 def _debug() -> bool:
     return os.environ.get("ZUTIS_DEBUG", "").strip() not in ("", "0", "false", "no")
 

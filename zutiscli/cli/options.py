@@ -87,3 +87,43 @@ class Reporter:
             if path is not None:
                 sys.stdout.write(f"{path}\n")
         sys.stdout.flush()
+
+
+class ProgressBar:
+    """A rich progress bar on stderr (nothing when quiet), used as ``callback(done, total)``."""
+
+    def __init__(self, reporter: Reporter, description: str, unit: str = "images"):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.unit = unit
+        self._progress = None
+        self._task = None
+        if reporter.show_progress:
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=err_console,
+                transient=True,
+            )
+            self._task = self._progress.add_task(description, total=None, rate="")
+
+    def __enter__(self) -> "ProgressBar":
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if self._progress is None:
+            return
+        task = self._progress.tasks[0]
+        elapsed = task.elapsed or 0.0
+        rate = f"{done / elapsed:,.1f} {self.unit}/s" if elapsed > 0 else ""
+        self._progress.update(self._task, completed=done, total=total, rate=rate)
