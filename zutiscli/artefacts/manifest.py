@@ -141,19 +141,24 @@ def write_manifest(
     kind: str,
     *,
     model: Mapping[str, Any] | None = None,
-    inputs: Iterable[str | Path] = (),
+    inputs: Iterable[str | Path | InputRef] = (),
     params: Mapping[str, Any] | None = None,
     summary: Mapping[str, Any] | None = None,
 ) -> Manifest:
     """Write ``directory/manifest.json`` atomically and return it. Call it after every other file.
 
     ``inputs`` are paths (files or directories) the stage read; they are stored relative to
-    ``directory`` with a fingerprint, and with their kind when they are zutis artefacts.
+    ``directory`` with a fingerprint, and with their kind when they are zutis artefacts. A stage
+    that has a cheaper fingerprint of its own (e.g. of millions of images it already listed) passes
+    ready :class:`InputRef` objects instead, with paths already relative to ``directory``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown artefact kind {kind!r}")
     directory = Path(directory)
-    refs = [InputRef(relative_to(directory, p), fingerprint(p), _kind_of(Path(p))) for p in inputs]
+    refs = [
+        p if isinstance(p, InputRef) else InputRef(relative_to(directory, p), fingerprint(p), _kind_of(Path(p)))
+        for p in inputs
+    ]
     manifest = Manifest(
         kind=kind,
         schema=KINDS[kind][0],
