@@ -9,6 +9,9 @@ from zutiscli.models.clip import ModelSpec, load_backbone, save_weights
 
 TINY = "zutis-tiny"
 
+# The test models are tiny: one thread avoids OpenMP start-up and spin costs that dominate them.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_backbone():

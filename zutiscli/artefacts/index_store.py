@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -105,6 +106,25 @@ class IndexWriter:
         with atomic_path(stem.with_suffix(".npy")) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(embeddings, dtype=np.float16))
+        _write_jsonl(Path(f"{stem}.failed.jsonl"), [asdict(f) for f in failures])
+        _write_jsonl(stem.with_suffix(".jsonl"), [asdict(r) for r in records])
+        self._next += 1
+        return number
+
+    def add_chunk_file(self, source: str | Path, records: list[ImageRecord], failures: list[FailedImage]) -> int:
+        """Commit an existing ``.npy`` chunk of another index (hard-linked, or copied across devices)."""
+        number = self._next
+        stem = self.directory / CHUNK_DIR / f"{number:06d}"
+        target = stem.with_suffix(".npy")
+        try:
+            os.link(source, target)
+        except OSError:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+        rows = np.load(target, mmap_mode="r").shape[0]
+        if rows != len(records):
+            target.unlink()
+            raise ArtefactError(f"{source}: {rows} embeddings for {len(records)} records; the index is corrupt")
         _write_jsonl(Path(f"{stem}.failed.jsonl"), [asdict(f) for f in failures])
         _write_jsonl(stem.with_suffix(".jsonl"), [asdict(r) for r in records])
         self._next += 1

@@ -60,9 +60,10 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 
 def _register_commands() -> None:
-    from zutiscli.cli import synth
+    from zutiscli.cli import index, synth
 
     app.add_typer(synth.app, name="synth")
+    app.add_typer(index.app, name="index")
 
 
 _register_commands()

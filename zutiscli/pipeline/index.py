@@ -1,0 +1,522 @@
+"""`zutis index`: embed an image collection once with CLIP, resumably, at any scale.
+
+The stage discovers images, keeps those of its shard, skips those already embedded (same path,
+size and modification time), decodes and preprocesses the rest in DataLoader workers while the
+model runs, and commits embeddings chunk by chunk (see :mod:`zutiscli.artefacts.index_store`).
+A killed run leaves a valid, partial index; rerunning the same command finishes it, and rerunning
+with more images appends only what is new.
+
+Cluster scale: ``shard=(i, n)`` keeps the images whose path hashes to ``i`` modulo ``n`` (stable
+under appends) and writes into ``<output>/shard-i-of-n``; :func:`merge_indices` joins the shards.
+Without an explicit shard, SLURM array variables and torchrun's RANK/WORLD_SIZE choose it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from zutiscli.artefacts.index_store import (
+    CHUNK_DIR,
+    FAISS_NAME,
+    FailedImage,
+    ImageRecord,
+    IndexReader,
+    IndexWriter,
+    committed_chunks,
+    remove_uncommitted,
+    write_failed_summary,
+)
+from zutiscli.artefacts.manifest import (
+    MANIFEST_NAME,
+    InputRef,
+    Manifest,
+    read_manifest,
+    relative_to,
+    resolve_relative,
+    write_manifest,
+)
+from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.data.images import DEFAULT_MAX_PIXELS, discover_images
+from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.models.clip import ModelSpec, load_backbone
+from zutiscli.models.device import precision_name, resolve_device, resolve_precision
+
+DEFAULT_MODEL = "ViT-L-14-336"
+
+
+@dataclass
+class IndexConfig:
+    """Options of ``zutis index``; see the command's help for each."""
+
+    sources: Sequence[str] = ()
+    from_list: str | None = None
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    faiss: str = "Flat"
+    shard: tuple[int, int] | None = None
+    chunk_size: int = 1024
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    faiss_train_size: int = 100_000
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.sources and not self.from_list:
+            raise UsageError("give at least one image directory, file or glob, or --from-list FILE")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.chunk_size < 1:
+            raise UsageError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
+        if self.workers is not None and self.workers < 0:
+            raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.shard is not None:
+            index, count = self.shard
+            if count < 1 or not 0 <= index < count:
+                raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
+
+
+def default_pretrained(model: str) -> str:
+    """Weights to use when ``--pretrained`` is not given: shipped weights, else ``openai``, else the first tag."""
+    import open_clip
+
+    from zutiscli.models.clip import BUILTIN_DIR
+
+    if (BUILTIN_DIR / f"{model}.pt").is_file():
+        return "builtin"
+    tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
+    if "openai" in tags:
+        return "openai"
+    if tags:
+        return tags[0]
+    raise UsageError(f"--model {model} has no known pretrained weights; pass --pretrained TAG|FILE|none")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"3/8"`` -> ``(3, 8)``; I is 0-based."""
+    try:
+        left, right = text.split("/")
+        shard = (int(left), int(right))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
+    if shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
+    return shard
+
+
+def shard_from_environment(environ: dict[str, str] | None = None) -> tuple[int, int] | None:
+    """The shard implied by a SLURM array task or a torchrun rank, if any."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if count > 1:
+            if not 0 <= index < count:
+                raise UsageError(
+                    f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is outside 0..{count - 1} after "
+                    f"subtracting SLURM_ARRAY_TASK_MIN; pass --shard I/N explicitly"
+                )
+            return index, count
+    if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return None
+
+
+def shard_of(path: Path, count: int) -> int:
+    """Shard number of an image: a hash of its absolute path, modulo ``count`` (stable under appends)."""
+    digest = hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % count
+
+
+# ---- decoding in DataLoader workers ---------------------------------------------------------
+class _ImageFiles(torch.utils.data.Dataset):
+    """Reads, fingerprints, decodes and preprocesses one image; failures are returned, not raised."""
+
+    def __init__(self, paths: list[Path], transform: Callable[[Any], torch.Tensor], draft: int, max_pixels: int | None):
+        self.paths = paths
+        self.transform = transform
+        self.draft = draft
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, dict[str, Any] | str]:
+        from zutiscli.data.images import ImageLoadError, load_image
+
+        path = self.paths[item]
+        try:
+            stat = path.stat()
+            with open(path, "rb") as handle:
+                digest = hashlib.blake2b(handle.read(), digest_size=8).hexdigest()
+            image = load_image(path, max_pixels=self.max_pixels, draft_size=(self.draft, self.draft))
+            meta = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": digest}
+            meta["width"], meta["height"] = _original_size(path, image)
+            return item, self.transform(image), meta
+        except ImageLoadError as exc:
+            return item, None, exc.reason
+        except OSError as exc:
+            return item, None, f"cannot be read: {exc.strerror or exc}"
+        except Exception as exc:  # noqa: BLE001 - a broken file must not stop a 2.6M-image job
+            return item, None, f"cannot be decoded: {type(exc).__name__}: {exc}"
+
+
+def _original_size(path: Path, image: Any) -> tuple[int, int]:
+    """Displayed (EXIF-rotated) size at full resolution, even when the JPEG was decoded in draft mode."""
+    from PIL import Image
+
+    with Image.open(path) as header:
+        width, height = header.size
+        try:
+            orientation = header.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - unreadable EXIF: sizes as stored
+            orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def _collate(batch: list[tuple[int, torch.Tensor | None, Any]]):
+    good = [(i, t, m) for i, t, m in batch if t is not None]
+    bad = [(i, m) for i, t, m in batch if t is None]
+    tensor = torch.stack([t for _, t, _ in good]) if good else None
+    return [i for i, _, _ in good], tensor, [m for _, _, m in good], bad
+
+
+def _default_workers(device: torch.device) -> int:
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    return max(1, min(8, cores - 1))
+
+
+# ---- the stage ------------------------------------------------------------------------------
+@dataclass
+class IndexResult:
+    """What one run did: the directory, counts and timing (seconds, images per second)."""
+
+    path: Path
+    embedded: int
+    skipped: int
+    failed: int
+    total: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def _model_record(spec: ModelSpec, dtype: torch.dtype, image_size: int) -> dict[str, Any]:
+    return spec.describe() | {"precision": precision_name(dtype), "image_size": image_size}
+
+
+def _check_existing(out: Path, model: dict[str, Any]) -> None:
+    if not (out / MANIFEST_NAME).is_file():
+        if any(p.name != CHUNK_DIR for p in out.iterdir()):
+            raise ArtefactError(f"{out}: is not empty and not a zutis index; choose a new -o directory")
+        return
+    previous = read_manifest(out, "zutis.index").model or {}
+    keys = ("name", "pretrained", "weights_fingerprint", "precision", "image_size")
+    if any(previous.get(k) != model.get(k) for k in keys):
+        was = f"{previous.get('name')} ({previous.get('pretrained')}, {previous.get('precision')})"
+        now = f"{model.get('name')} ({model.get('pretrained')}, {model.get('precision')})"
+        raise ArtefactError(f"{out}: was built with {was}, not {now}; use a new -o directory to index with another model")
+
+
+def _write_index_manifest(out: Path, model: dict[str, Any], config: IndexConfig, inputs: list[InputRef],
+                          reader_summary: dict[str, Any]) -> None:
+    params = {k: v for k, v in asdict(config).items() if k not in ("sources", "from_list", "device")}
+    write_manifest(out, "zutis.index", model=model, inputs=inputs, params=params, summary=reader_summary)
+
+
+class _Tally:
+    """Running counts of an index directory, kept in memory so a commit costs O(chunk), not O(index)."""
+
+    def __init__(self, reader: IndexReader | None, dim: int):
+        self.dim = dim
+        self.rows = 0
+        self.paths: set[str] = set()
+        self.failed: dict[str, str] = {}
+        if reader is not None:
+            records = reader.records()
+            self.rows = len(records)
+            self.paths = {r.path for r in records}
+            self.failed = {f.path: f.reason for f in reader.failures() if f.path not in self.paths}
+
+    def add(self, records: list[ImageRecord], failures: list[FailedImage]) -> None:
+        self.rows += len(records)
+        for record in records:
+            self.paths.add(record.path)
+            self.failed.pop(record.path, None)
+        for failure in failures:
+            if failure.path not in self.paths:
+                self.failed[failure.path] = failure.reason
+
+    def summary(self, complete: bool, faiss_factory: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "images": len(self.paths),
+            "rows": self.rows,
+            "failed": len(self.failed),
+            "dim": self.dim,
+            "complete": complete,
+            "faiss": faiss_factory,
+            **extra,
+        }
+
+    def failures(self) -> list[FailedImage]:
+        return [FailedImage(path, reason) for path, reason in self.failed.items()]
+
+
+def _input_refs(out: Path, config: IndexConfig, listing: list[Path]) -> list[InputRef]:
+    digest = hashlib.blake2b(digest_size=16)
+    for path in listing:
+        digest.update(os.path.abspath(path).encode("utf-8") + b"\n")
+    refs = []
+    for source in list(config.sources) + ([config.from_list] if config.from_list else []):
+        refs.append(InputRef(path=source if any(c in str(source) for c in "*?[") else relative_to(out, source),
+                             fingerprint=f"listing-blake2b:{digest.hexdigest()}"))
+    return refs
+
+
+def build_faiss_index(directory: Path, factory: str, train_size: int, seed: int = 0) -> Path | None:
+    """Build ``index.faiss`` with a faiss factory string (``Flat`` = exact search, no file written).
+
+    Non-flat indices are trained on a random sample of at most ``train_size`` rows; ids are row ids,
+    and superseded rows are left out.
+    """
+    import faiss
+
+    path = directory / FAISS_NAME
+    if factory.strip().lower() == "flat":
+        if path.exists():
+            path.unlink()
+        return None
+    reader = IndexReader(directory)
+    count = len(reader)
+    try:
+        index = faiss.index_factory(reader.dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise UsageError(f"--faiss {factory!r} is not a faiss factory string faiss accepts ({str(exc).splitlines()[-1][:120]})") from None
+    active = reader.active()
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(count, size=min(train_size, count), replace=False))
+        sample = np.asarray(reader.embeddings()[take], dtype=np.float32) if count <= 2 * train_size else _gather(reader, take)
+        try:
+            index.train(sample)
+        except RuntimeError as exc:
+            raise ZutisError(
+                f"faiss could not train {factory!r} on {len(sample)} vectors ({str(exc).splitlines()[-1][:160]}); "
+                f"use fewer lists/centroids or more images"
+            ) from None
+    index = faiss.IndexIDMap2(index) if not isinstance(index, faiss.IndexIDMap) else index
+    for first, block in reader.iter_embeddings():
+        rows = np.arange(first, first + len(block))
+        keep = active[rows]
+        if keep.any():
+            index.add_with_ids(np.asarray(block[keep], dtype=np.float32), rows[keep].astype(np.int64))
+    from zutiscli.artefacts.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        faiss.write_index(index, str(tmp))
+    return path
+
+
+def _gather(reader: IndexReader, rows: np.ndarray) -> np.ndarray:
+    out = np.empty((len(rows), reader.dim), dtype=np.float32)
+    position = 0
+    for first, block in reader.iter_embeddings():
+        lo = np.searchsorted(rows, first)
+        hi = np.searchsorted(rows, first + len(block))
+        if hi > lo:
+            out[position:position + hi - lo] = block[rows[lo:hi] - first]
+            position += hi - lo
+    return out
+
+
+def build_index(config: IndexConfig, output: str | Path | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                log: Callable[[str], None] | None = None) -> IndexResult:
+    """Run ``zutis index``: returns what was done; the index directory is ``result.path``."""
+    config.validate()
+    say = log or (lambda message: None)
+    start = time.perf_counter()
+    shard = config.shard or shard_from_environment()
+    found = discover_images(list(config.sources), from_list=config.from_list)
+    for source, reason in found.problems:
+        say(f"skipped list entry {source}: {reason}")
+    listing = found.paths
+    if shard is not None and shard[1] > 1:
+        listing = [p for p in listing if shard_of(p, shard[1]) == shard[0]]
+    if not found.paths:
+        where = ", ".join([*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])])
+        raise ZutisError(f"no images found in {where} (looked for .jpg, .png, .webp and other image files)")
+    device = resolve_device(config.device)
+    if shard is not None and device.type == "cuda" and "LOCAL_RANK" in os.environ and config.device == "auto":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    dtype = resolve_precision(config.precision, device)
+    spec = ModelSpec(config.model, config.pretrained or default_pretrained(config.model))
+
+    out = prepare_output_dir(output, "index", resumable=True)
+    if shard is not None and shard[1] > 1:
+        out = out / f"shard-{shard[0]}-of-{shard[1]}"
+        out.mkdir(parents=True, exist_ok=True)
+
+    backbone = load_backbone(spec, device=device, dtype=dtype)
+    model_record = _model_record(spec, dtype, backbone.image_size[0])
+    _check_existing(out, model_record)
+    removed = remove_uncommitted(out)
+    if removed:
+        say(f"removed {removed} unfinished chunk file(s) of an interrupted run")
+
+    done: dict[str, tuple[int, int]] = {}
+    previous = IndexReader(out, manifest=_provisional_manifest(out)) if committed_chunks(out) else None
+    tally = _Tally(previous, backbone.embed_dim)
+    if previous is not None:
+        for record in previous.records():
+            done[record.path] = (record.bytes, record.mtime_ns)
+        del previous
+    todo: list[Path] = []
+    for path in listing:
+        rel = relative_to(out, path)
+        if rel in done:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if done[rel] == (stat.st_size, stat.st_mtime_ns):
+                continue
+        todo.append(path)
+    skipped = len(listing) - len(todo)
+    if skipped:
+        say(f"{skipped} image(s) already indexed; embedding {len(todo)} more")
+
+    inputs = _input_refs(out, config, listing)
+    extra = {"shard": list(shard) if shard else None}
+    workers = _default_workers(device) if config.workers is None else config.workers
+    dataset = _ImageFiles(todo, backbone.transform(), backbone.image_size[0], config.max_pixels)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=workers if len(todo) > config.batch_size else 0,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+        prefetch_factor=4 if workers and len(todo) > config.batch_size else None,
+    )
+    writer = IndexWriter(out)
+    pending_records: list[ImageRecord] = []
+    pending_embeddings: list[np.ndarray] = []
+    pending_failures: list[FailedImage] = []
+    embedded = failed = 0
+
+    def commit() -> None:
+        nonlocal pending_records, pending_embeddings, pending_failures
+        if not pending_records and not pending_failures:
+            return
+        dim = backbone.embed_dim
+        array = np.concatenate(pending_embeddings) if pending_embeddings else np.zeros((0, dim), np.float16)
+        writer.write_chunk(pending_records, array, pending_failures)
+        tally.add(pending_records, pending_failures)
+        _write_index_manifest(out, model_record, config, inputs, tally.summary(False, None, extra))
+        pending_records, pending_embeddings, pending_failures = [], [], []
+
+    with torch.inference_mode():
+        for items, tensor, metas, bad in loader:
+            for item, reason in bad:
+                pending_failures.append(FailedImage(relative_to(out, todo[item]), reason))
+                failed += 1
+            if tensor is not None:
+                tensor = tensor.to(device, non_blocking=True)
+                embeddings = backbone.encode_images(tensor).cpu().numpy().astype(np.float16)
+                for item, meta in zip(items, metas):
+                    pending_records.append(ImageRecord(path=relative_to(out, todo[item]), **meta))
+                pending_embeddings.append(embeddings)
+                embedded += len(items)
+            if progress is not None:
+                progress(embedded + failed, len(todo))
+            if len(pending_records) + len(pending_failures) >= config.chunk_size:
+                commit()
+        commit()
+
+    write_failed_summary(out, tally.failures())
+    faiss_factory = None if config.faiss.strip().lower() == "flat" else config.faiss
+    if tally.rows:
+        build_faiss_index(out, config.faiss, config.faiss_train_size, config.seed)
+    seconds = time.perf_counter() - start
+    extra |= {"seconds": round(seconds, 3), "workers": workers, "device": str(device)}
+    _write_index_manifest(out, model_record, config, inputs, tally.summary(True, faiss_factory, extra))
+    return IndexResult(out, embedded, skipped, failed, len(listing), seconds, extra)
+
+
+def _provisional_manifest(out: Path):
+    """The manifest if one was written, else a stand-in so a reader can list chunks of a fresh run."""
+    if (out / MANIFEST_NAME).is_file():
+        return read_manifest(out, "zutis.index")
+    return Manifest(kind="zutis.index", schema=1, created_by="", created_at="", root=out)
+
+
+def merge_indices(shards: Sequence[str | Path], output: str | Path | None = None, faiss_factory: str | None = None,
+                  faiss_train_size: int = 100_000, log: Callable[[str], None] | None = None) -> Path:
+    """Join index directories built with the same model (e.g. shards) into one index.
+
+    Embedding chunks are hard-linked when possible (copied otherwise); image paths are rewritten
+    relative to the new directory. Returns the merged directory.
+    """
+    say = log or (lambda message: None)
+    if not shards:
+        raise UsageError("give the index directories to merge")
+    readers = [IndexReader(Path(s)) for s in shards]
+    model = readers[0].model
+    for reader in readers[1:]:
+        if reader.model != model:
+            raise ArtefactError(
+                f"{reader.directory}: built with {reader.model.get('name')} ({reader.model.get('pretrained')}, "
+                f"{reader.model.get('precision')}), but {readers[0].directory} with {model.get('name')} "
+                f"({model.get('pretrained')}, {model.get('precision')}); only indices of one model can be merged"
+            )
+    for reader in readers:
+        if not reader.complete:
+            say(f"warning: {reader.directory} is an unfinished index; merging what it holds")
+    out = prepare_output_dir(output, "index")
+    writer = IndexWriter(out)
+    tally = _Tally(None, readers[0].dim)
+
+    def rebase(path: str, reader: IndexReader) -> str:
+        return relative_to(out, resolve_relative(reader.directory, path))
+
+    for reader in readers:
+        records = reader.records()
+        failures = [FailedImage(rebase(f.path, reader), f.reason) for f in reader.failures()]
+        offset = 0
+        for position, number in enumerate(reader.chunks):
+            source = reader.directory / CHUNK_DIR / f"{number:06d}.npy"
+            size = int(np.load(source, mmap_mode="r").shape[0])
+            rows = [ImageRecord(**(asdict(r) | {"path": rebase(r.path, reader)})) for r in records[offset:offset + size]]
+            offset += size
+            chunk_failures = failures if position == len(reader.chunks) - 1 else []
+            writer.add_chunk_file(source, rows, chunk_failures)
+            tally.add(rows, chunk_failures)
+    params = dict(readers[0].manifest.params)
+    factory = faiss_factory or params.get("faiss", "Flat")
+    params["faiss"] = factory
+    write_failed_summary(out, tally.failures())
+    if tally.rows:
+        build_faiss_index(out, factory, faiss_train_size)
+    complete = all(r.complete for r in readers)
+    summary = tally.summary(complete, None if factory.strip().lower() == "flat" else factory,
+                            {"merged_from": len(readers)})
+    write_manifest(out, "zutis.index", model=model, inputs=[r.directory for r in readers], params=params,
+                   summary=summary)
+    return out
