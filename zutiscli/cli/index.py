@@ -30,8 +30,7 @@ app = typer.Typer(
 )
 
 
-def _summary_text(summary: dict[str, Any], seconds: float, embedded: int, skipped: int, failed: int) -> str:
-    rate = embedded / seconds if seconds > 0 else 0.0
+def _summary_text(summary: dict[str, Any], seconds: float, rate: float, embedded: int, skipped: int, failed: int) -> str:
     return (
         f"indexed {summary['images']} images ({embedded} new, {skipped} already there, {failed} failed) "
         f"in {seconds:.1f} s, {rate:.1f} images/s"
@@ -85,7 +84,7 @@ def build(
     summary = read_manifest(result.path).summary
     if result.failed:
         reporter.warn(f"{result.failed} image(s) could not be read; see {result.path / 'failed.jsonl'}")
-    reporter.log(_summary_text(summary, result.seconds, result.embedded, result.skipped, result.failed))
+    reporter.log(_summary_text(summary, result.seconds, result.images_per_second, result.embedded, result.skipped, result.failed))
     reporter.result(
         {
             "images": summary["images"],
