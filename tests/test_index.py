@@ -190,3 +190,22 @@ def test_cli_merge(tmp_path, pile, tiny_checkpoint, capsys):
     captured = capsys.readouterr()
     assert exit_info.value.code == 0 and captured.out.strip().splitlines()[-1] == str(tmp_path / "all")
     assert len(IndexReader(tmp_path / "all")) == 40
+
+
+def test_torchrun_ranks_take_disjoint_slices(tmp_path, pile, tiny_checkpoint):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ranks"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        "--module", "zutiscli", "index", str(pile), "--model", "zutis-tiny", "--pretrained", str(tiny_checkpoint),
+        "--workers", "0", "--precision", "fp32", "--batch-size", "4", "--chunk-size", "8", "-o", str(out), "--quiet",
+    ]
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    parts = sorted(out.glob("shard-*-of-2"))
+    assert [p.name for p in parts] == ["shard-0-of-2", "shard-1-of-2"]
+    single = build_index(_config([pile], tiny_checkpoint), tmp_path / "single").path
+    assert _table(merge_indices(parts, tmp_path / "merged")) == _table(single)
