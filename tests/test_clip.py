@@ -251,3 +251,24 @@ def test_model_spec_describes_files_with_fingerprint(tiny_checkpoint):
 def test_builtin_without_shipped_weights_is_clear():
     with pytest.raises(ModelError, match="ships no weights for zutis-tiny"):
         load_backbone(ModelSpec(TINY, "builtin"))
+
+
+def test_last_block_features_agree_with_the_model(tiny_backbone):
+    images = _images((48, 40), batch=2)
+    with torch.no_grad():
+        feats = tiny_backbone.last_block_features(images)
+        tokens = tiny_backbone.dense_tokens(images)
+        block = tiny_backbone.model.visual.transformer.resblocks[-1]
+        # recompute the last block's attention with torch's own module and compare the [CLS] row
+        x, _ = tiny_backbone._embed(images)
+        for earlier in tiny_backbone.model.visual.transformer.resblocks[:-1]:
+            x = earlier(x)
+        y = block.ln_1(x)
+        _, weights = block.attn(y, y, y, need_weights=True, average_attn_weights=False)
+    assert feats.grid == (6, 5)
+    assert torch.allclose(feats.tokens, tokens, atol=1e-6)
+    assert feats.keys.shape == feats.queries.shape == feats.values.shape == (2, 6, 5, tiny_backbone.width)
+    heads = block.attn.num_heads
+    assert feats.cls_attention.shape == (2, heads, 6, 5)
+    assert torch.allclose(feats.cls_attention.reshape(2, heads, -1), weights[:, :, 0, 1:], atol=1e-5)
+    assert (feats.cls_attention.sum(dim=(-1, -2)) < 1).all()

@@ -26,12 +26,15 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from zutiscli.errors import ModelError
+
+if TYPE_CHECKING:
+    from zutiscli.models.features import LastBlockFeatures
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 #: Weights shipped inside the package, by model name: ``--pretrained builtin``.
@@ -417,8 +420,8 @@ class ClipBackbone(torch.nn.Module):
                 f"model {self.spec.name} has no plain ViT image tower; dense features need one (e.g. ViT-B-16)"
             )
 
-    def dense_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens after the final layer norm: ``(B, H // p, W // p, width)`` in the model dtype."""
+    def _embed(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch embedding + [CLS] + positions + pre-norm: ``(B, 1 + gh * gw, width)`` and the grid."""
         self._require_vit()
         visual = self.model.visual
         images = images.to(device=self.device, dtype=self.dtype)
@@ -430,10 +433,53 @@ class ClipBackbone(torch.nn.Module):
         cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding((gh, gw)).to(x.dtype)
         x = visual.patch_dropout(x)
-        x = visual.ln_pre(x)
-        x = visual.transformer(x)
-        x = visual.ln_post(x[:, 1:])
-        return x.reshape(batch, gh, gw, -1)
+        return visual.ln_pre(x), (gh, gw)
+
+    def dense_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens after the final layer norm: ``(B, H // p, W // p, width)`` in the model dtype."""
+        x, (gh, gw) = self._embed(images)
+        x = self.model.visual.transformer(x)
+        x = self.model.visual.ln_post(x[:, 1:])
+        return x.reshape(x.shape[0], gh, gw, -1)
+
+    def last_block_features(self, images: torch.Tensor) -> "LastBlockFeatures":
+        """Tokens, queries, keys, values and [CLS] attention of the last block (see :class:`LastBlockFeatures`)."""
+        from zutiscli.models.features import LastBlockFeatures
+
+        x, (gh, gw) = self._embed(images)
+        transformer = self.model.visual.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        blocks = transformer.resblocks
+        last = blocks[-1]
+        attention = getattr(last, "attn", None)
+        if not isinstance(attention, torch.nn.MultiheadAttention) or getattr(attention, "in_proj_weight", None) is None:
+            raise ModelError(f"model {self.spec.name}: its last block is not standard attention; cannot read keys")
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks[:-1]:
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        batch, length, width = x.shape
+        heads = attention.num_heads
+        q, k, v = F.linear(last.ln_1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, dim=-1)
+        qh = q[:, :1].reshape(batch, 1, heads, width // heads).transpose(1, 2)
+        kh = k.reshape(batch, length, heads, width // heads).transpose(1, 2)
+        weights = torch.softmax((qh.float() @ kh.float().transpose(-1, -2)) * (width // heads) ** -0.5, dim=-1)
+        out = last(x if batch_first else x.transpose(0, 1))
+        out = out if batch_first else out.transpose(0, 1)
+        tokens = self.model.visual.ln_post(out[:, 1:])
+
+        def grid(t: torch.Tensor) -> torch.Tensor:
+            return t[:, 1:].reshape(batch, gh, gw, -1)
+
+        return LastBlockFeatures(
+            tokens=tokens.reshape(batch, gh, gw, -1),
+            queries=grid(q),
+            keys=grid(k),
+            values=grid(v),
+            cls_attention=weights[:, :, 0, 1:].reshape(batch, heads, gh, gw).to(x.dtype),
+        )
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(..., width)`` -> text space ``(..., D)`` through CLIP's visual projection."""
