@@ -60,10 +60,11 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 
 def _register_commands() -> None:
-    from zutiscli.cli import index, synth
+    from zutiscli.cli import copypaste, index, synth
 
     app.add_typer(synth.app, name="synth")
     app.add_typer(index.app, name="index")
+    app.command("copypaste")(copypaste.copypaste)
 
 
 _register_commands()

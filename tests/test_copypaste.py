@@ -1,0 +1,145 @@
+"""Copy-paste invariants: disjoint masks, RLE areas, semantic = union of instances, determinism."""
+
+import json
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from zutiscli.artefacts.coco import CocoBuilder, load_coco
+from zutiscli.artefacts.labelmap import read_label_png
+from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.pseudolabels import PSEUDOLABELS_NAME, load_pseudolabels
+from zutiscli.cli.app import main
+from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool, scene_rng, synthesize
+from zutiscli.errors import ArtefactError, UsageError
+from zutiscli.ops.masks import decode_mask
+from zutiscli.pipeline.copypaste import write_dataset
+from zutiscli.pipeline.synth import SynthConfig, write_synth
+from zutiscli.synth.world import SHAPES
+
+
+def make_pseudolabels(root, count=30, seed=4, size=64):
+    """A pseudo-label directory whose masks are the shapes world's true masks (archive = shape)."""
+    pile = write_synth(SynthConfig("pile", count, seed=seed, size=size), root / "pile")
+    truth = load_coco(pile / "hidden" / "instances.json")
+    out = root / "pseudo"
+    out.mkdir()
+    builder = CocoBuilder(list(SHAPES))
+    images = {img["id"]: img for img in truth["images"]}
+    new_ids = {}
+    for ann in truth["annotations"]:
+        image = images[ann["image_id"]]
+        if image["id"] not in new_ids:
+            new_ids[image["id"]] = builder.add_image(relative_to(out, pile / image["file_name"]), image["width"],
+                                                     image["height"], archive=SHAPES[ann["category_id"] - 1])
+        builder.add_mask(new_ids[image["id"]], ann["category_id"], ann["segmentation"], score=1.0)
+    builder.write(out / PSEUDOLABELS_NAME)
+    write_manifest(out, "zutis.pseudolabels", params={"method": "ground-truth"})
+    return out
+
+
+@pytest.fixture(scope="module")
+def pseudo(tmp_path_factory):
+    return make_pseudolabels(tmp_path_factory.mktemp("cp"))
+
+
+SMALL = CopyPasteConfig(size=96, max_objects=6)
+
+
+def test_scene_invariants(pseudo):
+    pool = ObjectPool(load_pseudolabels(pseudo))
+    saw_several = saw_ignore = saw_same = False
+    for index in range(40):
+        scene = synthesize(pool, SMALL, scene_rng(0, index))
+        assert scene.image.shape == (96, 96, 3) and scene.image.dtype == np.uint8
+        assert scene.masks.shape[1:] == (96, 96) and scene.masks.dtype == bool
+        assert len(scene.classes) == len(scene.masks)
+        assert (scene.masks.sum(axis=0) <= 1).all()  # disjoint
+        assert (scene.masks.reshape(len(scene.masks), -1).sum(1) > 0).all()
+        expected = np.zeros((96, 96), dtype=np.uint8)
+        for mask, cls in zip(scene.masks, scene.classes):
+            expected[mask] = cls + 1
+        labelled = scene.semantic != 255
+        assert np.array_equal(scene.semantic[labelled], expected[labelled])
+        assert not scene.masks[:, ~labelled].any()
+        saw_several |= len(scene.masks) >= 3
+        saw_ignore |= (~labelled).any()
+        saw_same |= len(scene.classes) >= 2 and len(set(scene.classes.tolist())) == 1
+    assert saw_several and saw_ignore and saw_same
+
+
+def test_same_seed_same_scene_and_dataset_matches_online(pseudo, tmp_path):
+    pool = ObjectPool(load_pseudolabels(pseudo))
+    a = synthesize(pool, SMALL, scene_rng(3, 5))
+    b = synthesize(pool, SMALL, scene_rng(3, 5))
+    c = synthesize(pool, SMALL, scene_rng(3, 6))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.masks, b.masks)
+    assert not np.array_equal(a.image, c.image)
+    dataset = CopyPasteDataset(pool, SMALL, seed=3, length=10)
+    image, semantic, masks, classes = dataset[5]
+    assert image.shape == (3, 96, 96) and float(image.max()) <= 1.0
+    assert np.array_equal(semantic.numpy(), a.semantic) and np.array_equal(masks.numpy(), a.masks)
+    assert np.array_equal(classes.numpy(), a.classes)
+
+
+def test_dataset_on_disk(pseudo, tmp_path):
+    first = write_dataset(pseudo, 6, SMALL, seed=2, output=tmp_path / "a", image_format="png")
+    second = write_dataset(pseudo, 6, SMALL, seed=2, output=tmp_path / "b", image_format="png", workers=2)
+    for name in ("images/000003.png", "semantic/000003.png"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    assert json.loads((first / "instances.json").read_text()) == json.loads((second / "instances.json").read_text())
+    manifest = read_manifest(first, "zutis.dataset")
+    assert manifest.summary["images"] == 6 and manifest.inputs[0].kind == "zutis.pseudolabels"
+    coco = COCO(str(first / "instances.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(SHAPES)
+    for image in coco.loadImgs(coco.getImgIds()):
+        semantic = read_label_png(first / image["semantic"])
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]]))
+        union = np.zeros_like(semantic)
+        for ann in anns:
+            mask = decode_mask(ann["segmentation"])
+            assert mask.sum() == ann["area"]
+            assert (union[mask] == 0).all()
+            union[mask] = ann["category_id"]
+        labelled = semantic != 255
+        assert np.array_equal(union[labelled], semantic[labelled])
+    # the same scene as online training for that seed
+    online = synthesize(ObjectPool(load_pseudolabels(pseudo)), SMALL, scene_rng(2, 3))
+    assert np.array_equal(read_label_png(first / "semantic" / "000003.png"), online.semantic)
+
+
+def test_pseudolabels_round_trip_through_pycocotools(pseudo):
+    labels = load_pseudolabels(pseudo)
+    coco = COCO(str(pseudo / PSEUDOLABELS_NAME))
+    for obj in labels.objects[:10]:
+        ann = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[obj.image_id]))][0]
+        assert ann["segmentation"]["counts"] == labels.by_image()[obj.image_id][0].rle["counts"]
+        assert np.array_equal(coco.annToMask(ann).astype(bool), decode_mask(labels.by_image()[obj.image_id][0].rle))
+
+
+def test_bad_inputs(tmp_path, pseudo):
+    with pytest.raises(ArtefactError, match="zutis pseudolabel"):
+        load_pseudolabels(tmp_path)
+    with pytest.raises(UsageError):
+        CopyPasteConfig(scale_range=(0.0, 1.0)).validate()
+    with pytest.raises(UsageError):
+        CopyPasteConfig(hflip_prob=2).validate()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    CocoBuilder(["a"]).write(empty / PSEUDOLABELS_NAME)
+    write_manifest(empty, "zutis.pseudolabels")
+    with pytest.raises(ArtefactError, match="no object masks"):
+        write_dataset(empty, 2, SMALL, output=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli(pseudo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["copypaste", str(pseudo), "-n", "3", "--size", "64", "-o", str(tmp_path / "ds"), "--json"])
+    assert exit_info.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["images"] == 3 and document["path"] == str(tmp_path / "ds")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["copypaste", str(tmp_path / "nope"), "-n", "3"])
+    assert exit_info.value.code == 1 and "no such directory" in capsys.readouterr().err

@@ -1,0 +1,87 @@
+"""The pseudo-label artefact: one or more named object masks per archive image.
+
+Layout of a pseudo-label directory (kind ``zutis.pseudolabels``)::
+
+    manifest.json
+    pseudolabels.json   COCO instances: images (file_name relative to this directory, width,
+                        height, "archive": class name, "rank" in the archive), annotations (RLE
+                        mask, area, bbox, category = the archive's class, "score" where the
+                        method gives one), categories (the archive classes, ids 1..C in order)
+    empty.jsonl         archive images on which the method found no object: {"path", "class"}
+
+The copy-paste stage reads only this directory, so any mask source that writes this layout
+(another saliency model, human masks for an upper bound) plugs into the pipeline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zutiscli.artefacts.coco import load_coco
+from zutiscli.artefacts.manifest import Manifest, read_manifest, resolve_relative
+from zutiscli.errors import ArtefactError
+
+PSEUDOLABELS_NAME = "pseudolabels.json"
+EMPTY_NAME = "empty.jsonl"
+
+
+@dataclass(frozen=True)
+class PseudoObject:
+    """One object mask of the pool: its image (absolute path), RLE, class index (0-based), score."""
+
+    image: Path
+    rle: dict[str, Any]
+    class_index: int
+    score: float | None
+    image_id: int
+
+
+@dataclass
+class PseudoLabels:
+    """A loaded pseudo-label directory: class names and objects grouped by class."""
+
+    directory: Path
+    manifest: Manifest
+    classes: list[str]
+    objects: list[PseudoObject]
+
+    def by_class(self) -> list[list[PseudoObject]]:
+        """Objects per class index, in file order."""
+        groups: list[list[PseudoObject]] = [[] for _ in self.classes]
+        for obj in self.objects:
+            groups[obj.class_index].append(obj)
+        return groups
+
+    def by_image(self) -> dict[int, list[PseudoObject]]:
+        """Objects per image id, in file order."""
+        groups: dict[int, list[PseudoObject]] = {}
+        for obj in self.objects:
+            groups.setdefault(obj.image_id, []).append(obj)
+        return groups
+
+
+def load_pseudolabels(directory: str | Path) -> PseudoLabels:
+    """Read and validate a pseudo-label directory; errors name the file and the problem."""
+    directory = Path(directory)
+    manifest = read_manifest(directory, "zutis.pseudolabels")
+    coco = load_coco(directory / PSEUDOLABELS_NAME)
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    if [c["id"] for c in categories] != list(range(1, len(categories) + 1)):
+        raise ArtefactError(f"{directory / PSEUDOLABELS_NAME}: category ids must be 1..C in order")
+    images = {img["id"]: img for img in coco["images"]}
+    objects = []
+    for ann in coco["annotations"]:
+        image = images[ann["image_id"]]
+        segmentation = ann.get("segmentation")
+        if not isinstance(segmentation, dict) or "counts" not in segmentation:
+            raise ArtefactError(f"{directory / PSEUDOLABELS_NAME}: annotation {ann.get('id')} has no RLE mask")
+        objects.append(PseudoObject(
+            image=resolve_relative(directory, image["file_name"]),
+            rle=segmentation,
+            class_index=int(ann["category_id"]) - 1,
+            score=ann.get("score"),
+            image_id=int(ann["image_id"]),
+        ))
+    return PseudoLabels(directory, manifest, [c["name"] for c in categories], objects)
