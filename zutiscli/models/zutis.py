@@ -1,0 +1,135 @@
+"""The ZUTIS model: a CLIP image encoder trained to segment in CLIP's text space, plus a query decoder.
+
+Semantic branch::
+
+    tokens (B, h, w, width) = CLIP ViT patch tokens after ln_post (positions interpolated to any size)
+    dense  (B, h, w, D)     = L2-normalise(LayerNorm(tokens @ W)),  W initialised from CLIP's projection
+    logits (B, K, h, w)     = dense . text / temperature,  text = frozen CLIP text embeddings of
+                              ["background", class_1, ..., class_C] (bare names), K = C + 1
+
+Instance branch (patch tokens DETACHED by default: the decoder's gradients do not reach the encoder)::
+
+    values (B, 2h * 2w, width) = MLP3(upsample_x2(tokens))
+    queries (L, B, Q, width)   = transformer decoder (Q learned queries, L layers) over the values
+    masks  (L, B, Q, 2h, 2w)   = MLP3(queries) . values
+
+The text encoder is frozen, so the classes can be swapped at inference (open vocabulary).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zutiscli.models.clip import ClipBackbone
+from zutiscli.models.decoder import MLP, QueryDecoder, sine_positions
+
+BACKGROUND = "background"
+
+
+@dataclass
+class ZutisConfig:
+    """Architecture of a ZUTIS model (saved inside every checkpoint). Defaults = the official config."""
+
+    backbone: dict[str, Any] = field(default_factory=lambda: {"name": "ViT-B-16", "pretrained": "openai"})
+    num_queries: int = 100
+    decoder_layers: int = 6
+    decoder_heads: int = 8
+    decoder_ffn: int = 2048
+    decoder_dropout: float = 0.0
+    mlp_hidden: int = 256
+    temperature: float = 1.0
+    stop_gradient: bool = True
+    background: str = BACKGROUND
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ZutisConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class ZutisModel(nn.Module):
+    """ZUTIS over a :class:`ClipBackbone` (whose image tower becomes trainable, text tower stays frozen)."""
+
+    def __init__(self, backbone: ClipBackbone, config: ZutisConfig):
+        super().__init__()
+        self.config = config
+        self.backbone = backbone
+        width, dim = backbone.width, backbone.embed_dim
+        visual = backbone.model.visual
+        for param in visual.parameters():
+            param.requires_grad_(True)
+        visual.proj.requires_grad_(False)  # replaced by self.projection; kept for the text-space reference
+        self.projection = nn.Parameter(visual.proj.detach().clone().float())
+        self.norm = nn.LayerNorm(dim)
+        self.pixel_mlp = MLP(width, config.mlp_hidden, width, layers=3)
+        self.decoder = QueryDecoder(width, config.num_queries, config.decoder_layers, config.decoder_heads,
+                                    config.decoder_ffn, config.decoder_dropout)
+        self.query_mlp = MLP(width, config.mlp_hidden, width, layers=3)
+        self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    # ---- parameter groups -------------------------------------------------------------------
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters of the CLIP image encoder (the 0.1x learning-rate group)."""
+        return [p for p in self.backbone.model.visual.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Projection, norm, MLPs, queries and decoder (the 1x learning-rate group)."""
+        encoder = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in encoder]
+
+    # ---- text -------------------------------------------------------------------------------
+    def text_embeddings(self, classes: list[str]) -> torch.Tensor:
+        """``(1 + C, D)`` float32 embeddings of ``[background] + classes`` (bare names), cached."""
+        key = (self.config.background, *classes)
+        if key not in self._text_cache:
+            was_training = self.backbone.model.training
+            self.backbone.model.eval()
+            with torch.no_grad():
+                self._text_cache[key] = self.backbone.encode_text(list(key), templates="names").detach()
+            self.backbone.model.train(was_training)
+        return self._text_cache[key]
+
+    # ---- forward ----------------------------------------------------------------------------
+    def dense_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``(B, h, w, width)`` -> text-space embeddings ``(B, h, w, D)`` float32, L2-normalised."""
+        projected = tokens.float() @ self.projection
+        return F.normalize(self.norm(projected), dim=-1)
+
+    def semantic_logits(self, dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """``(B, h, w, D)`` x ``(K, D)`` -> ``(B, K, h, w)`` cosine logits divided by the temperature."""
+        return torch.einsum("bhwd,kd->bkhw", dense, text.to(dense.dtype)) / self.config.temperature
+
+    def mask_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-layer query mask logits ``(L, B, Q, 2h, 2w)`` from tokens ``(B, h, w, width)``."""
+        if self.config.stop_gradient:
+            tokens = tokens.detach()
+        batch, height, width, channels = tokens.shape
+        grid = F.interpolate(tokens.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        values = self.pixel_mlp(grid.flatten(2).transpose(1, 2))  # (B, 4hw, width)
+        positions = sine_positions(2 * height, 2 * width, channels, device=values.device, dtype=values.dtype)
+        queries = self.decoder(values, positions)  # (L, B, Q, width)
+        embedded = self.query_mlp(queries)
+        logits = torch.einsum("lbqc,bpc->lbqp", embedded, values)
+        return logits.reshape(*logits.shape[:3], 2 * height, 2 * width)
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``images (B, 3, H, W)`` normalised, ``text (K, D)`` -> ``dense``, ``semantic_logits``, ``mask_logits``.
+
+        Shapes: dense ``(B, h, w, D)``, semantic_logits ``(B, K, h, w)``, mask_logits
+        ``(L, B, Q, 2h, 2w)`` with ``h, w = H // p, W // p``.
+        """
+        tokens = self.backbone.dense_tokens(images)
+        dense = self.dense_embeddings(tokens)
+        return {
+            "dense": dense,
+            "semantic_logits": self.semantic_logits(dense, text),
+            "mask_logits": self.mask_logits(tokens),
+        }
