@@ -198,7 +198,7 @@ def test_torchrun_ranks_take_disjoint_slices(tmp_path, pile, tiny_checkpoint):
 
     out = tmp_path / "ranks"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "--module", "zutiscli", "index", str(pile), "--model", "zutis-tiny", "--pretrained", str(tiny_checkpoint),
         "--workers", "0", "--precision", "fp32", "--batch-size", "4", "--chunk-size", "8", "-o", str(out), "--quiet",
     ]

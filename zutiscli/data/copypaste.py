@@ -248,10 +248,11 @@ def scene_rng(seed: int, index: int) -> np.random.Generator:
 
 
 class CopyPasteDataset(torch.utils.data.Dataset):
-    """Scenes on the fly for training: item ``i`` of epoch ``e`` is scene ``e * length + i`` of ``seed``.
+    """Scenes on the fly for training: item ``g`` is scene ``g`` of ``seed`` (see :func:`scene_rng`).
 
     Returns ``(image (3, S, S) float32 in [0, 1], semantic (S, S) int64, masks (N, S, S) bool,
-    classes (N,) int64)``.
+    classes (N,) int64)``. Training asks for item ``iteration * batch_size + j``, so every scene is
+    seen once and a resumed run sees exactly the scenes it would have seen.
     """
 
     def __init__(self, pool: ObjectPool, config: CopyPasteConfig, seed: int = 0, length: int = 10_000):
@@ -259,13 +260,12 @@ class CopyPasteDataset(torch.utils.data.Dataset):
         self.config = config
         self.seed = seed
         self.length = length
-        self.epoch = 0
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int):
-        scene = synthesize(self.pool, self.config, scene_rng(self.seed, self.epoch * self.length + index))
+        scene = synthesize(self.pool, self.config, scene_rng(self.seed, index))
         image = torch.from_numpy(scene.image).permute(2, 0, 1).float().div_(255)
         return image, torch.from_numpy(scene.semantic.astype(np.int64)), torch.from_numpy(scene.masks), \
             torch.from_numpy(scene.classes)

@@ -1,0 +1,168 @@
+"""`zutis train`: exact resume, DDP equals single process, safe checkpoints, recipes, budgets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from zutiscli.artefacts.checkpoint import load_checkpoint, save_checkpoint
+from zutiscli.artefacts.manifest import read_manifest
+from zutiscli.cli.app import main
+from zutiscli.errors import ArtefactError, UsageError
+from zutiscli.pipeline.train import CHECKPOINT, FINAL, TrainConfig, TrainingInterrupted, load_recipe, poly_lr, train
+
+from test_copypaste import make_pseudolabels  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pseudo(tmp_path_factory):
+    return make_pseudolabels(tmp_path_factory.mktemp("train"), count=24)
+
+
+def small(pseudo, checkpoint, **overrides):
+    values = dict(source=str(pseudo), model="zutis-tiny", pretrained=str(checkpoint), num_queries=6,
+                  decoder_layers=2, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=6, batch_size=2,
+                  crop=48, lr=1e-3, workers=0, device="cpu", precision="fp32", checkpoint_every=2, log_every=1,
+                  max_objects=4)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def weights(run):
+    return load_checkpoint(run / FINAL)["model"]
+
+
+def same(a, b, atol=0.0):
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol:
+            assert torch.allclose(a[key].float(), b[key].float(), atol=atol), key
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_run_directory_contents(pseudo, tiny_checkpoint, tmp_path):
+    result = train(small(pseudo, tiny_checkpoint), tmp_path / "run")
+    assert result.iteration == 6 and result.stopped == "completed"
+    manifest = read_manifest(result.path, "zutis.run")
+    assert manifest.summary["iterations"] == 6 and manifest.inputs[0].kind == "zutis.pseudolabels"
+    lines = [json.loads(line) for line in (result.path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["iteration"] for line in lines] == [1, 2, 3, 4, 5, 6]
+    assert lines[0]["lr"] > lines[-1]["lr"] and lines[0]["encoder_lr"] == pytest.approx(lines[0]["lr"] * 0.1)
+    final = load_checkpoint(result.path / FINAL)
+    assert final["classes"] == ["circle", "square", "triangle", "star", "cross", "ring"]
+    assert final["config"]["backbone"]["name"] == "zutis-tiny" and "optimizer" not in final
+
+
+def test_resume_after_sigint_reproduces_uninterrupted_weights(pseudo, tiny_checkpoint, tmp_path):
+    whole = train(small(pseudo, tiny_checkpoint), tmp_path / "whole").path
+
+    def interrupt(iteration, total, losses):
+        if iteration == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(small(pseudo, tiny_checkpoint), tmp_path / "cut", progress=interrupt)
+    assert info.value.iteration == 3 and info.value.exit_code == 130
+    assert "--resume" in str(info.value)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["iteration"] == 3
+    resumed = train(small(pseudo, tiny_checkpoint), resume=tmp_path / "cut")
+    assert resumed.iteration == 6
+    same(weights(whole), weights(resumed.path))
+    lines = [json.loads(line)["iteration"] for line in (resumed.path / "metrics.jsonl").read_text().splitlines()]
+    assert lines == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_process_ddp_equals_single_process(pseudo, tiny_checkpoint, tmp_path):
+    single = train(small(pseudo, tiny_checkpoint, batch_size=4, iterations=3), tmp_path / "single").path
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--module",
+        "zutiscli", "train", str(pseudo), "--model", "zutis-tiny", "--pretrained", str(tiny_checkpoint),
+        "--num-queries", "6", "--decoder-layers", "2", "--decoder-heads", "2", "--decoder-ffn", "32",
+        "--mlp-hidden", "16", "--iterations", "3", "--batch-size", "4", "--crop", "48", "--lr", "1e-3",
+        "--workers", "0", "--device", "cpu", "--precision", "fp32", "--max-objects", "4", "-o", str(tmp_path / "ddp"),
+        "--quiet",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = weights(single), weights(tmp_path / "ddp")
+    assert a.keys() == b.keys()
+    for key in a:
+        if key.endswith("in_proj_bias"):
+            # the key bias has an exactly zero gradient (softmax is shift-invariant), so Adam turns
+            # float noise into steps of up to lr; queries and values must agree like everything else
+            third = a[key].shape[0] // 3
+            assert torch.allclose(a[key][:third], b[key][:third], atol=1e-5), key
+            assert torch.allclose(a[key][2 * third:], b[key][2 * third:], atol=1e-5), key
+            assert torch.allclose(a[key][third:2 * third], b[key][third:2 * third], atol=2 * 1e-3 * 3), key
+        else:
+            assert torch.allclose(a[key], b[key], atol=1e-5), key
+    assert read_manifest(tmp_path / "ddp").summary["processes"] == 2
+
+
+def test_checkpoints_refuse_pickled_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "zutis.checkpoint", "config": {}, "classes": [], "model": Payload()}, path)
+    with pytest.raises(ArtefactError, match="weights_only=True"):
+        load_checkpoint(path)
+    torch.save({"just": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ArtefactError, match="not a zutis checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"config": {"a": 1}, "classes": ["x"], "model": {"w": torch.ones(2)}})
+    assert load_checkpoint(tmp_path / "ok.pt")["classes"] == ["x"]
+
+
+def test_recipes_and_cli_overrides(pseudo, tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text("iterations: 3\nbatch-size: 2\ncrop: 48\nlr: 0.002\n")
+    (tmp_path / "r.toml").write_text("iterations = 4\nnum_queries = 5\n")
+    assert load_recipe(tmp_path / "r.yaml") == {"iterations": 3, "batch_size": 2, "crop": 48, "lr": 0.002}
+    assert load_recipe(tmp_path / "r.toml") == {"iterations": 4, "num_queries": 5}
+    (tmp_path / "bad.yaml").write_text("iterations: [unclosed\n")
+    with pytest.raises(UsageError, match="cannot be parsed"):
+        load_recipe(tmp_path / "bad.yaml")
+    with pytest.raises(UsageError, match="unknown option"):
+        TrainConfig.from_dict({"iterationz": 3})
+    args = ["train", str(pseudo), "--config", str(tmp_path / "r.yaml"), "--model", "zutis-tiny", "--pretrained",
+            str(tiny_checkpoint), "--num-queries", "6", "--decoder-layers", "1", "--decoder-heads", "2",
+            "--decoder-ffn", "32", "--mlp-hidden", "16", "--workers", "0", "--device", "cpu", "--precision", "fp32",
+            "--iterations", "2", "-o", str(tmp_path / "run"), "--json"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert document["iteration"] == 2 and config["iterations"] == 2  # the flag beats the file
+    assert config["batch_size"] == 2 and config["lr"] == 0.002  # the file beats the defaults
+
+
+def test_budget_stops_early_with_a_usable_model(pseudo, tiny_checkpoint, tmp_path):
+    result = train(small(pseudo, tiny_checkpoint, iterations=50, max_minutes=1e-6), tmp_path / "b")
+    assert result.stopped == "budget" and result.iteration == 1
+    assert (result.path / FINAL).is_file()
+
+
+def test_poly_schedule():
+    assert poly_lr(5e-5, 0, 100, 0.9, 1e-6) == pytest.approx(5e-5)
+    assert poly_lr(5e-5, 100, 100, 0.9, 1e-6) == pytest.approx(1e-6)
+    assert poly_lr(5e-5, 50, 100, 0.9, 1e-6) == pytest.approx((5e-5 - 1e-6) * 0.5**0.9 + 1e-6)
+
+
+def test_bad_sources_and_options(tmp_path, capsys, pseudo):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path)])
+    assert exit_info.value.code == 1 and "zutis pseudolabel" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(pseudo), "--iterations", "0"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2

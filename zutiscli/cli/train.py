@@ -1,0 +1,110 @@
+"""`zutis train`: train the ZUTIS segmenter on pseudo-labels (online copy-paste) or a copy-paste dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, QuietOpt, Reporter, err_console
+
+# Options that map one-to-one onto TrainConfig fields (name in the signature = field name).
+_FIELDS = (
+    "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
+    "temperature", "stop_gradient", "iterations", "batch_size", "crop", "lr", "encoder_lr_mult", "weight_decay",
+    "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob", "scale_min", "scale_max", "seed",
+    "workers", "device", "precision", "checkpoint_every", "log_every", "max_minutes",
+)
+
+
+def train(
+    ctx: typer.Context,
+    source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste) or copy-paste dataset.", show_default=False)] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", help="Recipe file (.yaml/.toml) of option values; flags given here override it.", show_default=False)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.", show_default=False)] = None,
+    model: Annotated[str, typer.Option("--model", help="open_clip ViT of the image encoder.")] = "ViT-B-16",
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)] = None,
+    num_queries: Annotated[int, typer.Option("--num-queries", help="Learned queries of the instance decoder.")] = 100,
+    decoder_layers: Annotated[int, typer.Option("--decoder-layers", help="Transformer decoder layers.")] = 6,
+    decoder_heads: Annotated[int, typer.Option("--decoder-heads", help="Attention heads per decoder layer.")] = 8,
+    decoder_ffn: Annotated[int, typer.Option("--decoder-ffn", help="Decoder feed-forward width.")] = 2048,
+    mlp_hidden: Annotated[int, typer.Option("--mlp-hidden", help="Hidden width of the pixel and query MLPs.")] = 256,
+    temperature: Annotated[float, typer.Option("--temperature", help="Semantic logits = cosine / temperature (1 = raw cosines, as the official code).")] = 1.0,
+    stop_gradient: Annotated[bool, typer.Option("--stop-grad/--no-stop-grad", help="Detach patch tokens before the instance decoder (the paper's default).")] = True,
+    iterations: Annotated[int, typer.Option("--iterations", help="Optimiser steps.")] = 20_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (split across processes).")] = 8,
+    crop: Annotated[int, typer.Option("--crop", help="Training scene side in pixels.")] = 384,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate of the heads.")] = 5e-5,
+    encoder_lr_mult: Annotated[float, typer.Option("--encoder-lr-mult", help="Encoder learning rate = lr x this.")] = 0.1,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.05,
+    poly_power: Annotated[float, typer.Option("--poly-power", help="Poly schedule power.")] = 0.9,
+    min_lr: Annotated[float, typer.Option("--min-lr", help="Poly schedule floor.")] = 1e-6,
+    lambda_mask: Annotated[float, typer.Option("--lambda-mask", help="Weight of the mask loss.")] = 1.0,
+    max_objects: Annotated[int, typer.Option("--max-objects", help="Most archive images per copy-paste scene.")] = 10,
+    same_class_prob: Annotated[float, typer.Option("--same-class-prob", help="Chance that a scene draws from one archive.")] = 0.5,
+    scale_min: Annotated[float, typer.Option("--scale-min", help="Smallest pasted object (fraction of the side).")] = 0.1,
+    scale_max: Annotated[float, typer.Option("--scale-max", help="Largest pasted object (fraction of the side).")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the scene stream and the initialisation.")] = 0,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Data workers (default: cores - 1, up to 8).", show_default=False)] = None,
+    device: DeviceOpt = "auto",
+    precision: Annotated[str, typer.Option("--precision", metavar="auto|fp32|bf16|fp16", help="Autocast precision; auto = fp16 on CUDA, fp32 on the CPU.")] = "auto",
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Iterations between checkpoints.")] = 1000,
+    log_every: Annotated[int, typer.Option("--log-every", help="Iterations between metrics.jsonl lines.")] = 10,
+    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop (and save) after this much training time.", show_default=False)] = None,
+    output: OutputOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train the ZUTIS model (semantic + instance) on pseudo-labels; resumable; torchrun for several GPUs.
+
+    Example: zutis train data/pseudo --model shapes-clip --iterations 200 --crop 128 -o runs/train/shapes
+    """
+    from zutiscli.pipeline.train import TrainConfig, load_recipe, train as run_training
+
+    reporter = Reporter(json_mode, quiet)
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(load_recipe(config_file))
+    local = locals()
+    for name in _FIELDS:
+        source_kind = ctx.get_parameter_source(name)
+        explicit = source_kind is not None and source_kind.name not in ("DEFAULT", "DEFAULT_MAP")
+        if explicit or name not in values:
+            values[name] = local[name]
+    if source is not None:
+        values["source"] = str(source)
+    config = TrainConfig.from_dict(values, where=str(config_file) if config_file else "options")
+    if resume is None and not config.source:
+        raise typer.BadParameter("give the pseudo-label or dataset directory (or --resume RUN_DIR)")
+
+    state = {"task": None, "progress": None}
+    if reporter.show_progress:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        state["progress"] = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                     console=err_console, transient=True)
+
+    def progress(iteration: int, total: int, losses: dict[str, float]) -> None:
+        bar = state["progress"]
+        if bar is None:
+            return
+        if state["task"] is None:
+            state["task"] = bar.add_task("train", total=total, completed=iteration - 1, loss="")
+        bar.update(state["task"], completed=iteration, total=total, loss=f"{losses.get('loss', float('nan')):.4f}")
+
+    if state["progress"] is not None:
+        state["progress"].start()
+    try:
+        result = run_training(config, output=output, resume=resume, progress=progress, log=reporter.log)
+    finally:
+        if state["progress"] is not None:
+            state["progress"].stop()
+    if not result.main:
+        return
+    reporter.log(f"{result.stopped}: iteration {result.iteration}, {result.iterations_per_second:.2f} it/s, "
+                 f"final loss {result.last.get('loss', float('nan')):.4f}")
+    reporter.result({"iteration": result.iteration, "stopped": result.stopped,
+                     "iterations_per_second": round(result.iterations_per_second, 4),
+                     "final": {k: round(v, 6) for k, v in result.last.items()}}, path=result.path)

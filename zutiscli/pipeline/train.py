@@ -1,0 +1,532 @@
+"""`zutis train`: train the ZUTIS model on pseudo-labels, from one CPU to many GPUs.
+
+Data: online copy-paste scenes from a pseudo-label directory (default), or a copy-paste dataset
+written by ``zutis copypaste``. Iteration ``t`` uses items ``t * batch + 0 .. t * batch + batch-1``
+of a deterministic stream, split across data-parallel ranks, so a resumed or distributed run sees
+exactly the scenes of a single uninterrupted run.
+
+Optimisation (official defaults): AdamW, lr 5e-5 for the heads and 0.1x for the CLIP image
+encoder, weight decay 0.05, poly schedule (power 0.9, floor 1e-6) by iteration, 20k iterations,
+batch 8, 384 px. CUDA runs use autocast (fp16 with a grad scaler, or bf16), pinned memory and
+non-blocking copies; ``torchrun`` gives DistributedDataParallel (NCCL on GPUs, gloo on CPUs) with
+only rank 0 writing.
+
+Run directory (kind ``zutis.run``): ``config.json``, ``metrics.jsonl``, ``checkpoints/last.pt``
+(everything needed for ``--resume``), ``model.pt`` (the final model for ``zutis predict``),
+``manifest.json`` (written when the run finishes).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from zutiscli.artefacts.atomic import atomic_write_json
+from zutiscli.artefacts.checkpoint import load_checkpoint, save_checkpoint
+from zutiscli.artefacts.coco import load_coco
+from zutiscli.artefacts.labelmap import read_label_png
+from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, resolve_relative, write_manifest
+from zutiscli.artefacts.pseudolabels import load_pseudolabels
+from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool
+from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.models.clip import ModelSpec, load_backbone
+from zutiscli.models.device import resolve_device
+from zutiscli.models.losses import zutis_loss
+from zutiscli.models.zutis import ZutisConfig, ZutisModel
+from zutiscli.ops.masks import decode_mask
+
+CHECKPOINT = "checkpoints/last.pt"
+FINAL = "model.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``zutis train`` (saved in the run directory and in checkpoints)."""
+
+    source: str = ""
+    model: str = "ViT-B-16"
+    pretrained: str | None = None
+    num_queries: int = 100
+    decoder_layers: int = 6
+    decoder_heads: int = 8
+    decoder_ffn: int = 2048
+    mlp_hidden: int = 256
+    temperature: float = 1.0
+    stop_gradient: bool = True
+    iterations: int = 20_000
+    batch_size: int = 8
+    crop: int = 384
+    lr: float = 5e-5
+    encoder_lr_mult: float = 0.1
+    weight_decay: float = 0.05
+    poly_power: float = 0.9
+    min_lr: float = 1e-6
+    lambda_mask: float = 1.0
+    max_objects: int = 10
+    same_class_prob: float = 0.5
+    scale_min: float = 0.1
+    scale_max: float = 1.0
+    seed: int = 0
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    max_minutes: float | None = None
+
+    def validate(self) -> None:
+        positive = ("iterations", "batch_size", "crop", "num_queries", "decoder_layers", "decoder_heads",
+                    "decoder_ffn", "mlp_hidden", "checkpoint_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        for name in ("lr", "temperature"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"--{name} must be > 0 (got {getattr(self, name)})")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UsageError(f"--precision must be auto, fp32, bf16 or fp16 (got {self.precision!r})")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise UsageError(f"--max-minutes must be > 0 (got {self.max_minutes})")
+        self.copypaste().validate()
+
+    def copypaste(self) -> CopyPasteConfig:
+        return CopyPasteConfig(size=self.crop, max_objects=self.max_objects, same_class_prob=self.same_class_prob,
+                               scale_range=(self.scale_min, self.scale_max))
+
+    def zutis(self, pretrained: str) -> ZutisConfig:
+        return ZutisConfig(
+            backbone={"name": self.model, "pretrained": pretrained},
+            num_queries=self.num_queries, decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
+            decoder_ffn=self.decoder_ffn, mlp_hidden=self.mlp_hidden, temperature=self.temperature,
+            stop_gradient=self.stop_gradient,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a training recipe (YAML or TOML) into a flat dict of :class:`TrainConfig` fields.
+
+    Keys may use dashes or underscores (``batch-size`` = ``batch_size``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise UsageError(f"--config {path}: use a .yaml, .yml or .toml file")
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - YAML and TOML parsers raise their own types
+        raise UsageError(f"--config {path}: cannot be parsed ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+# ---- distributed ----------------------------------------------------------------------------
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_spec: str) -> tuple[DistInfo, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), resolve_device(device_spec)
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(device_spec)
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return info, device
+
+
+def _broadcast(value: Any, info: DistInfo) -> Any:
+    if info.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---- data -----------------------------------------------------------------------------------
+class IterationBatches(torch.utils.data.Sampler):
+    """Index lists of iterations ``start .. total-1``: this rank's share of ``t * batch + j``."""
+
+    def __init__(self, start: int, total: int, batch: int, rank: int = 0, world: int = 1):
+        self.start, self.total, self.batch, self.rank, self.world = start, total, batch, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+    def __iter__(self):
+        for iteration in range(self.start, self.total):
+            yield [iteration * self.batch + j for j in range(self.rank, self.batch, self.world)]
+
+
+class DiskScenes(torch.utils.data.Dataset):
+    """A ``zutis copypaste`` dataset read back; global item ``g`` walks seeded per-epoch permutations."""
+
+    def __init__(self, directory: Path, size: int, seed: int):
+        self.directory = directory
+        coco = load_coco(directory / "instances.json")
+        self.images = sorted(coco["images"], key=lambda img: img["id"])
+        self.annotations: dict[int, list[dict]] = {}
+        for ann in coco["annotations"]:
+            self.annotations.setdefault(ann["image_id"], []).append(ann)
+        if not self.images:
+            raise ArtefactError(f"{directory}: the dataset holds no images")
+        self.size = size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return 2**62
+
+    def _position(self, index: int) -> int:
+        epoch, offset = divmod(index, len(self.images))
+        if epoch not in self._perms:
+            self._perms = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.images))}
+        return int(self._perms[epoch][offset])
+
+    def __getitem__(self, index: int):
+        import torch.nn.functional as F
+
+        from zutiscli.data.images import load_image
+
+        record = self.images[self._position(index)]
+        image = torch.from_numpy(np.asarray(load_image(resolve_relative(self.directory, record["file_name"]))).copy())
+        image = image.permute(2, 0, 1).float().div_(255)
+        semantic = torch.from_numpy(read_label_png(resolve_relative(self.directory, record["semantic"])).astype(np.int64))
+        anns = self.annotations.get(record["id"], [])
+        masks = torch.from_numpy(np.stack([decode_mask(a["segmentation"]) for a in anns])) if anns else \
+            torch.zeros((0, *semantic.shape), dtype=torch.bool)
+        classes = torch.tensor([a["category_id"] - 1 for a in anns], dtype=torch.int64)
+        if image.shape[-1] != self.size or image.shape[-2] != self.size:
+            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+            semantic = F.interpolate(semantic[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
+            masks = F.interpolate(masks[None].float(), size=(self.size, self.size), mode="nearest")[0] > 0.5
+        return image, semantic, masks, classes
+
+
+def _collate(items):
+    images = torch.stack([item[0] for item in items])
+    semantic = torch.stack([item[1] for item in items])
+    return images, semantic, [item[2] for item in items], [item[3] for item in items]
+
+
+def _ignore_sigint(_: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _source(config: TrainConfig, total_items: int):
+    """(dataset, class names, source kind) for a pseudo-label or dataset directory."""
+    manifest = read_manifest(config.source, ("zutis.pseudolabels", "zutis.dataset"))
+    if manifest.kind == "zutis.pseudolabels":
+        labels = load_pseudolabels(config.source)
+        pool = ObjectPool(labels)
+        return CopyPasteDataset(pool, config.copypaste(), config.seed, total_items), labels.classes, manifest.kind
+    classes = list(manifest.summary.get("classes") or [])
+    if not classes:
+        coco = load_coco(Path(config.source) / "instances.json")
+        classes = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    return DiskScenes(Path(config.source), config.crop, config.seed), classes, manifest.kind
+
+
+# ---- the loop -------------------------------------------------------------------------------
+class TrainingInterrupted(ZutisError):
+    """Raised after a signal-triggered checkpoint; the message says how to resume."""
+
+    def __init__(self, run_dir: Path, iteration: int, signum: int):
+        self.run_dir, self.iteration, self.signum = run_dir, iteration, signum
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} at iteration {iteration}: checkpoint saved; continue with "
+                         f"`zutis train --resume {run_dir}`")
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag (the loop checkpoints and stops) instead of killing the process."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous.clear()
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def poly_lr(base: float, iteration: int, total: int, power: float, floor: float) -> float:
+    """Poly schedule: ``(base - floor) * (1 - t / T) ** power + floor``, never below ``floor``."""
+    if base <= floor:
+        return base
+    return (base - floor) * (1.0 - min(iteration, total) / total) ** power + floor
+
+
+def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for training, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+        return torch.float16
+    return torch.float16 if device.type == "cuda" else None  # auto: CPU stays fp32 (see the README's figures)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np.frombuffer(json.dumps(_numpy_state()).encode(), dtype=np.uint8).copy()),
+        "python": torch.from_numpy(np.frombuffer(json.dumps(random.getstate()[1]).encode(), dtype=np.uint8).copy()),
+    }
+
+
+def _numpy_state() -> list:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = json.loads(bytes(state["numpy"].numpy()).decode())
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    random.setstate((3, tuple(json.loads(bytes(state["python"].numpy()).decode())), None))
+
+
+@dataclass
+class TrainResult:
+    """What a run did: directory, iterations done, why it stopped, timing, final loss terms."""
+
+    path: Path
+    iteration: int
+    stopped: str
+    seconds: float
+    iterations_per_second: float
+    last: dict[str, float] = field(default_factory=dict)
+    main: bool = True  # False on the other ranks of a distributed run (they print nothing)
+
+
+def train(
+    config: TrainConfig,
+    output: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run (or resume) a training run; returns the run directory and what happened."""
+    say = log or (lambda message: None)
+    checkpoint = None
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        saved = TrainConfig.from_dict(checkpoint["train_config"], where=str(run_dir / CHECKPOINT))
+        if config.iterations > saved.iterations:
+            saved.iterations = config.iterations  # a resumed run may be extended
+        config = saved
+    config.validate()
+    info, device = _init_distributed(config.device)
+    if config.batch_size % info.world:
+        raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {info.world} processes")
+    amp = _amp_dtype(config.precision, device)
+    torch.manual_seed(config.seed)
+    start_iteration = int(checkpoint["iteration"]) if checkpoint else 0
+
+    from zutiscli.pipeline.index import default_pretrained
+
+    pretrained = checkpoint["config"]["backbone"]["pretrained"] if checkpoint else \
+        (config.pretrained or default_pretrained(config.model))
+    dataset, classes, kind = _source(config, config.iterations * config.batch_size)
+    backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
+    model = ZutisModel(backbone, config.zutis(pretrained)).to(device)
+    text = model.text_embeddings(classes).to(device)
+    optimiser = torch.optim.AdamW(
+        [{"params": model.encoder_parameters(), "lr": config.lr * config.encoder_lr_mult, "name": "encoder"},
+         {"params": model.head_parameters(), "lr": config.lr, "name": "heads"}],
+        lr=config.lr, weight_decay=config.weight_decay,
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        _restore_rng(checkpoint["rng"])
+    else:
+        run_dir = prepare_output_dir(output, "train") if info.main else None
+        run_dir = Path(_broadcast(str(run_dir) if run_dir else None, info))
+    model.train()
+    network: torch.nn.Module = model
+    if info.world > 1:
+        network = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if info.main:
+        atomic_write_json(run_dir / "config.json", asdict(config) | {"pretrained": pretrained, "classes": classes,
+                                                                      "source_kind": kind})
+        _truncate_metrics(run_dir / METRICS, start_iteration)
+    workers = config.workers if config.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=IterationBatches(start_iteration, config.iterations, config.batch_size, info.rank,
+                                                info.world),
+        num_workers=workers, collate_fn=_collate, pin_memory=device.type == "cuda",
+        worker_init_fn=_ignore_sigint if workers else None, prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+    def save(iteration: int, path: str = CHECKPOINT) -> None:
+        if info.main:
+            save_checkpoint(run_dir / path, {
+                "config": model.config.to_dict(), "classes": classes, "model": model.state_dict(),
+                "iteration": iteration, "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
+                "rng": _rng_state(), "train_config": asdict(config),
+            })
+
+    started = time.perf_counter()
+    window_start, window_iterations = started, 0
+    iteration = start_iteration
+    stopped = "completed"
+    last: dict[str, float] = {}
+    with _StopFlag() as stop:
+        for images, semantic, masks, _ in loader:
+            for group in optimiser.param_groups:
+                base = config.lr * (config.encoder_lr_mult if group["name"] == "encoder" else 1.0)
+                group["lr"] = poly_lr(base, iteration, config.iterations, config.poly_power, config.min_lr)
+            images = backbone.normalise(images.to(device, non_blocking=True))
+            semantic = semantic.to(device, non_blocking=True)
+            masks = [m.to(device, non_blocking=True) for m in masks]
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                outputs = network(images, text)
+            losses = zutis_loss(outputs, semantic, masks, config.lambda_mask)
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(losses["loss"]).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            iteration += 1
+            window_iterations += 1
+            last = {k: float(v.detach()) for k, v in losses.items()}
+            if not math.isfinite(last["loss"]):
+                save(iteration, "checkpoints/diverged.pt")
+                raise ZutisError(f"the loss became {last['loss']} at iteration {iteration}; lower --lr or check the "
+                                 f"pseudo-labels (state saved to {run_dir / 'checkpoints/diverged.pt'})")
+            if info.main and (iteration % config.log_every == 0 or iteration == config.iterations):
+                now = time.perf_counter()
+                rate = window_iterations / max(now - window_start, 1e-9)
+                window_start, window_iterations = now, 0
+                record = {"iteration": iteration, **{k: round(v, 6) for k, v in last.items()},
+                          "lr": optimiser.param_groups[1]["lr"], "encoder_lr": optimiser.param_groups[0]["lr"],
+                          "it_per_s": round(rate, 4), "seconds": round(now - started, 2)}
+                with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            if progress is not None and info.main:
+                progress(iteration, config.iterations, last)
+            if iteration % config.checkpoint_every == 0:
+                save(iteration)
+            over_budget = config.max_minutes is not None and time.perf_counter() - started > config.max_minutes * 60
+            if info.world > 1:
+                flags = torch.tensor([stop.signum or 0, int(over_budget)], dtype=torch.int64)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                stop.signum, over_budget = (int(flags[0]) or None), bool(flags[1])
+            if stop.signum is not None:
+                save(iteration)
+                raise TrainingInterrupted(run_dir, iteration, stop.signum)
+            if over_budget:
+                stopped = "budget"
+                break
+    seconds = time.perf_counter() - started
+    if info.main:
+        save(iteration)
+        save_checkpoint(run_dir / FINAL, {"config": model.config.to_dict(), "classes": classes,
+                                          "model": model.state_dict(), "iteration": iteration})
+        done = iteration - start_iteration
+        write_manifest(
+            run_dir, "zutis.run", model=ModelSpec(config.model, pretrained).describe(), inputs=[config.source],
+            params=asdict(config),
+            summary={"iterations": iteration, "stopped": stopped, "seconds_this_session": round(seconds, 2),
+                     "iterations_per_second": round(done / seconds, 4) if seconds > 0 else None,
+                     "classes": classes, "final": {k: round(v, 6) for k, v in last.items()},
+                     "processes": info.world, "device": str(device)},
+        )
+    if info.world > 1:
+        dist.barrier()
+    done = iteration - start_iteration
+    return TrainResult(run_dir, iteration, stopped, seconds, done / seconds if seconds > 0 else 0.0, last, info.main)
+
+
+def _truncate_metrics(path: Path, iteration: int) -> None:
+    """Drop metric lines past ``iteration`` (left by an interrupted run that is being resumed)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["iteration"] <= iteration:
+                keep.append(line)
+        except (ValueError, KeyError):
+            continue
+    from zutiscli.artefacts.atomic import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def latest_run(root: str | Path = "runs") -> Path | None:
+    """The newest finished run under ``root/train`` (highest number with a manifest), if any."""
+    from zutiscli.artefacts.rundir import numbered_runs
+
+    for run in reversed(numbered_runs("train", root)):
+        if (run / MANIFEST_NAME).is_file() and (run / FINAL).is_file():
+            return run
+    return None
