@@ -1,0 +1,178 @@
+"""`zutis pseudolabel`: COCO output, empty/failed reporting, resume, workers, previews, onnx, quality floors."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+
+from zutiscli.artefacts.coco import load_coco
+from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME, load_pseudolabels
+from zutiscli.cli.app import main
+from zutiscli.errors import UsageError, ZutisError
+from zutiscli.ops.masks import decode_mask
+from zutiscli.pipeline.pseudolabel import PseudolabelConfig, mask_iou, run_pseudolabel
+from zutiscli.pipeline.synth import SynthConfig, write_synth
+from zutiscli.synth.world import SHAPES
+
+
+def make_archives(root, model, count=36, size=96, seed=21):
+    """Archives whose classes are the true shapes of single-object pile images; returns (dir, truth)."""
+    pile = write_synth(SynthConfig("pile", count, seed=seed, size=size), root / "pile")
+    truth = load_coco(pile / "hidden" / "instances.json")
+    annotations = {}
+    for ann in truth["annotations"]:
+        annotations.setdefault(ann["image_id"], []).append(ann)
+    archives = root / "archives"
+    archives.mkdir()
+    classes = {shape: {"phrase": shape, "images": []} for shape in SHAPES}
+    masks = {}
+    for image in truth["images"]:
+        anns = annotations.get(image["id"], [])
+        if len(anns) != 1:
+            continue
+        path = pile / image["file_name"]
+        classes[SHAPES[anns[0]["category_id"] - 1]]["images"].append(
+            {"path": relative_to(archives, path), "score": 0.3, "index": 0, "row": image["id"]})
+        masks[path.resolve()] = decode_mask(anns[0]["segmentation"])
+    (archives / "archives.json").write_text(json.dumps({"k": 500, "indices": [], "classes": classes}))
+    write_manifest(archives, "zutis.archives", model=model)
+    return archives, masks
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("pl")
+    return make_archives(root, {"name": "zutis-tiny", "pretrained": str(tiny_checkpoint)})
+
+
+def quality(out, truth):
+    best = {}
+    for obj in load_pseudolabels(out).objects:
+        key = obj.image.resolve()
+        best[key] = max(best.get(key, 0.0), mask_iou(decode_mask(obj.rle), truth[key]))
+    return float(np.mean([best.get(key, 0.0) for key in truth]))
+
+
+def small(archives, **overrides):
+    values = dict(archives=str(archives), size=96, device="cpu")
+    values.update(overrides)
+    return PseudolabelConfig(**values)
+
+
+@pytest.mark.parametrize("method, floor", [("spectral", 0.6), ("maskcut", 0.45)])
+def test_methods_find_the_objects(world, tmp_path, method, floor):
+    archives, truth = world
+    result = run_pseudolabel(small(archives, method=method), tmp_path / method)
+    score = quality(result.path, truth)
+    assert score >= floor, f"{method}: mean best IoU {score:.3f}"
+    coco = COCO(str(result.path / PSEUDOLABELS_NAME))
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        assert ann["area"] == decode_mask(ann["segmentation"]).sum() > 0
+        image = coco.loadImgs(ann["image_id"])[0]
+        assert SHAPES[ann["category_id"] - 1] == image["archive"]
+
+
+def test_empty_images_are_reported_not_given_masks(tmp_path, tiny_checkpoint):
+    archives, _ = make_archives(tmp_path, {"name": "zutis-tiny", "pretrained": str(tiny_checkpoint)}, count=8)
+    data = json.loads((archives / "archives.json").read_text())
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (96, 96), (90, 90, 90)).save(flat)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    data["classes"]["circle"]["images"] += [{"path": relative_to(archives, flat), "score": 0.1, "index": 0, "row": 99},
+                                            {"path": relative_to(archives, broken), "score": 0.1, "index": 0, "row": 98}]
+    (archives / "archives.json").write_text(json.dumps(data))
+    result = run_pseudolabel(small(archives), tmp_path / "out")
+    empty = [json.loads(line) for line in (result.path / EMPTY_NAME).read_text().splitlines()]
+    assert {"path": relative_to(result.path, flat), "class": "circle"} in empty
+    failed = [json.loads(line) for line in (result.path / "failed.jsonl").read_text().splitlines()]
+    assert failed and failed[0]["path"].endswith("broken.png")
+    files = {img["file_name"] for img in load_coco(result.path / PSEUDOLABELS_NAME)["images"]}
+    assert relative_to(result.path, flat) not in files
+    manifest = read_manifest(result.path, "zutis.pseudolabels")
+    assert manifest.summary["failed"] == 1 and manifest.summary["per_class"]["circle"]["failed"] == 1
+
+
+def test_resume_and_workers_give_the_same_result(world, tmp_path):
+    archives, _ = world
+    whole = run_pseudolabel(small(archives, chunk_size=4), tmp_path / "whole").path
+
+    def crash(done, total):
+        if done == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pseudolabel(small(archives, chunk_size=4), tmp_path / "cut", progress=crash)
+    assert not (tmp_path / "cut" / "manifest.json").exists()
+    resumed = run_pseudolabel(small(archives, chunk_size=4), tmp_path / "cut").path
+    parallel = run_pseudolabel(small(archives, chunk_size=4, workers=2), tmp_path / "parallel").path
+    reference = load_coco(whole / PSEUDOLABELS_NAME)
+    for other in (resumed, parallel):
+        assert load_coco(other / PSEUDOLABELS_NAME)["annotations"] == reference["annotations"]
+
+
+def test_previews_and_cli(world, tmp_path, capsys):
+    archives, _ = world
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pseudolabel", str(archives), "--size", "96", "--device", "cpu", "--preview", "2", "--method", "maskcut",
+              "-o", str(tmp_path / "p"), "--json"])
+    assert exit_info.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["path"] == str(tmp_path / "p") and document["masks"] > 0
+    previews = list((tmp_path / "p" / "preview").rglob("*.jpg"))
+    assert previews and all(Image.open(p).size == (96, 96) for p in previews)
+
+
+def test_bad_options(world, tmp_path, capsys):
+    archives, _ = world
+    with pytest.raises(UsageError):
+        PseudolabelConfig(archives=str(archives), method="magic").validate()
+    with pytest.raises(UsageError, match="--saliency-model"):
+        PseudolabelConfig(archives=str(archives), method="onnx").validate()
+    with pytest.raises(UsageError, match="local weights"):
+        run_pseudolabel(small(archives, model="dino-vits8"), tmp_path / "x")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pseudolabel", str(tmp_path / "missing")])
+    assert exit_info.value.code == 1 and "no such directory" in capsys.readouterr().err
+
+
+def test_onnx_saliency_network(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    # a "saliency network" that returns the mean of the three channels: bright = salient
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image", "axes"], ["saliency"], keepdims=1)],
+        "brightness",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 64, 64])],
+        [helper.make_tensor_value_info("saliency", TensorProto.FLOAT, [1, 1, 64, 64])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "bright.onnx")
+    image = np.zeros((80, 100, 3), dtype=np.uint8)
+    image[20:60, 30:70] = 255
+    Image.fromarray(image).save(tmp_path / "square.png")
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    (archives / "archives.json").write_text(json.dumps({"k": 1, "indices": [], "classes": {"square": {
+        "phrase": "square", "images": [{"path": "../square.png", "score": 1.0, "index": 0, "row": 0}]}}}))
+    write_manifest(archives, "zutis.archives", model={"name": "zutis-tiny", "pretrained": "none"})
+    config = PseudolabelConfig(archives=str(archives), method="onnx", saliency_model=str(tmp_path / "bright.onnx"),
+                               onnx_size=64, onnx_mean=(0.0, 0.0, 0.0), onnx_std=(1.0, 1.0, 1.0), refine="none")
+    result = run_pseudolabel(config, tmp_path / "out")
+    objects = load_pseudolabels(result.path).objects
+    truth = np.zeros((80, 100), dtype=bool)
+    truth[20:60, 30:70] = True
+    assert len(objects) == 1 and mask_iou(decode_mask(objects[0].rle), truth) > 0.9
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(ZutisError, match="onnxruntime cannot load it"):
+        run_pseudolabel(PseudolabelConfig(archives=str(archives), method="onnx",
+                                          saliency_model=str(tmp_path / "junk.onnx")), tmp_path / "junk")

@@ -1,0 +1,64 @@
+"""`zutis pseudolabel`: one or more named object masks per archive image (training-free mask discovery)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter
+
+
+def pseudolabel(
+    archives: Annotated[Path, typer.Argument(help="Archives directory written by `zutis retrieve`.")],
+    method: Annotated[str, typer.Option("--method", metavar="spectral|attention|maskcut|onnx", help="Mask discovery method.")] = "spectral",
+    model: Annotated[Optional[str], typer.Option("--model", help="ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' model).", show_default=False)] = None,
+    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Weights of --model (a local file for timm/DINO).", show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help="Input short side in pixels (maskcut: square side); default 512 spectral, 640 attention, 480 maskcut.", show_default=False)] = None,
+    features: Annotated[str, typer.Option("--features", metavar="keys|tokens", help="Patch features for spectral clustering.")] = "keys",
+    top_k: Annotated[float, typer.Option("--top-k", help="attention: fraction of patches kept by [CLS] attention.")] = 0.4,
+    max_objects: Annotated[int, typer.Option("--max-objects", help="maskcut: objects per image.")] = 3,
+    tau: Annotated[float, typer.Option("--tau", help="maskcut: affinity threshold.")] = 0.15,
+    refine: Annotated[str, typer.Option("--refine", metavar="bilateral|densecrf|none", help="Edge-aware refinement of each mask.")] = "bilateral",
+    components: Annotated[Optional[str], typer.Option("--components", metavar="largest|split|none", help="Keep the largest component or split components (default: split for maskcut, else largest).", show_default=False)] = None,
+    fill_holes: Annotated[bool, typer.Option("--fill-holes/--keep-holes", help="Fill holes inside masks.")] = True,
+    min_area: Annotated[float, typer.Option("--min-area", help="Drop masks below this fraction of the image.")] = 0.005,
+    saliency_model: Annotated[Optional[Path], typer.Option("--saliency-model", help="onnx: single-channel saliency network (.onnx).", show_default=False)] = None,
+    onnx_size: Annotated[int, typer.Option("--onnx-size", help="onnx: square input side.")] = 320,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    workers: Annotated[int, typer.Option("--workers", help="Processes for clustering and refinement (0 = this process).")] = 0,
+    preview: Annotated[int, typer.Option("--preview", help="Write overlay JPEGs of N random results per class.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of clustering and preview choice.")] = 0,
+    output: OutputOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Find the object in every archive image and name it after its archive (resumable).
+
+    Example: zutis pseudolabel data/archives --method spectral --size 64 -o data/pseudo
+    """
+    from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
+
+    reporter = Reporter(json_mode, quiet)
+    config = PseudolabelConfig(
+        archives=str(archives), method=method, model=model, pretrained=pretrained, size=size, features=features,
+        top_k=top_k, max_objects=max_objects, tau=tau, refine=refine, components=components, fill_holes=fill_holes,
+        min_area=min_area, saliency_model=str(saliency_model) if saliency_model else None, onnx_size=onnx_size,
+        device=device, precision=precision, workers=workers, preview=preview, seed=seed,
+    )
+    config.validate()
+    with ProgressBar(reporter, f"pseudolabel ({method})") as bar:
+        result = run_pseudolabel(config, output, progress=bar, log=reporter.log)
+    reporter.log(f"{result.images} images: {result.masks} masks, {result.empty} with nothing found, "
+                 f"{result.failed} unreadable, in {result.seconds:.1f} s")
+    if not json_mode and not quiet:
+        from rich.table import Table
+
+        table = Table("class", "images", "masks", "empty", "failed", title="pseudo-labels per class")
+        for name, stats in result.per_class.items():
+            table.add_row(name, str(stats["images"]), str(stats["masks"]), str(stats["empty"]), str(stats["failed"]))
+        reporter.console.print(table)
+    reporter.result({"images": result.images, "masks": result.masks, "empty": result.empty, "failed": result.failed,
+                     "per_class": result.per_class}, path=result.path)

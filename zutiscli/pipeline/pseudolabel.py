@@ -1,0 +1,517 @@
+"""`zutis pseudolabel`: named object masks for every archive image, by training-free mask discovery.
+
+Methods (all on the last-block features of a ViT, see :mod:`zutiscli.models.backbones`):
+
+``spectral`` (default)
+    SelfMask's training-free core: spectral clustering of patch features for k in {2, 3, 4}, the
+    salient cluster of each (least border contact), a vote among them. One object per image.
+``attention``
+    MaskDistill: top 40% [CLS]-attention patches, source = argmax, key-affinity diffusion. One object.
+``maskcut``
+    CutLER/U2Seg: normalised cuts on the cosine affinity of keys (tau 0.15), up to N objects; with
+    ``components="split"`` (its default) disconnected parts become separate objects.
+``onnx``
+    Any single-channel saliency network (U2-Net, IS-Net, ...) run with onnxruntime.
+
+Each found mask is upsampled bilinearly to the image, refined (bilateral solver by default, or
+DenseCRF, or a plain threshold), holes filled, then the largest component kept (or components
+split), and small specks dropped. An image where nothing is found is reported in ``empty.jsonl``,
+never given an empty mask. Masks are class-agnostic, so an image in several archives is processed
+once and named after each archive.
+
+The stage is resumable: results are committed in chunks (``parts/*.jsonl``); a rerun skips images
+already done. ``pseudolabels.json`` (COCO) is assembled at the end (layout in
+:mod:`zutiscli.artefacts.pseudolabels`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zutiscli.artefacts.atomic import atomic_write_text
+from zutiscli.artefacts.coco import CocoBuilder
+from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME
+from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.errors import UsageError, ZutisError
+from zutiscli.models.device import resolve_device, resolve_precision
+from zutiscli.ops.masks import encode_mask
+
+METHODS = ("spectral", "attention", "maskcut", "onnx")
+DEFAULT_SIZES = {"spectral": 512, "attention": 640, "maskcut": 480, "onnx": 320}
+REFINERS = ("bilateral", "densecrf", "none")
+PARTS_DIR = "parts"
+FAILED_NAME = "failed.jsonl"
+
+
+@dataclass
+class PseudolabelConfig:
+    """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area)."""
+
+    archives: str = ""
+    method: str = "spectral"
+    model: str | None = None
+    pretrained: str | None = None
+    size: int | None = None
+    features: str = "keys"
+    ks: tuple[int, ...] = (2, 3, 4)
+    top_k: float = 0.4
+    max_objects: int = 3
+    tau: float = 0.15
+    refine: str = "bilateral"
+    components: str | None = None
+    fill_holes: bool = True
+    min_area: float = 0.005
+    saliency_model: str | None = None
+    onnx_size: int = 320
+    onnx_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    onnx_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    device: str = "auto"
+    precision: str = "fp32"
+    workers: int = 0
+    chunk_size: int = 64
+    preview: int = 0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UsageError(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.refine not in REFINERS:
+            raise UsageError(f"--refine {self.refine!r} is not one of {', '.join(REFINERS)}")
+        if self.components not in (None, "largest", "split", "none"):
+            raise UsageError(f"--components {self.components!r} is not one of largest, split, none")
+        if self.features not in ("keys", "tokens"):
+            raise UsageError(f"--features {self.features!r} is not keys or tokens")
+        if self.size is not None and self.size < 16:
+            raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
+        if not 0 < self.top_k <= 1:
+            raise UsageError(f"--top-k must lie in (0, 1] (got {self.top_k})")
+        if self.max_objects < 1:
+            raise UsageError(f"--max-objects must be >= 1 (got {self.max_objects})")
+        if not 0 <= self.min_area < 1:
+            raise UsageError(f"--min-area must lie in [0, 1) (got {self.min_area})")
+        if any(k < 2 for k in self.ks):
+            raise UsageError("--ks values must be >= 2")
+        if self.method == "onnx" and not self.saliency_model:
+            raise UsageError("--method onnx needs --saliency-model FILE.onnx")
+        if self.chunk_size < 1 or self.workers < 0 or self.preview < 0:
+            raise UsageError("--chunk-size must be >= 1, --workers and --preview >= 0")
+
+    @property
+    def input_size(self) -> int:
+        return self.size or DEFAULT_SIZES[self.method]
+
+    @property
+    def component_mode(self) -> str:
+        return self.components or ("split" if self.method == "maskcut" else "largest")
+
+
+# ---- per-image work (runs in worker processes when --workers > 0) ---------------------------
+def _refine(image: np.ndarray, soft: np.ndarray, config: PseudolabelConfig) -> list[np.ndarray]:
+    from zutiscli.ops.refine import bilateral_refine, densecrf_refine, refine_mask
+
+    if config.refine == "bilateral":
+        hard = bilateral_refine(image, soft)
+    elif config.refine == "densecrf":
+        hard = densecrf_refine(image, soft)
+    else:
+        hard = soft > 0.5
+    area = image.shape[0] * image.shape[1]
+    masks = refine_mask(hard, fill_holes=config.fill_holes, mode=config.component_mode,
+                        min_area_fraction=config.min_area)
+    return [m for m in masks if m.sum() >= max(1, config.min_area * area)]
+
+
+def discover_objects(image: np.ndarray, features: dict[str, np.ndarray] | None, saliency: np.ndarray | None,
+                     config: PseudolabelConfig) -> list[tuple[np.ndarray, float | None]]:
+    """Object masks of one image: ``[(mask (H, W) bool, score or None), ...]``, disjoint, largest first.
+
+    ``features``: the last block's ``tokens``/``keys``/``cls_attention`` at patch resolution (numpy);
+    ``saliency``: an ``(H, W)`` probability map (``onnx`` method).
+    """
+    from zutiscli.ops.refine import upsample_mask
+
+    height, width = image.shape[:2]
+    found: list[tuple[np.ndarray, float | None]] = []
+    if config.method == "onnx":
+        assert saliency is not None
+        found = [(saliency.astype(np.float32), float(saliency.max()))]
+    elif config.method == "spectral":
+        from zutiscli.ops.spectral import spectral_saliency
+
+        result = spectral_saliency(features[config.features], ks=config.ks, seed=config.seed)
+        found = [] if result is None else [(upsample_mask(result[0], (height, width)), result[1])]
+    elif config.method == "attention":
+        from zutiscli.ops.attention_masks import maskdistill_mask
+
+        result = maskdistill_mask(features["cls_attention"], features["keys"], top_k=config.top_k)
+        found = [] if result is None else [(upsample_mask(result[0], (height, width)), result[1])]
+    else:
+        from zutiscli.ops.maskcut import maskcut
+
+        found = [(upsample_mask(mask, (height, width)), score)
+                 for mask, score in maskcut(features["keys"], n_objects=config.max_objects, tau=config.tau)]
+    objects: list[tuple[np.ndarray, float | None]] = []
+    taken = np.zeros((height, width), dtype=bool)
+    for soft, score in found:
+        for mask in _refine(image, soft, config):
+            mask = mask & ~taken
+            if mask.sum() >= max(1, config.min_area * height * width):
+                objects.append((mask, None if score is None else float(score)))
+                taken |= mask
+    objects.sort(key=lambda item: -int(item[0].sum()))
+    return objects
+
+
+def _work(item: tuple[int, np.ndarray, dict | None, np.ndarray | None, PseudolabelConfig]):
+    index, image, features, saliency, config = item
+    objects = discover_objects(image, features, saliency, config)
+    return index, [{"rle": encode_mask(mask), "score": score} for mask, score in objects]
+
+
+# ---- model side -----------------------------------------------------------------------------
+def _as_is(item: Any) -> Any:
+    """DataLoader collate that hands items over unchanged (numpy images stay numpy)."""
+    return item
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decodes an archive image and resizes it for the backbone (short side or square)."""
+
+    def __init__(self, paths: list[Path], size: int, square: bool, patch: int):
+        self.paths, self.size, self.square, self.patch = paths, size, square, patch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from zutiscli.data.images import ImageLoadError, load_image
+
+        try:
+            image = np.asarray(load_image(self.paths[index]))
+        except ImageLoadError as exc:
+            return index, None, exc.reason
+        height, width = image.shape[:2]
+        if self.square:
+            new_h = new_w = self.size
+        else:
+            scale = self.size / min(height, width)
+            new_h, new_w = round(height * scale), round(width * scale)
+        new_h = max(self.patch, new_h // self.patch * self.patch)
+        new_w = max(self.patch, new_w // self.patch * self.patch)
+        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div_(255)
+        tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
+        return index, image, tensor[0]
+
+
+class _OnnxSaliency:
+    """A single-channel saliency network through onnxruntime (optional dependency)."""
+
+    def __init__(self, path: str, size: int, mean, std):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ZutisError("--method onnx needs onnxruntime: pip install 'zutis[onnx]'") from None
+        if not Path(path).is_file():
+            raise ZutisError(f"--saliency-model {path}: no such file")
+        try:
+            self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ZutisError(f"--saliency-model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:
+            raise ZutisError(f"--saliency-model {path}: expected one image input, found {len(inputs)}")
+        self.input_name = inputs[0].name
+        self.size = size
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3)`` uint8 -> ``(H, W)`` float32 saliency in [0, 1] (min-max normalised, as U2-Net does)."""
+        height, width = image.shape[:2]
+        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div_(255)
+        tensor = F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        array = (tensor.numpy() - self.mean) / self.std
+        output = self.session.run(None, {self.input_name: array.astype(np.float32)})[0]
+        output = np.asarray(output, dtype=np.float32)
+        if output.ndim == 4:
+            output = output[0, 0]
+        elif output.ndim == 3:
+            output = output[0]
+        if output.ndim != 2:
+            raise ZutisError(f"--saliency-model: expected a single-channel map, got output shape {output.shape}")
+        low, high = float(output.min()), float(output.max())
+        output = (output - low) / (high - low) if high > low else np.zeros_like(output)
+        resized = F.interpolate(torch.from_numpy(output)[None, None], size=(height, width), mode="bilinear",
+                                align_corners=False)
+        return resized[0, 0].numpy()
+
+
+# ---- the stage ------------------------------------------------------------------------------
+@dataclass
+class PseudolabelResult:
+    """Summary of a run: directory, counts (unique images processed, masks, empty, failed)."""
+
+    path: Path
+    images: int
+    processed: int
+    masks: int
+    empty: int
+    failed: int
+    seconds: float
+    per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def _read_parts(out: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    parts = out / PARTS_DIR
+    if parts.is_dir():
+        for part in sorted(parts.glob("*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    done[row["path"]] = row
+    return done
+
+
+def _archive_model(archives_dir: Path) -> dict[str, Any]:
+    manifest = read_manifest(archives_dir, "zutis.archives")
+    return dict(manifest.model or {})
+
+
+def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
+                    progress: Callable[[int, int], None] | None = None,
+                    log: Callable[[str], None] | None = None) -> PseudolabelResult:
+    """Run ``zutis pseudolabel``; returns the summary (the directory is ``result.path``)."""
+    from zutiscli.pipeline.retrieve import read_archives
+
+    config.validate()
+    say = log or (lambda message: None)
+    start = time.perf_counter()
+    archives_dir = Path(config.archives)
+    archives = read_archives(archives_dir)
+    classes = list(archives)
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for hits in archives.values():
+        for hit in hits:
+            if hit.path not in seen:
+                seen.add(hit.path)
+                unique.append(hit.path)
+    if not unique:
+        raise ZutisError(f"{archives_dir}: the archives hold no images")
+
+    device = resolve_device(config.device)
+    backbone = None
+    saliency = None
+    model_record: dict[str, Any]
+    if config.method == "onnx":
+        saliency = _OnnxSaliency(config.saliency_model, config.onnx_size, config.onnx_mean, config.onnx_std)
+        model_record = {"saliency_model": str(Path(config.saliency_model).resolve())}
+        patch = 1
+    else:
+        from zutiscli.models.backbones import describe_backbone, load_dense_backbone
+
+        archive_model = _archive_model(archives_dir)
+        name = config.model or archive_model.get("name")
+        if config.model and config.pretrained is None:
+            from zutiscli.models.timm_vit import is_timm_name
+
+            if is_timm_name(config.model):
+                raise UsageError(f"--model {config.model}: timm ViTs load local weights; pass --pretrained FILE")
+            from zutiscli.pipeline.index import default_pretrained
+
+            pretrained = default_pretrained(config.model)
+        else:
+            pretrained = config.pretrained or archive_model.get("pretrained", "none")
+        dtype = resolve_precision(config.precision, device)
+        backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
+        model_record = describe_backbone(name, pretrained)
+        patch = backbone.patch_size
+
+    out = prepare_output_dir(output, "pseudolabel", resumable=True)
+    if (out / "manifest.json").is_file():
+        previous = read_manifest(out, "zutis.pseudolabels")
+        if previous.params.get("method") != config.method or previous.model != model_record:
+            raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    done = _read_parts(out)
+    todo = [p for p in unique if relative_to(out, p) not in done]
+    if len(todo) < len(unique):
+        say(f"{len(unique) - len(todo)} image(s) already processed; {len(todo)} to go")
+
+    dataset = _Images(todo, config.input_size if config.method != "onnx" else 16,
+                      square=config.method == "maskcut", patch=patch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
+                                         num_workers=1 if len(todo) > 1 else 0)
+    pool = futures.ProcessPoolExecutor(config.workers) if config.workers > 0 else None
+    sizes: dict[int, dict[str, int]] = {}
+    pending: dict[int, dict[str, Any]] = {}
+    in_flight: set[futures.Future] = set()
+    state = {"next": 0, "part": len(list((out / PARTS_DIR).glob("*.jsonl"))), "completed": 0}
+    buffer: list[dict[str, Any]] = []
+
+    def commit(force: bool = False) -> None:
+        """Move finished rows to the buffer in input order; write a part when it is full."""
+        while state["next"] in pending:
+            buffer.append(pending.pop(state["next"]))
+            state["next"] += 1
+        if buffer and (force or len(buffer) >= config.chunk_size):
+            text = "".join(json.dumps(row) + "\n" for row in buffer)
+            atomic_write_text(out / PARTS_DIR / f"{state['part']:06d}.jsonl", text)
+            state["part"] += 1
+            buffer.clear()
+
+    def record(index: int, masks: list[dict] | None, reason: str | None = None) -> None:
+        row: dict[str, Any] = {"path": relative_to(out, todo[index]), "masks": masks or [], **sizes.get(index, {})}
+        if reason is not None:
+            row["failed"] = reason
+        pending[index] = row
+        state["completed"] += 1
+        if progress is not None:
+            progress(state["completed"], len(todo))
+        commit()
+
+    def drain(limit: int) -> None:
+        while len(in_flight) > limit:
+            finished, _ = futures.wait(in_flight, return_when=futures.FIRST_COMPLETED)
+            for item in finished:
+                in_flight.discard(item)
+                record(*item.result())
+
+    try:
+        with torch.inference_mode():
+            for index, image, payload in loader:
+                if image is None:
+                    record(index, None, payload)
+                    continue
+                image = np.asarray(image)
+                sizes[index] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
+                features = saliency_map = None
+                if saliency is not None:
+                    saliency_map = saliency(image)
+                else:
+                    feats = backbone.last_block_features(backbone.normalise(payload[None].to(device)))
+                    features = {
+                        "tokens": feats.tokens[0].float().cpu().numpy(),
+                        "keys": feats.keys[0].float().cpu().numpy(),
+                        "cls_attention": feats.cls_attention[0].float().cpu().numpy(),
+                    }
+                job = (index, image, features, saliency_map, config)
+                if pool is None:
+                    record(*_work(job))
+                else:
+                    in_flight.add(pool.submit(_work, job))
+                    drain(2 * config.workers - 1)
+            drain(0)
+            commit(force=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return _finish(config, out, archives, archives_dir, model_record, start)
+
+
+def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
+            model_record: dict[str, Any], start: float) -> PseudolabelResult:
+    results = _read_parts(out)
+    classes = list(archives)
+    builder = CocoBuilder(classes, info={"description": f"zutis pseudo-labels ({config.method})"})
+    empty_rows: list[str] = []
+    failed_rows: list[str] = []
+    per_class: dict[str, dict[str, int]] = {}
+    total_masks = 0
+    for class_index, (name, hits) in enumerate(archives.items()):
+        stats = {"images": 0, "masks": 0, "empty": 0, "failed": 0}
+        for rank, hit in enumerate(hits):
+            rel = relative_to(out, hit.path)
+            row = results.get(rel)
+            if row is None:
+                continue
+            if row.get("failed"):
+                stats["failed"] += 1
+                failed_rows.append(json.dumps({"path": rel, "class": name, "reason": row["failed"]}))
+                continue
+            if not row["masks"]:
+                stats["empty"] += 1
+                empty_rows.append(json.dumps({"path": rel, "class": name}))
+                continue
+            image_id = builder.add_image(rel, row["width"], row["height"], archive=name, rank=rank)
+            for mask in row["masks"]:
+                builder.add_mask(image_id, class_index + 1, mask["rle"], score=mask["score"])
+            stats["images"] += 1
+            stats["masks"] += len(row["masks"])
+        per_class[name] = stats
+        total_masks += stats["masks"]
+    builder.write(out / PSEUDOLABELS_NAME)
+    atomic_write_text(out / EMPTY_NAME, "".join(line + "\n" for line in empty_rows))
+    atomic_write_text(out / FAILED_NAME, "".join(line + "\n" for line in failed_rows))
+    if config.preview:
+        write_previews(out, builder, classes, config.preview, config.seed)
+    seconds = time.perf_counter() - start
+    processed = len(results)
+    summary = {
+        "images": processed,
+        "masks": total_masks,
+        "empty": sum(s["empty"] for s in per_class.values()),
+        "failed": sum(s["failed"] for s in per_class.values()),
+        "per_class": per_class,
+        "seconds": round(seconds, 2),
+    }
+    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "archives"}
+    write_manifest(out, "zutis.pseudolabels", model=model_record, inputs=[archives_dir], params=params,
+                   summary=summary)
+    return PseudolabelResult(out, processed, processed, total_masks, summary["empty"], summary["failed"], seconds,
+                             per_class)
+
+
+def write_previews(out: Path, builder: CocoBuilder, classes: list[str], count: int, seed: int) -> None:
+    """``preview/<class>/<rank>.jpg``: ``count`` random results per class, mask tinted and outlined."""
+    from PIL import Image
+    from scipy import ndimage
+
+    from zutiscli.artefacts.atomic import atomic_path
+    from zutiscli.data.classes import safe_filenames
+    from zutiscli.data.images import load_image
+    from zutiscli.ops.masks import decode_mask
+
+    names = safe_filenames(classes)
+    rng = np.random.default_rng(seed)
+    by_image: dict[int, list[dict]] = {}
+    for ann in builder.annotations:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    colours = np.array([[230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240]])
+    for class_index, name in enumerate(classes):
+        images = [img for img in builder.images if img["archive"] == name]
+        if not images:
+            continue
+        chosen = rng.choice(len(images), size=min(count, len(images)), replace=False)
+        folder = out / "preview" / names[class_index]
+        folder.mkdir(parents=True, exist_ok=True)
+        for position in sorted(chosen):
+            record = images[position]
+            pixels = np.asarray(load_image(resolve_relative(out, record["file_name"]))).astype(np.float32)
+            for number, ann in enumerate(by_image.get(record["id"], [])):
+                mask = decode_mask(ann["segmentation"])
+                colour = colours[number % len(colours)]
+                pixels[mask] = 0.55 * pixels[mask] + 0.45 * colour
+                edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, round(min(mask.shape) / 150)))
+                pixels[edge] = colour
+            with atomic_path(folder / f"{record['rank']:04d}.jpg") as tmp:
+                Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two ``(H, W)`` bool masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
