@@ -272,3 +272,19 @@ def test_last_block_features_agree_with_the_model(tiny_backbone):
     assert feats.cls_attention.shape == (2, heads, 6, 5)
     assert torch.allclose(feats.cls_attention.reshape(2, heads, -1), weights[:, :, 0, 1:], atol=1e-5)
     assert (feats.cls_attention.sum(dim=(-1, -2)) < 1).all()
+
+
+def test_maskclip_embeddings_are_the_value_path(tiny_backbone):
+    images = _images((40, 48), batch=1)
+    with torch.no_grad():
+        got = tiny_backbone.maskclip_embeddings(images)
+        x, _ = tiny_backbone._embed(images)
+        for block in tiny_backbone.model.visual.transformer.resblocks[:-1]:
+            x = block(x)
+        last = tiny_backbone.model.visual.transformer.resblocks[-1]
+        width = tiny_backbone.width
+        v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
+        expected = tiny_backbone.model.visual.ln_post(last.attn.out_proj(v))[:, 1:] @ tiny_backbone.model.visual.proj
+        expected = F.normalize(expected, dim=-1).reshape(1, 5, 6, -1)
+    assert got.shape == (1, 5, 6, tiny_backbone.embed_dim)
+    assert torch.allclose(got, expected, atol=1e-5)

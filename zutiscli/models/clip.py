@@ -481,6 +481,19 @@ class ClipBackbone(torch.nn.Module):
             cls_attention=weights[:, :, 0, 1:].reshape(batch, heads, gh, gw).to(x.dtype),
         )
 
+    def maskclip_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP's dense features: ``(B, H // p, W // p, D)`` float32, L2-normalised, in the text space.
+
+        The last block's query-key attention is skipped: each patch's value embedding (the last
+        block's value projection of its pre-normed token) goes through the attention's output
+        projection, the final layer norm and CLIP's projection, i.e. the value projection and the
+        final projections act as 1x1 convolutions (no residual, no MLP).
+        """
+        features = self.last_block_features(images)
+        attention = self.model.visual.transformer.resblocks[-1].attn
+        values = F.linear(features.values, attention.out_proj.weight, attention.out_proj.bias)
+        return F.normalize(self.project(self.model.visual.ln_post(values)).float(), dim=-1)
+
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(..., width)`` -> text space ``(..., D)`` through CLIP's visual projection."""
         return tokens @ self.model.visual.proj.to(tokens.dtype)
