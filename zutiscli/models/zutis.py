@@ -100,7 +100,7 @@ class ZutisModel(nn.Module):
     # ---- forward ----------------------------------------------------------------------------
     def dense_embeddings(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(B, h, w, width)`` -> text-space embeddings ``(B, h, w, D)`` float32, L2-normalised."""
-        projected = tokens.float() @ self.projection
+        projected = tokens.to(self.projection.dtype) @ self.projection
         return F.normalize(self.norm(projected), dim=-1)
 
     def semantic_logits(self, dense: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -111,6 +111,7 @@ class ZutisModel(nn.Module):
         """Per-layer query mask logits ``(L, B, Q, 2h, 2w)`` from tokens ``(B, h, w, width)``."""
         if self.config.stop_gradient:
             tokens = tokens.detach()
+        tokens = tokens.to(self.pixel_mlp[0].weight.dtype)  # a bf16/fp16 encoder feeds float32 heads
         batch, height, width, channels = tokens.shape
         grid = F.interpolate(tokens.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
         values = self.pixel_mlp(grid.flatten(2).transpose(1, 2))  # (B, 4hw, width)
