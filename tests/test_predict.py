@@ -1,0 +1,132 @@
+"""`zutis predict`: outputs that open in pycocotools, failures reported, both predictors, errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from zutiscli.artefacts.labelmap import read_label_png
+from zutiscli.artefacts.manifest import read_manifest
+from zutiscli.cli.app import main
+from zutiscli.data.classes import ClassQuery
+from zutiscli.errors import UsageError
+from zutiscli.pipeline.predict import PredictConfig, predict, resolve_checkpoint
+from zutiscli.pipeline.synth import SynthConfig, write_synth
+from zutiscli.pipeline.train import TrainConfig, train
+
+from test_copypaste import make_pseudolabels  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("predict")
+    pseudo = make_pseudolabels(root, count=16)
+    config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
+                         decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=3, batch_size=2,
+                         crop=48, workers=0, device="cpu", precision="fp32")
+    run = train(config, root / "run").path
+    scenes = write_synth(SynthConfig("scenes", 3, seed=9, size=64), root / "scenes")
+    return run, scenes
+
+
+def queries(*names):
+    return [ClassQuery(n, n) for n in names]
+
+
+def test_outputs_round_trip_through_pycocotools(trained, tmp_path):
+    run, scenes = trained
+    config = PredictConfig(inputs=[str(scenes / "images")], classes=queries("circle", "star", "blue thing"),
+                           checkpoint=str(run), device="cpu", score_threshold=0.0)
+    result = predict(config, tmp_path / "out")
+    out = result.path
+    sidecar = json.loads((out / "images.json").read_text())
+    assert [c["name"] for c in sidecar["categories"]] == ["circle", "star", "blue thing"]
+    ground = COCO()
+    ground.dataset = {"images": sidecar["images"], "categories": sidecar["categories"], "annotations": []}
+    ground.createIndex()
+    predictions = json.loads((out / "predictions.json").read_text())
+    if predictions:
+        loaded = ground.loadRes(str(out / "predictions.json"))
+        assert len(loaded.getAnnIds()) == len(predictions)
+        assert all(1 <= p["category_id"] <= 3 for p in predictions)
+    for image in sidecar["images"]:
+        labels = read_label_png(out / image["semantic"])
+        assert labels.shape == (image["height"], image["width"]) and labels.max() <= 3
+        assert (out / "vis" / f"{image['stem']}.jpg").is_file()
+        assert (out / "panoptic" / f"{image['stem']}.png").is_file()
+    assert read_manifest(out, "zutis.predictions").summary["images"] == 3
+
+
+def test_unreadable_image_is_reported_and_the_rest_done(trained, tmp_path):
+    run, scenes = trained
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG broken")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{scenes / 'images' / '000000.png'}\n{bad}\n{tmp_path / 'missing.png'}\n")
+    result = predict(PredictConfig(from_list=str(listing), classes=queries("circle"), checkpoint=str(run),
+                                   device="cpu", task="semantic", vis=False), tmp_path / "out")
+    assert len(result.images) == 1
+    reasons = dict(result.failed)
+    assert str(bad) in reasons and any("missing.png" in p for p in reasons)
+
+
+def test_maskclip_needs_no_checkpoint(tiny_checkpoint, trained, tmp_path):
+    _, scenes = trained
+    config = PredictConfig(inputs=[str(scenes / "images" / "000001.png")], classes=queries("circle", "square"),
+                           method="maskclip", model="zutis-tiny", pretrained=str(tiny_checkpoint), device="cpu",
+                           task="all", components=True)
+    result = predict(config, tmp_path / "mc")
+    labels = read_label_png(result.path / "semantic" / "000001.png")
+    predictions = json.loads((result.path / "predictions.json").read_text())
+    # every instance is a connected part of its class's semantic region
+    from zutiscli.ops.masks import decode_mask
+
+    for p in predictions:
+        assert (labels[decode_mask(p["segmentation"])] == p["category_id"]).all()
+
+
+def test_max_size_keeps_output_size(trained, tmp_path):
+    run, scenes = trained
+    result = predict(PredictConfig(inputs=[str(scenes / "images" / "000002.png")], classes=queries("ring"),
+                                   checkpoint=str(run), device="cpu", max_size=32, task="semantic"), tmp_path / "o")
+    assert read_label_png(result.path / "semantic" / "000002.png").shape == (64, 64)
+
+
+def test_errors(tmp_path, monkeypatch, trained, capsys):
+    _, scenes = trained
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZUTIS_CHECKPOINT", raising=False)
+    with pytest.raises(UsageError, match="no checkpoint"):
+        resolve_checkpoint(None)
+    with pytest.raises(UsageError, match="background"):
+        PredictConfig(inputs=["x"], classes=queries("cat", "background")).validate()
+    for args, code, fragment in [
+        (["predict", str(scenes / "images"), "--classes", "circle"], 2, "no checkpoint"),
+        (["predict", str(scenes / "images"), "--classes", ",,"], 2, ""),
+        (["predict", str(scenes / "images"), "--classes", "a,a", "--checkpoint", "x"], 2, "a"),
+        (["predict", str(scenes / "images"), "--classes", "a", "--checkpoint", str(tmp_path / "nope")], 1, "no such"),
+        (["predict", str(scenes / "images"), "--classes", "a", "--device", "cuda:7", "--method", "maskclip"], 1, "CUDA"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == code, (args, err)
+        assert fragment in err and "Traceback" not in err
+
+
+def test_cli_json_and_default_checkpoint_from_runs(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    run, scenes = trained
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ZUTIS_CHECKPOINT", raising=False)
+    shutil.copytree(run, tmp_path / "runs" / "train" / "4")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(scenes / "images" / "000000.png"), "--classes", "circle,star", "--device", "cpu",
+              "--task", "instance", "--json", "--no-vis"])
+    assert exit_info.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["path"].startswith("runs/predict/") and len(document["images"]) == 1
+    assert set(document["timing"]) == {"decode", "model", "post", "write"}

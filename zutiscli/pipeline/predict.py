@@ -1,0 +1,453 @@
+"""`zutis predict`: open-vocabulary semantic, instance and panoptic segmentation of any image.
+
+Two predictors behind one interface:
+
+``zutis`` (default)
+    a trained ZUTIS checkpoint. Semantic = argmax over ``[background] + classes`` of the cosine of
+    the dense embeddings with the class text embeddings (upsampled bilinearly). Instances = the
+    last decoder layer's query masks, binarised at 0.5, each classified by the mean embedding
+    inside it (sigmoid(5 cos)), scored by mean mask probability x class probability, background
+    dropped, per-class mask NMS (IoU 0.3) at the decoder's resolution, then upsampled.
+``maskclip``
+    the training-free MaskCLIP baseline: CLIP's value-path dense embeddings against the class text
+    embeddings (85-template ensemble, "background" as a class). Instances: each class's semantic
+    mask in an image is one proposal (optionally split into connected components).
+
+Outputs (kind ``zutis.predictions``): ``predictions.json`` (COCO results: image_id, category_id,
+RLE segmentation, bbox, score), ``images.json`` (COCO images + categories sidecar, file names
+relative to the output), ``semantic/NAME.png`` (0 = background, i = the i-th class, 255 = ignore),
+``panoptic/NAME.png`` + ``panoptic.json`` (COCO panoptic format), ``vis/NAME.jpg`` overlays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
+from zutiscli.artefacts.checkpoint import load_checkpoint
+from zutiscli.artefacts.labelmap import write_label_png
+from zutiscli.artefacts.manifest import relative_to, write_manifest
+from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.data.classes import ClassQuery, safe_filenames
+from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.models.device import resolve_device, resolve_precision
+from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
+
+TASKS = ("semantic", "instance", "panoptic", "all")
+NMS_METHODS = ("hard", "linear", "gaussian", "matrix", "none")
+
+
+@dataclass
+class PredictConfig:
+    """Options of ``zutis predict`` (pixels for sizes; probabilities and IoUs in [0, 1])."""
+
+    inputs: Sequence[str] = ()
+    from_list: str | None = None
+    classes: Sequence[ClassQuery] = ()
+    method: str = "zutis"
+    checkpoint: str | None = None
+    model: str = "ViT-B-16"
+    pretrained: str | None = None
+    task: str = "all"
+    device: str = "auto"
+    precision: str = "fp32"
+    max_size: int | None = None
+    mask_threshold: float = 0.5
+    class_temperature: float = 5.0
+    score_threshold: float = 0.001
+    nms: str = "hard"
+    iou_threshold: float = 0.3
+    sigma: float = 0.5
+    max_detections: int = 100
+    crf: bool = False
+    crf_iterations: int = 10
+    crf_pos_w: float = 3.0
+    crf_pos_xy: float = 1.0
+    crf_bi_w: float = 4.0
+    crf_bi_xy: float = 67.0
+    crf_bi_rgb: float = 3.0
+    workers: int = 0
+    components: bool = False
+    vis: bool = True
+    max_pixels: int | None = 178_956_970
+
+    def validate(self) -> None:
+        if not self.classes:
+            raise UsageError("give the classes to segment: --classes a,b,c or --classes-file FILE")
+        if any(q.name.lower() == "background" for q in self.classes):
+            raise UsageError("'background' is always a class of its own; leave it out of --classes")
+        if self.task not in TASKS:
+            raise UsageError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.method not in ("zutis", "maskclip"):
+            raise UsageError(f"--method {self.method!r} is not zutis or maskclip")
+        if self.nms not in NMS_METHODS:
+            raise UsageError(f"--nms {self.nms!r} is not one of {', '.join(NMS_METHODS)}")
+        if self.max_size is not None and self.max_size < 32:
+            raise UsageError(f"--max-size must be >= 32 (got {self.max_size})")
+        for name in ("mask_threshold", "iou_threshold"):
+            if not 0 < getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must lie in (0, 1)")
+        if self.max_detections < 1:
+            raise UsageError("--max-detections must be >= 1")
+
+    @property
+    def tasks(self) -> set[str]:
+        return {"semantic", "instance", "panoptic"} if self.task == "all" else {self.task}
+
+
+# ---- checkpoints ----------------------------------------------------------------------------
+def resolve_checkpoint(checkpoint: str | None) -> Path:
+    """``--checkpoint`` (run directory or file), else ``$ZUTIS_CHECKPOINT``, else the newest run in ./runs/train."""
+    from zutiscli.pipeline.train import FINAL, latest_run
+
+    given = checkpoint or os.environ.get("ZUTIS_CHECKPOINT")
+    if given:
+        path = Path(given)
+        if path.is_dir():
+            if (path / FINAL).is_file():
+                return path / FINAL
+            raise ArtefactError(f"{path}: has no {FINAL}; is it a finished `zutis train` run directory?")
+        if path.is_file():
+            return path
+        raise ArtefactError(f"--checkpoint {path}: no such file or directory")
+    run = latest_run()
+    if run is None:
+        raise UsageError("no checkpoint: pass --checkpoint RUN_DIR|FILE or set ZUTIS_CHECKPOINT, train one with "
+                         "`zutis train`, or use --method maskclip (needs only CLIP weights)")
+    return run / FINAL
+
+
+def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """Build the ZUTIS model of a checkpoint file (its CLIP weights included); returns (model, classes)."""
+    from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.models.zutis import ZutisConfig, ZutisModel
+
+    data = load_checkpoint(path)
+    config = ZutisConfig.from_dict(data["config"])
+    backbone = load_backbone(ModelSpec(config.backbone["name"], "none"), device="cpu")
+    model = ZutisModel(backbone, config)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise ArtefactError(f"{path}: weights do not fit its own config ({str(exc).splitlines()[0][:160]})") from None
+    model.to(device=device).eval()
+    model.backbone.model.to(dtype=dtype)  # the heads stay float32; only the ViT runs in bf16/fp16
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model, list(data["classes"])
+
+
+# ---- predictors -----------------------------------------------------------------------------
+@dataclass
+class RawPrediction:
+    """Network outputs for one image: dense text-space embeddings ``(h, w, D)`` and query mask logits."""
+
+    dense: torch.Tensor
+    mask_logits: torch.Tensor | None
+
+
+class ZutisPredictor:
+    """A trained ZUTIS model with a class list (open vocabulary: any names)."""
+
+    def __init__(self, model: Any, classes: Sequence[ClassQuery]):
+        self.model = model
+        self.backbone = model.backbone
+        self.text = model.text_embeddings([q.phrase for q in classes]).to(self.backbone.device)
+
+    def __call__(self, image: torch.Tensor) -> RawPrediction:
+        images = self.backbone.normalise(image[None].to(self.backbone.device, self.backbone.dtype))
+        tokens = self.backbone.dense_tokens(images)
+        dense = self.model.dense_embeddings(tokens)[0]
+        masks = self.model.mask_logits(tokens)[-1, 0]
+        return RawPrediction(dense.float(), masks.float())
+
+
+class MaskClipPredictor:
+    """The training-free MaskCLIP baseline over a CLIP model."""
+
+    def __init__(self, backbone: Any, classes: Sequence[ClassQuery]):
+        self.backbone = backbone
+        names = ["background"] + [q.phrase for q in classes]
+        self.text = backbone.encode_text(names, templates="ensemble").to(backbone.device)
+
+    def __call__(self, image: torch.Tensor) -> RawPrediction:
+        images = self.backbone.normalise(image[None].to(self.backbone.device, self.backbone.dtype))
+        return RawPrediction(self.backbone.maskclip_embeddings(images)[0].float(), None)
+
+
+# ---- writing --------------------------------------------------------------------------------
+_PALETTE = np.array([
+    [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+    [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40],
+    [255, 250, 200], [128, 0, 0], [170, 255, 195], [128, 128, 0], [255, 215, 180], [0, 0, 128], [128, 128, 128],
+], dtype=np.float32)
+
+
+def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray | None,
+                   masks: np.ndarray | None, labels: np.ndarray | None, scores: np.ndarray | None) -> np.ndarray:
+    """An RGB overlay: semantic classes tinted (or instance masks tinted and outlined, with labels)."""
+    from PIL import Image, ImageDraw
+    from scipy import ndimage
+
+    canvas = image.astype(np.float32).copy()
+    if masks is not None and len(masks):
+        outline = max(1, round(min(image.shape[:2]) / 200))
+        order = np.argsort(scores)[::-1]
+        for rank, index in enumerate(order):
+            mask = masks[index]
+            colour = _PALETTE[rank % len(_PALETTE)]
+            canvas[mask] = 0.5 * canvas[mask] + 0.5 * colour
+            edge = mask & ~ndimage.binary_erosion(mask, iterations=outline)
+            canvas[edge] = colour
+    elif semantic is not None:
+        for value in np.unique(semantic):
+            if 0 < value < 255:
+                region = semantic == value
+                canvas[region] = 0.5 * canvas[region] + 0.5 * _PALETTE[(value - 1) % len(_PALETTE)]
+    picture = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(picture)
+    if masks is not None and len(masks):
+        for rank, index in enumerate(np.argsort(scores)[::-1]):
+            ys, xs = np.nonzero(masks[index])
+            if len(ys):
+                text = f"{names[labels[index] - 1]} {scores[index]:.2f}"
+                x, y = int(xs.min()), max(0, int(ys.min()) - 11)
+                box = draw.textbbox((x, y), text)
+                draw.rectangle(box, fill=tuple(int(c) for c in _PALETTE[rank % len(_PALETTE)]))
+                draw.text((x, y), text, fill=(0, 0, 0))
+    elif semantic is not None:
+        present = [int(v) for v in np.unique(semantic) if 0 < v < 255]
+        for line, value in enumerate(present):
+            ys, xs = np.nonzero(semantic == value)
+            cy, cx = int(np.median(ys)), int(np.median(xs))
+            draw.text((cx, cy), names[value - 1], fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+    return np.asarray(picture)
+
+
+@dataclass
+class ImageResult:
+    """What was predicted for one image (for the summary)."""
+
+    path: Path
+    image_id: int
+    counts: dict[str, int] = field(default_factory=dict)
+    semantic_classes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PredictResult:
+    """Summary of a run: directory, per-image results, failures, and the time split (seconds)."""
+
+    path: Path
+    images: list[ImageResult]
+    failed: list[tuple[str, str]]
+    timing: dict[str, float]
+
+
+def _resize_for_model(image: np.ndarray, max_size: int | None, patch: int) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(3, h, w)`` float in [0, 1]; long side capped, sides multiples of ``patch``."""
+    height, width = image.shape[:2]
+    scale = min(1.0, max_size / max(height, width)) if max_size else 1.0
+    new_h = max(patch, int(round(height * scale)) // patch * patch)
+    new_w = max(patch, int(round(width * scale)) // patch * patch)
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+    if (new_h, new_w) != (height, width):
+        tensor = F.interpolate(tensor[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
+                               antialias=True)[0]
+    return tensor
+
+
+def predict(config: PredictConfig, output: str | Path | None = None,
+            progress: Callable[[int, int], None] | None = None,
+            log: Callable[[str], None] | None = None) -> PredictResult:
+    """Run ``zutis predict``; returns the per-image summary (the directory is ``result.path``)."""
+    from zutiscli.data.images import ImageLoadError, discover_images, load_image
+    from zutiscli.ops.instances import instances_from_queries, semantic_from_dense
+
+    config.validate()
+    say = log or (lambda message: None)
+    found = discover_images(list(config.inputs), from_list=config.from_list)
+    if not found.paths and not found.problems:
+        raise ZutisError("no images found in " + ", ".join(map(str, config.inputs)))
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    names = [q.name for q in config.classes]
+    if config.method == "zutis":
+        checkpoint = resolve_checkpoint(config.checkpoint)
+        model, trained = load_zutis(checkpoint, device, dtype)
+        predictor: Any = ZutisPredictor(model, config.classes)
+        model_record = {"checkpoint": str(checkpoint.resolve()), "trained_classes": trained,
+                        "backbone": model.config.backbone}
+        patch = model.backbone.patch_size
+        inputs_record: list[Any] = [checkpoint]
+    else:
+        from zutiscli.models.clip import ModelSpec, load_backbone
+        from zutiscli.pipeline.index import default_pretrained
+
+        spec = ModelSpec(config.model, config.pretrained or default_pretrained(config.model))
+        backbone = load_backbone(spec, device=device, dtype=dtype)
+        predictor = MaskClipPredictor(backbone, config.classes)
+        model_record = spec.describe() | {"method": "maskclip"}
+        patch = backbone.patch_size
+        inputs_record = []
+    out = prepare_output_dir(output, "predict")
+    tasks = config.tasks
+    for folder, wanted in (("semantic", "semantic" in tasks), ("panoptic", "panoptic" in tasks), ("vis", config.vis)):
+        if wanted:
+            (out / folder).mkdir(exist_ok=True)
+    stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []
+    timing = {"decode": 0.0, "model": 0.0, "post": 0.0, "write": 0.0}
+    images_json: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    panoptic_annotations: list[dict[str, Any]] = []
+    summaries: list[ImageResult] = []
+    failed: list[tuple[str, str]] = list(found.problems)
+    crf_pool = None
+    if config.crf and config.workers > 0 and ("semantic" in tasks or "panoptic" in tasks):
+        import concurrent.futures as futures
+
+        crf_pool = futures.ProcessPoolExecutor(config.workers)
+    try:
+        for number, path in enumerate(found.paths):
+            clock = time.perf_counter()
+            try:
+                image = np.asarray(load_image(path, max_pixels=config.max_pixels))
+            except ImageLoadError as exc:
+                failed.append((str(path), exc.reason))
+                say(f"skipped {path}: {exc.reason}")
+                continue
+            height, width = image.shape[:2]
+            tensor = _resize_for_model(image, config.max_size, patch)
+            timing["decode"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            with torch.inference_mode():
+                raw = predictor(tensor)
+            timing["model"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            image_id = len(images_json) + 1
+            stem = stems[number]
+            record: dict[str, Any] = {"id": image_id, "file_name": relative_to(out, path), "width": width,
+                                      "height": height, "stem": stem}
+            summary = ImageResult(path, image_id)
+            semantic = None
+            if tasks & {"semantic", "panoptic"} or config.method == "maskclip":
+                probs, semantic = semantic_from_dense(raw.dense, predictor.text, (height, width))
+                if config.crf:
+                    semantic = _crf(image, probs, config, crf_pool)
+                semantic = np.asarray(semantic, dtype=np.uint8)
+                summary.semantic_classes = [names[v - 1] for v in np.unique(semantic) if 0 < v < 255]
+            instances = None
+            if tasks & {"instance", "panoptic"}:
+                if raw.mask_logits is not None:
+                    instances = instances_from_queries(
+                        raw.mask_logits, raw.dense, predictor.text, mask_threshold=config.mask_threshold,
+                        class_temperature=config.class_temperature, score_threshold=config.score_threshold,
+                        nms=config.nms, iou_threshold=config.iou_threshold, sigma=config.sigma,
+                        max_detections=config.max_detections, output_size=(height, width))
+                else:
+                    instances = _maskclip_instances(semantic, probs, config)
+            timing["post"] += time.perf_counter() - clock
+            clock = time.perf_counter()
+            if "semantic" in tasks:
+                write_label_png(out / "semantic" / f"{stem}.png", semantic)
+                record["semantic"] = f"semantic/{stem}.png"
+            if instances is not None and "instance" in tasks:
+                for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
+                    rle = encode_mask(mask)
+                    results.append({"image_id": image_id, "category_id": int(label), "segmentation": rle,
+                                    "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
+                    summary.counts[names[int(label) - 1]] = summary.counts.get(names[int(label) - 1], 0) + 1
+            if "panoptic" in tasks:
+                panoptic_annotations.append(_write_panoptic(out, stem, image_id, semantic, instances))
+            if config.vis:
+                overlay = render_overlay(image, names, semantic, instances.masks if instances is not None and
+                                         "instance" in tasks else None,
+                                         instances.labels if instances is not None else None,
+                                         instances.scores if instances is not None else None)
+                from PIL import Image
+
+                with atomic_path(out / "vis" / f"{stem}.jpg", fsync=False) as tmp:
+                    Image.fromarray(overlay).save(tmp, format="JPEG", quality=90)
+            images_json.append(record)
+            summaries.append(summary)
+            timing["write"] += time.perf_counter() - clock
+            if progress is not None:
+                progress(number + 1, len(found.paths))
+    finally:
+        if crf_pool is not None:
+            crf_pool.shutdown()
+    categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(names)]
+    atomic_write_text(out / "predictions.json", json.dumps(results) + "\n")
+    atomic_write_json(out / "images.json", {"images": images_json, "categories": categories}, indent=None)
+    if "panoptic" in tasks:
+        atomic_write_json(out / "panoptic.json", {
+            "images": images_json, "annotations": panoptic_annotations,
+            "categories": [{"id": c["id"], "name": c["name"], "isthing": 1} for c in categories]}, indent=None)
+    write_manifest(out, "zutis.predictions", model=model_record, inputs=inputs_record,
+                   params={k: v for k, v in vars(config).items() if k not in ("classes", "inputs", "from_list")}
+                   | {"classes": names},
+                   summary={"images": len(images_json), "failed": len(failed),
+                            "instances": len(results), "timing": {k: round(v, 3) for k, v in timing.items()}})
+    return PredictResult(out, summaries, failed, timing)
+
+
+def _crf(image: np.ndarray, probs: Any, config: PredictConfig, pool: Any) -> np.ndarray:
+    from zutiscli.ops.crf import dense_crf_labels
+
+    probs = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
+    kwargs = dict(iterations=config.crf_iterations, pos_w=config.crf_pos_w, pos_xy=config.crf_pos_xy,
+                  bi_w=config.crf_bi_w, bi_xy=config.crf_bi_xy, bi_rgb=config.crf_bi_rgb)
+    refined = pool.submit(dense_crf_labels, image, probs, **kwargs).result() if pool else \
+        dense_crf_labels(image, probs, **kwargs)
+    return np.asarray(refined).argmax(0).astype(np.uint8)
+
+
+def _maskclip_instances(semantic: np.ndarray, probs: Any, config: PredictConfig):
+    """MaskCLIP's instances: each class's semantic region is one proposal (or one per component)."""
+    from scipy import ndimage
+
+    from zutiscli.ops.instances import Instances
+
+    probs = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)
+    masks, scores, labels = [], [], []
+    for value in np.unique(semantic):
+        if value == 0 or value == 255:
+            continue
+        region = semantic == value
+        parts = [region]
+        if config.components:
+            labelled, count = ndimage.label(region)
+            parts = [labelled == i for i in range(1, count + 1)]
+        for part in parts:
+            masks.append(part)
+            scores.append(float(probs[value][part].mean()))
+            labels.append(int(value))
+    if not masks:
+        shape = semantic.shape
+        return Instances(np.zeros((0, *shape), bool), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                         np.zeros(0, np.float32), np.zeros(0, np.float32))
+    scores_array = np.asarray(scores, dtype=np.float32)
+    return Instances(np.stack(masks), scores_array, np.asarray(labels, dtype=np.int64), scores_array.copy(),
+                     np.ones(len(masks), np.float32))
+
+
+def _write_panoptic(out: Path, stem: str, image_id: int, semantic: np.ndarray, instances: Any) -> dict[str, Any]:
+    from PIL import Image
+
+    from zutiscli.ops.panoptic import merge_panoptic, panoptic_to_rgb
+
+    triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
+    segment_map, segments = merge_panoptic(semantic, triple)
+    with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
+        Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
+    return {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments}
+
