@@ -1,0 +1,456 @@
+"""`zutis evaluate`: exact COCO AP, mIoU, PQ and cluster matching end to end; the dataset adapters."""
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from zutiscli.artefacts.labelmap import read_label_png, write_label_png
+from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
+from zutiscli.cli.app import main
+from zutiscli.errors import ZutisError
+from zutiscli.ops.masks import decode_mask, encode_mask, rle_area, rle_bbox
+from zutiscli.pipeline.evaluate import (
+    AP_NAMES,
+    EvaluateConfig,
+    PrepareConfig,
+    evaluate,
+    prepare_dataset,
+    read_label_map,
+    write_label_map,
+)
+from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+
+def run(capsys, *args):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_synth(SynthConfig("scenes", 6, size=64), tmp_path_factory.mktemp("gt") / "scenes")
+
+
+def _gt(scenes):
+    return json.loads((scenes / "instances.json").read_text())
+
+
+def make_prediction(gt_dir: Path, out: Path, *, names=None, drop=0.0, shift=0, seed=0, panoptic=False) -> Path:
+    """A `zutis predict`-shaped directory built from the ground truth itself (score 1 = perfect)."""
+    rng = np.random.default_rng(seed)
+    data = _gt(gt_dir)
+    (out / "semantic").mkdir(parents=True)
+    names = names or [c["name"] for c in data["categories"]]
+    results, images, pan_anns = [], [], []
+    for img in data["images"]:
+        stem = Path(img["file_name"]).stem
+        labels = read_label_png(gt_dir / "semantic" / f"{stem}.png")
+        if shift:
+            labels = np.roll(labels, shift, axis=1)
+        write_label_png(out / "semantic" / f"{stem}.png", labels)
+        images.append({"id": img["id"], "file_name": relative_to(out, gt_dir / img["file_name"]),
+                       "width": img["width"], "height": img["height"], "stem": stem,
+                       "semantic": f"semantic/{stem}.png"})
+    for ann in data["annotations"]:
+        if rng.random() < drop:
+            continue
+        mask = decode_mask(ann["segmentation"])
+        if shift:
+            mask = np.roll(mask, shift, axis=1)
+        rle = encode_mask(mask)
+        results.append({"image_id": ann["image_id"], "category_id": ann["category_id"], "segmentation": rle,
+                        "bbox": rle_bbox(rle), "area": rle_area(rle), "score": 1.0})
+    (out / "predictions.json").write_text(json.dumps(results))
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
+    (out / "images.json").write_text(json.dumps({"images": images, "categories": categories}))
+    if panoptic:
+        pan = make_panoptic(gt_dir, out / "panoptic", names=names)
+        pan["images"] = images
+        (out / "panoptic.json").write_text(json.dumps(pan))
+    write_manifest(out, "zutis.predictions")
+    return out
+
+
+def make_panoptic(gt_dir: Path, folder: Path, names=None) -> dict:
+    """COCO panoptic annotations of the shapes scenes: one segment per object, background as stuff."""
+    data = _gt(gt_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    names = names or [c["name"] for c in data["categories"]]
+    background = len(names) + 1
+    categories = [{"id": i + 1, "name": n, "isthing": 1} for i, n in enumerate(names)]
+    categories.append({"id": background, "name": "background", "isthing": 0})
+    annotations = []
+    for img in data["images"]:
+        ids = np.zeros((img["height"], img["width"]), dtype=np.int64)
+        segments = []
+        for ann in data["annotations"]:
+            if ann["image_id"] == img["id"]:
+                ids[decode_mask(ann["segmentation"])] = ann["id"] + 1
+                segments.append({"id": ann["id"] + 1, "category_id": ann["category_id"], "iscrowd": 0})
+        ids[ids == 0] = 1  # the background stuff segment
+        segments.append({"id": 1, "category_id": background, "iscrowd": 0})
+        rgb = np.stack([ids % 256, (ids // 256) % 256, ids // 65536], axis=-1).astype(np.uint8)
+        name = Path(img["file_name"]).stem + ".png"
+        Image.fromarray(rgb).save(folder / name)
+        annotations.append({"image_id": img["id"], "file_name": name, "segments_info": segments})
+    images = [dict(img, file_name=relative_to(folder.parent, gt_dir / img["file_name"])) for img in data["images"]]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def noisy_results(data, seed=0):
+    """Imperfect detections: shifted masks, wrong classes, random scores, false positives."""
+    rng = np.random.default_rng(seed)
+    results = []
+    for ann in data["annotations"]:
+        mask = decode_mask(ann["segmentation"])
+        mask = np.roll(mask, int(rng.integers(-3, 4)), axis=int(rng.integers(0, 2)))
+        category = ann["category_id"] if rng.random() > 0.25 else int(rng.integers(1, 7))
+        rle = encode_mask(mask)
+        results.append({"image_id": ann["image_id"], "category_id": category, "segmentation": rle,
+                        "bbox": rle_bbox(rle), "score": float(rng.random())})
+    for img in data["images"]:
+        mask = np.zeros((img["height"], img["width"]), dtype=bool)
+        y, x = rng.integers(0, img["height"] - 20, size=2)
+        mask[y:y + 15, x:x + 18] = True
+        rle = encode_mask(mask)
+        results.append({"image_id": img["id"], "category_id": int(rng.integers(1, 7)), "segmentation": rle,
+                        "bbox": rle_bbox(rle), "score": float(rng.random())})
+    return results
+
+
+def pycocotools_stats(gt_path, results, iou_type, agnostic=False):
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(gt_path))
+        if agnostic:
+            coco.dataset["categories"] = [{"id": 1, "name": "object"}]
+            for ann in coco.dataset["annotations"]:
+                ann["category_id"] = 1
+            coco.createIndex()
+            results = [dict(r, category_id=1) for r in results]
+        dt = coco.loadRes(json.loads(json.dumps(results)))
+        evaluator = COCOeval(coco, dt, iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [None if v < 0 else float(v) for v in evaluator.stats]
+
+
+# ---- exactness ------------------------------------------------------------------------------
+def test_ap_equals_pycocotools_exactly(scenes, tmp_path):
+    results = noisy_results(_gt(scenes))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    result = evaluate(EvaluateConfig(pred=str(tmp_path / "results.json"), gt=str(scenes / "instances.json")),
+                      tmp_path / "m")
+    instance = result.metrics["instance"]
+    for iou_type in ("segm", "bbox"):
+        ours = [instance[iou_type]["class_aware"][name] for name in AP_NAMES]
+        assert ours == pycocotools_stats(scenes / "instances.json", results, iou_type)
+        ours = [instance[iou_type]["class_agnostic"][name] for name in AP_NAMES]
+        assert ours == pycocotools_stats(scenes / "instances.json", results, iou_type, agnostic=True)
+    aware = instance["segm"]["class_aware"]
+    assert 0 < aware["AP"] < 1 and set(aware["per_class"]) == {c["name"] for c in _gt(scenes)["categories"]}
+    assert result.metrics["tasks"] == ["instance"]
+
+
+def test_faster_coco_eval_backend_agrees_when_installed(scenes, tmp_path):
+    pytest.importorskip("faster_coco_eval")
+    results = noisy_results(_gt(scenes), seed=3)
+    (tmp_path / "r.json").write_text(json.dumps(results))
+    config = dict(pred=str(tmp_path / "r.json"), gt=str(scenes / "instances.json"))
+    slow = evaluate(EvaluateConfig(**config), tmp_path / "a").metrics["instance"]
+    fast = evaluate(EvaluateConfig(**config, backend="faster-coco-eval"), tmp_path / "b").metrics["instance"]
+    for iou_type in ("segm", "bbox"):
+        for name in AP_NAMES:
+            a, b = slow[iou_type]["class_aware"][name], fast[iou_type]["class_aware"][name]
+            assert (a is None and b is None) or a == pytest.approx(b, abs=1e-12)
+
+
+# ---- end to end on the shapes world ---------------------------------------------------------
+def test_perfect_prediction_scores_one(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred")
+    result = evaluate(EvaluateConfig(pred=str(pred), gt=str(scenes)), tmp_path / "m")
+    metrics = result.metrics
+    assert metrics["tasks"] == ["instance", "semantic"]
+    assert metrics["images"]["matched"] == 6 and metrics["images"]["by_path"] == 6
+    for iou_type in ("segm", "bbox"):
+        assert metrics["instance"][iou_type]["class_aware"]["AP"] == 1.0
+        assert metrics["instance"][iou_type]["class_agnostic"]["AP"] == 1.0
+    semantic = metrics["semantic"]
+    assert semantic["mIoU"] == 1.0 and semantic["pixel_accuracy"] == 1.0 and semantic["ground_truth"] == "labels"
+    assert set(semantic["per_class_iou"]) == {"background", "circle", "square", "triangle", "star", "cross", "ring"}
+    manifest = read_manifest(result.path, "zutis.metrics")
+    assert manifest.summary["mask_AP"] == 1.0 and manifest.summary["mIoU"] == 1.0
+    assert json.loads((result.path / "metrics.json").read_text())["semantic"]["mIoU"] == 1.0
+
+
+def test_corrupted_prediction_scores_lower(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred", drop=0.4, shift=4, seed=1)
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(scenes)), tmp_path / "m").metrics
+    assert metrics["instance"]["segm"]["class_aware"]["AP"] < 0.9
+    assert metrics["instance"]["segm"]["class_aware"]["AR100"] < 1.0
+    assert metrics["semantic"]["mIoU"] < 0.95 and metrics["semantic"]["pixel_accuracy"] < 1.0
+
+
+def test_semantic_ground_truth_rasterised_from_instances(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred")
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(scenes / "instances.json"), tasks=["semantic"]),
+                       tmp_path / "m").metrics
+    assert metrics["tasks"] == ["semantic"] and metrics["semantic"]["ground_truth"] == "instances"
+    assert metrics["semantic"]["mIoU"] == 1.0
+
+
+def test_moved_ground_truth_is_matched_by_stem(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred")
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(scenes, moved)
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(moved)), tmp_path / "m").metrics
+    assert metrics["images"]["by_stem"] == 6 and metrics["instance"]["segm"]["class_aware"]["AP"] == 1.0
+
+
+def test_mismatched_names_need_classes(scenes, tmp_path, capsys):
+    names = ["disc", "square", "triangle", "star", "cross", "ring"]
+    pred = make_prediction(scenes, tmp_path / "pred", names=names)
+    code, out, err = run(capsys, "evaluate", pred, "--gt", scenes, "-o", tmp_path / "m1")
+    assert code == 1 and out == ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "'disc'" in lines[0] and "--classes disc=" in lines[0] and "Traceback" not in err
+    code, out, err = run(capsys, "evaluate", pred, "--gt", scenes, "--classes", "disc=circle", "-o", tmp_path / "m2",
+                         "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["semantic"]["mIoU"] == 1.0 and document["instance"]["segm"]["class_aware"]["AP"] == 1.0
+
+
+def test_cli_json_and_plain_output(scenes, tmp_path, capsys):
+    pred = make_prediction(scenes, tmp_path / "pred")
+    code, out, err = run(capsys, "evaluate", pred, "--gt", scenes, "-o", tmp_path / "m", "--json", "--task", "semantic")
+    assert code == 0
+    document = json.loads(out)  # exactly one JSON document on stdout
+    assert document["path"] == str(tmp_path / "m") and document["tasks"] == ["semantic"]
+    assert document["semantic"]["mIoU"] == 1.0 and "IoU per class" in err
+    code, out, err = run(capsys, "evaluate", pred, "--gt", scenes, "-o", tmp_path / "m2", "--no-agnostic",
+                         "--iou-type", "segm")
+    assert code == 0 and out.strip().splitlines() == [str(tmp_path / "m2")]
+    assert "mask aware" in err and "agnostic" not in err
+    metrics = json.loads((tmp_path / "m2" / "metrics.json").read_text())
+    assert "bbox" not in metrics["instance"] and "class_agnostic" not in metrics["instance"]["segm"]
+    code, out, err = run(capsys, "evaluate", pred, "--gt", scenes, "--task", "panoptic", "-o", tmp_path / "m3")
+    assert code == 1 and "panoptic" in err and len(err.strip().splitlines()) == 1
+
+
+def test_hungarian_matching_of_semantic_clusters(scenes, tmp_path):
+    permutation = np.array([3, 0, 6, 1, 5, 2, 4])  # class c written as cluster permutation[c]
+    clusters = tmp_path / "clusters"
+    clusters.mkdir()
+    for png in (scenes / "semantic").glob("*.png"):
+        write_label_png(clusters / png.name, permutation[read_label_png(png)].astype(np.uint8))
+    plain = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes)), tmp_path / "a").metrics["semantic"]
+    matched = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes), match="hungarian"),
+                       tmp_path / "b").metrics["semantic"]
+    assert plain["mIoU"] < 0.5 and matched["mIoU"] == 1.0
+    assert matched["cluster_mapping"]["mapping"]["3"] == "background"
+    majority = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes), match="majority"),
+                        tmp_path / "c").metrics["semantic"]
+    assert majority["mIoU"] == 1.0
+
+
+def test_u2seg_majority_matching_of_instance_clusters(scenes, tmp_path):
+    data = _gt(scenes)
+    results = []
+    for ann in data["annotations"]:
+        rle = ann["segmentation"]
+        for cluster in (100 + ann["category_id"], 200 + ann["category_id"]):  # two clusters per class
+            results.append({"image_id": ann["image_id"], "category_id": cluster, "segmentation": rle,
+                            "bbox": ann["bbox"], "score": 0.9 if cluster < 200 else 0.95})
+        results.append({"image_id": ann["image_id"], "category_id": 999, "segmentation": rle,
+                        "bbox": ann["bbox"], "score": 0.5})  # below 0.6: never votes, dropped
+    (tmp_path / "clusters.json").write_text(json.dumps(results))
+    metrics = evaluate(EvaluateConfig(pred=str(tmp_path / "clusters.json"), gt=str(scenes / "instances.json"),
+                                      match="majority"), tmp_path / "m").metrics["instance"]
+    mapping = metrics["cluster_mapping"]
+    assert mapping["mapping"]["101"] == "circle" and mapping["mapping"]["201"] == "circle"
+    assert mapping["mapping"]["999"] is None and mapping["kept_detections"] == 2 * len(data["annotations"])
+    assert metrics["segm"]["class_aware"]["AP"] == 1.0  # duplicates rank below the first hit of each object
+    one_to_one = evaluate(EvaluateConfig(pred=str(tmp_path / "clusters.json"), gt=str(scenes / "instances.json"),
+                                         match="hungarian"), tmp_path / "h").metrics["instance"]
+    assert one_to_one["cluster_mapping"]["mapped_clusters"] == 6
+
+
+def test_panoptic_quality_end_to_end(scenes, tmp_path):
+    gt_json = tmp_path / "gt" / "panoptic_scenes.json"
+    gt_json.parent.mkdir()
+    gt_json.write_text(json.dumps(make_panoptic(scenes, tmp_path / "gt" / "panoptic_scenes")))
+    pred = make_prediction(scenes, tmp_path / "pred", panoptic=True)
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(gt_json)), tmp_path / "m").metrics
+    assert metrics["tasks"] == ["panoptic"]
+    panoptic = metrics["panoptic"]
+    assert panoptic["PQ"] == 1.0 and panoptic["things"]["n"] == 6 and panoptic["stuff"]["n"] == 1
+    assert panoptic["per_class"]["background"]["TP"] == 6
+
+
+def test_sixteen_bit_label_maps_round_trip(tmp_path):
+    labels = np.array([[0, 300], [919, 5]])
+    ignore = np.array([[False, False], [False, True]])
+    write_label_map(tmp_path / "a.png", labels, ignore)
+    values, marker = read_label_map(tmp_path / "a.png")
+    assert marker == 65535 and values.tolist() == [[0, 300], [919, 65535]]
+    write_label_map(tmp_path / "b.png", np.array([[0, 7]]), np.array([[True, False]]))
+    values, marker = read_label_map(tmp_path / "b.png")
+    assert marker == 255 and values.tolist() == [[255, 7]]
+
+
+# ---- dataset adapters on fake trees ---------------------------------------------------------
+def _jpeg(path: Path, size=(8, 6)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (10, 20, 30)).save(path)
+
+
+def test_prepare_coco_val2017_then_evaluate(scenes, tmp_path):
+    data = _gt(scenes)
+    root = tmp_path / "coco"
+    remap = {c["id"]: 2 * c["id"] + 1 for c in data["categories"]}  # non-contiguous ids, like COCO's
+    for img in data["images"]:
+        (root / "val2017").mkdir(parents=True, exist_ok=True)
+        shutil.copy(scenes / img["file_name"], root / "val2017" / Path(img["file_name"]).name)
+    coco = {"images": [dict(i, file_name=Path(i["file_name"]).name) for i in data["images"]],
+            "annotations": [dict(a, category_id=remap[a["category_id"]]) for a in data["annotations"]],
+            "categories": [dict(c, id=remap[c["id"]]) for c in data["categories"]]}
+    (root / "annotations").mkdir()
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(coco))
+    result = prepare_dataset(PrepareConfig("coco-val2017", str(root)), tmp_path / "gt")
+    assert result.images == 6 and result.classes == 7 and result.instances == len(data["annotations"])
+    index = json.loads((tmp_path / "gt" / "gt.json").read_text())
+    assert index["classes"][1] == "circle" and (tmp_path / "gt" / "classes.txt").read_text().startswith("background\n")
+    first = Path(data["images"][0]["file_name"]).stem
+    assert (read_label_png(tmp_path / "gt" / "semantic" / f"{first}.png") ==
+            read_label_png(scenes / "semantic" / f"{first}.png")).all()
+    pred = make_prediction(scenes, tmp_path / "pred")
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(tmp_path / "gt")), tmp_path / "m").metrics
+    assert metrics["semantic"]["mIoU"] == 1.0 and metrics["instance"]["segm"]["class_aware"]["AP"] == 1.0
+
+
+def test_prepare_coco20k_needs_the_file_list(tmp_path, capsys):
+    root = tmp_path / "coco"
+    names = [f"COCO_train2014_{i:012d}.jpg" for i in (9, 25, 30)]
+    for name in names:
+        _jpeg(root / "train2014" / name)
+    rle = encode_mask(np.ones((6, 8), dtype=bool))
+    coco = {"images": [{"id": i, "file_name": n, "width": 8, "height": 6} for i, n in zip((9, 25, 30), names)],
+            "annotations": [{"id": k + 1, "image_id": i, "category_id": 1, "segmentation": rle, "area": 48,
+                             "bbox": [0, 0, 8, 6], "iscrowd": 0} for k, i in enumerate((9, 25, 30))],
+            "categories": [{"id": 1, "name": "person"}]}
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(coco))
+    code, out, err = run(capsys, "evaluate", "prepare", "coco20k", "--root", root, "-o", tmp_path / "x")
+    assert code == 2 and out == "" and "--file-list" in err and "coco_20k_filenames.txt" in err
+    (tmp_path / "list.txt").write_text(f"train2014/{names[0]}\n{names[2]}\n")
+    code, out, err = run(capsys, "evaluate", "prepare", "coco20k", "--root", root, "--file-list",
+                         tmp_path / "list.txt", "-o", tmp_path / "gt", "--json")
+    assert code == 0 and json.loads(out)["images"] == 2
+    instances = json.loads((tmp_path / "gt" / "instances.json").read_text())
+    assert sorted(i["id"] for i in instances["images"]) == [9, 30] and len(instances["annotations"]) == 2
+    assert (tmp_path / "gt" / instances["images"][0]["file_name"]).resolve().is_file()
+
+
+def test_prepare_voc2012(tmp_path):
+    voc = tmp_path / "VOCdevkit" / "VOC2012"
+    classes = np.zeros((6, 8), dtype=np.uint8)
+    classes[1:4, 1:4] = 15  # person
+    classes[1:4, 5:7] = 12  # dog
+    classes[0, :] = 255  # void border
+    objects = np.zeros_like(classes)
+    objects[1:4, 1:4] = 1
+    objects[1:4, 5:7] = 2
+    objects[0, :] = 255
+    for stem in ("2007_000001", "2007_000002"):
+        _jpeg(voc / "JPEGImages" / f"{stem}.jpg")
+        for folder, array in (("SegmentationClass", classes), ("SegmentationObject", objects)):
+            (voc / folder).mkdir(parents=True, exist_ok=True)
+            write_label_png(voc / folder / f"{stem}.png", array)
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000001\n2007_000002\n")
+    result = prepare_dataset(PrepareConfig("voc2012", str(tmp_path)), tmp_path / "gt")
+    assert result.images == 2 and result.classes == 21 and result.instances == 4
+    assert (read_label_png(tmp_path / "gt" / "semantic" / "2007_000001.png") == classes).all()
+    instances = json.loads((tmp_path / "gt" / "instances.json").read_text())
+    names = {c["id"]: c["name"] for c in instances["categories"]}
+    assert sorted(names[a["category_id"]] for a in instances["annotations"]) == ["dog", "dog", "person", "person"]
+    assert sorted(a["area"] for a in instances["annotations"][:2]) == [6, 9]
+
+
+def test_prepare_coca(tmp_path):
+    base = tmp_path / "CoCA"
+    for cls in ("alarm clock", "Accordion"):
+        _jpeg(base / "image" / cls / "x1.jpg")
+        mask = np.zeros((6, 8), dtype=np.uint8)
+        mask[2:4, 2:6] = 255
+        (base / "binary" / cls).mkdir(parents=True)
+        Image.fromarray(mask).save(base / "binary" / cls / "x1.png")
+    result = prepare_dataset(PrepareConfig("coca", str(tmp_path)), tmp_path / "gt")
+    index = json.loads((tmp_path / "gt" / "gt.json").read_text())
+    assert result.images == 2 and index["classes"] == ["background", "Accordion", "alarm clock"]
+    stems = [img["stem"] for img in index["images"]]
+    assert len(set(stems)) == 2  # the same file name in two classes gets distinct stems
+    labels = read_label_png(tmp_path / "gt" / "semantic" / f"{stems[1]}.png")
+    assert set(np.unique(labels)) == {0, 2} and (labels == 2).sum() == 8
+
+
+def test_prepare_imagenet_s919_decodes_r_plus_256g(tmp_path):
+    base = tmp_path / "ImageNetS919"
+    wnids = [f"n{i:08d}" for i in range(1, 920)]
+    for wnid in wnids:
+        (base / "validation-segmentation" / wnid).mkdir(parents=True)
+    ids = np.full((6, 8), 300)
+    ids[0, 0] = 1000  # ignore
+    ids[5, :] = 0
+    rgb = np.stack([ids % 256, ids // 256, np.zeros_like(ids)], axis=-1).astype(np.uint8)
+    Image.fromarray(rgb).save(base / "validation-segmentation" / wnids[299] / "ILSVRC2012_val_00000001.png")
+    _jpeg(base / "validation" / wnids[299] / "ILSVRC2012_val_00000001.JPEG")
+    names = tmp_path / "LOC_synset_mapping.txt"
+    names.write_text("".join(f"{w} thing {i}, other name\n" for i, w in enumerate(wnids, start=1)))
+    result = prepare_dataset(PrepareConfig("imagenet-s919", str(tmp_path), class_names=str(names)), tmp_path / "gt")
+    assert result.images == 1 and result.classes == 920
+    index = json.loads((tmp_path / "gt" / "gt.json").read_text())
+    assert index["classes"][300] == "thing 300" and index["ignore_index"] == 65535
+    values, ignore = read_label_map(tmp_path / "gt" / "semantic" / "ILSVRC2012_val_00000001.png")
+    assert ignore == 65535 and values[0, 0] == 65535 and values[1, 1] == 300 and values[5, 0] == 0
+    # a prediction of the right class everywhere but the ignored pixel: IoU 1 for class 300
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    write_label_map(pred / "ILSVRC2012_val_00000001.png", np.where(ids == 1000, 0, ids), sixteen_bit=True)
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(tmp_path / "gt")), tmp_path / "m").metrics
+    assert metrics["semantic"]["per_class_iou"]["thing 300"] == 1.0 and metrics["semantic"]["mIoU"] == 1.0
+    assert metrics["semantic"]["size_buckets"]["L"] == 1.0
+    with pytest.raises(ZutisError, match="class folders"):
+        shutil.rmtree(base / "validation-segmentation" / wnids[0])
+        prepare_dataset(PrepareConfig("imagenet-s919", str(tmp_path)), tmp_path / "gt2")
+
+
+def test_prepare_cub2011(tmp_path):
+    base = tmp_path / "CUB_200_2011"
+    rel = ["001.Black_footed_Albatross/a_1.jpg", "002.Laysan_Albatross/b_2.jpg"]
+    for r in rel:
+        _jpeg(base / "images" / r)
+        mask = np.zeros((6, 8), dtype=np.uint8)
+        mask[1:5, 1:5] = 204  # four of five annotators
+        mask[0, 0] = 102  # two of five: below the 0.5 threshold
+        (tmp_path / "segmentations" / Path(r).parent).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask).save(tmp_path / "segmentations" / Path(r).with_suffix(".png"))
+    (base / "images.txt").write_text("1 " + rel[0] + "\n2 " + rel[1] + "\n")
+    (base / "train_test_split.txt").write_text("1 1\n2 0\n")
+    result = prepare_dataset(PrepareConfig("cub2011", str(tmp_path)), tmp_path / "gt")
+    assert result.images == 1 and result.classes == 2  # only the test image
+    labels = read_label_png(tmp_path / "gt" / "semantic" / "b_2.png")
+    assert labels.sum() == 16 and labels[0, 0] == 0
+    everything = prepare_dataset(PrepareConfig("cub2011", str(tmp_path), split="all"), tmp_path / "gt2")
+    assert everything.images == 2
