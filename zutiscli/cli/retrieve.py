@@ -1,0 +1,123 @@
+"""`zutis retrieve`: per-class archives, the top-k images of one or more indices for each class name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, err_console
+
+IndicesArg = Annotated[
+    list[Path],
+    typer.Argument(metavar="INDEX_DIR", help="Index directories written by `zutis index` (one model); results are merged by score.",
+                   show_default=False),
+]
+
+
+def _table(rows: list[dict[str, Any]], limit: int = 40) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("class")
+    table.add_column("k", justify="right")
+    table.add_column("top score", justify="right")
+    table.add_column("median score", justify="right")
+    shown = rows if len(rows) <= limit else rows[: limit - 1]
+    for row in shown:
+        top = "-" if row["top"] is None else f"{row['top']:.3f}"
+        median = "-" if row["median"] is None else f"{row['median']:.3f}"
+        table.add_row(escape(row["name"]), str(row["k"]), top, median)
+    if len(shown) < len(rows):
+        table.add_row(f"... {len(rows) - len(shown)} more in archives.json", "", "", "")
+    err_console.print(table)
+
+
+def retrieve(
+    indices: IndicesArg,
+    classes: Annotated[
+        Optional[str], typer.Option("--classes", "-c", help="Class names separated by commas, e.g. cat,dog.")
+    ] = None,
+    classes_file: Annotated[
+        Optional[Path],
+        typer.Option("--classes-file", help="One class per line, or 'name<TAB>search phrase'; blank lines and # comments ignored."),
+    ] = None,
+    k: Annotated[
+        int,
+        typer.Option("-k", "--top-k", help="Images per class. More than the images in the indices: clamped, with a warning."),
+    ] = 500,
+    prompts: Annotated[
+        str,
+        typer.Option("--prompts", metavar="ensemble|names", help="Text to embed: the 85-template ensemble or the bare names."),
+    ] = "ensemble",
+    exclude_duplicates: Annotated[
+        bool,
+        typer.Option("--exclude-duplicates", help="Disjoint archives: each image goes to the class that scores it highest among those with room."),
+    ] = False,
+    contact_sheet: Annotated[
+        bool, typer.Option("--contact-sheet", help="Also write contact/<class>.jpg: the top 48 hits with rank and score.")
+    ] = False,
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Text model; default and only accepted value: the index's model.")
+    ] = None,
+    pretrained: Annotated[
+        Optional[str], typer.Option("--pretrained", help="Weights; default: the index's (pass a path if its checkpoint moved).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per text-encoder batch.")] = 256,
+    nprobe: Annotated[
+        Optional[int],
+        typer.Option("--nprobe", help="IVF lists to visit when an index has index.faiss [default: max(32, nlist/16)]."),
+    ] = None,
+    output: OutputOpt = None,
+    json_mode: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Build per-class archives: the top-k images of the indices for each class name.
+
+    The class text is embedded by the index's own model, read from the index manifest.
+
+    Writes archives.json (class -> ranked images, scores, paths relative to it) and manifest.json.
+
+    --exclude-duplicates: an image (same file content) joins at most one archive, its best-scoring class with room.
+
+    A class that loses images to others is refilled from its next best candidates.
+
+    -k larger than the number of images in the indices is clamped to that number, with a warning.
+
+    Example: zutis retrieve runs/index/1 --classes cat,dog -k 500 -o runs/archives
+    """
+    from rich.markup import escape
+
+    from zutiscli.data.classes import parse_classes
+    from zutiscli.pipeline.retrieve import RetrieveConfig, retrieve as run_retrieve
+
+    reporter = Reporter(json_mode, quiet)
+    queries = parse_classes(classes, classes_file)
+    config = RetrieveConfig(
+        indices=tuple(indices),
+        classes=tuple(queries),
+        k=k,
+        prompts=prompts,
+        exclude_duplicates=exclude_duplicates,
+        contact_sheet=contact_sheet,
+        model=model,
+        pretrained=pretrained,
+        device=device,
+        batch_size=batch_size,
+        nprobe=nprobe,
+    )
+    config.validate()
+    with ProgressBar(reporter, "retrieve") as bar:
+        out = run_retrieve(config, output, progress=bar, warn=lambda m: reporter.warn(escape(m)),
+                           log=lambda m: reporter.log(escape(m)))
+    from zutiscli.artefacts.manifest import read_manifest
+
+    summary = read_manifest(out).summary
+    if not json_mode and not quiet:
+        _table(summary["archives"])
+        reporter.log(f"{summary['classes']} archives of up to {summary['k']} images "
+                     f"({summary['unique_images']:,} distinct) in {summary['seconds']:.1f} s")
+    reporter.result(summary, path=out)
