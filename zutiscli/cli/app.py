@@ -60,11 +60,17 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 
 def _register_commands() -> None:
-    from zutiscli.cli import copypaste, index, synth
+    """The subcommands, in pipeline order (that is the order of `zutis --help`)."""
+    from zutiscli.cli import copypaste, evaluate, index, predict, pseudolabel, retrieve, synth, train
 
     app.add_typer(synth.app, name="synth")
     app.add_typer(index.app, name="index")
+    app.command("retrieve")(retrieve.retrieve)
+    app.command("pseudolabel")(pseudolabel.pseudolabel)
     app.command("copypaste")(copypaste.copypaste)
+    app.command("train")(train.train)
+    app.command("predict")(predict.predict)
+    app.add_typer(evaluate.app, name="evaluate")
 
 
 _register_commands()
