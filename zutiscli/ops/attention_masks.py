@@ -31,14 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from zutiscli.ops.arrays import to_numpy as _to_numpy
+
 __all__ = ["maskdistill_mask", "cls_affinity_map"]
 
 
-def _to_numpy(array: Any) -> np.ndarray:
-    """A numpy view of ``array`` (torch tensors are detached and moved to the CPU first)."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().double().numpy()
-    return np.asarray(array)
 
 
 def cls_affinity_map(cls_attention: Any) -> np.ndarray:
@@ -78,7 +75,7 @@ def maskdistill_mask(
     if not 0.0 < top_k <= 1.0:
         raise ValueError(f"top_k must be in (0, 1], got {top_k}")
     attention = cls_affinity_map(cls_attention)
-    key_array = _to_numpy(keys)
+    key_array = _to_numpy(keys).astype(np.float64)
     if key_array.ndim != 3 or key_array.shape[:2] != attention.shape:
         raise ValueError(
             f"keys must be (h, w, C) on the attention's {attention.shape} grid, got {tuple(key_array.shape)}"

@@ -9,13 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from zutiscli.ops.arrays import to_numpy as _to_numpy
+
 __all__ = ["dense_crf_labels"]
 
 
-def _to_numpy(array: Any) -> np.ndarray:
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
 
 
 def dense_crf_labels(

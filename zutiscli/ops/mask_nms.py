@@ -49,6 +49,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from zutiscli.ops.arrays import to_numpy as _to_numpy
+
 __all__ = ["mask_iou_matrix", "mask_nms", "reference_mask_nms", "pool_masks", "NMS_METHODS"]
 
 NMS_METHODS = ("hard", "linear", "gaussian", "matrix", "none")
@@ -64,11 +66,6 @@ _EINSUM_MAX_MACS = 1 << 26
 _BLOCK_WORDS = 1 << 16
 
 
-def _to_numpy(array: Any) -> np.ndarray:
-    """A numpy view of ``array`` (torch tensors are detached and moved to the CPU first)."""
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
 
 
 def _binarise(masks: Any, mask_threshold: float) -> np.ndarray:

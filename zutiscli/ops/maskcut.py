@@ -44,14 +44,11 @@ from scipy import ndimage
 from .refine import split_components
 from .spectral import top_eigenvectors
 
+from zutiscli.ops.arrays import to_numpy as _to_numpy
+
 __all__ = ["maskcut", "ncut_bipartition", "split_components"]
 
 
-def _to_numpy(array: Any) -> np.ndarray:
-    """A numpy view of ``array`` (torch tensors are detached and moved to the CPU first)."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().float().numpy()
-    return np.asarray(array)
 
 
 def _corner_count(mask: np.ndarray) -> int:

@@ -12,13 +12,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from zutiscli.ops.arrays import to_numpy as _to_numpy
+
 __all__ = ["merge_panoptic", "panoptic_to_rgb", "rgb_to_panoptic"]
 
 
-def _to_numpy(array: Any) -> np.ndarray:
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    return np.asarray(array)
 
 
 def _unpack_instances(instances: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -32,6 +32,8 @@ import numpy as np
 import scipy.linalg
 from scipy.sparse import linalg as sparse_linalg
 
+from zutiscli.ops.arrays import to_numpy as _to_numpy
+
 __all__ = [
     "cosine_affinity",
     "top_eigenvectors",
@@ -46,11 +48,6 @@ __all__ = [
 _DENSE_EIGH_MAX = 200  # at most this many nodes: LAPACK eigh; above: ARPACK
 
 
-def _to_numpy(array: Any) -> np.ndarray:
-    """A numpy view of ``array`` (torch tensors are detached and moved to the CPU first)."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().float().numpy()
-    return np.asarray(array)
 
 
 def _flat_features(features: Any) -> tuple[np.ndarray, tuple[int, int]]:
