@@ -6,18 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperGroup
 
-from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DefaultCommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
 
 
-class _RunByDefault(TyperGroup):
-    """`zutis evaluate PRED --gt GT` runs `run`; `zutis evaluate prepare NAME ...` runs `prepare`."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
+class _RunByDefault(DefaultCommandGroup):
+    default_command = "run"
 
 
 app = typer.Typer(

@@ -6,18 +6,12 @@ from pathlib import Path
 from typing import Annotated, Any, List, Optional
 
 import typer
-from typer.core import TyperGroup
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DefaultCommandGroup, DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter
 
 
-class _BuildByDefault(TyperGroup):
-    """`zutis index IMAGES...` runs `build`; `zutis index merge ...` runs `merge`."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = ["build", *args]
-        return super().parse_args(ctx, args)
+class _BuildByDefault(DefaultCommandGroup):
+    default_command = "build"
 
 
 app = typer.Typer(

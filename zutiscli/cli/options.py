@@ -23,6 +23,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from zutiscli.models.device import DEVICE_CHOICES
 
@@ -44,6 +45,21 @@ OutputOpt = Annotated[
     Optional[Path],
     typer.Option("--output", "-o", help="Output directory (default: a new ./runs/<stage>/<N>)."),
 ]
+
+
+class DefaultCommandGroup(TyperGroup):
+    """A command group whose first argument, when it names no subcommand, goes to a default one.
+
+    So `zutis index IMAGES...` runs `zutis index build IMAGES...` while `zutis index merge ...`
+    still reaches `merge`. Subclass and set ``default_command``.
+    """
+
+    default_command = ""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
 
 
 class Reporter:
