@@ -69,7 +69,7 @@ class RetrieveConfig:
     ``model``/``pretrained``: optional; must name the indices' model (default: read from them).
     ``batch_size``: prompts per text-encoder forward pass. ``nprobe``: IVF lists visited when an
     index has ``index.faiss`` (None: ``max(32, nlist // 16)``). ``block_rows``: rows per exact-search
-    block (float32 buffer of ``block_rows * dim * 4`` bytes). ``contact_count``: hits per contact sheet.
+    block, a float32 buffer of ``block_rows * dim * 4`` bytes (None: 512 MiB worth). ``contact_count``: hits per contact sheet.
     """
 
     indices: tuple[Path, ...]
@@ -83,7 +83,7 @@ class RetrieveConfig:
     device: str = "auto"
     batch_size: int = 256
     nprobe: int | None = None
-    block_rows: int = 131072
+    block_rows: int | None = None
     contact_count: int = 48
 
     def validate(self) -> None:
@@ -100,7 +100,7 @@ class RetrieveConfig:
             raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if self.nprobe is not None and self.nprobe < 1:
             raise UsageError(f"--nprobe must be at least 1 (got {self.nprobe})")
-        if self.block_rows < 1:
+        if self.block_rows is not None and self.block_rows < 1:
             raise UsageError(f"block_rows must be at least 1 (got {self.block_rows})")
         if not 1 <= self.contact_count <= 1000:
             raise UsageError(f"contact_count must lie in 1..1000 (got {self.contact_count})")
@@ -270,8 +270,9 @@ def _search_source(source: _Source, queries: np.ndarray, depth: int, config: Ret
             found = knn.search_index(source.faiss_index, queries, depth, active=source.active)
             on_rows(len(source.reader))
             return found
-        return knn.topk_blocks(queries, source.reader.iter_embeddings(config.block_rows), depth,
-                               active=source.active, block_rows=config.block_rows, on_block=on_rows)
+        rows = config.block_rows or knn.default_block_rows(source.reader.dim)
+        return knn.topk_blocks(queries, source.reader.iter_embeddings(rows), depth,
+                               active=source.active, block_rows=rows, on_block=on_rows)
     except ValueError as exc:
         raise ArtefactError(f"{source.reader.directory}: {exc}; the index is corrupt, re-index") from None
 
