@@ -53,3 +53,22 @@ def test_semantic_map_uses_shape_indices():
     for obj, mask in zip(sample.objects, sample.masks):
         assert (labels[mask] == SHAPES.index(obj.shape) + 1).all()
     assert (labels[~sample.masks.any(0)] == 0).all()
+
+
+def test_train_clip_command_writes_loadable_weights(tmp_path, capsys):
+    import torch
+
+    from zutiscli.cli.app import main
+    from zutiscli.models.clip import ModelSpec, load_backbone
+
+    out = tmp_path / "clip"
+    try:
+        main(["synth", "train-clip", "--steps", "2", "--batch-size", "8", "--eval-pool", "0", "--workers", "0",
+              "--threads", "1", "-o", str(out), "--json"])
+    except SystemExit as exit_info:
+        assert exit_info.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["steps"] == 2 and document["path"] == str(out)
+    backbone = load_backbone(ModelSpec("shapes-clip", str(out / "shapes-clip.pt")))
+    assert backbone.encode_text(["red circle"]).shape[0] == 1
+    assert torch.isfinite(backbone.encode_images(torch.zeros(1, 3, 64, 64))).all()

@@ -1,0 +1,180 @@
+"""Tests of shapes-clip: its training function, its evaluation and the weights shipped in the package."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zutiscli.models.clip import BUILTIN_DIR, ModelSpec, load_backbone
+from zutiscli.synth.clip_eval import (
+    evaluate_shapes_clip,
+    maskclip_dense_embeddings,
+    precision_at_k,
+    single_object_pool,
+)
+from zutiscli.synth.clip_train import (
+    TrainClipConfig,
+    caption_batch,
+    caption_slots,
+    describes,
+    learning_rate,
+    multi_positive_loss,
+    positive_matrix,
+    train_shapes_clip,
+)
+from zutiscli.synth.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, ShapeObject
+
+WEIGHTS = BUILTIN_DIR / "shapes-clip.pt"
+RECIPE = BUILTIN_DIR / "shapes-clip.json"
+
+
+def _obj(colour: str, shape: str) -> ShapeObject:
+    return ShapeObject(shape, colour, 32.0, 32.0, 30.0, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Caption parsing, positives, loss.
+
+
+@pytest.mark.parametrize(
+    "caption, slots",
+    [
+        ("a photo of a red circle", (("red", "circle"),)),
+        ("a star shape", ((None, "star"),)),
+        ("something blue", (("blue", None),)),
+        ("a small white square in the top left corner", (("white", "square"),)),
+        ("two blue shapes", (("blue", None), ("blue", None))),
+        ("two crosses", ((None, "cross"), (None, "cross"))),
+        ("two shapes: a ring and a triangle", ((None, "ring"), (None, "triangle"))),
+        ("a photo of a red star next to a green ring", (("red", "star"), ("green", "ring"))),
+        ("no shapes, just texture", ()),
+        ("an empty scene", ()),
+    ],
+)
+def test_caption_slots(caption, slots) -> None:
+    assert caption_slots(caption) == slots
+
+
+def test_describes_counts_and_pairs_objects() -> None:
+    red_circle, blue_star = _obj("red", "circle"), _obj("blue", "star")
+    assert describes(caption_slots("a circle"), [red_circle])
+    assert not describes(caption_slots("a circle"), [blue_star])
+    assert not describes(caption_slots("a circle"), [red_circle, blue_star])
+    assert describes(caption_slots("a blue star and a red shape"), [red_circle, blue_star])
+    assert not describes(caption_slots("a red star and a blue circle"), [red_circle, blue_star])
+    assert describes(caption_slots("nothing"), [])
+
+
+def test_positive_matrix_matches_describes_and_own_captions() -> None:
+    _, captions, objects = caption_batch(3, 0, 96, size=32, hflip=0.5)
+    positives = positive_matrix(objects, captions)
+    expected = torch.tensor([[describes(caption_slots(c), o) for c in captions] for o in objects])
+    assert torch.equal(positives, expected)
+    assert positives.diagonal().all()
+    assert positives.sum() > 96  # captions repeat and are partial: many off-diagonal positives
+
+
+def test_training_stream_never_shows_held_out_pairs_and_mirrors_captions() -> None:
+    images, captions, objects = caption_batch(5, 2, 64, size=32, hflip=1.0)
+    assert images.shape == (64, 32, 32, 3) and images.dtype.name == "uint8"
+    assert all((o.colour, o.shape) not in DEFAULT_HELD_OUT for objs in objects for o in objs)
+    plain_images, plain_captions, _ = caption_batch(5, 2, 64, size=32, hflip=0.0)
+    assert (images == plain_images[:, :, ::-1]).all()
+    swap = {"left": "right", "right": "left"}
+    assert captions == [" ".join(swap.get(w, w) for w in c.split()) for c in plain_captions]
+
+
+def test_multi_positive_loss_reduces_to_infonce_with_identity_targets() -> None:
+    gen = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    txt = F.normalize(torch.randn(6, 8, generator=gen), dim=-1)
+    scale = torch.tensor(2.0)
+    logits = scale.exp() * img @ txt.t()
+    infonce = 0.5 * (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.t(), torch.arange(6)))
+    assert torch.allclose(multi_positive_loss(img, txt, scale, torch.eye(6, dtype=torch.bool)), infonce)
+    # Several positives: each row (column) is a cross-entropy against its positives, normalised.
+    pos = torch.rand(6, 6, generator=gen) < 0.4
+    pos.fill_diagonal_(True)
+    log_rows, log_cols = logits.log_softmax(dim=1), logits.log_softmax(dim=0)
+    i2t = sum(-log_rows[i, pos[i]].mean() for i in range(6)) / 6
+    t2i = sum(-log_cols[pos[:, j], j].mean() for j in range(6)) / 6
+    assert torch.allclose(multi_positive_loss(img, txt, scale, pos), 0.5 * (i2t + t2i))
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    cfg = TrainClipConfig(steps=100, warmup=10, lr=1e-3)
+    rates = [learning_rate(cfg, s) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# The training function (a few steps of the tiny test model).
+
+
+def _tiny_config(**overrides) -> TrainClipConfig:
+    base = dict(model="zutis-tiny", image_size=32, seed=4, steps=24, batch_size=24, lr=3e-3, warmup=2,
+                threads=1, workers=0, log_every=4)
+    return TrainClipConfig(**(base | overrides))
+
+
+def test_train_shapes_clip_learns_saves_and_is_deterministic(tmp_path) -> None:
+    reports = []
+    first = train_shapes_clip(_tiny_config(), tmp_path / "a.pt", progress=lambda *a: reports.append(a))
+    second = train_shapes_clip(_tiny_config(), tmp_path / "b.pt")
+    losses = [loss for _, loss in first["loss_curve"]]
+    assert all(map(lambda v: v == v and abs(v) < 1e6, losses))
+    assert losses[-1] < losses[0]
+    assert [r[0] for r in reports] == [4, 8, 12, 16, 20, 24] and reports[-1][1] == 24
+    assert {"loss", "lr", "temperature", "seconds", "seconds_per_step"} <= set(reports[-1][2])
+    a = torch.load(tmp_path / "a.pt", weights_only=True)
+    b = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float16 for v in a.values() if v.is_floating_point())
+    assert first["config"]["seed"] == 4 and first["steps"] == 24 and "torch" in first["versions"]
+    json.dumps(first)
+    backbone = load_backbone(ModelSpec("zutis-tiny", str(tmp_path / "a.pt")))
+    assert backbone.dtype == torch.float32
+    other = train_shapes_clip(_tiny_config(seed=5, steps=4), tmp_path / "c.pt")
+    c = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert not torch.equal(a["visual.conv1.weight"], c["visual.conv1.weight"])
+    assert other["steps"] == 4
+
+
+def test_train_config_is_validated(tmp_path) -> None:
+    with pytest.raises(ValueError):
+        train_shapes_clip(_tiny_config(steps=0), tmp_path / "x.pt")
+    with pytest.raises(ValueError):
+        train_shapes_clip(_tiny_config(image_size=64), tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation helpers.
+
+
+def test_single_object_pool_is_balanced_and_deterministic() -> None:
+    pool = single_object_pool(seed=9, pool_size=72, size=32)
+    assert pool.images.shape == (72, 32, 32, 3) and pool.masks.shape == (72, 32, 32)
+    counts = torch.bincount(torch.from_numpy(pool.colours * len(SHAPES) + pool.shapes), minlength=36)
+    assert (counts == 2).all()
+    assert pool.masks.reshape(72, -1).any(axis=1).all()
+    again = single_object_pool(seed=9, pool_size=72, size=32)
+    assert (again.images == pool.images).all()
+
+
+def test_precision_at_k() -> None:
+    sim = torch.tensor([[0.9, 0.8, 0.1, 0.7], [0.1, 0.2, 0.3, 0.4]])
+    rel = torch.tensor([[True, False, False, True], [True, True, True, False]])
+    assert torch.allclose(precision_at_k(sim, rel, k=2), torch.tensor([0.5, 0.5]))
+
+
+def test_maskclip_dense_embeddings_shape(tiny_backbone) -> None:
+    x = torch.randn(2, 3, 40, 48)
+    out = maskclip_dense_embeddings(tiny_backbone, x)
+    assert out.shape == (2, 5, 6, tiny_backbone.embed_dim) and out.dtype == torch.float32
+    assert torch.allclose(out.norm(dim=-1), torch.ones(2, 5, 6), atol=1e-5)
+
