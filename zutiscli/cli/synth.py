@@ -108,7 +108,7 @@ def train_clip(
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train `shapes-clip`, the shapes world's own CLIP, from scratch (the recipe of the shipped weights).
+    """Train `shapes-clip`, the shapes world's own CLIP, from scratch.
 
     Writes OUTPUT/shapes-clip.pt (fp16 weights: use them with --model shapes-clip --pretrained FILE)
     and OUTPUT/shapes-clip.json (recipe, loss curve, metrics).
