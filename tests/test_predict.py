@@ -130,3 +130,16 @@ def test_cli_json_and_default_checkpoint_from_runs(trained, tmp_path, monkeypatc
     document = json.loads(capsys.readouterr().out)
     assert document["path"].startswith("runs/predict/") and len(document["images"]) == 1
     assert set(document["timing"]) == {"decode", "model", "post", "write"}
+
+
+def test_many_classes_get_16_bit_label_maps(tiny_checkpoint, trained, tmp_path):
+    from zutiscli.artefacts.labelmap import read_label_map
+
+    _, scenes = trained
+    names = [f"class {i}" for i in range(300)]
+    config = PredictConfig(inputs=[str(scenes / "images" / "000000.png")], classes=queries(*names), method="maskclip",
+                           model="zutis-tiny", pretrained=str(tiny_checkpoint), device="cpu", task="semantic",
+                           vis=False)
+    result = predict(config, tmp_path / "many")
+    values, ignore = read_label_map(result.path / "semantic" / "000000.png")
+    assert ignore == 65535 and values.shape == (64, 64) and 0 <= values.min() and values.max() <= 300

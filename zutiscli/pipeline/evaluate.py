@@ -65,7 +65,7 @@ from PIL import Image
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
 from zutiscli.artefacts.coco import load_coco
-from zutiscli.artefacts.labelmap import write_label_png
+from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, read_label_map, write_label_map, write_label_png
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
@@ -79,8 +79,6 @@ BACKENDS = ("pycocotools", "faster-coco-eval")
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 GT_INDEX = "gt.json"
 CLASSES_FILE = "classes.txt"
-IGNORE_8BIT = 255
-IGNORE_16BIT = 65535
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -155,54 +153,6 @@ class EvaluateResult:
     metrics: dict[str, Any]
     warnings: list[str]
     seconds: float
-
-
-# ---- label maps -----------------------------------------------------------------------------
-def read_label_map(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a label PNG as ``((H, W) int32 values, ignore value)``.
-
-    8-bit palette/greyscale PNGs ignore 255; 16-bit greyscale PNGs ignore 65535. RGB images are
-    refused (an ImageNet-S ``R + 256 G`` map must first go through ``zutis evaluate prepare``).
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            mode = image.mode
-            if mode in ("P", "L"):
-                return np.asarray(image, dtype=np.uint8).astype(np.int32), IGNORE_8BIT
-            if mode in ("I;16", "I;16B", "I;16L", "I"):
-                return np.asarray(image).astype(np.int32), IGNORE_16BIT
-            raise ArtefactError(
-                f"{path}: is a {mode} image; label maps must be palette/greyscale PNGs of class indices "
-                f"(8-bit, 255 = ignore, or 16-bit, 65535 = ignore); convert ImageNet-S RGB maps with "
-                f"`zutis evaluate prepare imagenet-s919`"
-            )
-    except FileNotFoundError:
-        raise ArtefactError(f"{path}: no such label map") from None
-    except OSError as exc:
-        raise ArtefactError(f"{path}: cannot be read as a label PNG ({exc})") from None
-
-
-def write_label_map(path: str | Path, labels: np.ndarray, ignore: np.ndarray | None = None, *,
-                    sixteen_bit: bool = False) -> Path:
-    """Write ``(H, W)`` class indices as an 8-bit palette PNG (255 = ignore) when they fit (and
-    ``sixteen_bit`` is off), else as a 16-bit greyscale PNG (65535 = ignore). ``ignore`` is an
-    optional ``(H, W)`` bool mask of ignored pixels."""
-    labels = np.asarray(labels, dtype=np.int64)
-    top = int(labels.max()) if labels.size else 0
-    if top < IGNORE_8BIT and not sixteen_bit:
-        out = labels.astype(np.uint8)
-        if ignore is not None:
-            out[ignore] = IGNORE_8BIT
-        return write_label_png(path, out)
-    if top >= IGNORE_16BIT:
-        raise ValueError(f"class index {top} does not fit a 16-bit label map")
-    out16 = labels.astype(np.uint16)
-    if ignore is not None:
-        out16[ignore] = IGNORE_16BIT
-    with atomic_path(path, fsync=False) as tmp:
-        Image.fromarray(out16).save(tmp, format="PNG")
-    return Path(path)
 
 
 def _with_ignore(values: np.ndarray, ignore: int) -> np.ndarray:

@@ -15,7 +15,8 @@ Two predictors behind one interface:
 
 Outputs (kind ``zutis.predictions``): ``predictions.json`` (COCO results: image_id, category_id,
 RLE segmentation, bbox, score), ``images.json`` (COCO images + categories sidecar, file names
-relative to the output), ``semantic/NAME.png`` (0 = background, i = the i-th class, 255 = ignore),
+relative to the output), ``semantic/NAME.png`` (0 = background, i = the i-th class, 255 = ignore;
+16-bit with 65535 = ignore when there are 255 classes or more),
 ``panoptic/NAME.png`` + ``panoptic.json`` (COCO panoptic format), ``vis/NAME.jpg`` overlays.
 """
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
 from zutiscli.artefacts.checkpoint import load_checkpoint
-from zutiscli.artefacts.labelmap import write_label_png
+from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
 from zutiscli.artefacts.manifest import relative_to, write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
@@ -210,7 +211,7 @@ def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray
             canvas[edge] = colour
     elif semantic is not None:
         for value in np.unique(semantic):
-            if 0 < value < 255:
+            if value > 0:
                 region = semantic == value
                 canvas[region] = 0.5 * canvas[region] + 0.5 * _PALETTE[(value - 1) % len(_PALETTE)]
     picture = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
@@ -225,7 +226,7 @@ def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray
                 draw.rectangle(box, fill=tuple(int(c) for c in _PALETTE[rank % len(_PALETTE)]))
                 draw.text((x, y), text, fill=(0, 0, 0))
     elif semantic is not None:
-        present = [int(v) for v in np.unique(semantic) if 0 < v < 255]
+        present = [int(v) for v in np.unique(semantic) if v > 0]
         for line, value in enumerate(present):
             ys, xs = np.nonzero(semantic == value)
             cy, cx = int(np.median(ys)), int(np.median(xs))
@@ -305,6 +306,7 @@ def predict(config: PredictConfig, output: str | Path | None = None,
         if wanted:
             (out / folder).mkdir(exist_ok=True)
     stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []
+    sixteen_bit = len(names) >= IGNORE_8BIT  # class indices 1..K and 0 must stay clear of the 8-bit ignore
     timing = {"decode": 0.0, "model": 0.0, "post": 0.0, "write": 0.0}
     images_json: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -343,8 +345,8 @@ def predict(config: PredictConfig, output: str | Path | None = None,
                 probs, semantic = semantic_from_dense(raw.dense, predictor.text, (height, width))
                 if config.crf:
                     semantic = _crf(image, probs, config, crf_pool)
-                semantic = np.asarray(semantic, dtype=np.uint8)
-                summary.semantic_classes = [names[v - 1] for v in np.unique(semantic) if 0 < v < 255]
+                semantic = np.asarray(semantic, dtype=np.int64)
+                summary.semantic_classes = [names[v - 1] for v in np.unique(semantic) if v > 0]
             instances = None
             if tasks & {"instance", "panoptic"}:
                 if raw.mask_logits is not None:
@@ -358,7 +360,7 @@ def predict(config: PredictConfig, output: str | Path | None = None,
             timing["post"] += time.perf_counter() - clock
             clock = time.perf_counter()
             if "semantic" in tasks:
-                write_label_png(out / "semantic" / f"{stem}.png", semantic)
+                write_label_map(out / "semantic" / f"{stem}.png", semantic, sixteen_bit=sixteen_bit)
                 record["semantic"] = f"semantic/{stem}.png"
             if instances is not None and "instance" in tasks:
                 for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
@@ -367,7 +369,7 @@ def predict(config: PredictConfig, output: str | Path | None = None,
                                     "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
                     summary.counts[names[int(label) - 1]] = summary.counts.get(names[int(label) - 1], 0) + 1
             if "panoptic" in tasks:
-                panoptic_annotations.append(_write_panoptic(out, stem, image_id, semantic, instances))
+                panoptic_annotations.append(_write_panoptic(out, stem, image_id, semantic, instances, sixteen_bit))
             if config.vis:
                 overlay = render_overlay(image, names, semantic, instances.masks if instances is not None and
                                          "instance" in tasks else None,
@@ -408,7 +410,7 @@ def _crf(image: np.ndarray, probs: Any, config: PredictConfig, pool: Any) -> np.
                   bi_w=config.crf_bi_w, bi_xy=config.crf_bi_xy, bi_rgb=config.crf_bi_rgb)
     refined = pool.submit(dense_crf_labels, image, probs, **kwargs).result() if pool else \
         dense_crf_labels(image, probs, **kwargs)
-    return np.asarray(refined).argmax(0).astype(np.uint8)
+    return np.asarray(refined).argmax(0).astype(np.int64)
 
 
 def _maskclip_instances(semantic: np.ndarray, probs: Any, config: PredictConfig):
@@ -440,13 +442,14 @@ def _maskclip_instances(semantic: np.ndarray, probs: Any, config: PredictConfig)
                      np.ones(len(masks), np.float32))
 
 
-def _write_panoptic(out: Path, stem: str, image_id: int, semantic: np.ndarray, instances: Any) -> dict[str, Any]:
+def _write_panoptic(out: Path, stem: str, image_id: int, semantic: np.ndarray, instances: Any,
+                    sixteen_bit: bool = False) -> dict[str, Any]:
     from PIL import Image
 
     from zutiscli.ops.panoptic import merge_panoptic, panoptic_to_rgb
 
     triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
-    segment_map, segments = merge_panoptic(semantic, triple)
+    segment_map, segments = merge_panoptic(semantic, triple, ignore_label=IGNORE_16BIT if sixteen_bit else IGNORE_8BIT)
     with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
         Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
     return {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments}
