@@ -267,12 +267,55 @@ def _resize_for_model(image: np.ndarray, max_size: int | None, patch: int) -> to
     return tensor
 
 
+def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, config: PredictConfig, *,
+                semantic: bool = True, instances: bool = True, crf_pool: Any = None) -> tuple[np.ndarray | None, Any]:
+    """One image's network outputs -> its semantic map and instances at the image's own size.
+
+    Args:
+        raw: the predictor's outputs for ``image`` (dense ``(h, w, D)``; query mask logits
+            ``(Q, 2h, 2w)`` for ZUTIS, ``None`` for MaskCLIP).
+        text: ``(1 + K, D)`` float class text embeddings of the predictor, index 0 = background.
+        image: ``(H, W, 3)`` uint8 RGB, as decoded (the CRF reads its colours; its size is the
+            output size).
+        config: thresholds, NMS and CRF options (``config.method`` picks the instance rule).
+        semantic: compute the semantic map.
+        instances: compute the instances (MaskCLIP's come from its semantic map, which is then
+            computed as well but returned only when ``semantic`` is set).
+        crf_pool: a process pool for the CRF, or ``None`` to run it here.
+
+    Returns:
+        ``(semantic, instances)``: ``semantic`` ``(H, W)`` int64, 0 = background, ``i`` = the
+        ``i``-th class of ``config.classes`` (every pixel labelled; no ignore value), or ``None``;
+        ``instances`` a :class:`zutiscli.ops.instances.Instances` (masks ``(N, H, W)`` bool,
+        labels in ``1..K``, sorted by score) or ``None``.
+    """
+    from zutiscli.ops.instances import instances_from_queries, semantic_from_dense
+
+    height, width = image.shape[:2]
+    labels = probs = None
+    if semantic or (instances and raw.mask_logits is None):
+        probs, labels = semantic_from_dense(raw.dense, text, (height, width))
+        if config.crf:
+            labels = _crf(image, probs, config, crf_pool)
+        labels = np.asarray(labels, dtype=np.int64)
+    found = None
+    if instances:
+        if raw.mask_logits is not None:
+            found = instances_from_queries(
+                raw.mask_logits, raw.dense, text, mask_threshold=config.mask_threshold,
+                class_temperature=config.class_temperature, score_threshold=config.score_threshold,
+                nms=config.nms, iou_threshold=config.iou_threshold, sigma=config.sigma,
+                max_detections=config.max_detections, output_size=(height, width))
+        else:
+            found = _maskclip_instances(labels, probs, config)
+    return (labels if semantic else None), found
+
+
 def predict(config: PredictConfig, output: str | Path | None = None,
             progress: Callable[[int, int], None] | None = None,
             log: Callable[[str], None] | None = None) -> PredictResult:
     """Run ``zutis predict``; returns the per-image summary (the directory is ``result.path``)."""
     from zutiscli.data.images import ImageLoadError, discover_images, load_image
-    from zutiscli.ops.instances import instances_from_queries, semantic_from_dense
 
     config.validate()
     say = log or (lambda message: None)
@@ -306,6 +349,8 @@ def predict(config: PredictConfig, output: str | Path | None = None,
         if wanted:
             (out / folder).mkdir(exist_ok=True)
     stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []
+    want_semantic = bool(tasks & {"semantic", "panoptic"}) or config.method == "maskclip"
+    want_instances = bool(tasks & {"instance", "panoptic"})
     sixteen_bit = len(names) >= IGNORE_8BIT  # class indices 1..K and 0 must stay clear of the 8-bit ignore
     timing = {"decode": 0.0, "model": 0.0, "post": 0.0, "write": 0.0}
     images_json: list[dict[str, Any]] = []
@@ -340,23 +385,10 @@ def predict(config: PredictConfig, output: str | Path | None = None,
             record: dict[str, Any] = {"id": image_id, "file_name": relative_to(out, path), "width": width,
                                       "height": height, "stem": stem}
             summary = ImageResult(path, image_id)
-            semantic = None
-            if tasks & {"semantic", "panoptic"} or config.method == "maskclip":
-                probs, semantic = semantic_from_dense(raw.dense, predictor.text, (height, width))
-                if config.crf:
-                    semantic = _crf(image, probs, config, crf_pool)
-                semantic = np.asarray(semantic, dtype=np.int64)
+            semantic, instances = postprocess(raw, predictor.text, image, config, semantic=want_semantic,
+                                              instances=want_instances, crf_pool=crf_pool)
+            if semantic is not None:
                 summary.semantic_classes = [names[v - 1] for v in np.unique(semantic) if v > 0]
-            instances = None
-            if tasks & {"instance", "panoptic"}:
-                if raw.mask_logits is not None:
-                    instances = instances_from_queries(
-                        raw.mask_logits, raw.dense, predictor.text, mask_threshold=config.mask_threshold,
-                        class_temperature=config.class_temperature, score_threshold=config.score_threshold,
-                        nms=config.nms, iou_threshold=config.iou_threshold, sigma=config.sigma,
-                        max_detections=config.max_detections, output_size=(height, width))
-                else:
-                    instances = _maskclip_instances(semantic, probs, config)
             timing["post"] += time.perf_counter() - clock
             clock = time.perf_counter()
             if "semantic" in tasks:
