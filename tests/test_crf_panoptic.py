@@ -43,6 +43,10 @@ def test_crf_snaps_blurry_shifted_probabilities_to_colour_edges() -> None:
     np.testing.assert_array_equal(weak.argmax(axis=0), probs.argmax(axis=0))
     with pytest.raises(ValueError):
         dense_crf_labels(image[:, :50], probs)
+    # a read-only image (as np.asarray gives for a decoded PIL image) is accepted, same result
+    frozen = image.copy()
+    frozen.flags.writeable = False
+    np.testing.assert_array_equal(dense_crf_labels(frozen, probs), refined)
 
 
 def _rect(shape: tuple[int, int], rows: slice, cols: slice) -> np.ndarray:

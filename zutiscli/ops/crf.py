@@ -16,6 +16,14 @@ __all__ = ["dense_crf_labels"]
 
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writable array: pydensecrf's typed memoryviews refuse read-only buffers
+    (e.g. ``np.asarray(PIL image)``), which ``np.ascontiguousarray`` passes through uncopied."""
+    if array.flags.c_contiguous and array.flags.writeable:
+        return array
+    return np.array(array, order="C", copy=True)
+
+
 def dense_crf_labels(
     image: Any,
     probs: Any,
@@ -65,8 +73,8 @@ def dense_crf_labels(
         raise ValueError(f"image must be ({height}, {width}, 3) uint8, got {tuple(rgb.shape)} {rgb.dtype}")
     unary = -np.log(np.clip(prob, clip, 1.0)).reshape(classes, -1)
     crf = dcrf.DenseCRF2D(width, height, classes)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.setUnaryEnergy(_writable(unary.astype(np.float32, copy=False)))
     crf.addPairwiseGaussian(sxy=pos_xy, compat=pos_w)
-    crf.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=np.ascontiguousarray(rgb), compat=bi_w)
+    crf.addPairwiseBilateral(sxy=bi_xy, srgb=bi_rgb, rgbim=_writable(rgb), compat=bi_w)
     marginals = np.asarray(crf.inference(int(iterations)), dtype=np.float32)
     return marginals.reshape(classes, height, width)
