@@ -108,6 +108,13 @@ class TrainClipConfig:
         out["held_out"] = sorted(f"{c} {s}" for c, s in self.held_out)
         return out
 
+    def recipe_key(self) -> dict[str, Any]:
+        """The fields that decide the trained weights (not threads, workers, logging or evaluation)."""
+        out = self.to_json()
+        for name in ("threads", "workers", "log_every", "checkpoint_every", "eval_pool"):
+            out.pop(name)
+        return out
+
     def validate(self) -> None:
         """Raise ValueError on an impossible recipe."""
         if self.steps < 1 or self.batch_size < 2:
@@ -464,6 +471,14 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     ]
 
 
+def _adamw(groups: list[dict[str, Any]], config: TrainClipConfig) -> torch.optim.AdamW:
+    """AdamW, with the fused (single-kernel) implementation where this torch build has it."""
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+
+
 def learning_rate(config: TrainClipConfig, step: int) -> float:
     """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then cosine decay."""
     if step < config.warmup:
@@ -499,7 +514,7 @@ def _save_checkpoint(
     from zutiscli.artefacts.atomic import atomic_path
 
     state = {
-        "config": config.to_json(),
+        "recipe": config.recipe_key(),
         "step": step,
         "model": model.state_dict(),
         "optimiser": optimiser.state_dict(),
@@ -520,7 +535,7 @@ def _resume(
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, training restarts
         return 0, [], 0.0
-    if not isinstance(state, dict) or state.get("config") != config.to_json():
+    if not isinstance(state, dict) or state.get("recipe") != config.recipe_key():
         return 0, [], 0.0
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
@@ -569,9 +584,7 @@ def train_shapes_clip(
             param.requires_grad_(True)
         if config.image_size != backbone.image_size[0]:
             raise ValueError(f"image_size {config.image_size} differs from the model's {backbone.image_size[0]}")
-        optimiser = torch.optim.AdamW(
-            _param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
-        )
+        optimiser = _adamw(_param_groups(model, config.weight_decay), config)
         mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
         checkpoint = checkpoint_path(output_path)
