@@ -71,6 +71,11 @@ def _register_commands() -> None:
     app.command("train")(train.train)
     app.command("predict")(predict.predict)
     app.add_typer(evaluate.app, name="evaluate")
+    from zutiscli.cli import shell
+
+    app.command("completions")(shell.completions)
+    app.command("man")(shell.man)
+    shell.enable_completion(app)
 
 
 _register_commands()

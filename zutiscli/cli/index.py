@@ -7,7 +7,7 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from zutiscli.cli.options import DefaultCommandGroup, DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DefaultCommandGroup, DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter, complete_model_names
 
 
 class _BuildByDefault(DefaultCommandGroup):
@@ -35,7 +35,7 @@ def _summary_text(summary: dict[str, Any], seconds: float, rate: float, embedded
 def build(
     images: Annotated[Optional[List[str]], typer.Argument(help="Image directories (recursive), files or globs.", show_default=False)] = None,
     from_list: Annotated[Optional[Path], typer.Option("--from-list", help="Text file of image paths, one per line (relative to the current directory).")] = None,
-    model: Annotated[str, typer.Option("--model", help="open_clip model name (the paper retrieves with ViT-L-14-336).")] = "ViT-L-14-336",
+    model: Annotated[str, typer.Option("--model", help="open_clip model name (the paper retrieves with ViT-L-14-336).", autocompletion=complete_model_names)] = "ViT-L-14-336",
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes (default: cores - 1 on CPU, up to 8).", show_default=False)] = None,

@@ -61,6 +61,16 @@ class DefaultCommandGroup(TyperGroup):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[Any]:
+        """Shell completion: the subcommands, and for an option name also the default subcommand's options."""
+        results = super().shell_complete(ctx, incomplete)
+        default = self.get_command(ctx, self.default_command)
+        if default is not None and incomplete.startswith("-"):
+            offered = {item.value for item in results}
+            with default.make_context(self.default_command, [], parent=ctx, resilient_parsing=True) as sub_ctx:
+                results.extend(item for item in default.shell_complete(sub_ctx, incomplete) if item.value not in offered)
+        return results
+
 
 class Reporter:
     """Prints for one command invocation, honouring ``--json`` and ``--quiet``."""
@@ -143,3 +153,48 @@ class ProgressBar:
         elapsed = task.elapsed or 0.0
         rate = f"{done / elapsed:,.1f} {self.unit}/s" if elapsed > 0 else ""
         self._progress.update(self._task, completed=done, total=total, rate=rate)
+
+
+def complete_model_names(incomplete: str) -> list[str | tuple[str, str]]:
+    """Shell completion of ``--model``: open_clip model names and zutis' own configs starting with ``incomplete``.
+
+    open_clip is imported here, only when a shell asks, so the command line itself starts fast.
+    """
+    from zutiscli.models.clip import CONFIG_DIR
+
+    own = {path.stem for path in CONFIG_DIR.glob("*.json")}
+    try:
+        import open_clip
+    except ImportError:
+        names = set(own)
+    else:
+        names = set(open_clip.list_models()) | own
+    return [(name, "zutis model config") if name in own else name
+            for name in sorted(names) if name.startswith(incomplete)]
+
+
+def complete_class_names(ctx: typer.Context, incomplete: str) -> list[str | tuple[str, str]]:
+    """Shell completion of ``--classes``: the names of the ``--classes-file`` given before it.
+
+    The last comma-separated item is completed (``cat,d`` -> ``cat,dog``) and names already listed
+    are not offered again. Without a readable classes file there is nothing to offer.
+    """
+    from zutiscli.data.classes import read_classes_file
+    from zutiscli.errors import ZutisError
+
+    path = ctx.params.get("classes_file")
+    if not path:
+        return []
+    try:
+        queries = read_classes_file(path)
+    except ZutisError:
+        return []
+    head, comma, last = incomplete.rpartition(",")
+    given = {item.strip() for item in head.split(",")} if comma else set()
+    offered: list[str | tuple[str, str]] = []
+    for query in queries:
+        if "," in query.name or query.name in given or not query.name.startswith(last):
+            continue
+        value = f"{head}{comma}{query.name}"
+        offered.append((value, query.phrase) if query.phrase != query.name else value)
+    return offered

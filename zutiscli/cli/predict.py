@@ -7,17 +7,17 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter, complete_class_names, complete_model_names
 
 
 def predict(
     images: Annotated[Optional[List[str]], typer.Argument(help="Image files, directories or globs.", show_default=False)] = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names (any: the text encoder is open-vocabulary).", show_default=False)] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names (any: the text encoder is open-vocabulary).", show_default=False, autocompletion=complete_class_names)] = None,
     classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (name or name<TAB>phrase).", show_default=False)] = None,
     from_list: Annotated[Optional[Path], typer.Option("--from-list", help="Text file of image paths.", show_default=False)] = None,
     checkpoint: Annotated[Optional[str], typer.Option("--checkpoint", help="Run directory or model file (default: $ZUTIS_CHECKPOINT, else the newest ./runs/train run).", show_default=False)] = None,
     method: Annotated[str, typer.Option("--method", metavar="zutis|maskclip", help="A trained ZUTIS model, or the training-free MaskCLIP baseline.")] = "zutis",
-    model: Annotated[str, typer.Option("--model", help="maskclip: open_clip model name.")] = "ViT-B-16",
+    model: Annotated[str, typer.Option("--model", help="maskclip: open_clip model name.", autocompletion=complete_model_names)] = "ViT-B-16",
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="maskclip: weights (tag, file, builtin).", show_default=False)] = None,
     task: Annotated[str, typer.Option("--task", metavar="semantic|instance|panoptic|all", help="What to predict.")] = "all",
     device: DeviceOpt = "auto",

@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter, complete_model_names
 
 
 def pseudolabel(
     archives: Annotated[Path, typer.Argument(help="Archives directory written by `zutis retrieve`.")],
     method: Annotated[str, typer.Option("--method", metavar="spectral|attention|maskcut|onnx", help="Mask discovery method.")] = "spectral",
-    model: Annotated[Optional[str], typer.Option("--model", help="ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' model).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' model).", show_default=False, autocompletion=complete_model_names)] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Weights of --model (a local file for timm/DINO).", show_default=False)] = None,
     size: Annotated[Optional[int], typer.Option("--size", help="Input short side in pixels (maskcut: square side); default 512 spectral, 640 attention, 480 maskcut.", show_default=False)] = None,
     features: Annotated[str, typer.Option("--features", metavar="keys|tokens", help="Patch features for spectral clustering.")] = "keys",

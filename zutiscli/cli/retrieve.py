@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, err_console
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, complete_class_names, complete_model_names, err_console
 
 IndicesArg = Annotated[
     list[Path],
@@ -38,7 +38,8 @@ def _table(rows: list[dict[str, Any]], limit: int = 40) -> None:
 def retrieve(
     indices: IndicesArg,
     classes: Annotated[
-        Optional[str], typer.Option("--classes", "-c", help="Class names separated by commas, e.g. cat,dog.")
+        Optional[str], typer.Option("--classes", "-c", help="Class names separated by commas, e.g. cat,dog.",
+                                    autocompletion=complete_class_names)
     ] = None,
     classes_file: Annotated[
         Optional[Path],
@@ -60,7 +61,8 @@ def retrieve(
         bool, typer.Option("--contact-sheet", help="Also write contact/<class>.jpg: the top 48 hits with rank and score.")
     ] = False,
     model: Annotated[
-        Optional[str], typer.Option("--model", help="Text model; default and only accepted value: the index's model.")
+        Optional[str], typer.Option("--model", help="Text model; default and only accepted value: the index's model.",
+                                    autocompletion=complete_model_names)
     ] = None,
     pretrained: Annotated[
         Optional[str], typer.Option("--pretrained", help="Weights; default: the index's (pass a path if its checkpoint moved).")

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, QuietOpt, Reporter, err_console
+from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, QuietOpt, Reporter, complete_model_names, err_console
 
 # Options that map one-to-one onto TrainConfig fields (name in the signature = field name).
 _FIELDS = (
@@ -23,7 +23,7 @@ def train(
     source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste) or copy-paste dataset.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Recipe file (.yaml/.toml) of option values; flags given here override it.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.", show_default=False)] = None,
-    model: Annotated[str, typer.Option("--model", help="open_clip ViT of the image encoder.")] = "ViT-B-16",
+    model: Annotated[str, typer.Option("--model", help="open_clip ViT of the image encoder.", autocompletion=complete_model_names)] = "ViT-B-16",
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)] = None,
     num_queries: Annotated[int, typer.Option("--num-queries", help="Learned queries of the instance decoder.")] = 100,
     decoder_layers: Annotated[int, typer.Option("--decoder-layers", help="Transformer decoder layers.")] = 6,
