@@ -35,7 +35,7 @@ from PIL import Image
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.pipeline.index import IndexConfig, _ImageFiles, build_index
-from zutiscli.synth.world import scene_sample
+from zutiscli.shapes.world import scene_sample
 
 
 def make_images(directory: Path, count: int) -> list[Path]:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from zutiscli.ops.mask_nms import mask_iou_matrix, mask_nms, pool_masks, reference_mask_nms
-from zutiscli.synth.world import SHAPES, render_mask, scene_sample
+from zutiscli.shapes.world import SHAPES, render_mask, scene_sample
 
 
 def proposals(

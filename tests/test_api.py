@@ -49,16 +49,16 @@ def predictor(trained):
 def test_import_is_light_and_lists_the_api():
     code = ("import json, sys, zutiscli\n"
             "state = ['torch' in sys.modules, 'zutiscli.api' in sys.modules, dir(zutiscli), zutiscli.__all__]\n"
-            "from zutiscli.synth.world import SHAPES\n"  # the shapes-world subpackage, next to the function
-            "print(json.dumps(state + ['synth' in vars(zutiscli), len(SHAPES)]))")
+            "import zutiscli.shapes.world as world\n"
+            "print(json.dumps(state + [callable(zutiscli.synth), len(world.SHAPES)]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    torch_loaded, api_loaded, names, exported, synth_bound, shapes = json.loads(out.stdout)
+    torch_loaded, api_loaded, names, exported, synth_callable, shapes = json.loads(out.stdout)
     assert not torch_loaded and not api_loaded
     api = {"synth", "index", "retrieve", "pseudolabel", "copypaste", "train", "predict", "evaluate", "Predictor",
            "Segmentation"}
     assert api <= set(names) and api <= set(exported)
-    # importing the subpackage left the name free, so it resolves to the API function
-    assert not synth_bound and shapes == 6
+    # the shapes-world subpackage and the API function `synth` do not share a name
+    assert synth_callable and shapes == 6
     assert callable(zs.synth) and zs.synth.__module__ == "zutiscli.api"
 
 

@@ -16,7 +16,7 @@ from zutiscli.errors import ArtefactError, UsageError
 from zutiscli.ops.masks import decode_mask
 from zutiscli.pipeline.copypaste import write_dataset
 from zutiscli.pipeline.synth import SynthConfig, write_synth
-from zutiscli.synth.world import SHAPES
+from zutiscli.shapes.world import SHAPES
 
 
 def make_pseudolabels(root, count=30, seed=4, size=64):

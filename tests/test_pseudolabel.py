@@ -17,7 +17,7 @@ from zutiscli.errors import UsageError, ZutisError
 from zutiscli.ops.masks import decode_mask
 from zutiscli.pipeline.pseudolabel import PseudolabelConfig, mask_iou, run_pseudolabel
 from zutiscli.pipeline.synth import SynthConfig, write_synth
-from zutiscli.synth.world import SHAPES
+from zutiscli.shapes.world import SHAPES
 
 
 def make_archives(root, model, count=36, size=96, seed=21):

@@ -7,7 +7,7 @@ from pycocotools.coco import COCO
 from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.pipeline.synth import SynthConfig, semantic_map, write_synth
-from zutiscli.synth.world import SHAPES, scene_sample
+from zutiscli.shapes.world import SHAPES, scene_sample
 
 
 def test_scenes_artefact_is_consistent(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of the procedural shapes world (zutiscli.synth.world / raster)."""
+"""Tests of the procedural shapes world (zutiscli.shapes.world / raster)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from zutiscli.synth.world import (
+from zutiscli.shapes.world import (
     BASE_RGB,
     CLASS_NAMES,
     COLOURS,

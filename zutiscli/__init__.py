@@ -22,15 +22,6 @@ _API = ("synth", "index", "retrieve", "pseudolabel", "copypaste", "train", "pred
 
 __all__ = ["__version__", *_API]
 
-# ``zutiscli.synth`` is both the shapes-world subpackage and the API function ``synth``. Loading
-# the subpackage now (its __init__ holds no code) means the import system never binds the name
-# ``synth`` here again, so the attribute is the function. The subpackage is reached through
-# ``sys.modules``: ``from zutiscli.synth.world import SHAPES`` and ``from zutiscli.synth import
-# world`` work; forms that walk attributes (``import zutiscli.synth.world as world``, dotted
-# strings for pytest's monkeypatch) reach the function instead and fail.
-_importlib.import_module("zutiscli.synth")
-del synth  # noqa: F821 -- bound by the import system as a side effect of the line above
-
 
 def __getattr__(name: str):
     """Import :mod:`zutiscli.api` when one of its names is first used and bind them all here."""

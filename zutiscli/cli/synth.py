@@ -119,7 +119,7 @@ def train_clip(
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.errors import UsageError
-    from zutiscli.synth.clip_train import TrainClipConfig, train_shapes_clip
+    from zutiscli.shapes.clip_train import TrainClipConfig, train_shapes_clip
 
     reporter = Reporter(json_mode, quiet)
     config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, workers=workers,

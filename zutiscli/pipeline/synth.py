@@ -1,6 +1,6 @@
 """`zutis synth`: write the shapes world to disk as ordinary image folders with COCO ground truth.
 
-Three kinds of data (see :mod:`zutiscli.synth.world`):
+Three kinds of data (see :mod:`zutiscli.shapes.world`):
 
 ``pile``
     ``images/*.png`` -- an unlabelled collection to index, like ImageNet or PASS. Its ground truth
@@ -34,7 +34,7 @@ from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.errors import UsageError
-from zutiscli.synth.world import SHAPES, Sample, caption_sample, pile_sample, scene_sample
+from zutiscli.shapes.world import SHAPES, Sample, caption_sample, pile_sample, scene_sample
 
 KINDS = ("pile", "scenes", "pairs")
 FORMATS = {"png": "PNG", "jpg": "JPEG"}

@@ -2,7 +2,7 @@
 
 The model is an ordinary open_clip architecture (``zutiscli/models/configs/shapes-clip.json``), built
 through :func:`zutiscli.models.clip.load_backbone` exactly like ``ViT-B-16``. It learns from
-image--caption pairs of :func:`zutiscli.synth.world.caption_sample`, generated on the fly: batch
+image--caption pairs of :func:`zutiscli.shapes.world.caption_sample`, generated on the fly: batch
 ``b`` holds the samples ``b * batch_size ... (b + 1) * batch_size - 1`` of the training seed, so a
 run is a pure function of its :class:`TrainClipConfig` (and of the torch build and thread count).
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zutiscli.synth.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, ShapeObject, caption_sample, plural
+from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, ShapeObject, caption_sample, plural
 
 #: A described object: ``(colour or None, shape or None)``; None = the caption does not say.
 Slot = tuple[str | None, str | None]
@@ -75,7 +75,7 @@ class TrainClipConfig:
             every that many steps to ``<output>.ckpt`` (:func:`checkpoint_path`); a later call with
             the same recipe and output resumes from it (the stream is a function of the step, so
             a resumed run equals an uninterrupted one). The checkpoint is deleted at the end.
-        eval_pool: when > 0, run :func:`zutiscli.synth.clip_eval.evaluate_shapes_clip` with this
+        eval_pool: when > 0, run :func:`zutiscli.shapes.clip_eval.evaluate_shapes_clip` with this
             pool size on the trained weights and return its metrics; 0 skips it.
     """
 
@@ -150,7 +150,7 @@ def caption_slots(caption: str) -> tuple[Slot, ...]:
         "an empty scene"                  -> ()
 
     Args:
-        caption: lower-case caption in the grammar of :mod:`zutiscli.synth.world`.
+        caption: lower-case caption in the grammar of :mod:`zutiscli.shapes.world`.
 
     Returns:
         A tuple of 0, 1 or 2 slots.
@@ -564,7 +564,7 @@ def train_shapes_clip(
         ``train_seconds`` (wall time of the optimisation loop), ``threads``, ``versions`` (torch,
         open_clip, numpy), ``final_loss`` (mean of the last ``log_every`` steps), ``loss_curve``
         (``[step, mean loss]`` pairs), ``final_temperature``, ``parameters``, and ``metrics``
-        (:func:`zutiscli.synth.clip_eval.evaluate_shapes_clip` output, only if ``config.eval_pool``).
+        (:func:`zutiscli.shapes.clip_eval.evaluate_shapes_clip` output, only if ``config.eval_pool``).
     """
     import open_clip
 
@@ -652,7 +652,7 @@ def train_shapes_clip(
             "loss_curve": curve,
         }
         if config.eval_pool:
-            from zutiscli.synth.clip_eval import evaluate_shapes_clip
+            from zutiscli.shapes.clip_eval import evaluate_shapes_clip
 
             reloaded = load_backbone(ModelSpec(config.model, str(output_path)))
             result["metrics"] = evaluate_shapes_clip(reloaded, pool_size=config.eval_pool)

@@ -1,7 +1,7 @@
 """Evaluate a CLIP backbone on the shapes world: retrieval, zero-shot classification, dense tokens.
 
 Everything is measured on a pool of single-object, pile-like images (:func:`single_object_pool`,
-drawn with :func:`zutiscli.synth.world.pile_sample`, a sampler kind the caption training stream
+drawn with :func:`zutiscli.shapes.world.pile_sample`, a sampler kind the caption training stream
 never uses), which contains every colour--shape pair, including the pairs held out of training.
 
 Metrics (all fractions in [0, 1]):
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from zutiscli.models.clip import ClipBackbone
-from zutiscli.synth.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, pile_sample
+from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, pile_sample
 
 #: Default seed of the evaluation pool (pile kind; training uses the caption kind).
 EVAL_SEED = 20_251

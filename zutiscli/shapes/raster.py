@@ -1,6 +1,6 @@
 """Vectorised rasterisation of the shapes-world primitives (numpy only).
 
-Geometry conventions (shared with :mod:`zutiscli.synth.world`):
+Geometry conventions (shared with :mod:`zutiscli.shapes.world`):
 
 * Image coordinates are continuous pixel units: pixel ``(row i, col j)`` covers
   ``[j, j + 1) x [i, i + 1)`` and its centre is ``(x, y) = (j + 0.5, i + 0.5)``; ``y`` grows downwards.

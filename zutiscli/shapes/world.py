@@ -11,7 +11,7 @@ Every sample is a pure function of ``(seed, index)`` (plus the keyword arguments
 its own generator from ``SeedSequence([seed, kind, index])``, so samples are independent,
 order-free and parallelisable, and the same arguments give byte-identical arrays.
 
-Units: positions and sizes in pixels (see :mod:`zutiscli.synth.raster` for the geometry),
+Units: positions and sizes in pixels (see :mod:`zutiscli.shapes.raster` for the geometry),
 rotations in degrees counter-clockwise, colours 8-bit RGB.
 """
 
@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from zutiscli.synth.raster import (
+from zutiscli.shapes.raster import (
     RASTER_SHAPES,
     ROTATION_PERIOD,
     UNIT_AREA,
@@ -71,7 +71,7 @@ class ShapeObject:
         shape: one of :data:`SHAPES`.
         colour: one of :data:`COLOURS`.
         cx, cy: centre in pixels (continuous image coordinates, origin at the top-left corner).
-        size: reference diameter in pixels (the shape's extent; see :mod:`zutiscli.synth.raster`).
+        size: reference diameter in pixels (the shape's extent; see :mod:`zutiscli.shapes.raster`).
         rotation: degrees counter-clockwise on screen (0.0 for circle and ring).
     """
 
