@@ -36,6 +36,11 @@ _worker_state: dict = {}
 
 
 def _init_worker(pseudo_dir: str, config: CopyPasteConfig, seed: int, out: str, image_format: str) -> None:
+    import torch
+
+    # A scene is many small tensor ops: one thread each is fastest, and several worker
+    # processes with several threads each would oversubscribe the cores.
+    torch.set_num_threads(1)
     _worker_state.update(pool=ObjectPool(load_pseudolabels(pseudo_dir)), config=config, seed=seed, out=Path(out),
                          image_format=image_format)
 
@@ -85,12 +90,18 @@ def write_dataset(
                 if progress:
                     progress(done, count)
     else:
-        _init_worker(*init_args)
-        for index in range(count):
-            _, rles, classes = _make_scene(index)
-            results[index] = (rles, classes)
-            if progress:
-                progress(index + 1, count)
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            _init_worker(*init_args)
+            for index in range(count):
+                _, rles, classes = _make_scene(index)
+                results[index] = (rles, classes)
+                if progress:
+                    progress(index + 1, count)
+        finally:
+            torch.set_num_threads(threads)
     instances = 0
     for index in range(count):
         image_id = coco.add_image(f"images/{index:06d}.{image_format}", config.size, config.size,
