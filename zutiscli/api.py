@@ -345,8 +345,13 @@ def train(dataset=None, output=None, **options):
     values.update(opts)
     if dataset is not None:
         values["source"] = os.fspath(dataset)
+    if resume is not None:
+        # A resumed run keeps its own recipe; only an explicit ``iterations`` extends it.
+        extend = {"iterations": values["iterations"]} if "iterations" in values else None
+        config = TrainConfig.from_dict(extend, where=config_file or "options") if extend else None
+        return run_training(config, output=output, resume=resume, progress=progress, log=log)
     config = TrainConfig.from_dict(values, where=config_file or "options")
-    if resume is None and not config.source:
+    if not config.source:
         raise UsageError("give the pseudo-label or dataset directory (or resume=RUN_DIR)")
     return run_training(config, output=output, resume=resume, progress=progress, log=log)
 

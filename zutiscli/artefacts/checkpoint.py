@@ -14,6 +14,7 @@ No Python objects are pickled, so a checkpoint from an untrusted source cannot r
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,30 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def _load_failure(exc: BaseException) -> str:
+    """The telling line of a torch.load failure (torch prefaces it with a paragraph about its defaults)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith(("Trying to load unsupported", "Unsupported", "WeightsUnpickler error:")) and \
+                line != "WeightsUnpickler error:":
+            return line.removeprefix("WeightsUnpickler error:").strip()[:160]
+    return (lines[0] if lines else type(exc).__name__)[:160]
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a ZUTIS checkpoint safely; errors name the file and say what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise ArtefactError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):  # what torch.save writes (and so `zutis train`)
+        raise ArtefactError(f"{path}: not a zutis checkpoint (not a file written by torch.save); "
+                            f"use one written by `zutis train`")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - refused pickles, truncated files, foreign formats
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ArtefactError(
-            f"{path}: not a checkpoint that loads with torch.load(weights_only=True) ({first[:160]})"
+            f"{path}: not a checkpoint that loads with torch.load(weights_only=True) ({_load_failure(exc)}); "
+            f"zutis loads only checkpoints of plain values and tensors, as `zutis train` writes them"
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArtefactError(f"{path}: not a zutis checkpoint (written by `zutis train`)")

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -30,9 +31,25 @@ from zutiscli.models.device import DEVICE_CHOICES
 #: stderr console for logs and progress; rich honours NO_COLOR and non-terminals by itself.
 err_console = Console(stderr=True, highlight=False)
 
+
+def check_device(ctx: typer.Context, value: str) -> str:
+    """``--device`` callback: refuse a device this machine lacks while the options are parsed.
+
+    So a command stops before it prints, reads or writes anything: a malformed name is a usage
+    error (exit 2), a missing GPU a runtime error (exit 1). Shell completion parses options
+    resiliently and is never refused.
+    """
+    if not ctx.resilient_parsing:
+        from zutiscli.models.device import resolve_device
+
+        resolve_device(value)
+    return value
+
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
-DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, help="Where to run; auto = CUDA when available.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, callback=check_device,
+                                        help="Where to run; auto = CUDA when available.")]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -47,7 +64,26 @@ OutputOpt = Annotated[
 ]
 
 
-class DefaultCommandGroup(TyperGroup):
+class CommandGroup(TyperGroup):
+    """A command group that, called without arguments, shows its help on stderr and fails (exit 2).
+
+    Click would print the help on stdout; a usage error keeps stdout empty, so that
+    ``$(zutis index | tail -n 1)`` never captures a line of help as a path.
+    """
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args and self.no_args_is_help and not ctx.resilient_parsing:
+            from typer._click.exceptions import UsageError as ClickUsageError
+
+            with contextlib.redirect_stdout(sys.stderr):  # rich prints the help itself, to sys.stdout
+                text = ctx.get_help()
+            if text:
+                sys.stderr.write(text.rstrip("\n") + "\n")
+            raise ClickUsageError("missing a command or its arguments", ctx=ctx)
+        return super().parse_args(ctx, args)
+
+
+class DefaultCommandGroup(CommandGroup):
     """A command group whose first argument, when it names no subcommand, goes to a default one.
 
     So `zutis index IMAGES...` runs `zutis index build IMAGES...` while `zutis index merge ...`

@@ -49,6 +49,7 @@ def predict(
     Example: zutis predict data/scenes/images --classes circle,square,star --task instance -o preds
     """
     from zutiscli.data.classes import parse_classes
+    from zutiscli.errors import UsageError
     from zutiscli.pipeline.predict import PredictConfig, predict as run_predict
 
     reporter = Reporter(json_mode, quiet)
@@ -62,7 +63,7 @@ def predict(
         crf_bi_xy=crf_bi_xy, crf_bi_rgb=crf_bi_rgb, workers=workers, components=components, vis=vis,
     )
     if not config.inputs and not config.from_list:
-        raise typer.BadParameter("give images (files, directories, globs) or --from-list FILE")
+        raise UsageError("give the images to segment (files, directories, globs) or --from-list FILE")
     config.validate()
     with ProgressBar(reporter, "predict") as bar:
         result = run_predict(config, output, progress=bar, log=reporter.log)

@@ -25,11 +25,10 @@ import typer
 from typer._click import shell_completion
 from typer._click.core import Command, Context
 from typer._click.shell_completion import CompletionItem, ShellComplete, split_arg_string
-from typer.core import TyperGroup
 from typer.models import DefaultPlaceholder
 
 from zutiscli._version import __version__
-from zutiscli.cli.options import JsonOpt, QuietOpt, Reporter
+from zutiscli.cli.options import CommandGroup, JsonOpt, QuietOpt, Reporter
 from zutiscli.errors import UsageError, ZutisError
 
 PROG = "zutis"
@@ -292,7 +291,7 @@ def answer_completion_request(cli: Command, ctx_args: MutableMapping[str, Any], 
     return True
 
 
-class CompletingGroup(TyperGroup):
+class CompletingGroup(CommandGroup):
     """The root command group: answers Click-style completion requests before parsing anything."""
 
     def _main_shell_completion(
@@ -572,13 +571,16 @@ def write_man_pages(cli: Command, directory: Path) -> list[Path]:
     """Write :func:`man_pages` into ``directory`` (created if needed); returns the files written."""
     from zutiscli.artefacts.atomic import atomic_write_text
 
+    if directory.exists() and not directory.is_dir():
+        raise ZutisError(f"{directory}: exists and is a file; give -o the directory for the manual pages")
     written = []
     for page in man_pages(cli):
         path = directory / page.name
         try:
             written.append(atomic_write_text(path, page.text, fsync=False))
         except OSError as exc:
-            raise ZutisError(f"{path}: cannot write the manual page ({exc.strerror or exc})") from None
+            raise ZutisError(f"{path}: cannot write the manual page ({exc.strerror or exc}); "
+                             f"give -o another directory") from None
     return written
 
 
@@ -606,10 +608,16 @@ def completions(
         sys.stdout.write(script)
         sys.stdout.flush()
         return
+    if output.is_dir():
+        raise ZutisError(f"{output}: is a directory; give -o the path of the script file to write")
+    blocking = next((parent for parent in output.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise ZutisError(f"{output}: cannot be created because {blocking} is a file; give -o another path")
     try:
         atomic_write_text(output, script, fsync=False)
     except OSError as exc:
-        raise ZutisError(f"{output}: cannot write the completion script ({exc.strerror or exc})") from None
+        raise ZutisError(f"{output}: cannot write the completion script ({exc.strerror or exc}); "
+                         f"give -o another path") from None
     Reporter().result({}, path=output)
 
 

@@ -6,9 +6,10 @@ from typing import Annotated
 
 import typer
 
-from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import CommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
 
 app = typer.Typer(
+    cls=CommandGroup,
     help=(
         "Generate the shapes world: coloured shapes on textured backgrounds with exact masks. "
         "It makes the whole pipeline runnable and measurable offline; real use needs real images."

@@ -60,23 +60,38 @@ def train(
 
     Example: zutis train data/pseudo --model shapes-clip --pretrained data/clip/shapes-clip.pt --iterations 200 --crop 128
     """
+    from zutiscli.errors import UsageError
     from zutiscli.pipeline.train import TrainConfig, load_recipe, train as run_training
 
     reporter = Reporter(json_mode, quiet)
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(load_recipe(config_file))
+    recipe = set(values)
     local = locals()
+    flags: set[str] = set()
     for name in _FIELDS:
         source_kind = ctx.get_parameter_source(name)
         explicit = source_kind is not None and source_kind.name not in ("DEFAULT", "DEFAULT_MAP")
+        if explicit:
+            flags.add(name)
         if explicit or name not in values:
             values[name] = local[name]
     if source is not None:
         values["source"] = str(source)
-    config = TrainConfig.from_dict(values, where=str(config_file) if config_file else "options")
-    if resume is None and not config.source:
-        raise typer.BadParameter("give the pseudo-label or dataset directory (or --resume RUN_DIR)")
+    where = str(config_file) if config_file else "options"
+    if resume is not None:
+        # A resumed run keeps its own recipe; only --iterations (from a flag or a recipe) extends it.
+        ignored = sorted((flags | recipe | ({"source"} if source is not None else set())) - {"iterations"})
+        if ignored:
+            reporter.warn(f"{', '.join('--' + n.replace('_', '-') for n in ignored)} ignored with --resume: "
+                          f"the run continues with the options it was started with")
+        extend = "iterations" in flags or "iterations" in recipe
+        config = TrainConfig.from_dict({"iterations": values["iterations"]}, where=where) if extend else None
+    else:
+        config = TrainConfig.from_dict(values, where=where)
+        if not config.source:
+            raise UsageError("give the pseudo-label or dataset directory to train on (or --resume RUN_DIR)")
 
     state = {"task": None, "progress": None}
     if reporter.show_progress:

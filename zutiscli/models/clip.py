@@ -118,9 +118,11 @@ def builtin_weights(name: str) -> Path:
     return path
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
+    """Raise :class:`ModelError`, with similar names, unless ``name`` is an open_clip or zutis model name."""
     import open_clip
 
+    register_configs()
     if name.startswith(("hf-hub:", "local-dir:")):
         return
     if name.replace("/", "-") not in open_clip.list_models():
@@ -516,7 +518,7 @@ def load_backbone(
     import open_clip
 
     register_configs()
-    _check_model_name(spec.name)
+    check_model_name(spec.name)
     path, tag_cfg = resolve_pretrained(spec, cache_dir)
     state: dict[str, torch.Tensor] | None = None
     openai_archive = False

@@ -67,7 +67,7 @@ from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_wri
 from zutiscli.artefacts.coco import load_coco
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, read_label_map, write_label_map, write_label_png
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, write_manifest
-from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.ops import metrics as M
 from zutiscli.ops.masks import decode_mask, segmentation_to_rle
@@ -87,12 +87,12 @@ Progress = Callable[[int, int], None]
 # ---- configuration --------------------------------------------------------------------------
 def parse_class_map(text: str | None) -> dict[str, str]:
     """``"tv=television,sofa=couch"`` -> ``{"tv": "television", "sofa": "couch"}`` (pred -> gt)."""
-    if not text:
+    if text is None:
         return {}
     mapping: dict[str, str] = {}
     for item in text.split(","):
         if not item.strip():
-            continue
+            continue  # "tv=television," is forgiven; a list of nothing is not (below)
         if "=" not in item:
             raise UsageError(f"--classes item {item.strip()!r} has no '='; write PRED_NAME=GT_NAME, e.g. --classes tv=television")
         pred, gt = (_norm(part) for part in item.split("=", 1))
@@ -101,6 +101,9 @@ def parse_class_map(text: str | None) -> dict[str, str]:
         if pred in mapping and mapping[pred] != gt:
             raise UsageError(f"--classes maps {pred!r} twice ({mapping[pred]!r} and {gt!r})")
         mapping[pred] = gt
+    if not mapping:
+        raise UsageError(f"--classes {text!r} maps no class; write PRED_NAME=GT_NAME pairs separated by commas, "
+                         f"e.g. --classes tv=television, or leave --classes out")
     return mapping
 
 
@@ -935,6 +938,7 @@ def evaluate(config: EvaluateConfig, output: str | Path | None = None, progress:
     config.validate()
     say = log or (lambda message: None)
     start = time.perf_counter()
+    check_output_dir(output, "evaluate")  # refuse an unusable -o before the scoring, create nothing yet
     pred = load_prediction(config.pred)
     truth = load_ground_truth(config.gt, config.gt_semantic, config.gt_panoptic_dir)
     possible = _possible_tasks(pred, truth)
@@ -1111,6 +1115,7 @@ def prepare_dataset(config: PrepareConfig, output: str | Path | None = None, pro
         "coco20k": _prepare_coco20k, "coco-val2017": _prepare_coco_val2017, "voc2012": _prepare_voc,
         "coca": _prepare_coca, "cub2011": _prepare_cub,
     }.get(config.name, _prepare_imagenet_s)
+    check_output_dir(output, "prepare")
     checked = preparer(config, root, None, progress, say, dry=True)  # validate the layout before writing
     del checked
     out = prepare_output_dir(output, "prepare")

@@ -43,7 +43,7 @@ from zutiscli.artefacts.manifest import (
     resolve_relative,
     write_manifest,
 )
-from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import DEFAULT_MAX_PIXELS, discover_images
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
@@ -90,8 +90,9 @@ def default_pretrained(model: str) -> str:
     """Weights to use when ``--pretrained`` is not given: shipped weights, else ``openai``, else the first tag."""
     import open_clip
 
-    from zutiscli.models.clip import BUILTIN_DIR
+    from zutiscli.models.clip import BUILTIN_DIR, check_model_name
 
+    check_model_name(model)  # a misspelt name is told as such, not as a model without weights
     if (BUILTIN_DIR / f"{model}.pt").is_file():
         return "builtin"
     tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
@@ -482,7 +483,14 @@ def merge_indices(shards: Sequence[str | Path], output: str | Path | None = None
     say = log or (lambda message: None)
     if not shards:
         raise UsageError("give the index directories to merge")
+    seen: dict[str, Path] = {}
+    for shard in map(Path, shards):
+        key = os.path.realpath(shard)
+        if key in seen:
+            raise UsageError(f"{shard}: the same index is given twice (also as {seen[key]}); give each index once")
+        seen[key] = shard
     readers = [IndexReader(Path(s)) for s in shards]
+    check_output_dir(output, "index")
     model = readers[0].model
     for reader in readers[1:]:
         if reader.model != model:

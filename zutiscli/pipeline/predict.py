@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
 from zutiscli.artefacts.checkpoint import load_checkpoint
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
-from zutiscli.artefacts.manifest import relative_to, write_manifest
-from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.device import resolve_device, resolve_precision
@@ -116,7 +116,12 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
         if path.is_dir():
             if (path / FINAL).is_file():
                 return path / FINAL
-            raise ArtefactError(f"{path}: has no {FINAL}; is it a finished `zutis train` run directory?")
+            if (path / MANIFEST_NAME).is_file() and read_manifest(path).kind != "zutis.run":
+                raise ArtefactError(f"--checkpoint {path}: is a {read_manifest(path).kind} artefact, not a `zutis train` "
+                                    f"run directory; pass a run directory or its {FINAL}")
+            raise ArtefactError(f"--checkpoint {path}: has no {FINAL}, so it is not a finished `zutis train` run; "
+                                f"pass a finished run directory or its {FINAL} (an unfinished run can be resumed "
+                                f"with `zutis train --resume {path}`)")
         if path.is_file():
             return path
         raise ArtefactError(f"--checkpoint {path}: no such file or directory")
@@ -322,6 +327,7 @@ def predict(config: PredictConfig, output: str | Path | None = None,
     found = discover_images(list(config.inputs), from_list=config.from_list)
     if not found.paths and not found.problems:
         raise ZutisError("no images found in " + ", ".join(map(str, config.inputs)))
+    check_output_dir(output, "predict")  # refuse an unusable -o before loading the model, create nothing yet
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     names = [q.name for q in config.classes]
@@ -343,11 +349,8 @@ def predict(config: PredictConfig, output: str | Path | None = None,
         model_record = spec.describe() | {"method": "maskclip"}
         patch = backbone.patch_size
         inputs_record = []
-    out = prepare_output_dir(output, "predict")
     tasks = config.tasks
-    for folder, wanted in (("semantic", "semantic" in tasks), ("panoptic", "panoptic" in tasks), ("vis", config.vis)):
-        if wanted:
-            (out / folder).mkdir(exist_ok=True)
+    out: Path | None = None  # created with the first readable image: no image, no artefact
     stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []
     want_semantic = bool(tasks & {"semantic", "panoptic"}) or config.method == "maskclip"
     want_instances = bool(tasks & {"instance", "panoptic"})
@@ -372,6 +375,8 @@ def predict(config: PredictConfig, output: str | Path | None = None,
                 failed.append((str(path), exc.reason))
                 say(f"skipped {path}: {exc.reason}")
                 continue
+            if out is None:
+                out = _open_output(output, tasks, config.vis)
             height, width = image.shape[:2]
             tensor = _resize_for_model(image, config.max_size, patch)
             timing["decode"] += time.perf_counter() - clock
@@ -419,6 +424,12 @@ def predict(config: PredictConfig, output: str | Path | None = None,
     finally:
         if crf_pool is not None:
             crf_pool.shutdown()
+    if out is None:
+        where, reason = failed[0]
+        if len(failed) == 1:
+            raise ZutisError(f"{where}: {reason}; no image to segment, nothing was written")
+        raise ZutisError(f"none of the {len(failed)} inputs is a readable image (e.g. {where}: {reason}); "
+                         f"nothing was written")
     categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(names)]
     atomic_write_text(out / "predictions.json", json.dumps(results) + "\n")
     atomic_write_json(out / "images.json", {"images": images_json, "categories": categories}, indent=None)
@@ -432,6 +443,15 @@ def predict(config: PredictConfig, output: str | Path | None = None,
                    summary={"images": len(images_json), "failed": len(failed),
                             "instances": len(results), "timing": {k: round(v, 3) for k, v in timing.items()}})
     return PredictResult(out, summaries, failed, timing)
+
+
+def _open_output(output: str | Path | None, tasks: set[str], vis: bool) -> Path:
+    """Create the output directory and the folders the tasks write into."""
+    out = prepare_output_dir(output, "predict")
+    for folder, wanted in (("semantic", "semantic" in tasks), ("panoptic", "panoptic" in tasks), ("vis", vis)):
+        if wanted:
+            (out / folder).mkdir(exist_ok=True)
+    return out
 
 
 def _crf(image: np.ndarray, probs: Any, config: PredictConfig, pool: Any) -> np.ndarray:

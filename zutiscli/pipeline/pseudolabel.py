@@ -39,10 +39,10 @@ import torch.nn.functional as F
 
 from zutiscli.artefacts.atomic import atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
-from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME
-from zutiscli.artefacts.rundir import prepare_output_dir
-from zutiscli.errors import UsageError, ZutisError
+from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.device import resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
 
@@ -283,6 +283,25 @@ def _read_parts(out: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _check_output(output: str | Path | None) -> tuple[Path, str]:
+    """Where the pseudo-labels would go and its state (see :func:`check_output_dir`), creating nothing.
+
+    An existing directory must be a pseudo-label directory (to resume or redo) or hold only what
+    an interrupted run leaves; anything else is refused rather than written into.
+    """
+    out, state = check_output_dir(output, "pseudolabel", resumable=True)
+    if state == "existing":
+        if (out / MANIFEST_NAME).is_file():
+            read_manifest(out, "zutis.pseudolabels")
+        else:
+            ours = {PARTS_DIR, PSEUDOLABELS_NAME, EMPTY_NAME, FAILED_NAME, "preview"}
+            foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in ours)
+            if foreign:
+                raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis pseudo-label "
+                                    f"directory; choose a new -o directory")
+    return out, state
+
+
 def _archive_model(archives_dir: Path) -> dict[str, Any]:
     manifest = read_manifest(archives_dir, "zutis.archives")
     return dict(manifest.model or {})
@@ -309,6 +328,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
                 unique.append(hit.path)
     if not unique:
         raise ZutisError(f"{archives_dir}: the archives hold no images")
+    _check_output(output)
 
     device = resolve_device(config.device)
     backbone = None
@@ -339,7 +359,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         patch = backbone.patch_size
 
     out = prepare_output_dir(output, "pseudolabel", resumable=True)
-    if (out / "manifest.json").is_file():
+    if (out / MANIFEST_NAME).is_file():
         previous = read_manifest(out, "zutis.pseudolabels")
         if previous.params.get("method") != config.method or previous.model != model_record:
             raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")

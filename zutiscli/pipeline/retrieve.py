@@ -49,7 +49,7 @@ import numpy as np
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
 from zutiscli.artefacts.index_store import IndexReader
 from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
 from zutiscli.ops import knn
@@ -488,8 +488,7 @@ def retrieve(
             warnings.warn(message, stacklevel=3)
 
     say = log or (lambda message: None)
-    if output is not None:  # refuse a non-empty -o before minutes of text encoding
-        output = prepare_output_dir(output, "retrieve")
+    check_output_dir(output, "retrieve")  # refuse an unusable -o before minutes of text encoding, create nothing yet
     sources = _open_sources(config.indices, say_warning)
     spec = choose_model([s.reader for s in sources], config.model, config.pretrained)
     total = sum(s.count for s in sources)

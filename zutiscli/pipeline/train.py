@@ -116,11 +116,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - names)
+        """A config from option values (a recipe file, flags, a checkpoint), each checked against its type.
+
+        Integers are accepted for float options; anything else of the wrong type (``iterations:
+        abc`` in a recipe) is a :class:`UsageError` naming ``where`` and the option.
+        """
+        kinds = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(data) - set(kinds))
         if unknown:
             raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}")
-        return cls(**data)
+        return cls(**{name: _typed(value, kinds[name], name, where) for name, value in data.items()})
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _typed(value: Any, annotation: Any, name: str, where: str) -> Any:
+    """``value`` checked against a :class:`TrainConfig` field annotation (``"int"``, ``"float | None"``, ...)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    parts = [part.strip() for part in text.split("|")]
+    optional = "None" in parts
+    base = next((part for part in parts if part != "None"), "str")
+    if value is None and optional:
+        return value
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base == "float" and is_number:
+        return float(value)
+    if base == "int" and is_number and float(value).is_integer():
+        return int(value)
+    if (base == "bool" and isinstance(value, bool)) or (base == "str" and isinstance(value, str)):
+        return value
+    wanted = _TYPE_NAMES.get(base, base) + (" or nothing" if optional else "")
+    raise UsageError(f"{where}: {name.replace('_', '-')} must be {wanted} (got {value!r})")
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
@@ -360,23 +387,47 @@ class TrainResult:
     main: bool = True  # False on the other ranks of a distributed run (they print nothing)
 
 
+def resume_checkpoint_path(run_dir: str | Path) -> Path:
+    """The checkpoint that ``--resume RUN_DIR`` continues from; errors say what ``RUN_DIR`` is instead."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file" if run_dir.exists() else "no such directory"
+        raise ArtefactError(f"--resume {run_dir}: {what}; give the directory of a `zutis train` run")
+    path = run_dir / CHECKPOINT
+    if path.is_file():
+        return path
+    if (run_dir / MANIFEST_NAME).is_file():
+        kind = read_manifest(run_dir).kind
+        if kind != "zutis.run":
+            raise ArtefactError(f"--resume {run_dir}: is a {kind} artefact, not a `zutis train` run directory; "
+                                f"to train on it, give it as the source: `zutis train {run_dir}`")
+    raise ArtefactError(f"--resume {run_dir}: has no {CHECKPOINT}, so there is nothing to resume; "
+                        f"start a new run with `zutis train SOURCE`")
+
+
 def train(
-    config: TrainConfig,
+    config: TrainConfig | None,
     output: str | Path | None = None,
     resume: str | Path | None = None,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
-    """Run (or resume) a training run; returns the run directory and what happened."""
+    """Run (or resume) a training run; returns the run directory and what happened.
+
+    With ``resume`` (a run directory) the run continues with its own saved recipe; ``config`` may
+    then be ``None``, and if given only its ``iterations`` count, extending the run when larger.
+    """
     say = log or (lambda message: None)
     checkpoint = None
     if resume is not None:
         run_dir = Path(resume)
-        checkpoint = load_checkpoint(run_dir / CHECKPOINT)
+        checkpoint = load_checkpoint(resume_checkpoint_path(run_dir))
         saved = TrainConfig.from_dict(checkpoint["train_config"], where=str(run_dir / CHECKPOINT))
-        if config.iterations > saved.iterations:
+        if config is not None and config.iterations > saved.iterations:
             saved.iterations = config.iterations  # a resumed run may be extended
         config = saved
+    elif config is None:
+        raise UsageError("give a training config, or a run directory to resume")
     config.validate()
     info, device = _init_distributed(config.device)
     if config.batch_size % info.world:
