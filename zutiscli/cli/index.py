@@ -51,7 +51,7 @@ def build(
 ) -> None:
     """Embed images with CLIP into an index directory (rerun to resume or to add new images).
 
-    Example: zutis index data/pile --model shapes-clip --pretrained data/clip/shapes-clip.pt -o data/index
+    Example: zutis index data/pile --model shapes-clip -o data/index
     """
     from zutiscli.pipeline.index import IndexConfig, build_index, parse_shard
 

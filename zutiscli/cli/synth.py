@@ -105,6 +105,7 @@ def train_clip(
     threads: Annotated[int, typer.Option("--threads", help="torch threads for training.")] = 2,
     workers: Annotated[int, typer.Option("--workers", help="Data-generation processes (0 = in the training process).")] = 1,
     eval_pool: Annotated[int, typer.Option("--eval-pool", help="Images for the retrieval/zero-shot evaluation afterwards (0 = skip).")] = 2000,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between resumable checkpoints (a multiple of 50; 0 = none); rerun the same command with the same -o to resume.")] = 250,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -112,7 +113,8 @@ def train_clip(
     """Train `shapes-clip`, the shapes world's own CLIP, from scratch.
 
     Writes OUTPUT/shapes-clip.pt (fp16 weights: use them with --model shapes-clip --pretrained FILE)
-    and OUTPUT/shapes-clip.json (recipe, loss curve, metrics).
+    and OUTPUT/shapes-clip.json (recipe, loss curve, metrics). An interrupted run resumes where its
+    last checkpoint left off when the same command is run again with the same -o.
 
     Example: zutis synth train-clip --steps 20 --batch-size 16 --eval-pool 0 -o runs/clip-smoke
     """
@@ -124,12 +126,19 @@ def train_clip(
 
     reporter = Reporter(json_mode, quiet)
     config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, workers=workers,
-                             eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)))
+                             eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
+                             checkpoint_every=checkpoint_every)
     try:
         config.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    out = prepare_output_dir(output, "synth")
+    out = prepare_output_dir(output, "synth", resumable=output is not None)
+    if (out / "manifest.json").is_file():
+        raise UsageError(f"{out}: holds a finished training; choose a new -o directory")
+    if output is not None and any(p.name != "shapes-clip.pt.ckpt" for p in out.iterdir()):
+        raise UsageError(f"{out}: is not empty and holds no shapes-clip checkpoint; choose a new -o directory")
+    if (out / "shapes-clip.pt.ckpt").is_file():
+        reporter.log(f"resuming from {out / 'shapes-clip.pt.ckpt'} (a different recipe starts afresh)")
     with ProgressBar(reporter, "train shapes-clip", unit="steps") as bar:
         report = train_shapes_clip(config, out / "shapes-clip.pt", progress=lambda step, total, stats: bar(step, total))
     atomic_write_json(out / "shapes-clip.json", report)

@@ -58,7 +58,7 @@ def train(
 ) -> None:
     """Train the ZUTIS model (semantic + instance) on pseudo-labels; resumable; torchrun for several GPUs.
 
-    Example: zutis train data/pseudo --model shapes-clip --pretrained data/clip/shapes-clip.pt --iterations 200 --crop 128
+    Example: zutis train data/pseudo --model shapes-clip --iterations 200 --crop 128
     """
     from zutiscli.errors import UsageError
     from zutiscli.pipeline.train import TrainConfig, load_recipe, train as run_training
