@@ -371,3 +371,21 @@ def test_cli_errors_are_one_line(tmp_path, capsys, pile_tree, args, code, messag
 def test_cli_refuses_a_directory_that_is_not_an_index(tmp_path, capsys, pile_tree):
     code, out, err = run(capsys, "retrieve", pile_tree / "data" / "pile", "--classes", "cat", "-o", tmp_path / "x")
     assert code == 1 and "zutis.synth artefact" in err and "zutis index" in err
+
+
+def test_bf16_index_retrieves_what_fp32_retrieves_on_the_shapes_world(tmp_path):
+    """Embeddings from bf16 weights give the same top-50 per shape name as fp32 (overlap >= 0.98)."""
+    from zutiscli.pipeline.index import IndexConfig, build_index
+    from zutiscli.shapes.world import SHAPES
+
+    pile = write_synth(SynthConfig("pile", 600, seed=31), tmp_path / "pile")
+    classes = tuple(ClassQuery(shape, shape) for shape in SHAPES)
+    hits = {}
+    for precision in ("fp32", "bf16"):
+        index = build_index(IndexConfig(sources=[str(pile / "images")], model="shapes-clip", device="cpu",
+                                        precision=precision, workers=0), tmp_path / f"index-{precision}").path
+        archives = retrieve(RetrieveConfig(indices=(index,), classes=classes, k=50, device="cpu"),
+                            tmp_path / f"archives-{precision}")
+        hits[precision] = {name: {hit.path.name for hit in found} for name, found in read_archives(archives).items()}
+    overlaps = {name: len(hits["fp32"][name] & hits["bf16"][name]) / 50 for name in SHAPES}
+    assert min(overlaps.values()) >= 0.98, overlaps
