@@ -46,8 +46,12 @@ def _load_failure(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:160]
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a ZUTIS checkpoint safely; errors name the file and say what is wrong."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """Read a ZUTIS checkpoint safely; errors name the file and say what is wrong.
+
+    ``mmap``: map the tensors' storage instead of reading it, for a look at the plain values
+    (iteration, config, classes) that costs no more than they do.
+    """
     path = Path(path)
     if not path.is_file():
         raise ArtefactError(f"{path}: no such checkpoint file")
@@ -55,7 +59,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ArtefactError(f"{path}: not a zutis checkpoint (not a file written by torch.save); "
                             f"use one written by `zutis train`")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        data = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - refused pickles, truncated files, foreign formats
         raise ArtefactError(
             f"{path}: not a checkpoint that loads with torch.load(weights_only=True) ({_load_failure(exc)}); "

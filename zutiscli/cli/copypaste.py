@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DryRunOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, print_dry_run
 
 
 def copypaste(
@@ -27,6 +27,7 @@ def copypaste(
     image_format: Annotated[str, typer.Option("--format", metavar="jpg|png", help="Scene image format.")] = "jpg",
     workers: Annotated[int, typer.Option("--workers", help="Worker processes (0 = in this process).")] = 0,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -36,7 +37,7 @@ def copypaste(
     """
     from zutiscli.artefacts.manifest import read_manifest
     from zutiscli.data.copypaste import CopyPasteConfig
-    from zutiscli.pipeline.copypaste import write_dataset
+    from zutiscli.pipeline.copypaste import plan_dataset, write_dataset
 
     reporter = Reporter(json_mode, quiet)
     config = CopyPasteConfig(
@@ -45,6 +46,9 @@ def copypaste(
         min_visible_fraction=min_visible,
     )
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_dataset(pseudo_dir, count, config, seed, output, workers, image_format))
+        return
     with ProgressBar(reporter, "copypaste", unit="scenes") as bar:
         out = write_dataset(pseudo_dir, count, config, seed, output, workers, image_format, progress=bar)
     summary = read_manifest(out).summary

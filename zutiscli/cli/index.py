@@ -7,7 +7,19 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from zutiscli.cli.options import DefaultCommandGroup, DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter, complete_model_names
+from zutiscli.cli.options import (
+    DefaultCommandGroup,
+    DeviceOpt,
+    DryRunOpt,
+    JsonOpt,
+    OutputOpt,
+    PrecisionOpt,
+    ProgressBar,
+    QuietOpt,
+    Reporter,
+    complete_model_names,
+    print_dry_run,
+)
 
 
 class _BuildByDefault(DefaultCommandGroup):
@@ -46,6 +58,7 @@ def build(
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="Images per committed chunk (what an interruption can lose).")] = 1024,
     max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = 178_956_970,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -53,7 +66,7 @@ def build(
 
     Example: zutis index data/pile --model shapes-clip -o data/index
     """
-    from zutiscli.pipeline.index import IndexConfig, build_index, parse_shard
+    from zutiscli.pipeline.index import IndexConfig, build_index, parse_shard, plan_index
 
     reporter = Reporter(json_mode, quiet)
     config = IndexConfig(
@@ -71,6 +84,9 @@ def build(
         max_pixels=max_pixels,
     )
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_index(config, output))
+        return
     with ProgressBar(reporter, "index") as bar:
         result = build_index(config, output, progress=bar, log=reporter.log)
     from zutiscli.artefacts.manifest import read_manifest

@@ -3,6 +3,8 @@
 - Results go to stdout, everything else (logs, progress, warnings) to stderr.
 - ``--json`` prints exactly one JSON document on stdout and nothing else there.
 - ``--quiet`` silences logs and progress (errors still print).
+- ``--dry-run`` (commands that do long work) checks options and inputs as a real run would,
+  prints what would be read and written (:func:`print_dry_run`), and writes nothing.
 - ``--device auto|cpu|cuda|cuda:N``; ``auto`` is CUDA when available.
 - ``-o/--output`` is optional: without it a stage writes ``./runs/<stage>/<N>``, a new number each
   run, and the artefact path is the last line on stdout, so shell scripts can chain stages::
@@ -50,6 +52,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document o
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, callback=check_device,
                                         help="Where to run; auto = CUDA when available.")]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option("--dry-run", help="Check the inputs and options, print what would be read and written, write nothing."),
+]
 PrecisionOpt = Annotated[
     str,
     typer.Option(
@@ -149,6 +155,62 @@ class Reporter:
             if path is not None:
                 sys.stdout.write(f"{path}\n")
         sys.stdout.flush()
+
+
+def _amount(value: Any) -> str:
+    """A count with thousands separators, a float briefly, a list joined by commas, anything else as is."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "-"
+    return str(value)
+
+
+def _fields(data: dict[str, Any], skip: tuple[str, ...] = (), counts: bool = False) -> str:
+    """``{"batch_size": 64}`` -> ``batch size 64``; with ``counts``, ``{"images": 12}`` -> ``12 images``."""
+    items = [(key.replace("_", " "), _amount(value)) for key, value in data.items() if key not in skip]
+    return ", ".join(f"{value} {key}" if counts else f"{key} {value}" for key, value in items)
+
+
+def print_dry_run(reporter: Reporter, plan: Any) -> None:
+    """Print a dry run's plan (:class:`zutiscli.pipeline.plan.Plan`) on stdout, as the command's result.
+
+    With ``--json``: the one document ``{"dry_run": true, "reads": ..., "writes": ..., ...}``.
+    Otherwise one line per input, the model, the output, the key options and the work, then a
+    reminder that nothing was written; warnings a real run would print go to stderr as warnings.
+    """
+    from zutiscli.pipeline.plan import WEIGHT_SOURCES
+
+    data = plan.to_json()
+    for note in plan.notes:
+        reporter.warn(note)
+    if reporter.json_mode:
+        reporter.result(data)
+        return
+    lines = [f"dry run of zutis {plan.command}:"]
+    for item in plan.reads:
+        counts = _fields(item, skip=("path", "kind"), counts=True)
+        lines.append(f"  read   {item['path']} ({item['kind']})" + (f": {counts}" if counts else ""))
+    if plan.model:
+        model = plan.model
+        weights = model.get("weights") or model.get("pretrained")
+        where = WEIGHT_SOURCES.get(model.get("source"), model.get("source"))
+        extra = _fields(model, skip=("name", "pretrained", "weights", "source", "bytes"))
+        lines.append(f"  model  {model.get('name')}, weights {weights} ({where})" + (f", {extra}" if extra else ""))
+    state = {"new": "new directory", "empty": "empty directory", "existing": "existing directory, continued"}
+    lines.append(f"  write  {plan.writes['path']} ({state.get(plan.writes['state'], plan.writes['state'])})")
+    if plan.params:
+        lines.append(f"  with   {_fields(plan.params)}")
+    if plan.work:
+        lines.append(f"  work   {_fields(plan.work, counts=True)}")
+    lines.append("nothing was written (--dry-run)")
+    reporter.result(data, text="\n".join(lines))
 
 
 class ProgressBar:

@@ -7,7 +7,19 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter, complete_class_names, complete_model_names
+from zutiscli.cli.options import (
+    DeviceOpt,
+    DryRunOpt,
+    JsonOpt,
+    OutputOpt,
+    PrecisionOpt,
+    ProgressBar,
+    QuietOpt,
+    Reporter,
+    complete_class_names,
+    complete_model_names,
+    print_dry_run,
+)
 
 
 def predict(
@@ -41,6 +53,7 @@ def predict(
     components: Annotated[bool, typer.Option("--components/--no-components", help="maskclip: split each class region into connected components.")] = False,
     vis: Annotated[bool, typer.Option("--vis/--no-vis", help="Write overlay JPEGs to vis/.")] = True,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -50,7 +63,7 @@ def predict(
     """
     from zutiscli.data.classes import parse_classes
     from zutiscli.errors import UsageError
-    from zutiscli.pipeline.predict import PredictConfig, predict as run_predict
+    from zutiscli.pipeline.predict import PredictConfig, plan_predict, predict as run_predict
 
     reporter = Reporter(json_mode, quiet)
     config = PredictConfig(
@@ -65,6 +78,9 @@ def predict(
     if not config.inputs and not config.from_list:
         raise UsageError("give the images to segment (files, directories, globs) or --from-list FILE")
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_predict(config, output))
+        return
     with ProgressBar(reporter, "predict") as bar:
         result = run_predict(config, output, progress=bar, log=reporter.log)
     for path, reason in result.failed:

@@ -7,7 +7,18 @@ from typing import Annotated, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, PrecisionOpt, ProgressBar, QuietOpt, Reporter, complete_model_names
+from zutiscli.cli.options import (
+    DeviceOpt,
+    DryRunOpt,
+    JsonOpt,
+    OutputOpt,
+    PrecisionOpt,
+    ProgressBar,
+    QuietOpt,
+    Reporter,
+    complete_model_names,
+    print_dry_run,
+)
 
 
 def pseudolabel(
@@ -32,6 +43,7 @@ def pseudolabel(
     preview: Annotated[int, typer.Option("--preview", help="Write overlay JPEGs of N random results per class.")] = 0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of clustering and preview choice.")] = 0,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -39,7 +51,7 @@ def pseudolabel(
 
     Example: zutis pseudolabel data/archives --method spectral --size 64 -o data/pseudo
     """
-    from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
+    from zutiscli.pipeline.pseudolabel import PseudolabelConfig, plan_pseudolabel, run_pseudolabel
 
     reporter = Reporter(json_mode, quiet)
     config = PseudolabelConfig(
@@ -49,6 +61,9 @@ def pseudolabel(
         device=device, precision=precision, workers=workers, preview=preview, seed=seed,
     )
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_pseudolabel(config, output))
+        return
     with ProgressBar(reporter, f"pseudolabel ({method})") as bar:
         result = run_pseudolabel(config, output, progress=bar, log=reporter.log)
     reporter.log(f"{result.images} images: {result.masks} masks, {result.empty} with nothing found, "

@@ -7,7 +7,19 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, complete_class_names, complete_model_names, err_console
+from zutiscli.cli.options import (
+    DeviceOpt,
+    DryRunOpt,
+    JsonOpt,
+    OutputOpt,
+    ProgressBar,
+    QuietOpt,
+    Reporter,
+    complete_class_names,
+    complete_model_names,
+    err_console,
+    print_dry_run,
+)
 
 IndicesArg = Annotated[
     list[Path],
@@ -74,6 +86,7 @@ def retrieve(
         typer.Option("--nprobe", help="IVF lists to visit when an index has index.faiss [default: max(32, nlist/16)]."),
     ] = None,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -94,7 +107,7 @@ def retrieve(
     from rich.markup import escape
 
     from zutiscli.data.classes import parse_classes
-    from zutiscli.pipeline.retrieve import RetrieveConfig, retrieve as run_retrieve
+    from zutiscli.pipeline.retrieve import RetrieveConfig, plan_retrieve, retrieve as run_retrieve
 
     reporter = Reporter(json_mode, quiet)
     queries = parse_classes(classes, classes_file)
@@ -112,6 +125,9 @@ def retrieve(
         nprobe=nprobe,
     )
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_retrieve(config, output))
+        return
     with ProgressBar(reporter, "retrieve") as bar:
         out = run_retrieve(config, output, progress=bar, warn=lambda m: reporter.warn(escape(m)),
                            log=lambda m: reporter.log(escape(m)))

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, QuietOpt, Reporter, complete_model_names, err_console
+from zutiscli.cli.options import DeviceOpt, DryRunOpt, JsonOpt, OutputOpt, QuietOpt, Reporter, complete_model_names, err_console, print_dry_run
 
 # Options that map one-to-one onto TrainConfig fields (name in the signature = field name).
 _FIELDS = (
@@ -53,6 +53,7 @@ def train(
     log_every: Annotated[int, typer.Option("--log-every", help="Iterations between metrics.jsonl lines.")] = 10,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop (and save) after this much training time.", show_default=False)] = None,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -61,7 +62,7 @@ def train(
     Example: zutis train data/pseudo --model shapes-clip --iterations 200 --crop 128
     """
     from zutiscli.errors import UsageError
-    from zutiscli.pipeline.train import TrainConfig, load_recipe, train as run_training
+    from zutiscli.pipeline.train import TrainConfig, load_recipe, plan_training, train as run_training
 
     reporter = Reporter(json_mode, quiet)
     values: dict[str, Any] = {}
@@ -92,6 +93,9 @@ def train(
         config = TrainConfig.from_dict(values, where=where)
         if not config.source:
             raise UsageError("give the pseudo-label or dataset directory to train on (or --resume RUN_DIR)")
+    if dry_run:
+        print_dry_run(reporter, plan_training(config, output=output, resume=resume))
+        return
 
     state = {"task": None, "progress": None}
     if reporter.show_progress:

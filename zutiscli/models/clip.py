@@ -179,24 +179,27 @@ def _reachable(cfg: dict[str, Any], timeout: float = 3.0) -> bool:
     return False
 
 
-def resolve_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[Path | None, dict[str, Any]]:
-    """Find the weights file of ``spec`` without building a model.
+def locate_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[Path | None, dict[str, Any], str]:
+    """Where the weights of ``spec`` are, without reading, building or downloading anything.
 
-    Returns ``(path or None for random init, pretrained config of the tag or {})``. A tag is looked
-    up in the open_clip/Hugging Face caches first; it is downloaded only when not cached and the
-    network answers. Raises :class:`ModelError` with what to do otherwise.
+    Returns ``(path, pretrained config of the tag or {}, source)`` with source ``"none"`` (random
+    init, no path), ``"builtin"``, ``"file"`` (a readable local file), ``"cached"`` (a tag found
+    in the open_clip/Hugging Face caches) or ``"download"`` (a tag not cached here; no path).
+    Raises :class:`ModelError` for a missing or unreadable file or an unknown tag.
     """
     import open_clip
 
     if spec.pretrained.lower() == "none" or spec.name.startswith(("hf-hub:", "local-dir:")):
-        return None, {}
+        return None, {}, "none"
     if spec.pretrained.lower() == "builtin":
-        return builtin_weights(spec.name), {}
+        return builtin_weights(spec.name), {}, "builtin"
     file = spec.weights_file
     if file is not None:
         if not file.is_file():
             raise ModelError(f"--pretrained {file}: no such checkpoint file")
-        return file, {}
+        if not os.access(file, os.R_OK):
+            raise ModelError(f"--pretrained {file}: the checkpoint file is not readable; check its permissions")
+        return file, {}, "file"
     name = spec.name.replace("/", "-")
     cfg = open_clip.get_pretrained_cfg(name, spec.pretrained)
     if not cfg:
@@ -206,10 +209,26 @@ def resolve_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[P
             f"--pretrained {spec.pretrained!r} is neither a checkpoint file nor a tag of {name} ({known})"
         )
     if cfg.get("file"):
-        return Path(cfg["file"]), cfg
+        return Path(cfg["file"]), cfg, "file"
     cached = _hf_cache_lookup(cfg, cache_dir) or _url_cache_lookup(cfg, cache_dir)
     if cached:
-        return Path(cached), cfg
+        return Path(cached), cfg, "cached"
+    return None, cfg, "download"
+
+
+def resolve_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[Path | None, dict[str, Any]]:
+    """Find the weights file of ``spec`` without building a model.
+
+    Returns ``(path or None for random init, pretrained config of the tag or {})``. A tag is looked
+    up in the open_clip/Hugging Face caches first; it is downloaded only when not cached and the
+    network answers. Raises :class:`ModelError` with what to do otherwise.
+    """
+    import open_clip
+
+    path, cfg, source = locate_pretrained(spec, cache_dir)
+    if source != "download":
+        return path, cfg
+    name = spec.name.replace("/", "-")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or not _reachable(cfg)
     if offline:
         raise ModelError(

@@ -29,6 +29,7 @@ from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool, scene_rng, synthesize
 from zutiscli.errors import UsageError
 from zutiscli.ops.masks import encode_masks
+from zutiscli.pipeline.plan import Plan, input_entry, output_plan
 
 FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {})}
 
@@ -57,6 +58,38 @@ def _make_scene(index: int) -> tuple[int, list[dict], list[int]]:
     return index, encode_masks(scene.masks), [int(c) for c in scene.classes]
 
 
+def _check_options(config: CopyPasteConfig, count: int, image_format: str) -> None:
+    """Refuse option values that cannot work (:class:`UsageError`), before any input is read."""
+    config.validate()
+    if count < 1:
+        raise UsageError(f"--n must be at least 1 (got {count})")
+    if image_format not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {image_format!r})")
+
+
+def plan_dataset(
+    pseudo_dir: str | Path,
+    count: int,
+    config: CopyPasteConfig = CopyPasteConfig(),
+    seed: int = 0,
+    output: str | Path | None = None,
+    workers: int = 0,
+    image_format: str = "jpg",
+) -> Plan:
+    """What ``zutis copypaste`` would do (``--dry-run``): the checks of a real run, nothing written."""
+    _check_options(config, count, image_format)
+    labels = load_pseudolabels(pseudo_dir)
+    pool = ObjectPool(labels)
+    writes = output_plan(output, "copypaste")
+    reads = [input_entry(pseudo_dir, "zutis.pseudolabels", classes=len(labels.classes),
+                         classes_with_objects=len(pool.nonempty), images=len(pool.image_objects),
+                         objects=len(labels.objects))]
+    params = {"size": config.size, "max_objects": config.max_objects, "seed": seed, "format": image_format,
+              "workers": workers}
+    work = {"scenes": count, "files": 2 * count + 2}
+    return Plan("copypaste", reads, writes, None, params, work)
+
+
 def write_dataset(
     pseudo_dir: str | Path,
     count: int,
@@ -68,11 +101,7 @@ def write_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Synthesise ``count`` scenes into ``output`` (default ``runs/copypaste/N``); returns the directory."""
-    config.validate()
-    if count < 1:
-        raise UsageError(f"--n must be at least 1 (got {count})")
-    if image_format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {image_format!r})")
+    _check_options(config, count, image_format)
     start = time.perf_counter()
     labels = load_pseudolabels(pseudo_dir)
     ObjectPool(labels)  # refuses an empty pool before anything is written

@@ -48,6 +48,7 @@ from zutiscli.data.images import DEFAULT_MAX_PIXELS, discover_images
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
+from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 DEFAULT_MODEL = "ViT-L-14-336"
 
@@ -224,12 +225,13 @@ def _model_record(spec: ModelSpec, dtype: torch.dtype, image_size: int) -> dict[
 
 
 def _check_existing(out: Path, model: dict[str, Any]) -> None:
+    """Refuse an existing ``out`` that is not an index of ``model`` (compared on the keys ``model`` has)."""
     if not (out / MANIFEST_NAME).is_file():
         if any(p.name != CHUNK_DIR for p in out.iterdir()):
             raise ArtefactError(f"{out}: is not empty and not a zutis index; choose a new -o directory")
         return
     previous = read_manifest(out, "zutis.index").model or {}
-    keys = ("name", "pretrained", "weights_fingerprint", "precision", "image_size")
+    keys = [k for k in ("name", "pretrained", "weights_fingerprint", "precision", "image_size") if k in model]
     if any(previous.get(k) != model.get(k) for k in keys):
         was = f"{previous.get('name')} ({previous.get('pretrained')}, {previous.get('precision')})"
         now = f"{model.get('name')} ({model.get('pretrained')}, {model.get('precision')})"
@@ -347,6 +349,74 @@ def _gather(reader: IndexReader, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def _discover(config: IndexConfig) -> tuple[Any, list[Path], tuple[int, int] | None]:
+    """The images of a run: ``(everything found, this shard's listing, the shard)``."""
+    shard = config.shard or shard_from_environment()
+    found = discover_images(list(config.sources), from_list=config.from_list)
+    listing = found.paths
+    if shard is not None and shard[1] > 1:
+        listing = [p for p in listing if shard_of(p, shard[1]) == shard[0]]
+    if not found.paths:
+        where = ", ".join([*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])])
+        raise ZutisError(f"no images found in {where} (looked for .jpg, .png, .webp and other image files)")
+    return found, listing, shard
+
+
+def _indexed(out: Path) -> dict[str, tuple[int, int]]:
+    """What an index directory already holds: image path -> (bytes, mtime_ns) of its committed chunks."""
+    if not out.is_dir() or not committed_chunks(out):
+        return {}
+    previous = IndexReader(out, manifest=_provisional_manifest(out))
+    return {record.path: (record.bytes, record.mtime_ns) for record in previous.records()}
+
+
+def _pending(out: Path, listing: list[Path], done: dict[str, tuple[int, int]]) -> list[Path]:
+    """The images of ``listing`` still to embed: new, or changed (size or mtime) since indexed."""
+    todo: list[Path] = []
+    for path in listing:
+        rel = relative_to(out, path)
+        if rel in done:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            if done[rel] == (stat.st_size, stat.st_mtime_ns):
+                continue
+        todo.append(path)
+    return todo
+
+
+def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
+    """What ``zutis index`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
+    config.validate()
+    found, listing, shard = _discover(config)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    pretrained = config.pretrained or default_pretrained(config.model)
+    model = weights_plan(config.model, pretrained) | {"device": str(device), "precision": precision_name(dtype)}
+    writes = output_plan(output, "index", resumable=True)
+    out = Path(writes["path"])
+    if shard is not None and shard[1] > 1:
+        out = out / f"shard-{shard[0]}-of-{shard[1]}"
+        state = "new" if not out.exists() else "existing" if any(out.iterdir()) else "empty"
+        writes = {"path": str(out), "state": state}
+    if writes["state"] == "existing":  # the real run's check, without the image size only a built model knows
+        _check_existing(out, ModelSpec(config.model, pretrained).describe() | {"precision": precision_name(dtype)})
+    todo = _pending(out, listing, _indexed(out))
+    sources = [*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])]
+    counts = {"images": len(found.paths)} | ({"missing_list_entries": len(found.problems)} if found.problems else {})
+    reads = [input_entry(", ".join(sources), "images", **counts)]
+    work = {"images_in_shard": len(listing)} if shard is not None and shard[1] > 1 else {}
+    work |= {"already_indexed": len(listing) - len(todo), "images_to_embed": len(todo),
+             "chunks": -(-len(todo) // config.chunk_size)}
+    params = {"batch_size": config.batch_size, "chunk_size": config.chunk_size, "faiss": config.faiss,
+              "workers": _default_workers(device) if config.workers is None else config.workers}
+    if shard is not None:
+        params["shard"] = f"{shard[0]}/{shard[1]}"
+    notes = [f"skipped list entry {entry}: {reason}" for entry, reason in found.problems]
+    return Plan("index", reads, writes, model, params, work, notes)
+
+
 def build_index(config: IndexConfig, output: str | Path | None = None,
                 progress: Callable[[int, int], None] | None = None,
                 log: Callable[[str], None] | None = None) -> IndexResult:
@@ -354,16 +424,9 @@ def build_index(config: IndexConfig, output: str | Path | None = None,
     config.validate()
     say = log or (lambda message: None)
     start = time.perf_counter()
-    shard = config.shard or shard_from_environment()
-    found = discover_images(list(config.sources), from_list=config.from_list)
-    for source, reason in found.problems:
-        say(f"skipped list entry {source}: {reason}")
-    listing = found.paths
-    if shard is not None and shard[1] > 1:
-        listing = [p for p in listing if shard_of(p, shard[1]) == shard[0]]
-    if not found.paths:
-        where = ", ".join([*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])])
-        raise ZutisError(f"no images found in {where} (looked for .jpg, .png, .webp and other image files)")
+    found, listing, shard = _discover(config)
+    for source_entry, reason in found.problems:
+        say(f"skipped list entry {source_entry}: {reason}")
     device = resolve_device(config.device)
     if shard is not None and device.type == "cuda" and "LOCAL_RANK" in os.environ and config.device == "auto":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -382,24 +445,11 @@ def build_index(config: IndexConfig, output: str | Path | None = None,
     if removed:
         say(f"removed {removed} unfinished chunk file(s) of an interrupted run")
 
-    done: dict[str, tuple[int, int]] = {}
     previous = IndexReader(out, manifest=_provisional_manifest(out)) if committed_chunks(out) else None
     tally = _Tally(previous, backbone.embed_dim)
-    if previous is not None:
-        for record in previous.records():
-            done[record.path] = (record.bytes, record.mtime_ns)
-        del previous
-    todo: list[Path] = []
-    for path in listing:
-        rel = relative_to(out, path)
-        if rel in done:
-            try:
-                stat = path.stat()
-            except OSError:
-                continue
-            if done[rel] == (stat.st_size, stat.st_mtime_ns):
-                continue
-        todo.append(path)
+    done = {r.path: (r.bytes, r.mtime_ns) for r in previous.records()} if previous is not None else {}
+    del previous
+    todo = _pending(out, listing, done)
     skipped = len(listing) - len(todo)
     if skipped:
         say(f"{skipped} image(s) already indexed; embedding {len(todo)} more")

@@ -40,8 +40,9 @@ from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_t
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
-from zutiscli.models.device import resolve_device, resolve_precision
+from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
+from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 TASKS = ("semantic", "instance", "panoptic", "all")
 NMS_METHODS = ("hard", "linear", "gaussian", "matrix", "none")
@@ -314,6 +315,39 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
         else:
             found = _maskclip_instances(labels, probs, config)
     return (labels if semantic else None), found
+
+
+def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Plan:
+    """What ``zutis predict`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
+    from zutiscli.data.images import discover_images
+
+    config.validate()
+    found = discover_images(list(config.inputs), from_list=config.from_list)
+    if not found.paths and not found.problems:
+        raise ZutisError("no images found in " + ", ".join(map(str, config.inputs)))
+    writes = output_plan(output, "predict")
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    sources = [*map(str, config.inputs), *([str(config.from_list)] if config.from_list else [])]
+    counts = {"images": len(found.paths)} | ({"missing_list_entries": len(found.problems)} if found.problems else {})
+    reads = [input_entry(", ".join(sources), "images", **counts)]
+    if config.method == "zutis":
+        checkpoint = resolve_checkpoint(config.checkpoint)
+        if not os.access(checkpoint, os.R_OK):
+            raise ArtefactError(f"{checkpoint}: the checkpoint file is not readable; check its permissions")
+        model = {"name": "zutis", "pretrained": str(checkpoint), "weights": str(checkpoint), "source": "file",
+                 "bytes": checkpoint.stat().st_size}
+    else:
+        from zutiscli.pipeline.index import default_pretrained
+
+        model = weights_plan(config.model, config.pretrained or default_pretrained(config.model))
+    model |= {"device": str(device), "precision": precision_name(dtype)}
+    tasks = sorted(config.tasks)
+    params = {"classes": [q.name for q in config.classes], "method": config.method, "tasks": tasks,
+              "crf": config.crf, "vis": config.vis}
+    work = {"images_to_segment": len(found.paths)}
+    notes = [f"skipped list entry {entry}: {reason}" for entry, reason in found.problems]
+    return Plan("predict", reads, writes, model, params, work, notes)
 
 
 def predict(config: PredictConfig, output: str | Path | None = None,

@@ -43,8 +43,9 @@ from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_t
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
-from zutiscli.models.device import resolve_device, resolve_precision
+from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
+from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 
 METHODS = ("spectral", "attention", "maskcut", "onnx")
 DEFAULT_SIZES = {"spectral": 512, "attention": 640, "maskcut": 480, "onnx": 320}
@@ -307,6 +308,79 @@ def _archive_model(archives_dir: Path) -> dict[str, Any]:
     return dict(manifest.model or {})
 
 
+def _feature_model(config: PseudolabelConfig, archives_dir: Path) -> tuple[str, str]:
+    """``(name, pretrained)`` of the ViT whose features find the masks: --model, else the archives' model."""
+    archive_model = _archive_model(archives_dir)
+    name = config.model or archive_model.get("name")
+    if config.model and config.pretrained is None:
+        from zutiscli.models.timm_vit import is_timm_name
+
+        if is_timm_name(config.model):
+            raise UsageError(f"--model {config.model}: timm ViTs load local weights; pass --pretrained FILE")
+        from zutiscli.pipeline.index import default_pretrained
+
+        return name, default_pretrained(config.model)
+    return name, config.pretrained or archive_model.get("pretrained", "none")
+
+
+def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
+    """The distinct images of all archives, in archive order (an image in two archives is processed once)."""
+    unique: list[Path] = []
+    seen: set[Path] = set()
+    for hits in archives.values():
+        for hit in hits:
+            if hit.path not in seen:
+                seen.add(hit.path)
+                unique.append(hit.path)
+    return unique
+
+
+def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
+    """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
+    import importlib.util
+
+    from zutiscli.pipeline.retrieve import read_archives
+
+    config.validate()
+    archives_dir = Path(config.archives)
+    archives = read_archives(archives_dir)
+    unique = _unique_images(archives)
+    if not unique:
+        raise ZutisError(f"{archives_dir}: the archives hold no images")
+    out, state = _check_output(output)
+    device = resolve_device(config.device)
+    if config.method == "onnx":
+        path = Path(config.saliency_model)
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ZutisError("--method onnx needs onnxruntime: pip install 'zutis[onnx]'")
+        if not path.is_file():
+            raise ZutisError(f"--saliency-model {path}: no such file")
+        model = {"name": "saliency network", "pretrained": str(path), "weights": str(path), "source": "file",
+                 "bytes": path.stat().st_size}
+        record: dict[str, Any] = {"saliency_model": str(path.resolve())}
+    else:
+        from zutiscli.models.backbones import describe_backbone
+
+        name, pretrained = _feature_model(config, archives_dir)
+        dtype = resolve_precision(config.precision, device)
+        model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
+        record = describe_backbone(name, pretrained)
+    model["device"] = str(device)
+    done = 0
+    if state == "existing":
+        if (out / MANIFEST_NAME).is_file():
+            previous = read_manifest(out, "zutis.pseudolabels")
+            if previous.params.get("method") != config.method or previous.model != record:
+                raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
+        finished = _read_parts(out)
+        done = sum(1 for p in unique if relative_to(out, p) in finished)
+    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(unique))]
+    params = {"method": config.method, "size": config.input_size, "refine": config.refine,
+              "components": config.component_mode, "workers": config.workers}
+    work = {"already_processed": done, "images_to_process": len(unique) - done}
+    return Plan("pseudolabel", reads, {"path": str(out), "state": state}, model, params, work)
+
+
 def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None,
                     log: Callable[[str], None] | None = None) -> PseudolabelResult:
@@ -318,14 +392,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     start = time.perf_counter()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    classes = list(archives)
-    unique: list[Path] = []
-    seen: set[Path] = set()
-    for hits in archives.values():
-        for hit in hits:
-            if hit.path not in seen:
-                seen.add(hit.path)
-                unique.append(hit.path)
+    unique = _unique_images(archives)
     if not unique:
         raise ZutisError(f"{archives_dir}: the archives hold no images")
     _check_output(output)
@@ -341,18 +408,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     else:
         from zutiscli.models.backbones import describe_backbone, load_dense_backbone
 
-        archive_model = _archive_model(archives_dir)
-        name = config.model or archive_model.get("name")
-        if config.model and config.pretrained is None:
-            from zutiscli.models.timm_vit import is_timm_name
-
-            if is_timm_name(config.model):
-                raise UsageError(f"--model {config.model}: timm ViTs load local weights; pass --pretrained FILE")
-            from zutiscli.pipeline.index import default_pretrained
-
-            pretrained = default_pretrained(config.model)
-        else:
-            pretrained = config.pretrained or archive_model.get("pretrained", "none")
+        name, pretrained = _feature_model(config, archives_dir)
         dtype = resolve_precision(config.precision, device)
         backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
         model_record = describe_backbone(name, pretrained)

@@ -53,6 +53,7 @@ from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
 from zutiscli.ops import knn
+from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 ARCHIVES_NAME = "archives.json"
 CONTACT_DIR = "contact"
@@ -461,6 +462,38 @@ def read_archives(directory: str | Path) -> dict[str, list[ArchiveHit]]:
 
 
 # ---- the stage ----------------------------------------------------------------------------------
+def plan_retrieve(config: RetrieveConfig, output: str | Path | None = None) -> Plan:
+    """What ``zutis retrieve`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
+    from zutiscli.models.clip import ensemble_templates
+    from zutiscli.models.device import resolve_device
+
+    config.validate()
+    notes: list[str] = []
+    writes = output_plan(output, "retrieve")
+    sources = _open_sources(config.indices, notes.append)
+    spec = choose_model([s.reader for s in sources], config.model, config.pretrained)
+    device = resolve_device(config.device)
+    total = sum(s.count for s in sources)
+    if total == 0:
+        raise ArtefactError(f"the indices hold no images ({', '.join(str(p) for p in config.indices)}); index some first")
+    k = min(config.k, total)
+    if config.k > total:
+        notes.append(f"-k {config.k} is more than the {total:,} images in the "
+                     f"{'index' if len(sources) == 1 else 'indices'}; each archive gets at most {total:,}")
+    count = len(config.classes)
+    if config.exclude_duplicates and count * k > total:
+        notes.append(f"{count} disjoint archives of {k} need {count * k:,} images but the indices hold {total:,}; "
+                     f"some archives will be shorter")
+    reads = [input_entry(s.reader.directory, "zutis.index", images=s.count,
+                         search="faiss" if s.reader.faiss_path is not None else "exact") for s in sources]
+    model = weights_plan(spec.name, spec.pretrained) | {"device": str(device)}
+    prompts = count * (len(ensemble_templates()) if config.prompts == "ensemble" else 1)
+    params = {"classes": [q.name for q in config.classes], "k": k, "prompts": config.prompts,
+              "exclude_duplicates": config.exclude_duplicates, "contact_sheet": config.contact_sheet}
+    work = {"texts_to_embed": prompts, "images_to_search": total, "archives": count}
+    return Plan("retrieve", reads, writes, model, params, work, notes)
+
+
 def retrieve(
     config: RetrieveConfig,
     output: str | Path | None = None,

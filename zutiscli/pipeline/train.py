@@ -38,7 +38,7 @@ from zutiscli.artefacts.coco import load_coco
 from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, resolve_relative, write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
-from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
@@ -46,6 +46,7 @@ from zutiscli.models.device import resolve_device
 from zutiscli.models.losses import zutis_loss
 from zutiscli.models.zutis import ZutisConfig, ZutisModel
 from zutiscli.ops.masks import decode_mask
+from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 CHECKPOINT = "checkpoints/last.pt"
 FINAL = "model.pt"
@@ -405,6 +406,69 @@ def resume_checkpoint_path(run_dir: str | Path) -> Path:
                         f"start a new run with `zutis train SOURCE`")
 
 
+def _source_plan(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
+    """The :attr:`Plan.reads` entry of a training source, checked as :func:`_source` checks it, and its classes."""
+    manifest = read_manifest(config.source, ("zutis.pseudolabels", "zutis.dataset"))
+    if manifest.kind == "zutis.pseudolabels":
+        labels = load_pseudolabels(config.source)
+        pool = ObjectPool(labels)
+        return input_entry(config.source, manifest.kind, classes=len(labels.classes), objects=len(labels.objects),
+                           images=len(pool.image_objects)), list(labels.classes)
+    coco = load_coco(Path(config.source) / "instances.json")
+    if not coco["images"]:
+        raise ArtefactError(f"{config.source}: the dataset holds no images")
+    classes = list(manifest.summary.get("classes") or []) or \
+        [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    return input_entry(config.source, manifest.kind, classes=len(classes), scenes=len(coco["images"]),
+                       instances=len(coco["annotations"])), classes
+
+
+def plan_training(config: TrainConfig | None, output: str | Path | None = None,
+                  resume: str | Path | None = None) -> Plan:
+    """What ``zutis train`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written.
+
+    ``config`` and ``resume`` mean what they mean to :func:`train`. A resumed run's checkpoint is
+    memory-mapped for its iteration and recipe, not read.
+    """
+    start = 0
+    notes: list[str] = []
+    if resume is not None:
+        run_dir = Path(resume)
+        checkpoint = load_checkpoint(resume_checkpoint_path(run_dir), mmap=True)
+        saved = TrainConfig.from_dict(checkpoint["train_config"], where=str(run_dir / CHECKPOINT))
+        if config is not None and config.iterations > saved.iterations:
+            saved.iterations = config.iterations
+        config = saved
+        start = int(checkpoint["iteration"])
+        pretrained = checkpoint["config"]["backbone"]["pretrained"]
+        writes = {"path": str(run_dir), "state": "existing"}
+    elif config is None:
+        raise UsageError("give a training config, or a run directory to resume")
+    config.validate()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = resolve_device(config.device)
+    if config.batch_size % world:
+        raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {world} processes")
+    amp = _amp_dtype(config.precision, device)
+    if resume is None:
+        from zutiscli.pipeline.index import default_pretrained
+
+        pretrained = config.pretrained or default_pretrained(config.model)
+        writes = output_plan(output, "train")
+    read, classes = _source_plan(config)
+    model = weights_plan(config.model, pretrained) | {
+        "device": str(device), "autocast": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(amp, "none")}
+    remaining = max(0, config.iterations - start)
+    if resume is not None and remaining == 0:
+        notes.append(f"the run is already at iteration {start} of {config.iterations}; pass a larger --iterations to extend it")
+    params = {"classes": classes, "iterations": config.iterations, "batch_size": config.batch_size,
+              "crop": config.crop, "lr": config.lr, "processes": world,
+              "workers": config.workers if config.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))}
+    work = {"iterations_done": start, "iterations_to_run": remaining, "scenes": remaining * config.batch_size,
+            "checkpoints": remaining // config.checkpoint_every + 1}
+    return Plan("train", [read], writes, model, params, work, notes)
+
+
 def train(
     config: TrainConfig | None,
     output: str | Path | None = None,
@@ -438,6 +502,8 @@ def train(
 
     from zutiscli.pipeline.index import default_pretrained
 
+    if checkpoint is None and info.main:
+        check_output_dir(output, "train")  # refuse an unusable -o before the data and the model load
     pretrained = checkpoint["config"]["backbone"]["pretrained"] if checkpoint else \
         (config.pretrained or default_pretrained(config.model))
     dataset, classes, kind = _source(config, config.iterations * config.batch_size)

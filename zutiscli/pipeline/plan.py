@@ -1,0 +1,92 @@
+"""What a stage would do: the plan that ``--dry-run`` prints instead of running.
+
+A stage's ``plan_*`` function makes the checks of a real run (options, inputs and their kinds,
+model name and weights file, output directory) and counts the work, but loads no weights and
+creates nothing: not the output directory, not a numbered run directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zutiscli.artefacts.rundir import check_output_dir
+from zutiscli.errors import ModelError
+
+#: What a weights ``source`` means, for people (see :func:`zutiscli.models.clip.locate_pretrained`).
+WEIGHT_SOURCES = {
+    "none": "random initialisation",
+    "builtin": "shipped with zutis",
+    "file": "local file",
+    "cached": "in the local cache",
+    "download": "not cached here; a real run downloads them, which needs the network",
+}
+
+
+@dataclass
+class Plan:
+    """A dry run's findings.
+
+    ``reads``: the inputs, each ``{"path", "kind", ...counts}``; ``writes``: the output directory
+    (``{"path", "state"}`` with state new, empty or existing); ``model``: the network and weights
+    that would be loaded; ``params``: the key options; ``work``: the estimate of what a real run
+    would do (images to embed, iterations, ...); ``notes``: warnings a real run would print.
+    """
+
+    command: str
+    reads: list[dict[str, Any]]
+    writes: dict[str, Any]
+    model: dict[str, Any] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    work: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document of ``--dry-run --json``."""
+        return {"dry_run": True, "command": self.command, "reads": self.reads, "writes": self.writes,
+                "model": self.model, "params": self.params, "work": self.work, "notes": self.notes}
+
+
+def input_entry(path: str | Path, kind: str, **counts: Any) -> dict[str, Any]:
+    """One entry of :attr:`Plan.reads`: a path, what it is, and what it holds."""
+    return {"path": str(path), "kind": kind, **counts}
+
+
+def output_plan(output: str | Path | None, stage: str, *, resumable: bool = False) -> dict[str, Any]:
+    """The :attr:`Plan.writes` entry of a stage's output, checked like a real run checks it."""
+    out, state = check_output_dir(output, stage, resumable=resumable)
+    return {"path": str(out), "state": state}
+
+
+def weights_plan(name: str, pretrained: str) -> dict[str, Any]:
+    """The :attr:`Plan.model` entry of a backbone: its name is checked and its weights located, not read.
+
+    Handles open_clip models and zutis' own configs, and timm ViTs (``timm:NAME``, ``dino-vits8``),
+    which load local files only.
+    """
+    from zutiscli.models.timm_vit import DINO_ALIASES, is_timm_name, timm_name
+
+    if is_timm_name(name):
+        import timm
+
+        if timm_name(name) not in timm.list_models():
+            raise ModelError(f"--model {name!r}: timm has no model {timm_name(name)!r} "
+                             f"(aliases: {', '.join(DINO_ALIASES)})")
+        if pretrained.lower() == "none":
+            return {"name": name, "pretrained": "none", "weights": None, "source": "none"}
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise ModelError(f"--pretrained {pretrained}: no such checkpoint file (timm ViTs load local files only; "
+                             f"e.g. DINO's dino_deitsmall8_pretrain.pth)")
+        return {"name": name, "pretrained": pretrained, "weights": str(path), "source": "file",
+                "bytes": path.stat().st_size}
+    from zutiscli.models.clip import ModelSpec, check_model_name, locate_pretrained
+
+    check_model_name(name)
+    path, _, where = locate_pretrained(ModelSpec(name, pretrained))
+    entry: dict[str, Any] = {"name": name, "pretrained": pretrained, "weights": str(path) if path else None,
+                             "source": where}
+    if path is not None and path.is_file():
+        entry["bytes"] = path.stat().st_size
+    return entry
