@@ -37,6 +37,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "zutis.run": (1, "zutis train"),
     "zutis.predictions": (1, "zutis predict"),
     "zutis.metrics": (1, "zutis evaluate"),
+    "zutis.demo": (1, "zutis demo"),
 }
 
 _FULL_HASH_LIMIT = 4 << 20  # files up to 4 MiB are hashed whole

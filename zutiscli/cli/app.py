@@ -60,9 +60,10 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 
 def _register_commands() -> None:
-    """The subcommands, in pipeline order (that is the order of `zutis --help`)."""
-    from zutiscli.cli import copypaste, evaluate, index, predict, pseudolabel, retrieve, synth, train
+    """The subcommands: the demo, then the stages in pipeline order (that is the order of `zutis --help`)."""
+    from zutiscli.cli import copypaste, demo, evaluate, index, predict, pseudolabel, retrieve, synth, train
 
+    app.command("demo")(demo.demo)
     app.add_typer(synth.app, name="synth")
     app.add_typer(index.app, name="index")
     app.command("retrieve")(retrieve.retrieve)

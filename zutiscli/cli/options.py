@@ -244,6 +244,11 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.stop()
 
+    def describe(self, description: str) -> None:
+        """Change the label in front of the bar (for commands that run several stages)."""
+        if self._progress is not None and self._progress.tasks[0].description != description:
+            self._progress.reset(self._task, description=description, total=None)
+
     def __call__(self, done: int, total: int | None = None) -> None:
         if self._progress is None:
             return
