@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -60,21 +59,7 @@ TARGET_CPU_NON_MODEL = 0.15
 SPLIT_KEYS = ("decode", "model", "post", "write")
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class _Timer:
-    """Wall and CPU seconds of a ``with`` block."""
-
-    def __enter__(self) -> "_Timer":
-        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu_seconds() - self.cpu
+from _timing import Timer as _Timer, cpu_seconds as _cpu_seconds  # noqa: E402 (benchmarks/ is on sys.path)
 
 
 @dataclass

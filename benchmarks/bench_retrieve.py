@@ -43,21 +43,7 @@ TARGET_VS_B = 10.0
 TARGET_RSS_GB = 3.0
 
 
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads (a load-robust measure of work)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-class _Timer:
-    """Wall and CPU seconds of a ``with`` block."""
-
-    def __enter__(self) -> "_Timer":
-        self.wall, self.cpu = time.perf_counter(), _cpu_seconds()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu_seconds() - self.cpu
+from _timing import Timer as _Timer, cpu_seconds as _cpu_seconds  # noqa: E402 (benchmarks/ is on sys.path)
 
 
 def _peak_rss_mb() -> float:
