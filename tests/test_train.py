@@ -166,3 +166,86 @@ def test_bad_sources_and_options(tmp_path, capsys, pseudo):
     with pytest.raises(SystemExit) as exit_info:
         main(["train"])
     assert exit_info.value.code == 2
+
+
+# ---- periodic evaluation on a held-out set ----------------------------------------------------
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory):
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+    return write_synth(SynthConfig("scenes", 3, seed=9, size=48), tmp_path_factory.mktemp("held") / "scenes")
+
+
+def metric_lines(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_periodic_evaluation_leaves_the_training_untouched(pseudo, tiny_checkpoint, held_out, tmp_path):
+    plain = train(small(pseudo, tiny_checkpoint), tmp_path / "plain").path
+    said = []
+    evaluated = train(small(pseudo, tiny_checkpoint, eval_images=str(held_out), eval_every=4), tmp_path / "eval",
+                      log=said.append).path
+    evals = [line for line in metric_lines(evaluated) if "eval" in line]
+    assert [line["iteration"] for line in evals] == [4, 6]  # every 4 iterations, and at the end
+    assert {"mIoU", "mask_AP", "mask_AP50", "pixel_accuracy"} <= set(evals[0]["eval"])
+    assert [line["iteration"] for line in metric_lines(evaluated) if "eval" not in line] == [1, 2, 3, 4, 5, 6]
+    for iteration in (4, 6):
+        folder = evaluated / "evals" / f"iter-{iteration:06d}"
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert set(metrics["tasks"]) >= {"instance", "semantic"}
+        assert read_manifest(folder, "zutis.metrics").params["iteration"] == iteration
+        assert read_manifest(folder / "predictions", "zutis.predictions").summary["images"] == 3
+        assert not (folder / "predictions" / "vis").exists()
+    assert sorted(p.name for p in (evaluated / "evals").iterdir()) == ["iter-000004", "iter-000006"]
+    assert any(m.startswith("eval at iteration 4: mIoU ") and "mask AP50" in m for m in said)
+    assert read_manifest(evaluated, "zutis.run").summary["last_eval"] == evals[-1]
+    assert read_manifest(plain, "zutis.run").summary["last_eval"] is None
+    same(weights(plain), weights(evaluated))
+    a, b = load_checkpoint(plain / CHECKPOINT)["rng"], load_checkpoint(evaluated / CHECKPOINT)["rng"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_keeps_evaluating(pseudo, tiny_checkpoint, held_out, tmp_path):
+    def interrupt(iteration, total, losses):
+        if iteration == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    config = small(pseudo, tiny_checkpoint, eval_images=str(held_out), eval_every=2, eval_classes="circle,square")
+    with pytest.raises(TrainingInterrupted):
+        train(config, tmp_path / "cut", progress=interrupt)
+    stale = tmp_path / "cut" / "evals" / "iter-000004"  # as if the interrupted session had got further
+    stale.mkdir()
+    resumed = train(None, resume=tmp_path / "cut").path
+    evals = [line for line in metric_lines(resumed) if "eval" in line]
+    assert [line["iteration"] for line in evals] == [2, 4, 6]
+    assert (resumed / "evals" / "iter-000004" / "metrics.json").is_file()
+    names = json.loads((resumed / "evals" / "iter-000006" / "predictions" / "images.json").read_text())["categories"]
+    assert [c["name"] for c in names] == ["circle", "square"]
+    assert read_manifest(resumed).summary["last_eval"]["iteration"] == 6
+
+
+def test_bad_held_out_set_is_a_usage_error_before_training(pseudo, tiny_checkpoint, held_out, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(pseudo), "--model", "zutis-tiny", "--pretrained", str(tiny_checkpoint), "--device", "cpu",
+              "--eval-images", str(tmp_path / "nowhere"), "--eval-every", "2", "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "--eval-images" in err and str(tmp_path / "nowhere") in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(UsageError, match="holds no instances.json or gt.json"):
+        train(small(pseudo, tiny_checkpoint, eval_images=str(held_out / "images")), tmp_path / "run")
+    with pytest.raises(UsageError, match="--eval-gt .*no such file"):
+        train(small(pseudo, tiny_checkpoint, eval_images=str(held_out), eval_gt=str(tmp_path / "gt.json")),
+              tmp_path / "run")
+    with pytest.raises(UsageError, match="--eval-every needs a held-out set"):
+        train(small(pseudo, tiny_checkpoint, eval_every=2), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(pseudo), "--model", "zutis-tiny", "--pretrained", str(tiny_checkpoint), "--device", "cpu",
+              "--eval-images", str(held_out), "--eval-every", "5", "--iterations", "12", "-o", str(tmp_path / "run"),
+              "--dry-run", "--json"])
+    assert exit_info.value.code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["reads"][1] == {"path": str(held_out), "kind": "held-out set", "images": 3}
+    assert plan["work"]["evaluations"] == 3 and plan["params"]["eval_every"] == 5

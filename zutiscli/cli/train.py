@@ -14,7 +14,8 @@ _FIELDS = (
     "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
     "temperature", "stop_gradient", "iterations", "batch_size", "crop", "lr", "encoder_lr_mult", "weight_decay",
     "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob", "scale_min", "scale_max", "seed",
-    "workers", "device", "precision", "checkpoint_every", "log_every", "max_minutes",
+    "workers", "device", "precision", "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt",
+    "eval_every", "eval_classes",
 )
 
 
@@ -52,6 +53,10 @@ def train(
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Iterations between checkpoints.")] = 1000,
     log_every: Annotated[int, typer.Option("--log-every", help="Iterations between metrics.jsonl lines.")] = 10,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop (and save) after this much training time.", show_default=False)] = None,
+    eval_images: Annotated[Optional[str], typer.Option("--eval-images", metavar="DIR", help="Held-out set with ground truth (`zutis synth scenes` or `zutis evaluate prepare` output), segmented and scored like `zutis predict` + `zutis evaluate` every --eval-every iterations and at the end.", show_default=False)] = None,
+    eval_gt: Annotated[Optional[str], typer.Option("--eval-gt", metavar="PATH", help="Ground truth of the held-out images (anything `zutis evaluate --gt` reads), when --eval-images holds only images.", show_default=False)] = None,
+    eval_every: Annotated[int, typer.Option("--eval-every", help="Iterations between held-out evaluations (0 = only at the end of the run).")] = 0,
+    eval_classes: Annotated[Optional[str], typer.Option("--eval-classes", metavar="A,B,...", help="Classes segmented in evaluation (default: the training classes).", show_default=False)] = None,
     output: OutputOpt = None,
     dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,

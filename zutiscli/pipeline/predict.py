@@ -352,8 +352,13 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 
 def predict(config: PredictConfig, output: str | Path | None = None,
             progress: Callable[[int, int], None] | None = None,
-            log: Callable[[str], None] | None = None) -> PredictResult:
-    """Run ``zutis predict``; returns the per-image summary (the directory is ``result.path``)."""
+            log: Callable[[str], None] | None = None, *, model: Any = None) -> PredictResult:
+    """Run ``zutis predict``; returns the per-image summary (the directory is ``result.path``).
+
+    ``model`` is an in-memory ZUTIS model (``zutis train``'s periodic evaluation passes the one it
+    is training) used instead of loading ``config.checkpoint``; only for ``method="zutis"``. It is
+    run as it is: the caller sets eval mode, and its device and dtype are those of the model.
+    """
     from zutiscli.data.images import ImageLoadError, discover_images, load_image
 
     config.validate()
@@ -365,14 +370,21 @@ def predict(config: PredictConfig, output: str | Path | None = None,
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     names = [q.name for q in config.classes]
-    if config.method == "zutis":
+    if model is not None:
+        if config.method != "zutis":
+            raise UsageError(f"an in-memory model is a ZUTIS model; it cannot run --method {config.method}")
+        predictor: Any = ZutisPredictor(model, config.classes)
+        model_record = {"checkpoint": None, "in_memory": True, "backbone": model.config.backbone}
+        patch = model.backbone.patch_size
+        inputs_record: list[Any] = []
+    elif config.method == "zutis":
         checkpoint = resolve_checkpoint(config.checkpoint)
         model, trained = load_zutis(checkpoint, device, dtype)
-        predictor: Any = ZutisPredictor(model, config.classes)
+        predictor = ZutisPredictor(model, config.classes)
         model_record = {"checkpoint": str(checkpoint.resolve()), "trained_classes": trained,
                         "backbone": model.config.backbone}
         patch = model.backbone.patch_size
-        inputs_record: list[Any] = [checkpoint]
+        inputs_record = [checkpoint]
     else:
         from zutiscli.models.clip import ModelSpec, load_backbone
         from zutiscli.pipeline.index import default_pretrained

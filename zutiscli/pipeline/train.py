@@ -13,7 +13,16 @@ only rank 0 writing.
 
 Run directory (kind ``zutis.run``): ``config.json``, ``metrics.jsonl``, ``checkpoints/last.pt``
 (everything needed for ``--resume``), ``model.pt`` (the final model for ``zutis predict``),
-``manifest.json`` (written when the run finishes).
+``manifest.json`` (written when the run finishes), and with periodic evaluation
+``evals/iter-NNNNNN/`` (``predictions/`` as ``zutis predict`` writes them, ``metrics.json`` as
+``zutis evaluate`` writes it).
+
+Periodic evaluation (``eval_images`` / ``eval_gt``): every ``eval_every`` iterations and at the
+end, rank 0 runs the model being trained through :func:`zutiscli.pipeline.predict.predict`
+(the post-processing of ``zutis predict``) on a held-out set, scores it with
+:func:`zutiscli.pipeline.evaluate.evaluate`, and appends ``{"iteration": N, "eval": headline}``
+to ``metrics.jsonl``. The random number generators are saved before and restored after, so a run
+with evaluation trains exactly the weights of a run without.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -51,6 +61,7 @@ from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 CHECKPOINT = "checkpoints/last.pt"
 FINAL = "model.pt"
 METRICS = "metrics.jsonl"
+EVALS = "evals"
 
 
 @dataclass
@@ -87,6 +98,15 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 10
     max_minutes: float | None = None
+    eval_images: str | None = None
+    eval_gt: str | None = None
+    eval_every: int = 0
+    eval_classes: str | None = None
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates on a held-out set (periodically with ``eval_every``, always at the end)."""
+        return bool(self.eval_images or self.eval_gt)
 
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "crop", "num_queries", "decoder_layers", "decoder_heads",
@@ -101,6 +121,11 @@ class TrainConfig:
             raise UsageError(f"--precision must be auto, fp32, bf16 or fp16 (got {self.precision!r})")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UsageError(f"--max-minutes must be > 0 (got {self.max_minutes})")
+        if self.eval_every < 0:
+            raise UsageError(f"--eval-every must be >= 0 (got {self.eval_every})")
+        if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
+            given = "--eval-every" if self.eval_every else "--eval-classes"
+            raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
         self.copypaste().validate()
 
     def copypaste(self) -> CopyPasteConfig:
@@ -298,6 +323,175 @@ def _source(config: TrainConfig, total_items: int):
     return DiskScenes(Path(config.source), config.crop, config.seed), classes, manifest.kind
 
 
+# ---- periodic evaluation --------------------------------------------------------------------
+@dataclass
+class HeldOut:
+    """A checked held-out set: the images to segment, the ground truth to score them against, the classes."""
+
+    images: list[str]
+    gt: str
+    queries: list[Any] | None  # ClassQuery list from ``eval_classes``; None = the training classes
+
+
+def _readable(path: Path, option: str) -> None:
+    """A :class:`UsageError` naming ``path`` unless it can be read (and, for a directory, listed)."""
+    mode = os.R_OK | (os.X_OK if path.is_dir() else 0)
+    if not os.access(path, mode):
+        raise UsageError(f"{option} {path}: is not readable; check its permissions")
+
+
+def held_out_set(config: TrainConfig) -> HeldOut | None:
+    """The held-out set of ``config``, checked before any training; ``None`` when the run does not evaluate.
+
+    ``eval_images`` alone is a directory holding its own ground truth (``zutis synth scenes``:
+    ``images/``, ``instances.json``, optional ``semantic/``; ``zutis evaluate prepare``:
+    ``gt.json``), and the images segmented are those its ground truth lists. With ``eval_gt`` (any
+    ground truth ``zutis evaluate`` reads) the images are ``eval_images/images`` (or
+    ``eval_images`` itself), or, without ``eval_images``, those ``eval_gt`` lists. Every problem
+    (a missing or unreadable path, no ground truth, no images, bad ``eval_classes``) is a one-line
+    :class:`UsageError` naming the option and the path.
+    """
+    if not config.evaluates:
+        return None
+    from zutiscli.data.classes import parse_classes
+    from zutiscli.data.images import discover_images
+    from zutiscli.pipeline.evaluate import load_ground_truth
+
+    folder = Path(config.eval_images) if config.eval_images else None
+    if folder is not None:
+        if not folder.is_dir():
+            what = "is a file, not a directory" if folder.exists() else "no such directory"
+            raise UsageError(f"--eval-images {folder}: {what}")
+        _readable(folder, "--eval-images")
+        if config.eval_gt is None and not any((folder / name).is_file() for name in ("instances.json", "gt.json")):
+            raise UsageError(f"--eval-images {folder}: holds no instances.json or gt.json; give a `zutis synth "
+                             f"scenes` or `zutis evaluate prepare` directory, or its ground truth with --eval-gt")
+    option, gt = ("--eval-gt", Path(config.eval_gt)) if config.eval_gt else ("--eval-images", folder)
+    assert gt is not None
+    if not gt.exists():
+        raise UsageError(f"{option} {gt}: no such file or directory")
+    _readable(gt, option)
+    try:
+        truth = load_ground_truth(gt)
+    except ZutisError as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = message.replace(f"--gt {gt}: ", "", 1)
+        raise UsageError(f"{option} {message}" if message.startswith(str(gt)) else f"{option} {gt}: {message}") from None
+    if folder is not None and config.eval_gt is not None:
+        source = folder / "images" if (folder / "images").is_dir() else folder
+        try:
+            images = [str(path) for path in discover_images([source]).paths]
+        except ZutisError as exc:
+            raise UsageError(f"--eval-images {folder}: {str(exc).splitlines()[0]}") from None
+        if not images:
+            raise UsageError(f"--eval-images {source}: holds no images")
+    else:
+        if any(image.path is None for image in truth.images):
+            raise UsageError(f"{option} {gt}: does not say where its images are; give them with --eval-images DIR")
+        images = [str(image.path) for image in truth.images]
+        if not images:
+            raise UsageError(f"{option} {gt}: lists no images")
+        for image in images:
+            if not Path(image).is_file():
+                raise UsageError(f"{option} {gt}: its image {image} does not exist")
+            _readable(Path(image), option)
+    queries = None
+    if config.eval_classes is not None:
+        try:
+            queries = parse_classes(config.eval_classes, None)
+        except ZutisError as exc:
+            raise UsageError(str(exc).replace("--classes", "--eval-classes")) from None
+        if any(query.name.lower() == "background" for query in queries):
+            raise UsageError("--eval-classes: 'background' is always a class of its own; leave it out")
+    return HeldOut(images, str(gt), queries)
+
+
+def _eval_dir(run_dir: Path, iteration: int) -> Path:
+    return run_dir / EVALS / f"iter-{iteration:06d}"
+
+
+def _evaluate_model(model: ZutisModel, held_out: HeldOut, classes: list[str], run_dir: Path, iteration: int,
+                    device: torch.device, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Segment and score the held-out set with the model as it is at ``iteration``; returns the metrics line.
+
+    Writes ``evals/iter-NNNNNN/`` (``predictions/``, ``metrics.json``, a ``zutis.metrics``
+    manifest) and appends ``{"iteration": N, "eval": headline}`` to ``metrics.jsonl``. The model's
+    train/eval mode and every random number generator are put back as they were, so the training
+    that follows is the one a run without evaluation does. A failed evaluation is logged and
+    yields ``None``; the training goes on.
+    """
+    from zutiscli.data.classes import ClassQuery
+    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate, headline
+    from zutiscli.pipeline.predict import PredictConfig, predict
+
+    states = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
+              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    was_training = model.training
+    out = _eval_dir(run_dir, iteration)
+    scoring = out.with_name(f".{out.name}.scoring")  # evaluate() wants an empty directory of its own
+    queries = held_out.queries or [ClassQuery(name, name) for name in classes]
+    try:
+        for stale in (out, scoring):
+            if stale.exists():
+                shutil.rmtree(stale)
+        model.eval()
+        predictions = predict(PredictConfig(inputs=held_out.images, classes=queries, method="zutis",
+                                            device=str(device), task="all", vis=False),
+                              out / "predictions", model=model).path
+        scored = evaluate(EvaluateConfig(pred=str(predictions), gt=held_out.gt), scoring)
+        summary = headline(scored.metrics)
+        os.replace(scoring / "metrics.json", out / "metrics.json")
+        write_manifest(out, "zutis.metrics", inputs=[predictions, held_out.gt],
+                       params=read_manifest(scoring).params | {"iteration": iteration}, summary=summary)
+        shutil.rmtree(scoring)
+    except ZutisError as exc:
+        say(f"evaluation at iteration {iteration} failed: {str(exc).splitlines()[0]}")
+        return None
+    finally:
+        model.train(was_training)
+        torch.set_rng_state(states[0])
+        np.random.set_state(states[1])
+        random.setstate(states[2])
+        if states[3] is not None:
+            torch.cuda.set_rng_state_all(states[3])
+    record = {"iteration": iteration, "eval": summary}
+    with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+    def number(key: str) -> str:
+        return f"{summary[key]:.4f}" if isinstance(summary.get(key), (int, float)) else "n/a"
+
+    say(f"eval at iteration {iteration}: mIoU {number('mIoU')}, mask AP50 {number('mask_AP50')}")
+    return record
+
+
+def _last_eval(path: Path) -> dict[str, Any] | None:
+    """The last ``{"iteration", "eval"}`` line of a ``metrics.jsonl``, if any."""
+    if not path.is_file():
+        return None
+    last = None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "eval" in record:
+            last = record
+    return last
+
+
+def _drop_stale_evals(run_dir: Path, iteration: int) -> None:
+    """Remove evaluations past ``iteration`` (left by an interrupted run that is being resumed)."""
+    folder = run_dir / EVALS
+    if not folder.is_dir():
+        return
+    for entry in folder.iterdir():
+        name = entry.name.lstrip(".").split(".")[0]
+        if entry.is_dir() and name.startswith("iter-") and name[5:].isdigit() and \
+                (int(name[5:]) > iteration or entry.name.startswith(".")):
+            shutil.rmtree(entry)
+
+
 # ---- the loop -------------------------------------------------------------------------------
 class TrainingInterrupted(ZutisError):
     """Raised after a signal-triggered checkpoint; the message says how to resume."""
@@ -445,6 +639,7 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
     elif config is None:
         raise UsageError("give a training config, or a run directory to resume")
     config.validate()
+    held_out = held_out_set(config)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = resolve_device(config.device)
     if config.batch_size % world:
@@ -466,7 +661,16 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
               "workers": config.workers if config.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))}
     work = {"iterations_done": start, "iterations_to_run": remaining, "scenes": remaining * config.batch_size,
             "checkpoints": remaining // config.checkpoint_every + 1}
-    return Plan("train", [read], writes, model, params, work, notes)
+    reads = [read]
+    if held_out is not None:
+        reads.append(input_entry(held_out.gt, "held-out set", images=len(held_out.images)))
+        params["eval_every"] = config.eval_every
+        params["eval_classes"] = [q.name for q in held_out.queries] if held_out.queries else classes
+        every = config.eval_every
+        periodic = (config.iterations // every - start // every) if every else 0
+        final = 0 if every and config.iterations % every == 0 and remaining else 1
+        work["evaluations"] = periodic + final
+    return Plan("train", reads, writes, model, params, work, notes)
 
 
 def train(
@@ -493,6 +697,7 @@ def train(
     elif config is None:
         raise UsageError("give a training config, or a run directory to resume")
     config.validate()
+    held_out = held_out_set(config)  # a bad held-out set fails here, before any data or weights load
     info, device = _init_distributed(config.device)
     if config.batch_size % info.world:
         raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {info.world} processes")
@@ -535,6 +740,7 @@ def train(
         atomic_write_json(run_dir / "config.json", asdict(config) | {"pretrained": pretrained, "classes": classes,
                                                                       "source_kind": kind})
         _truncate_metrics(run_dir / METRICS, start_iteration)
+        _drop_stale_evals(run_dir, start_iteration)
     workers = config.workers if config.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=IterationBatches(start_iteration, config.iterations, config.batch_size, info.rank,
@@ -552,8 +758,21 @@ def train(
                 "rng": _rng_state(), "train_config": asdict(config),
             })
 
+    def evaluate_now(iteration: int) -> None:
+        """Rank 0 evaluates on the held-out set while the other ranks wait; its time is not training time."""
+        nonlocal eval_seconds, window_start
+        clock = time.perf_counter()
+        if info.main:
+            _evaluate_model(model, held_out, classes, run_dir, iteration, device, say)
+        if info.world > 1:
+            dist.barrier()
+        spent = time.perf_counter() - clock
+        eval_seconds += spent
+        window_start += spent  # it/s counts training steps only
+
     started = time.perf_counter()
     window_start, window_iterations = started, 0
+    eval_seconds = 0.0
     iteration = start_iteration
     stopped = "completed"
     last: dict[str, float] = {}
@@ -592,7 +811,10 @@ def train(
                 progress(iteration, config.iterations, last)
             if iteration % config.checkpoint_every == 0:
                 save(iteration)
-            over_budget = config.max_minutes is not None and time.perf_counter() - started > config.max_minutes * 60
+            if held_out is not None and config.eval_every and iteration % config.eval_every == 0:
+                evaluate_now(iteration)
+            over_budget = config.max_minutes is not None and \
+                time.perf_counter() - started - eval_seconds > config.max_minutes * 60
             if info.world > 1:
                 flags = torch.tensor([stop.signum or 0, int(over_budget)], dtype=torch.int64)
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -604,23 +826,29 @@ def train(
                 stopped = "budget"
                 break
     seconds = time.perf_counter() - started
+    training_seconds = seconds - eval_seconds  # the rates count training steps, not held-out evaluation
     if info.main:
         save(iteration)
         save_checkpoint(run_dir / FINAL, {"config": model.config.to_dict(), "classes": classes,
                                           "model": model.state_dict(), "iteration": iteration})
+        last_eval = _last_eval(run_dir / METRICS)
+        if held_out is not None and (last_eval is None or last_eval["iteration"] != iteration):
+            _evaluate_model(model, held_out, classes, run_dir, iteration, device, say)
+            last_eval = _last_eval(run_dir / METRICS)
         done = iteration - start_iteration
         write_manifest(
             run_dir, "zutis.run", model=ModelSpec(config.model, pretrained).describe(), inputs=[config.source],
             params=asdict(config),
             summary={"iterations": iteration, "stopped": stopped, "seconds_this_session": round(seconds, 2),
-                     "iterations_per_second": round(done / seconds, 4) if seconds > 0 else None,
+                     "iterations_per_second": round(done / training_seconds, 4) if training_seconds > 0 else None,
                      "classes": classes, "final": {k: round(v, 6) for k, v in last.items()},
-                     "processes": info.world, "device": str(device)},
+                     "processes": info.world, "device": str(device), "last_eval": last_eval},
         )
     if info.world > 1:
         dist.barrier()
     done = iteration - start_iteration
-    return TrainResult(run_dir, iteration, stopped, seconds, done / seconds if seconds > 0 else 0.0, last, info.main)
+    return TrainResult(run_dir, iteration, stopped, seconds, done / training_seconds if training_seconds > 0 else 0.0,
+                       last, info.main)
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:
