@@ -49,7 +49,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the scene stream and the initialisation.")] = 0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data workers (default: cores - 1, up to 8).", show_default=False)] = None,
     device: DeviceOpt = "auto",
-    precision: Annotated[str, typer.Option("--precision", metavar="auto|fp32|bf16|fp16", help="Autocast precision; auto = fp16 on CUDA, fp32 on the CPU.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", metavar="auto|fp32|bf16|fp16", help="Autocast precision; auto = fp16 on CUDA, bf16 on CPUs with bf16 units (AMX, AVX512-BF16), else fp32.")] = "auto",
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Iterations between checkpoints.")] = 1000,
     log_every: Annotated[int, typer.Option("--log-every", help="Iterations between metrics.jsonl lines.")] = 10,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", help="Stop (and save) after this much training time.", show_default=False)] = None,
