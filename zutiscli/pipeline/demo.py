@@ -51,7 +51,7 @@ class DemoConfig:
     """
 
     pile: int = 3000
-    pile_size: int = 64
+    pile_size: int = 128
     scenes: int = 60
     scene_size: int = 128
     min_objects: int = 1
