@@ -288,3 +288,41 @@ def test_maskclip_embeddings_are_the_value_path(tiny_backbone):
         expected = F.normalize(expected, dim=-1).reshape(1, 5, 6, -1)
     assert got.shape == (1, 5, 6, tiny_backbone.embed_dim)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_zutis_cache_dir_is_passed_to_open_clip(monkeypatch, tmp_path):
+    """With ZUTIS_CACHE_DIR set, cache lookups and open_clip's model loader use $ZUTIS_CACHE_DIR/models."""
+    import open_clip
+
+    import zutiscli.models.clip as clip
+
+    seen = {}
+    real_create = open_clip.create_model
+
+    def create_model(name, *args, cache_dir=None, **kwargs):
+        seen["create"] = cache_dir
+        return real_create(name, *args, cache_dir=cache_dir, **kwargs)
+
+    def lookup(cfg, cache_dir):
+        seen["lookup"] = cache_dir
+        return None
+
+    def download(cfg, cache_dir=None):
+        seen["download"] = cache_dir
+        raise OSError("no network in tests")
+
+    monkeypatch.setenv("ZUTIS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    monkeypatch.setattr(open_clip, "download_pretrained", download)
+    monkeypatch.setattr(clip, "_hf_cache_lookup", lookup)
+    monkeypatch.setattr(clip, "_url_cache_lookup", lookup)
+    monkeypatch.setattr(clip, "_reachable", lambda cfg: True)
+    expected = str(tmp_path / "cache" / "models")
+    load_backbone(ModelSpec(TINY, "none"))
+    assert seen["create"] == expected
+    with pytest.raises(ModelError, match="could not download"):
+        resolve_pretrained(ModelSpec("ViT-B-16", "openai"))
+    assert seen["lookup"] == expected and seen["download"] == expected
+    monkeypatch.delenv("ZUTIS_CACHE_DIR")
+    assert clip.model_cache_dir() is None and clip.model_cache_dir("/x") == "/x"

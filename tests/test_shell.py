@@ -167,10 +167,10 @@ def test_every_man_page_has_the_standard_sections():
 def test_man_pages_describe_options_examples_environment_and_exit_status():
     predict = (ROOT / "man" / "zutis-predict.1").read_text(encoding="ascii")
     assert "\\fB\\-\\-classes\\-file\\fR \\fI<path>\\fR" in predict
-    assert "Example:" in predict and "zutis predict data/scenes/images \\-\\-classes" in predict
+    assert "Example:" in predict and "zutis predict data/scenes/images \\-\\-checkpoint runs/train/demo \\-\\-classes" in predict
     assert "[default: ViT\\-B\\-16]" in predict
     overview = (ROOT / "man" / "zutis.1").read_text(encoding="ascii")
-    for needed in (".SH ENVIRONMENT", "ZUTIS_DEBUG", "ZUTIS_CHECKPOINT", "NO_COLOR", ".SH EXIT STATUS",
+    for needed in (".SH ENVIRONMENT", "ZUTIS_DEBUG", "ZUTIS_CHECKPOINT", "ZUTIS_CACHE_DIR", "NO_COLOR", ".SH EXIT STATUS",
                    "\\fBzutis index merge\\fR", "\\fBzutis\\-synth\\-scenes\\fR(1)"):
         assert needed in overview
 

@@ -33,7 +33,7 @@ def copypaste(
 ) -> None:
     """Synthesise copy-paste scenes (images, COCO instances, semantic PNGs) from pseudo-labels.
 
-    Example: zutis copypaste data/pseudo -n 200 -o data/scenes-train
+    Example: zutis copypaste data/pseudo -n 20 -o data/scenes-train
     """
     from zutiscli.artefacts.manifest import read_manifest
     from zutiscli.data.copypaste import CopyPasteConfig

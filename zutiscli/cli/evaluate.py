@@ -115,7 +115,7 @@ def run(
 ) -> None:
     """Score predictions against ground truth; writes metrics.json (+ manifest).
 
-    Example: zutis evaluate runs/predict/1 --gt data/scenes -o runs/metrics
+    Example: zutis evaluate preds --gt data/scenes -o runs/metrics
     """
     from zutiscli.errors import UsageError
     from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate, parse_class_map
@@ -160,7 +160,7 @@ def prepare(
 ) -> None:
     """Write a benchmark's ground truth in zutis form (gt.json, classes.txt, semantic/ PNGs, instances.json).
 
-    Example: zutis evaluate prepare voc2012 --root /data/VOCdevkit/VOC2012 -o gt/voc
+    Example: zutis evaluate prepare voc2012 --root VOCdevkit/VOC2012 -o gt/voc
     """
     from zutiscli.pipeline.evaluate import PrepareConfig, prepare_dataset
 

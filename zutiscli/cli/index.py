@@ -121,7 +121,7 @@ def merge(
 ) -> None:
     """Join indices built with the same model (shards of one collection, or several collections).
 
-    Example: zutis index merge data/index/shard-0-of-2 data/index/shard-1-of-2 -o data/index-all
+    Example: zutis index merge data/shards/shard-0-of-2 data/shards/shard-1-of-2 -o data/index-all
     """
     from zutiscli.artefacts.manifest import read_manifest
     from zutiscli.pipeline.index import merge_indices

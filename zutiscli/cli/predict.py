@@ -59,7 +59,7 @@ def predict(
 ) -> None:
     """Segment images for any class names with a trained model (or the MaskCLIP baseline).
 
-    Example: zutis predict data/scenes/images --classes circle,square,star --task instance -o preds
+    Example: zutis predict data/scenes/images --checkpoint runs/train/demo --classes circle,square,star --task instance -o preds
     """
     from zutiscli.data.classes import parse_classes
     from zutiscli.errors import UsageError

@@ -102,7 +102,7 @@ def retrieve(
 
     -k larger than the number of images in the indices is clamped to that number, with a warning.
 
-    Example: zutis retrieve runs/index/1 --classes cat,dog -k 500 -o runs/archives
+    Example: zutis retrieve data/index --classes circle,square,star -k 10 -o data/archives
     """
     from rich.markup import escape
 

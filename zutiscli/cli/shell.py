@@ -335,6 +335,9 @@ ENVIRONMENT: tuple[tuple[str, str], ...] = (
     ("NO_COLOR",
      "Set to a non-empty value: logs, progress bars and errors on standard error are printed "
      "without colour."),
+    ("ZUTIS_CACHE_DIR",
+     "Set to a directory: open_clip and Hugging Face weights are looked up in and downloaded to "
+     "$ZUTIS_CACHE_DIR/models instead of ~/.cache/huggingface and ~/.cache/clip."),
     ("HF_HUB_OFFLINE",
      "Set to anything but empty, 0 or false: open_clip weights are never downloaded; a tag that is "
      "not in the local cache fails at once."),

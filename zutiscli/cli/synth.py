@@ -53,7 +53,7 @@ def pile(
 
     Ground truth is kept aside in hidden/instances.json.
 
-    Example: zutis synth pile -n 500 -o data/pile
+    Example: zutis synth pile -n 60 --size 64 -o data/pile
     """
     _run("pile", count, seed, size, output, json_mode, quiet, image_format)
 
@@ -74,7 +74,7 @@ def scenes(
 
     Writes COCO instances.json and semantic/ label PNGs (0 = background, 1..6 = shapes).
 
-    Example: zutis synth scenes -n 50 -o data/scenes
+    Example: zutis synth scenes -n 4 --size 64 -o data/scenes
     """
     _run("scenes", count, seed, size, output, json_mode, quiet, image_format, min_objects, max_objects)
 
@@ -91,7 +91,7 @@ def pairs(
 ) -> None:
     """Image-caption pairs (captions.jsonl); held-out colour-shape pairs never appear.
 
-    Example: zutis synth pairs -n 200 -o data/pairs
+    Example: zutis synth pairs -n 20 --size 64 -o data/pairs
     """
     _run("pairs", count, seed, size, output, json_mode, quiet, image_format)
 
@@ -116,7 +116,7 @@ def train_clip(
     and OUTPUT/shapes-clip.json (recipe, loss curve, metrics). An interrupted run resumes where its
     last checkpoint left off when the same command is run again with the same -o.
 
-    Example: zutis synth train-clip --steps 20 --batch-size 16 --eval-pool 0 -o runs/clip-smoke
+    Example: zutis synth train-clip --steps 2 --batch-size 4 --workers 0 --eval-pool 0 --checkpoint-every 0 -o runs/clip-smoke
     """
     from zutiscli.artefacts.atomic import atomic_write_json
     from zutiscli.artefacts.manifest import write_manifest

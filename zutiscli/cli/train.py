@@ -64,7 +64,7 @@ def train(
 ) -> None:
     """Train the ZUTIS model (semantic + instance) on pseudo-labels; resumable; torchrun for several GPUs.
 
-    Example: zutis train data/pseudo --model shapes-clip --iterations 200 --crop 128
+    Example: zutis train data/pseudo --model shapes-clip --iterations 2 --batch-size 2 --crop 64 --num-queries 4 --decoder-layers 1 --workers 0 -o runs/train/demo
     """
     from zutiscli.errors import UsageError
     from zutiscli.pipeline.train import TrainConfig, load_recipe, plan_training, train as run_training

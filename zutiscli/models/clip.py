@@ -179,6 +179,20 @@ def _reachable(cfg: dict[str, Any], timeout: float = 3.0) -> bool:
     return False
 
 
+#: Environment variable naming zutis' cache root; model weights live in its ``models`` folder.
+CACHE_ENV = "ZUTIS_CACHE_DIR"
+
+
+def model_cache_dir(cache_dir: str | None = None) -> str | None:
+    """The cache directory for open_clip/Hugging Face weights: ``cache_dir`` when given, else
+    ``$ZUTIS_CACHE_DIR/models`` when that variable is set, else ``None`` (the libraries' own defaults:
+    ``~/.cache/huggingface`` and ``~/.cache/clip``)."""
+    if cache_dir is not None:
+        return cache_dir
+    root = os.environ.get(CACHE_ENV, "").strip()
+    return str(Path(root).expanduser() / "models") if root else None
+
+
 def locate_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[Path | None, dict[str, Any], str]:
     """Where the weights of ``spec`` are, without reading, building or downloading anything.
 
@@ -189,6 +203,7 @@ def locate_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[Pa
     """
     import open_clip
 
+    cache_dir = model_cache_dir(cache_dir)
     if spec.pretrained.lower() == "none" or spec.name.startswith(("hf-hub:", "local-dir:")):
         return None, {}, "none"
     if spec.pretrained.lower() == "builtin":
@@ -225,6 +240,7 @@ def resolve_pretrained(spec: ModelSpec, cache_dir: str | None = None) -> tuple[P
     """
     import open_clip
 
+    cache_dir = model_cache_dir(cache_dir)
     path, cfg, source = locate_pretrained(spec, cache_dir)
     if source != "download":
         return path, cfg
@@ -538,6 +554,7 @@ def load_backbone(
 
     register_configs()
     check_model_name(spec.name)
+    cache_dir = model_cache_dir(cache_dir)
     path, tag_cfg = resolve_pretrained(spec, cache_dir)
     state: dict[str, torch.Tensor] | None = None
     openai_archive = False
@@ -569,7 +586,7 @@ def load_backbone(
     from open_clip.model import get_model_preprocess_cfg
 
     preprocess_cfg = get_model_preprocess_cfg(model)
-    tokenizer = open_clip.get_tokenizer(spec.name)
+    tokenizer = open_clip.get_tokenizer(spec.name, cache_dir=cache_dir)
     backbone = ClipBackbone(model, tokenizer, spec, preprocess_cfg)
     backbone.model.to(device=torch.device(device), dtype=dtype)
     backbone.eval()
