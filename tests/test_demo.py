@@ -86,10 +86,14 @@ def test_summary_picture_shows_scenes_and_overlays(demo) -> None:
     out, _ = demo
     picture = np.asarray(Image.open(out / "summary.png").convert("RGB")).astype(np.int32)
     assert picture.shape[1] == 8 * 192 and picture.shape[0] > 6 * 192
-    tile = picture[58:58 + 192, :192]  # the first input scene
-    overlay = picture[58:58 + 192, 3 * 192:4 * 192]  # its predicted instances
-    assert tile.std() > 10 and overlay.std() > 10
-    assert np.abs(tile - overlay).mean() > 2, "the instance overlay draws on the image"
+    rows = (picture.shape[0] - 58) // (192 + 16)
+    tiles = [[picture[58 + r * 208:58 + r * 208 + 192, c * 192:(c + 1) * 192] for c in range(8)] for r in range(rows)]
+    inputs = [row[half * 4] for row in tiles for half in (0, 1)]
+    assert all(tile.std() > 10 for tile in inputs), "every input tile shows a scene"
+    # ground truth (column 1 of each half) and predicted semantic maps (column 2) tint the objects
+    for column in (1, 2):
+        change = np.mean([np.abs(row[half * 4] - row[half * 4 + column]).mean() for row in tiles for half in (0, 1)])
+        assert change > 2, (column, change)
 
 
 def test_bf16_predictions_agree_with_fp32(demo, tmp_path) -> None:
@@ -102,14 +106,17 @@ def test_bf16_predictions_agree_with_fp32(demo, tmp_path) -> None:
         assert done.returncode == 0, done.stderr
     from zutiscli.artefacts.labelmap import read_label_png
 
-    ious = []
+    # mask IoU of each class between the two precisions, over all scenes
+    inter, union = np.zeros(7), np.zeros(7)
     for path in sorted((tmp_path / "fp32" / "semantic").glob("*.png")):
         a = read_label_png(path)
         b = read_label_png(tmp_path / "bf16" / "semantic" / path.name)
-        for value in np.unique(np.concatenate([np.unique(a), np.unique(b)])):
-            if value not in (0, 255):
-                ious.append(np.sum((a == value) & (b == value)) / np.sum((a == value) | (b == value)))
-    assert ious and np.mean(ious) >= 0.95, np.mean(ious)
+        for value in range(1, 7):
+            inter[value] += np.sum((a == value) & (b == value))
+            union[value] += np.sum((a == value) | (b == value))
+    present = union > 0
+    ious = inter[present] / union[present]
+    assert len(ious) >= 5 and ious.mean() >= 0.95 and ious.min() >= 0.90, ious
 
 
 def test_a_used_output_directory_is_refused_in_one_line(demo) -> None:
