@@ -624,17 +624,9 @@ class Predictor:
         network = self._network
         with torch.inference_mode():
             for positions in groups.values():
-                if len(positions) == 1:
-                    outputs[positions[0]] = network(inputs[positions[0]])
-                    continue
-                # ZutisPredictor.__call__ over a batch: one normalise, encoder and decoder pass.
-                backbone = network.backbone
-                batch = torch.stack([inputs[p] for p in positions]).to(backbone.device, backbone.dtype)
-                tokens = backbone.dense_tokens(backbone.normalise(batch))
-                dense = network.model.dense_embeddings(tokens)
-                masks = network.model.mask_logits(tokens)[-1]
-                for row, position in enumerate(positions):
-                    outputs[position] = RawPrediction(dense[row].float(), masks[row].float())
+                raws = network.batch(torch.stack([inputs[p] for p in positions]))
+                for position, raw in zip(positions, raws):
+                    outputs[position] = raw
         return outputs  # type: ignore[return-value]
 
     def _segment(self, raw: RawPrediction, rgb: np.ndarray) -> Segmentation:

@@ -171,11 +171,16 @@ class ZutisPredictor:
         self.text = model.text_embeddings([q.phrase for q in classes]).to(self.backbone.device)
 
     def __call__(self, image: torch.Tensor) -> RawPrediction:
-        images = self.backbone.normalise(image[None].to(self.backbone.device, self.backbone.dtype))
+        """One ``(3, h, w)`` float image in [0, 1] -> its raw outputs."""
+        return self.batch(image[None])[0]
+
+    def batch(self, images: torch.Tensor) -> list[RawPrediction]:
+        """``(B, 3, h, w)`` float images in [0, 1], one size -> raw outputs, one per image (one pass)."""
+        images = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
         tokens = self.backbone.dense_tokens(images)
-        dense = self.model.dense_embeddings(tokens)[0]
-        masks = self.model.mask_logits(tokens)[-1, 0]
-        return RawPrediction(dense.float(), masks.float())
+        dense = self.model.dense_embeddings(tokens)
+        masks = self.model.mask_logits(tokens)[-1]
+        return [RawPrediction(d.float(), m.float()) for d, m in zip(dense, masks)]
 
 
 class MaskClipPredictor:
