@@ -122,7 +122,7 @@ def train_clip(
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.errors import UsageError
-    from zutiscli.shapes.clip_train import TrainClipConfig, train_shapes_clip
+    from zutiscli.shapes.clip_train import TrainClipConfig, checkpoint_path, train_shapes_clip
 
     reporter = Reporter(json_mode, quiet)
     config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, workers=workers,
@@ -133,14 +133,16 @@ def train_clip(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = prepare_output_dir(output, "synth", resumable=output is not None)
+    weights = out / "shapes-clip.pt"
+    checkpoint = checkpoint_path(weights)
     if (out / "manifest.json").is_file():
         raise UsageError(f"{out}: holds a finished training; choose a new -o directory")
-    if output is not None and any(p.name != "shapes-clip.pt.ckpt" for p in out.iterdir()):
+    if output is not None and any(p != checkpoint for p in out.iterdir()):
         raise UsageError(f"{out}: is not empty and holds no shapes-clip checkpoint; choose a new -o directory")
-    if (out / "shapes-clip.pt.ckpt").is_file():
-        reporter.log(f"resuming from {out / 'shapes-clip.pt.ckpt'} (a different recipe starts afresh)")
+    if checkpoint.is_file():
+        reporter.log(f"resuming from {checkpoint} (a different recipe starts afresh)")
     with ProgressBar(reporter, "train shapes-clip", unit="steps") as bar:
-        report = train_shapes_clip(config, out / "shapes-clip.pt", progress=lambda step, total, stats: bar(step, total))
+        report = train_shapes_clip(config, weights, progress=lambda step, total, stats: bar(step, total))
     atomic_write_json(out / "shapes-clip.json", report)
     summary = {"steps": report["steps"], "train_seconds": report["train_seconds"], "final_loss": report["final_loss"]}
     metrics = report.get("metrics") or {}

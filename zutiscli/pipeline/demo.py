@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,8 +46,9 @@ class DemoConfig:
     The demo trains for minutes on a CPU, not for 20,000 GPU iterations, so two settings differ
     from ``zutis train``'s paper defaults: a 10x higher learning rate (5e-4) and a temperature of
     0.1 on the pixel--text cosine logits (the paper uses raw cosines, temperature 1); both only
-    speed up learning (measured on --fast with spectral pseudo-labels: mIoU 0.18 -> 0.35). Sizes are in pixels; ``k`` is images
-    per archive; ``copypaste`` is the number of scenes written for training.
+    speed up learning (measured on --fast with spectral pseudo-labels: mIoU 0.18 -> 0.35). Sizes
+    are in pixels; ``k`` is images per archive; ``copypaste`` is the number of scenes written for
+    training.
     """
 
     pile: int = 3000
@@ -150,9 +151,9 @@ def _train_config(config: DemoConfig, source: Path, **changes: Any):
         source=str(source), model=config.model, pretrained=config.pretrained, num_queries=config.num_queries,
         decoder_layers=config.decoder_layers, decoder_heads=config.decoder_heads, decoder_ffn=config.decoder_ffn,
         mlp_hidden=config.mlp_hidden, iterations=config.iterations, batch_size=config.batch_size, crop=config.crop,
-        lr=config.lr, encoder_lr_mult=config.encoder_lr_mult, temperature=config.temperature, max_objects=config.max_paste,
-        scale_min=config.scale_min, scale_max=config.scale_max, seed=config.seed, workers=config.workers,
-        device=config.device, precision="fp32", checkpoint_every=max(config.iterations, 1),
+        lr=config.lr, encoder_lr_mult=config.encoder_lr_mult, temperature=config.temperature,
+        max_objects=config.max_paste, scale_min=config.scale_min, scale_max=config.scale_max, seed=config.seed, workers=config.workers,
+        device=config.device, precision="fp32", checkpoint_every=config.iterations,
         log_every=max(1, config.iterations // 50),
     )
     values.update(changes)
@@ -189,7 +190,8 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
                out / "archives", warn=stages.log)
     stages.run("pseudolabel" + suffix, run_pseudolabel,
                PseudolabelConfig(archives=str(out / "archives"), method=config.method, model=config.model,
-                                 pretrained=config.pretrained, size=config.pseudo_size, device=config.device, preview=12, seed=config.seed),
+                                 pretrained=config.pretrained, size=config.pseudo_size, device=config.device,
+                                 preview=12, seed=config.seed),
                out / "pseudolabels")
     paste = CopyPasteConfig(size=config.crop, max_objects=config.max_paste,
                             scale_range=(config.scale_min, config.scale_max))
@@ -208,17 +210,14 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, log: Log | No
     from zutiscli.artefacts.atomic import atomic_write_json
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
-    from zutiscli.models.clip import BUILTIN_DIR, ModelSpec, load_backbone
+    from zutiscli.models.clip import ModelSpec, load_backbone
     from zutiscli.pipeline.index import IndexConfig, build_index
     from zutiscli.pipeline.synth import SynthConfig, write_synth
     from zutiscli.pipeline.train import train
     from zutiscli.shapes.world import SHAPES
 
     config.validate()
-    if config.model == "shapes-clip" and config.pretrained == "builtin" and not (BUILTIN_DIR / "shapes-clip.pt").is_file():
-        raise UsageError("shapes-clip has no shipped weights in this installation; pass --pretrained FILE "
-                         "(from `zutis synth train-clip`)")
-    load_backbone(ModelSpec(config.model, config.pretrained))  # bad weights fail before anything is written
+    load_backbone(ModelSpec(config.model, config.pretrained))  # bad or missing weights fail before any writing
     say = log or (lambda message: None)
     out = prepare_output_dir(output, "demo")
     stages = _Stages(say, progress)
