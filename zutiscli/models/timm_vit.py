@@ -116,6 +116,27 @@ class TimmViTBackbone(torch.nn.Module):
         )
 
 
+def check_timm_model(name: str) -> str:
+    """The timm model name of ``name`` (alias, ``timm:...`` or bare); :class:`ModelError` if timm lacks it."""
+    import timm
+
+    model_name = timm_name(name)
+    if model_name not in timm.list_models():
+        raise ModelError(f"--model {name!r}: timm has no model {model_name!r} (aliases: {', '.join(DINO_ALIASES)})")
+    return model_name
+
+
+def timm_weights_file(pretrained: str) -> Path:
+    """The local checkpoint file named by ``--pretrained`` for a timm ViT; :class:`ModelError` if absent."""
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"--pretrained {pretrained}: no such checkpoint file (timm ViTs load local files only; "
+            f"e.g. DINO's dino_deitsmall8_pretrain.pth)"
+        )
+    return path
+
+
 def load_timm_vit(name: str, pretrained: str = "none", device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, **overrides: object) -> TimmViTBackbone:
     """Build timm ViT ``name`` (alias, ``timm:...`` or bare timm name) and load a local checkpoint.
@@ -124,9 +145,7 @@ def load_timm_vit(name: str, pretrained: str = "none", device: torch.device | st
     """
     import timm
 
-    model_name = timm_name(name)
-    if model_name not in timm.list_models():
-        raise ModelError(f"--model {name!r}: timm has no model {model_name!r} (aliases: {', '.join(DINO_ALIASES)})")
+    model_name = check_timm_model(name)
     try:
         model = timm.create_model(model_name, pretrained=False, num_classes=0, dynamic_img_size=True, **overrides)
     except Exception as exc:  # noqa: BLE001
@@ -136,12 +155,7 @@ def load_timm_vit(name: str, pretrained: str = "none", device: torch.device | st
     if pretrained.lower() != "none":
         from zutiscli.models.clip import load_state_dict
 
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ModelError(
-                f"--pretrained {pretrained}: no such checkpoint file (timm ViTs load local files only; "
-                f"e.g. DINO's dino_deitsmall8_pretrain.pth)"
-            )
+        path = timm_weights_file(pretrained)
         state, _ = load_state_dict(path)
         for key in ("teacher", "student"):  # DINO training checkpoints hold both networks
             if any(k.startswith(f"{key}.backbone.") for k in state):

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from zutiscli.artefacts.rundir import check_output_dir
-from zutiscli.errors import ModelError
 
 #: What a weights ``source`` means, for people (see :func:`zutiscli.models.clip.locate_pretrained`).
 WEIGHT_SOURCES = {
@@ -65,20 +64,13 @@ def weights_plan(name: str, pretrained: str) -> dict[str, Any]:
     Handles open_clip models and zutis' own configs, and timm ViTs (``timm:NAME``, ``dino-vits8``),
     which load local files only.
     """
-    from zutiscli.models.timm_vit import DINO_ALIASES, is_timm_name, timm_name
+    from zutiscli.models.timm_vit import check_timm_model, is_timm_name, timm_weights_file
 
     if is_timm_name(name):
-        import timm
-
-        if timm_name(name) not in timm.list_models():
-            raise ModelError(f"--model {name!r}: timm has no model {timm_name(name)!r} "
-                             f"(aliases: {', '.join(DINO_ALIASES)})")
+        check_timm_model(name)
         if pretrained.lower() == "none":
             return {"name": name, "pretrained": "none", "weights": None, "source": "none"}
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise ModelError(f"--pretrained {pretrained}: no such checkpoint file (timm ViTs load local files only; "
-                             f"e.g. DINO's dino_deitsmall8_pretrain.pth)")
+        path = timm_weights_file(pretrained)
         return {"name": name, "pretrained": pretrained, "weights": str(path), "source": "file",
                 "bytes": path.stat().st_size}
     from zutiscli.models.clip import ModelSpec, check_model_name, locate_pretrained
