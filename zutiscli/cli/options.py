@@ -214,7 +214,11 @@ def print_dry_run(reporter: Reporter, plan: Any) -> None:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr (nothing when quiet), used as ``callback(done, total)``."""
+    """A rich progress bar on stderr (nothing when quiet), used as ``callback(done, total)``.
+
+    The bar appears at the first report, so a command that fails before reporting progress
+    leaves stderr to its one error line.
+    """
 
     def __init__(self, reporter: Reporter, description: str, unit: str = "images"):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -222,6 +226,7 @@ class ProgressBar:
         self.unit = unit
         self._progress = None
         self._task = None
+        self._started = False
         if reporter.show_progress:
             self._progress = Progress(
                 TextColumn("{task.description}"),
@@ -236,22 +241,27 @@ class ProgressBar:
             self._task = self._progress.add_task(description, total=None, rate="")
 
     def __enter__(self) -> "ProgressBar":
-        if self._progress is not None:
-            self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
+        if self._started:
             self._progress.stop()
+
+    def _start(self) -> None:
+        if self._progress is not None and not self._started:
+            self._progress.start()
+            self._started = True
 
     def describe(self, description: str) -> None:
         """Change the label in front of the bar (for commands that run several stages)."""
         if self._progress is not None and self._progress.tasks[0].description != description:
+            self._start()
             self._progress.reset(self._task, description=description, total=None)
 
     def __call__(self, done: int, total: int | None = None) -> None:
         if self._progress is None:
             return
+        self._start()
         task = self._progress.tasks[0]
         elapsed = task.elapsed or 0.0
         rate = f"{done / elapsed:,.1f} {self.unit}/s" if elapsed > 0 else ""

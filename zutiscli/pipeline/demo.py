@@ -89,7 +89,8 @@ class DemoConfig:
 
         for name in ("pile", "scenes", "k", "copypaste", "iterations", "batch_size"):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+                flag = "-k" if name == "k" else f"--{name.replace('_', '-')}"
+                raise UsageError(f"{flag} must be >= 1 (got {getattr(self, name)})")
         if self.zero_shot_class not in SHAPES:
             raise UsageError(f"--zero-shot-class must be one of {', '.join(SHAPES)} (got {self.zero_shot_class!r})")
         if self.workers < 0:
