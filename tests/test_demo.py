@@ -68,6 +68,18 @@ def test_quality_floors(demo) -> None:
     assert zutis_metrics["mask_AP50"] >= 0.04, zutis_metrics
 
 
+def test_stages_before_training_are_scored_against_the_hidden_truth(demo) -> None:
+    # Measured on --fast: retrieval precision 0.96-1.00, pseudo-mask IoU 0.93-0.97 (ring 0.55:
+    # the saliency fills the hole). Low values here mean retrieval or MaskCut broke, not training.
+    out, done = demo
+    quality = json.loads((out / "metrics.json").read_text())["stage_quality"]
+    assert json.loads(done.stdout)["stage_quality"] == quality
+    assert set(quality["retrieval_precision"]) == {"circle", "square", "triangle", "star", "cross", "ring"}
+    assert min(quality["retrieval_precision"].values()) >= 0.85, quality
+    ious = {name: q["mean_iou"] for name, q in quality["pseudolabels"].items()}
+    assert sorted(ious.values())[1] >= 0.8, ious  # every shape but the worst one
+
+
 def test_zutis_beats_the_training_free_maskclip_baseline(demo) -> None:
     out, _ = demo
     headline = json.loads((out / "metrics.json").read_text())["headline"]

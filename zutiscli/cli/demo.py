@@ -32,7 +32,7 @@ def demo(
 
     Example: zutis demo --fast -o runs/demo-fast
     """
-    from zutiscli.pipeline.demo import preset, run_demo
+    from zutiscli.pipeline.demo import describe_stage_quality, preset, run_demo
 
     reporter = Reporter(json_mode, quiet)
     config = preset(fast, ablation=ablation, pretrained=pretrained, iterations=iterations, pile=pile, scenes=scenes,
@@ -43,9 +43,10 @@ def demo(
             bar(done, total or None)
 
         result = run_demo(config, output, log=reporter.log, progress=progress)
-    reporter.result({"headline": result.metrics, "seconds": result.seconds,
+    table = format_table(result.metrics, result.seconds, result.summary_picture)
+    reporter.result({"headline": result.metrics, "stage_quality": result.stage_quality, "seconds": result.seconds,
                      "summary_picture": str(result.summary_picture)},
-                    path=result.path, text=format_table(result.metrics, result.seconds, result.summary_picture))
+                    path=result.path, text=describe_stage_quality(result.stage_quality) + "\n" + table)
 
 
 def format_table(metrics: dict, seconds: dict, picture) -> str:

@@ -114,6 +114,7 @@ class DemoResult:
     path: Path
     metrics: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    stage_quality: dict[str, Any] = field(default_factory=dict)
 
     @property
     def summary_picture(self) -> Path:
@@ -233,6 +234,8 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, log: Log | No
         sources=[str(pile / "images")], model=config.model, pretrained=config.pretrained, device=config.device,
         precision="fp32", workers=0, batch_size=256), out / "index").path
     dataset = _pipeline_to_dataset(stages, config, out, index, classes)
+    quality = measure_stage_quality(out / "pile", out / "archives", out / "pseudolabels")
+    say("    " + describe_stage_quality(quality))
     run = stages.run("train", train, _train_config(config, dataset), out / "train", log=say)
     metrics: dict[str, Any] = {}
     metrics["zutis"] = _predict_and_evaluate(stages, "zutis", out, scenes, classes, checkpoint=str(run.path),
@@ -246,13 +249,34 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, log: Log | No
     headlines = {name: _headline(m) for name, m in metrics.items()}
     write_summary_picture(out / "summary.png", scenes, out / "predict", classes, headlines["zutis"])
     seconds = dict(stages.seconds)
-    report = {"config": asdict(config), "headline": headlines, "seconds": seconds,
+    report = {"config": asdict(config), "headline": headlines, "stage_quality": quality, "seconds": seconds,
               "total_seconds": round(sum(seconds.values()), 2)}
     atomic_write_json(out / "metrics.json", report)
     write_manifest(out, "zutis.demo", model={"name": config.model, "pretrained": config.pretrained},
                    inputs=[], params=asdict(config),
                    summary={"headline": headlines, "total_seconds": report["total_seconds"]})
-    return DemoResult(out, headlines, seconds)
+    return DemoResult(out, headlines, seconds, quality)
+
+
+def measure_stage_quality(pile: Path, archives: Path, pseudolabels: Path) -> dict[str, Any]:
+    """Retrieval precision and pseudo-mask IoU per shape, against the pile's hidden ground truth."""
+    from zutiscli.pipeline.stage_quality import HiddenTruth, pseudolabel_quality, retrieval_precision
+
+    truth = HiddenTruth(pile)
+    return {"retrieval_precision": retrieval_precision(archives, truth),
+            "pseudolabels": pseudolabel_quality(pseudolabels, truth)}
+
+
+def describe_stage_quality(quality: dict[str, Any]) -> str:
+    """One line: mean and worst retrieval precision and pseudo-mask IoU over the classes."""
+    precision = quality["retrieval_precision"]
+    ious = {name: values["mean_iou"] for name, values in quality["pseudolabels"].items()}
+    parts = []
+    for label, values in (("retrieval precision", precision), ("pseudo-mask IoU", ious)):
+        if values:
+            worst = min(values, key=values.get)
+            parts.append(f"{label} {np.mean(list(values.values())):.2f} (lowest: {worst} {values[worst]:.2f})")
+    return "; ".join(parts) + " against the pile's hidden ground truth"
 
 
 def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scenes: Path, run: Path,
