@@ -129,6 +129,7 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{missing}", *TINY_TRAIN, "-o", "{out}"], 1, "no such directory"),
         (["{index}", *TINY_TRAIN, "-o", "{out}"], 1, "zutis.index artefact"),
         (["{archives}", *TINY_TRAIN, "-o", "{out}"], 1, "zutis.archives artefact"),
+        (["{pile}", *TINY_TRAIN, "-o", "{out}"], 2, "is a `zutis synth pile` directory"),
         (["--resume", "{pseudo}"], 1, "not a `zutis train` run directory"),
         (["--resume", "{missing}"], 1, "no such directory"),
         (["--resume", "{empty}"], 1, "nothing to resume"),

@@ -249,3 +249,30 @@ def test_bad_held_out_set_is_a_usage_error_before_training(pseudo, tiny_checkpoi
     plan = json.loads(capsys.readouterr().out)
     assert plan["reads"][1] == {"path": str(held_out), "kind": "held-out set", "images": 3}
     assert plan["work"]["evaluations"] == 3 and plan["params"]["eval_every"] == 5
+
+
+# ---- supervised reference: synthetic scenes with their ground truth --------------------------
+def test_synth_scenes_train_the_model_on_their_ground_truth(tiny_checkpoint, held_out, tmp_path):
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+    from zutiscli.pipeline.train import DiskScenes
+
+    scenes = write_synth(SynthConfig("scenes", 4, seed=3, size=48), tmp_path / "scenes")
+    dataset = DiskScenes(scenes, 48, 0)
+    image, semantic, masks, classes = dataset[0]
+    truth = json.loads((scenes / "instances.json").read_text())
+    first = [a for a in truth["annotations"] if a["image_id"] == dataset.images[dataset._position(0)]["id"]]
+    assert image.shape == (3, 48, 48) and masks.shape[0] == len(first) and len(first) > 0
+    assert sorted((classes + 1).tolist()) == sorted(a["category_id"] for a in first)
+    for mask, cls in zip(masks, classes):  # the semantic map agrees with every instance
+        assert (semantic[mask] == cls + 1).all()
+    run = train(small(scenes, tiny_checkpoint), tmp_path / "run")
+    assert read_manifest(run.path, "zutis.run").inputs[0].kind == "zutis.synth"
+    assert load_checkpoint(run.path / FINAL)["classes"] == ["circle", "square", "triangle", "star", "cross", "ring"]
+
+
+def test_a_synth_pile_is_not_a_training_source(tiny_checkpoint, tmp_path):
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+    pile = write_synth(SynthConfig("pile", 2, seed=3, size=32), tmp_path / "pile")
+    with pytest.raises(UsageError, match="synth pile"):
+        train(small(pile, tiny_checkpoint), tmp_path / "run")

@@ -21,7 +21,7 @@ _FIELDS = (
 
 def train(
     ctx: typer.Context,
-    source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste) or copy-paste dataset.", show_default=False)] = None,
+    source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste), copy-paste dataset, or `zutis synth scenes` (ground-truth supervision).", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", help="Recipe file (.yaml/.toml) of option values; flags given here override it.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.", show_default=False)] = None,
     model: Annotated[str, typer.Option("--model", help="open_clip ViT of the image encoder.", autocompletion=complete_model_names)] = "ViT-B-16",

@@ -124,7 +124,8 @@ def write_synth(
         file_name = f"{name}{suffix}"
         _save_image(sample.image, images_dir / file_name, config)
         height, width = sample.image.shape[:2]
-        image_id = coco.add_image(f"images/{file_name}", width, height)
+        extra = {"semantic": f"semantic/{name}.png"} if config.kind == "scenes" else {}
+        image_id = coco.add_image(f"images/{file_name}", width, height, **extra)
         for obj, mask in zip(sample.objects, sample.masks):
             coco.add_mask(image_id, obj.shape, mask, colour=obj.colour, colour_shape=f"{obj.colour} {obj.shape}")
         objects += len(sample.objects)

@@ -1,7 +1,8 @@
 """`zutis train`: train the ZUTIS model on pseudo-labels, from one CPU to many GPUs.
 
-Data: online copy-paste scenes from a pseudo-label directory (default), or a copy-paste dataset
-written by ``zutis copypaste``. Iteration ``t`` uses items ``t * batch + 0 .. t * batch + batch-1``
+Data: online copy-paste scenes from a pseudo-label directory (default), a copy-paste dataset
+written by ``zutis copypaste``, or ``zutis synth scenes`` (supervised by their ground truth: the
+reference that shows what the same model and budget reach without the unsupervised chain). Iteration ``t`` uses items ``t * batch + 0 .. t * batch + batch-1``
 of a deterministic stream, split across data-parallel ranks, so a resumed or distributed run sees
 exactly the scenes of a single uninterrupted run.
 
@@ -311,7 +312,7 @@ def _ignore_sigint(_: int) -> None:
 
 def _source(config: TrainConfig, total_items: int):
     """(dataset, class names, source kind) for a pseudo-label or dataset directory."""
-    manifest = read_manifest(config.source, ("zutis.pseudolabels", "zutis.dataset"))
+    manifest = _source_manifest(config)
     if manifest.kind == "zutis.pseudolabels":
         labels = load_pseudolabels(config.source)
         pool = ObjectPool(labels)
@@ -321,6 +322,21 @@ def _source(config: TrainConfig, total_items: int):
         coco = load_coco(Path(config.source) / "instances.json")
         classes = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
     return DiskScenes(Path(config.source), config.crop, config.seed), classes, manifest.kind
+
+
+def _source_manifest(config: TrainConfig):
+    """The source's manifest: pseudo-labels, a copy-paste dataset, or ``zutis synth scenes`` (ground truth)."""
+    manifest = read_manifest(config.source, ("zutis.pseudolabels", "zutis.dataset", "zutis.synth"))
+    if manifest.kind == "zutis.synth":
+        kind = manifest.params.get("kind")
+        if kind != "scenes":
+            raise UsageError(f"{config.source}: is a `zutis synth {kind}` directory; training reads pseudo-labels, "
+                             "a copy-paste dataset, or `zutis synth scenes` (supervised by their ground truth)")
+        coco = load_coco(Path(config.source) / "instances.json")
+        if any("semantic" not in image for image in coco["images"]):
+            raise ArtefactError(f"{Path(config.source) / 'instances.json'}: images name no semantic map; "
+                                "write the scenes again with this version of `zutis synth scenes`")
+    return manifest
 
 
 # ---- periodic evaluation --------------------------------------------------------------------
@@ -609,7 +625,7 @@ def resume_checkpoint_path(run_dir: str | Path) -> Path:
 
 def _source_plan(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
     """The :attr:`Plan.reads` entry of a training source, checked as :func:`_source` checks it, and its classes."""
-    manifest = read_manifest(config.source, ("zutis.pseudolabels", "zutis.dataset"))
+    manifest = _source_manifest(config)
     if manifest.kind == "zutis.pseudolabels":
         labels = load_pseudolabels(config.source)
         pool = ObjectPool(labels)
