@@ -143,3 +143,24 @@ def test_missing_weights_file_is_one_line(tmp_path) -> None:
     assert done.returncode in (1, 2)
     assert "nope.pt" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_ablation_writes_every_variant(tmp_path) -> None:
+    # A tiny recipe: checks the wiring of the ablations (each variant trained, predicted and scored
+    # in its own directory), not their numbers, which `zutis demo --ablation` reports.
+    from zutiscli.pipeline.demo import preset, run_demo
+
+    config = preset(True, ablation=True, pile=60, pile_size=64, scenes=3, scene_size=64, k=6, pseudo_size=64,
+                    copypaste=8, iterations=2, crop=64, batch_size=2, workers=0, device="cpu")
+    result = run_demo(config, tmp_path / "demo")
+    assert set(result.metrics) == {"zutis", "maskclip", "zutis, no NMS", "zutis, no stop-gradient",
+                                   "zutis, star never trained", "same model, ground-truth scenes",
+                                   "zutis, colour-shape names"}
+    root = result.path / "ablation"
+    assert read_manifest(root / "supervised" / "train").inputs[0].kind == "zutis.synth"
+    assert json.loads((root / "zero-shot" / "archives" / "archives.json").read_text())["classes"].keys() == \
+        {"circle", "square", "triangle", "cross", "ring"}
+    for variant in ("no-nms", "no-stop-gradient", "zero-shot", "supervised", "colour-shape"):
+        assert read_manifest(root / variant / "evaluate").kind == "zutis.metrics", variant
+    report = json.loads((result.path / "metrics.json").read_text())
+    assert set(report["headline"]) == set(result.metrics)
