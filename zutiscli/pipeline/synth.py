@@ -7,8 +7,9 @@ Three kinds of data (see :mod:`zutiscli.shapes.world`):
     (objects, masks) is kept aside in ``hidden/instances.json`` for measuring retrieval and saliency.
 ``scenes``
     ``images/*.png`` with ``instances.json`` (COCO instances, RLE masks, one category per shape,
-    the colour of each object in its ``colour`` field) and ``semantic/*.png`` (label maps: 0 =
-    background, 1..6 = shapes in :data:`SHAPES` order) -- the evaluation set.
+    the colour of each object in its ``colour`` field, each image's label map in its ``semantic``
+    field) and ``semantic/*.png`` (label maps: 0 = background, 1..6 = shapes in :data:`SHAPES`
+    order) -- the evaluation set, or ground-truth training data for ``zutis train``.
 ``pairs``
     ``images/*.png`` with ``captions.jsonl`` (``{"file_name", "caption"}`` per line) -- image-caption
     pairs for contrastive training.
