@@ -440,8 +440,7 @@ def _evaluate_model(model: ZutisModel, held_out: HeldOut, classes: list[str], ru
     from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate, headline
     from zutiscli.pipeline.predict import PredictConfig, predict
 
-    states = (torch.get_rng_state(), np.random.get_state(), random.getstate(),
-              torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+    states = _rng_state()
     was_training = model.training
     out = _eval_dir(run_dir, iteration)
     scoring = out.with_name(f".{out.name}.scoring")  # evaluate() wants an empty directory of its own
@@ -465,11 +464,7 @@ def _evaluate_model(model: ZutisModel, held_out: HeldOut, classes: list[str], ru
         return None
     finally:
         model.train(was_training)
-        torch.set_rng_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
-        if states[3] is not None:
-            torch.cuda.set_rng_state_all(states[3])
+        _restore_rng(states)
     record = {"iteration": iteration, "eval": summary}
     with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
         handle.write(json.dumps(record) + "\n")
@@ -573,11 +568,15 @@ def _amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def _rng_state() -> dict[str, Any]:
-    return {
+    """Every random generator's state as tensors (a checkpoint loads it with ``weights_only=True``)."""
+    state = {
         "torch": torch.get_rng_state(),
         "numpy": torch.from_numpy(np.frombuffer(json.dumps(_numpy_state()).encode(), dtype=np.uint8).copy()),
         "python": torch.from_numpy(np.frombuffer(json.dumps(random.getstate()[1]).encode(), dtype=np.uint8).copy()),
     }
+    if torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def _numpy_state() -> list:
@@ -590,6 +589,9 @@ def _restore_rng(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, cached = json.loads(bytes(state["numpy"].numpy()).decode())
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     random.setstate((3, tuple(json.loads(bytes(state["python"].numpy()).decode())), None))
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 @dataclass
