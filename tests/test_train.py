@@ -276,3 +276,15 @@ def test_a_synth_pile_is_not_a_training_source(tiny_checkpoint, tmp_path):
     pile = write_synth(SynthConfig("pile", 2, seed=3, size=32), tmp_path / "pile")
     with pytest.raises(UsageError, match="synth pile"):
         train(small(pile, tiny_checkpoint), tmp_path / "run")
+
+
+def test_scenes_without_semantic_maps_are_refused_naming_the_file(tiny_checkpoint, tmp_path):
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+    scenes = write_synth(SynthConfig("scenes", 2, seed=3, size=48), tmp_path / "scenes")
+    truth = json.loads((scenes / "instances.json").read_text())
+    del truth["images"][1]["semantic"]
+    (scenes / "instances.json").write_text(json.dumps(truth))
+    with pytest.raises(ArtefactError, match=r"instances\.json: image images/000001\.png names no semantic map"):
+        train(small(scenes, tiny_checkpoint), tmp_path / "run")
+    assert not (tmp_path / "run" / FINAL).exists()

@@ -2,9 +2,10 @@
 
 Data: online copy-paste scenes from a pseudo-label directory (default), a copy-paste dataset
 written by ``zutis copypaste``, or ``zutis synth scenes`` (supervised by their ground truth: the
-reference that shows what the same model and budget reach without the unsupervised chain). Iteration ``t`` uses items ``t * batch + 0 .. t * batch + batch-1``
-of a deterministic stream, split across data-parallel ranks, so a resumed or distributed run sees
-exactly the scenes of a single uninterrupted run.
+reference that shows what the same model and budget reach without the unsupervised chain).
+Iteration ``t`` uses items ``t * batch + 0 .. t * batch + batch-1`` of a deterministic stream,
+split across data-parallel ranks, so a resumed or distributed run sees exactly the scenes of a
+single uninterrupted run.
 
 Optimisation (official defaults): AdamW, lr 5e-5 for the heads and 0.1x for the CLIP image
 encoder, weight decay 0.05, poly schedule (power 0.9, floor 1e-6) by iteration, 20k iterations,
@@ -255,18 +256,34 @@ class IterationBatches(torch.utils.data.Sampler):
             yield [iteration * self.batch + j for j in range(self.rank, self.batch, self.world)]
 
 
+def load_scenes(directory: Path) -> dict[str, Any]:
+    """The COCO file of a scene directory (``zutis copypaste`` or ``zutis synth scenes``), checked for training.
+
+    Raises :class:`ArtefactError` naming the file when it lists no image or an image names no
+    semantic map (its ``semantic`` field).
+    """
+    path = directory / "instances.json"
+    coco = load_coco(path)
+    if not coco["images"]:
+        raise ArtefactError(f"{directory}: the dataset holds no images")
+    unnamed = next((image for image in coco["images"] if "semantic" not in image), None)
+    if unnamed is not None:
+        raise ArtefactError(f"{path}: image {unnamed['file_name']} names no semantic map; "
+                            "write the scenes again with this version of zutis")
+    return coco
+
+
 class DiskScenes(torch.utils.data.Dataset):
     """A ``zutis copypaste`` dataset read back; global item ``g`` walks seeded per-epoch permutations."""
 
     def __init__(self, directory: Path, size: int, seed: int):
         self.directory = directory
-        coco = load_coco(directory / "instances.json")
+        coco = load_scenes(directory)
         self.images = sorted(coco["images"], key=lambda img: img["id"])
+        self.categories = coco["categories"]
         self.annotations: dict[int, list[dict]] = {}
         for ann in coco["annotations"]:
             self.annotations.setdefault(ann["image_id"], []).append(ann)
-        if not self.images:
-            raise ArtefactError(f"{directory}: the dataset holds no images")
         self.size = size
         self.seed = seed
         self._perms: dict[int, np.ndarray] = {}
@@ -317,11 +334,13 @@ def _source(config: TrainConfig, total_items: int):
         labels = load_pseudolabels(config.source)
         pool = ObjectPool(labels)
         return CopyPasteDataset(pool, config.copypaste(), config.seed, total_items), labels.classes, manifest.kind
-    classes = list(manifest.summary.get("classes") or [])
-    if not classes:
-        coco = load_coco(Path(config.source) / "instances.json")
-        classes = [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
-    return DiskScenes(Path(config.source), config.crop, config.seed), classes, manifest.kind
+    dataset = DiskScenes(Path(config.source), config.crop, config.seed)
+    return dataset, _scene_classes(manifest, dataset.categories), manifest.kind
+
+
+def _scene_classes(manifest: Any, categories: list[dict[str, Any]]) -> list[str]:
+    """A scene directory's class names: its manifest's, else its COCO categories' in id order."""
+    return list(manifest.summary.get("classes") or []) or [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
 
 
 def _source_manifest(config: TrainConfig):
@@ -332,10 +351,6 @@ def _source_manifest(config: TrainConfig):
         if kind != "scenes":
             raise UsageError(f"{config.source}: is a `zutis synth {kind}` directory; training reads pseudo-labels, "
                              "a copy-paste dataset, or `zutis synth scenes` (supervised by their ground truth)")
-        coco = load_coco(Path(config.source) / "instances.json")
-        if any("semantic" not in image for image in coco["images"]):
-            raise ArtefactError(f"{Path(config.source) / 'instances.json'}: images name no semantic map; "
-                                "write the scenes again with this version of `zutis synth scenes`")
     return manifest
 
 
@@ -633,11 +648,8 @@ def _source_plan(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
         pool = ObjectPool(labels)
         return input_entry(config.source, manifest.kind, classes=len(labels.classes), objects=len(labels.objects),
                            images=len(pool.image_objects)), list(labels.classes)
-    coco = load_coco(Path(config.source) / "instances.json")
-    if not coco["images"]:
-        raise ArtefactError(f"{config.source}: the dataset holds no images")
-    classes = list(manifest.summary.get("classes") or []) or \
-        [c["name"] for c in sorted(coco["categories"], key=lambda c: c["id"])]
+    coco = load_scenes(Path(config.source))
+    classes = _scene_classes(manifest, coco["categories"])
     return input_entry(config.source, manifest.kind, classes=len(classes), scenes=len(coco["images"]),
                        instances=len(coco["annotations"])), classes
 
