@@ -169,8 +169,8 @@ def _train_config(config: DemoConfig, source: Path, **changes: Any):
         decoder_layers=config.decoder_layers, decoder_heads=config.decoder_heads, decoder_ffn=config.decoder_ffn,
         mlp_hidden=config.mlp_hidden, iterations=config.iterations, batch_size=config.batch_size, crop=config.crop,
         lr=config.lr, encoder_lr_mult=config.encoder_lr_mult, temperature=config.temperature,
-        max_objects=config.max_paste, scale_min=config.scale_min, scale_max=config.scale_max, seed=config.seed, workers=config.workers,
-        device=config.device, precision="fp32", checkpoint_every=config.iterations,
+        max_objects=config.max_paste, scale_min=config.scale_min, scale_max=config.scale_max, seed=config.seed,
+        workers=config.workers, device=config.device, precision="fp32", checkpoint_every=config.iterations,
         log_every=max(1, config.iterations // 50),
     )
     values.update(changes)
@@ -208,8 +208,7 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
     stages.run("pseudolabel" + suffix, run_pseudolabel,
                PseudolabelConfig(archives=str(out / "archives"), method=config.method, model=config.model,
                                  pretrained=config.pretrained, size=config.pseudo_size, fill_holes=config.fill_holes,
-                                 device=config.device,
-                                 preview=12, seed=config.seed),
+                                 device=config.device, preview=12, seed=config.seed),
                out / "pseudolabels")
     photometric = {} if config.photometric else {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0}
     paste = CopyPasteConfig(size=config.crop, max_objects=config.max_paste,
