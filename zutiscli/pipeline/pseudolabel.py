@@ -116,6 +116,10 @@ class PseudolabelConfig:
         return self.components or ("split" if self.method == "maskcut" else "largest")
 
 
+#: Images per backbone forward pass (same input shape only; MaskCut's square inputs always are).
+FEATURE_BATCH = 16
+
+
 # ---- per-image work (runs in worker processes when --workers > 0) ---------------------------
 def _refine(image: np.ndarray, soft: np.ndarray, config: PseudolabelConfig) -> list[np.ndarray]:
     from zutiscli.ops.refine import bilateral_refine, densecrf_refine, refine_mask
@@ -464,30 +468,46 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
                 in_flight.discard(item)
                 record(*item.result())
 
+    def dispatch(index: int, image: np.ndarray, features: dict[str, np.ndarray] | None,
+                 saliency_map: np.ndarray | None) -> None:
+        job = (index, image, features, saliency_map, config)
+        if pool is None:
+            record(*_work(job))
+        else:
+            in_flight.add(pool.submit(_work, job))
+            drain(2 * config.workers - 1)
+
+    # Images whose model inputs share a shape go through the backbone together (one forward pass
+    # for up to FEATURE_BATCH images); each is then masked on its own, in input order.
+    batch: list[tuple[int, np.ndarray, torch.Tensor]] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        feats = backbone.last_block_features(backbone.normalise(torch.stack([b[2] for b in batch]).to(device)))
+        tokens, keys, attention = (t.float().cpu().numpy() for t in (feats.tokens, feats.keys, feats.cls_attention))
+        for row, (index, image, _) in enumerate(batch):
+            dispatch(index, image, {"tokens": tokens[row], "keys": keys[row], "cls_attention": attention[row]}, None)
+        batch.clear()
+
     try:
         with torch.inference_mode():
             for index, image, payload in loader:
                 if image is None:
+                    flush()
                     record(index, None, payload)
                     continue
                 image = np.asarray(image)
                 sizes[index] = {"width": int(image.shape[1]), "height": int(image.shape[0])}
-                features = saliency_map = None
                 if saliency is not None:
-                    saliency_map = saliency(image)
-                else:
-                    feats = backbone.last_block_features(backbone.normalise(payload[None].to(device)))
-                    features = {
-                        "tokens": feats.tokens[0].float().cpu().numpy(),
-                        "keys": feats.keys[0].float().cpu().numpy(),
-                        "cls_attention": feats.cls_attention[0].float().cpu().numpy(),
-                    }
-                job = (index, image, features, saliency_map, config)
-                if pool is None:
-                    record(*_work(job))
-                else:
-                    in_flight.add(pool.submit(_work, job))
-                    drain(2 * config.workers - 1)
+                    dispatch(index, image, None, saliency(image))
+                    continue
+                if batch and batch[0][2].shape != payload.shape:
+                    flush()
+                batch.append((index, image, payload))
+                if len(batch) >= FEATURE_BATCH:
+                    flush()
+            flush()
             drain(0)
             commit(force=True)
     finally:
