@@ -105,3 +105,16 @@ def test_overfits_a_fixed_batch(tiny_checkpoint):
     assert last["ce"] < 0.3 * first["ce"]
     assert last["mask"] < 0.05 * first["mask"]
     assert last["dice"] < 0.05
+
+
+
+@pytest.mark.parametrize("positional_values", [False, True])
+def test_positional_values_let_masks_tell_identical_pixels_apart(tiny_checkpoint, positional_values):
+    """Identical tokens give one logit for every pixel of a query, unless positions are added to the values."""
+    model = tiny_model(tiny_checkpoint, positional_values=positional_values)
+    tokens = torch.ones(1, 4, 4, model.backbone.width)
+    logits = model.mask_logits(tokens)[-1, 0]  # (Q, 8, 8)
+    spread = (logits.flatten(1).max(1).values - logits.flatten(1).min(1).values).max()
+    assert (spread > 1e-3) == positional_values
+    if positional_values:
+        assert "value_positions.weight" in model.state_dict()

@@ -12,10 +12,10 @@ from zutiscli.cli.options import DeviceOpt, DryRunOpt, JsonOpt, OutputOpt, Quiet
 # Options that map one-to-one onto TrainConfig fields (name in the signature = field name).
 _FIELDS = (
     "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
-    "temperature", "stop_gradient", "iterations", "batch_size", "crop", "lr", "encoder_lr_mult", "weight_decay",
-    "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob", "scale_min", "scale_max", "seed",
-    "workers", "device", "precision", "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt",
-    "eval_every", "eval_classes",
+    "temperature", "stop_gradient", "positional_values", "iterations", "batch_size", "crop", "lr",
+    "encoder_lr_mult", "weight_decay", "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob",
+    "scale_min", "scale_max", "seed", "workers", "device", "precision",
+    "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt", "eval_every", "eval_classes",
 )
 
 
@@ -33,6 +33,7 @@ def train(
     mlp_hidden: Annotated[int, typer.Option("--mlp-hidden", help="Hidden width of the pixel and query MLPs.")] = 256,
     temperature: Annotated[float, typer.Option("--temperature", help="Semantic logits = cosine / temperature (1 = raw cosines, as the official code).")] = 1.0,
     stop_gradient: Annotated[bool, typer.Option("--stop-grad/--no-stop-grad", help="Detach patch tokens before the instance decoder (the paper's default).")] = True,
+    positional_values: Annotated[bool, typer.Option("--positional-values/--no-positional-values", help="Add learned sine positions to the decoder's pixel values, so masks (query . value) can tell identical-looking instances apart (off = the paper's decoder).")] = False,
     iterations: Annotated[int, typer.Option("--iterations", help="Optimiser steps.")] = 20_000,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Global batch (split across processes).")] = 8,
     crop: Annotated[int, typer.Option("--crop", help="Training scene side in pixels.")] = 384,

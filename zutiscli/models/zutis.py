@@ -9,7 +9,7 @@ Semantic branch::
 
 Instance branch (patch tokens DETACHED by default: the decoder's gradients do not reach the encoder)::
 
-    values (B, 2h * 2w, width) = MLP3(upsample_x2(tokens))
+    values (B, 2h * 2w, width) = MLP3(upsample_x2(tokens))   [+ Linear(sine positions) with positional_values]
     queries (L, B, Q, width)   = transformer decoder (Q learned queries, L layers) over the values
     masks  (L, B, Q, 2h, 2w)   = MLP3(queries) . values
 
@@ -44,6 +44,10 @@ class ZutisConfig:
     mlp_hidden: int = 256
     temperature: float = 1.0
     stop_gradient: bool = True
+    # Not in the paper: a learned projection of the sine positions added to the decoder's values.
+    # A mask is ``query . value``, so without positions two instances that look alike get the same
+    # logits; with them, a query can take one instance and leave the other.
+    positional_values: bool = False
     background: str = BACKGROUND
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +77,7 @@ class ZutisModel(nn.Module):
         self.decoder = QueryDecoder(width, config.num_queries, config.decoder_layers, config.decoder_heads,
                                     config.decoder_ffn, config.decoder_dropout)
         self.query_mlp = MLP(width, config.mlp_hidden, width, layers=3)
+        self.value_positions = nn.Linear(width, width) if config.positional_values else None
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     # ---- parameter groups -------------------------------------------------------------------
@@ -116,6 +121,8 @@ class ZutisModel(nn.Module):
         grid = F.interpolate(tokens.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
         values = self.pixel_mlp(grid.flatten(2).transpose(1, 2))  # (B, 4hw, width)
         positions = sine_positions(2 * height, 2 * width, channels, device=values.device, dtype=values.dtype)
+        if self.value_positions is not None:
+            values = values + self.value_positions(positions)
         queries = self.decoder(values, positions)  # (L, B, Q, width)
         embedded = self.query_mlp(queries)
         logits = torch.einsum("lbqc,bpc->lbqp", embedded, values)

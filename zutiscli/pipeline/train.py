@@ -80,6 +80,7 @@ class TrainConfig:
     mlp_hidden: int = 256
     temperature: float = 1.0
     stop_gradient: bool = True
+    positional_values: bool = False
     iterations: int = 20_000
     batch_size: int = 8
     crop: int = 384
@@ -139,7 +140,7 @@ class TrainConfig:
             backbone={"name": self.model, "pretrained": pretrained},
             num_queries=self.num_queries, decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
             decoder_ffn=self.decoder_ffn, mlp_hidden=self.mlp_hidden, temperature=self.temperature,
-            stop_gradient=self.stop_gradient,
+            stop_gradient=self.stop_gradient, positional_values=self.positional_values,
         )
 
     @classmethod
