@@ -69,6 +69,32 @@ def test_scene_invariants(pseudo):
     assert saw_several and saw_ignore and saw_same
 
 
+def test_canvas_scale_shrinks_the_canvas_onto_its_own_background(pseudo):
+    """With canvas_scale < 1 the canvas object keeps its shape at f x its size; outside lies background."""
+    pool = ObjectPool(load_pseudolabels(pseudo))
+    full = CopyPasteConfig(size=96, max_objects=1, hflip_prob=0.0, jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    small = CopyPasteConfig(**{**full.__dict__, "canvas_scale": (0.4, 0.5)})
+    shrunk = 0
+    for index in range(12):
+        big, little = synthesize(pool, full, scene_rng(3, index)), synthesize(pool, small, scene_rng(3, index))
+        assert np.array_equal(big.classes, little.classes)
+        big_area, little_area = big.masks.sum(), little.masks.sum()
+        assert little_area <= 0.25 * big_area + 2 * 96 * 0.5 + 1  # f <= 0.5, plus nearest-rounding slack
+        rows, cols = np.nonzero(little.semantic != 0)
+        if len(rows):
+            assert np.ptp(rows) < 0.5 * 96 + 1 and np.ptp(cols) < 0.5 * 96 + 1  # everything labelled lies in the canvas
+            shrunk += 1
+        assert (little.masks.sum(axis=0) <= 1).all()
+        expected = np.zeros((96, 96), dtype=np.uint8)
+        for mask, cls in zip(little.masks, little.classes):
+            expected[mask] = cls + 1
+        labelled = little.semantic != 255
+        assert np.array_equal(little.semantic[labelled], expected[labelled])
+    assert shrunk >= 6
+    # the default (1, 1) draws nothing more from the generator: scenes are those of the official recipe
+    assert CopyPasteConfig().canvas_scale == (1.0, 1.0)
+
+
 def test_same_seed_same_scene_and_dataset_matches_online(pseudo, tmp_path):
     pool = ObjectPool(load_pseudolabels(pseudo))
     a = synthesize(pool, SMALL, scene_rng(3, 5))
@@ -125,6 +151,9 @@ def test_bad_inputs(tmp_path, pseudo):
         CopyPasteConfig(scale_range=(0.0, 1.0)).validate()
     with pytest.raises(UsageError):
         CopyPasteConfig(hflip_prob=2).validate()
+    for bad in ((0.0, 1.0), (0.6, 0.4), (0.5, 1.5)):
+        with pytest.raises(UsageError, match="--canvas-scale"):
+            CopyPasteConfig(canvas_scale=bad).validate()
     empty = tmp_path / "empty"
     empty.mkdir()
     CocoBuilder(["a"]).write(empty / PSEUDOLABELS_NAME)

@@ -286,8 +286,9 @@ _DATASET_DEFAULTS = inspect.signature(write_dataset).parameters
 
 @_signature(("pseudolabels", _REQUIRED), ("output", None),
             options=_keywords(n=_REQUIRED)
-            + _field_options(CopyPasteConfig, exclude=("scale_range",))
+            + _field_options(CopyPasteConfig, exclude=("scale_range", "canvas_scale"))
             + _keywords(scale_min=_SCENE_DEFAULTS.scale_range[0], scale_max=_SCENE_DEFAULTS.scale_range[1],
+                        canvas_min=_SCENE_DEFAULTS.canvas_scale[0], canvas_max=_SCENE_DEFAULTS.canvas_scale[1],
                         **{name: _DATASET_DEFAULTS[name].default for name in ("seed", "workers", "image_format")},
                         progress=None))
 def copypaste(pseudolabels, output=None, **options):
@@ -300,7 +301,8 @@ def copypaste(pseudolabels, output=None, **options):
             :class:`zutiscli.data.copypaste.CopyPasteConfig` (``size`` in pixels,
             ``max_objects``, ``same_class_prob``, ``hflip_prob``, ``jitter_prob``,
             ``grayscale_prob``, ``blur_prob``, ``min_visible_fraction``, ...), with the scale
-            range as the command's ``scale_min`` / ``scale_max`` (fractions of the side);
+            ranges as the command's ``scale_min`` / ``scale_max`` (fractions of the side) and
+            ``canvas_min`` / ``canvas_max``;
             ``seed``, ``workers`` (processes), ``image_format`` (``"jpg"`` or ``"png"``); and
             ``progress``.
 
@@ -313,7 +315,10 @@ def copypaste(pseudolabels, output=None, **options):
     count = opts.pop("n")
     dataset = {name: opts.pop(name) for name in ("seed", "workers", "image_format", "progress") if name in opts}
     low, high = _SCENE_DEFAULTS.scale_range
-    config = CopyPasteConfig(scale_range=(opts.pop("scale_min", low), opts.pop("scale_max", high)), **opts)
+    canvas_low, canvas_high = _SCENE_DEFAULTS.canvas_scale
+    config = CopyPasteConfig(scale_range=(opts.pop("scale_min", low), opts.pop("scale_max", high)),
+                             canvas_scale=(opts.pop("canvas_min", canvas_low), opts.pop("canvas_max", canvas_high)),
+                             **opts)
     return write_dataset(os.fspath(pseudolabels), count, config, output=output, **dataset)
 
 

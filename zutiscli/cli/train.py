@@ -14,7 +14,7 @@ _FIELDS = (
     "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
     "temperature", "stop_gradient", "positional_values", "iterations", "batch_size", "crop", "lr",
     "encoder_lr_mult", "weight_decay", "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob",
-    "scale_min", "scale_max", "seed", "workers", "device", "precision",
+    "scale_min", "scale_max", "canvas_min", "canvas_max", "seed", "workers", "device", "precision",
     "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt", "eval_every", "eval_classes",
 )
 
@@ -47,6 +47,8 @@ def train(
     same_class_prob: Annotated[float, typer.Option("--same-class-prob", help="Chance that a scene draws from one archive.")] = 0.5,
     scale_min: Annotated[float, typer.Option("--scale-min", help="Smallest pasted object (fraction of the side).")] = 0.1,
     scale_max: Annotated[float, typer.Option("--scale-max", help="Largest pasted object (fraction of the side).")] = 1.0,
+    canvas_min: Annotated[float, typer.Option("--canvas-min", help="Smallest scale of the canvas image (1 = full size, the official recipe).")] = 1.0,
+    canvas_max: Annotated[float, typer.Option("--canvas-max", help="Largest scale of the canvas image.")] = 1.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the scene stream and the initialisation.")] = 0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data workers (default: cores - 1, up to 8).", show_default=False)] = None,
     device: DeviceOpt = "auto",

@@ -6,7 +6,10 @@ One scene (ZUTIS, after Ghiasi et al.'s simple copy-paste; defaults of the offic
    one randomly chosen archive (teaches the separation of same-class instances), otherwise each
    from a random archive.
 2. The first object's image is the canvas: its short side resized to ``size``, a random
-   ``size x size`` crop taken; every pseudo-mask of that image is an instance.
+   ``size x size`` crop taken; every pseudo-mask of that image is an instance. With
+   ``canvas_scale`` below 1 (not in the official code, which keeps the canvas at full size), the
+   crop is shrunk by ``f ~ U[canvas_scale]`` and laid at a random place on a square of its own
+   background colour and noise, so that the canvas object is no larger than the pasted ones.
 3. Each further object is cut out along its pseudo-mask (bounding-box crop), resized so that its
    long side is ``s * size`` with ``s ~ U[scale_range]``, and pasted at a random position.
 4. Occlusion is honest: a pasted object hides what it covers; earlier instances lose those pixels
@@ -48,6 +51,7 @@ class CopyPasteConfig:
     max_objects: int = 10
     same_class_prob: float = 0.5
     scale_range: tuple[float, float] = (0.1, 1.0)
+    canvas_scale: tuple[float, float] = (1.0, 1.0)
     hflip_prob: float = 0.5
     jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
     jitter_prob: float = 0.8
@@ -66,6 +70,9 @@ class CopyPasteConfig:
         lo, hi = self.scale_range
         if not 0 < lo <= hi <= 1.0:
             raise UsageError(f"--scale-range must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
+        lo, hi = self.canvas_scale
+        if not 0 < lo <= hi <= 1.0:
+            raise UsageError(f"--canvas-scale must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
         for name in ("same_class_prob", "hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob",
                      "min_visible_fraction"):
             value = getattr(self, name)
@@ -134,7 +141,15 @@ def _resize(array: np.ndarray, width: int, height: int, nearest: bool) -> np.nda
     return out > 127 if nearest else out
 
 
-def _canvas(pool: ObjectPool, obj: PseudoObject, size: int, rng: np.random.Generator):
+def _canvas(pool: ObjectPool, obj: PseudoObject, size: int, rng: np.random.Generator,
+            canvas_scale: tuple[float, float] = (1.0, 1.0)):
+    """The scene's first image: short side resized to ``size``, a random ``size`` square crop taken.
+
+    With ``canvas_scale`` below 1 the crop is then shrunk by ``f ~ U[canvas_scale]`` and laid at a
+    random place on a ``size`` square filled with the image's own background: per channel, the
+    mean and standard deviation of the pixels outside every pseudo-mask, as Gaussian noise. (The
+    canvas object keeps its archive image's scale otherwise, larger than most objects of a scene.)
+    """
     pixels = pool.image(obj)
     height, width = pixels.shape[:2]
     factor = size / min(height, width)
@@ -151,6 +166,22 @@ def _canvas(pool: ObjectPool, obj: PseudoObject, size: int, rng: np.random.Gener
         taken |= mask
         masks.append(mask)
         classes.append(other.class_index)
+    lo, hi = canvas_scale
+    if lo < 1.0:
+        side = int(np.clip(round(float(rng.uniform(lo, hi)) * size), 1, size))
+        if side < size:
+            background = image[~taken].reshape(-1, 3).astype(np.float32) if (~taken).any() else \
+                image.reshape(-1, 3).astype(np.float32)
+            fill = rng.normal(background.mean(0), background.std(0) + 1e-3, (size, size, 3))
+            scene = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, 2))
+            scene[top:top + side, left:left + side] = _resize(image, side, side, nearest=False)
+            placed = []
+            for mask in masks:
+                full = np.zeros((size, size), dtype=bool)
+                full[top:top + side, left:left + side] = _resize(mask, side, side, nearest=True)
+                placed.append(full)
+            image, masks = scene, placed
     return np.array(image, dtype=np.uint8), masks, classes
 
 
@@ -197,7 +228,7 @@ def synthesize(pool: ObjectPool, config: CopyPasteConfig, rng: np.random.Generat
     """One copy-paste scene (see the module docstring for the recipe)."""
     size = config.size
     objects = pool.draw(config, rng)
-    image, masks, classes = _canvas(pool, objects[0], size, rng)
+    image, masks, classes = _canvas(pool, objects[0], size, rng, config.canvas_scale)
     pasted_area = [int(m.sum()) for m in masks]
     for obj in objects[1:]:
         cut = _cutout(pool, obj, size, rng, config.scale_range)

@@ -94,6 +94,8 @@ class TrainConfig:
     same_class_prob: float = 0.5
     scale_min: float = 0.1
     scale_max: float = 1.0
+    canvas_min: float = 1.0
+    canvas_max: float = 1.0
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
@@ -133,7 +135,8 @@ class TrainConfig:
 
     def copypaste(self) -> CopyPasteConfig:
         return CopyPasteConfig(size=self.crop, max_objects=self.max_objects, same_class_prob=self.same_class_prob,
-                               scale_range=(self.scale_min, self.scale_max))
+                               scale_range=(self.scale_min, self.scale_max),
+                               canvas_scale=(self.canvas_min, self.canvas_max))
 
     def zutis(self, pretrained: str) -> ZutisConfig:
         return ZutisConfig(
