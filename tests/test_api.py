@@ -180,7 +180,7 @@ def test_signatures_carry_the_config_defaults():
 
     checks = [(zs.synth, SynthConfig, {"kind", "count"}), (zs.index, IndexConfig, {"sources"}),
               (zs.retrieve, RetrieveConfig, {"indices", "classes"}), (zs.pseudolabel, PseudolabelConfig, {"archives"}),
-              (zs.copypaste, CopyPasteConfig, {"scale_range"}), (zs.train, TrainConfig, {"source"}),
+              (zs.copypaste, CopyPasteConfig, {"scale_range", "canvas_scale"}), (zs.train, TrainConfig, {"source"}),
               (zs.predict, PredictConfig, {"inputs", "classes"}), (zs.evaluate, EvaluateConfig, {"pred", "gt"})]
     for function, config, positional in checks:
         parameters = inspect.signature(function).parameters
@@ -192,6 +192,7 @@ def test_signatures_carry_the_config_defaults():
             assert parameters[field.name].default == default, (function.__name__, field.name)
     copypaste = inspect.signature(zs.copypaste).parameters
     assert (copypaste["scale_min"].default, copypaste["scale_max"].default) == CopyPasteConfig().scale_range
+    assert (copypaste["canvas_min"].default, copypaste["canvas_max"].default) == CopyPasteConfig().canvas_scale
     predictor = inspect.signature(zs.Predictor).parameters
     assert list(predictor)[:2] == ["checkpoint", "classes"]
     assert predictor["device"].default == "auto" and predictor["precision"].default == "fp32"
@@ -215,9 +216,10 @@ def test_synth_and_index_run_end_to_end(tiny_checkpoint, tmp_path):
 
 def test_copypaste_and_evaluate_take_the_commands_forms(trained, predictor, tmp_path):
     run, images = trained
-    dataset = zs.copypaste(run.parent / "pseudo", tmp_path / "cp", n=2, size=48, scale_min=0.3, seed=5)
+    dataset = zs.copypaste(run.parent / "pseudo", tmp_path / "cp", n=2, size=48, scale_min=0.3, canvas_min=0.5, seed=5)
     params = json.loads((dataset / "manifest.json").read_text())["params"]
     assert (params["count"], params["seed"], params["size"], tuple(params["scale_range"])) == (2, 5, 48, (0.3, 1.0))
+    assert tuple(params["canvas_scale"]) == (0.5, 1.0)
     preds = zs.predict(images, CLASSES, tmp_path / "pred", checkpoint=run, device="cpu", vis=False)
     result = zs.evaluate(preds.path, images[0].parent.parent, tmp_path / "metrics", tasks="instance,semantic",
                          iou_types="segm", max_dets="1,10,100")
