@@ -169,3 +169,15 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
         assert read_manifest(root / variant / "evaluate").kind == "zutis.metrics", variant
     report = json.loads((result.path / "metrics.json").read_text())
     assert set(report["headline"]) == set(result.metrics)
+
+
+def test_the_text_table_leaves_out_columns_no_variant_has() -> None:
+    from zutiscli.cli.demo import format_table
+
+    table = format_table({"zutis": {"mIoU": 0.411, "mask_AP": 0.092, "mask_AP50": 0.201, "mask_AP_agnostic": 0.159},
+                          "maskclip": {"mIoU": 0.094, "mask_AP50": None}}, {"train": 400.0}, "out/summary.png")
+    header, zutis_row, maskclip_row, footer = table.splitlines()
+    assert header.split() == ["variant", "mIoU", "mask_AP", "mask_AP50", "mask_AP_agnostic"]
+    assert zutis_row.split() == ["zutis", "41.1", "9.2", "20.1", "15.9"]
+    assert maskclip_row.split() == ["maskclip", "9.4", "-", "-", "-"]
+    assert footer == "(percent; 400 s in all; open out/summary.png first)"

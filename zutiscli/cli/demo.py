@@ -50,8 +50,12 @@ def demo(
 
 
 def format_table(metrics: dict, seconds: dict, picture) -> str:
-    """The metrics of every evaluated variant as an aligned text table, then where to look."""
-    columns = ("mIoU", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ")
+    """The metrics of every evaluated variant as an aligned text table, then where to look.
+
+    A column no variant has (PQ, when nothing was scored panoptically) is left out.
+    """
+    columns = tuple(c for c in ("mIoU", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ")
+                    if any(values.get(c) is not None for values in metrics.values()))
     width = max(len(name) for name in metrics) + 2
     lines = ["variant".ljust(width) + "".join(c.rjust(18) for c in columns)]
     for name, values in metrics.items():
