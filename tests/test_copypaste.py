@@ -91,8 +91,7 @@ def test_canvas_scale_shrinks_the_canvas_onto_its_own_background(pseudo):
         labelled = little.semantic != 255
         assert np.array_equal(little.semantic[labelled], expected[labelled])
     assert shrunk >= 6
-    # the default (1, 1) draws nothing more from the generator: scenes are those of the official recipe
-    assert CopyPasteConfig().canvas_scale == (1.0, 1.0)
+    assert CopyPasteConfig().canvas_scale == (1.0, 1.0)  # the default keeps the official full-size canvas
 
 
 def test_same_seed_same_scene_and_dataset_matches_online(pseudo, tmp_path):
@@ -152,7 +151,7 @@ def test_bad_inputs(tmp_path, pseudo):
     with pytest.raises(UsageError):
         CopyPasteConfig(hflip_prob=2).validate()
     for bad in ((0.0, 1.0), (0.6, 0.4), (0.5, 1.5)):
-        with pytest.raises(UsageError, match="--canvas-scale"):
+        with pytest.raises(UsageError, match="--canvas-min/--canvas-max"):
             CopyPasteConfig(canvas_scale=bad).validate()
     empty = tmp_path / "empty"
     empty.mkdir()

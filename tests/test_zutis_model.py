@@ -107,7 +107,6 @@ def test_overfits_a_fixed_batch(tiny_checkpoint):
     assert last["dice"] < 0.05
 
 
-
 @pytest.mark.parametrize("positional_values", [False, True])
 def test_positional_values_let_masks_tell_identical_pixels_apart(tiny_checkpoint, positional_values):
     """Identical tokens give one logit for every pixel of a query, unless positions are added to the values."""

@@ -72,7 +72,7 @@ class CopyPasteConfig:
             raise UsageError(f"--scale-range must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
         lo, hi = self.canvas_scale
         if not 0 < lo <= hi <= 1.0:
-            raise UsageError(f"--canvas-scale must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
+            raise UsageError(f"--canvas-min/--canvas-max must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
         for name in ("same_class_prob", "hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob",
                      "min_visible_fraction"):
             value = getattr(self, name)

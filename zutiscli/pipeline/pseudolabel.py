@@ -494,7 +494,6 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         with torch.inference_mode():
             for index, image, payload in loader:
                 if image is None:
-                    flush()
                     record(index, None, payload)
                     continue
                 image = np.asarray(image)
