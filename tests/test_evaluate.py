@@ -209,6 +209,21 @@ def test_semantic_ground_truth_rasterised_from_instances(scenes, tmp_path):
     assert metrics["semantic"]["mIoU"] == 1.0
 
 
+def test_semantic_confusions_say_where_a_class_went(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred")
+    for png in (pred / "semantic").glob("*.png"):  # every circle written as a square
+        labels = read_label_png(png)
+        write_label_png(png, np.where(labels == 1, 2, labels).astype(np.uint8))
+    config = EvaluateConfig(pred=str(pred), gt=str(scenes), tasks=["semantic"])
+    semantic = evaluate(config, tmp_path / "m").metrics["semantic"]
+    assert semantic["main_confusions"]["circle"] == {"correct": 0.0, "confused_with": "square", "fraction": 1.0}
+    assert semantic["main_confusions"]["square"]["correct"] == 1.0
+    confusion = semantic["confusion"]
+    assert confusion["classes"] == ["background", "circle", "square", "triangle", "star", "cross", "ring", "unlabelled"]
+    pixels = np.array(confusion["pixels"])
+    assert pixels.shape == (7, 8) and pixels[1, 1] == 0 and pixels[1, 2] > 0 and pixels[:, 7].sum() == 0
+
+
 def test_moved_ground_truth_is_matched_by_stem(scenes, tmp_path):
     pred = make_prediction(scenes, tmp_path / "pred")
     moved = tmp_path / "elsewhere"

@@ -57,6 +57,22 @@ def test_unlabelled_predictions_are_misses_and_ignored_gt_is_not_scored():
     assert scores.iou.tolist() == [1.0, 0.5] and scores.pixel_accuracy == pytest.approx(2 / 3)
 
 
+def test_main_confusions_name_where_each_class_went():
+    # rows: truth (bg, cat, dog); columns: predicted bg, cat, dog, unlabelled
+    conf = np.array([[10, 0, 0, 0],
+                     [1, 6, 3, 0],
+                     [0, 1, 1, 2],
+                     ], dtype=np.int64)
+    out = M.main_confusions(conf, ["bg", "cat", "dog"])
+    assert out["bg"] == {"correct": 1.0, "confused_with": None, "fraction": 0.0}
+    assert out["cat"] == {"correct": 0.6, "confused_with": "dog", "fraction": pytest.approx(0.3)}
+    assert out["dog"]["confused_with"] == "unlabelled" and out["dog"]["fraction"] == 0.5
+    absent = M.main_confusions(np.array([[4, 0, 0], [0, 0, 0]]), ["bg", "cat"])
+    assert set(absent) == {"bg"}  # a class without ground-truth pixels is left out
+    with pytest.raises(ValueError):
+        M.main_confusions(conf, ["bg", "cat"])
+
+
 def test_many_classes_and_wide_integer_maps():
     rng = np.random.default_rng(5)
     gt = rng.integers(0, 920, size=(50, 60))

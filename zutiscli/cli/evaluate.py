@@ -70,12 +70,17 @@ def _tables(metrics: dict[str, Any]) -> list[Any]:
                       *(_pct(buckets[k]) for k in ("S", "MS", "ML", "L")))
         tables.append(table)
         per_class = semantic["per_class_iou"]
+        confusions = semantic.get("main_confusions", {})
         if 0 < len(per_class) <= 30:
             small = Table(title="IoU per class", title_justify="left")
             small.add_column("class")
             small.add_column("IoU", justify="right")
+            small.add_column("pixels right", justify="right")
+            small.add_column("most often taken for")
             for name, value in per_class.items():
-                small.add_row(name, _pct(value))
+                where = confusions.get(name)
+                taken = f"{where['confused_with']} ({_pct(where['fraction'])})" if where and where["confused_with"] else ""
+                small.add_row(name, _pct(value), _pct(where["correct"]) if where else "", taken)
             tables.append(small)
     panoptic = metrics.get("panoptic")
     if panoptic:

@@ -139,6 +139,40 @@ class SemanticScores:
         }
 
 
+def main_confusions(conf: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Where each ground-truth class's pixels went: its recall and the label that took most of the rest.
+
+    Args:
+        conf: ``(G, G + 1)`` confusion matrix in ground-truth index space (last column: pixels
+            predicted as no class).
+        names: ``G`` class names.
+
+    Returns:
+        For every class with ground-truth pixels, ``{"correct": recall, "confused_with": name,
+        "fraction": share}``: ``name`` is the other class (or ``"unlabelled"`` for the last column)
+        that received the largest share of the class's pixels, ``share`` that share (fractions of
+        the class's ground-truth pixels). ``confused_with`` is None when every pixel was right.
+        Classes with no ground-truth pixels are left out.
+    """
+    conf = np.asarray(conf, dtype=np.float64)
+    classes = conf.shape[0]
+    if conf.ndim != 2 or conf.shape[1] != classes + 1 or len(names) != classes:
+        raise ValueError(f"expected a (G, G + 1) confusion matrix and G names, got {conf.shape} and {len(names)}")
+    labels = list(names) + ["unlabelled"]
+    out: dict[str, dict[str, Any]] = {}
+    for index, row in enumerate(conf):
+        total = row.sum()
+        if total <= 0:
+            continue
+        others = row.copy()
+        others[index] = -1.0
+        worst = int(others.argmax())
+        share = float(others[worst] / total)
+        out[labels[index]] = {"correct": float(row[index] / total),
+                              "confused_with": labels[worst] if share > 0 else None, "fraction": share}
+    return out
+
+
 def _num(value: float) -> float | None:
     """A JSON-ready float (NaN -> None)."""
     value = float(value)

@@ -41,7 +41,9 @@ Metrics (fractions in [0, 1] in ``metrics.json``; see :mod:`zutiscli.ops.metrics
   categories (``useCats=1``) and class-agnostic (all categories merged into one, as CutLER and
   MaskDistill report): AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l, and AP per class.
 - semantic: confusion-matrix mIoU (nanmean over classes present in GT or prediction; background
-  is a class), pixel accuracy, mean accuracy, per-class IoU, ImageNet-S size-bucket mIoU.
+  is a class), pixel accuracy, mean accuracy, per-class IoU, ImageNet-S size-bucket mIoU, and
+  where each class's pixels went (``main_confusions``; the full ``confusion`` matrix of pixel
+  counts too, up to :data:`MAX_CONFUSION_CLASSES` classes).
   When the GT is an instances JSON, the semantic GT is rasterised from its masks (crowd regions
   included); pixels claimed by two classes become ignore.
 - panoptic: PQ, SQ, RQ over all classes, things and stuff (COCO panoptic definition).
@@ -711,6 +713,11 @@ def evaluate_instances(pred: Prediction, truth: GroundTruth, matched: ImageMatch
 
 
 # ---- semantic metrics -----------------------------------------------------------------------
+#: Largest class count whose full confusion matrix is written to the metrics (ImageNet-S's 920
+#: classes would add a million numbers; their main confusions are always written).
+MAX_CONFUSION_CLASSES = 200
+
+
 class ConfusionSum:
     """Running sum of a ``(G, P + 1)`` confusion matrix and its ``(4, G, P + 1)`` size buckets.
 
@@ -850,6 +857,10 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     names += [str(i) for i in range(len(names), conf.shape[0])]
     out.update(scores.to_json(names[: conf.shape[0]]))
     out["size_buckets"] = {k: M._num(v) for k, v in M.bucket_miou(buckets).items()}
+    out["main_confusions"] = M.main_confusions(conf, names[: conf.shape[0]])
+    if conf.shape[0] <= MAX_CONFUSION_CLASSES:
+        out["confusion"] = {"classes": names[: conf.shape[0]] + ["unlabelled"], "rows": "ground truth",
+                            "columns": "predicted", "pixels": conf.tolist()}
     out["classes"] = int(conf.shape[0])
     out["classes_present"] = int(np.sum(~np.isnan(scores.iou)))
     return out
