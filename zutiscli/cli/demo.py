@@ -11,7 +11,7 @@ from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, ProgressBar, Qui
 
 def demo(
     fast: Annotated[bool, typer.Option("--fast", help="A smaller recipe (about half the time; lower quality).")] = False,
-    ablation: Annotated[bool, typer.Option("--ablation", help="Also reproduce the paper's findings: no NMS, no stop-gradient, zero-shot to an untrained shape and to colour-shape names; and train the same model on ground-truth scenes, the bound of the chain.")] = False,
+    ablation: Annotated[bool, typer.Option("--ablation", help="Also reproduce the paper's findings: no NMS, no stop-gradient (also at the paper's temperature 1), zero-shot to an untrained shape and to colour-shape names; and train the same model on ground-truth scenes, the bound of the chain.")] = False,
     pretrained: Annotated[str, typer.Option("--pretrained", help="shapes-clip weights: builtin (shipped) or a file from `zutis synth train-clip`.")] = "builtin",
     iterations: Annotated[Optional[int], typer.Option("--iterations", help="Training iterations (default: the recipe's).", show_default=False)] = None,
     pile: Annotated[Optional[int], typer.Option("--pile", help="Unlabelled images to index (default: the recipe's).", show_default=False)] = None,
@@ -61,5 +61,10 @@ def format_table(metrics: dict, seconds: dict, picture) -> str:
     for name, values in metrics.items():
         cells = [values.get(c) for c in columns]
         lines.append(name.ljust(width) + "".join(("-" if v is None else f"{100 * v:.1f}").rjust(18) for v in cells))
+    for name, values in metrics.items():
+        went = values.get("unseen_class_pixels")
+        if went and went.get("confused_with"):
+            lines.append(f"{name}: {100 * went['correct']:.1f}% of its {went['class']} pixels labelled {went['class']}, "
+                         f"{100 * went['fraction']:.1f}% {went['confused_with']}")
     lines.append(f"(percent; {sum(seconds.values()):.0f} s in all; open {picture} first)")
     return "\n".join(lines)
