@@ -234,6 +234,11 @@ def _predict_zutis(stages: _Stages, config: DemoConfig, label: str, out: Path, s
                                  **{k: v for k, v in values.items() if v is not None})
 
 
+def _zero_shot_variant(config: DemoConfig) -> str:
+    """The metrics name of the ablation trained without ``config.zero_shot_class``."""
+    return f"zutis, {config.zero_shot_class} never trained"
+
+
 def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: Path, classes: list[str],
                          label: str = "") -> Path:
     """retrieve -> pseudolabel -> copypaste for ``classes``; returns the copy-paste dataset directory."""
@@ -307,7 +312,7 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, log: Log | No
     headlines = {name: _headline(m) for name, m in metrics.items()}
     if config.ablation:
         # where the pixels of the shape never trained on went (the text table prints it too)
-        unseen = f"zutis, {config.zero_shot_class} never trained"
+        unseen = _zero_shot_variant(config)
         went = (metrics[unseen].get("semantic") or {}).get("main_confusions", {}).get(config.zero_shot_class)
         headlines[unseen]["unseen_class_pixels"] = {"class": config.zero_shot_class, **went} if went else None
     write_summary_picture(out / "summary.png", scenes, out / "predict", classes, headlines["zutis"])
@@ -378,7 +383,7 @@ def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scen
     dataset = _pipeline_to_dataset(stages, config, zero, index, seen, label=f"without {config.zero_shot_class}")
     unseen_run = stages.run(f"train (without {config.zero_shot_class})", train, _train_config(config, dataset),
                             zero / "train", log=stages.log)
-    metrics[f"zutis, {config.zero_shot_class} never trained"] = _predict_zutis(
+    metrics[_zero_shot_variant(config)] = _predict_zutis(
         stages, config, "zero-shot", zero, scenes, classes, unseen_run.path)
     supervised = root / "supervised"
     truth = stages.run("synth scenes (supervised reference)", write_synth,

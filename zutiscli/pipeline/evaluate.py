@@ -854,12 +854,12 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
         conf, buckets = acc.conf, acc.buckets
     scores = M.semantic_scores(conf)
     names = list(gt_names) if gt_names else [str(i) for i in range(conf.shape[0])]
-    names += [str(i) for i in range(len(names), conf.shape[0])]
-    out.update(scores.to_json(names[: conf.shape[0]]))
+    names = (names + [str(i) for i in range(len(names), conf.shape[0])])[: conf.shape[0]]
+    out.update(scores.to_json(names))
     out["size_buckets"] = {k: M._num(v) for k, v in M.bucket_miou(buckets).items()}
-    out["main_confusions"] = M.main_confusions(conf, names[: conf.shape[0]])
+    out["main_confusions"] = M.main_confusions(conf, names)
     if conf.shape[0] <= MAX_CONFUSION_CLASSES:
-        out["confusion"] = {"classes": names[: conf.shape[0]] + ["unlabelled"], "rows": "ground truth",
+        out["confusion"] = {"classes": names + ["unlabelled"], "rows": "ground truth",
                             "columns": "predicted", "pixels": conf.tolist()}
     out["classes"] = int(conf.shape[0])
     out["classes_present"] = int(np.sum(~np.isnan(scores.iou)))
