@@ -155,6 +155,8 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{scenes}/images", "--classes", "background", "--checkpoint", "{run}", "-o", "{out}"], 2, "background"),
         (["{scenes}/images", "--classes", "cat", "--task", "depth", "--checkpoint", "{run}", "-o", "{out}"], 2,
          "--task"),
+        (["{scenes}/images", "--classes", "cat", "--class-temperature", "-1", "--checkpoint", "{run}", "-o", "{out}"],
+         2, "--class-temperature must be > 0"),
         (["{scenes}/images", "--classes", "cat", "--checkpoint", "{run}", "-o", "{pile}"], 1, "finished artefact"),
     ],
     "evaluate run": [

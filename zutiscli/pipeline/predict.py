@@ -100,6 +100,9 @@ class PredictConfig:
                 raise UsageError(f"--{name.replace('_', '-')} must lie in (0, 1)")
         if self.max_detections < 1:
             raise UsageError("--max-detections must be >= 1")
+        if not self.class_temperature > 0:
+            raise UsageError(f"--class-temperature must be > 0 (got {self.class_temperature}); it scales the "
+                             "cosine in sigmoid(T x cos), and a negative one would favour the least likely class")
 
     @property
     def tasks(self) -> set[str]:
