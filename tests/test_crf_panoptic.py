@@ -7,7 +7,7 @@ import pytest
 
 from zutiscli.ops.crf import dense_crf_labels
 from zutiscli.ops.instances import Instances
-from zutiscli.ops.panoptic import merge_panoptic, panoptic_to_rgb, rgb_to_panoptic
+from zutiscli.ops.panoptic import merge_panoptic, panoptic_to_rgb, rgb_to_panoptic, semantic_from_instances
 
 
 def boundary_iou(labels: np.ndarray, truth: np.ndarray, band: np.ndarray) -> float:
@@ -114,3 +114,23 @@ def test_panoptic_rgb_round_trip() -> None:
     np.testing.assert_array_equal(rgb_to_panoptic(rgb), ids)
     with pytest.raises(ValueError):
         panoptic_to_rgb(np.array([[1 << 24]]))
+
+
+def test_semantic_from_instances_paints_the_best_instance_over_background() -> None:
+    masks = np.zeros((3, 6, 8), dtype=bool)
+    masks[0, 0:4, 0:4] = True  # class 2, score 0.9
+    masks[1, 2:6, 2:6] = True  # class 1, score 0.5: loses the overlap, keeps 12 of 16 pixels
+    masks[2, 0:4, 0:4] = True  # class 3, score 0.4: a duplicate of the first, claims nothing
+    scores = np.array([0.9, 0.5, 0.4])
+    labels = np.array([2, 1, 3])
+    semantic = semantic_from_instances((masks, scores, labels), (6, 8))
+    expected = np.zeros((6, 8), dtype=np.int64)
+    expected[2:6, 2:6] = 1
+    expected[0:4, 0:4] = 2
+    np.testing.assert_array_equal(semantic, expected)
+    assert semantic.dtype == np.int64
+    # an instance left with less than half of its mask is dropped, as in the panoptic merge
+    mostly_taken = semantic_from_instances((masks[:2], scores[:2], labels[:2]), (6, 8), overlap_threshold=0.8)
+    assert set(np.unique(mostly_taken)) == {0, 2}
+    nothing = semantic_from_instances((masks[:0], scores[:0], labels[:0]), (6, 8))
+    assert nothing.shape == (6, 8) and not nothing.any()

@@ -26,6 +26,8 @@ DRY_RUNS = {
                       {"iterations_done": 1, "iterations_to_run": 3}),
     "predict": (["predict", "{scenes}/images", "--classes", "circle,star", "--checkpoint", "{run}"],
                 {"images_to_segment": 2}),
+    "predict with the crop classifier": (["predict", "{scenes}/images", "--classes", "circle", "--checkpoint", "{run}",
+                                          "--crop-weight", "0.5", "--refine", "bilateral"], {"images_to_segment": 2}),
     "predict maskclip": (["predict", "{scenes}/images", "--classes", "circle", "--method", "maskclip", "--model",
                           "zutis-tiny", "--pretrained", "{weights}"], {"images_to_segment": 2}),
 }
@@ -60,6 +62,18 @@ def test_dry_run_counts_and_writes_nothing(name, world, tmp_path, monkeypatch, c
     for key, value in expected.items():  # the human report shows the same counts
         assert f"{value:,} {key.replace('_', ' ')}" in text, text
     assert (snapshot(world["root"]), snapshot(tmp_path)) == before  # no output directory, no runs/N
+
+
+def test_predict_plan_names_the_crop_classifier_weights(world, tmp_path, monkeypatch, capsys, no_weights):
+    monkeypatch.chdir(tmp_path)
+    args = ["predict", "{scenes}/images", "--classes", "circle", "--checkpoint", "{run}", "--crop-weight", "0.5"]
+    code, out, err = run(capsys, [*fill(args, world, tmp_path / "out"), "--dry-run", "--json"])
+    assert code == 0, err
+    crop = json.loads(out)["model"]["crop_classifier"]
+    assert crop["name"] == "zutis-tiny" and crop["weights"] == str(world["weights"])  # the run's own CLIP
+    code, out, err = run(capsys, [*fill([*args, "--crop-pretrained", "{missing}.pt"], world, tmp_path / "out"),
+                                  "--dry-run"])
+    assert code == 1 and "no such checkpoint file" in err
 
 
 def test_human_report_names_inputs_model_and_output(world, tmp_path, monkeypatch, capsys):

@@ -145,6 +145,79 @@ def test_score_threshold_max_detections_empty_queries_and_output_size() -> None:
     assert len(nothing) == 0 and nothing.masks.shape == (0, 20, 30)
 
 
+def _two_squares() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 32 x 32 image with two sharp squares (left dark grey, right white, on black), blobby
+    queries over them (an 8 x 8 mask grid of logits), a cat-everywhere dense map and the truth."""
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    image[6:26, 2:14] = 90
+    image[6:26, 18:30] = 255
+    truth = np.zeros((2, 32, 32), dtype=bool)
+    truth[0, 6:26, 2:14] = True
+    truth[1, 6:26, 18:30] = True
+    # blobby: each query covers its square's cells plus a ring of one cell, at lower confidence
+    left = query(rows=slice(1, 7), cols=slice(0, 4), inside=1.0, outside=-6.0)
+    left[2:6, 1:3] = 6.0
+    right = query(rows=slice(1, 7), cols=slice(4, 8), inside=1.0, outside=-6.0)
+    right[2:6, 5:7] = 6.0
+    text = np.stack([E[0], E[1], E[2]])  # background, cat, dog
+    dense = np.broadcast_to(E[1], (4, 4, D)).copy()  # the dense embeddings say cat everywhere
+    return image, np.stack([left, right]), dense, text, truth
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_refined_masks_follow_the_image_edges() -> None:
+    image, logits, dense, text, truth = _two_squares()
+    raw = instances_from_queries(logits, dense, text, output_size=(32, 32), nms="none")
+    refined = instances_from_queries(logits, dense, text, output_size=(32, 32), nms="none", refine="bilateral",
+                                     image=image)
+    order = np.argsort([m.nonzero()[1].mean() for m in refined.masks])  # left square first
+    for mask, true in zip(refined.masks[order], truth):
+        assert _iou(mask, true) >= 0.95
+    raw_order = np.argsort([m.nonzero()[1].mean() for m in raw.masks])
+    assert all(_iou(m, t) < 0.9 for m, t in zip(raw.masks[raw_order], truth))  # the blobs were worse
+    np.testing.assert_allclose(np.sort(refined.quality), np.sort(raw.quality))  # scored as predicted
+    with pytest.raises(ValueError, match="needs the image"):
+        instances_from_queries(logits, dense, text, output_size=(32, 32), refine="bilateral")
+    with pytest.raises(ValueError, match="refine must be"):
+        instances_from_queries(logits, dense, text, refine="sharpen")
+    with pytest.raises(ValueError, match="output size"):
+        instances_from_queries(logits, dense, text, output_size=(32, 32), refine="bilateral", image=image[:16])
+
+
+def test_crop_classifier_votes_with_the_dense_embeddings() -> None:
+    image, logits, dense, text, _ = _two_squares()
+    seen: list[np.ndarray] = []
+
+    def bright_is_dog(masks: np.ndarray) -> np.ndarray:
+        """dog for the white square, cat for the grey one, from the pixels each mask holds."""
+        seen.append(masks)
+        bright = np.array([image[m].mean() > 200 for m in masks])
+        return np.where(bright[:, None], [[0.1, 0.9]], [[0.9, 0.1]])
+
+    common = dict(output_size=(32, 32), refine="bilateral", image=image, class_temperature=5.0)
+    dense_only = instances_from_queries(logits, dense, text, **common)
+    assert dense_only.labels.tolist() == [1, 1] and not seen  # weight 0: the classifier is not asked
+    both = instances_from_queries(logits, dense, text, crop_classifier=bright_is_dog, crop_weight=0.5, **common)
+    assert len(seen) == 1 and seen[0].shape == (2, 32, 32) and seen[0].dtype == bool  # refined masks
+    white = [i for i, m in enumerate(both.masks) if image[m].mean() > 200]
+    assert len(white) == 1 and both.labels[white[0]] == 2 and both.labels[1 - white[0]] == 1
+    # geometric ensemble: p_dog = sigmoid(5 cos_dog) ** 0.5 * 0.9 ** 0.5, cos_dog = 0
+    np.testing.assert_allclose(both.class_probs[white[0]], math.sqrt(sigmoid(0.0) * 0.9), rtol=1e-5)
+    np.testing.assert_allclose(both.scores, both.quality * both.class_probs, rtol=1e-6)
+    # weight 1: the crop classifier alone, and the same labels without any refinement
+    alone = instances_from_queries(logits, dense, text, crop_classifier=bright_is_dog, crop_weight=1.0,
+                                   output_size=(32, 32))
+    np.testing.assert_allclose(np.sort(alone.class_probs), [0.9, 0.9], rtol=1e-6)
+    with pytest.raises(ValueError, match="expected"):
+        instances_from_queries(logits, dense, text, crop_classifier=lambda m: np.ones((len(m), 5)),
+                               crop_weight=0.5, output_size=(32, 32))
+    with pytest.raises(ValueError, match="crop_weight"):
+        instances_from_queries(logits, dense, text, crop_classifier=bright_is_dog, crop_weight=1.5)
+
+
 def test_semantic_argmax_on_constructed_dense_map() -> None:
     text = np.stack([E[0], E[1], E[2], E[3]])
     dense = np.zeros((4, 4, D), dtype=np.float32)

@@ -143,3 +143,34 @@ def test_many_classes_get_16_bit_label_maps(tiny_checkpoint, trained, tmp_path):
     result = predict(config, tmp_path / "many")
     values, ignore = read_label_map(result.path / "semantic" / "000000.png")
     assert ignore == 65535 and values.shape == (64, 64) and 0 <= values.min() and values.max() <= 300
+
+
+def test_refined_crop_classified_instances_and_their_semantic_map(trained, tiny_checkpoint, tmp_path):
+    from zutiscli.ops.masks import decode_mask
+    from zutiscli.ops.panoptic import semantic_from_instances
+
+    run, scenes = trained
+    config = PredictConfig(inputs=[str(scenes / "images")], classes=queries("circle", "star", "ring"),
+                           checkpoint=str(run), device="cpu", score_threshold=0.0, refine="bilateral",
+                           crop_weight=0.5, semantic_from="instances", vis=False)
+    result = predict(config, tmp_path / "out")
+    manifest = read_manifest(result.path, "zutis.predictions")
+    # the crop classifier defaults to the checkpoint's own CLIP before training
+    assert manifest.model["crop_classifier"]["pretrained"] == str(tiny_checkpoint.resolve())
+    assert manifest.params["refine"] == "bilateral" and manifest.params["semantic_from"] == "instances"
+    sidecar = json.loads((result.path / "images.json").read_text())
+    predictions = json.loads((result.path / "predictions.json").read_text())
+    assert predictions and {p["category_id"] for p in predictions} <= {1, 2, 3}
+    for image in sidecar["images"]:
+        mine = [p for p in predictions if p["image_id"] == image["id"]]
+        size = (image["height"], image["width"])
+        masks = np.stack([decode_mask(p["segmentation"]) for p in mine]) if mine else np.zeros((0, *size), bool)
+        expected = semantic_from_instances(
+            (masks, np.array([p["score"] for p in mine]), np.array([p["category_id"] for p in mine])), size)
+        np.testing.assert_array_equal(read_label_png(result.path / image["semantic"]), expected)
+    # a semantic-only run draws the same map from the same instances
+    alone = predict(PredictConfig(**{**vars(config), "task": "semantic"}), tmp_path / "semantic")
+    for image in sidecar["images"]:
+        np.testing.assert_array_equal(read_label_png(alone.path / image["semantic"]),
+                                      read_label_png(result.path / image["semantic"]))
+    assert not (alone.path / "predictions.json").read_text().strip("[]\n")

@@ -203,3 +203,15 @@ def test_bilateral_solve_properties():
     assert np.isfinite(solved).all()
     again = bilateral_solve(image, soft, confidence)
     np.testing.assert_array_equal(solved, again)
+
+
+def test_bilateral_solve_of_many_targets_equals_one_at_a_time():
+    image, truth, soft = _ellipse_from_patches(64, 8)
+    targets = np.stack([soft, 1.0 - soft, np.full(truth.shape, 0.3, np.float32)])
+    together = bilateral_solve(image, targets)
+    assert together.shape == targets.shape and together.dtype == np.float32
+    for one, target in zip(together, targets):
+        np.testing.assert_allclose(one, bilateral_solve(image, target), atol=1e-6)
+    refined = bilateral_refine(image, targets[:2])
+    assert refined.shape == (2, 64, 64) and refined.dtype == bool
+    assert _iou(refined[0], truth) >= 0.99 and _iou(refined[1], ~truth) >= 0.99

@@ -23,6 +23,9 @@ Instance inference, as in the official ZUTIS code (apart from the grid NMS runs 
    product.) Class probabilities = ``sigmoid(class_temperature * cos(embedding, text_k))`` for
    every ``k`` including background; label = argmax, class probability = that maximum.
 4. Score = quality x class probability; proposals labelled background (0) are dropped.
+   Optionally (``crop_weight > 0``, not in the paper) the remaining proposals are classified a
+   second time by a ``crop_classifier`` (a CLIP image encoder shown a crop of each mask) and the
+   two opinions combined geometrically; the label and score follow the combination.
 5. Per-class mask NMS (:func:`zutiscli.ops.mask_nms.mask_nms`) before upsampling to the image:
    IoUs on the probability maps bilinearly upsampled by ``nms_scale`` (default 2) and binarised
    (``nms_scale=1``: the native binary masks); scores ``<= score_threshold`` dropped; the best
@@ -38,7 +41,7 @@ Instance inference, as in the official ZUTIS code (apart from the grid NMS runs 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -46,7 +49,10 @@ import torch.nn.functional as F
 
 from zutiscli.ops.mask_nms import Method, mask_nms
 
-__all__ = ["Instances", "instances_from_queries", "semantic_from_dense"]
+__all__ = ["REFINERS", "Instances", "instances_from_queries", "semantic_from_dense"]
+
+#: Instance mask refinements of :func:`instances_from_queries`.
+REFINERS = ("none", "bilateral", "crf")
 
 # Upsampling chunk: bounds the float32 intermediate at this many (H, W) maps.
 _UPSAMPLE_CHUNK = 16
@@ -125,6 +131,10 @@ def instances_from_queries(
     max_detections: int = 100,
     output_size: tuple[int, int] | None = None,
     nms_scale: int = 2,
+    refine: str = "none",
+    image: Any = None,
+    crop_classifier: Callable[[np.ndarray], Any] | None = None,
+    crop_weight: float = 0.0,
 ) -> Instances:
     """ZUTIS instance inference for one image (steps in the module docstring).
 
@@ -143,6 +153,21 @@ def instances_from_queries(
         output_size: ``(H, W)`` of the returned masks in pixels; ``None`` = ``(h2, w2)``.
         nms_scale: NMS IoUs on the probability maps upsampled by this integer factor (1 = the
             native ``(h2, w2)`` binary masks; 2 = closer to full-resolution decisions).
+        refine: ``"none"`` (the paper), ``"bilateral"`` (each mask's upsampled probabilities
+            snapped to the image's edges by the bilateral solver, as SelfMask and ZUTIS refine
+            their pseudo-masks; :func:`zutiscli.ops.refine.bilateral_refine`) or ``"crf"``
+            (:func:`zutiscli.ops.refine.densecrf_refine`, needs pydensecrf). Refined masks are
+            the ones classified by ``crop_classifier``, compared by NMS and returned.
+        image: ``(H, W, 3)`` uint8 RGB at ``output_size``; needed when ``refine`` is not "none".
+        crop_classifier: optional second opinion on the class of each mask: takes the ``(N, H,
+            W)`` bool masks (at ``output_size``, refined if asked) of the queries not labelled
+            background and returns ``(N, K - 1)`` probabilities over the foreground classes (rows
+            summing to 1), e.g. a CLIP image encoder shown a crop of each mask. Used when
+            ``crop_weight > 0``.
+        crop_weight: ``w`` in ``[0, 1]``: the class probability of foreground class ``k`` becomes
+            ``sigmoid(T cos_k) ** (1 - w) * crop_k ** w`` (a geometric ensemble, as ZegFormer's),
+            and the label its argmax; 0 = the paper's rule. Background decisions stay the dense
+            embeddings'.
 
     Returns:
         :class:`Instances`, sorted by score descending.
@@ -188,15 +213,45 @@ def instances_from_queries(
         scores[foreground],
     )
 
+    if refine not in REFINERS:
+        raise ValueError(f"refine must be one of {', '.join(REFINERS)}, got {refine!r}")
+    use_crops = crop_classifier is not None and crop_weight > 0
+    if use_crops and not crop_weight <= 1:
+        raise ValueError(f"crop_weight must lie in [0, 1], got {crop_weight}")
+    full: np.ndarray | None = None  # (N, H, W) bool masks at the output size, when needed before NMS
+    fg_cosine = cosine[foreground]
+    if refine != "none" or use_crops:
+        full = _full_size_masks(probs, size, mask_threshold, refine, image)
+        kept = full.any(axis=(1, 2))  # refinement may empty a mask
+        if not kept.all():
+            rows = torch.as_tensor(np.nonzero(kept)[0], device=device)
+            full, probs, binary, fg_cosine = full[kept], probs[rows], binary[rows], fg_cosine[rows]
+            quality, class_probs, labels, scores = quality[rows], class_probs[rows], labels[rows], scores[rows]
+            if not kept.any():
+                return Instances.empty(size)
+    if use_crops:
+        assert crop_classifier is not None and full is not None
+        crop = _tensor(crop_classifier(full), device).float()
+        if crop.shape != (probs.shape[0], classes.shape[0] - 1):
+            raise ValueError(f"crop_classifier returned shape {tuple(crop.shape)}, expected "
+                             f"{(probs.shape[0], classes.shape[0] - 1)}")
+        dense_probs = torch.sigmoid(class_temperature * fg_cosine[:, 1:])
+        combined = dense_probs.clamp_min(1e-12) ** (1 - crop_weight) * crop.clamp_min(1e-12) ** crop_weight
+        class_probs, fg_labels = combined.max(dim=1)
+        labels = fg_labels + 1
+        scores = quality * class_probs
+
     if int(nms_scale) < 1:
         raise ValueError(f"nms_scale must be a positive integer, got {nms_scale}")
-    if int(nms_scale) == 1:
-        nms_masks = binary
+    if full is not None:
+        nms_masks = full
+    elif int(nms_scale) == 1:
+        nms_masks = binary.cpu().numpy()
     else:
         nms_size = (mask_size[0] * int(nms_scale), mask_size[1] * int(nms_scale))
-        nms_masks = _resize(probs, nms_size) > mask_threshold
+        nms_masks = (_resize(probs, nms_size) > mask_threshold).cpu().numpy()
     keep, new_scores = mask_nms(
-        nms_masks.cpu().numpy(),
+        nms_masks,
         scores.cpu().numpy(),
         labels.cpu().numpy(),
         method=nms,
@@ -208,11 +263,14 @@ def instances_from_queries(
     if keep.size == 0:
         return Instances.empty(size)
     index = torch.as_tensor(keep, device=device)
-    kept_probs = probs[index]
-    chunks = [
-        (_resize(kept_probs[start : start + _UPSAMPLE_CHUNK], size) > mask_threshold).cpu().numpy()
-        for start in range(0, kept_probs.shape[0], _UPSAMPLE_CHUNK)
-    ]
+    if full is not None:
+        chunks = [full[keep]]
+    else:
+        kept_probs = probs[index]
+        chunks = [
+            (_resize(kept_probs[start : start + _UPSAMPLE_CHUNK], size) > mask_threshold).cpu().numpy()
+            for start in range(0, kept_probs.shape[0], _UPSAMPLE_CHUNK)
+        ]
     return Instances(
         masks=np.concatenate(chunks, axis=0),
         scores=new_scores.astype(np.float32),
@@ -220,6 +278,27 @@ def instances_from_queries(
         class_probs=class_probs[index].cpu().numpy().astype(np.float32),
         quality=quality[index].cpu().numpy().astype(np.float32),
     )
+
+
+def _full_size_masks(probs: torch.Tensor, size: tuple[int, int], threshold: float, refine: str,
+                     image: Any) -> np.ndarray:
+    """``(N, h2, w2)`` mask probabilities -> ``(N, H, W)`` bool masks at ``size``, refined if asked."""
+    from zutiscli.ops.refine import bilateral_refine, densecrf_refine
+
+    soft = np.concatenate([
+        _resize(probs[start : start + _UPSAMPLE_CHUNK], size).cpu().numpy()
+        for start in range(0, probs.shape[0], _UPSAMPLE_CHUNK)
+    ], axis=0)
+    if refine == "none":
+        return soft > threshold
+    if image is None:
+        raise ValueError(f"refine={refine!r} needs the image")
+    rgb = np.asarray(image)
+    if rgb.shape[:2] != size or rgb.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8 at the output size {size}, got {rgb.shape} {rgb.dtype}")
+    if refine == "bilateral":
+        return bilateral_refine(rgb, soft, threshold=threshold)
+    return np.stack([densecrf_refine(rgb, one) for one in soft]) if len(soft) else soft > threshold
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import numpy as np
 
 from zutiscli.ops.arrays import to_numpy as _to_numpy
 
-__all__ = ["merge_panoptic", "panoptic_to_rgb", "rgb_to_panoptic"]
+__all__ = ["merge_panoptic", "semantic_from_instances", "panoptic_to_rgb", "rgb_to_panoptic"]
 
 
 
@@ -109,6 +109,26 @@ def merge_panoptic(
                 {"id": segment_id, "category_id": int(label), "isthing": False, "area": int(count)}
             )
     return segment_map, segments
+
+
+def semantic_from_instances(instances: Any, size: tuple[int, int], *, overlap_threshold: float = 0.5) -> np.ndarray:
+    """A semantic map drawn from instances alone: the class of each thing segment of
+    :func:`merge_panoptic` (instances claim pixels in descending score), background elsewhere.
+
+    Args:
+        instances: as for :func:`merge_panoptic` (masks ``(N, H, W)`` bool at ``size``).
+        size: ``(H, W)`` in pixels.
+        overlap_threshold: as for :func:`merge_panoptic`.
+
+    Returns:
+        ``(H, W)`` int64 class map, 0 = background.
+    """
+    placeholder = np.zeros(size, dtype=np.int64)
+    segment_map, segments = merge_panoptic(placeholder, instances, overlap_threshold=overlap_threshold)
+    lookup = np.zeros(len(segments) + 1, dtype=np.int64)
+    for segment in segments:
+        lookup[segment["id"]] = segment["category_id"]
+    return lookup[segment_map]
 
 
 def panoptic_to_rgb(segment_map: Any) -> np.ndarray:

@@ -350,26 +350,27 @@ def bilateral_solve(
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB or ``(H, W)`` uint8 grey guide.
-        target: ``(H, W)`` float values to smooth (e.g. a bilinearly upsampled soft mask).
+        target: ``(H, W)`` float values to smooth (e.g. a bilinearly upsampled soft mask), or
+            ``(N, H, W)``: ``N`` targets smoothed with one grid (built once).
         confidence: ``(H, W)`` non-negative float weights of the data term; ``None`` = all ones.
 
     Returns:
-        ``(H, W)`` float32 smoothed values.
+        float32 smoothed values, the shape of ``target``.
 
     Cost: ``O(H * W)`` to build the grid (one ``np.unique`` over pixel keys) plus ``iterations``
     sparse products on the ``V`` occupied vertices (at most ``H * W``, usually far fewer);
     ~0.03-0.06 s for 320 x 320 on a busy 2-core CPU (12k vertices for a noisy two-colour image).
     """
     values = _to_numpy(target).astype(np.float64)
-    if values.ndim != 2:
-        raise ValueError(f"target must be (H, W), got shape {tuple(values.shape)}")
-    guide = _check_image(image, values.shape)
+    if values.ndim not in (2, 3):
+        raise ValueError(f"target must be (H, W) or (N, H, W), got shape {tuple(values.shape)}")
+    guide = _check_image(image, values.shape[-2:])
     if confidence is None:
-        weights = np.ones(values.size)
+        weights = np.ones(values.shape[-2] * values.shape[-1])
     else:
         weights = _to_numpy(confidence).astype(np.float64).ravel()
-        if weights.size != values.size:
-            raise ValueError("confidence must have the shape of target")
+        if weights.size != values.shape[-2] * values.shape[-1]:
+            raise ValueError("confidence must have the shape of one target, (H, W)")
     splat, blur = _bilateral_grid(guide, sigma_spatial, sigma_luma, sigma_chroma)
     counts = np.asarray(splat.sum(axis=1)).ravel()  # pixels per vertex, all >= 1
     norm = np.ones_like(counts)
@@ -378,10 +379,12 @@ def bilateral_solve(
     smooth = sparse.diags(counts) - sparse.diags(norm) @ blur @ sparse.diags(norm)
     splat_weights = splat @ weights
     system = (lam * smooth + sparse.diags(splat_weights)).tocsr()
-    rhs = splat @ (weights * values.ravel())
-    start = rhs / np.maximum(splat_weights, 1e-12)
-    solution = _jacobi_cg(system, rhs, start, int(iterations))
-    return (splat.T @ solution).reshape(values.shape).astype(np.float32)
+    solved = []
+    for one in values.reshape(-1, weights.size):  # one grid and one system for every target
+        rhs = splat @ (weights * one)
+        start = rhs / np.maximum(splat_weights, 1e-12)
+        solved.append(splat.T @ _jacobi_cg(system, rhs, start, int(iterations)))
+    return np.stack(solved).reshape(values.shape).astype(np.float32)
 
 
 def _jacobi_cg(
@@ -432,10 +435,11 @@ def bilateral_refine(
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB (or ``(H, W)`` uint8 grey).
-        fg_prob: ``(H, W)`` float foreground probability in ``[0, 1]`` (confidence 1 everywhere).
+        fg_prob: ``(H, W)`` float foreground probability in ``[0, 1]`` (confidence 1 everywhere),
+            or ``(N, H, W)`` for ``N`` masks of one image (the grid is built once).
 
     Returns:
-        ``(H, W)`` bool: solved values ``> threshold``. No pydensecrf needed.
+        bool, the shape of ``fg_prob``: solved values ``> threshold``. No pydensecrf needed.
     """
     return bilateral_solve(
         image,

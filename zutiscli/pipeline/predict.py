@@ -46,6 +46,7 @@ from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 TASKS = ("semantic", "instance", "panoptic", "all")
 NMS_METHODS = ("hard", "linear", "gaussian", "matrix", "none")
+SEMANTIC_SOURCES = ("dense", "instances")
 
 
 @dataclass
@@ -79,6 +80,11 @@ class PredictConfig:
     crf_bi_rgb: float = 3.0
     workers: int = 0
     components: bool = False
+    refine: str = "none"
+    semantic_from: str = "dense"
+    crop_weight: float = 0.0
+    crop_model: str | None = None
+    crop_pretrained: str | None = None
     vis: bool = True
     max_pixels: int | None = 178_956_970
 
@@ -103,10 +109,38 @@ class PredictConfig:
         if not self.class_temperature > 0:
             raise UsageError(f"--class-temperature must be > 0 (got {self.class_temperature}); it scales the "
                              "cosine in sigmoid(T x cos), and a negative one would favour the least likely class")
+        from zutiscli.ops.instances import REFINERS
+
+        if self.refine not in REFINERS:
+            raise UsageError(f"--refine {self.refine!r} is not one of {', '.join(REFINERS)}")
+        if self.refine != "none" and self.method != "zutis":
+            raise UsageError("--refine refines the instance masks of --method zutis")
+        if self.semantic_from not in SEMANTIC_SOURCES:
+            raise UsageError(f"--semantic-from {self.semantic_from!r} is not one of {', '.join(SEMANTIC_SOURCES)}")
+        if self.semantic_from == "instances" and self.method != "zutis":
+            raise UsageError("--semantic-from instances needs the query masks of --method zutis")
+        if self.semantic_from == "instances" and self.crf:
+            raise UsageError("--crf smooths the dense class probabilities; --semantic-from instances does not "
+                             "use them (give --refine for the instance masks instead)")
+        if not 0 <= self.crop_weight <= 1:
+            raise UsageError(f"--crop-weight must lie in [0, 1] (got {self.crop_weight}); 0 = the dense "
+                             "embeddings alone, 1 = the crop classifier alone")
+        if self.crop_weight > 0 and self.method != "zutis":
+            raise UsageError("--crop-weight re-classifies the instances of --method zutis; MaskCLIP's "
+                             "instances are its semantic regions")
+        if (self.crop_model or self.crop_pretrained) and self.crop_weight == 0:
+            raise UsageError("--crop-model/--crop-pretrained choose the crop classifier; give --crop-weight "
+                             "above 0 to use it")
 
     @property
     def tasks(self) -> set[str]:
         return {"semantic", "instance", "panoptic"} if self.task == "all" else {self.task}
+
+    @property
+    def wants_instances(self) -> bool:
+        """Instances are computed: asked for, or the semantic map is drawn from them."""
+        return bool(self.tasks & {"instance", "panoptic"}) or (
+            self.semantic_from == "instances" and bool(self.tasks & {"semantic"}))
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
@@ -179,11 +213,42 @@ class ZutisPredictor:
 
     def batch(self, images: torch.Tensor) -> list[RawPrediction]:
         """``(B, 3, h, w)`` float images in [0, 1], one size -> raw outputs, one per image (one pass)."""
-        images = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
-        tokens = self.backbone.dense_tokens(images)
+        normalised = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
+        tokens = self.backbone.dense_tokens(normalised)
         dense = self.model.dense_embeddings(tokens)
         masks = self.model.mask_logits(tokens)[-1]
         return [RawPrediction(d.float(), m.float()) for d, m in zip(dense, masks)]
+
+
+class CropClassifier:
+    """A CLIP image encoder naming one object at a time (mask-crop classification, not in ZUTIS).
+
+    Each mask is shown as a square crop around its box (``margin`` of context on each side), the
+    pixels outside the mask painted with the encoder's normalisation mean, at the encoder's own
+    input size; class probabilities = softmax over the classes of CLIP's logit scale x cosine with
+    the classes' 85-template text embeddings.
+    """
+
+    margin = 0.2
+    batch_size = 64
+
+    def __init__(self, backbone: Any, classes: Sequence[ClassQuery]):
+        self.backbone = backbone
+        self.text = backbone.encode_text([q.phrase for q in classes], templates="ensemble").to(backbone.device)
+        self.scale = float(backbone.model.logit_scale.exp())
+
+    def __call__(self, image: np.ndarray, masks: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 RGB and ``(N, H, W)`` bool masks -> ``(N, K)`` class probabilities."""
+        from zutiscli.ops.crops import masked_square_crops
+
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+        probs = []
+        for start in range(0, masks.shape[0], self.batch_size):
+            crops = masked_square_crops(pixels, torch.from_numpy(masks[start:start + self.batch_size]),
+                                        self.backbone.image_size[0], margin=self.margin, fill=self.backbone.mean)
+            embeddings = self.backbone.encode_images(self.backbone.normalise(crops))
+            probs.append((self.scale * embeddings @ self.text.T).softmax(dim=-1))
+        return torch.cat(probs) if probs else torch.zeros(0, self.text.shape[0])
 
 
 class MaskClipPredictor:
@@ -282,7 +347,8 @@ def _resize_for_model(image: np.ndarray, max_size: int | None, patch: int) -> to
 
 
 def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, config: PredictConfig, *,
-                semantic: bool = True, instances: bool = True, crf_pool: Any = None) -> tuple[np.ndarray | None, Any]:
+                semantic: bool = True, instances: bool = True, crf_pool: Any = None,
+                crop_classifier: CropClassifier | None = None) -> tuple[np.ndarray | None, Any]:
     """One image's network outputs -> its semantic map and instances at the image's own size.
 
     Args:
@@ -294,8 +360,12 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
         config: thresholds, NMS and CRF options (``config.method`` picks the instance rule).
         semantic: compute the semantic map.
         instances: compute the instances (MaskCLIP's come from its semantic map, which is then
-            computed as well but returned only when ``semantic`` is set).
+            computed as well but returned only when ``semantic`` is set). With
+            ``config.semantic_from == "instances"`` the semantic map is drawn from them
+            (:func:`zutiscli.ops.panoptic.semantic_from_instances`), so they must be computed.
         crf_pool: a process pool for the CRF, or ``None`` to run it here.
+        crop_classifier: classifies the instances a second time from crops of ``raw.image``,
+            weighted by ``config.crop_weight`` (ZUTIS only).
 
     Returns:
         ``(semantic, instances)``: ``semantic`` ``(H, W)`` int64, 0 = background, ``i`` = the
@@ -307,7 +377,8 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
 
     height, width = image.shape[:2]
     labels = probs = None
-    if semantic or (instances and raw.mask_logits is None):
+    from_instances = config.semantic_from == "instances" and raw.mask_logits is not None
+    if (semantic and not from_instances) or (instances and raw.mask_logits is None):
         probs, labels = semantic_from_dense(raw.dense, text, (height, width))
         if config.crf:
             labels = _crf(image, probs, config, crf_pool)
@@ -315,14 +386,40 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
     found = None
     if instances:
         if raw.mask_logits is not None:
+            second_opinion = None
+            if crop_classifier is not None and config.crop_weight > 0:
+                def second_opinion(masks: np.ndarray) -> torch.Tensor:
+                    return crop_classifier(image, masks)
+
             found = instances_from_queries(
                 raw.mask_logits, raw.dense, text, mask_threshold=config.mask_threshold,
                 class_temperature=config.class_temperature, score_threshold=config.score_threshold,
                 nms=config.nms, iou_threshold=config.iou_threshold, sigma=config.sigma,
-                max_detections=config.max_detections, output_size=(height, width))
+                max_detections=config.max_detections, output_size=(height, width),
+                refine=config.refine, image=image, crop_classifier=second_opinion,
+                crop_weight=config.crop_weight)
         else:
             found = _maskclip_instances(labels, probs, config)
+    if semantic and from_instances:
+        from zutiscli.ops.panoptic import semantic_from_instances
+
+        if found is None:
+            raise ValueError("--semantic-from instances: the instances were not computed")
+        labels = semantic_from_instances(found, (height, width))
     return (labels if semantic else None), found
+
+
+def _crop_classifier_spec(config: PredictConfig, checkpoint: Path) -> tuple[str, str] | None:
+    """The crop classifier's (model, pretrained) without loading the checkpoint: the options, else
+    the run's ``config.json`` beside ``model.pt``; ``None`` when neither says."""
+    if config.crop_model and config.crop_pretrained:
+        return config.crop_model, config.crop_pretrained
+    try:
+        recorded = json.loads((checkpoint.parent / "config.json").read_text())
+        base = (str(recorded["model"]), str(recorded["pretrained"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return config.crop_model or base[0], config.crop_pretrained or base[1]
 
 
 def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Plan:
@@ -350,11 +447,19 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 
         model = weights_plan(config.model, config.pretrained or default_pretrained(config.model))
     model |= {"device": str(device), "precision": precision_name(dtype)}
+    notes = [f"skipped list entry {entry}: {reason}" for entry, reason in found.problems]
+    if config.crop_weight > 0:
+        crop = _crop_classifier_spec(config, checkpoint)
+        if crop is None:
+            notes.append("crop classifier: the CLIP the checkpoint was trained from (named inside model.pt, "
+                         "not read by a dry run)")
+        else:
+            model["crop_classifier"] = weights_plan(*crop)
     tasks = sorted(config.tasks)
     params = {"classes": [q.name for q in config.classes], "method": config.method, "tasks": tasks,
-              "crf": config.crf, "vis": config.vis}
+              "crf": config.crf, "refine": config.refine, "crop_weight": config.crop_weight,
+              "semantic_from": config.semantic_from, "vis": config.vis}
     work = {"images_to_segment": len(found.paths)}
-    notes = [f"skipped list entry {entry}: {reason}" for entry, reason in found.problems]
     return Plan("predict", reads, writes, model, params, work, notes)
 
 
@@ -403,11 +508,19 @@ def predict(config: PredictConfig, output: str | Path | None = None,
         model_record = spec.describe() | {"method": "maskclip"}
         patch = backbone.patch_size
         inputs_record = []
+    crop_classifier = None
+    if config.crop_weight > 0 and config.wants_instances:
+        from zutiscli.models.clip import ModelSpec, load_backbone
+
+        base = model.config.backbone
+        crop_spec = ModelSpec(config.crop_model or base["name"], config.crop_pretrained or base["pretrained"])
+        crop_classifier = CropClassifier(load_backbone(crop_spec, device=device, dtype=dtype), config.classes)
+        model_record["crop_classifier"] = crop_spec.describe()
     tasks = config.tasks
     out: Path | None = None  # created with the first readable image: no image, no artefact
     stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []
     want_semantic = bool(tasks & {"semantic", "panoptic"}) or config.method == "maskclip"
-    want_instances = bool(tasks & {"instance", "panoptic"})
+    want_instances = config.wants_instances
     sixteen_bit = len(names) >= IGNORE_8BIT  # class indices 1..K and 0 must stay clear of the 8-bit ignore
     timing = {"decode": 0.0, "model": 0.0, "post": 0.0, "write": 0.0}
     images_json: list[dict[str, Any]] = []
@@ -445,7 +558,8 @@ def predict(config: PredictConfig, output: str | Path | None = None,
                                       "height": height, "stem": stem}
             summary = ImageResult(path, image_id)
             semantic, instances = postprocess(raw, predictor.text, image, config, semantic=want_semantic,
-                                              instances=want_instances, crf_pool=crf_pool)
+                                              instances=want_instances, crf_pool=crf_pool,
+                                              crop_classifier=crop_classifier)
             if semantic is not None:
                 summary.semantic_classes = [names[v - 1] for v in np.unique(semantic) if v > 0]
             timing["post"] += time.perf_counter() - clock

@@ -1,0 +1,61 @@
+"""Masked square crops around object masks (what the crop classifier shows CLIP)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zutiscli.ops.crops import masked_square_crops
+
+FILL = (0.25, 0.5, 0.75)
+
+
+def scene() -> tuple[torch.Tensor, torch.Tensor]:
+    """A 40 x 60 image: white, a red 10 x 10 square at rows 10-19, columns 30-39, and its mask."""
+    image = torch.ones(3, 40, 60)
+    image[:, 10:20, 30:40] = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    mask = torch.zeros(1, 40, 60, dtype=torch.bool)
+    mask[0, 10:20, 30:40] = True
+    return image, mask
+
+
+def test_crop_is_centred_on_the_mask_and_paints_the_rest() -> None:
+    image, mask = scene()
+    # margin 0.5: the 10 px box becomes a 20 px crop; at 20 px out, one output pixel = one input pixel
+    crop = masked_square_crops(image, mask, 20, margin=0.5, fill=FILL)
+    assert crop.shape == (1, 3, 20, 20) and crop.dtype == torch.float32
+    red = torch.tensor([1.0, 0.0, 0.0])
+    torch.testing.assert_close(crop[0, :, 5:15, 5:15], red[:, None, None].expand(3, 10, 10))
+    # the white image around the square is painted over: the border holds the fill colour only
+    border = torch.cat([crop[0, :, :5].flatten(1), crop[0, :, 15:].flatten(1), crop[0, :, :, :5].flatten(1)], dim=1)
+    torch.testing.assert_close(border, torch.tensor(FILL)[:, None].expand_as(border))
+
+
+def test_crop_beyond_the_image_takes_the_fill_and_an_empty_mask_is_all_fill() -> None:
+    image = torch.ones(3, 20, 20)
+    masks = torch.zeros(2, 20, 20, dtype=torch.bool)
+    masks[0, 0:4, 0:4] = True  # in the corner: most of the crop lies outside the image
+    crops = masked_square_crops(image, masks, 16, margin=1.0, fill=FILL)
+    fill = torch.tensor(FILL)[:, None, None]
+    # the 12 px crop spans rows/columns -4..8: its first third is beyond the image, second third the mask
+    torch.testing.assert_close(crops[0, :, :5, :], fill.expand(3, 5, 16))
+    torch.testing.assert_close(crops[0, :, 6:10, 6:10], torch.ones(3, 4, 4))
+    torch.testing.assert_close(crops[1], fill.expand(3, 16, 16))
+
+
+def test_crops_of_many_masks_match_one_at_a_time() -> None:
+    generator = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 30, 50, generator=generator)
+    masks = torch.rand(37, 30, 50, generator=generator) > 0.97  # more than one chunk, scattered boxes
+    together = masked_square_crops(image, masks, 12)
+    alone = torch.cat([masked_square_crops(image, masks[i:i + 1], 12) for i in range(37)])
+    torch.testing.assert_close(together, alone)
+
+
+def test_bad_shapes_are_refused() -> None:
+    image, mask = scene()
+    with pytest.raises(ValueError, match="masks must be"):
+        masked_square_crops(image, mask[:, :20], 8)
+    with pytest.raises(ValueError, match="image must be"):
+        masked_square_crops(image[:1], mask, 8)
+    assert masked_square_crops(image, mask[:0], 8).shape == (0, 3, 8, 8)

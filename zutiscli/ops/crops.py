@@ -1,0 +1,88 @@
+"""Square crops around object masks, the pixels outside each mask painted over: what a CLIP image
+encoder is shown to name one object of a scene (mask-crop classification, as in ZegFormer, OVSeg
+and MaskCLIP+'s proposal classification).
+
+Images are ``(3, H, W)`` float tensors (any range: colours are not rescaled); masks ``(N, H, W)``
+bool; sizes in pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["masked_square_crops"]
+
+_CHUNK = 16
+
+
+def masked_square_crops(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    size: int,
+    *,
+    margin: float = 0.2,
+    fill: Sequence[float] = (0.0, 0.0, 0.0),
+) -> torch.Tensor:
+    """One square crop per mask, centred on the mask's box, resampled bilinearly to ``size``.
+
+    The crop's side is the box's longer side times ``1 + 2 * margin``; pixels outside the mask,
+    and any part of the crop beyond the image, take the colour ``fill`` (give the encoder's
+    normalisation mean so that they become zeros after normalisation). An empty mask gives a
+    crop of ``fill`` only.
+
+    Args:
+        image: ``(3, H, W)`` float.
+        masks: ``(N, H, W)`` bool (or anything whose non-zeros mark the object), same ``H, W``.
+        size: side of the returned crops, pixels.
+        margin: context around the box on each side, as a fraction of the box's longer side.
+        fill: ``(3,)`` colour of the painted-over pixels, in the units of ``image``.
+
+    Returns:
+        ``(N, 3, size, size)`` float, on the image's device, in its dtype.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got shape {tuple(image.shape)}")
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
+        raise ValueError(f"masks must be (N, H, W) with the image's size, got {tuple(masks.shape)} for "
+                         f"an image of {tuple(image.shape)}")
+    if size < 1 or margin < 0:
+        raise ValueError(f"size must be >= 1 and margin >= 0, got {size} and {margin}")
+    count, height, width = masks.shape
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    if count == 0:
+        return torch.zeros(0, 3, size, size, dtype=dtype, device=image.device)
+    binary = masks.to(device=image.device).bool()
+    colour = torch.tensor(list(fill), dtype=dtype, device=image.device).view(1, 3, 1, 1)
+    rows, cols = binary.any(dim=2), binary.any(dim=1)  # (N, H), (N, W)
+    present = rows.any(dim=1)
+    ys = torch.arange(height, device=image.device)
+    xs = torch.arange(width, device=image.device)
+    big = max(height, width) + 1
+    y0 = torch.where(rows, ys, big).amin(dim=1).to(dtype)
+    y1 = torch.where(rows, ys, -1).amax(dim=1).to(dtype) + 1
+    x0 = torch.where(cols, xs, big).amin(dim=1).to(dtype)
+    x1 = torch.where(cols, xs, -1).amax(dim=1).to(dtype) + 1
+    side = torch.maximum(y1 - y0, x1 - x0) * (1 + 2 * margin)
+    side = torch.where(present, side, torch.ones_like(side))
+    centre_y = torch.where(present, (y0 + y1) / 2, torch.zeros_like(side))
+    centre_x = torch.where(present, (x0 + x1) / 2, torch.zeros_like(side))
+    # affine_grid maps the output's [-1, 1] square to input coordinates (align_corners=False:
+    # -1 and 1 are the outer edges of the first and last pixel).
+    theta = torch.zeros(count, 2, 3, dtype=dtype, device=image.device)
+    theta[:, 0, 0] = side / width
+    theta[:, 0, 2] = 2 * centre_x / width - 1
+    theta[:, 1, 1] = side / height
+    theta[:, 1, 2] = 2 * centre_y / height - 1
+    grid = F.affine_grid(theta, [count, 3, size, size], align_corners=False)
+    # Painted-over pixels are zero in (image - fill), and so is grid_sample's padding beyond the
+    # image. Chunks bound the memory to _CHUNK full-size copies of the image.
+    base = image.to(dtype)[None] - colour
+    crops = [
+        F.grid_sample(base * binary[start:start + _CHUNK, None].to(dtype), grid[start:start + _CHUNK],
+                      mode="bilinear", padding_mode="zeros", align_corners=False)
+        for start in range(0, count, _CHUNK)
+    ]
+    return torch.cat(crops) + colour
