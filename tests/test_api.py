@@ -62,10 +62,17 @@ def test_import_is_light_and_lists_the_api():
     assert callable(zs.synth) and zs.synth.__module__ == "zutiscli.api"
 
 
-def test_predictor_matches_zutis_predict(trained, predictor, tmp_path):
+#: Inference options beyond the paper's: refined masks, a crop classifier, the semantic map from the instances.
+DEMO_INFERENCE = dict(refine="bilateral", crop_weight=0.5, semantic_from="instances")
+
+
+@pytest.mark.parametrize("extra", [{}, DEMO_INFERENCE], ids=["paper", "refined-crops"])
+def test_predictor_matches_zutis_predict(trained, predictor, tmp_path, extra):
     run, images = trained
     config = PredictConfig(inputs=[str(p) for p in images], classes=[ClassQuery(n, n) for n in CLASSES],
-                           checkpoint=str(run), device="cpu", score_threshold=0.0, vis=False)
+                           checkpoint=str(run), device="cpu", score_threshold=0.0, vis=False, **extra)
+    if extra:
+        predictor = zs.Predictor(run, classes=CLASSES, device="cpu", score_threshold=0.0, **extra)
     out = predict(config, tmp_path / "out").path
     sidecar = json.loads((out / "images.json").read_text())
     results = json.loads((out / "predictions.json").read_text())

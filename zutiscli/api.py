@@ -55,6 +55,7 @@ from zutiscli.pipeline.predict import (
     RawPrediction,
     ZutisPredictor,
     _resize_for_model,
+    load_crop_classifier,
     load_zutis,
     postprocess,
     resolve_checkpoint,
@@ -526,7 +527,8 @@ class Predictor:
             the image's size), ``max_pixels`` (files larger than this are refused), and the
             post-processing fields of :class:`zutiscli.pipeline.predict.PredictConfig`:
             ``mask_threshold``, ``class_temperature``, ``score_threshold``, ``nms``,
-            ``iou_threshold``, ``sigma``, ``max_detections``, ``crf`` and ``crf_*``.
+            ``iou_threshold``, ``sigma``, ``max_detections``, ``crf`` and ``crf_*``, ``refine``,
+            ``crop_weight``, ``crop_model``, ``crop_pretrained``, ``semantic_from``.
 
     Attributes:
         classes: the class names, in order (``Segmentation.class_names[1:]``).
@@ -558,6 +560,8 @@ class Predictor:
         self.classes = tuple(query.name for query in config.classes)
         self._class_names = ("background", *self.classes)
         self._network = ZutisPredictor(model, config.classes)
+        self._crop_classifier = load_crop_classifier(config, model, self.device,
+                                                     resolve_precision(config.precision, self.device))
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.checkpoint)!r}, classes={list(self.classes)!r}, device={str(self.device)!r})"
@@ -635,7 +639,8 @@ class Predictor:
         return outputs  # type: ignore[return-value]
 
     def _segment(self, raw: RawPrediction, rgb: np.ndarray) -> Segmentation:
-        semantic, instances = postprocess(raw, self._network.text, rgb, self.config)
+        semantic, instances = postprocess(raw, self._network.text, rgb, self.config,
+                                          crop_classifier=self._crop_classifier)
         return Segmentation(semantic=semantic, masks=instances.masks, scores=instances.scores,
                             labels=instances.labels, class_names=self._class_names, boxes=mask_boxes(instances.masks))
 

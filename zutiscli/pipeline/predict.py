@@ -409,6 +409,19 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
     return (labels if semantic else None), found
 
 
+def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device,
+                         dtype: torch.dtype) -> CropClassifier | None:
+    """The crop classifier ``config`` asks for (``None`` at ``crop_weight`` 0 or with no instances):
+    ``--crop-model/--crop-pretrained``, else the CLIP the ZUTIS ``model`` was trained from."""
+    if config.crop_weight <= 0 or not config.wants_instances:
+        return None
+    from zutiscli.models.clip import ModelSpec, load_backbone
+
+    base = model.config.backbone
+    spec = ModelSpec(config.crop_model or base["name"], config.crop_pretrained or base["pretrained"])
+    return CropClassifier(load_backbone(spec, device=device, dtype=dtype), config.classes)
+
+
 def _crop_classifier_spec(config: PredictConfig, checkpoint: Path) -> tuple[str, str] | None:
     """The crop classifier's (model, pretrained) without loading the checkpoint: the options, else
     the run's ``config.json`` beside ``model.pt``; ``None`` when neither says."""
@@ -508,14 +521,9 @@ def predict(config: PredictConfig, output: str | Path | None = None,
         model_record = spec.describe() | {"method": "maskclip"}
         patch = backbone.patch_size
         inputs_record = []
-    crop_classifier = None
-    if config.crop_weight > 0 and config.wants_instances:
-        from zutiscli.models.clip import ModelSpec, load_backbone
-
-        base = model.config.backbone
-        crop_spec = ModelSpec(config.crop_model or base["name"], config.crop_pretrained or base["pretrained"])
-        crop_classifier = CropClassifier(load_backbone(crop_spec, device=device, dtype=dtype), config.classes)
-        model_record["crop_classifier"] = crop_spec.describe()
+    crop_classifier = load_crop_classifier(config, model, device, dtype)
+    if crop_classifier is not None:
+        model_record["crop_classifier"] = crop_classifier.backbone.spec.describe()
     tasks = config.tasks
     out: Path | None = None  # created with the first readable image: no image, no artefact
     stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []
