@@ -23,6 +23,7 @@ STAGES = {
     "pseudolabels": "zutis.pseudolabels", "copypaste": "zutis.dataset", "train": "zutis.run",
     "predict": "zutis.predictions", "evaluate": "zutis.metrics",
     "baseline/predict": "zutis.predictions", "baseline/evaluate": "zutis.metrics",
+    "paper-inference/predict": "zutis.predictions", "paper-inference/evaluate": "zutis.metrics",
 }
 
 
@@ -65,17 +66,33 @@ def test_every_stage_wrote_its_artefact(demo) -> None:
     assert read_manifest(out / "train").params["temperature"] == 0.1
     assert read_manifest(out / "predict").params["class_temperature"] == 1.0
     assert read_manifest(out / "baseline" / "predict").params["class_temperature"] == 5.0
+    # ... and the inference: refined, crop-classified instances, the semantic map drawn from them
+    params = read_manifest(out / "predict").params
+    assert (params["refine"], params["crop_weight"], params["semantic_from"], params["iou_threshold"]) == \
+        ("bilateral", 0.75, "instances", 0.5)
+    assert read_manifest(out / "predict").model["crop_classifier"] == {"name": "shapes-clip", "pretrained": "builtin"}
+    paper = read_manifest(out / "paper-inference" / "predict").params
+    assert (paper["refine"], paper["crop_weight"], paper["semantic_from"], paper["iou_threshold"],
+            paper["class_temperature"]) == ("none", 0.0, "dense", 0.3, 5.0)
 
 
 def test_quality_floors(demo) -> None:
-    # `zutis demo --fast` measured mIoU 0.405 and mask AP50 0.297 on its 100 held-out scenes (at
-    # temperature 0.04 with sigmoid(5 cos) scoring: 0.389 / 0.182; without positional values and
-    # scene-scale copy-paste, AP50 ~0.11; background-only output scores mIoU ~0.13 and AP50
-    # ~0.005); the floors catch a chain that stopped learning.
+    # `zutis demo --fast` measured mIoU 0.604 and mask AP50 0.645 on its 100 held-out scenes (the
+    # paper's inference on the same model: 0.405 / 0.263; background-only output scores mIoU ~0.13
+    # and AP50 ~0.005). Mask AP50 is held to the demo's floor of 0.60; mIoU, which does not reach
+    # its floor of 0.70 yet, to what the chain does reach, less a margin.
     out, _ = demo
     zutis_metrics = json.loads((out / "metrics.json").read_text())["headline"]["zutis"]
-    assert zutis_metrics["mIoU"] >= 0.34, zutis_metrics
-    assert zutis_metrics["mask_AP50"] >= 0.22, zutis_metrics
+    assert zutis_metrics["mIoU"] >= 0.55, zutis_metrics
+    assert zutis_metrics["mask_AP50"] >= 0.60, zutis_metrics
+
+
+def test_refined_crop_classified_inference_beats_the_papers_on_the_same_model(demo) -> None:
+    out, _ = demo
+    headline = json.loads((out / "metrics.json").read_text())["headline"]
+    ours, paper = headline["zutis"], headline["zutis, paper's inference"]
+    assert ours["mask_AP50"] > paper["mask_AP50"] + 0.2, (ours, paper)
+    assert ours["mIoU"] > paper["mIoU"] + 0.1, (ours, paper)
 
 
 def test_stages_before_training_are_scored_against_the_hidden_truth(demo) -> None:
@@ -163,25 +180,31 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
     config = preset(True, ablation=True, pile=60, pile_size=64, scenes=3, scene_size=64, k=6, pseudo_size=64,
                     copypaste=8, iterations=2, crop=64, batch_size=2, workers=0, device="cpu")
     result = run_demo(config, tmp_path / "demo")
-    assert set(result.metrics) == {"zutis", "maskclip", "zutis, no NMS", "zutis, no stop-gradient",
-                                   "zutis, temperature 1, stop-gradient", "zutis, temperature 1, no stop-gradient",
-                                   "zutis, star never trained", "same model, ground-truth scenes",
-                                   "zutis, colour-shape names"}
+    assert set(result.metrics) == {"zutis", "zutis, paper's inference", "maskclip", "zutis, no NMS",
+                                   "zutis, no stop-gradient", "zutis, temperature 1, stop-gradient",
+                                   "zutis, temperature 1, no stop-gradient", "zutis, star never trained",
+                                   "zutis, star never trained, paper's inference",
+                                   "same model, ground-truth scenes", "zutis, colour-shape names"}
     root = result.path / "ablation"
     assert read_manifest(root / "supervised" / "train").inputs[0].kind == "zutis.synth"
     assert json.loads((root / "zero-shot" / "archives" / "archives.json").read_text())["classes"].keys() == \
         {"circle", "square", "triangle", "cross", "ring"}
-    for variant in ("no-nms", "no-stop-gradient", "zero-shot", "supervised", "colour-shape",
-                    "paper-temperature/stop-gradient", "paper-temperature/no-stop-gradient"):
+    for variant in ("no-nms", "no-stop-gradient", "zero-shot", "zero-shot/paper-inference", "supervised",
+                    "colour-shape", "paper-temperature/stop-gradient", "paper-temperature/no-stop-gradient"):
         assert read_manifest(root / variant / "evaluate").kind == "zutis.metrics", variant
     for arm, stop in (("stop-gradient", True), ("no-stop-gradient", False)):
         recipe = json.loads((root / "paper-temperature" / arm / "train" / "config.json").read_text())
         assert (recipe["temperature"], recipe["stop_gradient"]) == (1.0, stop), arm
+        # the paper's finding is measured with the paper's inference
+        inference = read_manifest(root / "paper-temperature" / arm / "predict").params
+        assert (inference["class_temperature"], inference["refine"], inference["crop_weight"]) == (5.0, "none", 0.0)
     report = json.loads((result.path / "metrics.json").read_text())
     assert set(report["headline"]) == set(result.metrics)
-    went = report["headline"]["zutis, star never trained"]["unseen_class_pixels"]
     # the three tiny scenes hold a star, so where its pixels went is known
-    assert went["class"] == "star" and 0.0 <= went["correct"] <= 1.0 and went["confused_with"] is not None, went
+    for name in ("zutis, star never trained", "zutis, star never trained, paper's inference"):
+        went = report["headline"][name]["unseen_class_pixels"]
+        assert went["class"] == "star" and 0.0 <= went["correct"] <= 1.0, went
+        assert (went["confused_with"] is None) == (went["correct"] == 1.0), went
 
 
 def test_the_text_table_leaves_out_columns_no_variant_has() -> None:
