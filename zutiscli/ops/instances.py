@@ -67,7 +67,8 @@ class Instances:
         scores: ``(N,)`` float32 final scores (quality x class probability, after NMS decay for
             soft/matrix NMS).
         labels: ``(N,)`` int64 class indices into ``text``, in ``1..K-1`` (never background).
-        class_probs: ``(N,)`` float32 ``sigmoid(class_temperature * cos)`` of the chosen class.
+        class_probs: ``(N,)`` float32 probability of the chosen class: ``sigmoid(class_temperature
+            * cos)``, or its combination with a crop classifier's (see :func:`instances_from_queries`).
         quality: ``(N,)`` float32 mean mask probability inside the binary mask.
     """
 
@@ -172,6 +173,10 @@ def instances_from_queries(
     Returns:
         :class:`Instances`, sorted by score descending.
     """
+    if refine not in REFINERS:
+        raise ValueError(f"refine must be one of {', '.join(REFINERS)}, got {refine!r}")
+    if not 0 <= crop_weight <= 1:
+        raise ValueError(f"crop_weight must lie in [0, 1], got {crop_weight}")
     logits = _tensor(mask_logits)
     if logits.ndim != 3:
         raise ValueError(f"mask_logits must be (Q, h2, w2), got shape {tuple(logits.shape)}")
@@ -213,11 +218,7 @@ def instances_from_queries(
         scores[foreground],
     )
 
-    if refine not in REFINERS:
-        raise ValueError(f"refine must be one of {', '.join(REFINERS)}, got {refine!r}")
     use_crops = crop_classifier is not None and crop_weight > 0
-    if use_crops and not crop_weight <= 1:
-        raise ValueError(f"crop_weight must lie in [0, 1], got {crop_weight}")
     full: np.ndarray | None = None  # (N, H, W) bool masks at the output size, when needed before NMS
     fg_cosine = cosine[foreground]
     if refine != "none" or use_crops:
