@@ -226,7 +226,7 @@ def instances_from_queries(
         kept = full.any(axis=(1, 2))  # refinement may empty a mask
         if not kept.all():
             rows = torch.as_tensor(np.nonzero(kept)[0], device=device)
-            full, probs, binary, fg_cosine = full[kept], probs[rows], binary[rows], fg_cosine[rows]
+            full, probs, fg_cosine = full[kept], probs[rows], fg_cosine[rows]
             quality, class_probs, labels, scores = quality[rows], class_probs[rows], labels[rows], scores[rows]
             if not kept.any():
                 return Instances.empty(size)
@@ -264,16 +264,8 @@ def instances_from_queries(
     if keep.size == 0:
         return Instances.empty(size)
     index = torch.as_tensor(keep, device=device)
-    if full is not None:
-        chunks = [full[keep]]
-    else:
-        kept_probs = probs[index]
-        chunks = [
-            (_resize(kept_probs[start : start + _UPSAMPLE_CHUNK], size) > mask_threshold).cpu().numpy()
-            for start in range(0, kept_probs.shape[0], _UPSAMPLE_CHUNK)
-        ]
     return Instances(
-        masks=np.concatenate(chunks, axis=0),
+        masks=full[keep] if full is not None else _upsampled(probs[index], size) > mask_threshold,
         scores=new_scores.astype(np.float32),
         labels=labels[index].cpu().numpy().astype(np.int64),
         class_probs=class_probs[index].cpu().numpy().astype(np.float32),
@@ -286,10 +278,7 @@ def _full_size_masks(probs: torch.Tensor, size: tuple[int, int], threshold: floa
     """``(N, h2, w2)`` mask probabilities -> ``(N, H, W)`` bool masks at ``size``, refined if asked."""
     from zutiscli.ops.refine import bilateral_refine, densecrf_refine
 
-    soft = np.concatenate([
-        _resize(probs[start : start + _UPSAMPLE_CHUNK], size).cpu().numpy()
-        for start in range(0, probs.shape[0], _UPSAMPLE_CHUNK)
-    ], axis=0)
+    soft = _upsampled(probs, size)
     if refine == "none":
         return soft > threshold
     if image is None:
@@ -299,7 +288,15 @@ def _full_size_masks(probs: torch.Tensor, size: tuple[int, int], threshold: floa
         raise ValueError(f"image must be (H, W, 3) uint8 at the output size {size}, got {rgb.shape} {rgb.dtype}")
     if refine == "bilateral":
         return bilateral_refine(rgb, soft, threshold=threshold)
-    return np.stack([densecrf_refine(rgb, one) for one in soft]) if len(soft) else soft > threshold
+    return np.stack([densecrf_refine(rgb, one) for one in soft])
+
+
+def _upsampled(probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """``(N, h2, w2)`` probabilities -> ``(N, H, W)`` float32 at ``size``, bilinear, ``_UPSAMPLE_CHUNK`` at a time."""
+    return np.concatenate([
+        _resize(probs[start : start + _UPSAMPLE_CHUNK], size).cpu().numpy()
+        for start in range(0, probs.shape[0], _UPSAMPLE_CHUNK)
+    ], axis=0)
 
 
 @torch.no_grad()

@@ -99,8 +99,8 @@ class DemoConfig:
     the machine trains at 2.1 it/s (the stages took 9 min 54 s with 900 on such a day, 8 min 11 s
     on a 2.5 it/s one). With the inference above, the iterations matter little here: 700 vs 900
     scored mIoU 0.61 / 0.59 and mask AP50 0.63 / 0.62 on the test scenes, 0.60 / 0.62 and 0.57 /
-    0.59 on 100 validation scenes. The 200 held-out scenes (100 with --fast) keep the score steady: on 30-60 scenes
-    one model's mIoU differed by 0.05-0.09 from one scene set to another.
+    0.59 on 100 validation scenes. The 200 held-out scenes (100 with --fast) keep the score
+    steady: on 30-60 scenes one model's mIoU differed by 0.05-0.09 from one scene set to another.
 
     Sizes are in pixels; ``k`` is images per archive; ``copypaste`` is the number of scenes written
     for training.

@@ -22,6 +22,7 @@ relative to the output), ``semantic/NAME.png`` (0 = background, i = the i-th cla
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -213,8 +214,8 @@ class ZutisPredictor:
 
     def batch(self, images: torch.Tensor) -> list[RawPrediction]:
         """``(B, 3, h, w)`` float images in [0, 1], one size -> raw outputs, one per image (one pass)."""
-        normalised = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
-        tokens = self.backbone.dense_tokens(normalised)
+        images = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
+        tokens = self.backbone.dense_tokens(images)
         dense = self.model.dense_embeddings(tokens)
         masks = self.model.mask_logits(tokens)[-1]
         return [RawPrediction(d.float(), m.float()) for d, m in zip(dense, masks)]
@@ -364,7 +365,7 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
             ``config.semantic_from == "instances"`` the semantic map is drawn from them
             (:func:`zutiscli.ops.panoptic.semantic_from_instances`), so they must be computed.
         crf_pool: a process pool for the CRF, or ``None`` to run it here.
-        crop_classifier: classifies the instances a second time from crops of ``raw.image``,
+        crop_classifier: classifies the instances a second time from crops of ``image``,
             weighted by ``config.crop_weight`` (ZUTIS only).
 
     Returns:
@@ -386,11 +387,7 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
     found = None
     if instances:
         if raw.mask_logits is not None:
-            second_opinion = None
-            if crop_classifier is not None and config.crop_weight > 0:
-                def second_opinion(masks: np.ndarray) -> torch.Tensor:
-                    return crop_classifier(image, masks)
-
+            second_opinion = None if crop_classifier is None else functools.partial(crop_classifier, image)
             found = instances_from_queries(
                 raw.mask_logits, raw.dense, text, mask_threshold=config.mask_threshold,
                 class_temperature=config.class_temperature, score_threshold=config.score_threshold,
@@ -418,8 +415,13 @@ def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device
     from zutiscli.models.clip import ModelSpec, load_backbone
 
     base = model.config.backbone
-    spec = ModelSpec(config.crop_model or base["name"], config.crop_pretrained or base["pretrained"])
+    spec = ModelSpec(*_crop_choice(config, base["name"], base["pretrained"]))
     return CropClassifier(load_backbone(spec, device=device, dtype=dtype), config.classes)
+
+
+def _crop_choice(config: PredictConfig, name: str, pretrained: str) -> tuple[str, str]:
+    """The crop classifier's (model, pretrained): the options where given, else the base CLIP's."""
+    return config.crop_model or name, config.crop_pretrained or pretrained
 
 
 def _crop_classifier_spec(config: PredictConfig, checkpoint: Path) -> tuple[str, str] | None:
@@ -429,10 +431,9 @@ def _crop_classifier_spec(config: PredictConfig, checkpoint: Path) -> tuple[str,
         return config.crop_model, config.crop_pretrained
     try:
         recorded = json.loads((checkpoint.parent / "config.json").read_text())
-        base = (str(recorded["model"]), str(recorded["pretrained"]))
+        return _crop_choice(config, str(recorded["model"]), str(recorded["pretrained"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return config.crop_model or base[0], config.crop_pretrained or base[1]
 
 
 def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Plan:
