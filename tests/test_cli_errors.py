@@ -168,7 +168,9 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{scenes}/images", "--classes", "cat", "--semantic-from", "instances", "--crf", "--checkpoint", "{run}",
           "-o", "{out}"], 2, "--crf smooths"),
         (["{scenes}/images", "--classes", "cat", "--crop-weight", "0.5", "--crop-pretrained", "{missing}.pt",
-          "--checkpoint", "{run}", "-o", "{out}"], 1, "no such checkpoint file"),
+          "--checkpoint", "{run}", "-o", "{out}"], 1, "crop classifier (--crop-model/--crop-pretrained): "),
+        (["{scenes}/images", "--classes", "cat", "--crop-weight", "0.5", "--crop-model", "NoSuchNet", "--checkpoint",
+          "{run}", "-o", "{out}"], 1, "crop classifier (--crop-model/--crop-pretrained): --model 'NoSuchNet'"),
         (["{scenes}/images", "--classes", "cat", "--checkpoint", "{run}", "-o", "{pile}"], 1, "finished artefact"),
     ],
     "evaluate run": [

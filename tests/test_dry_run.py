@@ -73,7 +73,7 @@ def test_predict_plan_names_the_crop_classifier_weights(world, tmp_path, monkeyp
     assert crop["name"] == "zutis-tiny" and crop["weights"] == str(world["weights"])  # the run's own CLIP
     code, out, err = run(capsys, [*fill([*args, "--crop-pretrained", "{missing}.pt"], world, tmp_path / "out"),
                                   "--dry-run"])
-    assert code == 1 and "no such checkpoint file" in err
+    assert code == 1 and "crop classifier (--crop-model/--crop-pretrained): " in err and "no such checkpoint file" in err
 
 
 def test_human_report_names_inputs_model_and_output(world, tmp_path, monkeypatch, capsys):

@@ -22,13 +22,14 @@ relative to the output), ``semantic/NAME.png`` (0 = background, i = the i-th cla
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_m
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
-from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
@@ -416,7 +417,19 @@ def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device
 
     base = model.config.backbone
     spec = ModelSpec(*_crop_choice(config, base["name"], base["pretrained"]))
-    return CropClassifier(load_backbone(spec, device=device, dtype=dtype), config.classes)
+    with _as_crop_classifier_error():
+        backbone = load_backbone(spec, device=device, dtype=dtype)
+    return CropClassifier(backbone, config.classes)
+
+
+@contextlib.contextmanager
+def _as_crop_classifier_error() -> Iterator[None]:
+    """Errors of the crop classifier's model say so: they name --model/--pretrained, which the user
+    gave as --crop-model/--crop-pretrained (or left to the checkpoint)."""
+    try:
+        yield
+    except (ModelError, ArtefactError, UsageError) as exc:
+        raise type(exc)(f"crop classifier (--crop-model/--crop-pretrained): {exc}") from None
 
 
 def _crop_choice(config: PredictConfig, name: str, pretrained: str) -> tuple[str, str]:
@@ -468,7 +481,8 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
             notes.append("crop classifier: the CLIP the checkpoint was trained from (named inside model.pt, "
                          "not read by a dry run)")
         else:
-            model["crop_classifier"] = weights_plan(*crop)
+            with _as_crop_classifier_error():
+                model["crop_classifier"] = weights_plan(*crop)
     tasks = sorted(config.tasks)
     params = {"classes": [q.name for q in config.classes], "method": config.method, "tasks": tasks,
               "crf": config.crf, "refine": config.refine, "crop_weight": config.crop_weight,
