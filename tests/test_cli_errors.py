@@ -54,6 +54,7 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["-n", "0", "-o", "{out}"], 2, "-n"),
         (["--size", "4", "-o", "{out}"], 2, "--size"),
         (["--format", "gif", "-o", "{out}"], 2, "--format"),
+        (["--workers", "-1", "-o", "{out}"], 2, "--workers"),
         (["-n", "1", "-o", "{text}"], 1, "is a file"),
         (["-n", "1", "-o", "{pile}"], 1, "finished artefact"),
     ],

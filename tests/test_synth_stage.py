@@ -6,6 +6,7 @@ from pycocotools.coco import COCO
 
 from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.artefacts.manifest import read_manifest
+from zutiscli.pipeline import synth
 from zutiscli.pipeline.synth import SynthConfig, semantic_map, write_synth
 from zutiscli.shapes.world import SHAPES, scene_sample
 
@@ -36,6 +37,28 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert (a / name).read_bytes() == (b / name).read_bytes()
     assert (a / name).read_bytes() != (c / name).read_bytes()
     assert (a / "hidden" / "instances.json").is_file() and not (a / "instances.json").exists()
+
+
+def test_worker_processes_write_the_same_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(synth, "_MIN_PARALLEL", 16)  # worker processes for a small count, over several chunks
+    pools = []
+
+    class CountedPool(synth.ProcessPoolExecutor):
+        def __init__(self, *args, **kwargs):
+            pools.append(args)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(synth, "ProcessPoolExecutor", CountedPool)
+    one = write_synth(SynthConfig("scenes", 70, seed=3, size=32, max_objects=3), tmp_path / "one")
+    assert not pools
+    two = write_synth(SynthConfig("scenes", 70, seed=3, size=32, max_objects=3, workers=2), tmp_path / "two")
+    assert pools == [(2,)]
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert len(files) == 2 * 70 + 1
+    assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
+    assert read_manifest(one).params == read_manifest(two).params  # the process count is not a property of the data
+    assert "workers" not in read_manifest(two).params
 
 
 def test_pairs_captions_and_jpeg(tmp_path):

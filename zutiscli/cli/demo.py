@@ -19,7 +19,7 @@ def demo(
     k: Annotated[Optional[int], typer.Option("-k", help="Images retrieved per shape name (default: the recipe's).", show_default=False)] = None,
     zero_shot_class: Annotated[str, typer.Option("--zero-shot-class", help="--ablation: the shape left out of training.")] = "star",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the pile, of copy-paste and of training.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes.")] = 1,
+    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes of training; with 0, the synthetic images and copy-paste scenes are written in this process too (else by one process per CPU, up to 4).")] = 1,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
     json_mode: JsonOpt = False,

@@ -20,16 +20,17 @@ app = typer.Typer(
 CountOpt = Annotated[int, typer.Option("--count", "-n", help="Number of images.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; same seed -> same bytes. Use one seed per split.")]
 FormatOpt = Annotated[str, typer.Option("--format", metavar="png|jpg", help="Image file format.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="Processes rendering the images (0 = this process); the bytes do not depend on it.")]
 
 
 def _run(kind: str, count: int, seed: int, size: int | None, output, json_mode: bool, quiet: bool,
-         image_format: str, min_objects: int = 1, max_objects: int = 8) -> None:
+         image_format: str, workers: int, min_objects: int = 1, max_objects: int = 8) -> None:
     from zutiscli.artefacts.manifest import read_manifest
     from zutiscli.pipeline.synth import SynthConfig, write_synth
 
     reporter = Reporter(json_mode, quiet)
     config = SynthConfig(kind=kind, count=count, seed=seed, size=size, min_objects=min_objects,
-                         max_objects=max_objects, image_format=image_format)
+                         max_objects=max_objects, image_format=image_format, workers=workers)
     config.validate()
     with ProgressBar(reporter, f"synth {kind}") as bar:
         out = write_synth(config, output, progress=bar)
@@ -45,6 +46,7 @@ def pile(
     seed: SeedOpt = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 64,
     image_format: FormatOpt = "png",
+    workers: WorkersOpt = 0,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -55,7 +57,7 @@ def pile(
 
     Example: zutis synth pile -n 60 --size 64 -o data/pile
     """
-    _run("pile", count, seed, size, output, json_mode, quiet, image_format)
+    _run("pile", count, seed, size, output, json_mode, quiet, image_format, workers)
 
 
 @app.command("scenes")
@@ -66,6 +68,7 @@ def scenes(
     min_objects: Annotated[int, typer.Option("--min-objects", help="Fewest objects per scene.")] = 1,
     max_objects: Annotated[int, typer.Option("--max-objects", help="Most objects per scene.")] = 8,
     image_format: FormatOpt = "png",
+    workers: WorkersOpt = 0,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -76,7 +79,7 @@ def scenes(
 
     Example: zutis synth scenes -n 4 --size 64 -o data/scenes
     """
-    _run("scenes", count, seed, size, output, json_mode, quiet, image_format, min_objects, max_objects)
+    _run("scenes", count, seed, size, output, json_mode, quiet, image_format, workers, min_objects, max_objects)
 
 
 @app.command("pairs")
@@ -85,6 +88,7 @@ def pairs(
     seed: SeedOpt = 2,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 64,
     image_format: FormatOpt = "png",
+    workers: WorkersOpt = 0,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -93,7 +97,7 @@ def pairs(
 
     Example: zutis synth pairs -n 20 --size 64 -o data/pairs
     """
-    _run("pairs", count, seed, size, output, json_mode, quiet, image_format)
+    _run("pairs", count, seed, size, output, json_mode, quiet, image_format, workers)
 
 
 @app.command("train-clip")

@@ -31,6 +31,7 @@ Units: image sides in pixels, times in seconds, metrics as fractions.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -263,6 +264,13 @@ PAPER_INFERENCE: dict[str, Any] = dict(class_temperature=None, refine=None, crop
                                        iou_threshold=None)
 
 
+def _generation_workers(config: DemoConfig) -> int:
+    """Processes writing the synthetic images and the copy-paste scenes (nothing else runs meanwhile):
+    the CPUs this process may use, up to 4; none with one CPU or ``--workers 0``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if cpus < 2 or config.workers == 0 else min(cpus, 4)
+
+
 def _zero_shot_variant(config: DemoConfig) -> str:
     """The metrics name of the ablation trained without ``config.zero_shot_class``."""
     return f"zutis, {config.zero_shot_class} never trained"
@@ -291,7 +299,7 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
                             scale_range=(config.scale_min, config.scale_max), canvas_scale=(config.canvas_min, 1.0),
                             **photometric)
     stages.run("copypaste" + suffix, write_dataset, out / "pseudolabels", config.copypaste, paste, config.seed,
-               out / "copypaste", workers=config.workers)
+               out / "copypaste", workers=_generation_workers(config))
     return out / "copypaste"
 
 
@@ -319,10 +327,12 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, log: Log | No
     classes = list(SHAPES)
 
     pile = stages.run("synth pile", write_synth, SynthConfig("pile", config.pile, seed=config.seed,
-                                                             size=config.pile_size), out / "pile")
+                                                             size=config.pile_size, workers=_generation_workers(config)),
+                      out / "pile")
     scenes = stages.run("synth scenes", write_synth,
                         SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,
-                                    min_objects=config.min_objects, max_objects=config.max_objects), out / "scenes")
+                                    min_objects=config.min_objects, max_objects=config.max_objects,
+                                    workers=_generation_workers(config)), out / "scenes")
     index = stages.run("index", build_index, IndexConfig(
         sources=[str(pile / "images")], model=config.model, pretrained=config.pretrained, device=config.device,
         precision="fp32", workers=0, batch_size=256), out / "index").path
@@ -425,7 +435,8 @@ def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scen
     supervised = root / "supervised"
     truth = stages.run("synth scenes (supervised reference)", write_synth,
                        SynthConfig("scenes", config.copypaste, seed=config.eval_seed + 1, size=config.crop,
-                                   min_objects=config.min_objects, max_objects=config.max_objects), supervised / "scenes")
+                                   min_objects=config.min_objects, max_objects=config.max_objects,
+                                   workers=_generation_workers(config)), supervised / "scenes")
     reference = stages.run("train (supervised reference)", train, _train_config(config, truth), supervised / "train",
                            log=stages.log)
     metrics["same model, ground-truth scenes"] = _predict_zutis(

@@ -21,10 +21,13 @@ identical bytes, and different seeds give disjoint-looking data (use one seed pe
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -44,7 +47,11 @@ DEFAULT_SIZES = {"pile": 64, "scenes": 128, "pairs": 64}
 
 @dataclass(frozen=True)
 class SynthConfig:
-    """What to generate. ``size`` is the side of the square images in pixels (None = kind default)."""
+    """What to generate. ``size`` is the side of the square images in pixels (None = kind default).
+
+    ``workers`` processes render and encode the images (0 = this process); the bytes written do
+    not depend on it, and it is not recorded in the manifest.
+    """
 
     kind: str
     count: int
@@ -54,6 +61,7 @@ class SynthConfig:
     max_objects: int = 8
     image_format: str = "png"
     jpeg_quality: int = 90
+    workers: int = 0
 
     def validate(self) -> None:
         if self.kind not in KINDS:
@@ -68,6 +76,8 @@ class SynthConfig:
             raise UsageError(
                 f"need 1 <= --min-objects <= --max-objects (got {self.min_objects}, {self.max_objects})"
             )
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.image_format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
 
@@ -98,6 +108,32 @@ def _save_image(array: np.ndarray, path: Path, config: SynthConfig) -> None:
         Image.fromarray(array).save(tmp, format=FORMATS[config.image_format], **options)
 
 
+#: Fewest images written by worker processes: starting them takes about 2 s, ~300 images' work.
+_MIN_PARALLEL = 500
+
+
+def _write_sample(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int, index: int) -> Sample:
+    """Generate sample ``index``, write its image (and label map, for scenes) and return it."""
+    sample = _sample(config, index)
+    name = f"{index:0{digits}d}"
+    _save_image(sample.image, images_dir / f"{name}.{config.image_format}", config)
+    if config.kind == "scenes":
+        write_label_png(semantic_dir / f"{name}.png", semantic_map(sample))
+    return sample
+
+
+def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int) -> Iterator[Sample]:
+    """The samples ``0 .. count - 1`` in order, each written to disk first, by ``config.workers`` processes."""
+    write = partial(_write_sample, config, images_dir, semantic_dir, digits)
+    if config.workers == 0 or config.count < _MIN_PARALLEL:
+        yield from map(write, range(config.count))
+        return
+    # Spawned (not forked) workers: the caller may hold torch's thread pools; this module does not import torch.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+        yield from pool.map(write, range(config.count), chunksize=32)
+
+
 def write_synth(
     config: SynthConfig,
     output: str | Path | None = None,
@@ -119,19 +155,15 @@ def write_synth(
     digits = max(6, len(str(config.count - 1)))
     objects = 0
     suffix = "." + config.image_format
-    for index in range(config.count):
-        sample = _sample(config, index)
+    for index, sample in enumerate(_written_samples(config, images_dir, out / "semantic", digits)):
         name = f"{index:0{digits}d}"
         file_name = f"{name}{suffix}"
-        _save_image(sample.image, images_dir / file_name, config)
         height, width = sample.image.shape[:2]
         extra = {"semantic": f"semantic/{name}.png"} if config.kind == "scenes" else {}
         image_id = coco.add_image(f"images/{file_name}", width, height, **extra)
         for obj, mask in zip(sample.objects, sample.masks):
             coco.add_mask(image_id, obj.shape, mask, colour=obj.colour, colour_shape=f"{obj.colour} {obj.shape}")
         objects += len(sample.objects)
-        if config.kind == "scenes":
-            write_label_png(out / "semantic" / f"{name}.png", semantic_map(sample))
         if config.kind == "pairs":
             captions.append(json.dumps({"file_name": f"images/{file_name}", "caption": sample.caption}))
         if progress is not None:
@@ -143,6 +175,7 @@ def write_synth(
     if config.kind == "pairs":
         atomic_write_text(out / "captions.jsonl", "\n".join(captions) + "\n")
     params = asdict(config) | {"size": config.image_size}
+    params.pop("workers")
     write_manifest(
         out,
         "zutis.synth",
