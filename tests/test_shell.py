@@ -198,3 +198,20 @@ def test_roff_escaping():
     assert roff_escape("--model ViT-B-16") == "\\-\\-model ViT\\-B\\-16"
     assert roff_escape("café 猫") == "caf\\[u00E9] \\[u732B]"
     assert roff_argument('say "hi"\nthere') == '"say \\(dqhi\\(dq there"'
+
+
+@pytest.mark.parametrize("request_env", [
+    {},  # `zutis --help`
+    {"_ZUTIS_COMPLETE": "bash_complete", "COMP_WORDS": "zutis predict --de", "COMP_CWORD": "2"},  # one TAB
+    {"_ZUTIS_COMPLETE": "bash_complete", "COMP_WORDS": "zutis predict --model ViT-B-1", "COMP_CWORD": "3"},
+])
+def test_help_and_completion_do_not_import_torch(request_env):
+    # torch takes seconds to import; the command tree, --help and completion (model names included)
+    # must not wait for it
+    probe = ("import sys\nfrom zutiscli.cli.app import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             "sys.stderr.write('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("_ZUTIS_COMPLETE")}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env | request_env,
+                          timeout=120)
+    assert done.stderr.endswith("no torch"), done.stderr[-2000:]
+    assert done.stdout.strip()

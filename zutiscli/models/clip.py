@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from zutiscli.errors import ModelError
+from zutiscli.models import CONFIG_DIR
 
 if TYPE_CHECKING:
     from zutiscli.models.features import LastBlockFeatures
 
-CONFIG_DIR = Path(__file__).with_name("configs")
 #: Weights shipped inside the package, by model name: ``--pretrained builtin``.
 BUILTIN_DIR = Path(__file__).with_name("weights")
 _REGISTERED = False

@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import functools
 import re
-
-import torch
+from typing import TYPE_CHECKING
 
 from zutiscli.errors import DeviceError, UsageError
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions: the command line imports this module for its option
+# names, and `zutis --help` or a shell completion should not wait for torch.
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     """Turn a device string into a :class:`torch.device` that exists on this machine."""
+    import torch
+
     if isinstance(spec, torch.device):
         spec = str(spec)
     spec = (spec or "auto").strip().lower()
@@ -55,6 +61,8 @@ def cpu_has_bf16_units() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The floating dtype for model weights and inputs under ``--precision`` on ``device``."""
+    import torch
+
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise UsageError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
@@ -64,7 +72,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
         if device.type == "cpu" and cpu_has_bf16_units():
             return torch.bfloat16
         return torch.float32
-    dtype = _DTYPES[precision]
+    dtype = getattr(torch, _DTYPE_NAMES[precision])
     if dtype is torch.float16 and device.type == "cpu":
         raise UsageError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
     return dtype
@@ -72,7 +80,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 def precision_name(dtype: torch.dtype) -> str:
     """Inverse of the precision table: ``torch.bfloat16`` -> ``"bf16"``."""
-    for name, value in _DTYPES.items():
-        if value is dtype:
+    import torch
+
+    for name, attribute in _DTYPE_NAMES.items():
+        if getattr(torch, attribute) is dtype:
             return name
     raise ValueError(f"unsupported dtype {dtype}")
