@@ -129,9 +129,11 @@ def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, 
         yield from map(write, range(config.count))
         return
     # Spawned (not forked) workers: the caller may hold torch's thread pools; this module does not import torch.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(config.workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
         yield from pool.map(write, range(config.count), chunksize=32)
+    finally:  # on an error or Ctrl-C, the images not yet started are not drawn
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def write_synth(
