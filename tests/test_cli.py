@@ -34,6 +34,19 @@ def test_help_lists_the_pipeline_commands(capsys):
         assert code == 0 and "Usage:" in text
 
 
+def test_ctrl_c_exits_130_with_one_line(capsys, monkeypatch, tmp_path):
+    # a shell script chaining stages must see the interruption (Typer alone would return status 0)
+    from zutiscli.pipeline import synth
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "write_synth", interrupted)
+    code, out, err = run(capsys, "synth", "pile", "-n", "1", "-o", str(tmp_path / "pile"))
+    assert code == 130 and out == ""
+    assert [line for line in err.splitlines() if line.strip()] == ["error: interrupted"]
+
+
 def test_unknown_option_is_usage_error_in_one_line(capsys):
     code, out, err = run(capsys, "synth", "scenes", "--bogus")
     assert code == 2 and out == ""

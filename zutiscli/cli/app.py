@@ -97,7 +97,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        command.main(args=args, prog_name="zutis", standalone_mode=False)
+        status = command.main(args=args, prog_name="zutis", standalone_mode=False)
+        # Typer turns Ctrl-C into Exit(130) and, outside standalone mode, returns that code.
+        if status == 130:
+            raise KeyboardInterrupt
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except _kinds("Exit") as exc:
         sys.exit(exc.exit_code)
     except _kinds("NoArgsIsHelpError") as exc:
