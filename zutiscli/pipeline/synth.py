@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -38,7 +38,8 @@ from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.errors import UsageError
-from zutiscli.shapes.world import SHAPES, Sample, caption_sample, pile_sample, scene_sample
+from zutiscli.ops.masks import encode_masks
+from zutiscli.shapes.world import SHAPES, Sample, ShapeObject, caption_sample, pile_sample, scene_sample
 
 KINDS = ("pile", "scenes", "pairs")
 FORMATS = {"png": "PNG", "jpg": "JPEG"}
@@ -112,17 +113,28 @@ def _save_image(array: np.ndarray, path: Path, config: SynthConfig) -> None:
 _MIN_PARALLEL = 500
 
 
-def _write_sample(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int, index: int) -> Sample:
-    """Generate sample ``index``, write its image (and label map, for scenes) and return it."""
+class _Written(NamedTuple):
+    """What the parent needs of one written sample (no pixels: they cross the process boundary)."""
+
+    height: int
+    width: int
+    objects: list[ShapeObject]
+    rles: list[dict[str, Any]]  # COCO RLE of each object's visible mask, same order
+    caption: str | None
+
+
+def _write_sample(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int, index: int) -> _Written:
+    """Generate sample ``index``, write its image (and label map, for scenes); return its annotations."""
     sample = _sample(config, index)
     name = f"{index:0{digits}d}"
     _save_image(sample.image, images_dir / f"{name}.{config.image_format}", config)
     if config.kind == "scenes":
         write_label_png(semantic_dir / f"{name}.png", semantic_map(sample))
-    return sample
+    height, width = sample.image.shape[:2]
+    return _Written(height, width, sample.objects, encode_masks(sample.masks), sample.caption)
 
 
-def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int) -> Iterator[Sample]:
+def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int) -> Iterator[_Written]:
     """The samples ``0 .. count - 1`` in order, each written to disk first, by ``config.workers`` processes."""
     write = partial(_write_sample, config, images_dir, semantic_dir, digits)
     if config.workers == 0 or config.count < _MIN_PARALLEL:
@@ -157,17 +169,16 @@ def write_synth(
     digits = max(6, len(str(config.count - 1)))
     objects = 0
     suffix = "." + config.image_format
-    for index, sample in enumerate(_written_samples(config, images_dir, out / "semantic", digits)):
+    for index, written in enumerate(_written_samples(config, images_dir, out / "semantic", digits)):
         name = f"{index:0{digits}d}"
         file_name = f"{name}{suffix}"
-        height, width = sample.image.shape[:2]
         extra = {"semantic": f"semantic/{name}.png"} if config.kind == "scenes" else {}
-        image_id = coco.add_image(f"images/{file_name}", width, height, **extra)
-        for obj, mask in zip(sample.objects, sample.masks):
-            coco.add_mask(image_id, obj.shape, mask, colour=obj.colour, colour_shape=f"{obj.colour} {obj.shape}")
-        objects += len(sample.objects)
+        image_id = coco.add_image(f"images/{file_name}", written.width, written.height, **extra)
+        for obj, rle in zip(written.objects, written.rles):
+            coco.add_mask(image_id, obj.shape, rle, colour=obj.colour, colour_shape=f"{obj.colour} {obj.shape}")
+        objects += len(written.objects)
         if config.kind == "pairs":
-            captions.append(json.dumps({"file_name": f"images/{file_name}", "caption": sample.caption}))
+            captions.append(json.dumps({"file_name": f"images/{file_name}", "caption": written.caption}))
         if progress is not None:
             progress(index + 1, config.count)
     if config.kind == "pile":
