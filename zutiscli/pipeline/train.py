@@ -113,6 +113,11 @@ class TrainConfig:
         """Whether the run evaluates on a held-out set (periodically with ``eval_every``, always at the end)."""
         return bool(self.eval_images or self.eval_gt)
 
+    @property
+    def loader_workers(self) -> int:
+        """Data-loading processes: ``workers``, or by default one per CPU but one, in 1..8."""
+        return self.workers if self.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "crop", "num_queries", "decoder_layers", "decoder_heads",
                     "decoder_ffn", "mlp_hidden", "checkpoint_every", "log_every")
@@ -699,7 +704,7 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
         notes.append(f"the run is already at iteration {start} of {config.iterations}; pass a larger --iterations to extend it")
     params = {"classes": classes, "iterations": config.iterations, "batch_size": config.batch_size,
               "crop": config.crop, "lr": config.lr, "processes": world,
-              "workers": config.workers if config.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))}
+              "workers": config.loader_workers}
     work = {"iterations_done": start, "iterations_to_run": remaining, "scenes": remaining * config.batch_size,
             "checkpoints": remaining // config.checkpoint_every + 1}
     reads = [read]
@@ -782,7 +787,7 @@ def train(
                                                                       "source_kind": kind})
         _truncate_metrics(run_dir / METRICS, start_iteration)
         _drop_stale_evals(run_dir, start_iteration)
-    workers = config.workers if config.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+    workers = config.loader_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=IterationBatches(start_iteration, config.iterations, config.batch_size, info.rank,
                                                 info.world),
