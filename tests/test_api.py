@@ -34,7 +34,7 @@ def trained(tmp_path_factory, tiny_checkpoint):
     pseudo = make_pseudolabels(root, count=16)
     config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
                          decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=3, batch_size=2,
-                         crop=48, workers=0, device="cpu", precision="fp32")
+                         crop=48, workers=0, device="cpu", precision="fp32", crop_adapter_scenes=4)
     run = train(config, root / "run").path
     scenes = write_synth(SynthConfig("scenes", 2, seed=9, size=64), root / "scenes")
     return run, sorted((scenes / "images").glob("*.png"))

@@ -31,7 +31,7 @@ from test_copypaste import make_pseudolabels  # noqa: E402
 #: Options of a tiny ZUTIS model and a one-iteration run (placeholders filled by ``fill``).
 TINY_TRAIN = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--num-queries", "4", "--decoder-layers", "1",
               "--decoder-heads", "2", "--decoder-ffn", "16", "--mlp-hidden", "8", "--iterations", "1",
-              "--batch-size", "2", "--crop", "32", "--workers", "0", "--precision", "fp32"]
+              "--batch-size", "2", "--crop", "32", "--workers", "0", "--precision", "fp32", "--crop-adapter-scenes", "2"]
 TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers", "0", "--precision", "fp32"]
 
 EXPECTED_LEAVES = {
@@ -282,7 +282,8 @@ def world(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     dataset = write_dataset(pseudo, 2, CopyPasteConfig(size=32, max_objects=3), output=root / "dataset")
     run = train(TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=4,
                             decoder_layers=1, decoder_heads=2, decoder_ffn=16, mlp_hidden=8, iterations=1,
-                            batch_size=2, crop=32, workers=0, device="cpu", precision="fp32"), root / "run").path
+                            batch_size=2, crop=32, workers=0, device="cpu", precision="fp32",
+                            crop_adapter_scenes=2), root / "run").path
     pred = predict(PredictConfig(inputs=[str(scenes / "images")], classes=[ClassQuery("circle", "circle")],
                                  checkpoint=str(run), device="cpu", vis=False), root / "pred").path
     text = root / "notes.txt"

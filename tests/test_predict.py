@@ -25,7 +25,7 @@ def trained(tmp_path_factory, tiny_checkpoint):
     pseudo = make_pseudolabels(root, count=16)
     config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
                          decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=3, batch_size=2,
-                         crop=48, workers=0, device="cpu", precision="fp32")
+                         crop=48, workers=0, device="cpu", precision="fp32", crop_adapter_scenes=4)
     run = train(config, root / "run").path
     scenes = write_synth(SynthConfig("scenes", 3, seed=9, size=64), root / "scenes")
     return run, scenes
@@ -157,6 +157,7 @@ def test_refined_crop_classified_instances_and_their_semantic_map(trained, tiny_
     manifest = read_manifest(result.path, "zutis.predictions")
     # the crop classifier defaults to the checkpoint's own CLIP before training
     assert manifest.model["crop_classifier"]["pretrained"] == str(tiny_checkpoint.resolve())
+    assert manifest.model["crop_adapter"]["scenes"] == 4  # fitted by the training for that CLIP, and used
     assert manifest.params["refine"] == "bilateral" and manifest.params["semantic_from"] == "instances"
     sidecar = json.loads((result.path / "images.json").read_text())
     predictions = json.loads((result.path / "predictions.json").read_text())
@@ -174,3 +175,26 @@ def test_refined_crop_classified_instances_and_their_semantic_map(trained, tiny_
         np.testing.assert_array_equal(read_label_png(alone.path / image["semantic"]),
                                       read_label_png(result.path / image["semantic"]))
     assert not (alone.path / "predictions.json").read_text().strip("[]\n")
+
+
+def test_crop_adapter_is_used_only_for_its_own_clip(trained, tiny_checkpoint, tmp_path):
+    run, scenes = trained
+    common = dict(inputs=[str(scenes / "images")], classes=queries("circle", "star", "ring"), checkpoint=str(run),
+                  device="cpu", score_threshold=0.0, crop_weight=1.0, task="instance", vis=False)
+
+    def scores(result):
+        return [p["score"] for p in json.loads((result.path / "predictions.json").read_text())]
+
+    with_adapter = predict(PredictConfig(**common), tmp_path / "with")
+    without = predict(PredictConfig(**common, crop_adapter=False), tmp_path / "without")
+    assert read_manifest(without.path).model["crop_adapter"] is None
+    assert read_manifest(without.path).params["crop_adapter"] is False
+    assert scores(with_adapter) != scores(without)
+    # the same weights under another name are another CLIP as far as the adapter knows: not used, and said so
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(tiny_checkpoint.read_bytes())
+    logged = []
+    other = predict(PredictConfig(**common, crop_pretrained=str(copy)), tmp_path / "other", log=logged.append)
+    assert read_manifest(other.path).model["crop_adapter"] is None
+    assert scores(other) == scores(without)
+    assert any("crop adapter was fitted for zutis-tiny" in line for line in logged)

@@ -27,7 +27,7 @@ def small(pseudo, checkpoint, **overrides):
     values = dict(source=str(pseudo), model="zutis-tiny", pretrained=str(checkpoint), num_queries=6,
                   decoder_layers=2, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=6, batch_size=2,
                   crop=48, lr=1e-3, workers=0, device="cpu", precision="fp32", checkpoint_every=2, log_every=1,
-                  max_objects=4)
+                  max_objects=4, crop_adapter_scenes=3)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -58,6 +58,25 @@ def test_run_directory_contents(pseudo, tiny_checkpoint, tmp_path):
     assert final["config"]["backbone"]["name"] == "zutis-tiny" and "optimizer" not in final
 
 
+def test_crop_adapter_is_fitted_saved_and_leaves_the_training_untouched(pseudo, tiny_checkpoint, tmp_path, tiny_backbone):
+    logged = []
+    fitted = train(small(pseudo, tiny_checkpoint, crop_adapter_scenes=5), tmp_path / "fitted", log=logged.append).path
+    none = train(small(pseudo, tiny_checkpoint, crop_adapter_scenes=0), tmp_path / "none").path
+    same(weights(fitted), weights(none))  # fitting it draws no random number the training would have drawn
+    final = load_checkpoint(fitted / FINAL)
+    adapter = final["crop_adapter"]
+    assert adapter["weight"].shape == (tiny_backbone.embed_dim,) * 2 and not torch.equal(
+        adapter["weight"], torch.eye(tiny_backbone.embed_dim))
+    assert (adapter["model"], adapter["pretrained"]) == ("zutis-tiny", str(tiny_checkpoint))
+    assert adapter["scenes"] == 5 and adapter["objects"] >= 5
+    assert load_checkpoint(fitted / CHECKPOINT)["crop_adapter"]["objects"] == adapter["objects"]
+    assert read_manifest(fitted).summary["crop_adapter"]["objects"] == adapter["objects"]
+    assert any(line.startswith("crop adapter: fitted on") for line in logged)
+    assert "crop_adapter" not in load_checkpoint(none / FINAL) and read_manifest(none).summary["crop_adapter"] is None
+    with pytest.raises(UsageError, match="--crop-adapter-scenes must be >= 0"):
+        small(pseudo, tiny_checkpoint, crop_adapter_scenes=-1).validate()
+
+
 def test_resume_after_sigint_reproduces_uninterrupted_weights(pseudo, tiny_checkpoint, tmp_path):
     whole = train(small(pseudo, tiny_checkpoint), tmp_path / "whole").path
 
@@ -73,6 +92,8 @@ def test_resume_after_sigint_reproduces_uninterrupted_weights(pseudo, tiny_check
     resumed = train(small(pseudo, tiny_checkpoint), resume=tmp_path / "cut")
     assert resumed.iteration == 6
     same(weights(whole), weights(resumed.path))
+    assert torch.equal(load_checkpoint(whole / FINAL)["crop_adapter"]["weight"],
+                       load_checkpoint(resumed.path / FINAL)["crop_adapter"]["weight"])  # carried through the resume
     lines = [json.loads(line)["iteration"] for line in (resumed.path / "metrics.jsonl").read_text().splitlines()]
     assert lines == [1, 2, 3, 4, 5, 6]
 
@@ -84,8 +105,8 @@ def test_two_process_ddp_equals_single_process(pseudo, tiny_checkpoint, tmp_path
         "zutiscli", "train", str(pseudo), "--model", "zutis-tiny", "--pretrained", str(tiny_checkpoint),
         "--num-queries", "6", "--decoder-layers", "2", "--decoder-heads", "2", "--decoder-ffn", "32",
         "--mlp-hidden", "16", "--iterations", "3", "--batch-size", "4", "--crop", "48", "--lr", "1e-3",
-        "--workers", "0", "--device", "cpu", "--precision", "fp32", "--max-objects", "4", "-o", str(tmp_path / "ddp"),
-        "--quiet",
+        "--workers", "0", "--device", "cpu", "--precision", "fp32", "--max-objects", "4", "--crop-adapter-scenes", "3",
+        "-o", str(tmp_path / "ddp"), "--quiet",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -134,7 +155,7 @@ def test_recipes_and_cli_overrides(pseudo, tiny_checkpoint, tmp_path, capsys):
     args = ["train", str(pseudo), "--config", str(tmp_path / "r.yaml"), "--model", "zutis-tiny", "--pretrained",
             str(tiny_checkpoint), "--num-queries", "6", "--decoder-layers", "1", "--decoder-heads", "2",
             "--decoder-ffn", "32", "--mlp-hidden", "16", "--workers", "0", "--device", "cpu", "--precision", "fp32",
-            "--iterations", "2", "-o", str(tmp_path / "run"), "--json"]
+            "--iterations", "2", "--crop-adapter-scenes", "2", "-o", str(tmp_path / "run"), "--json"]
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 0
@@ -265,8 +286,9 @@ def test_synth_scenes_train_the_model_on_their_ground_truth(tiny_checkpoint, hel
     assert sorted((classes + 1).tolist()) == sorted(a["category_id"] for a in first)
     for mask, cls in zip(masks, classes):  # the semantic map agrees with every instance
         assert (semantic[mask] == cls + 1).all()
-    run = train(small(scenes, tiny_checkpoint), tmp_path / "run")
+    run = train(small(scenes, tiny_checkpoint, crop_adapter_scenes=10), tmp_path / "run")
     assert read_manifest(run.path, "zutis.run").inputs[0].kind == "zutis.synth"
+    assert read_manifest(run.path).summary["crop_adapter"]["scenes"] == 4  # each of the 4 scenes once
     assert load_checkpoint(run.path / FINAL)["classes"] == ["circle", "square", "triangle", "star", "cross", "ring"]
 
 

@@ -55,6 +55,7 @@ def predict(
     crop_weight: Annotated[float, typer.Option("--crop-weight", help="Also name each instance by a CLIP image encoder shown a masked crop of it: class probability = dense^(1-w) x crop^w (0 = the paper's dense rule alone). Not in the paper.")] = 0.0,
     crop_model: Annotated[Optional[str], typer.Option("--crop-model", help="The crop classifier's open_clip model (default: the checkpoint's CLIP before training).", show_default=False, autocompletion=complete_model_names)] = None,
     crop_pretrained: Annotated[Optional[str], typer.Option("--crop-pretrained", help="The crop classifier's weights (tag, file, builtin; default: the checkpoint's).", show_default=False)] = None,
+    crop_adapter: Annotated[bool, typer.Option("--crop-adapter/--no-crop-adapter", help="Map the crop embeddings with the adapter the checkpoint's training fitted for its CLIP (`zutis train --crop-adapter-scenes`), when it has one and the crop classifier is that CLIP.")] = True,
     semantic_from: Annotated[str, typer.Option("--semantic-from", metavar="dense|instances", help="Semantic map from the dense embeddings (the paper) or painted from the instances (each pixel: the best-scoring instance covering it, else background).")] = "dense",
     vis: Annotated[bool, typer.Option("--vis/--no-vis", help="Write overlay JPEGs to vis/.")] = True,
     output: OutputOpt = None,
@@ -79,8 +80,8 @@ def predict(
         nms=nms, iou_threshold=iou_threshold, sigma=sigma, max_detections=max_detections, crf=crf,
         crf_iterations=crf_iterations, crf_pos_w=crf_pos_w, crf_pos_xy=crf_pos_xy, crf_bi_w=crf_bi_w,
         crf_bi_xy=crf_bi_xy, crf_bi_rgb=crf_bi_rgb, workers=workers, components=components, refine=refine,
-        crop_weight=crop_weight, crop_model=crop_model, crop_pretrained=crop_pretrained, semantic_from=semantic_from,
-        vis=vis,
+        crop_weight=crop_weight, crop_model=crop_model, crop_pretrained=crop_pretrained, crop_adapter=crop_adapter,
+        semantic_from=semantic_from, vis=vis,
     )
     if not config.inputs and not config.from_list:
         raise UsageError("give the images to segment (files, directories, globs) or --from-list FILE")

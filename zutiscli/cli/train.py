@@ -14,7 +14,7 @@ _FIELDS = (
     "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
     "temperature", "stop_gradient", "positional_values", "iterations", "batch_size", "crop", "lr",
     "encoder_lr_mult", "weight_decay", "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob",
-    "scale_min", "scale_max", "canvas_min", "canvas_max", "seed", "workers", "device", "precision",
+    "scale_min", "scale_max", "canvas_min", "canvas_max", "crop_adapter_scenes", "seed", "workers", "device", "precision",
     "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt", "eval_every", "eval_classes",
 )
 
@@ -49,6 +49,7 @@ def train(
     scale_max: Annotated[float, typer.Option("--scale-max", help="Largest pasted object (fraction of the side).")] = 1.0,
     canvas_min: Annotated[float, typer.Option("--canvas-min", help="Smallest scale of the canvas image (1 = full size, the official recipe).")] = 1.0,
     canvas_max: Annotated[float, typer.Option("--canvas-max", help="Largest scale of the canvas image.")] = 1.0,
+    crop_adapter_scenes: Annotated[int, typer.Option("--crop-adapter-scenes", help="Fit the crop classifier's adapter (`zutis predict --crop-weight`) on the objects of this many training scenes before training; saved in the checkpoint (0 = none). Not in the paper.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the scene stream and the initialisation.")] = 0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data workers (default: cores - 1, up to 8).", show_default=False)] = None,
     device: DeviceOpt = "auto",
@@ -67,7 +68,7 @@ def train(
 ) -> None:
     """Train the ZUTIS model (semantic + instance) on pseudo-labels; resumable; torchrun for several GPUs.
 
-    Example: zutis train data/pseudo --model shapes-clip --iterations 2 --batch-size 2 --crop 64 --num-queries 4 --decoder-layers 1 --workers 0 -o runs/train/demo
+    Example: zutis train data/pseudo --model shapes-clip --iterations 2 --batch-size 2 --crop 64 --num-queries 4 --decoder-layers 1 --crop-adapter-scenes 20 --workers 0 -o runs/train/demo
     """
     from zutiscli.errors import UsageError
     from zutiscli.pipeline.train import TrainConfig, load_recipe, plan_training, train as run_training

@@ -19,7 +19,7 @@ The text encoder is frozen, so the classes can be swapped at inference (open voc
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,9 @@ from torch import nn
 
 from zutiscli.models.clip import ClipBackbone
 from zutiscli.models.decoder import MLP, QueryDecoder, sine_positions
+
+if TYPE_CHECKING:
+    from zutiscli.models.crop_classifier import CropAdapter
 
 BACKGROUND = "background"
 
@@ -79,6 +82,9 @@ class ZutisModel(nn.Module):
         self.query_mlp = MLP(width, config.mlp_hidden, width, layers=3)
         self.value_positions = nn.Linear(width, width) if config.positional_values else None
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        # the crop classifier's adapter fitted for this model's base CLIP (zutiscli.models.crop_classifier),
+        # set by `zutis train` and by loading a checkpoint that holds one; not a parameter of the network
+        self.crop_adapter: CropAdapter | None = None
 
     # ---- parameter groups -------------------------------------------------------------------
     def encoder_parameters(self) -> list[nn.Parameter]:

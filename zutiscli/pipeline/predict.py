@@ -42,6 +42,7 @@ from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_t
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
+from zutiscli.models.crop_classifier import CropAdapter, CropClassifier
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
@@ -87,6 +88,7 @@ class PredictConfig:
     crop_weight: float = 0.0
     crop_model: str | None = None
     crop_pretrained: str | None = None
+    crop_adapter: bool = True
     vis: bool = True
     max_pixels: int | None = 178_956_970
 
@@ -173,7 +175,7 @@ def resolve_checkpoint(checkpoint: str | None) -> Path:
 
 
 def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
-    """Build the ZUTIS model of a checkpoint file (its CLIP weights included); returns (model, classes)."""
+    """Build the ZUTIS model of a checkpoint file (its CLIP weights and crop adapter included); returns (model, classes)."""
     from zutiscli.models.clip import ModelSpec, load_backbone
     from zutiscli.models.zutis import ZutisConfig, ZutisModel
 
@@ -185,6 +187,8 @@ def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torc
         model.load_state_dict(data["model"])
     except RuntimeError as exc:
         raise ArtefactError(f"{path}: weights do not fit its own config ({str(exc).splitlines()[0][:160]})") from None
+    if data.get("crop_adapter") is not None:
+        model.crop_adapter = CropAdapter.from_dict(data["crop_adapter"], where=str(path))
     model.to(device=device).eval()
     model.backbone.model.to(dtype=dtype)  # the heads stay float32; only the ViT runs in bf16/fp16
     for param in model.parameters():
@@ -220,37 +224,6 @@ class ZutisPredictor:
         dense = self.model.dense_embeddings(tokens)
         masks = self.model.mask_logits(tokens)[-1]
         return [RawPrediction(d.float(), m.float()) for d, m in zip(dense, masks)]
-
-
-class CropClassifier:
-    """A CLIP image encoder naming one object at a time (mask-crop classification, not in ZUTIS).
-
-    Each mask is shown as a square crop around its box (``margin`` of context on each side), the
-    pixels outside the mask painted with the encoder's normalisation mean, at the encoder's own
-    input size; class probabilities = softmax over the classes of CLIP's logit scale x cosine with
-    the classes' 85-template text embeddings.
-    """
-
-    margin = 0.2
-    batch_size = 64
-
-    def __init__(self, backbone: Any, classes: Sequence[ClassQuery]):
-        self.backbone = backbone
-        self.text = backbone.encode_text([q.phrase for q in classes], templates="ensemble").to(backbone.device)
-        self.scale = float(backbone.model.logit_scale.exp())
-
-    def __call__(self, image: np.ndarray, masks: np.ndarray) -> torch.Tensor:
-        """``(H, W, 3)`` uint8 RGB and ``(N, H, W)`` bool masks -> ``(N, K)`` class probabilities."""
-        from zutiscli.ops.crops import masked_square_crops
-
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
-        probs = []
-        for start in range(0, masks.shape[0], self.batch_size):
-            crops = masked_square_crops(pixels, torch.from_numpy(masks[start:start + self.batch_size]),
-                                        self.backbone.image_size[0], margin=self.margin, fill=self.backbone.mean)
-            embeddings = self.backbone.encode_images(self.backbone.normalise(crops))
-            probs.append((self.scale * embeddings @ self.text.T).softmax(dim=-1))
-        return torch.cat(probs) if probs else torch.zeros(0, self.text.shape[0])
 
 
 class MaskClipPredictor:
@@ -407,10 +380,11 @@ def postprocess(raw: RawPrediction, text: torch.Tensor, image: np.ndarray, confi
     return (labels if semantic else None), found
 
 
-def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device,
-                         dtype: torch.dtype) -> CropClassifier | None:
+def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device, dtype: torch.dtype,
+                         log: Callable[[str], None] | None = None) -> CropClassifier | None:
     """The crop classifier ``config`` asks for (``None`` at ``crop_weight`` 0 or with no instances):
-    ``--crop-model/--crop-pretrained``, else the CLIP the ZUTIS ``model`` was trained from."""
+    ``--crop-model/--crop-pretrained``, else the CLIP the ZUTIS ``model`` was trained from; with the
+    model's crop adapter (``model.crop_adapter``) when ``config.crop_adapter`` and it belongs to that CLIP."""
     if config.crop_weight <= 0 or not config.wants_instances:
         return None
     from zutiscli.models.clip import ModelSpec, load_backbone
@@ -419,7 +393,14 @@ def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device
     spec = ModelSpec(*_crop_choice(config, base["name"], base["pretrained"]))
     with _as_crop_classifier_error():
         backbone = load_backbone(spec, device=device, dtype=dtype)
-    return CropClassifier(backbone, config.classes)
+    adapter = getattr(model, "crop_adapter", None)
+    if adapter is not None and config.crop_adapter and not adapter.fits(spec.name, spec.pretrained, backbone.embed_dim):
+        if log is not None:
+            log(f"the checkpoint's crop adapter was fitted for {adapter.model} ({adapter.pretrained}), not for the "
+                f"crop classifier's {spec.name} ({spec.pretrained}); naming the crops without it")
+        adapter = None
+    weight = adapter.weight.to(device) if adapter is not None and config.crop_adapter else None
+    return CropClassifier(backbone, config.classes, adapter=weight)
 
 
 @contextlib.contextmanager
@@ -486,6 +467,7 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     tasks = sorted(config.tasks)
     params = {"classes": [q.name for q in config.classes], "method": config.method, "tasks": tasks,
               "crf": config.crf, "refine": config.refine, "crop_weight": config.crop_weight,
+              "crop_adapter": config.crop_adapter,
               "semantic_from": config.semantic_from, "vis": config.vis}
     work = {"images_to_segment": len(found.paths)}
     return Plan("predict", reads, writes, model, params, work, notes)
@@ -536,9 +518,10 @@ def predict(config: PredictConfig, output: str | Path | None = None,
         model_record = spec.describe() | {"method": "maskclip"}
         patch = backbone.patch_size
         inputs_record = []
-    crop_classifier = load_crop_classifier(config, model, device, dtype)
+    crop_classifier = load_crop_classifier(config, model, device, dtype, say)
     if crop_classifier is not None:
         model_record["crop_classifier"] = crop_classifier.backbone.spec.describe()
+        model_record["crop_adapter"] = model.crop_adapter.summary() if crop_classifier.adapter is not None else None
     tasks = config.tasks
     out: Path | None = None  # created with the first readable image: no image, no artefact
     stems = safe_filenames([p.stem for p in found.paths]) if found.paths else []

@@ -54,6 +54,7 @@ from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
+from zutiscli.models.crop_classifier import CropAdapter, fit_crop_adapter
 from zutiscli.models.device import resolve_device
 from zutiscli.models.losses import zutis_loss
 from zutiscli.models.zutis import ZutisConfig, ZutisModel
@@ -96,6 +97,7 @@ class TrainConfig:
     scale_max: float = 1.0
     canvas_min: float = 1.0
     canvas_max: float = 1.0
+    crop_adapter_scenes: int = 1000
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
@@ -133,6 +135,8 @@ class TrainConfig:
             raise UsageError(f"--max-minutes must be > 0 (got {self.max_minutes})")
         if self.eval_every < 0:
             raise UsageError(f"--eval-every must be >= 0 (got {self.eval_every})")
+        if self.crop_adapter_scenes < 0:
+            raise UsageError(f"--crop-adapter-scenes must be >= 0 (got {self.crop_adapter_scenes}); 0 fits no adapter")
         if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
             given = "--eval-every" if self.eval_every else "--eval-classes"
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
@@ -704,6 +708,7 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
         notes.append(f"the run is already at iteration {start} of {config.iterations}; pass a larger --iterations to extend it")
     params = {"classes": classes, "iterations": config.iterations, "batch_size": config.batch_size,
               "crop": config.crop, "lr": config.lr, "processes": world,
+              "crop_adapter_scenes": config.crop_adapter_scenes if resume is None else None,
               "workers": config.loader_workers}
     work = {"iterations_done": start, "iterations_to_run": remaining, "scenes": remaining * config.batch_size,
             "checkpoints": remaining // config.checkpoint_every + 1}
@@ -759,7 +764,16 @@ def train(
         (config.pretrained or default_pretrained(config.model))
     dataset, classes, kind = _source(config, config.iterations * config.batch_size)
     backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
+    if checkpoint is not None:
+        adapter = CropAdapter.from_dict(checkpoint["crop_adapter"], where=str(run_dir / CHECKPOINT)) \
+            if checkpoint.get("crop_adapter") is not None else None
+    elif info.main and config.crop_adapter_scenes > 0:
+        adapter = _fit_crop_adapter(backbone, dataset, classes, config.crop_adapter_scenes, say)
+    else:
+        adapter = None
     model = ZutisModel(backbone, config.zutis(pretrained)).to(device)
+    model.crop_adapter = adapter
+    adapter_record = {"crop_adapter": adapter.to_dict()} if adapter is not None else {}
     text = model.text_embeddings(classes).to(device)
     optimiser = torch.optim.AdamW(
         [{"params": model.encoder_parameters(), "lr": config.lr * config.encoder_lr_mult, "name": "encoder"},
@@ -801,7 +815,7 @@ def train(
             save_checkpoint(run_dir / path, {
                 "config": model.config.to_dict(), "classes": classes, "model": model.state_dict(),
                 "iteration": iteration, "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
-                "rng": _rng_state(), "train_config": asdict(config),
+                "rng": _rng_state(), "train_config": asdict(config), **adapter_record,
             })
 
     def evaluate_now(iteration: int) -> None:
@@ -876,7 +890,7 @@ def train(
     if info.main:
         save(iteration)
         save_checkpoint(run_dir / FINAL, {"config": model.config.to_dict(), "classes": classes,
-                                          "model": model.state_dict(), "iteration": iteration})
+                                          "model": model.state_dict(), "iteration": iteration, **adapter_record})
         last_eval = _last_eval(run_dir / METRICS)
         if held_out is not None and (last_eval is None or last_eval["iteration"] != iteration):
             _evaluate_model(model, held_out, classes, run_dir, iteration, device, say)
@@ -888,13 +902,40 @@ def train(
             summary={"iterations": iteration, "stopped": stopped, "seconds_this_session": round(seconds, 2),
                      "iterations_per_second": round(done / training_seconds, 4) if training_seconds > 0 else None,
                      "classes": classes, "final": {k: round(v, 6) for k, v in last.items()},
-                     "processes": info.world, "device": str(device), "last_eval": last_eval},
+                     "processes": info.world, "device": str(device), "last_eval": last_eval,
+                     "crop_adapter": adapter.summary() if adapter is not None else None},
         )
     if info.world > 1:
         dist.barrier()
     done = iteration - start_iteration
     return TrainResult(run_dir, iteration, stopped, seconds, done / training_seconds if training_seconds > 0 else 0.0,
                        last, info.main)
+
+
+def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: int,
+                      say: Callable[[str], None]) -> CropAdapter | None:
+    """The crop classifier's adapter for the untrained ``backbone``, fitted on the first ``scenes``
+    training scenes (at most the dataset's, for scenes read from disk) (:func:`zutiscli.models.crop_classifier.fit_crop_adapter`). The random number
+    generators are put back as they were: the training that follows is the one a run without it does."""
+    if isinstance(dataset, DiskScenes):
+        scenes = min(scenes, len(dataset.images))  # a scene seen twice adds nothing
+    states = _rng_state()
+    was_training = backbone.training
+    clock = time.perf_counter()
+    backbone.eval()
+    try:
+        adapter = fit_crop_adapter(backbone, ((item[0], item[2], item[3]) for item in map(dataset.__getitem__,
+                                                                                      range(scenes))), classes)
+    finally:
+        backbone.train(was_training)
+        _restore_rng(states)
+    if adapter is None:
+        say(f"crop adapter: the first {scenes} training scenes hold no object to fit it on; none saved")
+    else:
+        say(f"crop adapter: fitted on {adapter.objects} objects of {adapter.scenes} training scenes in "
+            f"{time.perf_counter() - clock:.1f} s; crops named right {adapter.accuracy_before:.1%} -> "
+            f"{adapter.accuracy_after:.1%}")
+    return adapter
 
 
 def _truncate_metrics(path: Path, iteration: int) -> None:

@@ -1,0 +1,107 @@
+"""The crop classifier's adapter: the fitted map, the classifier with it, its checkpoint form."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zutiscli.artefacts.checkpoint import load_checkpoint, save_checkpoint
+from zutiscli.data.classes import ClassQuery
+from zutiscli.errors import ArtefactError
+from zutiscli.models.crop_classifier import CropAdapter, CropClassifier, fit_crop_adapter
+from zutiscli.ops.embedding_map import apply_embedding_map, fit_embedding_map
+
+
+def distorted_problem(seed=0, n=120, k=4, d=16):
+    """Embeddings near their class's text vector, then mixed by a fixed linear distortion that makes
+    the zero-shot rule misname many of them."""
+    g = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(k, d, generator=g), dim=-1)
+    labels = torch.arange(n) % k
+    mix = torch.eye(d) + 2.0 * torch.randn(d, d, generator=g) / d**0.5  # drawn first: the same for any n
+    clean = text[labels] + 0.3 * torch.randn(n, d, generator=g)
+    return clean @ mix, labels, text
+
+
+def accuracy(embeddings, labels, text):
+    return float(((embeddings @ text.T).argmax(1) == labels).float().mean())
+
+
+def test_fitted_map_names_the_examples_better_and_is_deterministic():
+    x, y, text = distorted_problem()
+    before = accuracy(F.normalize(x, dim=-1), y, text)
+    weight = fit_embedding_map(x, y, text, scale=50.0)
+    assert weight.shape == (16, 16) and weight.dtype == torch.float32
+    assert before < 0.8 and accuracy(apply_embedding_map(x, weight), y, text) > 0.95
+    # and on fresh examples of the same distortion, not only the fitted ones
+    x2, y2, _ = distorted_problem(seed=0, n=240)
+    assert accuracy(apply_embedding_map(x2[120:], weight), y2[120:], text) > \
+        accuracy(F.normalize(x2[120:], dim=-1), y2[120:], text)
+    assert torch.equal(weight, fit_embedding_map(x, y, text, scale=50.0))
+
+
+def test_decay_holds_the_map_at_the_identity():
+    x, y, text = distorted_problem()
+    loose = fit_embedding_map(x, y, text, scale=50.0, decay=0.0)
+    tight = fit_embedding_map(x, y, text, scale=50.0, decay=100.0)
+    assert (tight - torch.eye(16)).norm() < 0.1 * (loose - torch.eye(16)).norm()
+    assert torch.equal(fit_embedding_map(x, y, text, scale=50.0, steps=0), torch.eye(16))
+
+
+@pytest.mark.parametrize("args", [
+    (torch.zeros(3, 8), torch.zeros(3, dtype=torch.long), torch.zeros(2, 4)),   # widths differ
+    (torch.zeros(3, 4), torch.zeros(2, dtype=torch.long), torch.zeros(2, 4)),   # one label short
+    (torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(2, 4)),   # nothing to fit
+    (torch.zeros(3, 4), torch.tensor([0, 1, 2]), torch.zeros(2, 4)),            # label 2 of 2 classes
+])
+def test_bad_inputs_are_refused(args):
+    with pytest.raises(ValueError):
+        fit_embedding_map(*args, scale=10.0)
+
+
+def test_classifier_with_an_identity_adapter_is_the_classifier_without(tiny_backbone):
+    classes = [ClassQuery(n, n) for n in ("circle", "square", "star")]
+    image = (torch.rand(40, 40, 3, generator=torch.Generator().manual_seed(3)) * 255).to(torch.uint8).numpy()
+    masks = torch.zeros(2, 40, 40, dtype=torch.bool)
+    masks[0, 5:20, 5:20] = True
+    masks[1, 22:38, 10:30] = True
+    plain = CropClassifier(tiny_backbone, classes)(image, masks.numpy())
+    dim = tiny_backbone.embed_dim
+    same = CropClassifier(tiny_backbone, classes, adapter=torch.eye(dim))(image, masks.numpy())
+    assert plain.shape == (2, 3) and torch.allclose(plain.sum(1), torch.ones(2))
+    assert torch.allclose(plain, same, atol=1e-6)
+    flipped = CropClassifier(tiny_backbone, classes, adapter=-torch.eye(dim))(image, masks.numpy())
+    assert not torch.allclose(plain, flipped, atol=1e-3)  # the map is applied
+
+
+def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
+    g = torch.Generator().manual_seed(0)
+    scenes = []
+    for i in range(3):
+        masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+        masks[0, 2:12, 2:12] = True
+        masks[1, 15:30, 15:30] = True
+        masks[1, 15, 15] = i == 2  # nothing changes the count
+        scenes.append((torch.rand(3, 32, 32, generator=g), masks, torch.tensor([0, 1])))
+    scenes.append((torch.rand(3, 32, 32, generator=g), torch.zeros(1, 32, 32, dtype=torch.bool),
+                   torch.tensor([1])))  # an empty mask is left out
+    adapter = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"])
+    assert adapter.scenes == 4 and adapter.objects == 6
+    assert (adapter.model, adapter.pretrained) == (tiny_backbone.spec.name, tiny_backbone.spec.pretrained)
+    assert adapter.weight.shape == (tiny_backbone.embed_dim,) * 2
+    assert 0 <= adapter.accuracy_before <= 1 and adapter.accuracy_after >= adapter.accuracy_before
+    assert adapter.fits(tiny_backbone.spec.name, tiny_backbone.spec.pretrained, tiny_backbone.embed_dim)
+    assert not adapter.fits(tiny_backbone.spec.name, "other.pt", tiny_backbone.embed_dim)
+    assert fit_crop_adapter(tiny_backbone, scenes[-1:], ["circle", "square"]) is None
+
+
+def test_adapter_round_trips_through_a_safe_checkpoint(tmp_path):
+    adapter = CropAdapter(torch.randn(8, 8), "ViT-B-16", "openai", 300, 1021, 0.81, 0.88)
+    save_checkpoint(tmp_path / "m.pt", {"config": {}, "classes": [], "model": {}, "crop_adapter": adapter.to_dict()})
+    back = CropAdapter.from_dict(load_checkpoint(tmp_path / "m.pt")["crop_adapter"], where="m.pt")
+    assert torch.equal(back.weight, adapter.weight) and back.summary() == adapter.summary()
+    assert (back.model, back.pretrained) == ("ViT-B-16", "openai")
+    broken = adapter.to_dict() | {"weight": torch.zeros(8, 4)}
+    with pytest.raises(ArtefactError, match="m.pt: malformed crop adapter"):
+        CropAdapter.from_dict(broken, where="m.pt")
+    with pytest.raises(ArtefactError, match="malformed crop adapter"):
+        CropAdapter.from_dict({"weight": torch.eye(8)}, where="m.pt")
