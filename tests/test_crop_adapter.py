@@ -92,6 +92,9 @@ def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
     assert adapter.fits(tiny_backbone.spec.name, tiny_backbone.spec.pretrained, tiny_backbone.embed_dim)
     assert not adapter.fits(tiny_backbone.spec.name, "other.pt", tiny_backbone.embed_dim)
     assert fit_crop_adapter(tiny_backbone, scenes[-1:], ["circle", "square"]) is None
+    held = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], decay=100.0)
+    identity = torch.eye(tiny_backbone.embed_dim)
+    assert held.decay == 100.0 and (held.weight - identity).norm() < (adapter.weight - identity).norm()
 
 
 def test_adapter_round_trips_through_a_safe_checkpoint(tmp_path):

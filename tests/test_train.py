@@ -75,6 +75,9 @@ def test_crop_adapter_is_fitted_saved_and_leaves_the_training_untouched(pseudo, 
     assert "crop_adapter" not in load_checkpoint(none / FINAL) and read_manifest(none).summary["crop_adapter"] is None
     with pytest.raises(UsageError, match="--crop-adapter-scenes must be >= 0"):
         small(pseudo, tiny_checkpoint, crop_adapter_scenes=-1).validate()
+    with pytest.raises(UsageError, match="--crop-adapter-decay must be >= 0"):
+        small(pseudo, tiny_checkpoint, crop_adapter_decay=-0.5).validate()
+    assert adapter["decay"] == 0.1
 
 
 def test_resume_after_sigint_reproduces_uninterrupted_weights(pseudo, tiny_checkpoint, tmp_path):

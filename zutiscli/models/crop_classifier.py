@@ -35,7 +35,8 @@ class CropAdapter:
 
     ``model``/``pretrained`` name the CLIP whose embeddings it maps; ``scenes``/``objects`` count
     the fitting data; ``accuracy_before``/``accuracy_after`` are the shares of those objects the
-    crop classifier named right without and with the map (a fraction in [0, 1]).
+    crop classifier named right without and with the map (a fraction in [0, 1]); ``decay`` is the
+    penalty it was fitted with.
     """
 
     weight: torch.Tensor
@@ -45,11 +46,12 @@ class CropAdapter:
     objects: int
     accuracy_before: float
     accuracy_after: float
+    decay: float = 0.1
 
     def summary(self) -> dict[str, Any]:
         """The plain values (no weight), for manifests and logs."""
         return {"scenes": self.scenes, "objects": self.objects, "accuracy_before": round(self.accuracy_before, 4),
-                "accuracy_after": round(self.accuracy_after, 4)}
+                "accuracy_after": round(self.accuracy_after, 4), "decay": self.decay}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and one tensor: loads with ``torch.load(weights_only=True)``."""
@@ -64,7 +66,8 @@ class CropAdapter:
             if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[0] != weight.shape[1]:
                 raise TypeError(f"weight of shape {tuple(getattr(weight, 'shape', ()))}, not (D, D)")
             return cls(weight.float(), str(data["model"]), str(data["pretrained"]), int(data["scenes"]),
-                       int(data["objects"]), float(data["accuracy_before"]), float(data["accuracy_after"]))
+                       int(data["objects"]), float(data["accuracy_before"]), float(data["accuracy_after"]),
+                       float(data.get("decay", 0.1)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtefactError(f"{where}: malformed crop adapter ({exc}); train the model again") from None
 
@@ -124,6 +127,7 @@ def fit_crop_adapter(
     backbone: Any,
     scenes: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     classes: Sequence[str],
+    decay: float = 0.1,
 ) -> CropAdapter | None:
     """Fit a :class:`CropAdapter` for ``backbone`` on labelled scenes.
 
@@ -133,6 +137,8 @@ def fit_crop_adapter(
         scenes: ``(image, masks, labels)`` per scene: ``(3, H, W)`` float RGB in [0, 1], ``(N, H, W)``
             bool visible masks, ``(N,)`` int64 indices into ``classes``.
         classes: the class names the labels index.
+        decay: the map's penalty for leaving the identity (:func:`fit_embedding_map`); larger
+            keeps more of what the training classes' names do not tell apart (such as colours).
 
     Returns:
         The adapter, or ``None`` when the scenes hold no object of at least :data:`MIN_FIT_PIXELS`.
@@ -153,8 +159,8 @@ def fit_crop_adapter(
         return float((classifier.logits(x.to(classifier.text.device)).argmax(1).cpu() == y).float().mean())
 
     before = accuracy()
-    weight = fit_embedding_map(x, y, classifier.text, classifier.scale)
+    weight = fit_embedding_map(x, y, classifier.text, classifier.scale, decay=decay)
     classifier.adapter = weight
     after = accuracy()
     spec = backbone.spec
-    return CropAdapter(weight, spec.name, spec.pretrained, count, len(y), before, after)
+    return CropAdapter(weight, spec.name, spec.pretrained, count, len(y), before, after, decay)

@@ -98,6 +98,7 @@ class TrainConfig:
     canvas_min: float = 1.0
     canvas_max: float = 1.0
     crop_adapter_scenes: int = 1000
+    crop_adapter_decay: float = 0.1
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
@@ -137,6 +138,8 @@ class TrainConfig:
             raise UsageError(f"--eval-every must be >= 0 (got {self.eval_every})")
         if self.crop_adapter_scenes < 0:
             raise UsageError(f"--crop-adapter-scenes must be >= 0 (got {self.crop_adapter_scenes}); 0 fits no adapter")
+        if not self.crop_adapter_decay >= 0:
+            raise UsageError(f"--crop-adapter-decay must be >= 0 (got {self.crop_adapter_decay})")
         if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
             given = "--eval-every" if self.eval_every else "--eval-classes"
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
@@ -768,7 +771,8 @@ def train(
         adapter = CropAdapter.from_dict(checkpoint["crop_adapter"], where=str(run_dir / CHECKPOINT)) \
             if checkpoint.get("crop_adapter") is not None else None
     elif info.main and config.crop_adapter_scenes > 0:
-        adapter = _fit_crop_adapter(backbone, dataset, classes, config.crop_adapter_scenes, say)
+        adapter = _fit_crop_adapter(backbone, dataset, classes, config.crop_adapter_scenes,
+                                    config.crop_adapter_decay, say)
     else:
         adapter = None
     model = ZutisModel(backbone, config.zutis(pretrained)).to(device)
@@ -912,7 +916,7 @@ def train(
                        last, info.main)
 
 
-def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: int,
+def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: int, decay: float,
                       say: Callable[[str], None]) -> CropAdapter | None:
     """The crop classifier's adapter for the untrained ``backbone``, fitted on the first ``scenes``
     training scenes (at most the dataset's, for scenes read from disk) (:func:`zutiscli.models.crop_classifier.fit_crop_adapter`). The random number
@@ -925,7 +929,8 @@ def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: i
     backbone.eval()
     try:
         adapter = fit_crop_adapter(backbone, ((item[0], item[2], item[3]) for item in map(dataset.__getitem__,
-                                                                                      range(scenes))), classes)
+                                                                                      range(scenes))), classes,
+                                   decay)
     finally:
         backbone.train(was_training)
         _restore_rng(states)
