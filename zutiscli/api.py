@@ -528,7 +528,7 @@ class Predictor:
             post-processing fields of :class:`zutiscli.pipeline.predict.PredictConfig`:
             ``mask_threshold``, ``class_temperature``, ``score_threshold``, ``nms``,
             ``iou_threshold``, ``sigma``, ``max_detections``, ``crf`` and ``crf_*``, ``refine``,
-            ``crop_weight``, ``crop_model``, ``crop_pretrained``, ``semantic_from``.
+            ``crop_weight``, ``crop_model``, ``crop_pretrained``, ``crop_adapter``, ``semantic_from``.
 
     Attributes:
         classes: the class names, in order (``Segmentation.class_names[1:]``).
