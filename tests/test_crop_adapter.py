@@ -85,7 +85,7 @@ def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
     scenes.append((torch.rand(3, 32, 32, generator=g), torch.zeros(1, 32, 32, dtype=torch.bool),
                    torch.tensor([1])))  # an empty mask is left out
     adapter = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"])
-    assert adapter.scenes == 4 and adapter.objects == 6
+    assert adapter.scenes == 4 and adapter.objects == 6 and adapter.classes == ("circle", "square")
     assert (adapter.model, adapter.pretrained) == (tiny_backbone.spec.name, tiny_backbone.spec.pretrained)
     assert adapter.weight.shape == (tiny_backbone.embed_dim,) * 2
     assert 0 <= adapter.accuracy_before <= 1 and adapter.accuracy_after >= adapter.accuracy_before
@@ -98,7 +98,7 @@ def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
 
 
 def test_adapter_round_trips_through_a_safe_checkpoint(tmp_path):
-    adapter = CropAdapter(torch.randn(8, 8), "ViT-B-16", "openai", 300, 1021, 0.81, 0.88)
+    adapter = CropAdapter(torch.randn(8, 8), "ViT-B-16", "openai", 300, 1021, 0.81, 0.88, 0.1, ("cat", "dog"))
     save_checkpoint(tmp_path / "m.pt", {"config": {}, "classes": [], "model": {}, "crop_adapter": adapter.to_dict()})
     back = CropAdapter.from_dict(load_checkpoint(tmp_path / "m.pt")["crop_adapter"], where="m.pt")
     assert torch.equal(back.weight, adapter.weight) and back.summary() == adapter.summary()

@@ -36,7 +36,7 @@ class CropAdapter:
     ``model``/``pretrained`` name the CLIP whose embeddings it maps; ``scenes``/``objects`` count
     the fitting data; ``accuracy_before``/``accuracy_after`` are the shares of those objects the
     crop classifier named right without and with the map (a fraction in [0, 1]); ``decay`` is the
-    penalty it was fitted with.
+    penalty it was fitted with; ``classes`` the names the fitting crops were labelled with.
     """
 
     weight: torch.Tensor
@@ -47,11 +47,12 @@ class CropAdapter:
     accuracy_before: float
     accuracy_after: float
     decay: float = 0.1
+    classes: tuple[str, ...] = ()
 
     def summary(self) -> dict[str, Any]:
         """The plain values (no weight), for manifests and logs."""
         return {"scenes": self.scenes, "objects": self.objects, "accuracy_before": round(self.accuracy_before, 4),
-                "accuracy_after": round(self.accuracy_after, 4), "decay": self.decay}
+                "accuracy_after": round(self.accuracy_after, 4), "decay": self.decay, "classes": list(self.classes)}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and one tensor: loads with ``torch.load(weights_only=True)``."""
@@ -67,7 +68,7 @@ class CropAdapter:
                 raise TypeError(f"weight of shape {tuple(getattr(weight, 'shape', ()))}, not (D, D)")
             return cls(weight.float(), str(data["model"]), str(data["pretrained"]), int(data["scenes"]),
                        int(data["objects"]), float(data["accuracy_before"]), float(data["accuracy_after"]),
-                       float(data.get("decay", 0.1)))
+                       float(data.get("decay", 0.1)), tuple(str(name) for name in data.get("classes", ())))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtefactError(f"{where}: malformed crop adapter ({exc}); train the model again") from None
 
@@ -163,4 +164,4 @@ def fit_crop_adapter(
     classifier.adapter = weight
     after = accuracy()
     spec = backbone.spec
-    return CropAdapter(weight, spec.name, spec.pretrained, count, len(y), before, after, decay)
+    return CropAdapter(weight, spec.name, spec.pretrained, count, len(y), before, after, decay, tuple(classes))
