@@ -393,14 +393,16 @@ def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device
     spec = ModelSpec(*_crop_choice(config, base["name"], base["pretrained"]))
     with _as_crop_classifier_error():
         backbone = load_backbone(spec, device=device, dtype=dtype)
-    adapter = getattr(model, "crop_adapter", None)
-    if adapter is not None and config.crop_adapter and not adapter.fits(spec.name, spec.pretrained, backbone.embed_dim):
+    adapter = model.crop_adapter if config.crop_adapter else None
+    if adapter is not None and not adapter.fits(spec.name, spec.pretrained, backbone.embed_dim):
         if log is not None:
-            log(f"the checkpoint's crop adapter was fitted for {adapter.model} ({adapter.pretrained}), not for the "
-                f"crop classifier's {spec.name} ({spec.pretrained}); naming the crops without it")
+            fitted_for = f"{adapter.model} ({adapter.pretrained})"
+            why = f"maps {adapter.weight.shape[0]}-wide embeddings, not {backbone.embed_dim}" \
+                if fitted_for == f"{spec.name} ({spec.pretrained})" else \
+                f"was fitted for {fitted_for}, not for the crop classifier's {spec.name} ({spec.pretrained})"
+            log(f"the checkpoint's crop adapter {why}; naming the crops without it")
         adapter = None
-    weight = adapter.weight.to(device) if adapter is not None and config.crop_adapter else None
-    return CropClassifier(backbone, config.classes, adapter=weight)
+    return CropClassifier(backbone, config.classes, adapter=None if adapter is None else adapter.weight.to(device))
 
 
 @contextlib.contextmanager

@@ -918,9 +918,10 @@ def train(
 
 def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: int, decay: float,
                       say: Callable[[str], None]) -> CropAdapter | None:
-    """The crop classifier's adapter for the untrained ``backbone``, fitted on the first ``scenes``
-    training scenes (at most the dataset's, for scenes read from disk) (:func:`zutiscli.models.crop_classifier.fit_crop_adapter`). The random number
-    generators are put back as they were: the training that follows is the one a run without it does."""
+    """The crop classifier's adapter for the untrained ``backbone``
+    (:func:`zutiscli.models.crop_classifier.fit_crop_adapter`), fitted on the first ``scenes``
+    training scenes (at most the dataset's, for scenes read from disk). The random number generators
+    are put back as they were: the training that follows is the one a run without it does."""
     if isinstance(dataset, DiskScenes):
         scenes = min(scenes, len(dataset.images))  # a scene seen twice adds nothing
     states = _rng_state()
@@ -928,9 +929,9 @@ def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: i
     clock = time.perf_counter()
     backbone.eval()
     try:
-        adapter = fit_crop_adapter(backbone, ((item[0], item[2], item[3]) for item in map(dataset.__getitem__,
-                                                                                      range(scenes))), classes,
-                                   decay)
+        items = (dataset[index] for index in range(scenes))
+        labelled = ((image, masks, labels) for image, _semantic, masks, labels in items)
+        adapter = fit_crop_adapter(backbone, labelled, classes, decay)
     finally:
         backbone.train(was_training)
         _restore_rng(states)
