@@ -94,6 +94,36 @@ def test_canvas_scale_shrinks_the_canvas_onto_its_own_background(pseudo):
     assert CopyPasteConfig().canvas_scale == (1.0, 1.0)  # the default keeps the official full-size canvas
 
 
+def test_outside_cuts_objects_at_the_scene_edge_and_zero_keeps_them_inside(pseudo):
+    """outside > 0 lets pasted objects (and the shrunk canvas) run off the edge, cut there and kept as
+    instances (what stays inside is what counts against the occlusion rule)."""
+    pool = ObjectPool(load_pseudolabels(pseudo))
+    base = CopyPasteConfig(size=96, max_objects=6, scale_range=(0.3, 0.5), canvas_scale=(0.4, 0.6), hflip_prob=0.0,
+                           jitter_prob=0.0, grayscale_prob=0.0, blur_prob=0.0)
+    cut = CopyPasteConfig(**{**base.__dict__, "outside": 0.5})
+
+    def edge_objects(config: CopyPasteConfig) -> int:
+        touching = 0
+        for index in range(30):
+            scene = synthesize(pool, config, scene_rng(1, index))
+            assert (scene.masks.sum(axis=0) <= 1).all() and all(mask.any() for mask in scene.masks)
+            labelled = scene.semantic != 255
+            expected = np.zeros((96, 96), dtype=np.uint8)
+            for mask, cls in zip(scene.masks, scene.classes):
+                expected[mask] = cls + 1
+            assert np.array_equal(scene.semantic[labelled], expected[labelled])
+            edges = np.concatenate([scene.masks[:, 0], scene.masks[:, -1], scene.masks[:, :, 0], scene.masks[:, :, -1]], 1)
+            touching += int(edges.any(1).sum())
+        return touching
+
+    # in the canvas an object touches the edge only when its box lands there exactly
+    inside, cut_off = edge_objects(base), edge_objects(cut)
+    assert cut_off >= 10 and cut_off >= 3 * inside, (inside, cut_off)
+    assert CopyPasteConfig().outside == 0.0
+    with pytest.raises(UsageError, match="--outside"):
+        CopyPasteConfig(outside=1.0).validate()
+
+
 def test_same_seed_same_scene_and_dataset_matches_online(pseudo, tmp_path):
     pool = ObjectPool(load_pseudolabels(pseudo))
     a = synthesize(pool, SMALL, scene_rng(3, 5))

@@ -21,6 +21,7 @@ def copypaste(
     scale_max: Annotated[float, typer.Option("--scale-max", help="Largest pasted object, as a fraction of the side.")] = 1.0,
     canvas_min: Annotated[float, typer.Option("--canvas-min", help="Smallest scale of the canvas (first) image, shrunk onto its own background colour (1 = full size, the official recipe).")] = 1.0,
     canvas_max: Annotated[float, typer.Option("--canvas-max", help="Largest scale of the canvas image.")] = 1.0,
+    outside: Annotated[float, typer.Option("--outside", help="Largest share of an object's box placed beyond the scene's edge, where it is cut off, as objects are in photographs (0 = every object inside, as pasted by the official code before its crop).")] = 0.0,
     hflip_prob: Annotated[float, typer.Option("--hflip-prob", help="Horizontal flip probability.")] = 0.5,
     jitter_prob: Annotated[float, typer.Option("--jitter-prob", help="Colour jitter (0.8, 0.8, 0.8, 0.2) probability.")] = 0.8,
     grayscale_prob: Annotated[float, typer.Option("--grayscale-prob", help="Grayscale probability.")] = 0.2,
@@ -44,7 +45,7 @@ def copypaste(
     reporter = Reporter(json_mode, quiet)
     config = CopyPasteConfig(
         size=size, max_objects=max_objects, same_class_prob=same_class_prob, scale_range=(scale_min, scale_max),
-        canvas_scale=(canvas_min, canvas_max), hflip_prob=hflip_prob, jitter_prob=jitter_prob,
+        canvas_scale=(canvas_min, canvas_max), outside=outside, hflip_prob=hflip_prob, jitter_prob=jitter_prob,
         grayscale_prob=grayscale_prob, blur_prob=blur_prob,
         min_visible_fraction=min_visible,
     )

@@ -14,7 +14,7 @@ _FIELDS = (
     "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
     "temperature", "stop_gradient", "positional_values", "iterations", "batch_size", "crop", "lr",
     "encoder_lr_mult", "weight_decay", "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob",
-    "scale_min", "scale_max", "canvas_min", "canvas_max", "crop_adapter_scenes", "crop_adapter_decay", "seed", "workers", "device", "precision",
+    "scale_min", "scale_max", "canvas_min", "canvas_max", "outside", "crop_adapter_scenes", "crop_adapter_decay", "seed", "workers", "device", "precision",
     "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt", "eval_every", "eval_classes",
 )
 
@@ -49,6 +49,7 @@ def train(
     scale_max: Annotated[float, typer.Option("--scale-max", help="Largest pasted object (fraction of the side).")] = 1.0,
     canvas_min: Annotated[float, typer.Option("--canvas-min", help="Smallest scale of the canvas image (1 = full size, the official recipe).")] = 1.0,
     canvas_max: Annotated[float, typer.Option("--canvas-max", help="Largest scale of the canvas image.")] = 1.0,
+    outside: Annotated[float, typer.Option("--outside", help="Largest share of a pasted object's box beyond the scene's edge, where it is cut off (0 = every object inside).")] = 0.0,
     crop_adapter_scenes: Annotated[int, typer.Option("--crop-adapter-scenes", help="Fit the crop classifier's adapter (`zutis predict --crop-weight`) on the objects of this many training scenes before training; saved in the checkpoint (0 = none). Not in the paper.")] = 1000,
     crop_adapter_decay: Annotated[float, typer.Option("--crop-adapter-decay", help="The crop adapter's penalty for leaving the identity: larger keeps more of what the training classes' names do not tell apart (colours, say), at some cost to naming those classes.")] = 0.1,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the scene stream and the initialisation.")] = 0,

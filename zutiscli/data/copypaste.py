@@ -11,7 +11,10 @@ One scene (ZUTIS, after Ghiasi et al.'s simple copy-paste; defaults of the offic
    crop is shrunk by ``f ~ U[canvas_scale]`` and laid at a random place on a square of its own
    background colour and noise, so that the canvas object is no larger than the pasted ones.
 3. Each further object is cut out along its pseudo-mask (bounding-box crop), resized so that its
-   long side is ``s * size`` with ``s ~ U[scale_range]``, and pasted at a random position.
+   long side is ``s * size`` with ``s ~ U[scale_range]``, and pasted at a random position. With
+   ``outside`` above 0, up to that share of its box (and of a shrunk canvas) may fall beyond the
+   scene's edge and is cut off there, as the official code's random scale, pad and crop cut
+   objects at the border of its training crops; what stays inside is the object's area below.
 4. Occlusion is honest: a pasted object hides what it covers; earlier instances lose those pixels
    and an instance left with less than ``min_visible_fraction`` of its pasted area (or fewer than
    ``min_visible_pixels`` pixels) is dropped, its remaining pixels marked ignore (255) in the
@@ -61,6 +64,7 @@ class CopyPasteConfig:
     blur_kernel_fraction: float = 0.1
     min_visible_fraction: float = 0.25
     min_visible_pixels: int = 16
+    outside: float = 0.0
 
     def validate(self) -> None:
         if self.size < 16:
@@ -73,6 +77,9 @@ class CopyPasteConfig:
         lo, hi = self.canvas_scale
         if not 0 < lo <= hi <= 1.0:
             raise UsageError(f"--canvas-min/--canvas-max must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
+        if not 0.0 <= self.outside < 1.0:
+            raise UsageError(f"--outside must lie in [0, 1) (got {self.outside}); it is the largest share of an "
+                             "object's box that may fall beyond the scene's edge")
         for name in ("same_class_prob", "hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob",
                      "min_visible_fraction"):
             value = getattr(self, name)
@@ -141,8 +148,21 @@ def _resize(array: np.ndarray, width: int, height: int, nearest: bool) -> np.nda
     return out > 127 if nearest else out
 
 
+def _offset(rng: np.random.Generator, size: int, extent: int, outside: float) -> int:
+    """A random start of an ``extent``-pixel span on a ``size``-pixel side, up to ``outside x extent``
+    pixels of it beyond either edge (0: the span lies inside, where it fits)."""
+    margin = int(extent * outside)
+    return int(rng.integers(-margin, size - extent + margin + 1))
+
+
+def _overlap(start: int, extent: int, size: int) -> tuple[slice, slice]:
+    """``(scene slice, span slice)``: the part of the span ``[start, start + extent)`` inside ``[0, size)``."""
+    low, high = max(start, 0), min(start + extent, size)
+    return slice(low, max(high, low)), slice(low - start, max(high, low) - start)
+
+
 def _canvas(pool: ObjectPool, obj: PseudoObject, size: int, rng: np.random.Generator,
-            canvas_scale: tuple[float, float] = (1.0, 1.0)):
+            canvas_scale: tuple[float, float] = (1.0, 1.0), outside: float = 0.0):
     """The scene's first image: short side resized to ``size``, a random ``size`` square crop taken.
 
     With ``canvas_scale`` below 1 the crop is then shrunk by ``f ~ U[canvas_scale]`` and laid at a
@@ -174,12 +194,15 @@ def _canvas(pool: ObjectPool, obj: PseudoObject, size: int, rng: np.random.Gener
                 image.reshape(-1, 3).astype(np.float32)
             fill = rng.normal(background.mean(0), background.std(0) + 1e-3, (size, size, 3))
             scene = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
-            top, left = (int(v) for v in rng.integers(0, size - side + 1, 2))
-            scene[top:top + side, left:left + side] = _resize(image, side, side, nearest=False)
+            margin = int(side * outside)
+            top, left = (int(v) for v in rng.integers(-margin, size - side + margin + 1, 2))
+            rows, inner_rows = _overlap(top, side, size)
+            cols, inner_cols = _overlap(left, side, size)
+            scene[rows, cols] = _resize(image, side, side, nearest=False)[inner_rows, inner_cols]
             placed = []
             for mask in masks:
                 full = np.zeros((size, size), dtype=bool)
-                full[top:top + side, left:left + side] = _resize(mask, side, side, nearest=True)
+                full[rows, cols] = _resize(mask, side, side, nearest=True)[inner_rows, inner_cols]
                 placed.append(full)
             image, masks = scene, placed
     return np.array(image, dtype=np.uint8), masks, classes
@@ -228,7 +251,7 @@ def synthesize(pool: ObjectPool, config: CopyPasteConfig, rng: np.random.Generat
     """One copy-paste scene (see the module docstring for the recipe)."""
     size = config.size
     objects = pool.draw(config, rng)
-    image, masks, classes = _canvas(pool, objects[0], size, rng, config.canvas_scale)
+    image, masks, classes = _canvas(pool, objects[0], size, rng, config.canvas_scale, config.outside)
     pasted_area = [int(m.sum()) for m in masks]
     for obj in objects[1:]:
         cut = _cutout(pool, obj, size, rng, config.scale_range)
@@ -236,17 +259,20 @@ def synthesize(pool: ObjectPool, config: CopyPasteConfig, rng: np.random.Generat
             continue
         crop, crop_mask = cut
         h, w = crop_mask.shape
-        y0 = int(rng.integers(0, size - h + 1))
-        x0 = int(rng.integers(0, size - w + 1))
+        y0 = _offset(rng, size, h, config.outside)
+        x0 = _offset(rng, size, w, config.outside)
+        rows, crop_rows = _overlap(y0, h, size)
+        cols, crop_cols = _overlap(x0, w, size)
+        crop, crop_mask = crop[crop_rows, crop_cols], crop_mask[crop_rows, crop_cols]
         full = np.zeros((size, size), dtype=bool)
-        full[y0:y0 + h, x0:x0 + w] = crop_mask
-        region = image[y0:y0 + h, x0:x0 + w]
+        full[rows, cols] = crop_mask
+        region = image[rows, cols]
         region[crop_mask] = crop[crop_mask]
         for mask in masks:
             mask &= ~full
         masks.append(full)
         classes.append(obj.class_index)
-        pasted_area.append(int(full.sum()))
+        pasted_area.append(int(full.sum()))  # what lies inside the scene: a cut at its edge is not occlusion
     semantic = np.zeros((size, size), dtype=np.uint8)
     kept_masks, kept_classes = [], []
     for mask, cls, area in zip(masks, classes, pasted_area):

@@ -97,6 +97,7 @@ class TrainConfig:
     scale_max: float = 1.0
     canvas_min: float = 1.0
     canvas_max: float = 1.0
+    outside: float = 0.0
     crop_adapter_scenes: int = 1000
     crop_adapter_decay: float = 0.1
     seed: int = 0
@@ -148,7 +149,7 @@ class TrainConfig:
     def copypaste(self) -> CopyPasteConfig:
         return CopyPasteConfig(size=self.crop, max_objects=self.max_objects, same_class_prob=self.same_class_prob,
                                scale_range=(self.scale_min, self.scale_max),
-                               canvas_scale=(self.canvas_min, self.canvas_max))
+                               canvas_scale=(self.canvas_min, self.canvas_max), outside=self.outside)
 
     def zutis(self, pretrained: str) -> ZutisConfig:
         return ZutisConfig(
