@@ -95,14 +95,44 @@ def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
     held = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], decay=100.0)
     identity = torch.eye(tiny_backbone.embed_dim)
     assert held.decay == 100.0 and (held.weight - identity).norm() < (adapter.weight - identity).norm()
+    assert adapter.views == 0 and adapter.summary()["views"] == 0
+
+
+def test_recoloured_views_are_what_the_map_is_fitted_on(tiny_backbone, monkeypatch):
+    """With views = n the map sees n recoloured views of each crop (not the crop itself), the same
+    views for the same seed; the accuracies stay those of the crops as they are."""
+    g = torch.Generator().manual_seed(1)
+    scenes = []
+    for _ in range(3):
+        masks = torch.zeros(2, 32, 32, dtype=torch.bool)
+        masks[0, 2:12, 2:12] = True
+        masks[1, 15:30, 15:30] = True
+        scenes.append((torch.rand(3, 32, 32, generator=g), masks, torch.tensor([0, 1])))
+    import zutiscli.models.crop_classifier as module
+
+    seen = []
+    real_fit = module.fit_embedding_map
+    monkeypatch.setattr(module, "fit_embedding_map", lambda x, y, *a, **k: seen.append((x, y)) or real_fit(x, y, *a, **k))
+    plain = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"])
+    two = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], views=2, seed=5)
+    again = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], views=2, seed=5)
+    other = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], views=2, seed=6)
+    (x0, y0), (x2, y2), (x2b, _), (x2c, _) = seen
+    assert x0.shape[0] == 6 and x2.shape[0] == 12 and y2.tolist() == [0, 1] * 6 and torch.equal(y0, y2[:6])
+    assert not torch.allclose(x2[:6], x0, atol=1e-4) and not torch.allclose(x2[:6], x2[6:], atol=1e-4)
+    assert torch.equal(x2, x2b) and torch.equal(two.weight, again.weight) and not torch.equal(x2, x2c)
+    assert two.views == 2 and two.objects == plain.objects == 6
+    assert two.accuracy_before == plain.accuracy_before  # measured on the crops as they are
+    with pytest.raises(ValueError, match="views"):
+        fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], views=-1)
 
 
 def test_adapter_round_trips_through_a_safe_checkpoint(tmp_path):
-    adapter = CropAdapter(torch.randn(8, 8), "ViT-B-16", "openai", 300, 1021, 0.81, 0.88, 0.1, ("cat", "dog"))
+    adapter = CropAdapter(torch.randn(8, 8), "ViT-B-16", "openai", 300, 1021, 0.81, 0.88, 0.1, ("cat", "dog"), 3)
     save_checkpoint(tmp_path / "m.pt", {"config": {}, "classes": [], "model": {}, "crop_adapter": adapter.to_dict()})
     back = CropAdapter.from_dict(load_checkpoint(tmp_path / "m.pt")["crop_adapter"], where="m.pt")
     assert torch.equal(back.weight, adapter.weight) and back.summary() == adapter.summary()
-    assert (back.model, back.pretrained) == ("ViT-B-16", "openai")
+    assert (back.model, back.pretrained, back.views) == ("ViT-B-16", "openai", 3)
     broken = adapter.to_dict() | {"weight": torch.zeros(8, 4)}
     with pytest.raises(ArtefactError, match="m.pt: malformed crop adapter"):
         CropAdapter.from_dict(broken, where="m.pt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zutiscli.ops.crops import masked_square_crops
+from zutiscli.ops.crops import colour_jittered, masked_square_crops
 
 FILL = (0.25, 0.5, 0.75)
 
@@ -59,3 +59,25 @@ def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="image must be"):
         masked_square_crops(image[:1], mask, 8)
     assert masked_square_crops(image, mask[:0], 8).shape == (0, 3, 8, 8)
+
+
+def test_colour_jittered_turns_hues_keeps_shapes_and_repeats_with_the_seed() -> None:
+    crops = torch.zeros(64, 3, 8, 8)
+    crops[:, 0, 2:6, 2:6] = 0.9  # a red square on black
+    crops[:, 1:, 2:6, 2:6] = 0.1
+    views = colour_jittered(crops, torch.Generator().manual_seed(0))
+    again = colour_jittered(crops, torch.Generator().manual_seed(0))
+    assert views.shape == crops.shape and torch.equal(views, again)
+    assert views.min() >= 0 and views.max() <= 1
+    assert torch.equal(views[:, :, :2], crops[:, :, :2])  # black stays black: only colours change
+    inside = views[:, :, 3, 3]  # (64, 3) the square's colour in each view
+    grey = (inside.max(1).values - inside.min(1).values) < 1e-3
+    assert 4 <= int(grey.sum()) <= 24  # grey with probability 0.2
+    red = (inside[:, 0] > 0.8) & (inside[:, 1] < 0.2) & (inside[:, 2] < 0.2)
+    assert int(red.sum()) <= 24  # most views are no longer red
+    brightest = inside.max(1).values
+    assert torch.allclose(brightest[~grey], torch.full_like(brightest[~grey], 0.9), atol=1e-3)  # value kept
+    assert torch.equal(colour_jittered(crops, torch.Generator().manual_seed(0), hue_prob=0.0, grayscale_prob=0.0),
+                       crops)
+    with pytest.raises(ValueError, match="hue"):
+        colour_jittered(crops, torch.Generator(), hue=0.7)

@@ -77,7 +77,9 @@ def test_crop_adapter_is_fitted_saved_and_leaves_the_training_untouched(pseudo, 
         small(pseudo, tiny_checkpoint, crop_adapter_scenes=-1).validate()
     with pytest.raises(UsageError, match="--crop-adapter-decay must be >= 0"):
         small(pseudo, tiny_checkpoint, crop_adapter_decay=-0.5).validate()
-    assert adapter["decay"] == 0.1
+    with pytest.raises(UsageError, match="--crop-adapter-views must be >= 0"):
+        small(pseudo, tiny_checkpoint, crop_adapter_views=-1).validate()
+    assert (adapter["decay"], adapter["views"]) == (0.01, 3)  # fitted on recoloured views by default
 
 
 def test_resume_after_sigint_reproduces_uninterrupted_weights(pseudo, tiny_checkpoint, tmp_path):

@@ -14,7 +14,7 @@ _FIELDS = (
     "model", "pretrained", "num_queries", "decoder_layers", "decoder_heads", "decoder_ffn", "mlp_hidden",
     "temperature", "stop_gradient", "positional_values", "iterations", "batch_size", "crop", "lr",
     "encoder_lr_mult", "weight_decay", "poly_power", "min_lr", "lambda_mask", "max_objects", "same_class_prob",
-    "scale_min", "scale_max", "canvas_min", "canvas_max", "outside", "crop_adapter_scenes", "crop_adapter_decay", "seed", "workers", "device", "precision",
+    "scale_min", "scale_max", "canvas_min", "canvas_max", "outside", "crop_adapter_scenes", "crop_adapter_decay", "crop_adapter_views", "seed", "workers", "device", "precision",
     "checkpoint_every", "log_every", "max_minutes", "eval_images", "eval_gt", "eval_every", "eval_classes",
 )
 
@@ -51,7 +51,8 @@ def train(
     canvas_max: Annotated[float, typer.Option("--canvas-max", help="Largest scale of the canvas image.")] = 1.0,
     outside: Annotated[float, typer.Option("--outside", help="Largest share of a pasted object's box beyond the scene's edge, where it is cut off (0 = every object inside).")] = 0.0,
     crop_adapter_scenes: Annotated[int, typer.Option("--crop-adapter-scenes", help="Fit the crop classifier's adapter (`zutis predict --crop-weight`) on the objects of this many training scenes before training; saved in the checkpoint (0 = none). Not in the paper.")] = 1000,
-    crop_adapter_decay: Annotated[float, typer.Option("--crop-adapter-decay", help="The crop adapter's penalty for leaving the identity: larger keeps more of what the training classes' names do not tell apart (colours, say), at some cost to naming those classes.")] = 0.1,
+    crop_adapter_decay: Annotated[float, typer.Option("--crop-adapter-decay", help="The crop adapter's penalty for leaving the identity: larger keeps more of what the training classes' names do not tell apart (colours, say), at some cost to naming those classes.")] = 0.01,
+    crop_adapter_views: Annotated[int, typer.Option("--crop-adapter-views", help="Fit the crop adapter on this many recoloured views of each crop (any hue, or grey), so that it does not learn the colours CLIP left out of the archives as 'not this class' (0 = the crops as they are).")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the scene stream and the initialisation.")] = 0,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Data workers (default: cores - 1, up to 8).", show_default=False)] = None,
     device: DeviceOpt = "auto",

@@ -16,14 +16,14 @@ with that one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from zutiscli.data.classes import ClassQuery
 from zutiscli.errors import ArtefactError
-from zutiscli.ops.crops import masked_square_crops
+from zutiscli.ops.crops import colour_jittered, masked_square_crops
 from zutiscli.ops.embedding_map import apply_embedding_map, fit_embedding_map
 
 __all__ = ["CropAdapter", "CropClassifier", "fit_crop_adapter"]
@@ -36,7 +36,8 @@ class CropAdapter:
     ``model``/``pretrained`` name the CLIP whose embeddings it maps; ``scenes``/``objects`` count
     the fitting data; ``accuracy_before``/``accuracy_after`` are the shares of those objects the
     crop classifier named right without and with the map (a fraction in [0, 1]); ``decay`` is the
-    penalty it was fitted with; ``classes`` the names the fitting crops were labelled with.
+    penalty it was fitted with; ``classes`` the names the fitting crops were labelled with; ``views``
+    the recoloured views of each crop it was fitted on (0: the crops as they are).
     """
 
     weight: torch.Tensor
@@ -48,11 +49,13 @@ class CropAdapter:
     accuracy_after: float
     decay: float = 0.1
     classes: tuple[str, ...] = ()
+    views: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The plain values (no weight), for manifests and logs."""
         return {"scenes": self.scenes, "objects": self.objects, "accuracy_before": round(self.accuracy_before, 4),
-                "accuracy_after": round(self.accuracy_after, 4), "decay": self.decay, "classes": list(self.classes)}
+                "accuracy_after": round(self.accuracy_after, 4), "decay": self.decay, "classes": list(self.classes),
+                "views": self.views}
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values and one tensor: loads with ``torch.load(weights_only=True)``."""
@@ -68,7 +71,8 @@ class CropAdapter:
                 raise TypeError(f"weight of shape {tuple(getattr(weight, 'shape', ()))}, not (D, D)")
             return cls(weight.float(), str(data["model"]), str(data["pretrained"]), int(data["scenes"]),
                        int(data["objects"]), float(data["accuracy_before"]), float(data["accuracy_after"]),
-                       float(data.get("decay", 0.1)), tuple(str(name) for name in data.get("classes", ())))
+                       float(data.get("decay", 0.1)), tuple(str(name) for name in data.get("classes", ())),
+                       int(data.get("views", 0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtefactError(f"{where}: malformed crop adapter ({exc}); train the model again") from None
 
@@ -96,13 +100,18 @@ class CropClassifier:
         self.scale = float(backbone.model.logit_scale.exp())
         self.adapter = adapter
 
-    def embed(self, pixels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    def embed(self, pixels: torch.Tensor, masks: torch.Tensor,
+              recolour: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``(3, H, W)`` float RGB in [0, 1] and ``(N, H, W)`` bool masks -> ``(N, D)`` unit crop embeddings
-        (without the adapter), in batches of :attr:`batch_size`."""
+        (without the adapter), in batches of :attr:`batch_size`. ``recolour``, if given, maps each
+        batch of ``(n, 3, S, S)`` crops in [0, 1] to the crops to encode (the adapter's fitting
+        shows it recoloured views)."""
         out = []
         for start in range(0, masks.shape[0], self.batch_size):
             crops = masked_square_crops(pixels, masks[start:start + self.batch_size], self.backbone.image_size[0],
                                         margin=self.margin, fill=self.backbone.mean)
+            if recolour is not None:
+                crops = recolour(crops)
             out.append(self.backbone.encode_images(self.backbone.normalise(crops)).float())
         return torch.cat(out) if out else torch.zeros(0, self.text.shape[1])
 
@@ -129,6 +138,8 @@ def fit_crop_adapter(
     scenes: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     classes: Sequence[str],
     decay: float = 0.1,
+    views: int = 0,
+    seed: int = 0,
 ) -> CropAdapter | None:
     """Fit a :class:`CropAdapter` for ``backbone`` on labelled scenes.
 
@@ -140,28 +151,48 @@ def fit_crop_adapter(
         classes: the class names the labels index.
         decay: the map's penalty for leaving the identity (:func:`fit_embedding_map`); larger
             keeps more of what the training classes' names do not tell apart (such as colours).
+        views: 0 fits the map on the crops as they are; ``n >= 1`` on ``n`` recoloured views of
+            each (:func:`zutiscli.ops.crops.colour_jittered`: any hue with probability 0.8, grey
+            with probability 0.2). The training objects come from archives that CLIP chose, and
+            CLIP leaves out the colours in which it does not know a class (in the shapes world, the
+            green triangles: none reach the triangle archive); fitted on them as they are, the map
+            learns that those colours are not that class.
+        seed: seeds the recolouring.
 
     Returns:
         The adapter, or ``None`` when the scenes hold no object of at least :data:`MIN_FIT_PIXELS`.
+        Its accuracies are measured on the crops as they are.
     """
+    if views < 0:
+        raise ValueError(f"views must be >= 0, got {views}")
     classifier = CropClassifier(backbone, [ClassQuery(name, name) for name in classes])
-    embeddings, labels, count = [], [], 0
+    generator = torch.Generator().manual_seed(seed)
+
+    def recolour(crops: torch.Tensor) -> torch.Tensor:
+        return colour_jittered(crops.cpu(), generator).to(crops)
+
+    plain, seen, labels, count = [], [], [], 0
     for image, masks, objects in scenes:
         count += 1
         keep = masks.flatten(1).sum(1) >= MIN_FIT_PIXELS
         if keep.any():
-            embeddings.append(classifier.embed(image.float().cpu(), masks[keep].cpu()))
+            pixels, kept = image.float().cpu(), masks[keep].cpu()
+            plain.append(classifier.embed(pixels, kept))
+            seen.extend(classifier.embed(pixels, kept, recolour) for _ in range(views))
             labels.append(objects[keep].cpu())
-    if not embeddings:
+    if not plain:
         return None
-    x, y = torch.cat(embeddings).cpu(), torch.cat(labels)
+    x, y = torch.cat(plain).cpu(), torch.cat(labels)
+    fit_x, fit_y = x, y
+    if views:  # ``seen`` holds each scene's views one after another
+        fit_x, fit_y = torch.cat(seen).cpu(), torch.cat([objects for objects in labels for _ in range(views)])
 
     def accuracy() -> float:
         return float((classifier.logits(x.to(classifier.text.device)).argmax(1).cpu() == y).float().mean())
 
     before = accuracy()
-    weight = fit_embedding_map(x, y, classifier.text, classifier.scale, decay=decay)
+    weight = fit_embedding_map(fit_x, fit_y, classifier.text, classifier.scale, decay=decay)
     classifier.adapter = weight
     after = accuracy()
     spec = backbone.spec
-    return CropAdapter(weight, spec.name, spec.pretrained, count, len(y), before, after, decay, tuple(classes))
+    return CropAdapter(weight, spec.name, spec.pretrained, count, len(y), before, after, decay, tuple(classes), views)

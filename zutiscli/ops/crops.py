@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["masked_square_crops"]
+__all__ = ["colour_jittered", "masked_square_crops"]
 
 _CHUNK = 16
 
@@ -86,3 +86,43 @@ def masked_square_crops(
         for start in range(0, count, _CHUNK)
     ]
     return torch.cat(crops) + colour
+
+
+def colour_jittered(
+    crops: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    hue: float = 0.5,
+    hue_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+) -> torch.Tensor:
+    """Each crop with its hue turned by a random amount (probability ``hue_prob``) and then made
+    grey (probability ``grayscale_prob``): the same objects in colours they were not seen in.
+
+    Args:
+        crops: ``(N, 3, S, S)`` float RGB in [0, 1].
+        generator: the source of every random choice (CPU); the same state gives the same views.
+        hue: the largest turn, as a fraction of the colour circle (0.5 = any hue; the official
+            copy-paste's ColorJitter uses 0.2).
+        hue_prob, grayscale_prob: probabilities in [0, 1].
+
+    Returns:
+        ``(N, 3, S, S)`` float in [0, 1], on the crops' device.
+    """
+    import torchvision.transforms.functional as TF
+
+    if crops.ndim != 4 or crops.shape[1] != 3:
+        raise ValueError(f"crops must be (N, 3, S, S), got shape {tuple(crops.shape)}")
+    if not 0 <= hue <= 0.5:
+        raise ValueError(f"hue must lie in [0, 0.5], got {hue}")
+    count = crops.shape[0]
+    turn = (torch.rand(count, generator=generator) * 2 - 1) * hue
+    turned = torch.rand(count, generator=generator) < hue_prob
+    grey = torch.rand(count, generator=generator) < grayscale_prob
+    out = crops.clone()
+    for index in range(count):  # adjust_hue takes one factor per call
+        if turned[index]:
+            out[index] = TF.adjust_hue(out[index], float(turn[index]))
+        if grey[index]:
+            out[index] = TF.rgb_to_grayscale(out[index], num_output_channels=3)
+    return out

@@ -99,7 +99,8 @@ class TrainConfig:
     canvas_max: float = 1.0
     outside: float = 0.0
     crop_adapter_scenes: int = 1000
-    crop_adapter_decay: float = 0.1
+    crop_adapter_decay: float = 0.01
+    crop_adapter_views: int = 3
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
@@ -141,6 +142,9 @@ class TrainConfig:
             raise UsageError(f"--crop-adapter-scenes must be >= 0 (got {self.crop_adapter_scenes}); 0 fits no adapter")
         if not self.crop_adapter_decay >= 0:
             raise UsageError(f"--crop-adapter-decay must be >= 0 (got {self.crop_adapter_decay})")
+        if self.crop_adapter_views < 0:
+            raise UsageError(f"--crop-adapter-views must be >= 0 (got {self.crop_adapter_views}); 0 fits the adapter "
+                             "on the crops as they are")
         if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
             given = "--eval-every" if self.eval_every else "--eval-classes"
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
@@ -773,7 +777,7 @@ def train(
             if checkpoint.get("crop_adapter") is not None else None
     elif info.main and config.crop_adapter_scenes > 0:
         adapter = _fit_crop_adapter(backbone, dataset, classes, config.crop_adapter_scenes,
-                                    config.crop_adapter_decay, say)
+                                    config.crop_adapter_decay, config.crop_adapter_views, config.seed, say)
     else:
         adapter = None
     model = ZutisModel(backbone, config.zutis(pretrained)).to(device)
@@ -917,8 +921,8 @@ def train(
                        last, info.main)
 
 
-def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: int, decay: float,
-                      say: Callable[[str], None]) -> CropAdapter | None:
+def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: int, decay: float, views: int,
+                      seed: int, say: Callable[[str], None]) -> CropAdapter | None:
     """The crop classifier's adapter for the untrained ``backbone``
     (:func:`zutiscli.models.crop_classifier.fit_crop_adapter`), fitted on the first ``scenes``
     training scenes (at most the dataset's, for scenes read from disk). The random number generators
@@ -932,7 +936,7 @@ def _fit_crop_adapter(backbone: Any, dataset: Any, classes: list[str], scenes: i
     try:
         items = (dataset[index] for index in range(scenes))
         labelled = ((image, masks, labels) for image, _semantic, masks, labels in items)
-        adapter = fit_crop_adapter(backbone, labelled, classes, decay)
+        adapter = fit_crop_adapter(backbone, labelled, classes, decay, views, seed)
     finally:
         backbone.train(was_training)
         _restore_rng(states)
