@@ -73,15 +73,21 @@ def test_classifier_with_an_identity_adapter_is_the_classifier_without(tiny_back
     assert not torch.allclose(plain, flipped, atol=1e-3)  # the map is applied
 
 
-def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
-    g = torch.Generator().manual_seed(0)
+def two_object_scenes(count, generator):
+    """``count`` random 32 x 32 scenes, each with a square of class 0 and a larger one of class 1."""
     scenes = []
-    for i in range(3):
+    for _ in range(count):
         masks = torch.zeros(2, 32, 32, dtype=torch.bool)
         masks[0, 2:12, 2:12] = True
         masks[1, 15:30, 15:30] = True
-        masks[1, 15, 15] = i == 2  # nothing changes the count
-        scenes.append((torch.rand(3, 32, 32, generator=g), masks, torch.tensor([0, 1])))
+        scenes.append((torch.rand(3, 32, 32, generator=generator), masks, torch.tensor([0, 1])))
+    return scenes
+
+
+def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
+    g = torch.Generator().manual_seed(0)
+    scenes = two_object_scenes(3, g)
+    scenes[2][1][1, 15, 15] = False  # nothing changes the count
     scenes.append((torch.rand(3, 32, 32, generator=g), torch.zeros(1, 32, 32, dtype=torch.bool),
                    torch.tensor([1])))  # an empty mask is left out
     adapter = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"])
@@ -101,13 +107,7 @@ def test_fit_crop_adapter_on_scenes_records_its_clip_and_data(tiny_backbone):
 def test_recoloured_views_are_what_the_map_is_fitted_on(tiny_backbone, monkeypatch):
     """With views = n the map sees n recoloured views of each crop (not the crop itself), the same
     views for the same seed; the accuracies stay those of the crops as they are."""
-    g = torch.Generator().manual_seed(1)
-    scenes = []
-    for _ in range(3):
-        masks = torch.zeros(2, 32, 32, dtype=torch.bool)
-        masks[0, 2:12, 2:12] = True
-        masks[1, 15:30, 15:30] = True
-        scenes.append((torch.rand(3, 32, 32, generator=g), masks, torch.tensor([0, 1])))
+    scenes = two_object_scenes(3, torch.Generator().manual_seed(1))
     import zutiscli.models.crop_classifier as module
 
     seen = []
