@@ -112,7 +112,8 @@ def test_outside_cuts_objects_at_the_scene_edge_and_zero_keeps_them_inside(pseud
             for mask, cls in zip(scene.masks, scene.classes):
                 expected[mask] = cls + 1
             assert np.array_equal(scene.semantic[labelled], expected[labelled])
-            edges = np.concatenate([scene.masks[:, 0], scene.masks[:, -1], scene.masks[:, :, 0], scene.masks[:, :, -1]], 1)
+            masks = scene.masks
+            edges = np.concatenate([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], 1)
             touching += int(edges.any(1).sum())
         return touching
 

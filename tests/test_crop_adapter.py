@@ -112,7 +112,11 @@ def test_recoloured_views_are_what_the_map_is_fitted_on(tiny_backbone, monkeypat
 
     seen = []
     real_fit = module.fit_embedding_map
-    monkeypatch.setattr(module, "fit_embedding_map", lambda x, y, *a, **k: seen.append((x, y)) or real_fit(x, y, *a, **k))
+    def recording_fit(x, y, *args, **kwargs):
+        seen.append((x, y))
+        return real_fit(x, y, *args, **kwargs)
+
+    monkeypatch.setattr(module, "fit_embedding_map", recording_fit)
     plain = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"])
     two = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], views=2, seed=5)
     again = fit_crop_adapter(tiny_backbone, scenes, ["circle", "square"], views=2, seed=5)
