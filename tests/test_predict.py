@@ -198,3 +198,18 @@ def test_crop_adapter_is_used_only_for_its_own_clip(trained, tiny_checkpoint, tm
     assert read_manifest(other.path).model["crop_adapter"] is None
     assert scores(other) == scores(without)
     assert any("crop adapter was fitted for zutis-tiny" in line for line in logged)
+
+
+def test_names_the_crop_adapter_was_not_fitted_on_are_pointed_out_once(trained, tmp_path):
+    run, scenes = trained
+    common = dict(inputs=[str(scenes / "images")], checkpoint=str(run), device="cpu", crop_weight=0.5,
+                  task="instance", vis=False)
+    logged = []
+    predict(PredictConfig(**common, classes=queries("Circle", "star")), tmp_path / "fitted", log=logged.append)
+    assert not any("fitted on" in line for line in logged)  # names compared without case
+    logged.clear()
+    predict(PredictConfig(**common, classes=queries("circle", "hexagon", "red star")), tmp_path / "new",
+            log=logged.append)
+    notes = [line for line in logged if "crop adapter was fitted on" in line]
+    assert len(notes) == 1 and "2 of the 3 names" in notes[0] and "(hexagon, red star)" in notes[0]
+    assert "--no-crop-adapter" in notes[0]

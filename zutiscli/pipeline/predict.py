@@ -402,7 +402,27 @@ def load_crop_classifier(config: PredictConfig, model: Any, device: torch.device
                 f"was fitted for {fitted_for}, not for the crop classifier's {spec.name} ({spec.pretrained})"
             log(f"the checkpoint's crop adapter {why}; naming the crops without it")
         adapter = None
+    if adapter is not None and log is not None:
+        _note_unfitted_names(adapter, config.classes, log)
     return CropClassifier(backbone, config.classes, adapter=None if adapter is None else adapter.weight.to(device))
+
+
+def _note_unfitted_names(adapter: CropAdapter, classes: Sequence[ClassQuery], log: Callable[[str], None]) -> None:
+    """One line when some query names are not among those the adapter was fitted on: it serves any
+    names, but a map fitted without a name can send crops of the fitted classes toward it, and blurs
+    what the fitted names do not tell apart (colours, say)."""
+    fitted = {name.casefold() for name in adapter.classes}
+    unfitted = [query.name for query in classes if query.name.casefold() not in fitted]
+    if not fitted or not unfitted:
+        return
+    log(f"the crop adapter was fitted on {_listed(adapter.classes)}; {len(unfitted)} of the {len(classes)} names "
+        f"queried were not among them ({_listed(unfitted)}): --no-crop-adapter leaves it out, if they hinge on "
+        "what the fitted names do not tell apart")
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 3 more``."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 @contextlib.contextmanager
