@@ -8,8 +8,9 @@ CLIP learned from whole images; in scenes many objects are cut by the border or 
 others, and a crop of such a view is often misnamed. :class:`CropAdapter` is a linear map of the
 crop embeddings (:mod:`zutiscli.ops.embedding_map`) that ``zutis train`` fits before training, on
 masked crops of the objects of its own first training scenes (copy-paste scenes of pseudo-labelled
-objects: occlusions and border cuts included, no human label). The text side is untouched, so the
-map applies to any class names. It belongs to one CLIP (model name and weights) and is only used
+objects: occlusions and border cuts included, no human label), shown in recoloured views so that
+it does not learn the colours missing from the archives as the absence of a class. The text side
+is untouched, so the map applies to any class names. It belongs to one CLIP (model name and weights) and is only used
 with that one.
 """
 
