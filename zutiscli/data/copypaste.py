@@ -148,11 +148,12 @@ def _resize(array: np.ndarray, width: int, height: int, nearest: bool) -> np.nda
     return out > 127 if nearest else out
 
 
-def _offset(rng: np.random.Generator, size: int, extent: int, outside: float) -> int:
-    """A random start of an ``extent``-pixel span on a ``size``-pixel side, up to ``outside x extent``
-    pixels of it beyond either edge (0: the span lies inside, where it fits)."""
+def _starts(size: int, extent: int, outside: float) -> tuple[int, int]:
+    """``(low, high)`` for ``rng.integers``: the starts of an ``extent``-pixel span on a ``size``-pixel
+    side that put at most ``outside x extent`` pixels of it beyond either edge (0: the span lies
+    inside, where it fits)."""
     margin = int(extent * outside)
-    return int(rng.integers(-margin, size - extent + margin + 1))
+    return -margin, size - extent + margin + 1
 
 
 def _overlap(start: int, extent: int, size: int) -> tuple[slice, slice]:
@@ -194,8 +195,7 @@ def _canvas(pool: ObjectPool, obj: PseudoObject, size: int, rng: np.random.Gener
                 image.reshape(-1, 3).astype(np.float32)
             fill = rng.normal(background.mean(0), background.std(0) + 1e-3, (size, size, 3))
             scene = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
-            margin = int(side * outside)
-            top, left = (int(v) for v in rng.integers(-margin, size - side + margin + 1, 2))
+            top, left = (int(v) for v in rng.integers(*_starts(size, side, outside), 2))
             rows, inner_rows = _overlap(top, side, size)
             cols, inner_cols = _overlap(left, side, size)
             scene[rows, cols] = _resize(image, side, side, nearest=False)[inner_rows, inner_cols]
@@ -259,8 +259,8 @@ def synthesize(pool: ObjectPool, config: CopyPasteConfig, rng: np.random.Generat
             continue
         crop, crop_mask = cut
         h, w = crop_mask.shape
-        y0 = _offset(rng, size, h, config.outside)
-        x0 = _offset(rng, size, w, config.outside)
+        y0 = int(rng.integers(*_starts(size, h, config.outside)))
+        x0 = int(rng.integers(*_starts(size, w, config.outside)))
         rows, crop_rows = _overlap(y0, h, size)
         cols, crop_cols = _overlap(x0, w, size)
         crop, crop_mask = crop[crop_rows, crop_cols], crop_mask[crop_rows, crop_cols]
