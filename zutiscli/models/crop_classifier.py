@@ -10,8 +10,8 @@ crop embeddings (:mod:`zutiscli.ops.embedding_map`) that ``zutis train`` fits be
 masked crops of the objects of its own first training scenes (copy-paste scenes of pseudo-labelled
 objects: occlusions and border cuts included, no human label), shown in recoloured views so that
 it does not learn the colours missing from the archives as the absence of a class. The text side
-is untouched, so the map applies to any class names. It belongs to one CLIP (model name and weights) and is only used
-with that one.
+is untouched, so the map applies to any class names. It belongs to one CLIP (model name and
+weights) and is only used with that one.
 """
 
 from __future__ import annotations

@@ -120,9 +120,8 @@ def colour_jittered(
     turned = torch.rand(count, generator=generator) < hue_prob
     grey = torch.rand(count, generator=generator) < grayscale_prob
     out = crops.clone()
-    for index in range(count):  # adjust_hue takes one factor per call
-        if turned[index]:
-            out[index] = TF.adjust_hue(out[index], float(turn[index]))
-        if grey[index]:
-            out[index] = TF.rgb_to_grayscale(out[index], num_output_channels=3)
+    for index in torch.nonzero(turned).flatten().tolist():  # adjust_hue takes one factor per call
+        out[index] = TF.adjust_hue(out[index], float(turn[index]))
+    if grey.any():
+        out[grey] = TF.rgb_to_grayscale(out[grey], num_output_channels=3)
     return out
