@@ -47,6 +47,18 @@ def pseudo(tmp_path_factory):
 SMALL = CopyPasteConfig(size=96, max_objects=6)
 
 
+def assert_semantic_is_its_instances(scene) -> np.ndarray:
+    """Disjoint instance masks, and outside ignore the semantic map is exactly their classes + 1;
+    returns the ``(S, S)`` bool map of the pixels not ignored."""
+    assert (scene.masks.sum(axis=0) <= 1).all()  # disjoint
+    expected = np.zeros(scene.semantic.shape, dtype=np.uint8)
+    for mask, cls in zip(scene.masks, scene.classes):
+        expected[mask] = cls + 1
+    labelled = scene.semantic != 255
+    assert np.array_equal(scene.semantic[labelled], expected[labelled])
+    return labelled
+
+
 def test_scene_invariants(pseudo):
     pool = ObjectPool(load_pseudolabels(pseudo))
     saw_several = saw_ignore = saw_same = False
@@ -55,13 +67,8 @@ def test_scene_invariants(pseudo):
         assert scene.image.shape == (96, 96, 3) and scene.image.dtype == np.uint8
         assert scene.masks.shape[1:] == (96, 96) and scene.masks.dtype == bool
         assert len(scene.classes) == len(scene.masks)
-        assert (scene.masks.sum(axis=0) <= 1).all()  # disjoint
         assert (scene.masks.reshape(len(scene.masks), -1).sum(1) > 0).all()
-        expected = np.zeros((96, 96), dtype=np.uint8)
-        for mask, cls in zip(scene.masks, scene.classes):
-            expected[mask] = cls + 1
-        labelled = scene.semantic != 255
-        assert np.array_equal(scene.semantic[labelled], expected[labelled])
+        labelled = assert_semantic_is_its_instances(scene)
         assert not scene.masks[:, ~labelled].any()
         saw_several |= len(scene.masks) >= 3
         saw_ignore |= (~labelled).any()
@@ -84,12 +91,7 @@ def test_canvas_scale_shrinks_the_canvas_onto_its_own_background(pseudo):
         if len(rows):
             assert np.ptp(rows) < 0.5 * 96 + 1 and np.ptp(cols) < 0.5 * 96 + 1  # everything labelled lies in the canvas
             shrunk += 1
-        assert (little.masks.sum(axis=0) <= 1).all()
-        expected = np.zeros((96, 96), dtype=np.uint8)
-        for mask, cls in zip(little.masks, little.classes):
-            expected[mask] = cls + 1
-        labelled = little.semantic != 255
-        assert np.array_equal(little.semantic[labelled], expected[labelled])
+        assert_semantic_is_its_instances(little)
     assert shrunk >= 6
     assert CopyPasteConfig().canvas_scale == (1.0, 1.0)  # the default keeps the official full-size canvas
 
@@ -106,12 +108,8 @@ def test_outside_cuts_objects_at_the_scene_edge_and_zero_keeps_them_inside(pseud
         touching = 0
         for index in range(30):
             scene = synthesize(pool, config, scene_rng(1, index))
-            assert (scene.masks.sum(axis=0) <= 1).all() and all(mask.any() for mask in scene.masks)
-            labelled = scene.semantic != 255
-            expected = np.zeros((96, 96), dtype=np.uint8)
-            for mask, cls in zip(scene.masks, scene.classes):
-                expected[mask] = cls + 1
-            assert np.array_equal(scene.semantic[labelled], expected[labelled])
+            assert all(mask.any() for mask in scene.masks)
+            assert_semantic_is_its_instances(scene)
             masks = scene.masks
             edges = np.concatenate([masks[:, 0], masks[:, -1], masks[:, :, 0], masks[:, :, -1]], 1)
             touching += int(edges.any(1).sum())
