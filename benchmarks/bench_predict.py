@@ -95,7 +95,7 @@ def make_checkpoint(root: Path, args: argparse.Namespace) -> Path:
     from zutiscli.artefacts.checkpoint import save_checkpoint
     from zutiscli.models.clip import ModelSpec, load_backbone
     from zutiscli.models.zutis import ZutisConfig, ZutisModel
-    from zutiscli.pipeline.train import FINAL
+    from zutiscli.artefacts.runs import FINAL
     from zutiscli.shapes.world import SHAPES
 
     torch.manual_seed(args.seed)

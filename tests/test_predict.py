@@ -12,7 +12,8 @@ from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.cli.app import main
 from zutiscli.data.classes import ClassQuery
 from zutiscli.errors import UsageError
-from zutiscli.pipeline.predict import PredictConfig, predict, resolve_checkpoint
+from zutiscli.artefacts.runs import resolve_checkpoint
+from zutiscli.pipeline.predict import PredictConfig, predict
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig, train
 

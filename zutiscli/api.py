@@ -58,8 +58,9 @@ from zutiscli.pipeline.predict import (
     load_crop_classifier,
     load_zutis,
     postprocess,
-    resolve_checkpoint,
+
 )
+from zutiscli.artefacts.runs import resolve_checkpoint
 from zutiscli.pipeline.pseudolabel import PseudolabelConfig, PseudolabelResult
 from zutiscli.pipeline.retrieve import RetrieveConfig
 from zutiscli.pipeline.synth import SynthConfig

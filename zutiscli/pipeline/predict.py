@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
 from zutiscli.artefacts.checkpoint import load_checkpoint
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
-from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.manifest import relative_to, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.artefacts.runs import resolve_checkpoint
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
 from zutiscli.models.crop_classifier import CropAdapter, CropClassifier
@@ -148,32 +149,6 @@ class PredictConfig:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------
-def resolve_checkpoint(checkpoint: str | None) -> Path:
-    """``--checkpoint`` (run directory or file), else ``$ZUTIS_CHECKPOINT``, else the newest run in ./runs/train."""
-    from zutiscli.pipeline.train import FINAL, latest_run
-
-    given = checkpoint or os.environ.get("ZUTIS_CHECKPOINT")
-    if given:
-        path = Path(given)
-        if path.is_dir():
-            if (path / FINAL).is_file():
-                return path / FINAL
-            if (path / MANIFEST_NAME).is_file() and read_manifest(path).kind != "zutis.run":
-                raise ArtefactError(f"--checkpoint {path}: is a {read_manifest(path).kind} artefact, not a `zutis train` "
-                                    f"run directory; pass a run directory or its {FINAL}")
-            raise ArtefactError(f"--checkpoint {path}: has no {FINAL}, so it is not a finished `zutis train` run; "
-                                f"pass a finished run directory or its {FINAL} (an unfinished run can be resumed "
-                                f"with `zutis train --resume {path}`)")
-        if path.is_file():
-            return path
-        raise ArtefactError(f"--checkpoint {path}: no such file or directory")
-    run = latest_run()
-    if run is None:
-        raise UsageError("no checkpoint: pass --checkpoint RUN_DIR|FILE or set ZUTIS_CHECKPOINT, train one with "
-                         "`zutis train`, or use --method maskclip (needs only CLIP weights)")
-    return run / FINAL
-
-
 def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32):
     """Build the ZUTIS model of a checkpoint file (its CLIP weights and crop adapter included); returns (model, classes)."""
     from zutiscli.models.clip import ModelSpec, load_backbone

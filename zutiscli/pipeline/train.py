@@ -51,7 +51,9 @@ from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, resolve_relative, write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.artefacts.runs import CHECKPOINT, EVALS, FINAL, METRICS, latest_run, resume_checkpoint_path  # noqa: F401
 from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool
+from zutiscli.engine.inference import check_recipe
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.crop_classifier import CropAdapter, fit_crop_adapter
@@ -61,10 +63,6 @@ from zutiscli.models.zutis import ZutisConfig, ZutisModel
 from zutiscli.ops.masks import decode_mask
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
-CHECKPOINT = "checkpoints/last.pt"
-FINAL = "model.pt"
-METRICS = "metrics.jsonl"
-EVALS = "evals"
 
 
 @dataclass
@@ -112,6 +110,7 @@ class TrainConfig:
     eval_gt: str | None = None
     eval_every: int = 0
     eval_classes: str | None = None
+    inference: dict[str, Any] = field(default_factory=dict)
 
     @property
     def evaluates(self) -> bool:
@@ -148,6 +147,7 @@ class TrainConfig:
         if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
             given = "--eval-every" if self.eval_every else "--eval-classes"
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
+        check_recipe(self.inference, where="inference")
         self.copypaste().validate()
 
     def copypaste(self) -> CopyPasteConfig:
@@ -174,7 +174,10 @@ class TrainConfig:
         unknown = sorted(set(data) - set(kinds))
         if unknown:
             raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}")
-        return cls(**{name: _typed(value, kinds[name], name, where) for name, value in data.items()})
+        values = {name: _typed(value, kinds[name], name, where) for name, value in data.items() if name != "inference"}
+        if "inference" in data:
+            values["inference"] = check_recipe(data["inference"] or {}, where=where)
+        return cls(**values)
 
 
 _TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
@@ -643,24 +646,6 @@ class TrainResult:
     main: bool = True  # False on the other ranks of a distributed run (they print nothing)
 
 
-def resume_checkpoint_path(run_dir: str | Path) -> Path:
-    """The checkpoint that ``--resume RUN_DIR`` continues from; errors say what ``RUN_DIR`` is instead."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        what = "is a file" if run_dir.exists() else "no such directory"
-        raise ArtefactError(f"--resume {run_dir}: {what}; give the directory of a `zutis train` run")
-    path = run_dir / CHECKPOINT
-    if path.is_file():
-        return path
-    if (run_dir / MANIFEST_NAME).is_file():
-        kind = read_manifest(run_dir).kind
-        if kind != "zutis.run":
-            raise ArtefactError(f"--resume {run_dir}: is a {kind} artefact, not a `zutis train` run directory; "
-                                f"to train on it, give it as the source: `zutis train {run_dir}`")
-    raise ArtefactError(f"--resume {run_dir}: has no {CHECKPOINT}, so there is nothing to resume; "
-                        f"start a new run with `zutis train SOURCE`")
-
-
 def _source_plan(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
     """The :attr:`Plan.reads` entry of a training source, checked as :func:`_source` checks it, and its classes."""
     manifest = _source_manifest(config)
@@ -824,7 +809,8 @@ def train(
             save_checkpoint(run_dir / path, {
                 "config": model.config.to_dict(), "classes": classes, "model": model.state_dict(),
                 "iteration": iteration, "optimizer": optimiser.state_dict(), "scaler": scaler.state_dict(),
-                "rng": _rng_state(), "train_config": asdict(config), **adapter_record,
+                "rng": _rng_state(), "train_config": asdict(config), "inference": dict(config.inference),
+                **adapter_record,
             })
 
     def evaluate_now(iteration: int) -> None:
@@ -899,7 +885,8 @@ def train(
     if info.main:
         save(iteration)
         save_checkpoint(run_dir / FINAL, {"config": model.config.to_dict(), "classes": classes,
-                                          "model": model.state_dict(), "iteration": iteration, **adapter_record})
+                                          "model": model.state_dict(), "iteration": iteration,
+                                          "inference": dict(config.inference), **adapter_record})
         last_eval = _last_eval(run_dir / METRICS)
         if held_out is not None and (last_eval is None or last_eval["iteration"] != iteration):
             _evaluate_model(model, held_out, classes, run_dir, iteration, device, say)
@@ -964,12 +951,3 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
 
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
-
-def latest_run(root: str | Path = "runs") -> Path | None:
-    """The newest finished run under ``root/train`` (highest number with a manifest), if any."""
-    from zutiscli.artefacts.rundir import numbered_runs
-
-    for run in reversed(numbered_runs("train", root)):
-        if (run / MANIFEST_NAME).is_file() and (run / FINAL).is_file():
-            return run
-    return None
