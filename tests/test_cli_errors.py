@@ -36,7 +36,7 @@ TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers",
 
 EXPECTED_LEAVES = {
     "demo", "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "pseudolabel", "copypaste", "train", "predict", "evaluate run", "evaluate prepare",
+    "retrieve", "pseudolabel", "copypaste", "train", "predict run", "predict merge", "evaluate run", "evaluate prepare",
     "completions", "man",
 }
 
@@ -141,7 +141,13 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{pseudo}", "--model", "ViT-B-61", "-o", "{out}"], 1, "not an open_clip model name"),
         (["{pseudo}", *TINY_TRAIN, "-o", "{pile}"], 1, "finished artefact"),
     ],
-    "predict": [
+    "predict merge": [
+        ([], 2, "Missing argument"),
+        (["{missing}", "-o", "{out}"], 1, "no such directory"),
+        (["{pred}", "-o", "{out}"], 1, "not a shard"),
+        (["{pile}", "-o", "{out}"], 1, "zutis.synth artefact"),
+    ],
+    "predict run": [
         ([], 2, "no classes given"),
         (["--classes", "cat"], 2, "give the images"),
         (["{missing}", "--classes", "cat", "--checkpoint", "{run}", "-o", "{out}"], 1, "no such file or directory"),
@@ -217,7 +223,7 @@ BASE: dict[str, list[str]] = {
     "retrieve": ["{index}", "-k", "2", "--prompts", "names", "-o", "{out}"],
     "pseudolabel": ["{archives}", "--size", "32", "--refine", "none", "-o", "{out}"],
     "train": ["{pseudo}", *TINY_TRAIN, "-o", "{out}"],
-    "predict": ["{scenes}/images", "--checkpoint", "{run}", "--no-vis", "-o", "{out}"],
+    "predict run": ["{scenes}/images", "--checkpoint", "{run}", "--no-vis", "-o", "{out}"],
     "evaluate run": ["{pred}", "--gt", "{scenes}", "-o", "{out}"],
 }
 

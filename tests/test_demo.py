@@ -64,17 +64,23 @@ def test_every_stage_wrote_its_artefact(demo) -> None:
     assert read_manifest(out / "train").params["positional_values"] is True
     # ... the pixel-text temperature, and the instance scoring with sigmoid(1 x cos)
     assert read_manifest(out / "train").params["temperature"] == 0.1
-    assert read_manifest(out / "predict").params["class_temperature"] == 1.0
-    assert read_manifest(out / "baseline" / "predict").params["class_temperature"] == 5.0
-    # ... and the inference: refined, crop-classified instances, the semantic map drawn from them
+    assert read_manifest(out / "predict").params["settings"]["class_temperature"] == 1.0
+    assert read_manifest(out / "baseline" / "predict").params["settings"]["class_temperature"] == 5.0
+    # ... and the inference, recorded by the training run and read from it by predict: refined,
+    # crop-classified instances, the semantic map drawn from them
+    assert json.loads((out / "train" / "config.json").read_text())["inference"] == {
+        "class_temperature": 1.0, "refine": "bilateral", "crop_weight": 0.5, "semantic_from": "instances",
+        "iou_threshold": 0.5}
     params = read_manifest(out / "predict").params
+    assert params["refine"] is None and set(params["settings_from"].values()) == {"recipe", "paper"}
+    params = params["settings"]
     assert (params["refine"], params["crop_weight"], params["semantic_from"], params["iou_threshold"]) == \
         ("bilateral", 0.5, "instances", 0.5)
     assert read_manifest(out / "predict").model["crop_classifier"] == {"name": "shapes-clip", "pretrained": "builtin"}
     # ... with the adapter the training fitted on recoloured views of its first 1,000 copy-paste scenes
     adapter = read_manifest(out / "predict").model["crop_adapter"]
     assert (adapter["scenes"], adapter["views"], adapter["decay"]) == (1000, 3, 0.01)
-    paper = read_manifest(out / "paper-inference" / "predict").params
+    paper = read_manifest(out / "paper-inference" / "predict").params["settings"]
     assert (paper["refine"], paper["crop_weight"], paper["semantic_from"], paper["iou_threshold"],
             paper["class_temperature"]) == ("none", 0.0, "dense", 0.3, 5.0)
 
@@ -159,6 +165,27 @@ def test_bf16_predictions_agree_with_fp32(demo, tmp_path) -> None:
     present = union > 0
     ious = inter[present] / union[present]
     assert len(ious) >= 5 and ious.mean() >= 0.95 and ious.min() >= 0.90, ious
+
+
+@pytest.mark.parametrize("variant, flags", [("zutis", []), ("zutis, paper's inference", ["--inference", "paper"])])
+def test_predict_with_the_run_alone_gives_the_demos_numbers(demo, tmp_path, variant, flags) -> None:
+    # The model carries its recipe: `zutis predict --checkpoint RUN` with no inference option scores
+    # what the demo reports (mIoU 0.733, mask AP50 0.732), and `--inference paper` the paper's inference
+    # on the same model (0.413 / 0.230).
+    out, _ = demo
+    classes = ",".join(read_manifest(out / "predict").params["classes"])
+    done = zutis("predict", str(out / "scenes" / "images"), "--classes", classes, "--checkpoint", str(out / "train"),
+                 "--no-vis", "-q", "-o", str(tmp_path / "predict"), *flags)
+    assert done.returncode == 0, done.stderr
+    done = zutis("evaluate", str(tmp_path / "predict"), "--gt", str(out / "scenes" / "instances.json"),
+                 "--gt-semantic", str(out / "scenes" / "semantic"), "-q", "-o", str(tmp_path / "evaluate"))
+    assert done.returncode == 0, done.stderr
+    from zutiscli.pipeline.evaluate import headline
+
+    mine = headline(json.loads((tmp_path / "evaluate" / "metrics.json").read_text()))
+    reported = json.loads((out / "metrics.json").read_text())["headline"][variant]
+    for key in ("mIoU", "mask_AP50", "mask_AP"):
+        assert round(mine[key], 4) == reported[key], (key, mine[key], reported[key])
 
 
 def test_a_used_output_directory_is_refused_in_one_line(demo) -> None:

@@ -42,7 +42,7 @@ def no_weights(monkeypatch):
     monkeypatch.setattr("zutiscli.models.clip.load_backbone", refuse)
     monkeypatch.setattr("zutiscli.models.clip.load_state_dict", refuse)
     monkeypatch.setattr("zutiscli.models.timm_vit.load_timm_vit", refuse)
-    monkeypatch.setattr("zutiscli.pipeline.predict.load_zutis", refuse)
+    monkeypatch.setattr("zutiscli.methods.predict.zutis.load_zutis", refuse)
 
 
 @pytest.mark.parametrize("name", sorted(DRY_RUNS))

@@ -32,13 +32,14 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
     "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "pseudolabel", "copypaste", "train", "predict", "evaluate run", "evaluate prepare",
+    "retrieve", "pseudolabel", "copypaste", "train", "predict run", "predict merge", "evaluate run", "evaluate prepare",
     "completions", "man", "demo",
 ]
 
 #: Examples not run here, with where they are run instead.
 NOT_RUN_HERE = {
     "demo": "tests/test_demo.py runs `zutis demo --fast` (about three minutes)",
+    "predict merge": "tests/test_predict_engine.py merges the shards of a sharded `zutis predict` run",
 }
 
 
@@ -136,8 +137,8 @@ def test_every_leaf_has_exactly_one_example():
     for name, command in LEAVES.items():
         examples = _examples(command)
         assert len(examples) == 1, f"zutis {name} --help: {len(examples)} Example: lines, want one"
-        # `zutis index DIR` is `zutis index build DIR`, and `zutis evaluate PRED` is `zutis evaluate run PRED`.
-        prefix = {"index build": "zutis index ", "evaluate run": "zutis evaluate "}.get(name, f"zutis {name}")
+        # `zutis index DIR` is `zutis index build DIR`, `zutis evaluate PRED` is `zutis evaluate run PRED`, and so on.
+        prefix = {"index build": "zutis index ", "evaluate run": "zutis evaluate ", "predict run": "zutis predict "}.get(name, f"zutis {name}")
         assert examples[0].startswith(prefix), f"zutis {name}: the example runs another command: {examples[0]}"
 
 

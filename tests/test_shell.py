@@ -155,7 +155,7 @@ def test_model_completes_open_clip_names_and_zutis_configs(capsys, monkeypatch):
 def test_every_man_page_has_the_standard_sections():
     pages = sorted((ROOT / "man").glob("*.1"))
     names = {page.name for page in pages}
-    assert {"zutis.1", "zutis-predict.1", "zutis-index-merge.1", "zutis-synth-scenes.1",
+    assert {"zutis.1", "zutis-predict-run.1", "zutis-index-merge.1", "zutis-synth-scenes.1",
             "zutis-evaluate-prepare.1", "zutis-completions.1", "zutis-man.1"} <= names
     for page in pages:
         text = page.read_text(encoding="ascii")
@@ -165,7 +165,7 @@ def test_every_man_page_has_the_standard_sections():
 
 
 def test_man_pages_describe_options_examples_environment_and_exit_status():
-    predict = (ROOT / "man" / "zutis-predict.1").read_text(encoding="ascii")
+    predict = (ROOT / "man" / "zutis-predict-run.1").read_text(encoding="ascii")
     assert "\\fB\\-\\-classes\\-file\\fR \\fI<path>\\fR" in predict
     assert "Example:" in predict and "zutis predict data/scenes/images \\-\\-checkpoint runs/train/demo \\-\\-classes" in predict
     assert "[default: ViT\\-B\\-16]" in predict

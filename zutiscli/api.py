@@ -23,8 +23,8 @@ as the command does. ``progress(done, total)`` and ``log(message)`` callbacks ar
 User errors raise :class:`zutiscli.errors.ZutisError` (``UsageError`` for bad option values) with
 the same one-line messages the command prints.
 
-:class:`Predictor` loads a trained ZUTIS model once and segments images held in memory with the
-post-processing of ``zutis predict`` (:func:`zutiscli.pipeline.predict.postprocess`), returning
+:class:`Predictor` loads a trained ZUTIS model once and segments images held in memory through the
+predict engine of ``zutis predict`` (:mod:`zutiscli.engine.predict`), returning
 :class:`Segmentation` arrays instead of files.
 """
 
@@ -49,18 +49,7 @@ from zutiscli.pipeline.copypaste import write_dataset
 from zutiscli.pipeline.evaluate import TASKS as EVALUATE_TASKS
 from zutiscli.pipeline.evaluate import EvaluateConfig, EvaluateResult
 from zutiscli.pipeline.index import IndexConfig, IndexResult
-from zutiscli.pipeline.predict import (
-    PredictConfig,
-    PredictResult,
-    RawPrediction,
-    ZutisPredictor,
-    _resize_for_model,
-    load_crop_classifier,
-    load_zutis,
-    postprocess,
-
-)
-from zutiscli.artefacts.runs import resolve_checkpoint
+from zutiscli.pipeline.predict import PredictConfig, PredictResult
 from zutiscli.pipeline.pseudolabel import PseudolabelConfig, PseudolabelResult
 from zutiscli.pipeline.retrieve import RetrieveConfig
 from zutiscli.pipeline.synth import SynthConfig
@@ -505,17 +494,19 @@ def mask_boxes(masks: np.ndarray) -> np.ndarray:
 ImageLike = Any  # a path (str or os.PathLike), a PIL image, or an (H, W, 3) uint8 numpy array
 
 # PredictConfig fields a Predictor takes: the model's device and precision, the input size and
-# every post-processing option. The rest name files, the output, or the MaskCLIP baseline.
+# every post-processing option. The rest name files, the output, or other methods' options.
 _NOT_PREDICTOR_OPTIONS = ("inputs", "from_list", "classes", "method", "checkpoint", "model", "pretrained", "task",
-                          "workers", "components", "vis")
+                          "workers", "components", "vis", "batch_size", "loader_workers", "shard")
 
 
 class Predictor:
     """A trained ZUTIS model, loaded once, that segments images for a fixed list of classes.
 
-    The same model, input resizing, forward pass and post-processing as ``zutis predict``
-    (:func:`zutiscli.pipeline.predict.postprocess`), so a :class:`Segmentation` holds exactly
-    what ``zutis predict`` writes to ``semantic/*.png`` and ``predictions.json``.
+    The same predict engine as ``zutis predict`` (:mod:`zutiscli.engine.predict`: input resizing,
+    forward pass, post-processing), so a :class:`Segmentation` holds exactly what ``zutis predict``
+    writes to ``semantic/*.png`` and ``predictions.json``. Like the command, it uses the inference
+    settings the model's training recipe recorded, unless an option overrides one
+    (``inference="paper"``: the paper's settings).
 
     Args:
         checkpoint: a ``zutis train`` run directory or a model file; ``None`` = ``$ZUTIS_CHECKPOINT``,
@@ -525,21 +516,27 @@ class Predictor:
             or those of ``classes_file=FILE``. Encoded once.
         **options: ``device`` (``"auto"``, ``"cpu"``, ``"cuda:N"``), ``precision`` of the image
             encoder, ``max_size`` (cap on the long side fed to the model, pixels; outputs keep
-            the image's size), ``max_pixels`` (files larger than this are refused), and the
-            post-processing fields of :class:`zutiscli.pipeline.predict.PredictConfig`:
-            ``mask_threshold``, ``class_temperature``, ``score_threshold``, ``nms``,
-            ``iou_threshold``, ``sigma``, ``max_detections``, ``crf`` and ``crf_*``, ``refine``,
-            ``crop_weight``, ``crop_model``, ``crop_pretrained``, ``crop_adapter``, ``semantic_from``.
+            the image's size), ``max_pixels`` (files larger than this are refused), ``inference``
+            (``"recipe"`` or ``"paper"``) and the post-processing fields of
+            :class:`zutiscli.pipeline.predict.PredictConfig`: ``mask_threshold``,
+            ``class_temperature``, ``score_threshold``, ``nms``, ``iou_threshold``, ``sigma``,
+            ``max_detections``, ``crf`` and ``crf_*``, ``refine``, ``crop_weight``, ``crop_model``,
+            ``crop_pretrained``, ``crop_adapter``, ``semantic_from`` (``None``: the recipe's).
 
     Attributes:
         classes: the class names, in order (``Segmentation.class_names[1:]``).
         checkpoint: the model file loaded.
         trained_classes: the names the model was trained on.
         device: where the model runs.
-        config: the options in effect (a :class:`PredictConfig`).
+        config: the options given (a :class:`PredictConfig`).
+        settings: the inference settings in effect (:class:`zutiscli.engine.inference.InferenceSettings`).
     """
 
     def __init__(self, checkpoint=None, classes=None, **options):
+        from zutiscli.artefacts.runs import resolve_checkpoint
+        from zutiscli.engine.predict import PredictEngine
+        from zutiscli.methods.predict.zutis import ZutisPredictor, load_zutis
+        from zutiscli.methods.predict.common import CrfOptions
         from zutiscli.models.device import resolve_device, resolve_precision
 
         opts = _options(Predictor.__init__, options, "Predictor")
@@ -550,7 +547,8 @@ class Predictor:
             config.validate()  # refuse bad options before loading the model
         path = resolve_checkpoint(None if checkpoint is None else os.fspath(checkpoint))
         self.device = resolve_device(config.device)
-        model, trained = load_zutis(path, self.device, resolve_precision(config.precision, self.device))
+        dtype = resolve_precision(config.precision, self.device)
+        model, trained, recipe = load_zutis(path, self.device, dtype)
         if given is None:
             config = dataclasses.replace(config, classes=tuple(ClassQuery(name, name) for name in trained))
             config.validate()
@@ -560,9 +558,10 @@ class Predictor:
         self.trained_classes = tuple(trained)
         self.classes = tuple(query.name for query in config.classes)
         self._class_names = ("background", *self.classes)
-        self._network = ZutisPredictor(model, config.classes)
-        self._crop_classifier = load_crop_classifier(config, model, self.device,
-                                                     resolve_precision(config.precision, self.device))
+        network = ZutisPredictor(model, config.classes, crf=CrfOptions.of(config), recipe=recipe)
+        self.settings, _ = config.settings(recipe)
+        network.prepare(self.settings, config, self.device, dtype, None, wants_instances=True)
+        self._engine = PredictEngine(network, self.settings, semantic=True, instances=True, max_size=config.max_size)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.checkpoint)!r}, classes={list(self.classes)!r}, device={str(self.device)!r})"
@@ -570,7 +569,7 @@ class Predictor:
     @property
     def model(self) -> Any:
         """The loaded :class:`zutiscli.models.zutis.ZutisModel` (eval mode, no gradients)."""
-        return self._network.model
+        return self._engine.predictor.model
 
     def __call__(self, image: ImageLike) -> Segmentation:
         """Segment one image: a path, a PIL image, or an ``(H, W, 3)`` uint8 RGB array.
@@ -580,7 +579,7 @@ class Predictor:
         way but used in the orientation it has. Returns a :class:`Segmentation` at ``(H, W)``.
         """
         rgb = self._rgb(image)
-        return self._segment(self._forward([self._input(rgb)])[0], rgb)
+        return self._segmentation(*self._engine.segment([rgb])[0])
 
     def predict_many(self, images: Iterable[ImageLike], batch_size: int = 1) -> Iterator[Segmentation]:
         """Segment an iterable of images lazily, yielding one :class:`Segmentation` per image, in order.
@@ -601,11 +600,9 @@ class Predictor:
             chunk = [self._rgb(image) for image in itertools.islice(iterator, batch_size)]
             if not chunk:
                 return
-            outputs = self._forward([self._input(rgb) for rgb in chunk])
-            for rgb, raw in zip(chunk, outputs):
-                yield self._segment(raw, rgb)
+            for semantic, instances in self._engine.segment(chunk):
+                yield self._segmentation(semantic, instances)
 
-    # ---- steps ------------------------------------------------------------------------------
     def _rgb(self, image: ImageLike) -> np.ndarray:
         """Any accepted image -> ``(H, W, 3)`` uint8 C-contiguous RGB array."""
         from zutiscli.data.images import load_image, to_rgb
@@ -621,27 +618,7 @@ class Predictor:
             return np.ascontiguousarray(image)
         raise TypeError(f"an image is a path, a PIL image or an (H, W, 3) uint8 array, not {type(image).__name__}")
 
-    def _input(self, rgb: np.ndarray) -> torch.Tensor:
-        """``(H, W, 3)`` uint8 -> the model input ``(3, h, w)`` float in [0, 1], as ``zutis predict`` sizes it."""
-        return _resize_for_model(rgb, self.config.max_size, self._network.backbone.patch_size)
-
-    def _forward(self, inputs: list[torch.Tensor]) -> list[RawPrediction]:
-        """Network outputs for model inputs; inputs of one size share a forward pass."""
-        outputs: list[RawPrediction | None] = [None] * len(inputs)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for position, tensor in enumerate(inputs):
-            groups.setdefault(tuple(tensor.shape), []).append(position)
-        network = self._network
-        with torch.inference_mode():
-            for positions in groups.values():
-                raws = network.batch(torch.stack([inputs[p] for p in positions]))
-                for position, raw in zip(positions, raws):
-                    outputs[position] = raw
-        return outputs  # type: ignore[return-value]
-
-    def _segment(self, raw: RawPrediction, rgb: np.ndarray) -> Segmentation:
-        semantic, instances = postprocess(raw, self._network.text, rgb, self.config,
-                                          crop_classifier=self._crop_classifier)
+    def _segmentation(self, semantic: np.ndarray, instances: Any) -> Segmentation:
         return Segmentation(semantic=semantic, masks=instances.masks, scores=instances.scores,
                             labels=instances.labels, class_names=self._class_names, boxes=mask_boxes(instances.masks))
 

@@ -37,15 +37,16 @@ def voc_palette(entries: int = 256) -> list[int]:
     return palette
 
 
-def write_label_png(path: str | Path, labels: np.ndarray) -> Path:
-    """Write a ``(H, W)`` array of class indices (0..255) as a palette PNG, atomically."""
+def write_label_png(path: str | Path, labels: np.ndarray, *, fsync: bool = True) -> Path:
+    """Write a ``(H, W)`` array of class indices (0..255) as a palette PNG, atomically (flushed to
+    disk unless ``fsync`` is off: then the caller flushes, e.g. many files at once)."""
     if labels.ndim != 2:
         raise ValueError(f"labels must be (H, W), got shape {tuple(labels.shape)}")
     if labels.size and (labels.min() < 0 or labels.max() > 255):
         raise ValueError("class indices must lie in 0..255")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(voc_palette())
-    with atomic_path(path) as tmp:
+    with atomic_path(path, fsync=fsync) as tmp:
         image.save(tmp, format="PNG", optimize=False)
     return Path(path)
 
@@ -96,7 +97,7 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, int]:
 
 
 def write_label_map(path: str | Path, labels: np.ndarray, ignore: np.ndarray | None = None, *,
-                    sixteen_bit: bool = False) -> Path:
+                    sixteen_bit: bool = False, fsync: bool = True) -> Path:
     """Write ``(H, W)`` class indices as an 8-bit palette PNG (255 = ignore) when they fit (and
     ``sixteen_bit`` is off), else as a 16-bit greyscale PNG (65535 = ignore). ``ignore`` is an
     optional ``(H, W)`` bool mask of ignored pixels."""
@@ -106,12 +107,12 @@ def write_label_map(path: str | Path, labels: np.ndarray, ignore: np.ndarray | N
         out = labels.astype(np.uint8)
         if ignore is not None:
             out[ignore] = IGNORE_8BIT
-        return write_label_png(path, out)
+        return write_label_png(path, out, fsync=fsync)
     if top >= IGNORE_16BIT:
         raise ValueError(f"class index {top} does not fit a 16-bit label map")
     out16 = labels.astype(np.uint16)
     if ignore is not None:
         out16[ignore] = IGNORE_16BIT
-    with atomic_path(path, fsync=False) as tmp:
+    with atomic_path(path, fsync=fsync) as tmp:
         Image.fromarray(out16).save(tmp, format="PNG")
     return Path(path)

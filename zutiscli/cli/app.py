@@ -70,7 +70,7 @@ def _register_commands() -> None:
     app.command("pseudolabel")(pseudolabel.pseudolabel)
     app.command("copypaste")(copypaste.copypaste)
     app.command("train")(train.train)
-    app.command("predict")(predict.predict)
+    app.add_typer(predict.app, name="predict")
     app.add_typer(evaluate.app, name="evaluate")
     from zutiscli.cli import shell
 

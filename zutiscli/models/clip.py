@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from zutiscli.errors import ModelError
+from zutiscli.errors import ModelError, UsageError
 from zutiscli.models import CONFIG_DIR
 
 if TYPE_CHECKING:
@@ -608,3 +608,17 @@ def save_weights(backbone: ClipBackbone, path: str | Path) -> Path:
         torch.save(state, tmp)
     return Path(path)
 
+
+def default_pretrained(model: str) -> str:
+    """Weights to use when ``--pretrained`` is not given: shipped weights, else ``openai``, else the first tag."""
+    import open_clip
+
+    check_model_name(model)  # a misspelt name is told as such, not as a model without weights
+    if (BUILTIN_DIR / f"{model}.pt").is_file():
+        return "builtin"
+    tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
+    if "openai" in tags:
+        return "openai"
+    if tags:
+        return tags[0]
+    raise UsageError(f"--model {model} has no known pretrained weights; pass --pretrained TAG|FILE|none")

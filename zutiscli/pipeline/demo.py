@@ -255,6 +255,9 @@ def _train_config(config: DemoConfig, source: Path, **changes: Any):
         seed=config.seed,
         workers=config.workers, device=config.device, precision="fp32", checkpoint_every=config.iterations,
         log_every=max(1, config.iterations // 50),
+        inference=dict(class_temperature=config.class_temperature, refine=config.refine,
+                       crop_weight=config.crop_weight, semantic_from=config.semantic_from,
+                       iou_threshold=config.iou_threshold),
     )
     values.update(changes)
     return TrainConfig(**values)
@@ -277,23 +280,15 @@ def _predict_and_evaluate(stages: _Stages, label: str, out: Path, scenes: Path, 
 
 def _predict_zutis(stages: _Stages, config: DemoConfig, label: str, out: Path, scenes: Path, classes: list[str],
                    run: Path, **options: Any) -> dict[str, Any]:
-    """:func:`_predict_and_evaluate` of a trained ZUTIS run with the demo's inference settings.
-
-    ``options`` override them; an option given as None takes ``zutis predict``'s own default.
-    """
-    values: dict[str, Any] = dict(checkpoint=str(run), device=config.device, precision="fp32",
-                                  class_temperature=config.class_temperature, refine=config.refine,
-                                  crop_weight=config.crop_weight, semantic_from=config.semantic_from,
-                                  iou_threshold=config.iou_threshold)
-    values.update(options)
-    return _predict_and_evaluate(stages, label, out, scenes, classes,
-                                 **{k: v for k, v in values.items() if v is not None})
+    """:func:`_predict_and_evaluate` of a trained ZUTIS run with the inference its recipe recorded
+    (``zutis predict --checkpoint RUN`` with no inference option); ``options`` override it."""
+    values: dict[str, Any] = dict(checkpoint=str(run), device=config.device, precision="fp32") | options
+    return _predict_and_evaluate(stages, label, out, scenes, classes, **values)
 
 
-#: ``zutis predict``'s own defaults, the paper's inference: dense semantic map, instances classified by
-#: their mean dense embedding with sigmoid(5 cos), no refinement, hard NMS at IoU 0.3.
-PAPER_INFERENCE: dict[str, Any] = dict(class_temperature=None, refine=None, crop_weight=None, semantic_from=None,
-                                       iou_threshold=None)
+#: ``zutis predict --inference paper``: the paper's inference whatever the recipe recorded: dense semantic
+#: map, instances classified by their mean dense embedding with sigmoid(5 cos), no refinement, hard NMS at IoU 0.3.
+PAPER_INFERENCE: dict[str, Any] = dict(inference="paper")
 
 
 def _generation_workers(config: DemoConfig) -> int:
@@ -543,7 +538,7 @@ def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: 
     from zutiscli.artefacts.manifest import resolve_relative
     from zutiscli.data.images import load_image
     from zutiscli.ops.masks import decode_mask
-    from zutiscli.pipeline.predict import render_overlay
+    from zutiscli.ops.overlay import render_overlay
     from zutiscli.shapes.world import SHAPES
 
     truth = load_coco(scenes / "instances.json")

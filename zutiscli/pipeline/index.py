@@ -48,6 +48,7 @@ from zutiscli.data.images import DEFAULT_MAX_PIXELS, discover_images
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
+from zutiscli.models.clip import default_pretrained  # noqa: F401 - the stages import it from here too
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 DEFAULT_MODEL = "ViT-L-14-336"
@@ -85,23 +86,6 @@ class IndexConfig:
             index, count = self.shard
             if count < 1 or not 0 <= index < count:
                 raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
-
-
-def default_pretrained(model: str) -> str:
-    """Weights to use when ``--pretrained`` is not given: shipped weights, else ``openai``, else the first tag."""
-    import open_clip
-
-    from zutiscli.models.clip import BUILTIN_DIR, check_model_name
-
-    check_model_name(model)  # a misspelt name is told as such, not as a model without weights
-    if (BUILTIN_DIR / f"{model}.pt").is_file():
-        return "builtin"
-    tags = open_clip.list_pretrained_tags_by_model(model.replace("/", "-"))
-    if "openai" in tags:
-        return "openai"
-    if tags:
-        return tags[0]
-    raise UsageError(f"--model {model} has no known pretrained weights; pass --pretrained TAG|FILE|none")
 
 
 def parse_shard(text: str) -> tuple[int, int]:

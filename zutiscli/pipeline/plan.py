@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from zutiscli.artefacts.rundir import check_output_dir
+from zutiscli.models.locate import weights_plan  # noqa: F401 - the stages plan their weights through here
 
 #: What a weights ``source`` means, for people (see :func:`zutiscli.models.clip.locate_pretrained`).
 WEIGHT_SOURCES = {
@@ -56,29 +57,3 @@ def output_plan(output: str | Path | None, stage: str, *, resumable: bool = Fals
     """The :attr:`Plan.writes` entry of a stage's output, checked like a real run checks it."""
     out, state = check_output_dir(output, stage, resumable=resumable)
     return {"path": str(out), "state": state}
-
-
-def weights_plan(name: str, pretrained: str) -> dict[str, Any]:
-    """The :attr:`Plan.model` entry of a backbone: its name is checked and its weights located, not read.
-
-    Handles open_clip models and zutis' own configs, and timm ViTs (``timm:NAME``, ``dino-vits8``),
-    which load local files only.
-    """
-    from zutiscli.models.timm_vit import check_timm_model, is_timm_name, timm_weights_file
-
-    if is_timm_name(name):
-        check_timm_model(name)
-        if pretrained.lower() == "none":
-            return {"name": name, "pretrained": "none", "weights": None, "source": "none"}
-        path = timm_weights_file(pretrained)
-        return {"name": name, "pretrained": pretrained, "weights": str(path), "source": "file",
-                "bytes": path.stat().st_size}
-    from zutiscli.models.clip import ModelSpec, check_model_name, locate_pretrained
-
-    check_model_name(name)
-    path, _, where = locate_pretrained(ModelSpec(name, pretrained))
-    entry: dict[str, Any] = {"name": name, "pretrained": pretrained, "weights": str(path) if path else None,
-                             "source": where}
-    if path is not None and path.is_file():
-        entry["bytes"] = path.stat().st_size
-    return entry

@@ -1,0 +1,92 @@
+"""The package's layers: no import circle between modules, and arrows that point down only."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "zutiscli"
+
+#: what each layer may import of ours (besides itself and the top-level errors/_version modules)
+ALLOWED = {
+    "ops": set(),
+    "artefacts": {"ops"},
+    "models": {"ops", "artefacts"},
+    "data": {"ops", "artefacts", "models"},
+    "shapes": {"ops", "artefacts", "models", "data"},
+    "engine": {"ops", "artefacts", "models", "data", "methods"},
+    "methods": {"ops", "artefacts", "models", "data", "engine"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the zutiscli modules it imports, at module level or inside functions."""
+    graph: dict[str, set[str]] = {}
+    modules = {module_name(path) for path in PACKAGE.rglob("*.py")}
+    for path in PACKAGE.rglob("*.py"):
+        name = module_name(path)
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zutiscli"):
+                for alias in node.names:
+                    child = f"{node.module}.{alias.name}"
+                    found.add(child if child in modules else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names if alias.name.startswith("zutiscli"))
+        graph[name] = {target for target in found if target in modules and target != name}
+    return graph
+
+
+def test_no_import_circle():
+    graph = imports()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    assert not circles, f"modules that import each other: {circles}"
+
+
+#: single modules a lower layer may use: the class-name query type is plain data
+EXCEPTIONS = {"zutiscli.data.classes"}
+
+
+def test_arrows_point_down():
+    wrong = []
+    for module, targets in imports().items():
+        layer = module.split(".")[1] if module.count(".") else ""
+        if layer not in ALLOWED:
+            continue
+        for target in targets:
+            other = target.split(".")[1] if target.count(".") else ""
+            if other not in (layer, "errors", "_version") and other not in ALLOWED[layer] and target not in EXCEPTIONS:
+                wrong.append(f"{module} -> {target}")
+    assert not wrong, "imports against the layers (cli -> pipeline -> engine/methods -> models, data, ops, " \
+                      f"artefacts): {sorted(wrong)}"

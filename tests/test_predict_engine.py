@@ -1,0 +1,148 @@
+"""The predict engine: one loop for `zutis predict`, `zs.Predictor` and training's evaluation; the
+recipe a model carries; sharded runs merged equal to the unsharded run."""
+
+import filecmp
+import json
+
+import numpy as np
+import pytest
+
+import zutiscli as zs
+from zutiscli.artefacts.checkpoint import load_checkpoint, save_checkpoint
+from zutiscli.artefacts.labelmap import read_label_png
+from zutiscli.artefacts.manifest import read_manifest
+from zutiscli.cli.app import main
+from zutiscli.data.classes import ClassQuery
+from zutiscli.errors import UsageError, ZutisError
+from zutiscli.pipeline.predict import PredictConfig, merge_predictions, plan_predict, predict
+from zutiscli.pipeline.synth import SynthConfig, write_synth
+from zutiscli.pipeline.train import TrainConfig, train
+
+from test_copypaste import make_pseudolabels  # noqa: E402
+
+RECIPE = {"class_temperature": 1.0, "iou_threshold": 0.5, "semantic_from": "instances", "score_threshold": 0.0}
+
+
+@pytest.fixture(scope="module")
+def recipe_run(tmp_path_factory, tiny_checkpoint):
+    """A tiny run whose recipe records inference settings, and six scenes of two sizes."""
+    root = tmp_path_factory.mktemp("engine")
+    pseudo = make_pseudolabels(root, count=16)
+    config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
+                         decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=2, batch_size=2,
+                         crop=48, workers=0, device="cpu", precision="fp32", crop_adapter_scenes=0, inference=RECIPE)
+    run = train(config, root / "run").path
+    images = root / "images"
+    images.mkdir()
+    for size, seed in ((64, 3), (48, 4)):
+        scenes = write_synth(SynthConfig("scenes", 3, seed=seed, size=size), root / f"scenes-{size}")
+        for path in sorted((scenes / "images").iterdir()):
+            (images / f"{size}-{path.name}").write_bytes(path.read_bytes())
+    return run, images
+
+
+def queries(*names):
+    return tuple(ClassQuery(n, n) for n in names)
+
+
+def config(run, images, **options):
+    return PredictConfig(inputs=[str(images)], classes=queries("circle", "star"), checkpoint=str(run), device="cpu",
+                         **options)
+
+
+def test_the_run_records_its_recipe(recipe_run):
+    run, _ = recipe_run
+    assert load_checkpoint(run / "model.pt")["inference"] == RECIPE
+    assert json.loads((run / "config.json").read_text())["inference"] == RECIPE
+
+
+def test_predict_uses_the_recipe_unless_told_otherwise(recipe_run, tmp_path):
+    run, images = recipe_run
+    lines = []
+    result = predict(config(run, images), tmp_path / "recipe", log=lines.append)
+    params = read_manifest(result.path).params
+    assert params["settings"]["iou_threshold"] == 0.5 and params["settings_from"]["iou_threshold"] == "recipe"
+    assert params["settings"]["semantic_from"] == "instances" and params["settings"]["nms"] == "hard"
+    assert any("iou-threshold 0.5 (recipe)" in line for line in lines)
+    paper = read_manifest(predict(config(run, images, inference="paper"), tmp_path / "paper").path).params
+    assert paper["settings"]["iou_threshold"] == 0.3 and paper["settings"]["semantic_from"] == "dense"
+    option = read_manifest(predict(config(run, images, iou_threshold=0.4), tmp_path / "option").path).params
+    assert option["settings"]["iou_threshold"] == 0.4 and option["settings_from"]["iou_threshold"] == "option"
+    assert option["settings"]["class_temperature"] == 1.0
+    # the dry run reads the recipe from the run's config.json without loading the model
+    plan = plan_predict(config(run, images))
+    assert plan.params["inference"]["semantic_from"] == "instances"
+
+
+def test_a_recipe_conflicting_with_an_option_is_one_line(recipe_run, tmp_path):
+    run, images = recipe_run
+    with pytest.raises(UsageError, match="--crf smooths"):
+        predict(config(run, images, crf=True), tmp_path / "x")
+    predict(config(run, images, crf=True, semantic_from="dense"), tmp_path / "y")
+
+
+def test_command_predictor_and_batches_agree(recipe_run, tmp_path):
+    run, images = recipe_run
+    out = predict(config(run, images), tmp_path / "one").path
+    batched = predict(config(run, images, batch_size=4, loader_workers=1), tmp_path / "batched").path
+    predictor = zs.Predictor(run, classes="circle,star", device="cpu")
+    assert predictor.settings.iou_threshold == 0.5
+    sidecar = json.loads((out / "images.json").read_text())
+    results = json.loads((out / "predictions.json").read_text())
+    paths = [images / (record["stem"] + ".png") for record in sidecar["images"]]
+    for record, segmentation in zip(sidecar["images"], predictor.predict_many(paths)):
+        assert np.array_equal(read_label_png(out / record["semantic"]), segmentation.semantic)
+        mine = [r for r in results if r["image_id"] == record["id"]]
+        assert [r["score"] for r in mine] == [round(float(s), 6) for s in segmentation.scores]
+    # batched forward passes equal one image at a time up to rounding: same label maps on these scenes
+    for record in sidecar["images"]:
+        assert (read_label_png(out / record["semantic"]) == read_label_png(batched / record["semantic"])).mean() > 0.99
+
+
+def test_sharded_runs_merged_equal_the_unsharded_run(recipe_run, tmp_path):
+    run, images = recipe_run
+    whole = predict(config(run, images), tmp_path / "whole").path
+    shards = [predict(config(run, images, shard=(i, 2)), tmp_path / "sharded").path for i in range(2)]
+    assert [p.name for p in shards] == ["shard-0-of-2", "shard-1-of-2"]
+    assert all(json.loads((p / "images.json").read_text())["images"] for p in shards)
+    merged = merge_predictions(shards[::-1], tmp_path / "merged")
+    for name in ("predictions.json", "images.json", "panoptic.json"):
+        assert json.loads((merged / name).read_text()) == json.loads((whole / name).read_text()), name
+    for folder in ("semantic", "panoptic", "vis"):
+        names = sorted(p.name for p in (whole / folder).iterdir())
+        assert names == sorted(p.name for p in (merged / folder).iterdir())
+        assert all(filecmp.cmp(whole / folder / n, merged / folder / n, shallow=False) for n in names)
+    assert read_manifest(merged, "zutis.predictions").summary["images"] == 6
+
+
+def test_merge_refuses_a_missing_or_foreign_shard(recipe_run, tmp_path):
+    run, images = recipe_run
+    zero = predict(config(run, images, shard=(0, 2)), tmp_path / "a").path
+    with pytest.raises(UsageError, match="1/2 missing"):
+        merge_predictions([zero], tmp_path / "m1")
+    other = predict(config(run, images, shard=(1, 2), iou_threshold=0.7), tmp_path / "b").path
+    with pytest.raises(ZutisError, match="another settings"):
+        merge_predictions([zero, other], tmp_path / "m2")
+    whole = predict(config(run, images), tmp_path / "c").path
+    with pytest.raises(ZutisError, match="not a shard"):
+        merge_predictions([whole], tmp_path / "m3")
+    with pytest.raises(UsageError, match="give -o DIR"):
+        predict(config(run, images, shard=(0, 2)), None)
+
+
+def command(args):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    return exit_info.value.code
+
+
+def test_predict_merge_command(recipe_run, tmp_path, capsys):
+    run, images = recipe_run
+    for i in range(2):
+        assert command(["predict", str(images), "--checkpoint", str(run), "--classes", "circle,star", "--device",
+                        "cpu", "--shard", f"{i}/2", "-o", str(tmp_path / "s"), "-q"]) == 0
+    capsys.readouterr()
+    assert command(["predict", "merge", str(tmp_path / "s" / "shard-0-of-2"), str(tmp_path / "s" / "shard-1-of-2"),
+                    "-o", str(tmp_path / "all"), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["images"] == 6 and document["merged_from"] == 2

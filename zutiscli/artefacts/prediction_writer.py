@@ -1,0 +1,160 @@
+"""The writer of a predictions directory (kind ``zutis.predictions``).
+
+``predictions.json`` (COCO results: image_id, category_id, RLE segmentation, bbox, area, score),
+``images.json`` (COCO images + categories; file names relative to the directory; each image's
+``stem`` names its files), ``semantic/STEM.png`` (0 = background, i = the i-th class, 255 = ignore;
+16-bit with 65535 = ignore when there are 255 classes or more), ``panoptic/STEM.png`` +
+``panoptic.json`` (COCO panoptic), ``vis/STEM.jpg`` overlays, and ``manifest.json`` last.
+
+The directory is created with the first image written: no readable image, no artefact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir
+from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
+from zutiscli.artefacts.manifest import relative_to, write_manifest
+from zutiscli.artefacts.rundir import prepare_output_dir
+
+KIND = "zutis.predictions"
+RESULTS_NAME = "predictions.json"
+IMAGES_NAME = "images.json"
+PANOPTIC_NAME = "panoptic.json"
+FOLDERS = ("semantic", "panoptic", "vis")
+
+
+@dataclass
+class ImageResult:
+    """What was predicted for one image (for the command's summary)."""
+
+    path: Path
+    image_id: int
+    counts: dict[str, int] = field(default_factory=dict)
+    semantic_classes: list[str] = field(default_factory=list)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+class PredictionsWriter:
+    """A predict sink (:class:`zutiscli.engine.predict.Sink`) that writes a predictions directory.
+
+    Args:
+        output: the directory (``None``: a new ``runs/predict/N``); created with the first image.
+        names: the class names, in order (category ids ``1..K``).
+        tasks: any of ``semantic``, ``instance``, ``panoptic``.
+        vis: write overlays.
+        stems: the file stem of each input image, by input position.
+    """
+
+    def __init__(self, output: str | Path | None, names: Sequence[str], tasks: set[str], vis: bool,
+                 stems: Sequence[str]):
+        self.output, self.names, self.tasks, self.vis, self.stems = output, list(names), tasks, vis, list(stems)
+        self.sixteen_bit = len(self.names) >= IGNORE_8BIT  # indices 1..K and 0 stay clear of the 8-bit ignore
+        self.path: Path | None = None
+        self.images: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []
+        self.panoptic: list[dict[str, Any]] = []
+        self.summaries: list[ImageResult] = []
+        self.failures: list[tuple[str, str]] = []
+        self.numbers: list[int] = []  # input position of each image written, in order
+
+    def _open(self) -> Path:
+        out = prepare_output_dir(self.output, "predict")
+        for folder in FOLDERS:
+            if folder == "vis" and self.vis or folder in self.tasks:
+                (out / folder).mkdir(exist_ok=True)
+        return out
+
+    def failed(self, path: Path, reason: str) -> None:
+        self.failures.append((str(path), reason))
+
+    def add(self, item: Any) -> None:
+        """Write one :class:`zutiscli.engine.predict.Segmented` image's files; keep its records."""
+        from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
+
+        if self.path is None:
+            self.path = self._open()
+        out = self.path
+        height, width = item.image.shape[:2]
+        image_id = len(self.images) + 1
+        stem = self.stems[item.number]
+        record: dict[str, Any] = {"id": image_id, "file_name": relative_to(out, item.path), "width": width,
+                                  "height": height, "stem": stem}
+        summary = ImageResult(Path(item.path), image_id)
+        semantic, instances = item.semantic, item.instances
+        if semantic is not None:
+            summary.semantic_classes = [self.names[v - 1] for v in np.unique(semantic) if v > 0]
+        if "semantic" in self.tasks:
+            write_label_map(out / "semantic" / f"{stem}.png", semantic, sixteen_bit=self.sixteen_bit, fsync=False)
+            record["semantic"] = f"semantic/{stem}.png"
+        if instances is not None and "instance" in self.tasks:
+            for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
+                rle = encode_mask(mask)
+                self.results.append({"image_id": image_id, "category_id": int(label), "segmentation": rle,
+                                     "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
+                name = self.names[int(label) - 1]
+                summary.counts[name] = summary.counts.get(name, 0) + 1
+        if "panoptic" in self.tasks:
+            self.panoptic.append(self._panoptic(out, stem, image_id, semantic, instances))
+        if self.vis:
+            self._overlay(out, stem, item.image, semantic, instances)
+        self.images.append(record)
+        self.summaries.append(summary)
+        self.numbers.append(item.number)
+
+    def _panoptic(self, out: Path, stem: str, image_id: int, semantic: np.ndarray, instances: Any) -> dict[str, Any]:
+        from PIL import Image
+
+        from zutiscli.ops.panoptic import merge_panoptic, panoptic_to_rgb
+
+        triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
+        ignore = IGNORE_16BIT if self.sixteen_bit else IGNORE_8BIT
+        segment_map, segments = merge_panoptic(semantic, triple, ignore_label=ignore)
+        with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
+            Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
+        return {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments}
+
+    def _overlay(self, out: Path, stem: str, image: np.ndarray, semantic: np.ndarray | None, instances: Any) -> None:
+        from PIL import Image
+
+        from zutiscli.ops.overlay import render_overlay
+
+        shown = instances is not None and "instance" in self.tasks
+        overlay = render_overlay(image, self.names, semantic, instances.masks if shown else None,
+                                 instances.labels if instances is not None else None,
+                                 instances.scores if instances is not None else None)
+        with atomic_path(out / "vis" / f"{stem}.jpg", fsync=False) as tmp:
+            Image.fromarray(overlay).save(tmp, format="JPEG", quality=90)
+
+    def finish(self, *, model: dict[str, Any], inputs: list[Any], params: dict[str, Any],
+               summary: dict[str, Any]) -> Path:
+        """Write the JSON files and, last, the manifest; returns the directory (which must exist)."""
+        assert self.path is not None, "no image was written"
+        out = self.path
+        for folder in ("semantic", "panoptic"):  # on disk before the manifest says the directory is done
+            if (out / folder).is_dir():
+                for entry in (out / folder).iterdir():
+                    _fsync_file(entry)
+                fsync_dir(out / folder)
+        categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(self.names)]
+        atomic_write_text(out / RESULTS_NAME, json.dumps(self.results) + "\n")
+        atomic_write_json(out / IMAGES_NAME, {"images": self.images, "categories": categories}, indent=None)
+        if "panoptic" in self.tasks:
+            atomic_write_json(out / PANOPTIC_NAME, {
+                "images": self.images, "annotations": self.panoptic,
+                "categories": [{"id": c["id"], "name": c["name"], "isthing": 1} for c in categories]}, indent=None)
+        write_manifest(out, KIND, model=model, inputs=inputs, params=params,
+                       summary={"images": len(self.images), "failed": len(self.failures),
+                                "instances": len(self.results)} | summary)
+        return out

@@ -1,0 +1,246 @@
+"""The ZUTIS predictor: a trained ZUTIS checkpoint, for any class names (open vocabulary).
+
+Semantic = argmax over ``[background] + classes`` of the cosine of the dense embeddings with the
+class text embeddings (upsampled bilinearly), or painted from the instances. Instances = the last
+decoder layer's query masks, binarised at ``mask_threshold``, each classified by the mean embedding
+inside it (``sigmoid(class_temperature x cos)``, optionally combined with a crop classifier's
+opinion), scored by mean mask probability x class probability, background dropped, per-class mask
+NMS, then upsampled. The checkpoint's training recipe may choose these settings
+(:mod:`zutiscli.engine.inference`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from zutiscli.artefacts.checkpoint import load_checkpoint
+from zutiscli.artefacts.runs import CONFIG, resolve_checkpoint
+from zutiscli.data.classes import ClassQuery
+from zutiscli.errors import ArtefactError, ModelError, UsageError
+from zutiscli.methods.predict import Predictor, RawPrediction
+from zutiscli.methods.predict.common import CrfOptions, DenseSemantic
+from zutiscli.models.crop_classifier import CropAdapter, CropClassifier
+
+
+def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torch.float32
+               ) -> tuple[Any, list[str], dict[str, Any]]:
+    """Build the ZUTIS model of a checkpoint file (its CLIP weights and crop adapter included).
+
+    Returns ``(model, trained classes, inference recipe)``; the model is in eval mode with no
+    gradients, its ViT in ``dtype`` (the heads stay float32).
+    """
+    from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.models.zutis import ZutisConfig, ZutisModel
+
+    data = load_checkpoint(path)
+    config = ZutisConfig.from_dict(data["config"])
+    backbone = load_backbone(ModelSpec(config.backbone["name"], "none"), device="cpu")
+    model = ZutisModel(backbone, config)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise ArtefactError(f"{path}: weights do not fit its own config ({str(exc).splitlines()[0][:160]})") from None
+    if data.get("crop_adapter") is not None:
+        model.crop_adapter = CropAdapter.from_dict(data["crop_adapter"], where=str(path))
+    model.to(device=device).eval()
+    model.backbone.model.to(dtype=dtype)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    recipe = data.get("inference") or {}
+    if recipe:
+        from zutiscli.engine.inference import check_recipe
+
+        recipe = check_recipe(recipe, where=f"{path} (inference recipe)")
+    return model, list(data["classes"]), recipe
+
+
+class ZutisPredictor(Predictor):
+    """A trained ZUTIS model with a class list."""
+
+    method = "zutis"
+
+    def __init__(self, model: Any, classes: Sequence[ClassQuery], *, crf: CrfOptions = CrfOptions(),
+                 recipe: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
+                 inputs: list[Any] | None = None):
+        self.model = model
+        self.backbone = model.backbone
+        self.patch = model.backbone.patch_size
+        self.text = model.text_embeddings([q.phrase for q in classes]).to(self.backbone.device)
+        self.recipe = dict(recipe or {})
+        self.record = record or {}
+        self.inputs = inputs or []
+        self.crop_classifier: CropClassifier | None = None
+        self._dense = DenseSemantic(crf)
+
+    def forward(self, images: torch.Tensor) -> list[RawPrediction]:
+        images = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
+        tokens = self.backbone.dense_tokens(images)
+        dense = self.model.dense_embeddings(tokens)
+        masks = self.model.mask_logits(tokens)[-1]
+        return [RawPrediction(d.float(), m.float()) for d, m in zip(dense, masks)]
+
+    def postprocess(self, raw: RawPrediction, image: np.ndarray, settings: Any, *, semantic: bool,
+                    instances: bool) -> tuple[np.ndarray | None, Any]:
+        from zutiscli.ops.instances import instances_from_queries
+
+        height, width = image.shape[:2]
+        from_instances = settings.semantic_from == "instances"
+        labels = None
+        if semantic and not from_instances:
+            _, labels = self._dense(raw.dense, self.text, image, settings.crf)
+        found = None
+        if instances or (semantic and from_instances):
+            crops = None if self.crop_classifier is None else functools.partial(self.crop_classifier, image)
+            found = instances_from_queries(
+                raw.mask_logits, raw.dense, self.text, mask_threshold=settings.mask_threshold,
+                class_temperature=settings.class_temperature, score_threshold=settings.score_threshold,
+                nms=settings.nms, iou_threshold=settings.iou_threshold, sigma=settings.sigma,
+                max_detections=settings.max_detections, output_size=(height, width), refine=settings.refine,
+                image=image, crop_classifier=crops, crop_weight=settings.crop_weight)
+        if semantic and from_instances:
+            from zutiscli.ops.panoptic import semantic_from_instances
+
+            labels = semantic_from_instances(found, (height, width))
+        return labels, found
+
+    def prepare(self, settings: Any, config: Any, device: torch.device, dtype: torch.dtype,
+                log: Callable[[str], None] | None, *, wants_instances: bool) -> None:
+        attach_crop_classifier(self, config, settings, device, dtype, log, wants_instances)
+
+    def close(self) -> None:
+        self._dense.close()
+
+
+def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[str], None], *,
+         model: Any = None) -> ZutisPredictor:
+    """The ZUTIS predictor of ``config`` (a :class:`zutiscli.pipeline.predict.PredictConfig`).
+
+    ``model`` is an in-memory model (``zutis train``'s held-out evaluation passes the one it is
+    training; its recipe is ``model.inference``), run as it is: the caller sets eval mode.
+    """
+    if model is None:
+        checkpoint = resolve_checkpoint(config.checkpoint)
+        model, trained, recipe = load_zutis(checkpoint, device, dtype)
+        record = {"checkpoint": str(checkpoint.resolve()), "trained_classes": trained,
+                  "backbone": model.config.backbone}
+        inputs: list[Any] = [checkpoint]
+    else:
+        recipe = dict(getattr(model, "inference", None) or {})
+        record = {"checkpoint": None, "in_memory": True, "backbone": model.config.backbone}
+        inputs = []
+    predictor = ZutisPredictor(model, config.classes, crf=CrfOptions.of(config), recipe=recipe, record=record,
+                               inputs=inputs)
+    return predictor
+
+
+def attach_crop_classifier(predictor: ZutisPredictor, config: Any, settings: Any, device: torch.device,
+                           dtype: torch.dtype, log: Callable[[str], None] | None, wants_instances: bool) -> None:
+    """Load the crop classifier the settings ask for (none at crop weight 0 or with no instances):
+    ``--crop-model/--crop-pretrained``, else the CLIP the model was trained from; with the model's
+    crop adapter when ``config.crop_adapter`` and it belongs to that CLIP. Recorded in ``predictor.record``."""
+    if settings.crop_weight <= 0 or not wants_instances:
+        return
+    from zutiscli.models.clip import ModelSpec, load_backbone
+
+    model = predictor.model
+    base = model.config.backbone
+    spec = ModelSpec(*_crop_choice(config, base["name"], base["pretrained"]))
+    with _as_crop_classifier_error():
+        backbone = load_backbone(spec, device=device, dtype=dtype)
+    adapter = model.crop_adapter if config.crop_adapter else None
+    if adapter is not None and not adapter.fits(spec.name, spec.pretrained, backbone.embed_dim):
+        if log is not None:
+            fitted_for = f"{adapter.model} ({adapter.pretrained})"
+            why = f"maps {adapter.weight.shape[0]}-wide embeddings, not {backbone.embed_dim}" \
+                if fitted_for == f"{spec.name} ({spec.pretrained})" else \
+                f"was fitted for {fitted_for}, not for the crop classifier's {spec.name} ({spec.pretrained})"
+            log(f"the checkpoint's crop adapter {why}; naming the crops without it")
+        adapter = None
+    if adapter is not None and log is not None:
+        _note_unfitted_names(adapter, config.classes, log)
+    predictor.crop_classifier = CropClassifier(backbone, config.classes,
+                                               adapter=None if adapter is None else adapter.weight.to(device))
+    predictor.record["crop_classifier"] = backbone.spec.describe()
+    predictor.record["crop_adapter"] = model.crop_adapter.summary() if adapter is not None else None
+
+
+def plan(config: Any) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Dry run: ``(model entry, inference recipe, notes)`` from the checkpoint's run, loading no weights."""
+    import os
+
+    from zutiscli.models.locate import weights_plan
+
+    checkpoint = resolve_checkpoint(config.checkpoint)
+    if not os.access(checkpoint, os.R_OK):
+        raise ArtefactError(f"{checkpoint}: the checkpoint file is not readable; check its permissions")
+    model = {"name": "zutis", "pretrained": str(checkpoint), "weights": str(checkpoint), "source": "file",
+             "bytes": checkpoint.stat().st_size}
+    recorded = _run_config(checkpoint)
+    recipe = dict(recorded.get("inference") or {}) if recorded else {}
+    notes: list[str] = []
+    if recorded is None:
+        notes.append(f"inference recipe: the one inside {checkpoint.name} (no {CONFIG} beside it; not read by a dry run)")
+    settings, _ = config.settings(recipe)
+    if settings.crop_weight > 0 and config.wants_instances_with(settings):
+        if config.crop_model and config.crop_pretrained:
+            crop = (config.crop_model, config.crop_pretrained)
+        elif recorded is not None and "model" in recorded and "pretrained" in recorded:
+            crop = _crop_choice(config, str(recorded["model"]), str(recorded["pretrained"]))
+        else:
+            crop = None
+        if crop is None:
+            notes.append("crop classifier: the CLIP the checkpoint was trained from (named inside model.pt, "
+                         "not read by a dry run)")
+        else:
+            with _as_crop_classifier_error():
+                model["crop_classifier"] = weights_plan(*crop)
+    return model, recipe, notes
+
+
+def _run_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The run's ``config.json`` beside ``model.pt``, if readable."""
+    try:
+        data = json.loads((checkpoint.parent / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _note_unfitted_names(adapter: CropAdapter, classes: Sequence[ClassQuery], log: Callable[[str], None]) -> None:
+    """One line when some query names are not among those the adapter was fitted on: it serves any
+    names, but a map fitted without a name can send crops of the fitted classes toward it, and blurs
+    what the fitted names do not tell apart (colours, say)."""
+    fitted = {name.casefold() for name in adapter.classes}
+    unfitted = [query.name for query in classes if query.name.casefold() not in fitted]
+    if not fitted or not unfitted:
+        return
+    log(f"the crop adapter was fitted on {_listed(adapter.classes)}; {len(unfitted)} of the {len(classes)} names "
+        f"queried were not among them ({_listed(unfitted)}): --no-crop-adapter leaves it out, if they hinge on "
+        "what the fitted names do not tell apart")
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 3 more``."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+@contextlib.contextmanager
+def _as_crop_classifier_error() -> Iterator[None]:
+    """Errors of the crop classifier's model say so: they name --model/--pretrained, which the user
+    gave as --crop-model/--crop-pretrained (or left to the checkpoint)."""
+    try:
+        yield
+    except (ModelError, ArtefactError, UsageError) as exc:
+        raise type(exc)(f"crop classifier (--crop-model/--crop-pretrained): {exc}") from None
+
+
+def _crop_choice(config: Any, name: str, pretrained: str) -> tuple[str, str]:
+    """The crop classifier's (model, pretrained): the options where given, else the base CLIP's."""
+    return config.crop_model or name, config.crop_pretrained or pretrained
