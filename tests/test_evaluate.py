@@ -12,7 +12,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from zutiscli.artefacts.labelmap import read_label_png, write_label_png
+from zutiscli.artefacts.labelmap import read_label_map, read_label_png, write_label_map, write_label_png
 from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
 from zutiscli.cli.app import main
 from zutiscli.errors import ZutisError
@@ -23,8 +23,6 @@ from zutiscli.pipeline.evaluate import (
     PrepareConfig,
     evaluate,
     prepare_dataset,
-    read_label_map,
-    write_label_map,
 )
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 

@@ -54,10 +54,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
-import os
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -65,22 +62,32 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
+from zutiscli.artefacts.atomic import atomic_write_json
 from zutiscli.artefacts.coco import load_coco
-from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, read_label_map, write_label_map, write_label_png
-from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.groundtruth import (
+    CLASSES_FILE,
+    GroundTruth,
+    GtImage,
+    PrepareResult,
+    _GtWriter,
+    _norm,
+    _rasterise,
+    _stem,
+    load_ground_truth,
+)
+from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, read_label_map
+from zutiscli.artefacts.manifest import relative_to, write_manifest
+from zutiscli.artefacts.predictions import Prediction, PredImage, load_prediction
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.ops import metrics as M
-from zutiscli.ops.masks import decode_mask, segmentation_to_rle
+from zutiscli.ops.masks import segmentation_to_rle
 
 TASKS = ("instance", "semantic", "panoptic")
 MATCH_MODES = ("names", "hungarian", "majority")
 IOU_TYPES = ("segm", "bbox")
 BACKENDS = ("pycocotools", "faster-coco-eval")
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-GT_INDEX = "gt.json"
-CLASSES_FILE = "classes.txt"
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int], None]
@@ -107,10 +114,6 @@ def parse_class_map(text: str | None) -> dict[str, str]:
         raise UsageError(f"--classes {text!r} maps no class; write PRED_NAME=GT_NAME pairs separated by commas, "
                          f"e.g. --classes tv=television, or leave --classes out")
     return mapping
-
-
-def _norm(name: str) -> str:
-    return unicodedata.normalize("NFC", str(name).strip())
 
 
 @dataclass
@@ -165,295 +168,6 @@ def _with_ignore(values: np.ndarray, ignore: int) -> np.ndarray:
     out = values.astype(np.int32, copy=True)
     out[values == ignore] = -1
     return out
-
-
-def read_names_file(path: str | Path) -> list[str]:
-    """A ``classes.txt`` of label names: line i names label i (blank lines end nothing: all kept,
-    trailing blank lines dropped)."""
-    path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtefactError(f"{path}: cannot read the class names ({exc})") from None
-    lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return [_norm(line) for line in lines]
-
-
-# ---- ground truth ---------------------------------------------------------------------------
-@dataclass
-class GtImage:
-    """One ground-truth image: id (COCO id, or position), resolved path, stem, size in pixels."""
-
-    id: int
-    path: str | None
-    stem: str
-    width: int | None = None
-    height: int | None = None
-    semantic: Path | None = None  # label PNG, when the semantic GT is stored as PNGs
-
-
-@dataclass
-class GroundTruth:
-    """What the ground truth offers: instances, semantic labels, panoptic segments."""
-
-    source: Path
-    images: list[GtImage]
-    instances: dict[str, Any] | None = None
-    semantic_names: list[str] | None = None  # index -> name; None = indices are the names
-    semantic_from: str | None = None  # "labels" | "instances"
-    panoptic: dict[str, Any] | None = None
-    panoptic_dir: Path | None = None
-    inputs: list[Path] = field(default_factory=list)
-
-    @property
-    def has_semantic(self) -> bool:
-        return self.semantic_from is not None
-
-
-def _json_kind(data: Any) -> str:
-    if isinstance(data, list):
-        return "results"
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        anns = data["annotations"]
-        if anns and isinstance(anns[0], dict) and "segments_info" in anns[0]:
-            return "panoptic"
-        cats = data.get("categories") or []
-        if not anns and cats and isinstance(cats[0], dict) and "isthing" in cats[0]:
-            return "panoptic"
-        return "instances"
-    return "unknown"
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtefactError(f"{path}: no such file ({what})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{path}: is not valid JSON ({exc}); expected {what}") from None
-
-
-def _resolve(root: Path, name: str) -> str:
-    return os.path.realpath(os.path.join(root, name))
-
-
-def _stem(name: str) -> str:
-    return Path(str(name)).stem
-
-
-def _label_dir_images(directory: Path) -> list[GtImage]:
-    pngs = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
-    return [GtImage(i + 1, None, p.stem, semantic=p) for i, p in enumerate(pngs)]
-
-
-def _names_near(directory: Path) -> list[str] | None:
-    for candidate in (directory / CLASSES_FILE, directory.parent / CLASSES_FILE):
-        if candidate.is_file():
-            return read_names_file(candidate)
-    return None
-
-
-def _names_from_categories(categories: list[dict[str, Any]]) -> list[str]:
-    """Label names when label value = category id (the shapes-world convention)."""
-    top = max((int(c["id"]) for c in categories), default=0)
-    names = [f"class {i}" for i in range(top + 1)]
-    names[0] = "background"
-    for cat in categories:
-        names[int(cat["id"])] = _norm(cat["name"])
-    return names
-
-
-def load_ground_truth(gt: str | Path, gt_semantic: str | Path | None = None,
-                      gt_panoptic_dir: str | Path | None = None) -> GroundTruth:
-    """Read whatever ground truth ``gt`` is (see the module docstring); errors name the file."""
-    gt = Path(gt)
-    if not gt.exists():
-        raise ArtefactError(f"--gt {gt}: no such file or directory")
-    truth: GroundTruth
-    if gt.is_file():
-        data = _read_json(gt, "a COCO instances or panoptic JSON")
-        kind = _json_kind(data)
-        if kind == "instances":
-            truth = _instances_truth(gt, load_coco(gt))
-        elif kind == "panoptic":
-            truth = _panoptic_truth(gt, data, gt_panoptic_dir)
-        else:
-            raise ArtefactError(f"{gt}: is neither a COCO instances nor a COCO panoptic JSON (a results list "
-                                f"is a prediction, not ground truth)")
-    elif (gt / GT_INDEX).is_file():
-        truth = _prepared_truth(gt)
-    elif (gt / "instances.json").is_file():
-        truth = _instances_truth(gt / "instances.json", load_coco(gt / "instances.json"))
-        if gt_semantic is None and (gt / "semantic").is_dir():
-            gt_semantic = gt / "semantic"
-    else:
-        images = _label_dir_images(gt)
-        if not images:
-            raise ArtefactError(f"--gt {gt}: holds no {GT_INDEX}, instances.json or label PNGs; give a COCO JSON, "
-                                f"a `zutis evaluate prepare` directory or a directory of label PNGs")
-        truth = GroundTruth(gt, images, semantic_names=_names_near(gt), semantic_from="labels", inputs=[gt])
-    if gt_semantic is not None:
-        _attach_semantic(truth, Path(gt_semantic))
-    elif truth.instances is not None and truth.semantic_from is None:
-        truth.semantic_from = "instances"
-        truth.semantic_names = ["background"] + [_norm(c["name"]) for c in truth.instances["categories"]]
-    return truth
-
-
-def _instances_truth(path: Path, data: dict[str, Any]) -> GroundTruth:
-    root = path.parent
-    images = [GtImage(int(img["id"]), _resolve(root, img["file_name"]), _stem(img["file_name"]),
-                      img.get("width"), img.get("height")) for img in data["images"]]
-    return GroundTruth(path, images, instances=data, inputs=[path])
-
-
-def _panoptic_truth(path: Path, data: dict[str, Any], png_dir: str | Path | None) -> GroundTruth:
-    folder = Path(png_dir) if png_dir is not None else _panoptic_folder(path)
-    if folder is None or not folder.is_dir():
-        raise ArtefactError(f"{path}: its panoptic PNGs are not in {path.with_suffix('')}; pass --gt-panoptic-dir DIR")
-    root = path.parent
-    images = [GtImage(int(img["id"]), _resolve(root, img["file_name"]), _stem(img["file_name"]),
-                      img.get("width"), img.get("height")) for img in data.get("images", [])]
-    return GroundTruth(path, images, panoptic=data, panoptic_dir=folder, inputs=[path])
-
-
-def _panoptic_folder(json_path: Path) -> Path | None:
-    for candidate in (json_path.with_suffix(""), json_path.parent / "panoptic"):
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-def _prepared_truth(directory: Path) -> GroundTruth:
-    index = _read_json(directory / GT_INDEX, "a `zutis evaluate prepare` index")
-    if not isinstance(index, dict) or index.get("format") != "zutis.gt":
-        raise ArtefactError(f"{directory / GT_INDEX}: is not a `zutis evaluate prepare` index")
-    instances = None
-    if index.get("instances"):
-        instances = load_coco(directory / index["instances"])
-    images = []
-    semantic_dir = directory / index["semantic"] if index.get("semantic") else None
-    for number, img in enumerate(index.get("images", []), start=1):
-        stem = img.get("stem") or _stem(img["file_name"])
-        images.append(GtImage(int(img.get("id", number)), _resolve(directory, img["file_name"]), stem,
-                              img.get("width"), img.get("height"),
-                              semantic=(semantic_dir / f"{stem}.png") if semantic_dir else None))
-    truth = GroundTruth(directory, images, instances=instances, inputs=[directory])
-    if semantic_dir is not None:
-        truth.semantic_from = "labels"
-        truth.semantic_names = [_norm(n) for n in index.get("classes", [])] or _names_near(semantic_dir)
-    return truth
-
-
-def _attach_semantic(truth: GroundTruth, directory: Path) -> None:
-    if not directory.is_dir():
-        raise ArtefactError(f"--gt-semantic {directory}: no such directory of label PNGs")
-    by_stem = {p.stem: p for p in directory.iterdir() if p.suffix.lower() == ".png"}
-    if not by_stem:
-        raise ArtefactError(f"--gt-semantic {directory}: holds no label PNGs")
-    if truth.instances is None and truth.panoptic is None:  # a label directory replaces another
-        truth.images = _label_dir_images(directory)
-        truth.semantic_from = "labels"
-        truth.semantic_names = _names_near(directory)
-        truth.inputs = [directory]
-        return
-    for image in truth.images:
-        image.semantic = by_stem.get(image.stem)
-    truth.semantic_from = "labels"
-    names = _names_near(directory)
-    if names is None and truth.instances is not None:
-        names = _names_from_categories(truth.instances["categories"])
-    truth.semantic_names = names
-    truth.inputs.append(directory)
-
-
-# ---- predictions ----------------------------------------------------------------------------
-@dataclass
-class PredImage:
-    """One predicted image: its id in the predictions, resolved path, stem, semantic PNG."""
-
-    id: int
-    path: str | None
-    stem: str
-    semantic: Path | None = None
-    alt_stem: str | None = None  # predict's sanitised stem, when it differs from the file's
-
-
-@dataclass
-class Prediction:
-    """What the prediction offers."""
-
-    source: Path
-    images: list[PredImage]
-    names: list[str] | None  # predicted class names (category id i -> names[i - 1]); None = GT ids
-    results: list[dict[str, Any]] | None = None  # COCO results
-    results_in_gt_space: bool = False  # a bare results JSON: ids are the ground truth's
-    semantic_names: list[str] | None = None  # label value -> name, for a label-PNG directory
-    panoptic: dict[str, Any] | None = None
-    panoptic_dir: Path | None = None
-
-    @property
-    def has_semantic(self) -> bool:
-        return any(image.semantic is not None for image in self.images)
-
-
-def load_prediction(pred: str | Path) -> Prediction:
-    """Read whatever prediction ``pred`` is (see the module docstring); errors name the file."""
-    pred = Path(pred)
-    if not pred.exists():
-        raise ArtefactError(f"{pred}: no such file or directory (expected a `zutis predict` directory, a COCO "
-                            f"results JSON or a directory of label PNGs)")
-    if pred.is_file():
-        data = _read_json(pred, "COCO results or a COCO panoptic JSON")
-        kind = _json_kind(data)
-        if kind == "results":
-            return Prediction(pred, [], None, results=data, results_in_gt_space=True)
-        if kind == "panoptic":
-            folder = _panoptic_folder(pred)
-            if folder is None:
-                raise ArtefactError(f"{pred}: its panoptic PNGs are not in {pred.with_suffix('')}")
-            images = [PredImage(int(img["id"]), _resolve(pred.parent, img["file_name"]), _stem(img["file_name"]))
-                      for img in data.get("images", [])]
-            names = [_norm(c["name"]) for c in data.get("categories", [])]
-            return Prediction(pred, images, names, panoptic=data, panoptic_dir=folder)
-        raise ArtefactError(f"{pred}: is not a COCO results list or a COCO panoptic JSON")
-    if (pred / MANIFEST_NAME).is_file():
-        read_manifest(pred, "zutis.predictions")
-        return _predict_dir(pred)
-    images = [PredImage(i + 1, None, p.stem, semantic=p) for i, p in enumerate(
-        sorted(p for p in pred.iterdir() if p.suffix.lower() == ".png" and not p.name.startswith(".")))]
-    if not images:
-        raise ArtefactError(f"{pred}: has no manifest.json and no label PNGs; expected a `zutis predict` directory")
-    names = read_names_file(pred / CLASSES_FILE) if (pred / CLASSES_FILE).is_file() else None
-    return Prediction(pred, images, None, semantic_names=names)
-
-
-def _predict_dir(pred: Path) -> Prediction:
-    sidecar = _read_json(pred / "images.json", "the images.json of a `zutis predict` directory")
-    try:
-        records = sidecar["images"]
-        names = [_norm(c["name"]) for c in sorted(sidecar["categories"], key=lambda c: int(c["id"]))]
-    except (KeyError, TypeError):
-        raise ArtefactError(f"{pred / 'images.json'}: lacks its images or categories list") from None
-    images = []
-    for record in records:
-        semantic = record.get("semantic")
-        file_stem = _stem(record["file_name"])
-        images.append(PredImage(int(record["id"]), _resolve(pred, record["file_name"]), file_stem,
-                                semantic=(pred / semantic) if semantic else None,
-                                alt_stem=record.get("stem") if record.get("stem") != file_stem else None))
-    results = None
-    if (pred / "predictions.json").is_file():
-        results = _read_json(pred / "predictions.json", "COCO results")
-        if not isinstance(results, list):
-            raise ArtefactError(f"{pred / 'predictions.json'}: is not a list of COCO results")
-    prediction = Prediction(pred, images, names, results=results)
-    if (pred / "panoptic.json").is_file():
-        prediction.panoptic = _read_json(pred / "panoptic.json", "COCO panoptic predictions")
-        prediction.panoptic_dir = pred / "panoptic"
-    return prediction
 
 
 # ---- image and class matching ---------------------------------------------------------------
@@ -758,20 +472,6 @@ class ConfusionSum:
         self.buckets += M.size_bucket_confusions(conf, gt.size, background=0)
 
 
-def _rasterise(anns: list[dict[str, Any]], height: int, width: int, index_of: dict[int, int]) -> np.ndarray:
-    """Semantic labels from instance masks: 0 background, class index, -1 where two classes claim a pixel."""
-    owner = np.zeros((height, width), dtype=np.int32)
-    conflict = np.zeros((height, width), dtype=bool)
-    for ann in anns:
-        cls = index_of[int(ann["category_id"])]
-        mask = decode_mask(segmentation_to_rle(ann["segmentation"], height, width))
-        free = mask & (owner == 0)
-        conflict |= mask & ~free & (owner != cls)
-        owner[free] = cls
-    owner[conflict] = -1
-    return owner
-
-
 def _pred_lut(pred: Prediction, truth: GroundTruth, config: EvaluateConfig) -> tuple[np.ndarray | None, int | None, list[str]]:
     """(value -> GT index lookup table or None for cluster ids, fixed P, GT names)."""
     gt_names = truth.semantic_names
@@ -1044,50 +744,6 @@ class PrepareConfig:
             raise ArtefactError(f"--root {self.root}: no such directory")
         if not 0 < self.threshold < 1:
             raise UsageError("--threshold must lie in (0, 1)")
-
-
-@dataclass
-class PrepareResult:
-    path: Path
-    images: int
-    classes: int
-    instances: int | None
-    semantic: bool
-
-
-class _GtWriter:
-    """Writes a prepared ground truth: ``gt.json``, ``classes.txt``, ``semantic/``, ``instances.json``."""
-
-    def __init__(self, out: Path, name: str, classes: Sequence[str]):
-        self.out = out
-        self.name = name
-        self.classes = list(classes)
-        self.images: list[dict[str, Any]] = []
-        self.semantic = False
-
-    def add_image(self, path: Path, width: int, height: int, stem: str, labels: np.ndarray | None = None,
-                  ignore: np.ndarray | None = None, image_id: int | None = None) -> None:
-        record = {"id": image_id if image_id is not None else len(self.images) + 1,
-                  "file_name": relative_to(self.out, path), "stem": stem, "width": int(width), "height": int(height)}
-        if labels is not None:
-            write_label_map(self.out / "semantic" / f"{stem}.png", labels, ignore,
-                            sixteen_bit=len(self.classes) > IGNORE_8BIT)
-            self.semantic = True
-        self.images.append(record)
-
-    def finish(self, params: dict[str, Any], instances: dict[str, Any] | None = None) -> PrepareResult:
-        if instances is not None:
-            atomic_write_json(self.out / "instances.json", instances, indent=None)
-        atomic_write_text(self.out / CLASSES_FILE, "\n".join(self.classes) + "\n")
-        atomic_write_json(self.out / GT_INDEX, {
-            "format": "zutis.gt", "schema": 1, "dataset": self.name, "params": params,
-            "classes": self.classes, "semantic": "semantic" if self.semantic else None,
-            "instances": "instances.json" if instances is not None else None,
-            "ignore_index": IGNORE_8BIT if len(self.classes) <= IGNORE_8BIT else IGNORE_16BIT,
-            "images": self.images,
-        }, indent=None)
-        return PrepareResult(self.out, len(self.images), len(self.classes),
-                             len(instances["annotations"]) if instances is not None else None, self.semantic)
 
 
 def _unique_stems(paths: Sequence[Path], root: Path) -> list[str]:

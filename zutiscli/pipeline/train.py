@@ -405,9 +405,9 @@ def held_out_set(config: TrainConfig) -> HeldOut | None:
     """
     if not config.evaluates:
         return None
+    from zutiscli.artefacts.groundtruth import load_ground_truth
     from zutiscli.data.classes import parse_classes
     from zutiscli.data.images import discover_images
-    from zutiscli.pipeline.evaluate import load_ground_truth
 
     folder = Path(config.eval_images) if config.eval_images else None
     if folder is not None:
