@@ -473,7 +473,8 @@ def _evaluate_model(model: ZutisModel, held_out: HeldOut, classes: list[str], ru
     yields ``None``; the training goes on.
     """
     from zutiscli.data.classes import ClassQuery
-    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate, headline
+    from zutiscli.engine.evaluator import headline
+    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
     from zutiscli.pipeline.predict import PredictConfig, predict
 
     states = _rng_state()

@@ -1,0 +1,1 @@
+"""The loops several stages share: prediction, evaluation and training, and the settings they run with."""
