@@ -15,15 +15,11 @@ from pycocotools.cocoeval import COCOeval
 from zutiscli.artefacts.labelmap import read_label_map, read_label_png, write_label_map, write_label_png
 from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
 from zutiscli.cli.app import main
+from zutiscli.data.datasets import PrepareConfig, prepare_dataset
 from zutiscli.engine.evaluator import AP_NAMES
 from zutiscli.errors import ZutisError
 from zutiscli.ops.masks import decode_mask, encode_mask, rle_area, rle_bbox
-from zutiscli.pipeline.evaluate import (
-    EvaluateConfig,
-    PrepareConfig,
-    evaluate,
-    prepare_dataset,
-)
+from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
 
