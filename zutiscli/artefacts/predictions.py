@@ -9,6 +9,25 @@ Reads (:func:`load_prediction`), ``pred`` being one of
     - a COCO panoptic JSON (its PNGs in the folder of the same stem beside it, or ``panoptic/``);
     - a directory of label PNGs named by image stem (values = ground-truth class indices, or
       cluster ids with ``match="hungarian"|"majority"``; a ``classes.txt`` inside names the values).
+
+In memory
+---------
+A predict loop can build a :class:`Prediction` without writing a folder and hand it to
+:func:`zutiscli.engine.evaluator.score`: each :class:`PredImage` then carries its own outputs, in
+the conventions of a ``zutis predict`` directory (class ``i`` = ``names[i - 1]``):
+
+- ``semantic``: ``(H, W)`` integer numpy array, 0 background, ``i`` the i-th class, negative
+  values unlabelled (ignored); the size of the image;
+- ``panoptic`` + ``segments``: ``(H, W)`` integer numpy array of segment ids (0 = no segment) and
+  the image's COCO ``segments_info`` (``id``, ``category_id``, optionally ``iscrowd``); segment
+  categories are those of ``Prediction.panoptic = {"categories": [...]}`` when it is given (e.g.
+  a stuff class outside ``names``), else category ``i`` is ``names[i - 1]``;
+- ``instances``: the image's COCO result dicts (``category_id``, ``segmentation`` as RLE or
+  polygons, ``bbox`` ``[x, y, w, h]`` in pixels, ``score``); their ``image_id`` is the image's
+  ``id`` whatever they say.
+
+``Prediction(source, images, names)`` with ``source`` a label for messages (e.g.
+``"predictions in memory"``) is then all it takes.
 """
 
 from __future__ import annotations
@@ -16,6 +35,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from zutiscli.artefacts.groundtruth import (
     CLASSES_FILE,
@@ -33,20 +54,24 @@ from zutiscli.errors import ArtefactError
 
 @dataclass
 class PredImage:
-    """One predicted image: its id in the predictions, resolved path, stem, semantic PNG."""
+    """One predicted image: its id in the predictions, resolved path, stem, semantic map; and, for
+    a prediction held in memory, its panoptic segments and instances (see the module docstring)."""
 
     id: int
     path: str | None
     stem: str
-    semantic: Path | None = None
+    semantic: Path | np.ndarray | None = None  # label PNG, or (H, W) int labels in memory (< 0 = unlabelled)
     alt_stem: str | None = None  # predict's sanitised stem, when it differs from the file's
+    panoptic: np.ndarray | None = None  # (H, W) int segment ids in memory (0 = none); files: Prediction.panoptic
+    segments: list[dict[str, Any]] | None = None  # segments_info of ``panoptic``
+    instances: list[dict[str, Any]] | None = None  # COCO results of this image in memory; files: Prediction.results
 
 
 @dataclass
 class Prediction:
     """What the prediction offers."""
 
-    source: Path
+    source: Path | str  # where it was read from, or a label for a prediction built in memory
     images: list[PredImage]
     names: list[str] | None  # predicted class names (category id i -> names[i - 1]); None = GT ids
     results: list[dict[str, Any]] | None = None  # COCO results
@@ -58,6 +83,20 @@ class Prediction:
     @property
     def has_semantic(self) -> bool:
         return any(image.semantic is not None for image in self.images)
+
+    @property
+    def has_panoptic(self) -> bool:
+        return self.panoptic is not None or any(image.panoptic is not None for image in self.images)
+
+    def all_results(self) -> list[dict[str, Any]] | None:
+        """The COCO results of the whole prediction: :attr:`results` as read, else the images'
+        in-memory ``instances`` in image order, each with ``image_id`` set to its image's id; None
+        when there are neither."""
+        if self.results is not None:
+            return self.results
+        if all(image.instances is None for image in self.images):
+            return None
+        return [dict(r, image_id=image.id) for image in self.images for r in image.instances or ()]
 
 
 def load_prediction(pred: str | Path) -> Prediction:

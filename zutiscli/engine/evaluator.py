@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import time
 from dataclasses import dataclass
@@ -84,6 +85,16 @@ def _with_ignore(values: np.ndarray, ignore: int) -> np.ndarray:
     out = values.astype(np.int32, copy=True)
     out[values == ignore] = -1
     return out
+
+
+def _predicted_labels(image: PredImage) -> tuple[np.ndarray, np.ndarray, str]:
+    """One predicted semantic map, from its PNG or from memory: ``(H, W)`` int32 values, ``(H, W)``
+    bool unlabelled pixels, and what to call it in messages."""
+    if isinstance(image.semantic, np.ndarray):
+        values = np.asarray(image.semantic).astype(np.int32)
+        return values, values < 0, f"the semantic map of {image.stem} (in memory)"
+    values, ignore = read_label_map(image.semantic)  # type: ignore[arg-type]
+    return values, values == ignore, str(image.semantic)
 
 
 # ---- image and class matching ---------------------------------------------------------------
@@ -427,16 +438,16 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     missing_gt = 0
     log(f"semantic: {len(pairs)} images, ground truth from {truth.semantic_from}")
     for number, (p, g) in enumerate(pairs, start=1):
-        raw, ignore = read_label_map(p.semantic)  # type: ignore[arg-type]
+        raw, unlabelled, where = _predicted_labels(p)
         if lut is not None:
             predicted = lut[np.clip(raw, 0, IGNORE_16BIT)]
-            predicted[raw == ignore] = -1
         else:
-            predicted = _with_ignore(raw, ignore)
+            predicted = raw.astype(np.int32, copy=True)
+        predicted[unlabelled] = -1
         if truth.semantic_from == "instances":
             height, width = raw.shape
             if g.height and g.width and (g.height, g.width) != (height, width):
-                raise ArtefactError(f"{p.semantic}: is {width}x{height} but its ground-truth image is {g.width}x{g.height}")
+                raise ArtefactError(f"{where}: is {width}x{height} but its ground-truth image is {g.width}x{g.height}")
             labels = _rasterise(anns_by_image.get(g.id, []), height, width, index_of)
         else:
             if g.semantic is None or not g.semantic.is_file():
@@ -445,7 +456,7 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
             values, gt_ignore = read_label_map(g.semantic)
             labels = _with_ignore(values, gt_ignore)
             if labels.shape != predicted.shape:
-                raise ArtefactError(f"{p.semantic}: is {predicted.shape[1]}x{predicted.shape[0]} but its ground truth "
+                raise ArtefactError(f"{where}: is {predicted.shape[1]}x{predicted.shape[0]} but its ground truth "
                                     f"{g.semantic} is {labels.shape[1]}x{labels.shape[0]}")
         acc.add(labels, predicted)
         if progress is not None:
@@ -495,32 +506,46 @@ def _panoptic_ids(path: Path) -> np.ndarray:
 
 def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch, config: ScoreOptions,
                       warnings: list[str], progress: Progress | None, log: Log) -> dict[str, Any]:
-    """PQ / SQ / RQ (all, things, stuff) over the matched images."""
-    assert pred.panoptic is not None and truth.panoptic is not None
-    assert pred.panoptic_dir is not None and truth.panoptic_dir is not None
+    """PQ / SQ / RQ (all, things, stuff) over the matched images.
+
+    A predicted image's panoptic map is the one it holds in memory, else its PNG in
+    ``pred.panoptic_dir``. Segment categories are those of ``pred.panoptic["categories"]``, or,
+    without ``pred.panoptic``, category ``i`` is ``pred.names[i - 1]``.
+    """
+    assert pred.has_panoptic and truth.panoptic is not None and truth.panoptic_dir is not None
     gt_cats = truth.panoptic["categories"]
     gt_index = {int(c["id"]): i for i, c in enumerate(gt_cats)}
     isthing = np.array([bool(c.get("isthing", 1)) for c in gt_cats])
-    pred_cats = sorted(pred.panoptic.get("categories", []), key=lambda c: int(c["id"]))
+    if pred.panoptic is not None:
+        pred_cats = sorted(pred.panoptic.get("categories", []), key=lambda c: int(c["id"]))
+    else:
+        pred_cats = [{"id": i + 1, "name": name} for i, name in enumerate(pred.names or [])]
     if config.match != "names":
         raise UsageError("panoptic evaluation matches classes by name only; drop --match or --task panoptic")
     to_gt = match_names([_norm(c["name"]) for c in pred_cats], [_norm(c["name"]) for c in gt_cats],
                         config.class_map, what="panoptic classes")
     pred_index = {int(c["id"]): t for c, t in zip(pred_cats, to_gt)}
     gt_anns = {int(a["image_id"]): a for a in truth.panoptic["annotations"]}
-    pred_anns = {int(a["image_id"]): a for a in pred.panoptic["annotations"]}
+    pred_anns = {int(a["image_id"]): a for a in (pred.panoptic or {}).get("annotations", [])}
     stats = np.zeros((4, len(gt_cats)), dtype=np.float64)
     done = 0
     log(f"panoptic: {len(matched.pairs)} images")
     for number, (p, g) in enumerate(matched.pairs, start=1):
-        pa, ga = pred_anns.get(p.id), gt_anns.get(g.id)
+        in_memory = p.panoptic is not None
+        pa = {"segments_info": p.segments or []} if in_memory else pred_anns.get(p.id)
+        ga = gt_anns.get(g.id)
         if pa is None or ga is None:
             continue
         gt_map = _panoptic_ids(truth.panoptic_dir / ga["file_name"])
-        pred_map = _panoptic_ids(pred.panoptic_dir / pa["file_name"])
+        if in_memory:
+            pred_map = np.asarray(p.panoptic).astype(np.int64)
+            where: Any = f"the panoptic map of {p.stem} (in memory)"
+        else:
+            assert pred.panoptic_dir is not None
+            where = pred.panoptic_dir / pa["file_name"]
+            pred_map = _panoptic_ids(where)
         if gt_map.shape != pred_map.shape:
-            raise ArtefactError(f"{pred.panoptic_dir / pa['file_name']}: size differs from its ground truth "
-                                f"{truth.panoptic_dir / ga['file_name']}")
+            raise ArtefactError(f"{where}: size differs from its ground truth {truth.panoptic_dir / ga['file_name']}")
         gseg = ga.get("segments_info", [])
         pseg = [s for s in pa.get("segments_info", []) if int(s["category_id"]) in pred_index]
         gt_segments = M.Segments([s["id"] for s in gseg], [gt_index[int(s["category_id"])] for s in gseg],
@@ -543,7 +568,6 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     return out
 
 
-
 # ---- all tasks ------------------------------------------------------------------------------
 def _possible_tasks(pred: Prediction, truth: GroundTruth) -> dict[str, str | None]:
     """task -> None if possible, else why not."""
@@ -554,8 +578,8 @@ def _possible_tasks(pred: Prediction, truth: GroundTruth) -> dict[str, str | Non
         "semantic": None if pred.has_semantic and truth.has_semantic else (
             "the prediction holds no semantic label maps" if not pred.has_semantic
             else "the ground truth has no semantic labels (label PNGs, or instances to rasterise)"),
-        "panoptic": None if pred.panoptic is not None and truth.panoptic is not None else (
-            "the prediction holds no panoptic.json" if pred.panoptic is None
+        "panoptic": None if pred.has_panoptic and truth.panoptic is not None else (
+            "the prediction holds no panoptic.json" if not pred.has_panoptic
             else "the ground truth is not a COCO panoptic JSON"),
     }
 
@@ -565,7 +589,8 @@ def score(prediction: Prediction, truth: GroundTruth, config: ScoreOptions, *, p
     """Score ``prediction`` against ``truth``; the metrics of ``metrics.json``, nothing written.
 
     Args:
-        prediction: as :func:`zutiscli.artefacts.predictions.load_prediction` reads it.
+        prediction: as :func:`zutiscli.artefacts.predictions.load_prediction` reads it, or built
+            in memory (its images' ``instances`` are gathered into one results list first).
         truth: as :func:`zutiscli.artefacts.groundtruth.load_ground_truth` reads it.
         config: the tasks, class matching and COCOeval options (:class:`ScoreOptions`).
         progress: ``progress(done, total)`` over the images of the semantic and panoptic tasks.
@@ -583,6 +608,9 @@ def score(prediction: Prediction, truth: GroundTruth, config: ScoreOptions, *, p
     """
     say = log or (lambda message: None)
     start = time.perf_counter()
+    gathered = prediction.all_results()
+    if gathered is not prediction.results:  # instances held by the images in memory
+        prediction = dataclasses.replace(prediction, results=gathered)
     possible = _possible_tasks(prediction, truth)
     if config.tasks:
         for task in config.tasks:
