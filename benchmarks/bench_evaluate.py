@@ -6,7 +6,7 @@ ground truth with some class errors, plus random false positives, RLE masks, ran
 times:
 
 1. plain pycocotools: ``COCO`` + ``loadRes`` + ``COCOeval(segm)`` evaluate / accumulate / summarize;
-2. ``zutis.pipeline.evaluate.coco_evaluate`` with the pycocotools backend (same work, plus copies);
+2. ``zutiscli.engine.evaluator.coco_evaluate`` with the pycocotools backend (same work, plus copies);
 3. the same with ``--backend faster-coco-eval`` (when installed), checking the 12 numbers agree;
 4. the full default ``zutis evaluate`` instance block (segm + bbox, class-aware + agnostic) with both.
 
@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--skip-full", action="store_true", help="skip the full segm+bbox x aware+agnostic run")
     args = parser.parse_args()
 
-    from zutiscli.pipeline.evaluate import AP_NAMES, EvaluateConfig, coco_evaluate, evaluate
+    from zutiscli.engine.evaluator import AP_NAMES, coco_evaluate
+    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
 
     start = time.perf_counter()
     gt, results = make_data(args.images, args.dets)

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -12,20 +13,16 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from zutiscli.artefacts.labelmap import read_label_png, write_label_png
+from zutiscli.artefacts.groundtruth import load_ground_truth
+from zutiscli.artefacts.labelmap import read_label_map, read_label_png, write_label_map, write_label_png
 from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.predictions import PredImage, Prediction
 from zutiscli.cli.app import main
+from zutiscli.data.datasets import PrepareConfig, prepare_dataset
+from zutiscli.engine.evaluator import AP_NAMES, headline, score
 from zutiscli.errors import ZutisError
 from zutiscli.ops.masks import decode_mask, encode_mask, rle_area, rle_bbox
-from zutiscli.pipeline.evaluate import (
-    AP_NAMES,
-    EvaluateConfig,
-    PrepareConfig,
-    evaluate,
-    prepare_dataset,
-    read_label_map,
-    write_label_map,
-)
+from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
 
@@ -311,6 +308,58 @@ def test_panoptic_quality_end_to_end(scenes, tmp_path):
     panoptic = metrics["panoptic"]
     assert panoptic["PQ"] == 1.0 and panoptic["things"]["n"] == 6 and panoptic["stuff"]["n"] == 1
     assert panoptic["per_class"]["background"]["TP"] == 6
+
+
+def held_in_memory(pred_dir: Path) -> Prediction:
+    """The prediction of a predict-shaped directory rebuilt from its arrays, as a predict loop holds it."""
+    sidecar = json.loads((pred_dir / "images.json").read_text())
+    results = json.loads((pred_dir / "predictions.json").read_text())
+    panoptic = json.loads((pred_dir / "panoptic.json").read_text())
+    segments = {a["image_id"]: a for a in panoptic["annotations"]}
+    images = []
+    for record in sidecar["images"]:
+        values, ignore = read_label_map(pred_dir / record["semantic"])
+        with Image.open(pred_dir / "panoptic" / segments[record["id"]]["file_name"]) as png:
+            rgb = np.asarray(png.convert("RGB")).astype(np.int64)
+        instances = [{k: v for k, v in r.items() if k != "image_id"} for r in results if r["image_id"] == record["id"]]
+        images.append(PredImage(record["id"], os.path.realpath(pred_dir / record["file_name"]), record["stem"],
+                                semantic=np.where(values == ignore, -1, values),
+                                panoptic=rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2],
+                                segments=segments[record["id"]]["segments_info"], instances=instances))
+    names = [c["name"] for c in sorted(sidecar["categories"], key=lambda c: c["id"])]
+    if [c["name"] for c in panoptic["categories"]] == names:  # as `zutis predict` writes it: names are enough
+        return Prediction("predictions in memory", images, names)
+    return Prediction("predictions in memory", images, names, panoptic={"categories": panoptic["categories"]})
+
+
+def test_in_memory_prediction_scores_as_its_directory(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred", drop=0.3, shift=3, seed=4, panoptic=True)
+    for png in (pred / "panoptic").glob("*.png"):  # imperfect segments too
+        Image.fromarray(np.roll(np.asarray(Image.open(png)), 2, axis=0)).save(png)
+    gt_json = tmp_path / "gt" / "panoptic_scenes.json"
+    gt_json.parent.mkdir()
+    gt_json.write_text(json.dumps(make_panoptic(scenes, tmp_path / "gt" / "panoptic_scenes")))
+
+    def same_scores(gt: Path, tasks: list[str], out: str) -> None:
+        config = EvaluateConfig(pred=str(pred), gt=str(gt))
+        on_disk = evaluate(config, tmp_path / out).metrics
+        held = held_in_memory(pred)
+        files = sorted(tmp_path.rglob("*"))
+        in_memory = score(held, load_ground_truth(gt), config)
+        assert sorted(tmp_path.rglob("*")) == files  # scoring writes nothing
+        assert in_memory["tasks"] == tasks and on_disk["tasks"] == tasks
+        assert all(0 < value < 1 for value in headline(on_disk).values())  # imperfect, so a slip would show
+        on_disk.pop("seconds"), in_memory.pop("seconds")
+        assert json.dumps(in_memory) == json.dumps(on_disk)
+
+    same_scores(scenes, ["instance", "semantic"], "m1")
+    same_scores(gt_json, ["panoptic"], "m2")  # the fixture adds a "background" stuff class to the names
+    panoptic = json.loads((pred / "panoptic.json").read_text())
+    background = panoptic["categories"].pop()["id"]
+    for ann in panoptic["annotations"]:
+        ann["segments_info"] = [s for s in ann["segments_info"] if s["category_id"] != background]
+    (pred / "panoptic.json").write_text(json.dumps(panoptic))
+    same_scores(gt_json, ["panoptic"], "m3")  # categories = the predicted names, as `zutis predict` writes
 
 
 def test_sixteen_bit_label_maps_round_trip(tmp_path):

@@ -44,9 +44,9 @@ from PIL import Image
 
 from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _clean, parse_classes
 from zutiscli.data.copypaste import CopyPasteConfig
+from zutiscli.engine.evaluator import TASKS as EVALUATE_TASKS
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste import write_dataset
-from zutiscli.pipeline.evaluate import TASKS as EVALUATE_TASKS
 from zutiscli.pipeline.evaluate import EvaluateConfig, EvaluateResult
 from zutiscli.pipeline.index import IndexConfig, IndexResult
 from zutiscli.pipeline.predict import PredictConfig, PredictResult

@@ -1,1 +1,1 @@
-"""The contract between stages: manifests, atomic writes, COCO masks, run directories."""
+"""The contract between stages: manifests, atomic writes, COCO masks, run directories, predictions and ground truth."""

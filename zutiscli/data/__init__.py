@@ -1,1 +1,1 @@
-"""Input data: finding image files and decoding them to RGB (PIL + numpy only, no torch)."""
+"""Input data: finding image files and decoding them to RGB (PIL + numpy only, no torch); benchmark adapters."""

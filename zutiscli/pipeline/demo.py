@@ -501,7 +501,7 @@ def colour_shape_ground_truth(source: Path, target: Path) -> Path:
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    from zutiscli.pipeline.evaluate import headline
+    from zutiscli.engine.evaluator import headline
 
     out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline(metrics).items()}
     per_class = (metrics.get("semantic") or {}).get("per_class_iou") or {}

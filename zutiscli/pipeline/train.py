@@ -408,9 +408,9 @@ def held_out_set(config: TrainConfig) -> HeldOut | None:
     """
     if not config.evaluates:
         return None
+    from zutiscli.artefacts.groundtruth import load_ground_truth
     from zutiscli.data.classes import parse_classes
     from zutiscli.data.images import discover_images
-    from zutiscli.pipeline.evaluate import load_ground_truth
 
     folder = Path(config.eval_images) if config.eval_images else None
     if folder is not None:
@@ -476,7 +476,8 @@ def _evaluate_model(model: ZutisModel, held_out: HeldOut, classes: list[str], ru
     yields ``None``; the training goes on.
     """
     from zutiscli.data.classes import ClassQuery
-    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate, headline
+    from zutiscli.engine.evaluator import headline
+    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
     from zutiscli.pipeline.predict import PredictConfig, predict
 
     states = _rng_state()
