@@ -23,7 +23,7 @@ while it builds ``--help``: it imports nothing beyond the standard library.
 from __future__ import annotations
 
 import dataclasses
-import typing
+import sys
 from dataclasses import MISSING, dataclass
 from typing import Any, Callable
 
@@ -144,15 +144,20 @@ def field_default(field: dataclasses.Field) -> Any:
 def option_fields(cls: type) -> list[tuple[dataclasses.Field, OptionSpec, Any]]:
     """``(field, spec, type)`` for each command-line option of a config dataclass, in field order.
 
-    ``type`` is the field's annotation, evaluated (configs may write ``from __future__ import
-    annotations``). Fields that are :func:`not_an_option` are left out.
+    ``type`` is the field's annotation, evaluated in the config's module (configs may write ``from
+    __future__ import annotations``). Fields that are :func:`not_an_option` are left out, and their
+    annotations are not evaluated: they may name types imported for type checkers only.
     """
-    hints = typing.get_type_hints(cls)
+    module = sys.modules.get(cls.__module__)
+    namespace = dict(vars(module)) if module is not None else {}
     found = []
     for field in dataclasses.fields(cls):
         spec = option_spec(field)
         if spec is not None:
-            found.append((field, spec, hints[field.name]))
+            annotation = field.type
+            if isinstance(annotation, str):
+                annotation = eval(annotation, namespace)  # noqa: S307 - what typing.get_type_hints does
+            found.append((field, spec, annotation))
     return found
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zutiscli.config_fields import device_option, not_an_option, option
-from zutiscli.data.classes import ClassQuery
 from zutiscli.errors import UsageError
+
+if TYPE_CHECKING:
+    from zutiscli.data.classes import ClassQuery
 
 PROMPT_MODES = ("ensemble", "names")
 
