@@ -162,12 +162,18 @@ def option_fields(cls: type) -> list[tuple[dataclasses.Field, OptionSpec, Any]]:
 
 
 # ---- options that several stages share, declared once -----------------------------------------
+#: Help of every ``--device`` option (its metavar is :data:`zutiscli.models.device.DEVICE_CHOICES`).
+DEVICE_HELP = "Where to run; auto = CUDA when available."
+#: Values and help of every ``--precision`` option.
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HELP = "Weights' precision; auto = fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32."
+
+
 def device_option(default: str = "auto") -> Any:
     """The ``--device`` option of a config (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
-    return option(default, "Where to run; auto = CUDA when available.", kind="device")
+    return option(default, DEVICE_HELP, kind="device")
 
 
 def precision_option(default: str = "auto") -> Any:
     """The ``--precision`` option of a config (the weights' precision)."""
-    return option(default, "Weights' precision; auto = fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32.",
-                  choices=("auto", "fp32", "bf16", "fp16"))
+    return option(default, PRECISION_HELP, choices=PRECISION_CHOICES)

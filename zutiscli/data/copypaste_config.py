@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from zutiscli.config_fields import not_an_option, option
 from zutiscli.errors import UsageError
 
+#: Colour jitter of the official recipe: brightness, contrast, saturation, hue.
+JITTER = (0.8, 0.8, 0.8, 0.2)
+
 
 @dataclass(frozen=True)
 class CopyPasteConfig:
@@ -32,9 +35,8 @@ class CopyPasteConfig:
         0.0, "Largest share of an object's box placed beyond the scene's edge, where it is cut off, as objects are "
              "in photographs (0 = every object inside, as pasted by the official code before its crop).")
     hflip_prob: float = option(0.5, "Horizontal flip probability.")
-    jitter: tuple[float, float, float, float] = not_an_option(
-        (0.8, 0.8, 0.8, 0.2), "Python API only: brightness, contrast, saturation, hue")
-    jitter_prob: float = option(0.8, "Colour jitter (0.8, 0.8, 0.8, 0.2) probability.")
+    jitter: tuple[float, float, float, float] = not_an_option(JITTER, "Python API only: brightness, contrast, saturation, hue")
+    jitter_prob: float = option(0.8, f"Colour jitter {JITTER} probability.")
     grayscale_prob: float = option(0.2, "Grayscale probability.")
     blur_prob: float = option(0.5, "Gaussian blur probability.")
     blur_sigma: tuple[float, float] = not_an_option((0.1, 2.0), "Python API only")

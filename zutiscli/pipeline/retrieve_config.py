@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from zutiscli.data.classes import ClassQuery
 
 PROMPT_MODES = ("ensemble", "names")
+#: Hits on a contact sheet unless the Python API says otherwise.
+CONTACT_COUNT = 48
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,8 @@ class RetrieveConfig:
                           choices=PROMPT_MODES)
     exclude_duplicates: bool = option(
         False, "Disjoint archives: each image goes to the class that scores it highest among those with room.")
-    contact_sheet: bool = option(False, "Also write contact/<class>.jpg: the top 48 hits with rank and score.")
+    contact_sheet: bool = option(
+        False, f"Also write contact/<class>.jpg: the top {CONTACT_COUNT} hits with rank and score.")
     model: str | None = option(None, "Text model; default and only accepted value: the index's model.", kind="model")
     pretrained: str | None = option(None, "Weights; default: the index's (pass a path if its checkpoint moved).")
     device: str = device_option()
@@ -49,7 +52,7 @@ class RetrieveConfig:
     nprobe: int | None = option(
         None, "IVF lists to visit when an index has index.faiss [default: max(32, nlist/16)].")
     block_rows: int | None = not_an_option(None, "Python API only: rows per exact-search block")
-    contact_count: int = not_an_option(48, "Python API only: hits per contact sheet")
+    contact_count: int = not_an_option(CONTACT_COUNT, "Python API only: hits per contact sheet")
 
     def validate(self) -> None:
         """Raise :class:`UsageError` for option values that cannot work."""
