@@ -33,6 +33,9 @@ METADATA_KEY = "zutis.option"
 #: Metadata value of a field that is deliberately no command-line option.
 NOT_AN_OPTION = "not an option"
 
+#: What an option's value may name (:attr:`OptionSpec.kind`).
+KINDS = ("path", "model", "device")
+
 
 @dataclass(frozen=True)
 class OptionSpec:
@@ -105,6 +108,8 @@ def option(
         raise ValueError("an option needs its help text")
     if parts and any(not text.strip() for _, text in parts):
         raise ValueError("each part of an option needs its help text")
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"option kind {kind!r} is none of {', '.join(KINDS)}")
     spec = OptionSpec(help=help, flags=(flag,) if isinstance(flag, str) else tuple(flag), short=short,
                       metavar=metavar, choices=tuple(choices), hidden=hidden, panel=panel,
                       show_default=show_default, parse=parse, kind=kind, parts=tuple(parts))

@@ -29,7 +29,9 @@ from typing import Annotated, Any, Callable, Iterable, Mapping, Optional
 
 import typer
 
+from zutiscli.cli.options import check_device, complete_model_names
 from zutiscli.config_fields import OptionSpec, field_default, option_fields
+from zutiscli.models.device import DEVICE_CHOICES
 
 #: Annotation of the parameter that receives a config's values (the field name -> value mapping).
 ConfigValues = Optional[dict]
@@ -55,13 +57,9 @@ def _complete_choices(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 def _typer_option(names: tuple[str, ...], help: str, spec: OptionSpec) -> Any:
     """The ``typer.Option`` for names and help, with the spec's presentation and its kind's checks."""
-    from zutiscli.cli.options import check_device, complete_model_names
-
     settings: dict[str, Any] = {"help": help, "hidden": spec.hidden, "show_default": spec.show_default}
     metavar = spec.metavar or ("|".join(spec.choices) if spec.choices else None)
     if spec.kind == "device":
-        from zutiscli.models.device import DEVICE_CHOICES
-
         metavar = metavar or DEVICE_CHOICES
         settings["callback"] = check_device
     if spec.kind == "model":
