@@ -76,6 +76,8 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
 def test_a_field_without_help_cannot_become_an_option():
     with pytest.raises(ValueError, match="help"):
         option(3)
+    with pytest.raises(ValueError, match="kind 'file'"):
+        option(None, "A file.", kind="file")
 
     @dataclass
     class Undeclared:
@@ -106,7 +108,7 @@ class ToyConfig:
 
 
 def _toy_app(received: list) -> typer.Typer:
-    toy = typer.Typer()
+    toy = typer.Typer(add_completion=False)  # typer's completion would replace zutis' own, process-wide
 
     @toy.command()
     @from_config(ToyConfig, into="options", defaults={"size": 16})
