@@ -52,7 +52,7 @@ class CopyPasteConfig:
             raise UsageError(f"--max-objects must be >= 1 (got {self.max_objects})")
         lo, hi = self.scale_range
         if not 0 < lo <= hi <= 1.0:
-            raise UsageError(f"--scale-range must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
+            raise UsageError(f"--scale-min/--scale-max must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
         lo, hi = self.canvas_scale
         if not 0 < lo <= hi <= 1.0:
             raise UsageError(f"--canvas-min/--canvas-max must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
