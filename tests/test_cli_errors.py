@@ -122,7 +122,7 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{dataset}", "-o", "{out}"], 1, "zutis.dataset artefact"),
         (["{pseudo}", "-n", "0", "-o", "{out}"], 2, "--n"),
         (["{pseudo}", "--format", "gif", "-o", "{out}"], 2, "--format"),
-        (["{pseudo}", "--scale-min", "0.9", "--scale-max", "0.1", "-o", "{out}"], 2, "--scale-range"),
+        (["{pseudo}", "--scale-min", "0.9", "--scale-max", "0.1", "-o", "{out}"], 2, "--scale-min/--scale-max must satisfy"),
         (["{pseudo}", "-n", "1", "-o", "{pile}"], 1, "finished artefact"),
     ],
     "train": [

@@ -7,19 +7,18 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
+from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import (
     DefaultCommandGroup,
-    DeviceOpt,
     DryRunOpt,
     JsonOpt,
     OutputOpt,
-    PrecisionOpt,
     ProgressBar,
     QuietOpt,
     Reporter,
-    complete_model_names,
     print_dry_run,
 )
+from zutiscli.pipeline.index_config import IndexConfig
 
 
 class _BuildByDefault(DefaultCommandGroup):
@@ -44,19 +43,10 @@ def _summary_text(summary: dict[str, Any], seconds: float, rate: float, embedded
 
 
 @app.command("build")
+@from_config(IndexConfig, into="options")
 def build(
     images: Annotated[Optional[List[str]], typer.Argument(help="Image directories (recursive), files or globs.", show_default=False)] = None,
-    from_list: Annotated[Optional[Path], typer.Option("--from-list", help="Text file of image paths, one per line (relative to the current directory).")] = None,
-    model: Annotated[str, typer.Option("--model", help="open_clip model name (the paper retrieves with ViT-L-14-336).", autocompletion=complete_model_names)] = "ViT-L-14-336",
-    pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Decoding processes (default: cores - 1 on CPU, up to 8).", show_default=False)] = None,
-    device: DeviceOpt = "auto",
-    precision: PrecisionOpt = "auto",
-    faiss: Annotated[str, typer.Option("--faiss", help="faiss factory string; Flat = exact search (no index file), e.g. IVF4096,PQ64.")] = "Flat",
-    shard: Annotated[Optional[str], typer.Option("--shard", metavar="I/N", help="Embed slice I of N (0-based); default from SLURM array or torchrun. Writes OUTPUT/shard-I-of-N.", show_default=False)] = None,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", help="Images per committed chunk (what an interruption can lose).")] = 1024,
-    max_pixels: Annotated[int, typer.Option("--max-pixels", help="Refuse images with more pixels (decompression bombs).")] = 178_956_970,
+    options: ConfigValues = None,
     output: OutputOpt = None,
     dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
@@ -66,23 +56,10 @@ def build(
 
     Example: zutis index data/pile --model shapes-clip -o data/index
     """
-    from zutiscli.pipeline.index import IndexConfig, build_index, parse_shard, plan_index
+    from zutiscli.pipeline.index import build_index, plan_index
 
     reporter = Reporter(json_mode, quiet)
-    config = IndexConfig(
-        sources=list(images or []),
-        from_list=str(from_list) if from_list else None,
-        model=model,
-        pretrained=pretrained,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        faiss=faiss,
-        shard=parse_shard(shard) if shard else None,
-        chunk_size=chunk_size,
-        max_pixels=max_pixels,
-    )
+    config = IndexConfig(sources=list(images or []), **options)
     config.validate()
     if dry_run:
         print_dry_run(reporter, plan_index(config, output))

@@ -28,6 +28,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
+from zutiscli.config_fields import DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP
 from zutiscli.models.device import DEVICE_CHOICES
 
 #: stderr console for logs and progress; rich honours NO_COLOR and non-terminals by itself.
@@ -50,19 +51,14 @@ def check_device(ctx: typer.Context, value: str) -> str:
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
-DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, callback=check_device,
-                                        help="Where to run; auto = CUDA when available.")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, callback=check_device, help=DEVICE_HELP)]
 DryRunOpt = Annotated[
     bool,
     typer.Option("--dry-run", help="Check the inputs and options, print what would be read and written, write nothing."),
 ]
 PrecisionOpt = Annotated[
     str,
-    typer.Option(
-        "--precision",
-        metavar="auto|fp32|bf16|fp16",
-        help="Weights' precision; auto = fp16 on CUDA, bf16 on CPUs with bf16 units, else fp32.",
-    ),
+    typer.Option("--precision", metavar="|".join(PRECISION_CHOICES), help=PRECISION_HELP),
 ]
 OutputOpt = Annotated[
     Optional[Path],

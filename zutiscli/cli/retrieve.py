@@ -7,8 +7,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import (
-    DeviceOpt,
     DryRunOpt,
     JsonOpt,
     OutputOpt,
@@ -16,10 +16,10 @@ from zutiscli.cli.options import (
     QuietOpt,
     Reporter,
     complete_class_names,
-    complete_model_names,
     err_console,
     print_dry_run,
 )
+from zutiscli.pipeline.retrieve_config import RetrieveConfig
 
 IndicesArg = Annotated[
     list[Path],
@@ -47,6 +47,7 @@ def _table(rows: list[dict[str, Any]], limit: int = 40) -> None:
     err_console.print(table)
 
 
+@from_config(RetrieveConfig, into="options")
 def retrieve(
     indices: IndicesArg,
     classes: Annotated[
@@ -57,34 +58,7 @@ def retrieve(
         Optional[Path],
         typer.Option("--classes-file", help="One class per line, or 'name<TAB>search phrase'; blank lines and # comments ignored."),
     ] = None,
-    k: Annotated[
-        int,
-        typer.Option("-k", "--top-k", help="Images per class. More than the images in the indices: clamped, with a warning."),
-    ] = 500,
-    prompts: Annotated[
-        str,
-        typer.Option("--prompts", metavar="ensemble|names", help="Text to embed: the 85-template ensemble or the bare names."),
-    ] = "ensemble",
-    exclude_duplicates: Annotated[
-        bool,
-        typer.Option("--exclude-duplicates", help="Disjoint archives: each image goes to the class that scores it highest among those with room."),
-    ] = False,
-    contact_sheet: Annotated[
-        bool, typer.Option("--contact-sheet", help="Also write contact/<class>.jpg: the top 48 hits with rank and score.")
-    ] = False,
-    model: Annotated[
-        Optional[str], typer.Option("--model", help="Text model; default and only accepted value: the index's model.",
-                                    autocompletion=complete_model_names)
-    ] = None,
-    pretrained: Annotated[
-        Optional[str], typer.Option("--pretrained", help="Weights; default: the index's (pass a path if its checkpoint moved).")
-    ] = None,
-    device: DeviceOpt = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per text-encoder batch.")] = 256,
-    nprobe: Annotated[
-        Optional[int],
-        typer.Option("--nprobe", help="IVF lists to visit when an index has index.faiss [default: max(32, nlist/16)]."),
-    ] = None,
+    options: ConfigValues = None,
     output: OutputOpt = None,
     dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
@@ -107,23 +81,11 @@ def retrieve(
     from rich.markup import escape
 
     from zutiscli.data.classes import parse_classes
-    from zutiscli.pipeline.retrieve import RetrieveConfig, plan_retrieve, retrieve as run_retrieve
+    from zutiscli.pipeline.retrieve import plan_retrieve, retrieve as run_retrieve
 
     reporter = Reporter(json_mode, quiet)
     queries = parse_classes(classes, classes_file)
-    config = RetrieveConfig(
-        indices=tuple(indices),
-        classes=tuple(queries),
-        k=k,
-        prompts=prompts,
-        exclude_duplicates=exclude_duplicates,
-        contact_sheet=contact_sheet,
-        model=model,
-        pretrained=pretrained,
-        device=device,
-        batch_size=batch_size,
-        nprobe=nprobe,
-    )
+    config = RetrieveConfig(indices=tuple(indices), classes=tuple(queries), **options)
     config.validate()
     if dry_run:
         print_dry_run(reporter, plan_retrieve(config, output))

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
+from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import CommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 
 app = typer.Typer(
     cls=CommandGroup,
@@ -17,20 +19,17 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-CountOpt = Annotated[int, typer.Option("--count", "-n", help="Number of images.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; same seed -> same bytes. Use one seed per split.")]
-FormatOpt = Annotated[str, typer.Option("--format", metavar="png|jpg", help="Image file format.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="Processes rendering the images (0 = this process); the bytes do not depend on it.")]
+#: Options of scenes alone (a pile or pairs image draws its own number of objects).
+_SCENES_ONLY = ("min_objects", "max_objects")
 
 
-def _run(kind: str, count: int, seed: int, size: int | None, output, json_mode: bool, quiet: bool,
-         image_format: str, workers: int, min_objects: int = 1, max_objects: int = 8) -> None:
+def _run(kind: str, options: dict, output, json_mode: bool, quiet: bool) -> None:
     from zutiscli.artefacts.manifest import read_manifest
-    from zutiscli.pipeline.synth import SynthConfig, write_synth
+    from zutiscli.pipeline.synth import write_synth
 
     reporter = Reporter(json_mode, quiet)
-    config = SynthConfig(kind=kind, count=count, seed=seed, size=size, min_objects=min_objects,
-                         max_objects=max_objects, image_format=image_format, workers=workers)
+    config = SynthConfig(kind=kind, **options)
     config.validate()
     with ProgressBar(reporter, f"synth {kind}") as bar:
         out = write_synth(config, output, progress=bar)
@@ -41,12 +40,9 @@ def _run(kind: str, count: int, seed: int, size: int | None, output, json_mode: 
 
 
 @app.command("pile")
+@from_config(SynthConfig, into="options", exclude=_SCENES_ONLY, defaults=command_defaults("pile"))
 def pile(
-    count: CountOpt = 1000,
-    seed: SeedOpt = 0,
-    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 64,
-    image_format: FormatOpt = "png",
-    workers: WorkersOpt = 0,
+    options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -57,18 +53,13 @@ def pile(
 
     Example: zutis synth pile -n 60 --size 64 -o data/pile
     """
-    _run("pile", count, seed, size, output, json_mode, quiet, image_format, workers)
+    _run("pile", options, output, json_mode, quiet)
 
 
 @app.command("scenes")
+@from_config(SynthConfig, into="options", defaults=command_defaults("scenes"))
 def scenes(
-    count: CountOpt = 100,
-    seed: SeedOpt = 1,
-    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 128,
-    min_objects: Annotated[int, typer.Option("--min-objects", help="Fewest objects per scene.")] = 1,
-    max_objects: Annotated[int, typer.Option("--max-objects", help="Most objects per scene.")] = 8,
-    image_format: FormatOpt = "png",
-    workers: WorkersOpt = 0,
+    options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -79,16 +70,13 @@ def scenes(
 
     Example: zutis synth scenes -n 4 --size 64 -o data/scenes
     """
-    _run("scenes", count, seed, size, output, json_mode, quiet, image_format, workers, min_objects, max_objects)
+    _run("scenes", options, output, json_mode, quiet)
 
 
 @app.command("pairs")
+@from_config(SynthConfig, into="options", exclude=_SCENES_ONLY, defaults=command_defaults("pairs"))
 def pairs(
-    count: CountOpt = 1000,
-    seed: SeedOpt = 2,
-    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 64,
-    image_format: FormatOpt = "png",
-    workers: WorkersOpt = 0,
+    options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -97,7 +85,7 @@ def pairs(
 
     Example: zutis synth pairs -n 20 --size 64 -o data/pairs
     """
-    _run("pairs", count, seed, size, output, json_mode, quiet, image_format, workers)
+    _run("pairs", options, output, json_mode, quiet)
 
 
 @app.command("train-clip")

@@ -40,51 +40,11 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from zutiscli.artefacts.pseudolabels import PseudoLabels, PseudoObject
-from zutiscli.errors import ArtefactError, UsageError
+from zutiscli.data.copypaste_config import CopyPasteConfig
+from zutiscli.errors import ArtefactError
 from zutiscli.ops.masks import decode_mask
 
 IGNORE = 255
-
-
-@dataclass(frozen=True)
-class CopyPasteConfig:
-    """Scene synthesis options. ``size`` in pixels; probabilities in [0, 1]; scales relative to ``size``."""
-
-    size: int = 384
-    max_objects: int = 10
-    same_class_prob: float = 0.5
-    scale_range: tuple[float, float] = (0.1, 1.0)
-    canvas_scale: tuple[float, float] = (1.0, 1.0)
-    hflip_prob: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.8, 0.8, 0.8, 0.2)
-    jitter_prob: float = 0.8
-    grayscale_prob: float = 0.2
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel_fraction: float = 0.1
-    min_visible_fraction: float = 0.25
-    min_visible_pixels: int = 16
-    outside: float = 0.0
-
-    def validate(self) -> None:
-        if self.size < 16:
-            raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
-        if self.max_objects < 1:
-            raise UsageError(f"--max-objects must be >= 1 (got {self.max_objects})")
-        lo, hi = self.scale_range
-        if not 0 < lo <= hi <= 1.0:
-            raise UsageError(f"--scale-range must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
-        lo, hi = self.canvas_scale
-        if not 0 < lo <= hi <= 1.0:
-            raise UsageError(f"--canvas-min/--canvas-max must satisfy 0 < min <= max <= 1 (got {lo}, {hi})")
-        if not 0.0 <= self.outside < 1.0:
-            raise UsageError(f"--outside must lie in [0, 1) (got {self.outside}); it is the largest share of an "
-                             "object's box that may fall beyond the scene's edge")
-        for name in ("same_class_prob", "hflip_prob", "jitter_prob", "grayscale_prob", "blur_prob",
-                     "min_visible_fraction"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise UsageError(f"--{name.replace('_', '-')} must lie in [0, 1] (got {value})")
 
 
 @dataclass

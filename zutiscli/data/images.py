@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from PIL.JpegImagePlugin import JpegImageFile
 
+from zutiscli.data.limits import DEFAULT_MAX_PIXELS
 from zutiscli.errors import ImageLoadError, ZutisError
 
 try:  # PIL is sometimes built without LittleCMS; CMYK then falls back to the plain formula.
@@ -82,9 +83,6 @@ __all__ = [
 # ``Image.open`` would warn or raise with a different limit and a message that does not name
 # our option, so it is switched off here, once, when this module is imported.
 Image.MAX_IMAGE_PIXELS = None
-
-#: PIL's own default limit (``Image.MAX_IMAGE_PIXELS``), in pixels (width * height).
-DEFAULT_MAX_PIXELS = 178_956_970
 
 
 def _image_extensions() -> frozenset[str]:

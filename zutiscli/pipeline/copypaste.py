@@ -29,9 +29,8 @@ from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool, scene_rng, synthesize
 from zutiscli.errors import UsageError
 from zutiscli.ops.masks import encode_masks
+from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, FORMATS
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan
-
-FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {})}
 
 _worker_state: dict = {}
 
@@ -71,10 +70,10 @@ def plan_dataset(
     pseudo_dir: str | Path,
     count: int,
     config: CopyPasteConfig = CopyPasteConfig(),
-    seed: int = 0,
+    seed: int = DATASET_DEFAULTS.seed,
     output: str | Path | None = None,
-    workers: int = 0,
-    image_format: str = "jpg",
+    workers: int = DATASET_DEFAULTS.workers,
+    image_format: str = DATASET_DEFAULTS.image_format,
 ) -> Plan:
     """What ``zutis copypaste`` would do (``--dry-run``): the checks of a real run, nothing written."""
     _check_options(config, count, image_format)
@@ -94,10 +93,10 @@ def write_dataset(
     pseudo_dir: str | Path,
     count: int,
     config: CopyPasteConfig = CopyPasteConfig(),
-    seed: int = 0,
+    seed: int = DATASET_DEFAULTS.seed,
     output: str | Path | None = None,
-    workers: int = 0,
-    image_format: str = "jpg",
+    workers: int = DATASET_DEFAULTS.workers,
+    image_format: str = DATASET_DEFAULTS.image_format,
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Synthesise ``count`` scenes into ``output`` (default ``runs/copypaste/N``); returns the directory."""

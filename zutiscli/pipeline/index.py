@@ -44,60 +44,13 @@ from zutiscli.artefacts.manifest import (
     write_manifest,
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.data.images import DEFAULT_MAX_PIXELS, discover_images
+from zutiscli.data.images import discover_images
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.models.clip import default_pretrained  # noqa: F401 - the stages import it from here too
+from zutiscli.pipeline.index_config import DEFAULT_MODEL, IndexConfig, parse_shard  # noqa: F401 - the stage's options
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
-
-DEFAULT_MODEL = "ViT-L-14-336"
-
-
-@dataclass
-class IndexConfig:
-    """Options of ``zutis index``; see the command's help for each."""
-
-    sources: Sequence[str] = ()
-    from_list: str | None = None
-    model: str = DEFAULT_MODEL
-    pretrained: str | None = None
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    faiss: str = "Flat"
-    shard: tuple[int, int] | None = None
-    chunk_size: int = 1024
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    faiss_train_size: int = 100_000
-    seed: int = 0
-
-    def validate(self) -> None:
-        if not self.sources and not self.from_list:
-            raise UsageError("give at least one image directory, file or glob, or --from-list FILE")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if self.chunk_size < 1:
-            raise UsageError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
-        if self.workers is not None and self.workers < 0:
-            raise UsageError(f"--workers must be >= 0 (got {self.workers})")
-        if self.shard is not None:
-            index, count = self.shard
-            if count < 1 or not 0 <= index < count:
-                raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"3/8"`` -> ``(3, 8)``; I is 0-based."""
-    try:
-        left, right = text.split("/")
-        shard = (int(left), int(right))
-    except ValueError:
-        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
-    if shard[1] < 1 or not 0 <= shard[0] < shard[1]:
-        raise UsageError(f"--shard {text}: need 0 <= I < N")
-    return shard
 
 
 def shard_from_environment(environ: dict[str, str] | None = None) -> tuple[int, int] | None:

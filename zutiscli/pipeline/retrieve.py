@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -54,63 +53,10 @@ from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
 from zutiscli.ops import knn
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
+from zutiscli.pipeline.retrieve_config import PROMPT_MODES, RetrieveConfig  # noqa: F401 - the stage's options
 
 ARCHIVES_NAME = "archives.json"
 CONTACT_DIR = "contact"
-PROMPT_MODES = ("ensemble", "names")
-
-
-@dataclass(frozen=True)
-class RetrieveConfig:
-    """Options of ``zutis retrieve``.
-
-    ``indices``: index directories (``zutis index`` output). ``classes``: what to retrieve.
-    ``k``: images per archive (clamped to the number of active images, with a warning).
-    ``prompts``: ``"ensemble"`` (85 templates) or ``"names"`` (bare phrases).
-    ``model``/``pretrained``: optional; must name the indices' model (default: read from them).
-    ``batch_size``: prompts per text-encoder forward pass. ``nprobe``: IVF lists visited when an
-    index has ``index.faiss`` (None: ``max(32, nlist // 16)``). ``block_rows``: rows per exact-search
-    block, a float32 buffer of ``block_rows * dim * 4`` bytes (None: 512 MiB worth). ``contact_count``: hits per contact sheet.
-    """
-
-    indices: tuple[Path, ...]
-    classes: tuple[ClassQuery, ...]
-    k: int = 500
-    prompts: str = "ensemble"
-    exclude_duplicates: bool = False
-    contact_sheet: bool = False
-    model: str | None = None
-    pretrained: str | None = None
-    device: str = "auto"
-    batch_size: int = 256
-    nprobe: int | None = None
-    block_rows: int | None = None
-    contact_count: int = 48
-
-    def validate(self) -> None:
-        """Raise :class:`UsageError` for option values that cannot work."""
-        if not self.indices:
-            raise UsageError("give at least one INDEX_DIR (written by `zutis index`)")
-        if not self.classes:
-            raise UsageError("no classes to retrieve")
-        if self.k < 1:
-            raise UsageError(f"-k must be at least 1 (got {self.k})")
-        if self.prompts not in PROMPT_MODES:
-            raise UsageError(f"--prompts must be one of {', '.join(PROMPT_MODES)} (got {self.prompts!r})")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
-        if self.nprobe is not None and self.nprobe < 1:
-            raise UsageError(f"--nprobe must be at least 1 (got {self.nprobe})")
-        if self.block_rows is not None and self.block_rows < 1:
-            raise UsageError(f"block_rows must be at least 1 (got {self.block_rows})")
-        if not 1 <= self.contact_count <= 1000:
-            raise UsageError(f"contact_count must lie in 1..1000 (got {self.contact_count})")
-        seen: dict[str, Path] = {}
-        for index in self.indices:
-            key = os.path.realpath(index)
-            if key in seen:
-                raise UsageError(f"{index}: the same index is given twice (also as {seen[key]})")
-            seen[key] = Path(index)
 
 
 @dataclass(frozen=True)

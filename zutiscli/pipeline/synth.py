@@ -24,7 +24,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple
@@ -37,55 +37,9 @@ from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
-from zutiscli.errors import UsageError
 from zutiscli.ops.masks import encode_masks
+from zutiscli.pipeline.synth_config import DEFAULT_SIZES, FORMATS, KINDS, SynthConfig  # noqa: F401 - the stage's options
 from zutiscli.shapes.world import SHAPES, Sample, ShapeObject, caption_sample, pile_sample, scene_sample
-
-KINDS = ("pile", "scenes", "pairs")
-FORMATS = {"png": "PNG", "jpg": "JPEG"}
-DEFAULT_SIZES = {"pile": 64, "scenes": 128, "pairs": 64}
-
-
-@dataclass(frozen=True)
-class SynthConfig:
-    """What to generate. ``size`` is the side of the square images in pixels (None = kind default).
-
-    ``workers`` processes render and encode the images (0 = this process); the bytes written do
-    not depend on it, and it is not recorded in the manifest.
-    """
-
-    kind: str
-    count: int
-    seed: int = 0
-    size: int | None = None
-    min_objects: int = 1
-    max_objects: int = 8
-    image_format: str = "png"
-    jpeg_quality: int = 90
-    workers: int = 0
-
-    def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise UsageError(f"unknown synth kind {self.kind!r}; choose one of {', '.join(KINDS)}")
-        if self.count < 1:
-            raise UsageError(f"-n must be at least 1 (got {self.count})")
-        if self.seed < 0:
-            raise UsageError(f"--seed must be >= 0 (got {self.seed})")
-        if self.size is not None and not 16 <= self.size <= 4096:
-            raise UsageError(f"--size must lie in 16..4096 pixels (got {self.size})")
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise UsageError(
-                f"need 1 <= --min-objects <= --max-objects (got {self.min_objects}, {self.max_objects})"
-            )
-        if self.workers < 0:
-            raise UsageError(f"--workers must be >= 0 (got {self.workers})")
-        if self.image_format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
-
-    @property
-    def image_size(self) -> int:
-        return self.size or DEFAULT_SIZES[self.kind]
-
 
 def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "pile":

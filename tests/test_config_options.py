@@ -1,0 +1,157 @@
+"""Commands whose options come from config dataclasses: every field is an option, with its default and help."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from zutiscli.cli.app import app
+from zutiscli.cli.from_config import ConfigValues, from_config
+from zutiscli.config_fields import field_default, not_an_option, option, option_spec
+from zutiscli.data.copypaste_config import CopyPasteConfig
+from zutiscli.errors import UsageError
+from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
+from zutiscli.pipeline.index_config import IndexConfig
+from zutiscli.pipeline.retrieve_config import RetrieveConfig
+from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
+
+SCENES_ONLY = {"min_objects", "max_objects"}
+
+#: (command, config, fields that are options of the config but deliberately not of this command,
+#: defaults of this command that differ from the dataclass's)
+CONVERTED = [
+    ("index build", IndexConfig, set(), {}),
+    ("retrieve", RetrieveConfig, set(), {}),
+    ("synth pile", SynthConfig, SCENES_ONLY, command_defaults("pile")),
+    ("synth scenes", SynthConfig, set(), command_defaults("scenes")),
+    ("synth pairs", SynthConfig, SCENES_ONLY, command_defaults("pairs")),
+    ("copypaste", CopyPasteConfig, set(), {}),
+    ("copypaste", CopyPasteDatasetConfig, set(), {}),
+]
+
+
+def _command(path: str):
+    command = typer.main.get_command(app)
+    for name in path.split():
+        command = command.commands[name]
+    return command
+
+
+def _options_by_flag(command) -> dict[str, object]:
+    return {flag: param for param in command.params for flag in param.opts}
+
+
+@pytest.mark.parametrize(("path", "config", "left_out", "defaults"), CONVERTED,
+                         ids=[f"{path}-{config.__name__}" for path, config, _, _ in CONVERTED])
+def test_every_config_field_is_an_option_with_its_default_and_help(path, config, left_out, defaults):
+    command = _command(path)
+    options = _options_by_flag(command)
+    for field in dataclasses.fields(config):
+        spec = option_spec(field)  # raises for a field declared with neither option() nor not_an_option()
+        if spec is None:  # deliberately no option (the command may fill the field from its own parameters)
+            continue
+        if field.name in left_out:
+            assert not set(spec.names(field.name)) & set(options), f"{path}: {field.name} is an option"
+            continue
+        default = defaults.get(field.name, field_default(field))
+        if spec.parts:
+            for number, (flag, help_text) in enumerate(spec.parts):
+                assert flag in options, f"{path}: no option {flag} for {config.__name__}.{field.name}"
+                assert options[flag].default == default[number], f"{path} {flag}"
+                assert help_text.strip() and options[flag].help == help_text
+            continue
+        flag = spec.names(field.name)[0]
+        assert flag in options, f"{path}: no option {flag} for {config.__name__}.{field.name}"
+        param = options[flag]
+        assert set(param.opts) == set(spec.names(field.name)), f"{path} {flag}: {param.opts}"
+        assert param.default == default, f"{path} {flag}: default {param.default!r}, config says {default!r}"
+        assert spec.help.strip() and param.help == spec.help, f"{path} {flag}: help {param.help!r}"
+
+
+def test_a_field_without_help_cannot_become_an_option():
+    with pytest.raises(ValueError, match="help"):
+        option(3)
+    with pytest.raises(ValueError, match="kind 'file'"):
+        option(None, "A file.", kind="file")
+
+    @dataclass
+    class Undeclared:
+        size: int = 3
+
+    with pytest.raises(TypeError, match="'size'.*neither option"):
+        from_config(Undeclared, into="options")(lambda options=None: None)
+
+
+# ---- the generator on a config of its own ----------------------------------------------------
+def _parse_pair(text: str) -> tuple[int, int]:
+    left, _, right = text.partition("x")
+    if not (left.isdigit() and right.isdigit()):
+        raise UsageError(f"--grid {text!r}: expected WxH")
+    return int(left), int(right)
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    name: str = not_an_option(why="the command's argument")
+    size: int = option(8, "Side in pixels.", short="-s")
+    grid: tuple[int, int] | None = option(None, "Grid as WxH.", metavar="WxH", parse=_parse_pair, show_default=False)
+    listing: str | None = option(None, "A file of names.", kind="path")
+    span: tuple[float, float] = option((0.1, 0.9), parts=(("--low", "Lowest."), ("--high", "Highest.")))
+    mode: str = option("fast", "How.", flag=("-m", "--mode"), choices=("fast", "exact"))
+    secret: int = option(1, "Not shown.", hidden=True)
+    quality: int = not_an_option(90)
+
+
+def _toy_app(received: list) -> typer.Typer:
+    toy = typer.Typer(add_completion=False)  # typer's completion would replace zutis' own, process-wide
+
+    @toy.command()
+    @from_config(ToyConfig, into="options", defaults={"size": 16})
+    def make(name: Annotated[str, typer.Argument(help="A name.")], options: ConfigValues = None,
+             verbose: Annotated[bool, typer.Option("--verbose")] = False) -> None:
+        """Make a toy."""
+        received.append((ToyConfig(name=name, **options), verbose))
+
+    @toy.command()
+    def other() -> None:
+        """Keeps `make` a subcommand."""
+
+    return toy
+
+
+def test_generated_options_parse_into_the_config(tmp_path):
+    received: list = []
+    toy = _toy_app(received)
+    runner = CliRunner()
+    done = runner.invoke(toy, ["make", "box"])
+    assert done.exit_code == 0, done.output
+    assert received.pop() == (ToyConfig(name="box", size=16), False)  # the command's default for size
+
+    listing = tmp_path / "names.txt"
+    done = runner.invoke(toy, ["make", "box", "-s", "4", "--grid", "3x2", "--listing", str(listing), "--low", "0.2",
+                               "--high", "0.5", "-m", "exact", "--secret", "7", "--verbose"])
+    assert done.exit_code == 0, done.output
+    config, verbose = received.pop()
+    assert config == ToyConfig(name="box", size=4, grid=(3, 2), listing=str(listing), span=(0.2, 0.5), mode="exact",
+                               secret=7)
+    assert isinstance(config.listing, str) and verbose is True
+
+    done = runner.invoke(toy, ["make", "box", "--grid", "3"])
+    assert isinstance(done.exception, UsageError) and "expected WxH" in str(done.exception)
+
+
+def test_generated_options_in_help_keep_the_field_order_and_presentation():
+    command = typer.main.get_command(_toy_app([])).commands["make"]
+    names = [param.name for param in command.params]
+    assert names == ["name", "size", "grid", "listing", "low", "high", "mode", "secret", "verbose"]
+    params = {param.name: param for param in command.params}
+    assert params["size"].opts == ["--size", "-s"] and params["size"].default == 16
+    assert params["mode"].opts == ["-m", "--mode"] and params["mode"].metavar == "fast|exact"
+    assert params["grid"].metavar == "WxH" and params["grid"].show_default is False
+    assert params["secret"].hidden
+    assert [item.value for item in params["mode"].shell_complete(None, "e")] == ["exact"]

@@ -1,0 +1,29 @@
+"""The options of ``zutis copypaste`` about the dataset it writes, importable without torch.
+
+The scenes' own options are :class:`zutiscli.data.copypaste_config.CopyPasteConfig` (shared with
+online training); these are the ones of the written dataset: how many scenes, from which seed, in
+which image format, by how many processes. :mod:`zutiscli.pipeline.copypaste` writes the dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zutiscli.config_fields import option
+
+#: Image formats of the written scenes: PIL format name and save options.
+FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {})}
+
+
+@dataclass(frozen=True)
+class CopyPasteDatasetConfig:
+    """How ``zutis copypaste`` writes its scenes (the arguments of :func:`write_dataset` after the config)."""
+
+    count: int = option(1000, "Number of scenes.", flag="--n", short="-n")
+    seed: int = option(0, "Seed; same seed -> same bytes (and the same scenes as online training).")
+    image_format: str = option("jpg", "Scene image format.", flag="--format", choices=tuple(FORMATS))
+    workers: int = option(0, "Worker processes (0 = in this process).")
+
+
+#: The dataset defaults, also those of :func:`zutiscli.pipeline.copypaste.write_dataset`.
+DATASET_DEFAULTS = CopyPasteDatasetConfig()
