@@ -146,3 +146,22 @@ def test_predict_merge_command(recipe_run, tmp_path, capsys):
                     "-o", str(tmp_path / "all"), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["images"] == 6 and document["merged_from"] == 2
+
+
+def test_in_memory_predictions_score_as_the_written_directory(recipe_run, tmp_path):
+    from zutiscli.artefacts.groundtruth import load_ground_truth
+    from zutiscli.engine.evaluator import score
+    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
+    from zutiscli.pipeline.predict import predict_in_memory
+
+    run, _ = recipe_run
+    scenes = write_synth(SynthConfig("scenes", 4, seed=5, size=64), tmp_path / "scenes")
+    options = dict(inputs=[str(scenes / "images")], classes=queries("circle", "square", "star"), checkpoint=str(run),
+                   device="cpu")
+    written = predict(PredictConfig(**options), tmp_path / "pred").path
+    on_disk = evaluate(EvaluateConfig(pred=str(written), gt=str(scenes)), tmp_path / "metrics").metrics
+    held = predict_in_memory(PredictConfig(**options, vis=False))
+    in_memory = score(held, load_ground_truth(scenes), EvaluateConfig(pred="in memory", gt=str(scenes)))
+    assert in_memory["tasks"] == on_disk["tasks"] and {"instance", "semantic"} <= set(on_disk["tasks"])
+    for task in on_disk["tasks"]:
+        assert in_memory[task] == on_disk[task], task

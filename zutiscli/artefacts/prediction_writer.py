@@ -158,3 +158,54 @@ class PredictionsWriter:
                        summary={"images": len(self.images), "failed": len(self.failures),
                                 "instances": len(self.results)} | summary)
         return out
+
+
+class PredictionsInMemory:
+    """A predict sink that keeps what :class:`PredictionsWriter` would write, in memory, as a
+    :class:`zutiscli.artefacts.predictions.Prediction` for :func:`zutiscli.engine.evaluator.score`.
+
+    The same records as a predictions directory: image ids ``1..N`` in input order, COCO results
+    with RLE masks and rounded scores, semantic maps, panoptic segments. ``stems`` as for the writer.
+    """
+
+    def __init__(self, names: Sequence[str], tasks: set[str], stems: Sequence[str], source: str = "predictions in memory"):
+        self.names, self.tasks, self.stems, self.source = list(names), tasks, list(stems), source
+        self.images: list[Any] = []
+        self.failures: list[tuple[str, str]] = []
+
+    def failed(self, path: Path, reason: str) -> None:
+        self.failures.append((str(path), reason))
+
+    def add(self, item: Any) -> None:
+        from zutiscli.artefacts.predictions import PredImage
+        from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
+
+        image_id = len(self.images) + 1
+        stem = self.stems[item.number]
+        semantic, instances = item.semantic, item.instances
+        results = None
+        if instances is not None and "instance" in self.tasks:
+            results = []
+            for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
+                rle = encode_mask(mask)
+                results.append({"image_id": image_id, "category_id": int(label), "segmentation": rle,
+                                "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
+        panoptic = segments = None
+        if "panoptic" in self.tasks:
+            from zutiscli.ops.panoptic import merge_panoptic
+
+            triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
+            ignore = IGNORE_16BIT if len(self.names) >= IGNORE_8BIT else IGNORE_8BIT
+            panoptic, segments = merge_panoptic(semantic, triple, ignore_label=ignore)
+        file_stem = Path(item.path).stem if item.path is not None else stem
+        self.images.append(PredImage(image_id, str(Path(item.path).resolve()) if item.path is not None else None,
+                                     file_stem, semantic=semantic if "semantic" in self.tasks else None,
+                                     alt_stem=stem if stem != file_stem else None, panoptic=panoptic,
+                                     segments=segments, instances=results))
+
+    def prediction(self) -> Any:
+        """The :class:`zutiscli.artefacts.predictions.Prediction` of the images added so far."""
+        from zutiscli.artefacts.groundtruth import _norm
+        from zutiscli.artefacts.predictions import Prediction
+
+        return Prediction(self.source, self.images, [_norm(name) for name in self.names])

@@ -208,8 +208,6 @@ def predict(config: PredictConfig, output: str | Path | None = None,
     ``model`` is an in-memory ZUTIS model used instead of loading ``config.checkpoint`` (only for
     ``method="zutis"``), run as it is: the caller sets eval mode; its device and dtype are the model's.
     """
-    from zutiscli.engine.predict import PredictEngine
-    from zutiscli.methods.predict import get
     from zutiscli.models.device import resolve_device, resolve_precision
 
     config.validate()
@@ -221,23 +219,17 @@ def predict(config: PredictConfig, output: str | Path | None = None,
     check_output_dir(out, "predict")  # refuse an unusable -o before loading the model, create nothing yet
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
-    predictor = get(config.method).load(config, device, dtype, say, model=model)
+    engine, settings, origin = open_engine(config, device, dtype, say, model=model)
+    names = [q.name for q in config.classes]
+    writer = PredictionsWriter(out, names, config.tasks, config.vis, stems)
+    for entry, reason in found.problems:
+        writer.failed(entry, reason)
     try:
-        settings, origin = config.settings(predictor.recipe)
-        say(inference.describe(settings, origin))
-        wants_instances = config.wants_instances_with(settings)
-        predictor.prepare(settings, config, device, dtype, say, wants_instances=wants_instances)
-        engine = PredictEngine(predictor, settings, semantic=bool(config.tasks & {"semantic", "panoptic"}),
-                               instances=wants_instances, max_size=config.max_size)
-        names = [q.name for q in config.classes]
-        writer = PredictionsWriter(out, names, config.tasks, config.vis, stems)
-        for entry, reason in found.problems:
-            writer.failed(entry, reason)
         timing = engine.run(listing, writer, batch_size=config.batch_size,
                             workers=config.decode_workers(len(listing)), max_pixels=config.max_pixels,
                             progress=progress).as_dict()
     finally:
-        predictor.close()
+        engine.predictor.close()
     if writer.path is None:
         if not writer.failures:
             raise ZutisError(f"shard {shard[0]}/{shard[1]} holds none of the {len(found.paths)} images; "
@@ -255,9 +247,54 @@ def predict(config: PredictConfig, output: str | Path | None = None,
 
         atomic_write_json(writer.path / SHARD_NAME, {"shard": list(shard), "listed": len(found.paths),
                                                      "positions": [positions[n] for n in writer.numbers]}, indent=None)
-    path = writer.finish(model=predictor.record, inputs=predictor.inputs, params=params,
+    path = writer.finish(model=engine.predictor.record, inputs=engine.predictor.inputs, params=params,
                          summary={"timing": {k: round(v, 3) for k, v in timing.items()}})
     return PredictResult(path, writer.summaries, writer.failures, timing)
+
+
+def open_engine(config: PredictConfig, device: Any, dtype: Any, log: Callable[[str], None], *, model: Any = None
+                ) -> tuple[Any, inference.InferenceSettings, dict[str, str]]:
+    """Load ``config``'s predictor (or wrap the in-memory ``model``), resolve its inference settings
+    (logged in one line) and load what they need; returns ``(engine, settings, origin)``. The
+    caller closes ``engine.predictor``."""
+    from zutiscli.engine.predict import PredictEngine
+    from zutiscli.methods.predict import get
+
+    predictor = get(config.method).load(config, device, dtype, log, model=model)
+    try:
+        settings, origin = config.settings(predictor.recipe)
+        log(inference.describe(settings, origin))
+        wants_instances = config.wants_instances_with(settings)
+        predictor.prepare(settings, config, device, dtype, log, wants_instances=wants_instances)
+    except BaseException:
+        predictor.close()
+        raise
+    engine = PredictEngine(predictor, settings, semantic=bool(config.tasks & {"semantic", "panoptic"}),
+                           instances=wants_instances, max_size=config.max_size)
+    return engine, settings, origin
+
+
+def predict_in_memory(config: PredictConfig, *, model: Any = None, log: Callable[[str], None] | None = None) -> Any:
+    """Segment ``config``'s images and keep the outputs in memory, as the
+    :class:`zutiscli.artefacts.predictions.Prediction` that scoring reads (``zutis train``'s
+    held-out evaluation; ``model`` as for :func:`predict`). Nothing is written."""
+    from zutiscli.artefacts.prediction_writer import PredictionsInMemory
+    from zutiscli.models.device import resolve_device, resolve_precision
+
+    config.validate()
+    say = log or (lambda message: None)
+    found, listing, stems, _, _ = _listing(config)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    engine, _, _ = open_engine(config, device, dtype, say, model=model)
+    sink = PredictionsInMemory([q.name for q in config.classes], config.tasks, stems)
+    try:
+        engine.run(listing, sink, batch_size=config.batch_size, workers=0, max_pixels=config.max_pixels)
+    finally:
+        engine.predictor.close()
+    for path, reason in [*found.problems, *sink.failures]:
+        say(f"skipped {path}: {reason}")
+    return sink.prediction()
 
 
 # ---- merging shards -------------------------------------------------------------------------
