@@ -14,8 +14,8 @@ from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manife
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME, load_pseudolabels
 from zutiscli.cli.app import main
 from zutiscli.errors import UsageError, ZutisError
-from zutiscli.ops.masks import decode_mask
-from zutiscli.pipeline.pseudolabel import PseudolabelConfig, mask_iou, run_pseudolabel
+from zutiscli.ops.masks import decode_mask, mask_iou
+from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.shapes.world import SHAPES
 

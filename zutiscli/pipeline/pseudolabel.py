@@ -602,11 +602,3 @@ def write_previews(out: Path, builder: CocoBuilder, classes: list[str], count: i
                 pixels[edge] = colour
             with atomic_path(folder / f"{record['rank']:04d}.jpg") as tmp:
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two ``(H, W)`` bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
