@@ -66,7 +66,8 @@ def build(
 
     Example: zutis index data/pile --model shapes-clip -o data/index
     """
-    from zutiscli.pipeline.index import IndexConfig, build_index, parse_shard, plan_index
+    from zutiscli.data.shards import parse_shard
+    from zutiscli.pipeline.index import IndexConfig, build_index, plan_index
 
     reporter = Reporter(json_mode, quiet)
     config = IndexConfig(
