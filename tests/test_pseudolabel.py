@@ -194,3 +194,35 @@ def test_methods_find_the_objects_with_shapes_clip(shapes_clip_world, tmp_path, 
     result = run_pseudolabel(small(archives, method=method, size=128), tmp_path / method)
     score = quality(result.path, truth)
     assert score >= floor, f"{method}: mean best IoU {score:.3f}"
+
+
+def test_methods_come_from_the_registry(world, tmp_path, monkeypatch):
+    """A new method is one registered class: --method, defaults and the stage pick it up."""
+    from zutiscli.methods import pseudolabel as registry
+    from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names, register
+
+    assert labeller_names()[:4] == ("spectral", "attention", "maskcut", "onnx")
+    assert (get_labeller("maskcut").square_input, get_labeller("maskcut").default_components) == (True, "split")
+    assert get_labeller("onnx").needs == "saliency"
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register
+    class Centre(PseudoLabeller):
+        name = "centre"
+        default_size = 48
+        default_components = "none"
+
+        def propose(self, image, features, saliency, config):
+            soft = np.zeros(image.shape[:2], dtype=np.float32)
+            height, width = soft.shape
+            soft[height // 4:3 * height // 4, width // 4:3 * width // 4] = 1.0
+            return [(soft, 0.5)]
+
+    config = small(world[0], method="centre", size=None, refine="none")
+    config.validate()
+    assert (config.input_size, config.component_mode) == (48, "none")
+    result = run_pseudolabel(config, tmp_path / "centre")
+    objects = load_pseudolabels(result.path).objects
+    assert objects and all(obj.score == 0.5 for obj in objects)
+    with pytest.raises(UsageError, match="centre"):
+        PseudolabelConfig(archives=str(world[0]), method="magic").validate()

@@ -19,14 +19,20 @@ from zutiscli.cli.options import (
     complete_model_names,
     print_dry_run,
 )
+from zutiscli.methods.pseudolabel import get_labeller, labeller_names
+
+_METHODS = "|".join(labeller_names())
+_SQUARE = ", ".join(f"{name}: square side" for name in labeller_names() if get_labeller(name).square_input)
+_SIZES = ", ".join(f"{get_labeller(name).default_size} {name}" for name in labeller_names()
+                   if get_labeller(name).needs == "features")
 
 
 def pseudolabel(
     archives: Annotated[Path, typer.Argument(help="Archives directory written by `zutis retrieve`.")],
-    method: Annotated[str, typer.Option("--method", metavar="spectral|attention|maskcut|onnx", help="Mask discovery method.")] = "spectral",
+    method: Annotated[str, typer.Option("--method", metavar=_METHODS, help="Mask discovery method.")] = "spectral",
     model: Annotated[Optional[str], typer.Option("--model", help="ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' model).", show_default=False, autocompletion=complete_model_names)] = None,
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Weights of --model (a local file for timm/DINO).", show_default=False)] = None,
-    size: Annotated[Optional[int], typer.Option("--size", help="Input short side in pixels (maskcut: square side); default 512 spectral, 640 attention, 480 maskcut.", show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option("--size", help=f"Input short side in pixels ({_SQUARE}); default {_SIZES}.", show_default=False)] = None,
     features: Annotated[str, typer.Option("--features", metavar="keys|tokens", help="Patch features for spectral clustering.")] = "keys",
     top_k: Annotated[float, typer.Option("--top-k", help="attention: fraction of patches kept by [CLS] attention.")] = 0.4,
     max_objects: Annotated[int, typer.Option("--max-objects", help="maskcut: objects per image.")] = 3,

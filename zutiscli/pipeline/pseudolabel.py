@@ -1,17 +1,10 @@
 """`zutis pseudolabel`: named object masks for every archive image, by training-free mask discovery.
 
-Methods (all on the last-block features of a ViT, see :mod:`zutiscli.models.backbones`):
-
-``spectral`` (default)
-    SelfMask's training-free core: spectral clustering of patch features for k in {2, 3, 4}, the
-    salient cluster of each (least border contact), a vote among them. One object per image.
-``attention``
-    MaskDistill: top 40% [CLS]-attention patches, source = argmax, key-affinity diffusion. One object.
-``maskcut``
-    CutLER/U2Seg: normalised cuts on the cosine affinity of keys (tau 0.15), up to N objects; with
-    ``components="split"`` (its default) disconnected parts become separate objects.
-``onnx``
-    Any single-channel saliency network (U2-Net, IS-Net, ...) run with onnxruntime.
+Methods are plug-ins (:mod:`zutiscli.methods.pseudolabel`, one module each, ``--method NAME``):
+``spectral`` (default, SelfMask's spectral voting), ``attention`` (MaskDistill), ``maskcut``
+(CutLER/U2Seg, several objects) and ``onnx`` (any saliency network). A method turns an image and
+the last-block features of a ViT (:mod:`zutiscli.models.backbones`), or its own saliency map, into
+soft object masks; what follows is the same for all of them.
 
 Each found mask is upsampled bilinearly to the image, refined (bilateral solver by default, or
 DenseCRF, or a plain threshold), holes filled, then the largest component kept (or components
@@ -43,12 +36,11 @@ from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_t
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 
-METHODS = ("spectral", "attention", "maskcut", "onnx")
-DEFAULT_SIZES = {"spectral": 512, "attention": 640, "maskcut": 480, "onnx": 320}
 REFINERS = ("bilateral", "densecrf", "none")
 PARTS_DIR = "parts"
 FAILED_NAME = "failed.jsonl"
@@ -84,8 +76,8 @@ class PseudolabelConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method not in labeller_names():
+            raise UsageError(f"--method {self.method!r} is not one of {', '.join(labeller_names())}")
         if self.refine not in REFINERS:
             raise UsageError(f"--refine {self.refine!r} is not one of {', '.join(REFINERS)}")
         if self.components not in (None, "largest", "split", "none"):
@@ -102,18 +94,24 @@ class PseudolabelConfig:
             raise UsageError(f"--min-area must lie in [0, 1) (got {self.min_area})")
         if any(k < 2 for k in self.ks):
             raise UsageError("--ks values must be >= 2")
-        if self.method == "onnx" and not self.saliency_model:
-            raise UsageError("--method onnx needs --saliency-model FILE.onnx")
         if self.chunk_size < 1 or self.workers < 0 or self.preview < 0:
             raise UsageError("--chunk-size must be >= 1, --workers and --preview >= 0")
+        self.labeller.validate(self)
+
+    @property
+    def labeller(self) -> PseudoLabeller:
+        """The registered method called :attr:`method`."""
+        return get_labeller(self.method)
 
     @property
     def input_size(self) -> int:
-        return self.size or DEFAULT_SIZES[self.method]
+        """Input short side (square side for square-input methods) in pixels: --size, else the method's default."""
+        return self.size or self.labeller.default_size
 
     @property
     def component_mode(self) -> str:
-        return self.components or ("split" if self.method == "maskcut" else "largest")
+        """--components, else the method's default."""
+        return self.components or self.labeller.default_components
 
 
 #: Images per backbone forward pass (same input shape only; MaskCut's square inputs always are).
@@ -140,31 +138,14 @@ def discover_objects(image: np.ndarray, features: dict[str, np.ndarray] | None, 
                      config: PseudolabelConfig) -> list[tuple[np.ndarray, float | None]]:
     """Object masks of one image: ``[(mask (H, W) bool, score or None), ...]``, disjoint, largest first.
 
-    ``features``: the last block's ``tokens``/``keys``/``cls_attention`` at patch resolution (numpy);
-    ``saliency``: an ``(H, W)`` probability map (``onnx`` method).
+    ``image``: ``(H, W, 3)`` uint8; ``features``: the last block's ``tokens``/``keys``/``cls_attention``
+    at patch resolution (numpy) for methods that need ViT features; ``saliency``: an ``(H, W)``
+    probability map for methods with their own saliency network. The method proposes soft masks
+    (:meth:`~zutiscli.methods.pseudolabel.PseudoLabeller.propose`); each is refined, and pixels
+    already taken by an earlier (more salient) object are removed from later ones.
     """
-    from zutiscli.ops.refine import upsample_mask
-
     height, width = image.shape[:2]
-    found: list[tuple[np.ndarray, float | None]] = []
-    if config.method == "onnx":
-        assert saliency is not None
-        found = [(saliency.astype(np.float32), float(saliency.max()))]
-    elif config.method == "spectral":
-        from zutiscli.ops.spectral import spectral_saliency
-
-        result = spectral_saliency(features[config.features], ks=config.ks, seed=config.seed)
-        found = [] if result is None else [(upsample_mask(result[0], (height, width)), result[1])]
-    elif config.method == "attention":
-        from zutiscli.ops.attention_masks import maskdistill_mask
-
-        result = maskdistill_mask(features["cls_attention"], features["keys"], top_k=config.top_k)
-        found = [] if result is None else [(upsample_mask(result[0], (height, width)), result[1])]
-    else:
-        from zutiscli.ops.maskcut import maskcut
-
-        found = [(upsample_mask(mask, (height, width)), score)
-                 for mask, score in maskcut(features["keys"], n_objects=config.max_objects, tau=config.tau)]
+    found = config.labeller.propose(image, features, saliency, config)
     objects: list[tuple[np.ndarray, float | None]] = []
     taken = np.zeros((height, width), dtype=bool)
     for soft, score in found:
@@ -216,49 +197,6 @@ class _Images(torch.utils.data.Dataset):
         tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div_(255)
         tensor = F.interpolate(tensor, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)
         return index, image, tensor[0]
-
-
-class _OnnxSaliency:
-    """A single-channel saliency network through onnxruntime (optional dependency)."""
-
-    def __init__(self, path: str, size: int, mean, std):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ZutisError("--method onnx needs onnxruntime: pip install 'zutis[onnx]'") from None
-        if not Path(path).is_file():
-            raise ZutisError(f"--saliency-model {path}: no such file")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ZutisError(f"--saliency-model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ZutisError(f"--saliency-model {path}: expected one image input, found {len(inputs)}")
-        self.input_name = inputs[0].name
-        self.size = size
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> ``(H, W)`` float32 saliency in [0, 1] (min-max normalised, as U2-Net does)."""
-        height, width = image.shape[:2]
-        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div_(255)
-        tensor = F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        array = (tensor.numpy() - self.mean) / self.std
-        output = self.session.run(None, {self.input_name: array.astype(np.float32)})[0]
-        output = np.asarray(output, dtype=np.float32)
-        if output.ndim == 4:
-            output = output[0, 0]
-        elif output.ndim == 3:
-            output = output[0]
-        if output.ndim != 2:
-            raise ZutisError(f"--saliency-model: expected a single-channel map, got output shape {output.shape}")
-        low, high = float(output.min()), float(output.max())
-        output = (output - low) / (high - low) if high > low else np.zeros_like(output)
-        resized = F.interpolate(torch.from_numpy(output)[None, None], size=(height, width), mode="bilinear",
-                                align_corners=False)
-        return resized[0, 0].numpy()
 
 
 # ---- the stage ------------------------------------------------------------------------------
@@ -341,8 +279,6 @@ def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
 
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
-    import importlib.util
-
     from zutiscli.pipeline.retrieve import read_archives
 
     config.validate()
@@ -353,15 +289,10 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
         raise ZutisError(f"{archives_dir}: the archives hold no images")
     out, state = _check_output(output)
     device = resolve_device(config.device)
-    if config.method == "onnx":
-        path = Path(config.saliency_model)
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ZutisError("--method onnx needs onnxruntime: pip install 'zutis[onnx]'")
-        if not path.is_file():
-            raise ZutisError(f"--saliency-model {path}: no such file")
-        model = {"name": "saliency network", "pretrained": str(path), "weights": str(path), "source": "file",
-                 "bytes": path.stat().st_size}
-        record: dict[str, Any] = {"saliency_model": str(path.resolve())}
+    labeller = config.labeller
+    if labeller.needs == "saliency":
+        model = labeller.plan_saliency(config)
+        record: dict[str, Any] = labeller.describe_saliency(config)
     else:
         from zutiscli.models.backbones import describe_backbone
 
@@ -405,9 +336,10 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     backbone = None
     saliency = None
     model_record: dict[str, Any]
-    if config.method == "onnx":
-        saliency = _OnnxSaliency(config.saliency_model, config.onnx_size, config.onnx_mean, config.onnx_std)
-        model_record = {"saliency_model": str(Path(config.saliency_model).resolve())}
+    labeller = config.labeller
+    if labeller.needs == "saliency":
+        saliency = labeller.load_saliency(config)
+        model_record = labeller.describe_saliency(config)
         patch = 1
     else:
         from zutiscli.models.backbones import describe_backbone, load_dense_backbone
@@ -429,8 +361,9 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     if len(todo) < len(unique):
         say(f"{len(unique) - len(todo)} image(s) already processed; {len(todo)} to go")
 
-    dataset = _Images(todo, config.input_size if config.method != "onnx" else 16,
-                      square=config.method == "maskcut", patch=patch)
+    # A saliency-network method resizes images itself: the loader only decodes (16 px tensors, unused).
+    dataset = _Images(todo, config.input_size if labeller.needs == "features" else 16,
+                      square=labeller.square_input, patch=patch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
                                          num_workers=1 if len(todo) > 1 else 0)
     pool = futures.ProcessPoolExecutor(config.workers) if config.workers > 0 else None

@@ -1,0 +1,1 @@
+"""Interchangeable methods behind the stages, one module each, found by name in a registry."""
