@@ -13,14 +13,21 @@ never given an empty mask. Masks are class-agnostic, so an image in several arch
 once and named after each archive.
 
 The stage is resumable: results are committed in chunks (``parts/*.jsonl``); a rerun skips images
-already done. ``pseudolabels.json`` (COCO) is assembled at the end (layout in
-:mod:`zutiscli.artefacts.pseudolabels`).
+already done. ``pseudolabels.json`` (COCO) is assembled at the end, in the artefact's canonical
+order (layout and order in :mod:`zutiscli.artefacts.pseudolabels`).
+
+Cluster scale: ``shard=(i, n)`` (``--shard I/N``, else a SLURM array task or torchrun's
+RANK/WORLD_SIZE, see :mod:`zutiscli.data.shards`) keeps the distinct archive images whose path
+hashes to ``i`` modulo ``n`` (an image in two archives lands in one shard) and writes a complete,
+resumable pseudo-label directory ``<output>/shard-i-of-n``. :func:`merge_pseudolabels` joins the
+``n`` shards into the directory the unsharded run would have written.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,8 +40,16 @@ import torch.nn.functional as F
 from zutiscli.artefacts.atomic import atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME
+from zutiscli.artefacts.pseudolabels import (
+    EMPTY_NAME,
+    FAILED_NAME,
+    PARTS_DIR,
+    PSEUDOLABELS_NAME,
+    read_parts,
+    write_part,
+)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.data.shards import check_shard, shard_dir_name, shard_from_environment, shard_of
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -42,8 +57,8 @@ from zutiscli.ops.masks import encode_mask
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 
 REFINERS = ("bilateral", "densecrf", "none")
-PARTS_DIR = "parts"
-FAILED_NAME = "failed.jsonl"
+#: Manifest params that may differ between the shards of one run (they change no mask).
+SHARD_FREE_PARAMS = ("shard", "workers", "chunk_size", "device")
 
 
 @dataclass
@@ -74,6 +89,7 @@ class PseudolabelConfig:
     chunk_size: int = 64
     preview: int = 0
     seed: int = 0
+    shard: tuple[int, int] | None = None
 
     def validate(self) -> None:
         if self.method not in labeller_names():
@@ -96,6 +112,8 @@ class PseudolabelConfig:
             raise UsageError("--ks values must be >= 2")
         if self.chunk_size < 1 or self.workers < 0 or self.preview < 0:
             raise UsageError("--chunk-size must be >= 1, --workers and --preview >= 0")
+        if self.shard is not None:
+            check_shard(tuple(self.shard))
         self.labeller.validate(self)
 
     @property
@@ -212,26 +230,39 @@ class PseudolabelResult:
     failed: int
     seconds: float
     per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
 
 
-def _read_parts(out: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    parts = out / PARTS_DIR
-    if parts.is_dir():
-        for part in sorted(parts.glob("*.jsonl")):
-            for line in part.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    done[row["path"]] = row
-    return done
+def _resolve_shard(config: PseudolabelConfig) -> tuple[int, int] | None:
+    """The run's shard: ``config.shard``, else the environment's; None for an unsharded run (N = 1)."""
+    shard = tuple(config.shard) if config.shard is not None else shard_from_environment()
+    return shard if shard is not None and shard[1] > 1 else None
 
 
-def _check_output(output: str | Path | None) -> tuple[Path, str]:
+def _in_shard(images: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """The images of ``shard`` (all of them when None), in the given order."""
+    if shard is None:
+        return images
+    return [path for path in images if shard_of(path, shard[1]) == shard[0]]
+
+
+def _check_output(output: str | Path | None, shard: tuple[int, int] | None = None) -> tuple[Path, str]:
     """Where the pseudo-labels would go and its state (see :func:`check_output_dir`), creating nothing.
 
     An existing directory must be a pseudo-label directory (to resume or redo) or hold only what
-    an interrupted run leaves; anything else is refused rather than written into.
+    an interrupted run leaves; anything else is refused rather than written into. A sharded run
+    writes into ``output/shard-i-of-n`` and needs an explicit ``output`` (the shards' jobs would
+    otherwise each number a run directory of their own).
     """
+    if shard is not None:
+        if output is None:
+            raise UsageError(f"a sharded run (shard {shard[0]}/{shard[1]}) needs -o DIR: every shard writes "
+                             f"into DIR/shard-I-of-N")
+        parent, _ = check_output_dir(output, "pseudolabel", resumable=True)
+        if (parent / MANIFEST_NAME).is_file():
+            raise ArtefactError(f"{parent}: is a finished artefact, not the directory of a sharded run; "
+                                f"choose a new -o directory")
+        output = parent / shard_dir_name(shard)
     out, state = check_output_dir(output, "pseudolabel", resumable=True)
     if state == "existing":
         if (out / MANIFEST_NAME).is_file():
@@ -277,6 +308,15 @@ def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
     return unique
 
 
+def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) -> Path:
+    """Create the run's directory (``output/shard-i-of-n`` for a shard), checked by :func:`_check_output`."""
+    if shard is None:
+        return prepare_output_dir(output, "pseudolabel", resumable=True)
+    out = prepare_output_dir(output, "pseudolabel", resumable=True) / shard_dir_name(shard)
+    out.mkdir(exist_ok=True)
+    return out
+
+
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
     from zutiscli.pipeline.retrieve import read_archives
@@ -284,10 +324,12 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     config.validate()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    unique = _unique_images(archives)
-    if not unique:
+    every = _unique_images(archives)
+    if not every:
         raise ZutisError(f"{archives_dir}: the archives hold no images")
-    out, state = _check_output(output)
+    shard = _resolve_shard(config)
+    unique = _in_shard(every, shard)
+    out, state = _check_output(output, shard)
     device = resolve_device(config.device)
     labeller = config.labeller
     if labeller.needs == "saliency":
@@ -307,12 +349,15 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
             previous = read_manifest(out, "zutis.pseudolabels")
             if previous.params.get("method") != config.method or previous.model != record:
                 raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
-        finished = _read_parts(out)
+        finished = read_parts(out)
         done = sum(1 for p in unique if relative_to(out, p) in finished)
-    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(unique))]
+    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(every))]
     params = {"method": config.method, "size": config.input_size, "refine": config.refine,
               "components": config.component_mode, "workers": config.workers}
     work = {"already_processed": done, "images_to_process": len(unique) - done}
+    if shard is not None:
+        params["shard"] = f"{shard[0]}/{shard[1]}"
+        work = {"images_in_shard": len(unique)} | work
     return Plan("pseudolabel", reads, {"path": str(out), "state": state}, model, params, work)
 
 
@@ -327,10 +372,12 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     start = time.perf_counter()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    unique = _unique_images(archives)
-    if not unique:
+    every = _unique_images(archives)
+    if not every:
         raise ZutisError(f"{archives_dir}: the archives hold no images")
-    _check_output(output)
+    shard = _resolve_shard(config)
+    unique = _in_shard(every, shard)
+    _check_output(output, shard)
 
     device = resolve_device(config.device)
     backbone = None
@@ -350,13 +397,13 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         model_record = describe_backbone(name, pretrained)
         patch = backbone.patch_size
 
-    out = prepare_output_dir(output, "pseudolabel", resumable=True)
+    out = _prepare_output(output, shard)
     if (out / MANIFEST_NAME).is_file():
         previous = read_manifest(out, "zutis.pseudolabels")
         if previous.params.get("method") != config.method or previous.model != model_record:
             raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
     (out / PARTS_DIR).mkdir(exist_ok=True)
-    done = _read_parts(out)
+    done = read_parts(out)
     todo = [p for p in unique if relative_to(out, p) not in done]
     if len(todo) < len(unique):
         say(f"{len(unique) - len(todo)} image(s) already processed; {len(todo)} to go")
@@ -379,8 +426,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
             buffer.append(pending.pop(state["next"]))
             state["next"] += 1
         if buffer and (force or len(buffer) >= config.chunk_size):
-            text = "".join(json.dumps(row) + "\n" for row in buffer)
-            atomic_write_text(out / PARTS_DIR / f"{state['part']:06d}.jsonl", text)
+            write_part(out, state["part"], buffer)
             state["part"] += 1
             buffer.clear()
 
@@ -445,14 +491,19 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return _finish(config, out, archives, archives_dir, model_record, start)
+    return _finish(config, out, archives, archives_dir, model_record, start, shard)
 
 
-def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
-            model_record: dict[str, Any], start: float) -> PseudolabelResult:
-    results = _read_parts(out)
+def _assemble(out: Path, archives: dict[str, list], results: dict[str, dict[str, Any]], method: str,
+              preview: int, seed: int) -> tuple[dict[str, dict[str, int]], int]:
+    """Write ``pseudolabels.json``, ``empty.jsonl``, ``failed.jsonl`` (and previews) from per-image rows.
+
+    The order is the artefact's canonical one (archives in order, each by rank), whatever order
+    the rows were made in; archive images without a row (other shards' images) are left out.
+    Returns the per-class counts and the number of masks.
+    """
     classes = list(archives)
-    builder = CocoBuilder(classes, info={"description": f"zutis pseudo-labels ({config.method})"})
+    builder = CocoBuilder(classes, info={"description": f"zutis pseudo-labels ({method})"})
     empty_rows: list[str] = []
     failed_rows: list[str] = []
     per_class: dict[str, dict[str, int]] = {}
@@ -482,23 +533,34 @@ def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], arc
     builder.write(out / PSEUDOLABELS_NAME)
     atomic_write_text(out / EMPTY_NAME, "".join(line + "\n" for line in empty_rows))
     atomic_write_text(out / FAILED_NAME, "".join(line + "\n" for line in failed_rows))
-    if config.preview:
-        write_previews(out, builder, classes, config.preview, config.seed)
-    seconds = time.perf_counter() - start
-    processed = len(results)
-    summary = {
+    if preview:
+        write_previews(out, builder, classes, preview, seed)
+    return per_class, total_masks
+
+
+def _summary(processed: int, per_class: dict[str, dict[str, int]], masks: int, seconds: float) -> dict[str, Any]:
+    return {
         "images": processed,
-        "masks": total_masks,
+        "masks": masks,
         "empty": sum(s["empty"] for s in per_class.values()),
         "failed": sum(s["failed"] for s in per_class.values()),
         "per_class": per_class,
         "seconds": round(seconds, 2),
     }
+
+
+def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
+            model_record: dict[str, Any], start: float, shard: tuple[int, int] | None) -> PseudolabelResult:
+    results = read_parts(out)
+    per_class, total_masks = _assemble(out, archives, results, config.method, config.preview, config.seed)
+    seconds = time.perf_counter() - start
+    summary = _summary(len(results), per_class, total_masks, seconds)
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "archives"}
+    params["shard"] = list(shard) if shard is not None else None
     write_manifest(out, "zutis.pseudolabels", model=model_record, inputs=[archives_dir], params=params,
                    summary=summary)
-    return PseudolabelResult(out, processed, processed, total_masks, summary["empty"], summary["failed"], seconds,
-                             per_class)
+    return PseudolabelResult(out, len(results), len(results), total_masks, summary["empty"], summary["failed"],
+                             seconds, per_class, shard)
 
 
 def write_previews(out: Path, builder: CocoBuilder, classes: list[str], count: int, seed: int) -> None:
@@ -535,3 +597,138 @@ def write_previews(out: Path, builder: CocoBuilder, classes: list[str], count: i
                 pixels[edge] = colour
             with atomic_path(folder / f"{record['rank']:04d}.jpg") as tmp:
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
+
+
+# ---- merging the shards of a run ------------------------------------------------------------
+@dataclass
+class _Shards:
+    """The checked shards of one sharded run, in shard order."""
+
+    directories: list[Path]
+    manifests: list[Any]
+    count: int
+    archives_dir: Path
+
+
+def _check_shards(shards: list[str | Path]) -> _Shards:
+    """Read the shard directories and check that they are exactly the ``N`` shards of one run.
+
+    Refused (one line naming the directory): a directory given twice, one that is not a finished
+    pseudo-label directory or not a shard, shards of different runs (another N, other archives,
+    another model or other settings, see :data:`SHARD_FREE_PARAMS`), a shard given twice, and a
+    missing shard (named by the directory where it would be).
+    """
+    if not shards:
+        raise UsageError("give the shard directories to merge (e.g. OUT/shard-*-of-N)")
+    seen: dict[str, Path] = {}
+    for shard in map(Path, shards):
+        key = os.path.realpath(shard)
+        if key in seen:
+            raise UsageError(f"{shard}: the same directory is given twice (also as {seen[key]}); give each shard once")
+        seen[key] = shard
+    directories = [Path(s) for s in shards]
+    manifests = [read_manifest(d, "zutis.pseudolabels") for d in directories]
+    placed: dict[int, int] = {}
+    first = directories[0]
+    reference = manifests[0]
+
+    def where(manifest: Any) -> tuple[Path, str]:
+        ref = manifest.inputs[0] if manifest.inputs else None
+        if ref is None:
+            raise ArtefactError(f"{manifest.root}: its manifest names no archives; rerun this shard")
+        return resolve_relative(manifest.root, ref.path), ref.fingerprint
+
+    count = None
+    for position, (directory, manifest) in enumerate(zip(directories, manifests)):
+        shard = manifest.params.get("shard")
+        if not (isinstance(shard, list) and len(shard) == 2):
+            raise ArtefactError(f"{directory}: is not a shard (its manifest has no params.shard); merge the "
+                                f"shard-I-of-N directories of one `zutis pseudolabel --shard I/N` run")
+        index, total = int(shard[0]), int(shard[1])
+        if count is None:
+            count = total
+        elif total != count:
+            raise ArtefactError(f"{directory}: is shard {index}/{total}, but {first} is one of {count} shards; "
+                                f"merge the shards of one run")
+        if index in placed:
+            raise ArtefactError(f"{directory}: is shard {index}/{total} again (also {directories[placed[index]]}); "
+                                f"give each shard once")
+        placed[index] = position
+        path, print_ = where(manifest)
+        if position == 0:
+            archives_dir, archives_print = path, print_
+        if os.path.realpath(path) != os.path.realpath(archives_dir) or print_ != archives_print:
+            raise ArtefactError(f"{directory}: holds pseudo-labels of the archives {path}, but {first} of "
+                                f"{archives_dir} (or the archives changed in between); merge the shards of one run")
+        if manifest.model != reference.model:
+            raise ArtefactError(f"{directory}: was made with another model than {first}; merge the shards of one run")
+        for key in sorted(set(manifest.params) | set(reference.params)):
+            if key not in SHARD_FREE_PARAMS and manifest.params.get(key) != reference.params.get(key):
+                raise ArtefactError(f"{directory}: was made with {key} = {manifest.params.get(key)!r}, but {first} "
+                                    f"with {reference.params.get(key)!r}; merge the shards of one run")
+    assert count is not None
+    missing = [i for i in range(count) if i not in placed]
+    if missing:
+        expected = first.parent / shard_dir_name((missing[0], count))
+        raise ArtefactError(f"{expected}: shard {missing[0]}/{count} is missing; give all {count} shard directories "
+                            f"(run `zutis pseudolabel --shard {missing[0]}/{count}` first if it has not run)")
+    order = [placed[i] for i in range(count)]
+    return _Shards([directories[i] for i in order], [manifests[i] for i in order], count, archives_dir)
+
+
+def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None) -> Plan:
+    """What ``zutis pseudolabel merge`` would do (``--dry-run``): the checks of a real merge, nothing written."""
+    from zutiscli.pipeline.retrieve import read_archives
+
+    checked = _check_shards(list(shards))
+    archives = read_archives(checked.archives_dir)
+    out, state = check_output_dir(output, "pseudolabel")
+    reads = [input_entry(d, "zutis.pseudolabels", shard=f"{m.params['shard'][0]}/{m.params['shard'][1]}",
+                         images=m.summary.get("images"), masks=m.summary.get("masks"))
+             for d, m in zip(checked.directories, checked.manifests)]
+    reads.append(input_entry(checked.archives_dir, "zutis.archives", classes=len(archives),
+                             images=len(_unique_images(archives))))
+    params = {"method": checked.manifests[0].params.get("method"), "shards": checked.count}
+    work = {"images": sum(int(m.summary.get("images", 0)) for m in checked.manifests),
+            "masks": sum(int(m.summary.get("masks", 0)) for m in checked.manifests)}
+    return Plan("pseudolabel merge", reads, {"path": str(out), "state": state}, checked.manifests[0].model, params,
+                work)
+
+
+def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None,
+                       log: Callable[[str], None] | None = None) -> PseudolabelResult:
+    """Join the ``N`` shard directories of one sharded run into one pseudo-label directory.
+
+    The result equals what the unsharded run writes: the same images, annotations, ids and order
+    in ``pseudolabels.json`` (the canonical order of :mod:`zutiscli.artefacts.pseudolabels`), the
+    same ``empty.jsonl``/``failed.jsonl`` and previews, and the same manifest params with
+    ``shard`` null (``summary.merged_from`` = N). The archives the shards were made from are read
+    again for the class order and ranks, so they must still be where the shards' manifests say.
+    Refusals are listed in :func:`_check_shards`. Returns the summary (``result.path``).
+    """
+    from zutiscli.pipeline.retrieve import read_archives
+
+    say = log or (lambda message: None)
+    start = time.perf_counter()
+    checked = _check_shards(list(shards))
+    archives = read_archives(checked.archives_dir)
+    out = prepare_output_dir(output, "pseudolabel")
+    rows: dict[str, dict[str, Any]] = {}
+    for directory in checked.directories:
+        for path, row in read_parts(directory).items():
+            rel = relative_to(out, resolve_relative(directory, path))
+            rows[rel] = row | {"path": rel}
+    order = {relative_to(out, path): number for number, path in enumerate(_unique_images(archives))}
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    write_part(out, 0, sorted(rows.values(), key=lambda row: order.get(row["path"], len(order))))
+    reference = checked.manifests[0]
+    params = dict(reference.params) | {"shard": None}
+    per_class, masks = _assemble(out, archives, rows, str(params.get("method")), int(params.get("preview") or 0),
+                                 int(params.get("seed") or 0))
+    seconds = time.perf_counter() - start
+    summary = _summary(len(rows), per_class, masks, seconds) | {"merged_from": checked.count}
+    write_manifest(out, "zutis.pseudolabels", model=reference.model, inputs=[checked.archives_dir], params=params,
+                   summary=summary)
+    say(f"merged {checked.count} shards: {len(rows)} images")
+    return PseudolabelResult(out, len(rows), len(rows), masks, summary["empty"], summary["failed"], seconds,
+                             per_class)
