@@ -198,6 +198,7 @@ def test_readme_json_table_lists_every_command():
 JSON_RUNS = {
     "synth pile": "synth pile -n 4 --size 64 -o json/pile",
     "index merge": "index merge data/shards/shard-0-of-2 data/shards/shard-1-of-2 -o json/index",
+    "pseudolabel merge": "pseudolabel merge data/pseudo-shards/shard-0-of-2 data/pseudo-shards/shard-1-of-2 -o json/pseudo",
     "retrieve": "retrieve data/index --classes circle,square -k 4 -o json/archives",
     "copypaste": "copypaste data/pseudo -n 2 -o json/scenes",
     "evaluate run": "evaluate preds --gt data/scenes -o json/metrics",

@@ -320,6 +320,9 @@ def test_merge_refuses_what_is_not_one_run(sharded, tmp_path):
     shutil.copytree(archives, elsewhere)
     cases.append(([shards[0], copy("moved", archives_at=elsewhere)], "of the archives"))
     cases.append(([shards[0], copy("same"), shards[1]], "again"))
+    holey = copy("holey")
+    shutil.rmtree(holey / "parts")
+    cases.append(([shards[0], holey], "in none of the shards"))
     unfinished = copy("unfinished")
     (unfinished / "manifest.json").unlink()
     cases.append(([shards[0], unfinished], "not a finished zutis artefact"))
@@ -372,3 +375,9 @@ def test_merge_command_and_its_dry_run(sharded, tmp_path, capsys):
         main(["pseudolabel", "merge", str(shards[0]), "-o", str(tmp_path / "n")])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 1 and len(err) == 1 and "shard-0-of-2: shard 0/2 is missing" in err[0]
+
+
+def test_shard_as_text():
+    assert PseudolabelConfig(archives="a", shard="1/4").shard == (1, 4)
+    with pytest.raises(UsageError, match="--shard"):
+        PseudolabelConfig(archives="a", shard="4/4")

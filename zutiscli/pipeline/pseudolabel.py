@@ -49,7 +49,7 @@ from zutiscli.artefacts.pseudolabels import (
     write_part,
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.data.shards import check_shard, shard_dir_name, shard_from_environment, shard_of
+from zutiscli.data.shards import check_shard, parse_shard, shard_dir_name, shard_from_environment, shard_of
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -63,7 +63,11 @@ SHARD_FREE_PARAMS = ("shard", "workers", "chunk_size", "device")
 
 @dataclass
 class PseudolabelConfig:
-    """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area)."""
+    """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area).
+
+    ``shard``: ``(i, n)`` or ``"i/n"`` to process slice i of n (0-based); None = the environment's
+    (SLURM array, torchrun), else the whole run.
+    """
 
     archives: str = ""
     method: str = "spectral"
@@ -90,6 +94,10 @@ class PseudolabelConfig:
     preview: int = 0
     seed: int = 0
     shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shard, str):  # "I/N", as the command line and the Python API take it
+            self.shard = parse_shard(self.shard)
 
     def validate(self) -> None:
         if self.method not in labeller_names():
@@ -616,7 +624,8 @@ def _check_shards(shards: list[str | Path]) -> _Shards:
     Refused (one line naming the directory): a directory given twice, one that is not a finished
     pseudo-label directory or not a shard, shards of different runs (another N, other archives,
     another model or other settings, see :data:`SHARD_FREE_PARAMS`), a shard given twice, and a
-    missing shard (named by the directory where it would be).
+    missing shard (named by the directory where it would be). :func:`merge_pseudolabels` also
+    refuses shards that together miss an archive image (naming the image).
     """
     if not shards:
         raise UsageError("give the shard directories to merge (e.g. OUT/shard-*-of-N)")
@@ -711,14 +720,24 @@ def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = Non
     say = log or (lambda message: None)
     start = time.perf_counter()
     checked = _check_shards(list(shards))
+    check_output_dir(output, "pseudolabel")  # refused before the shards' rows are read
     archives = read_archives(checked.archives_dir)
-    out = prepare_output_dir(output, "pseudolabel")
-    rows: dict[str, dict[str, Any]] = {}
+    unique = _unique_images(archives)
+    found: dict[Path, dict[str, Any]] = {}
     for directory in checked.directories:
         for path, row in read_parts(directory).items():
-            rel = relative_to(out, resolve_relative(directory, path))
-            rows[rel] = row | {"path": rel}
-    order = {relative_to(out, path): number for number, path in enumerate(_unique_images(archives))}
+            found.setdefault(resolve_relative(directory, path), row)
+    absent = [path for path in unique if path not in found]
+    if absent:
+        raise ArtefactError(f"{absent[0]}: this archive image is in none of the shards ({len(absent)} such); "
+                            f"were the shards run with the archives at another path? rerun them from "
+                            f"{checked.archives_dir}")
+    out = prepare_output_dir(output, "pseudolabel")
+    rows: dict[str, dict[str, Any]] = {}
+    for path, row in found.items():
+        rel = relative_to(out, path)
+        rows[rel] = row | {"path": rel}
+    order = {relative_to(out, path): number for number, path in enumerate(unique)}
     (out / PARTS_DIR).mkdir(exist_ok=True)
     write_part(out, 0, sorted(rows.values(), key=lambda row: order.get(row["path"], len(order))))
     reference = checked.manifests[0]
