@@ -363,7 +363,8 @@ def test_merge_command_and_its_dry_run(sharded, tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert plan["command"] == "pseudolabel merge" and plan["params"]["shards"] == 2
     assert plan["work"]["images"] == read_manifest(whole).summary["images"]
-    assert [entry["shard"] for entry in plan["reads"][:2]] == ["0/2", "1/2"]
+    assert [entry["kind"] for entry in plan["reads"]] == ["zutis.pseudolabels, shard 0/2",
+                                                          "zutis.pseudolabels, shard 1/2", "zutis.archives"]
     assert not (tmp_path / "m").exists()
     with pytest.raises(SystemExit) as exit_info:
         main([*argv, "--json"])

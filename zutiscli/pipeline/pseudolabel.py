@@ -362,6 +362,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(every))]
     params = {"method": config.method, "size": config.input_size, "refine": config.refine,
               "components": config.component_mode, "workers": config.workers}
+    params |= {name: getattr(config, name) for name in labeller.options}  # what this method reads
     work = {"already_processed": done, "images_to_process": len(unique) - done}
     if shard is not None:
         params["shard"] = f"{shard[0]}/{shard[1]}"
@@ -692,7 +693,7 @@ def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None 
     checked = _check_shards(list(shards))
     archives = read_archives(checked.archives_dir)
     out, state = check_output_dir(output, "pseudolabel")
-    reads = [input_entry(d, "zutis.pseudolabels", shard=f"{m.params['shard'][0]}/{m.params['shard'][1]}",
+    reads = [input_entry(d, f"zutis.pseudolabels, shard {m.params['shard'][0]}/{m.params['shard'][1]}",
                          images=m.summary.get("images"), masks=m.summary.get("masks"))
              for d, m in zip(checked.directories, checked.manifests)]
     reads.append(input_entry(checked.archives_dir, "zutis.archives", classes=len(archives),
@@ -700,8 +701,8 @@ def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None 
     params = {"method": checked.manifests[0].params.get("method"), "shards": checked.count}
     work = {"images": sum(int(m.summary.get("images", 0)) for m in checked.manifests),
             "masks": sum(int(m.summary.get("masks", 0)) for m in checked.manifests)}
-    return Plan("pseudolabel merge", reads, {"path": str(out), "state": state}, checked.manifests[0].model, params,
-                work)
+    # No model is loaded: the shards' masks are copied, and the shards' model is recorded as theirs.
+    return Plan("pseudolabel merge", reads, {"path": str(out), "state": state}, None, params, work)
 
 
 def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None,
