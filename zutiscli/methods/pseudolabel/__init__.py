@@ -17,23 +17,24 @@ Built-in methods (in ``--method`` order): ``spectral`` (default), ``attention``,
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, ClassVar, TypeVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, TypeVar
 
 from zutiscli.errors import UsageError
 
-__all__ = ["PseudoLabeller", "SoftMask", "BUILTIN", "register", "get_labeller", "labeller_names"]
+if TYPE_CHECKING:  # numpy stays unimported until a method runs (the command line starts faster)
+    import numpy as np
+
+    #: One found object: ``(mask (H, W) float32 in [0, 1] at image resolution, score in [0, 1] or None)``.
+    SoftMask = tuple[np.ndarray, float | None]
+
+    #: What a ViT-feature method receives per image: the last block's ``tokens`` ``(h, w, C)``,
+    #: ``keys`` ``(h, w, C)`` and ``cls_attention`` ``(heads, h, w)``, float32 numpy, patch resolution.
+    Features = dict[str, np.ndarray]
+
+__all__ = ["PseudoLabeller", "BUILTIN", "register", "get_labeller", "labeller_names"]
 
 #: Modules of this package that define the built-in methods, in the order ``--method`` lists them.
 BUILTIN = ("spectral", "attention", "maskcut", "onnx")
-
-#: One found object: ``(mask (H, W) float32 in [0, 1] at image resolution, score in [0, 1] or None)``.
-SoftMask = tuple[np.ndarray, "float | None"]
-
-#: What a ViT-feature method receives per image: the last block's ``tokens`` ``(h, w, C)``,
-#: ``keys`` ``(h, w, C)`` and ``cls_attention`` ``(heads, h, w)``, float32 numpy, patch resolution.
-Features = dict[str, np.ndarray]
 
 
 class PseudoLabeller:
@@ -71,7 +72,9 @@ class PseudoLabeller:
 
         Args:
             image: ``(H, W, 3)`` uint8 RGB at original resolution.
-            features: for ``needs == "features"``, see :data:`Features`; else None.
+            features: for ``needs == "features"``, the last block's ``tokens`` ``(h, w, C)``,
+                ``keys`` ``(h, w, C)`` and ``cls_attention`` ``(heads, h, w)``, float32 numpy at
+                patch resolution; else None.
             saliency: for ``needs == "saliency"``, the ``(H, W)`` float32 map in [0, 1] that
                 :meth:`load_saliency`'s callable returned; else None.
             config: the stage's options.

@@ -6,11 +6,14 @@ most attended one, diffused over the key affinity. Maths in :mod:`zutiscli.ops.a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from zutiscli.methods.pseudolabel import PseudoLabeller, register
 
-from zutiscli.methods.pseudolabel import Features, PseudoLabeller, SoftMask, register
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zutiscli.methods.pseudolabel import Features, SoftMask
 
 
 @register

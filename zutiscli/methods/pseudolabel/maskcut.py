@@ -8,11 +8,14 @@ default (``--components split``) disconnected parts become separate objects. Mat
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from zutiscli.methods.pseudolabel import PseudoLabeller, register
 
-from zutiscli.methods.pseudolabel import Features, PseudoLabeller, SoftMask, register
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zutiscli.methods.pseudolabel import Features, SoftMask
 
 
 @register

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Callable
 
 from zutiscli.errors import UsageError, ZutisError
-from zutiscli.methods.pseudolabel import Features, PseudoLabeller, SoftMask, register
+from zutiscli.methods.pseudolabel import PseudoLabeller, register
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zutiscli.methods.pseudolabel import Features, SoftMask
 
 _INSTALL = "--method onnx needs onnxruntime: pip install 'zutis[onnx]'"
 
@@ -30,6 +33,8 @@ class OnnxSaliency:
     """
 
     def __init__(self, path: str, size: int, mean: tuple[float, float, float], std: tuple[float, float, float]):
+        import numpy as np
+
         try:
             import onnxruntime as ort
         except ImportError:
@@ -50,6 +55,7 @@ class OnnxSaliency:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """``(H, W, 3)`` uint8 -> ``(H, W)`` float32 saliency in [0, 1] (min-max normalised, as U2-Net does)."""
+        import numpy as np
         import torch
         import torch.nn.functional as F
 
@@ -86,6 +92,8 @@ class Onnx(PseudoLabeller):
 
     def propose(self, image: np.ndarray, features: Features | None, saliency: np.ndarray | None,
                 config: Any) -> list[SoftMask]:
+        import numpy as np
+
         assert saliency is not None
         return [(saliency.astype(np.float32), float(saliency.max()))]
 

@@ -7,11 +7,14 @@ score is the vote's agreement. Maths in :mod:`zutiscli.ops.spectral`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from zutiscli.methods.pseudolabel import PseudoLabeller, register
 
-from zutiscli.methods.pseudolabel import Features, PseudoLabeller, SoftMask, register
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zutiscli.methods.pseudolabel import Features, SoftMask
 
 
 @register
