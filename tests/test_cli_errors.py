@@ -36,8 +36,8 @@ TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers",
 
 EXPECTED_LEAVES = {
     "demo", "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "pseudolabel", "copypaste", "train", "predict run", "predict merge", "evaluate run", "evaluate prepare",
-    "completions", "man",
+    "retrieve", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
+    "evaluate run", "evaluate prepare", "completions", "man",
 }
 
 #: Per leaf command: (arguments, expected exit status, fragment of the error line). Placeholders:
@@ -104,7 +104,7 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{index}", "--classes", "cat", "-k", "0"], 2, "-k"),
         (["{index}", "--classes", "cat", "-o", "{pile}"], 1, "finished artefact"),
     ],
-    "pseudolabel": [
+    "pseudolabel run": [
         ([], 2, "Missing argument"),
         (["{missing}", "-o", "{out}"], 1, "no such directory"),
         (["{index}", "-o", "{out}"], 1, "zutis.index artefact"),
@@ -114,6 +114,17 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{archives}", "--pretrained", "{missing}.pt", "-o", "{out}"], 1, "no such checkpoint file"),
         (["{archives}", "--size", "32", "-o", "{scenes}/images"], 1, "not a zutis pseudo-label directory"),
         (["{archives}", "--size", "32", "-o", "{index}"], 1, "zutis.index artefact"),
+        (["{archives}", "--shard", "2/2", "-o", "{out}"], 2, "--shard"),
+        (["{archives}", "--shard", "half", "-o", "{out}"], 2, "--shard"),
+        (["{archives}", "--size", "32", "--shard", "0/2"], 2, "needs -o DIR"),
+        (["{archives}", "--size", "32", "--shard", "0/2", "-o", "{pseudo}"], 1, "not the directory of a sharded run"),
+    ],
+    "pseudolabel merge": [
+        ([], 2, "Missing argument"),
+        (["{missing}", "-o", "{out}"], 1, "no such directory"),
+        (["{archives}", "-o", "{out}"], 1, "zutis.archives artefact"),
+        (["{pseudo}", "-o", "{out}"], 1, "is not a shard"),
+        (["{pseudo}", "{pseudo}", "-o", "{out}"], 2, "given twice"),
     ],
     "copypaste": [
         ([], 2, "Missing argument"),
@@ -221,7 +232,7 @@ BASE: dict[str, list[str]] = {
     "demo": ["--iterations", "1"],
     "index build": ["{pile}/images", *TINY_INDEX, "-o", "{out}"],
     "retrieve": ["{index}", "-k", "2", "--prompts", "names", "-o", "{out}"],
-    "pseudolabel": ["{archives}", "--size", "32", "--refine", "none", "-o", "{out}"],
+    "pseudolabel run": ["{archives}", "--size", "32", "--refine", "none", "-o", "{out}"],
     "train": ["{pseudo}", *TINY_TRAIN, "-o", "{out}"],
     "predict run": ["{scenes}/images", "--checkpoint", "{run}", "--no-vis", "-o", "{out}"],
     "evaluate run": ["{pred}", "--gt", "{scenes}", "-o", "{out}"],

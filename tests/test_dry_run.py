@@ -19,6 +19,8 @@ DRY_RUNS = {
     "retrieve": (["retrieve", "{index}", "--classes", "circle,star,猫", "-k", "3"],
                  {"images_to_search": 4, "archives": 3, "texts_to_embed": 3 * 85}),
     "pseudolabel": (["pseudolabel", "{archives}", "--size", "32"], {"already_processed": 0}),
+    "pseudolabel sharded": (["pseudolabel", "{archives}", "--size", "32", "--shard", "1/2", "-o", "{out}"],
+                            {"already_processed": 0}),
     "copypaste": (["copypaste", "{pseudo}", "-n", "7", "--size", "32"], {"scenes": 7}),
     "train": (["train", "{pseudo}", *TINY_TRAIN, "--iterations", "5"], {"iterations_to_run": 5, "scenes": 10}),
     "train on a dataset": (["train", "{dataset}", *TINY_TRAIN], {"iterations_to_run": 1}),

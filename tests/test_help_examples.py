@@ -5,7 +5,7 @@ The leaf commands are enumerated from the Click tree, so a new command fails thi
 docstring has exactly one ``Example: zutis ...`` line. The examples run in-process through
 :func:`zutiscli.cli.app.main`, in pipeline order inside one temporary directory on the shapes world,
 so each one finds what the earlier ones wrote (``data/pile`` -> ``data/index`` -> ``data/archives``
--> ``data/pseudo`` -> ``runs/train/demo`` -> ``preds`` -> ``runs/metrics``). The inputs no example
+-> ``data/pseudo`` (and ``data/pseudo-all``, merged from two shards) -> ``runs/train/demo`` -> ``preds`` -> ``runs/metrics``). The inputs no example
 writes (two index shards, a two-image VOC2012 tree) are built first with the project's own functions.
 """
 
@@ -32,14 +32,25 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
     "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "pseudolabel", "copypaste", "train", "predict run", "predict merge", "evaluate run", "evaluate prepare",
-    "completions", "man", "demo",
+    "retrieve", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
+    "evaluate run", "evaluate prepare", "completions", "man", "demo",
 ]
+
+#: Commands run just before an example, for inputs that only a variant of an earlier command writes.
+BEFORE = {
+    "pseudolabel merge": [
+        "pseudolabel data/archives --size 64 --shard 0/2 -o data/pseudo-shards",
+        "pseudolabel data/archives --size 64 --shard 1/2 -o data/pseudo-shards",
+    ],
+    "predict merge": [
+        "predict data/scenes/images --checkpoint runs/train/demo --classes circle,star --shard 0/2 -o preds-shards",
+        "predict data/scenes/images --checkpoint runs/train/demo --classes circle,star --shard 1/2 -o preds-shards",
+    ],
+}
 
 #: Examples not run here, with where they are run instead.
 NOT_RUN_HERE = {
     "demo": "tests/test_demo.py runs `zutis demo --fast` (about three minutes)",
-    "predict merge": "tests/test_predict_engine.py merges the shards of a sharded `zutis predict` run",
 }
 
 
@@ -110,6 +121,9 @@ def ran(world):
         for name in PIPELINE_ORDER:
             if name in NOT_RUN_HERE or name not in LEAVES:
                 continue
+            for before in BEFORE.get(name, []):
+                code, _, err = _run_captured(shlex.split(before))
+                assert code == 0, f"zutis {before}\nexit {code}\n{err[-2000:]}"
             example = _examples(LEAVES[name])[0]
             results[name] = (example, *_run_captured(_argv(example)))
     finally:
@@ -137,8 +151,10 @@ def test_every_leaf_has_exactly_one_example():
     for name, command in LEAVES.items():
         examples = _examples(command)
         assert len(examples) == 1, f"zutis {name} --help: {len(examples)} Example: lines, want one"
-        # `zutis index DIR` is `zutis index build DIR`, `zutis evaluate PRED` is `zutis evaluate run PRED`, and so on.
-        prefix = {"index build": "zutis index ", "evaluate run": "zutis evaluate ", "predict run": "zutis predict "}.get(name, f"zutis {name}")
+        # `zutis index DIR` is `zutis index build DIR`, `zutis pseudolabel ARCHIVES` is `zutis pseudolabel run
+        # ARCHIVES`, and so for `zutis predict` and `zutis evaluate`.
+        prefix = {"index build": "zutis index ", "evaluate run": "zutis evaluate ", "predict run": "zutis predict ",
+                  "pseudolabel run": "zutis pseudolabel "}.get(name, f"zutis {name}")
         assert examples[0].startswith(prefix), f"zutis {name}: the example runs another command: {examples[0]}"
 
 
@@ -151,6 +167,7 @@ def test_example_runs(ran, name):
 def test_examples_write_their_artefacts(ran, world):
     assert (world / "data" / "pile" / "manifest.json").is_file()
     assert (world / "data" / "index-all" / "manifest.json").is_file()
+    assert (world / "data" / "pseudo-all" / "manifest.json").is_file()
     assert (world / "runs" / "train" / "demo" / "manifest.json").is_file()
     assert (world / "preds" / "manifest.json").is_file()
     assert (world / "runs" / "metrics" / "manifest.json").is_file()
@@ -185,6 +202,7 @@ def test_readme_json_table_lists_every_command():
 JSON_RUNS = {
     "synth pile": "synth pile -n 4 --size 64 -o json/pile",
     "index merge": "index merge data/shards/shard-0-of-2 data/shards/shard-1-of-2 -o json/index",
+    "pseudolabel merge": "pseudolabel merge data/pseudo-shards/shard-0-of-2 data/pseudo-shards/shard-1-of-2 -o json/pseudo",
     "retrieve": "retrieve data/index --classes circle,square -k 4 -o json/archives",
     "copypaste": "copypaste data/pseudo -n 2 -o json/scenes",
     "evaluate run": "evaluate preds --gt data/scenes -o json/metrics",

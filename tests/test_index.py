@@ -10,15 +10,8 @@ from zutiscli.artefacts.index_store import IndexReader
 from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.cli.app import main
 from zutiscli.errors import ArtefactError, UsageError
-from zutiscli.pipeline.index import (
-    IndexConfig,
-    build_index,
-    default_pretrained,
-    merge_indices,
-    parse_shard,
-    shard_from_environment,
-    shard_of,
-)
+from zutiscli.data.shards import parse_shard, shard_from_environment, shard_of
+from zutiscli.pipeline.index import IndexConfig, build_index, default_pretrained, merge_indices
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
 

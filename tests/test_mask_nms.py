@@ -10,6 +10,7 @@ import torch
 from pycocotools import mask as mask_utils
 
 from zutiscli.ops.mask_nms import mask_iou_matrix, mask_nms, pool_masks, reference_mask_nms
+from zutiscli.ops.masks import iou_from_counts, mask_iou
 
 
 def blob_proposals(
@@ -192,3 +193,32 @@ def test_downsampled_decisions_agree(with_labels: bool, factor: int, pooling: st
         agree += int(np.sum(np.isin(np.arange(len(scores)), full) == np.isin(np.arange(len(scores)), coarse)))
         total += len(scores)
     assert agree / total >= 0.99, f"{agree}/{total}"
+
+
+def test_one_iou_rule_for_empty_masks() -> None:
+    """Two empty masks have IoU 0 (an empty mask never matches), pairwise and all-pairs alike."""
+    empty = np.zeros((4, 5), dtype=bool)
+    full = np.ones((4, 5), dtype=bool)
+    half = np.zeros((4, 5), dtype=bool)
+    half[:, :2] = True
+    assert mask_iou(empty, empty) == 0.0
+    assert mask_iou(empty, full) == 0.0
+    assert mask_iou(full, full) == 1.0
+    assert mask_iou(half, full) == pytest.approx(0.4)
+    assert mask_iou(half.astype(np.uint8), full.astype(np.float32)) == pytest.approx(0.4)  # non-zero = foreground
+    assert iou_from_counts(0, 0) == 0.0 and iou_from_counts(3, 4) == 0.75
+    stack = np.stack([empty, full, half, empty])
+    pairwise = np.array([[mask_iou(a, b) for b in stack] for a in stack])
+    for masks in (stack, stack.astype(np.float32)):  # bit-packed and matrix-product paths
+        np.testing.assert_array_equal(mask_iou_matrix(masks), pairwise)
+        np.testing.assert_array_equal(mask_iou_matrix(masks, stack[:2]), pairwise[:, :2])
+    assert np.diag(mask_iou_matrix(stack)).tolist() == [0.0, 1.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="shapes differ"):
+        mask_iou(empty, np.zeros((5, 4), dtype=bool))
+
+
+def test_reference_nms_keeps_two_empty_masks() -> None:
+    """Under the rule, duplicate empty proposals do not suppress each other."""
+    masks = np.zeros((2, 3, 3), dtype=bool)
+    for nms in (mask_nms, reference_mask_nms):
+        assert nms(masks, np.array([0.9, 0.8]))[0].tolist() == [0, 1]

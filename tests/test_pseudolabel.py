@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manife
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME, load_pseudolabels
 from zutiscli.cli.app import main
 from zutiscli.errors import UsageError, ZutisError
-from zutiscli.ops.masks import decode_mask
-from zutiscli.pipeline.pseudolabel import PseudolabelConfig, mask_iou, run_pseudolabel
+from zutiscli.ops.masks import decode_mask, mask_iou
+from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.shapes.world import SHAPES
 
@@ -194,3 +195,190 @@ def test_methods_find_the_objects_with_shapes_clip(shapes_clip_world, tmp_path, 
     result = run_pseudolabel(small(archives, method=method, size=128), tmp_path / method)
     score = quality(result.path, truth)
     assert score >= floor, f"{method}: mean best IoU {score:.3f}"
+
+
+def test_methods_come_from_the_registry(world, tmp_path, monkeypatch):
+    """A new method is one registered class: --method, defaults and the stage pick it up."""
+    from zutiscli.methods import pseudolabel as registry
+    from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names, register
+
+    assert labeller_names()[:4] == ("spectral", "attention", "maskcut", "onnx")
+    assert (get_labeller("maskcut").square_input, get_labeller("maskcut").default_components) == (True, "split")
+    assert get_labeller("onnx").needs == "saliency"
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register
+    class Centre(PseudoLabeller):
+        name = "centre"
+        default_size = 48
+        default_components = "none"
+
+        def propose(self, image, features, saliency, config):
+            soft = np.zeros(image.shape[:2], dtype=np.float32)
+            height, width = soft.shape
+            soft[height // 4:3 * height // 4, width // 4:3 * width // 4] = 1.0
+            return [(soft, 0.5)]
+
+    config = small(world[0], method="centre", size=None, refine="none")
+    config.validate()
+    assert (config.input_size, config.component_mode) == (48, "none")
+    result = run_pseudolabel(config, tmp_path / "centre")
+    objects = load_pseudolabels(result.path).objects
+    assert objects and all(obj.score == 0.5 for obj in objects)
+    with pytest.raises(UsageError, match="centre"):
+        PseudolabelConfig(archives=str(world[0]), method="magic").validate()
+
+
+def _content(directory):
+    """What a pseudo-label directory says, with file names resolved (so directories may differ in depth)."""
+    from zutiscli.artefacts.manifest import resolve_relative
+
+    coco = load_coco(directory / PSEUDOLABELS_NAME)
+    for image in coco["images"]:
+        image["file_name"] = str(resolve_relative(directory, image["file_name"]))
+    lines = {}
+    for name in (EMPTY_NAME, "failed.jsonl"):
+        rows = [json.loads(line) for line in (directory / name).read_text().splitlines()]
+        lines[name] = [row | {"path": str(resolve_relative(directory, row["path"]))} for row in rows]
+    return coco, lines
+
+
+@pytest.fixture(scope="module")
+def sharded(world, tmp_path_factory):
+    """One archive image in two archives, an unreadable image; the unsharded run and a 2-shard run merged."""
+    from zutiscli.pipeline.pseudolabel import merge_pseudolabels
+
+    root = tmp_path_factory.mktemp("pl-shards")
+    archives = root / "archives"
+    shutil.copytree(world[0], archives)
+    data = json.loads((archives / "archives.json").read_text())
+    source = world[0]
+    for entry in data["classes"].values():
+        for hit in entry["images"]:
+            hit["path"] = relative_to(archives, (source / hit["path"]).resolve())
+    broken = root / "broken.png"
+    broken.write_bytes(b"not a png")
+    data["classes"]["square"]["images"].insert(1, dict(data["classes"]["circle"]["images"][0]))
+    data["classes"]["circle"]["images"].append({"path": relative_to(archives, broken), "score": 0.1, "index": 0,
+                                                "row": 97})
+    (archives / "archives.json").write_text(json.dumps(data))
+    write_manifest(archives, "zutis.archives", model=read_manifest(source).model)
+    whole = run_pseudolabel(small(archives, chunk_size=5), root / "whole").path
+    shards = [run_pseudolabel(small(archives, chunk_size=5, shard=(i, 2)), root / "shards").path for i in (1, 0)]
+    merged = merge_pseudolabels(shards, root / "merged")
+    return archives, whole, shards, merged
+
+
+def test_sharded_run_merged_equals_the_unsharded_run(sharded):
+    archives, whole, shards, merged = sharded
+    assert [s.name for s in shards] == ["shard-1-of-2", "shard-0-of-2"]
+    sizes = [len(load_coco(s / PSEUDOLABELS_NAME)["images"]) for s in shards]
+    assert all(sizes), sizes  # both shards did work
+    shared = relative_to(whole, (archives / json.loads((archives / "archives.json").read_text())
+                                 ["classes"]["circle"]["images"][0]["path"]).resolve())
+    in_shards = [any(img["file_name"].endswith(Path(shared).name) for img in load_coco(s / PSEUDOLABELS_NAME)["images"])
+                 for s in shards]
+    assert sorted(in_shards) == [False, True]  # an image of two archives is in one shard only
+    assert merged.images == read_manifest(whole).summary["images"] and merged.failed == 1
+    assert _content(merged.path) == _content(whole)
+    reference = read_manifest(whole)
+    manifest = read_manifest(merged.path, "zutis.pseudolabels")
+    assert manifest.params == reference.params and manifest.params["shard"] is None
+    assert manifest.model == reference.model and manifest.summary["merged_from"] == 2
+    for key in ("images", "masks", "empty", "failed", "per_class"):
+        assert manifest.summary[key] == reference.summary[key], key
+    assert [read_manifest(s).params["shard"] for s in shards] == [[1, 2], [0, 2]]
+    objects = load_pseudolabels(merged.path).objects
+    assert objects and all(obj.image.is_file() for obj in objects)
+
+
+def test_merge_refuses_what_is_not_one_run(sharded, tmp_path):
+    from zutiscli.errors import ArtefactError
+    from zutiscli.pipeline.pseudolabel import merge_pseudolabels
+
+    archives, whole, shards, _ = sharded
+    cases = [
+        ([shards[0]], "shard-0-of-2: shard 0/2 is missing"),
+        ([shards[0], shards[0]], "given twice"),
+        ([whole], "is not a shard"),
+        ([archives], "zutis.archives"),
+    ]
+
+    def copy(name, params=None, archives_at=archives):
+        """A copy of shard 0 under tmp_path/name, its manifest pointing at ``archives_at``, params changed."""
+        target = tmp_path / name / "shard-0-of-2"
+        shutil.copytree(shards[1], target)
+        manifest = json.loads((target / "manifest.json").read_text())
+        manifest["inputs"][0]["path"] = relative_to(target, archives_at)
+        manifest["params"] |= params or {}
+        (target / "manifest.json").write_text(json.dumps(manifest))
+        return target
+
+    cases.append(([shards[0], copy("other", {"refine": "densecrf"})], "refine = 'densecrf'"))
+    cases.append(([shards[0], copy("three", {"shard": [0, 3]})], "one of 2 shards"))
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(archives, elsewhere)
+    cases.append(([shards[0], copy("moved", archives_at=elsewhere)], "of the archives"))
+    cases.append(([shards[0], copy("same"), shards[1]], "again"))
+    holey = copy("holey")
+    shutil.rmtree(holey / "parts")
+    cases.append(([shards[0], holey], "in none of the shards"))
+    unfinished = copy("unfinished")
+    (unfinished / "manifest.json").unlink()
+    cases.append(([shards[0], unfinished], "not a finished zutis artefact"))
+    for given, fragment in cases:
+        with pytest.raises((ArtefactError, UsageError), match=fragment) as info:
+            merge_pseudolabels(given, tmp_path / "out")
+        assert "\n" not in str(info.value)
+        assert not (tmp_path / "out").exists()
+    taken = tmp_path / "taken"
+    shutil.copytree(whole, taken)
+    with pytest.raises(ArtefactError, match="finished artefact"):
+        merge_pseudolabels(shards, taken)
+
+
+def test_sharded_runs_resume_and_need_an_output(sharded, tmp_path, monkeypatch):
+    archives, _, shards, _ = sharded
+    again = run_pseudolabel(small(archives, chunk_size=5, shard=(0, 2)), shards[1].parent)
+    assert again.path == shards[1] and again.images == read_manifest(shards[1]).summary["images"]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="needs -o DIR"):
+        run_pseudolabel(small(archives, shard=(0, 2)))
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    from_env = run_pseudolabel(small(archives, chunk_size=5), tmp_path / "env")
+    assert from_env.path == tmp_path / "env" / "shard-1-of-2" and from_env.shard == (1, 2)
+    assert load_coco(from_env.path / PSEUDOLABELS_NAME) == load_coco(shards[0] / PSEUDOLABELS_NAME) | {
+        "images": [img | {"file_name": relative_to(from_env.path, shards[0] / img["file_name"])}
+                   for img in load_coco(shards[0] / PSEUDOLABELS_NAME)["images"]]}
+    assert not (tmp_path / "runs").exists()
+
+
+def test_merge_command_and_its_dry_run(sharded, tmp_path, capsys):
+    archives, whole, shards, _ = sharded
+    argv = ["pseudolabel", "merge", *map(str, shards), "-o", str(tmp_path / "m")]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--dry-run", "--json"])
+    assert exit_info.value.code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["command"] == "pseudolabel merge" and plan["params"]["shards"] == 2
+    assert plan["work"]["images"] == read_manifest(whole).summary["images"]
+    assert [entry["kind"] for entry in plan["reads"]] == ["zutis.pseudolabels, shard 0/2",
+                                                          "zutis.pseudolabels, shard 1/2", "zutis.archives"]
+    assert not (tmp_path / "m").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--json"])
+    assert exit_info.value.code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["merged_from"] == 2 and document["path"] == str(tmp_path / "m")
+    assert _content(tmp_path / "m") == _content(whole)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pseudolabel", "merge", str(shards[0]), "-o", str(tmp_path / "n")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(err) == 1 and "shard-0-of-2: shard 0/2 is missing" in err[0]
+
+
+def test_shard_as_text():
+    assert PseudolabelConfig(archives="a", shard="1/4").shard == (1, 4)
+    with pytest.raises(UsageError, match="--shard"):
+        PseudolabelConfig(archives="a", shard="4/4")

@@ -210,7 +210,8 @@ def index(images=None, output=None, **options):
     Returns:
         :class:`zutiscli.pipeline.index.IndexResult` (``.path`` is the index directory).
     """
-    from zutiscli.pipeline.index import build_index, parse_shard
+    from zutiscli.data.shards import parse_shard
+    from zutiscli.pipeline.index import build_index
 
     opts = _options(index, options, "index")
     progress, log = opts.pop("progress", None), opts.pop("log", None)

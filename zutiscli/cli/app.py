@@ -67,7 +67,7 @@ def _register_commands() -> None:
     app.add_typer(synth.app, name="synth")
     app.add_typer(index.app, name="index")
     app.command("retrieve")(retrieve.retrieve)
-    app.command("pseudolabel")(pseudolabel.pseudolabel)
+    app.add_typer(pseudolabel.app, name="pseudolabel")
     app.command("copypaste")(copypaste.copypaste)
     app.command("train")(train.train)
     app.add_typer(predict.app, name="predict")

@@ -148,7 +148,7 @@ def merge(
 ) -> None:
     """Join the shards of a `zutis predict --shard I/N` run into the directory an unsharded run writes.
 
-    Example: zutis predict merge preds/shard-0-of-2 preds/shard-1-of-2 -o preds-all
+    Example: zutis predict merge preds-shards/shard-0-of-2 preds-shards/shard-1-of-2 -o preds-all
     """
     from zutiscli.artefacts.manifest import read_manifest
     from zutiscli.pipeline.predict import merge_predictions

@@ -5,7 +5,7 @@ probabilities (foreground where ``> mask_threshold``, default 0.5) or integers (
 foreground), numpy or torch (moved to the CPU). Scores are ``(N,)`` non-negative floats (higher is
 better); labels ``(N,)`` integers. With labels, suppression is **per class**: masks of different
 labels never affect each other's scores. IoU of two binary masks = ``|A & B| / |A | B|`` in pixels;
-two empty masks have IoU 0.
+two empty masks have IoU 0 (the package's one rule, :func:`zutiscli.ops.masks.mask_iou`).
 
 Ordering and ties: "higher-scored" means earlier in the order by (score descending, input index
 ascending); the same rule breaks ties everywhere, including in the returned order.
@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from zutiscli.ops.arrays import to_numpy as _to_numpy
+from zutiscli.ops.masks import iou_from_counts, mask_iou
 
 __all__ = ["mask_iou_matrix", "mask_nms", "reference_mask_nms", "pool_masks", "NMS_METHODS"]
 
@@ -149,7 +150,8 @@ def mask_iou_matrix(masks: Any, other: Any = None) -> np.ndarray:
         other: optional ``(M, P)`` second set; default ``masks`` itself.
 
     Returns:
-        ``(N, M)`` float64 IoU, ``inter / (area_a + area_b - inter)``, 0 where the union is 0.
+        ``(N, M)`` float64 IoU, ``inter / (area_a + area_b - inter)``, 0 where the union is 0
+        (:func:`zutiscli.ops.masks.iou_from_counts`: two empty masks have IoU 0).
 
     Bool masks: intersections are exact integer pixel counts from bit-packed rows (64 pixels
     per word: AND + popcount, the binary form of the ``A @ B.T`` product; numpy >= 2), so the
@@ -182,9 +184,7 @@ def mask_iou_matrix(masks: Any, other: Any = None) -> np.ndarray:
         area_left = _areas(first_flat)
     area_right = area_left if other is None else _areas(second_flat)
     union = area_left[:, None] + area_right[None, :] - inter
-    iou = np.zeros_like(inter)
-    np.divide(inter, union, out=iou, where=union > 0)
-    return iou
+    return iou_from_counts(inter, union)
 
 
 def pool_masks(
@@ -465,9 +465,7 @@ def reference_mask_nms(
         return label_array is None or label_array[i] == label_array[j]
 
     def iou(i: int, j: int) -> float:
-        inter = int(np.count_nonzero(binary[i] & binary[j]))
-        union = int(np.count_nonzero(binary[i] | binary[j]))
-        return inter / union if union else 0.0
+        return mask_iou(binary[i], binary[j])
 
     # every same-class pair, one full-resolution IoU at a time (the O(N^2 * H * W) part)
     pair: dict[tuple[int, int], float] = {}

@@ -3,6 +3,11 @@
 Conventions: a mask is a ``(H, W)`` array, any dtype, non-zero = foreground. An RLE is the COCO
 compressed form ``{"size": [H, W], "counts": str}`` (counts as UTF-8 text, so it is JSON-ready).
 Boxes are ``[x, y, width, height]`` in pixels (COCO ``bbox`` format), floats.
+
+Mask IoU (one rule for the whole package): ``|A & B| / |A | B|`` in pixels, and **0 when the
+union is empty**: two empty masks have IoU 0, so an empty mask never matches anything, itself
+included. :func:`mask_iou` is the pairwise form; :func:`zutiscli.ops.mask_nms.mask_iou_matrix`
+computes all pairs at once and finishes with :func:`iou_from_counts`, the same rule.
 """
 
 from __future__ import annotations
@@ -11,6 +16,35 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
+
+
+def iou_from_counts(intersection: Any, union: Any) -> Any:
+    """IoU from pixel counts: ``intersection / union``, 0 where ``union`` is 0 (the empty-mask rule).
+
+    Args:
+        intersection: a count or an array of counts (any real dtype).
+        union: same shape as ``intersection``.
+
+    Returns:
+        A Python float for scalar inputs, else a float64 array of the common shape.
+    """
+    inter = np.asarray(intersection, dtype=np.float64)
+    total = np.asarray(union, dtype=np.float64)
+    iou = np.zeros(np.broadcast(inter, total).shape, dtype=np.float64)
+    np.divide(inter, total, out=iou, where=total > 0)
+    return float(iou) if iou.ndim == 0 else iou
+
+
+def mask_iou(first: np.ndarray, second: np.ndarray) -> float:
+    """IoU of two ``(H, W)`` masks (any dtype, non-zero = foreground); 0.0 when both are empty.
+
+    Raises ``ValueError`` when the shapes differ.
+    """
+    a = np.asarray(first) != 0
+    b = np.asarray(second) != 0
+    if a.shape != b.shape:
+        raise ValueError(f"mask_iou: mask shapes differ: {a.shape} and {b.shape}")
+    return iou_from_counts(np.count_nonzero(a & b), np.count_nonzero(a | b))
 
 
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:

@@ -18,7 +18,8 @@ vote. This module does that for ONE image:
 4. In each clustering, the salient cluster is the one covering the smallest fraction of the
    border patches (first/last row and column), ties broken by the smaller area. A clustering
    yields no candidate when that fraction exceeds ``max_border_fraction``.
-5. Vote: the candidate with the largest summed IoU to the other candidates wins.
+5. Vote: the candidate with the largest summed IoU (:func:`zutiscli.ops.masks.mask_iou`) to the
+   other candidates wins.
 
 Features may be numpy arrays or torch tensors (any float dtype; moved to CPU, computed in float32).
 """
@@ -33,6 +34,7 @@ import scipy.linalg
 from scipy.sparse import linalg as sparse_linalg
 
 from zutiscli.ops.arrays import to_numpy as _to_numpy
+from zutiscli.ops.masks import mask_iou
 
 __all__ = [
     "cosine_affinity",
@@ -252,11 +254,6 @@ def salient_cluster(labels: np.ndarray, *, max_border_fraction: float = 0.5) -> 
     return labels == best[2]
 
 
-def _iou(first: np.ndarray, second: np.ndarray) -> float:
-    union = np.logical_or(first, second).sum()
-    return float(np.logical_and(first, second).sum() / union) if union else 0.0
-
-
 def vote(candidates: Sequence[np.ndarray]) -> tuple[int, np.ndarray]:
     """Majority vote among binary masks.
 
@@ -273,7 +270,7 @@ def vote(candidates: Sequence[np.ndarray]) -> tuple[int, np.ndarray]:
     ious = np.zeros((count, count))
     for i in range(count):
         for j in range(i + 1, count):
-            ious[i, j] = ious[j, i] = _iou(candidates[i], candidates[j])
+            ious[i, j] = ious[j, i] = mask_iou(candidates[i], candidates[j])
     sums = ious.sum(axis=1)
     return int(np.argmax(sums)), sums
 

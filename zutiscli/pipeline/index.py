@@ -8,7 +8,8 @@ with more images appends only what is new.
 
 Cluster scale: ``shard=(i, n)`` keeps the images whose path hashes to ``i`` modulo ``n`` (stable
 under appends) and writes into ``<output>/shard-i-of-n``; :func:`merge_indices` joins the shards.
-Without an explicit shard, SLURM array variables and torchrun's RANK/WORLD_SIZE choose it.
+Without an explicit shard, SLURM array variables and torchrun's RANK/WORLD_SIZE choose it (the
+rules live in :mod:`zutiscli.data.shards`, shared with ``zutis pseudolabel``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from zutiscli.artefacts.manifest import (
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import discover_images
+from zutiscli.data.shards import check_shard, shard_dir_name, shard_from_environment, shard_of  # noqa: F401
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -53,28 +55,6 @@ from zutiscli.pipeline.index_config import DEFAULT_MODEL, IndexConfig, parse_sha
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 
-def shard_from_environment(environ: dict[str, str] | None = None) -> tuple[int, int] | None:
-    """The shard implied by a SLURM array task or a torchrun rank, if any."""
-    env = os.environ if environ is None else environ
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        count = int(env["SLURM_ARRAY_TASK_COUNT"])
-        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        if count > 1:
-            if not 0 <= index < count:
-                raise UsageError(
-                    f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is outside 0..{count - 1} after "
-                    f"subtracting SLURM_ARRAY_TASK_MIN; pass --shard I/N explicitly"
-                )
-            return index, count
-    if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"])
-    return None
-
-
-def shard_of(path: Path, count: int) -> int:
-    """Shard number of an image: a hash of its absolute path, modulo ``count`` (stable under appends)."""
-    digest = hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % count
 
 
 # ---- decoding in DataLoader workers ---------------------------------------------------------
@@ -334,7 +314,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
     writes = output_plan(output, "index", resumable=True)
     out = Path(writes["path"])
     if shard is not None and shard[1] > 1:
-        out = out / f"shard-{shard[0]}-of-{shard[1]}"
+        out = out / shard_dir_name(shard)
         state = "new" if not out.exists() else "existing" if any(out.iterdir()) else "empty"
         writes = {"path": str(out), "state": state}
     if writes["state"] == "existing":  # the real run's check, without the image size only a built model knows
@@ -373,7 +353,7 @@ def build_index(config: IndexConfig, output: str | Path | None = None,
     backbone = load_backbone(spec, device=device, dtype=dtype)
     out = prepare_output_dir(output, "index", resumable=True)
     if shard is not None and shard[1] > 1:
-        out = out / f"shard-{shard[0]}-of-{shard[1]}"
+        out = out / shard_dir_name(shard)
         out.mkdir(parents=True, exist_ok=True)
 
     model_record = _model_record(spec, dtype, backbone.image_size[0])

@@ -11,21 +11,10 @@ from typing import Sequence
 
 from zutiscli.config_fields import device_option, not_an_option, option, precision_option
 from zutiscli.data.limits import DEFAULT_MAX_PIXELS
+from zutiscli.data.shards import check_shard, parse_shard
 from zutiscli.errors import UsageError
 
 DEFAULT_MODEL = "ViT-L-14-336"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"3/8"`` -> ``(3, 8)``; I is 0-based."""
-    try:
-        left, right = text.split("/")
-        shard = (int(left), int(right))
-    except ValueError:
-        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
-    if shard[1] < 1 or not 0 <= shard[0] < shard[1]:
-        raise UsageError(f"--shard {text}: need 0 <= I < N")
-    return shard
 
 
 @dataclass
@@ -62,6 +51,4 @@ class IndexConfig:
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.shard is not None:
-            index, count = self.shard
-            if count < 1 or not 0 <= index < count:
-                raise UsageError(f"--shard {index}/{count}: need 0 <= I < N")
+            check_shard(self.shard)

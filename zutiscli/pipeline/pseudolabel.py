@@ -1,17 +1,10 @@
 """`zutis pseudolabel`: named object masks for every archive image, by training-free mask discovery.
 
-Methods (all on the last-block features of a ViT, see :mod:`zutiscli.models.backbones`):
-
-``spectral`` (default)
-    SelfMask's training-free core: spectral clustering of patch features for k in {2, 3, 4}, the
-    salient cluster of each (least border contact), a vote among them. One object per image.
-``attention``
-    MaskDistill: top 40% [CLS]-attention patches, source = argmax, key-affinity diffusion. One object.
-``maskcut``
-    CutLER/U2Seg: normalised cuts on the cosine affinity of keys (tau 0.15), up to N objects; with
-    ``components="split"`` (its default) disconnected parts become separate objects.
-``onnx``
-    Any single-channel saliency network (U2-Net, IS-Net, ...) run with onnxruntime.
+Methods are plug-ins (:mod:`zutiscli.methods.pseudolabel`, one module each, ``--method NAME``):
+``spectral`` (default, SelfMask's spectral voting), ``attention`` (MaskDistill), ``maskcut``
+(CutLER/U2Seg, several objects) and ``onnx`` (any saliency network). A method turns an image and
+the last-block features of a ViT (:mod:`zutiscli.models.backbones`), or its own saliency map, into
+soft object masks; what follows is the same for all of them.
 
 Each found mask is upsampled bilinearly to the image, refined (bilateral solver by default, or
 DenseCRF, or a plain threshold), holes filled, then the largest component kept (or components
@@ -20,14 +13,21 @@ never given an empty mask. Masks are class-agnostic, so an image in several arch
 once and named after each archive.
 
 The stage is resumable: results are committed in chunks (``parts/*.jsonl``); a rerun skips images
-already done. ``pseudolabels.json`` (COCO) is assembled at the end (layout in
-:mod:`zutiscli.artefacts.pseudolabels`).
+already done. ``pseudolabels.json`` (COCO) is assembled at the end, in the artefact's canonical
+order (layout and order in :mod:`zutiscli.artefacts.pseudolabels`).
+
+Cluster scale: ``shard=(i, n)`` (``--shard I/N``, else a SLURM array task or torchrun's
+RANK/WORLD_SIZE, see :mod:`zutiscli.data.shards`) keeps the distinct archive images whose path
+hashes to ``i`` modulo ``n`` (an image in two archives lands in one shard) and writes a complete,
+resumable pseudo-label directory ``<output>/shard-i-of-n``. :func:`merge_pseudolabels` joins the
+``n`` shards into the directory the unsharded run would have written.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as futures
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,23 +40,34 @@ import torch.nn.functional as F
 from zutiscli.artefacts.atomic import atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME
+from zutiscli.artefacts.pseudolabels import (
+    EMPTY_NAME,
+    FAILED_NAME,
+    PARTS_DIR,
+    PSEUDOLABELS_NAME,
+    read_parts,
+    write_part,
+)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.data.shards import check_shard, parse_shard, shard_dir_name, shard_from_environment, shard_of
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 
-METHODS = ("spectral", "attention", "maskcut", "onnx")
-DEFAULT_SIZES = {"spectral": 512, "attention": 640, "maskcut": 480, "onnx": 320}
 REFINERS = ("bilateral", "densecrf", "none")
-PARTS_DIR = "parts"
-FAILED_NAME = "failed.jsonl"
+#: Manifest params that may differ between the shards of one run (they change no mask).
+SHARD_FREE_PARAMS = ("shard", "workers", "chunk_size", "device")
 
 
 @dataclass
 class PseudolabelConfig:
-    """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area)."""
+    """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area).
+
+    ``shard``: ``(i, n)`` or ``"i/n"`` to process slice i of n (0-based); None = the environment's
+    (SLURM array, torchrun), else the whole run.
+    """
 
     archives: str = ""
     method: str = "spectral"
@@ -82,10 +93,15 @@ class PseudolabelConfig:
     chunk_size: int = 64
     preview: int = 0
     seed: int = 0
+    shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shard, str):  # "I/N", as the command line and the Python API take it
+            self.shard = parse_shard(self.shard)
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method not in labeller_names():
+            raise UsageError(f"--method {self.method!r} is not one of {', '.join(labeller_names())}")
         if self.refine not in REFINERS:
             raise UsageError(f"--refine {self.refine!r} is not one of {', '.join(REFINERS)}")
         if self.components not in (None, "largest", "split", "none"):
@@ -102,18 +118,26 @@ class PseudolabelConfig:
             raise UsageError(f"--min-area must lie in [0, 1) (got {self.min_area})")
         if any(k < 2 for k in self.ks):
             raise UsageError("--ks values must be >= 2")
-        if self.method == "onnx" and not self.saliency_model:
-            raise UsageError("--method onnx needs --saliency-model FILE.onnx")
         if self.chunk_size < 1 or self.workers < 0 or self.preview < 0:
             raise UsageError("--chunk-size must be >= 1, --workers and --preview >= 0")
+        if self.shard is not None:
+            check_shard(tuple(self.shard))
+        self.labeller.validate(self)
+
+    @property
+    def labeller(self) -> PseudoLabeller:
+        """The registered method called :attr:`method`."""
+        return get_labeller(self.method)
 
     @property
     def input_size(self) -> int:
-        return self.size or DEFAULT_SIZES[self.method]
+        """Input short side (square side for square-input methods) in pixels: --size, else the method's default."""
+        return self.size or self.labeller.default_size
 
     @property
     def component_mode(self) -> str:
-        return self.components or ("split" if self.method == "maskcut" else "largest")
+        """--components, else the method's default."""
+        return self.components or self.labeller.default_components
 
 
 #: Images per backbone forward pass (same input shape only; MaskCut's square inputs always are).
@@ -140,31 +164,14 @@ def discover_objects(image: np.ndarray, features: dict[str, np.ndarray] | None, 
                      config: PseudolabelConfig) -> list[tuple[np.ndarray, float | None]]:
     """Object masks of one image: ``[(mask (H, W) bool, score or None), ...]``, disjoint, largest first.
 
-    ``features``: the last block's ``tokens``/``keys``/``cls_attention`` at patch resolution (numpy);
-    ``saliency``: an ``(H, W)`` probability map (``onnx`` method).
+    ``image``: ``(H, W, 3)`` uint8; ``features``: the last block's ``tokens``/``keys``/``cls_attention``
+    at patch resolution (numpy) for methods that need ViT features; ``saliency``: an ``(H, W)``
+    probability map for methods with their own saliency network. The method proposes soft masks
+    (:meth:`~zutiscli.methods.pseudolabel.PseudoLabeller.propose`); each is refined, and pixels
+    already taken by an earlier (more salient) object are removed from later ones.
     """
-    from zutiscli.ops.refine import upsample_mask
-
     height, width = image.shape[:2]
-    found: list[tuple[np.ndarray, float | None]] = []
-    if config.method == "onnx":
-        assert saliency is not None
-        found = [(saliency.astype(np.float32), float(saliency.max()))]
-    elif config.method == "spectral":
-        from zutiscli.ops.spectral import spectral_saliency
-
-        result = spectral_saliency(features[config.features], ks=config.ks, seed=config.seed)
-        found = [] if result is None else [(upsample_mask(result[0], (height, width)), result[1])]
-    elif config.method == "attention":
-        from zutiscli.ops.attention_masks import maskdistill_mask
-
-        result = maskdistill_mask(features["cls_attention"], features["keys"], top_k=config.top_k)
-        found = [] if result is None else [(upsample_mask(result[0], (height, width)), result[1])]
-    else:
-        from zutiscli.ops.maskcut import maskcut
-
-        found = [(upsample_mask(mask, (height, width)), score)
-                 for mask, score in maskcut(features["keys"], n_objects=config.max_objects, tau=config.tau)]
+    found = config.labeller.propose(image, features, saliency, config)
     objects: list[tuple[np.ndarray, float | None]] = []
     taken = np.zeros((height, width), dtype=bool)
     for soft, score in found:
@@ -218,49 +225,6 @@ class _Images(torch.utils.data.Dataset):
         return index, image, tensor[0]
 
 
-class _OnnxSaliency:
-    """A single-channel saliency network through onnxruntime (optional dependency)."""
-
-    def __init__(self, path: str, size: int, mean, std):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise ZutisError("--method onnx needs onnxruntime: pip install 'zutis[onnx]'") from None
-        if not Path(path).is_file():
-            raise ZutisError(f"--saliency-model {path}: no such file")
-        try:
-            self.session = ort.InferenceSession(str(path), providers=ort.get_available_providers())
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ZutisError(f"--saliency-model {path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:160]})") from None
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            raise ZutisError(f"--saliency-model {path}: expected one image input, found {len(inputs)}")
-        self.input_name = inputs[0].name
-        self.size = size
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
-
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """``(H, W, 3)`` uint8 -> ``(H, W)`` float32 saliency in [0, 1] (min-max normalised, as U2-Net does)."""
-        height, width = image.shape[:2]
-        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float().div_(255)
-        tensor = F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        array = (tensor.numpy() - self.mean) / self.std
-        output = self.session.run(None, {self.input_name: array.astype(np.float32)})[0]
-        output = np.asarray(output, dtype=np.float32)
-        if output.ndim == 4:
-            output = output[0, 0]
-        elif output.ndim == 3:
-            output = output[0]
-        if output.ndim != 2:
-            raise ZutisError(f"--saliency-model: expected a single-channel map, got output shape {output.shape}")
-        low, high = float(output.min()), float(output.max())
-        output = (output - low) / (high - low) if high > low else np.zeros_like(output)
-        resized = F.interpolate(torch.from_numpy(output)[None, None], size=(height, width), mode="bilinear",
-                                align_corners=False)
-        return resized[0, 0].numpy()
-
-
 # ---- the stage ------------------------------------------------------------------------------
 @dataclass
 class PseudolabelResult:
@@ -274,26 +238,39 @@ class PseudolabelResult:
     failed: int
     seconds: float
     per_class: dict[str, dict[str, int]] = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
 
 
-def _read_parts(out: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    parts = out / PARTS_DIR
-    if parts.is_dir():
-        for part in sorted(parts.glob("*.jsonl")):
-            for line in part.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    done[row["path"]] = row
-    return done
+def _resolve_shard(config: PseudolabelConfig) -> tuple[int, int] | None:
+    """The run's shard: ``config.shard``, else the environment's; None for an unsharded run (N = 1)."""
+    shard = tuple(config.shard) if config.shard is not None else shard_from_environment()
+    return shard if shard is not None and shard[1] > 1 else None
 
 
-def _check_output(output: str | Path | None) -> tuple[Path, str]:
+def _in_shard(images: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """The images of ``shard`` (all of them when None), in the given order."""
+    if shard is None:
+        return images
+    return [path for path in images if shard_of(path, shard[1]) == shard[0]]
+
+
+def _check_output(output: str | Path | None, shard: tuple[int, int] | None = None) -> tuple[Path, str]:
     """Where the pseudo-labels would go and its state (see :func:`check_output_dir`), creating nothing.
 
     An existing directory must be a pseudo-label directory (to resume or redo) or hold only what
-    an interrupted run leaves; anything else is refused rather than written into.
+    an interrupted run leaves; anything else is refused rather than written into. A sharded run
+    writes into ``output/shard-i-of-n`` and needs an explicit ``output`` (the shards' jobs would
+    otherwise each number a run directory of their own).
     """
+    if shard is not None:
+        if output is None:
+            raise UsageError(f"a sharded run (shard {shard[0]}/{shard[1]}) needs -o DIR: every shard writes "
+                             f"into DIR/shard-I-of-N")
+        parent, _ = check_output_dir(output, "pseudolabel", resumable=True)
+        if (parent / MANIFEST_NAME).is_file():
+            raise ArtefactError(f"{parent}: is a finished artefact, not the directory of a sharded run; "
+                                f"choose a new -o directory")
+        output = parent / shard_dir_name(shard)
     out, state = check_output_dir(output, "pseudolabel", resumable=True)
     if state == "existing":
         if (out / MANIFEST_NAME).is_file():
@@ -339,29 +316,33 @@ def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
     return unique
 
 
+def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) -> Path:
+    """Create the run's directory (``output/shard-i-of-n`` for a shard), checked by :func:`_check_output`."""
+    if shard is None:
+        return prepare_output_dir(output, "pseudolabel", resumable=True)
+    out = prepare_output_dir(output, "pseudolabel", resumable=True) / shard_dir_name(shard)
+    out.mkdir(exist_ok=True)
+    return out
+
+
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
-    import importlib.util
-
     from zutiscli.pipeline.retrieve import read_archives
 
     config.validate()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    unique = _unique_images(archives)
-    if not unique:
+    every = _unique_images(archives)
+    if not every:
         raise ZutisError(f"{archives_dir}: the archives hold no images")
-    out, state = _check_output(output)
+    shard = _resolve_shard(config)
+    unique = _in_shard(every, shard)
+    out, state = _check_output(output, shard)
     device = resolve_device(config.device)
-    if config.method == "onnx":
-        path = Path(config.saliency_model)
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ZutisError("--method onnx needs onnxruntime: pip install 'zutis[onnx]'")
-        if not path.is_file():
-            raise ZutisError(f"--saliency-model {path}: no such file")
-        model = {"name": "saliency network", "pretrained": str(path), "weights": str(path), "source": "file",
-                 "bytes": path.stat().st_size}
-        record: dict[str, Any] = {"saliency_model": str(path.resolve())}
+    labeller = config.labeller
+    if labeller.needs == "saliency":
+        model = labeller.plan_saliency(config)
+        record: dict[str, Any] = labeller.describe_saliency(config)
     else:
         from zutiscli.models.backbones import describe_backbone
 
@@ -376,12 +357,16 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
             previous = read_manifest(out, "zutis.pseudolabels")
             if previous.params.get("method") != config.method or previous.model != record:
                 raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
-        finished = _read_parts(out)
+        finished = read_parts(out)
         done = sum(1 for p in unique if relative_to(out, p) in finished)
-    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(unique))]
+    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(every))]
     params = {"method": config.method, "size": config.input_size, "refine": config.refine,
               "components": config.component_mode, "workers": config.workers}
+    params |= {name: getattr(config, name) for name in labeller.options}  # what this method reads
     work = {"already_processed": done, "images_to_process": len(unique) - done}
+    if shard is not None:
+        params["shard"] = f"{shard[0]}/{shard[1]}"
+        work = {"images_in_shard": len(unique)} | work
     return Plan("pseudolabel", reads, {"path": str(out), "state": state}, model, params, work)
 
 
@@ -396,18 +381,21 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     start = time.perf_counter()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    unique = _unique_images(archives)
-    if not unique:
+    every = _unique_images(archives)
+    if not every:
         raise ZutisError(f"{archives_dir}: the archives hold no images")
-    _check_output(output)
+    shard = _resolve_shard(config)
+    unique = _in_shard(every, shard)
+    _check_output(output, shard)
 
     device = resolve_device(config.device)
     backbone = None
     saliency = None
     model_record: dict[str, Any]
-    if config.method == "onnx":
-        saliency = _OnnxSaliency(config.saliency_model, config.onnx_size, config.onnx_mean, config.onnx_std)
-        model_record = {"saliency_model": str(Path(config.saliency_model).resolve())}
+    labeller = config.labeller
+    if labeller.needs == "saliency":
+        saliency = labeller.load_saliency(config)
+        model_record = labeller.describe_saliency(config)
         patch = 1
     else:
         from zutiscli.models.backbones import describe_backbone, load_dense_backbone
@@ -418,19 +406,20 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         model_record = describe_backbone(name, pretrained)
         patch = backbone.patch_size
 
-    out = prepare_output_dir(output, "pseudolabel", resumable=True)
+    out = _prepare_output(output, shard)
     if (out / MANIFEST_NAME).is_file():
         previous = read_manifest(out, "zutis.pseudolabels")
         if previous.params.get("method") != config.method or previous.model != model_record:
             raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
     (out / PARTS_DIR).mkdir(exist_ok=True)
-    done = _read_parts(out)
+    done = read_parts(out)
     todo = [p for p in unique if relative_to(out, p) not in done]
     if len(todo) < len(unique):
         say(f"{len(unique) - len(todo)} image(s) already processed; {len(todo)} to go")
 
-    dataset = _Images(todo, config.input_size if config.method != "onnx" else 16,
-                      square=config.method == "maskcut", patch=patch)
+    # A saliency-network method resizes images itself: the loader only decodes (16 px tensors, unused).
+    dataset = _Images(todo, config.input_size if labeller.needs == "features" else 16,
+                      square=labeller.square_input, patch=patch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
                                          num_workers=1 if len(todo) > 1 else 0)
     pool = futures.ProcessPoolExecutor(config.workers) if config.workers > 0 else None
@@ -446,8 +435,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
             buffer.append(pending.pop(state["next"]))
             state["next"] += 1
         if buffer and (force or len(buffer) >= config.chunk_size):
-            text = "".join(json.dumps(row) + "\n" for row in buffer)
-            atomic_write_text(out / PARTS_DIR / f"{state['part']:06d}.jsonl", text)
+            write_part(out, state["part"], buffer)
             state["part"] += 1
             buffer.clear()
 
@@ -512,14 +500,19 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return _finish(config, out, archives, archives_dir, model_record, start)
+    return _finish(config, out, archives, archives_dir, model_record, start, shard)
 
 
-def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
-            model_record: dict[str, Any], start: float) -> PseudolabelResult:
-    results = _read_parts(out)
+def _assemble(out: Path, archives: dict[str, list], results: dict[str, dict[str, Any]], method: str,
+              preview: int, seed: int) -> tuple[dict[str, dict[str, int]], int]:
+    """Write ``pseudolabels.json``, ``empty.jsonl``, ``failed.jsonl`` (and previews) from per-image rows.
+
+    The order is the artefact's canonical one (archives in order, each by rank), whatever order
+    the rows were made in; archive images without a row (other shards' images) are left out.
+    Returns the per-class counts and the number of masks.
+    """
     classes = list(archives)
-    builder = CocoBuilder(classes, info={"description": f"zutis pseudo-labels ({config.method})"})
+    builder = CocoBuilder(classes, info={"description": f"zutis pseudo-labels ({method})"})
     empty_rows: list[str] = []
     failed_rows: list[str] = []
     per_class: dict[str, dict[str, int]] = {}
@@ -549,23 +542,34 @@ def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], arc
     builder.write(out / PSEUDOLABELS_NAME)
     atomic_write_text(out / EMPTY_NAME, "".join(line + "\n" for line in empty_rows))
     atomic_write_text(out / FAILED_NAME, "".join(line + "\n" for line in failed_rows))
-    if config.preview:
-        write_previews(out, builder, classes, config.preview, config.seed)
-    seconds = time.perf_counter() - start
-    processed = len(results)
-    summary = {
+    if preview:
+        write_previews(out, builder, classes, preview, seed)
+    return per_class, total_masks
+
+
+def _summary(processed: int, per_class: dict[str, dict[str, int]], masks: int, seconds: float) -> dict[str, Any]:
+    return {
         "images": processed,
-        "masks": total_masks,
+        "masks": masks,
         "empty": sum(s["empty"] for s in per_class.values()),
         "failed": sum(s["failed"] for s in per_class.values()),
         "per_class": per_class,
         "seconds": round(seconds, 2),
     }
+
+
+def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
+            model_record: dict[str, Any], start: float, shard: tuple[int, int] | None) -> PseudolabelResult:
+    results = read_parts(out)
+    per_class, total_masks = _assemble(out, archives, results, config.method, config.preview, config.seed)
+    seconds = time.perf_counter() - start
+    summary = _summary(len(results), per_class, total_masks, seconds)
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "archives"}
+    params["shard"] = list(shard) if shard is not None else None
     write_manifest(out, "zutis.pseudolabels", model=model_record, inputs=[archives_dir], params=params,
                    summary=summary)
-    return PseudolabelResult(out, processed, processed, total_masks, summary["empty"], summary["failed"], seconds,
-                             per_class)
+    return PseudolabelResult(out, len(results), len(results), total_masks, summary["empty"], summary["failed"],
+                             seconds, per_class, shard)
 
 
 def write_previews(out: Path, builder: CocoBuilder, classes: list[str], count: int, seed: int) -> None:
@@ -604,9 +608,147 @@ def write_previews(out: Path, builder: CocoBuilder, classes: list[str], count: i
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(tmp, format="JPEG", quality=90)
 
 
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two ``(H, W)`` bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+# ---- merging the shards of a run ------------------------------------------------------------
+@dataclass
+class _Shards:
+    """The checked shards of one sharded run, in shard order."""
+
+    directories: list[Path]
+    manifests: list[Any]
+    count: int
+    archives_dir: Path
 
 
+def _check_shards(shards: list[str | Path]) -> _Shards:
+    """Read the shard directories and check that they are exactly the ``N`` shards of one run.
+
+    Refused (one line naming the directory): a directory given twice, one that is not a finished
+    pseudo-label directory or not a shard, shards of different runs (another N, other archives,
+    another model or other settings, see :data:`SHARD_FREE_PARAMS`), a shard given twice, and a
+    missing shard (named by the directory where it would be). :func:`merge_pseudolabels` also
+    refuses shards that together miss an archive image (naming the image).
+    """
+    if not shards:
+        raise UsageError("give the shard directories to merge (e.g. OUT/shard-*-of-N)")
+    seen: dict[str, Path] = {}
+    for shard in map(Path, shards):
+        key = os.path.realpath(shard)
+        if key in seen:
+            raise UsageError(f"{shard}: the same directory is given twice (also as {seen[key]}); give each shard once")
+        seen[key] = shard
+    directories = [Path(s) for s in shards]
+    manifests = [read_manifest(d, "zutis.pseudolabels") for d in directories]
+    placed: dict[int, int] = {}
+    first = directories[0]
+    reference = manifests[0]
+
+    def where(manifest: Any) -> tuple[Path, str]:
+        ref = manifest.inputs[0] if manifest.inputs else None
+        if ref is None:
+            raise ArtefactError(f"{manifest.root}: its manifest names no archives; rerun this shard")
+        return resolve_relative(manifest.root, ref.path), ref.fingerprint
+
+    count = None
+    for position, (directory, manifest) in enumerate(zip(directories, manifests)):
+        shard = manifest.params.get("shard")
+        if not (isinstance(shard, list) and len(shard) == 2):
+            raise ArtefactError(f"{directory}: is not a shard (its manifest has no params.shard); merge the "
+                                f"shard-I-of-N directories of one `zutis pseudolabel --shard I/N` run")
+        index, total = int(shard[0]), int(shard[1])
+        if count is None:
+            count = total
+        elif total != count:
+            raise ArtefactError(f"{directory}: is shard {index}/{total}, but {first} is one of {count} shards; "
+                                f"merge the shards of one run")
+        if index in placed:
+            raise ArtefactError(f"{directory}: is shard {index}/{total} again (also {directories[placed[index]]}); "
+                                f"give each shard once")
+        placed[index] = position
+        path, print_ = where(manifest)
+        if position == 0:
+            archives_dir, archives_print = path, print_
+        if os.path.realpath(path) != os.path.realpath(archives_dir) or print_ != archives_print:
+            raise ArtefactError(f"{directory}: holds pseudo-labels of the archives {path}, but {first} of "
+                                f"{archives_dir} (or the archives changed in between); merge the shards of one run")
+        if manifest.model != reference.model:
+            raise ArtefactError(f"{directory}: was made with another model than {first}; merge the shards of one run")
+        for key in sorted(set(manifest.params) | set(reference.params)):
+            if key not in SHARD_FREE_PARAMS and manifest.params.get(key) != reference.params.get(key):
+                raise ArtefactError(f"{directory}: was made with {key} = {manifest.params.get(key)!r}, but {first} "
+                                    f"with {reference.params.get(key)!r}; merge the shards of one run")
+    assert count is not None
+    missing = [i for i in range(count) if i not in placed]
+    if missing:
+        expected = first.parent / shard_dir_name((missing[0], count))
+        raise ArtefactError(f"{expected}: shard {missing[0]}/{count} is missing; give all {count} shard directories "
+                            f"(run `zutis pseudolabel --shard {missing[0]}/{count}` first if it has not run)")
+    order = [placed[i] for i in range(count)]
+    return _Shards([directories[i] for i in order], [manifests[i] for i in order], count, archives_dir)
+
+
+def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None) -> Plan:
+    """What ``zutis pseudolabel merge`` would do (``--dry-run``): the checks of a real merge, nothing written."""
+    from zutiscli.pipeline.retrieve import read_archives
+
+    checked = _check_shards(list(shards))
+    archives = read_archives(checked.archives_dir)
+    out, state = check_output_dir(output, "pseudolabel")
+    reads = [input_entry(d, f"zutis.pseudolabels, shard {m.params['shard'][0]}/{m.params['shard'][1]}",
+                         images=m.summary.get("images"), masks=m.summary.get("masks"))
+             for d, m in zip(checked.directories, checked.manifests)]
+    reads.append(input_entry(checked.archives_dir, "zutis.archives", classes=len(archives),
+                             images=len(_unique_images(archives))))
+    params = {"method": checked.manifests[0].params.get("method"), "shards": checked.count}
+    work = {"images": sum(int(m.summary.get("images", 0)) for m in checked.manifests),
+            "masks": sum(int(m.summary.get("masks", 0)) for m in checked.manifests)}
+    # No model is loaded: the shards' masks are copied, and the shards' model is recorded as theirs.
+    return Plan("pseudolabel merge", reads, {"path": str(out), "state": state}, None, params, work)
+
+
+def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None,
+                       log: Callable[[str], None] | None = None) -> PseudolabelResult:
+    """Join the ``N`` shard directories of one sharded run into one pseudo-label directory.
+
+    The result equals what the unsharded run writes: the same images, annotations, ids and order
+    in ``pseudolabels.json`` (the canonical order of :mod:`zutiscli.artefacts.pseudolabels`), the
+    same ``empty.jsonl``/``failed.jsonl`` and previews, and the same manifest params with
+    ``shard`` null (``summary.merged_from`` = N). The archives the shards were made from are read
+    again for the class order and ranks, so they must still be where the shards' manifests say.
+    Refusals are listed in :func:`_check_shards`. Returns the summary (``result.path``).
+    """
+    from zutiscli.pipeline.retrieve import read_archives
+
+    say = log or (lambda message: None)
+    start = time.perf_counter()
+    checked = _check_shards(list(shards))
+    check_output_dir(output, "pseudolabel")  # refused before the shards' rows are read
+    archives = read_archives(checked.archives_dir)
+    unique = _unique_images(archives)
+    found: dict[Path, dict[str, Any]] = {}
+    for directory in checked.directories:
+        for path, row in read_parts(directory).items():
+            found.setdefault(resolve_relative(directory, path), row)
+    absent = [path for path in unique if path not in found]
+    if absent:
+        raise ArtefactError(f"{absent[0]}: this archive image is in none of the shards ({len(absent)} such); "
+                            f"were the shards run with the archives at another path? rerun them from "
+                            f"{checked.archives_dir}")
+    out = prepare_output_dir(output, "pseudolabel")
+    rows: dict[str, dict[str, Any]] = {}
+    for path, row in found.items():
+        rel = relative_to(out, path)
+        rows[rel] = row | {"path": rel}
+    order = {relative_to(out, path): number for number, path in enumerate(unique)}
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    write_part(out, 0, sorted(rows.values(), key=lambda row: order.get(row["path"], len(order))))
+    reference = checked.manifests[0]
+    params = dict(reference.params) | {"shard": None}
+    per_class, masks = _assemble(out, archives, rows, str(params.get("method")), int(params.get("preview") or 0),
+                                 int(params.get("seed") or 0))
+    seconds = time.perf_counter() - start
+    summary = _summary(len(rows), per_class, masks, seconds) | {"merged_from": checked.count}
+    write_manifest(out, "zutis.pseudolabels", model=reference.model, inputs=[checked.archives_dir], params=params,
+                   summary=summary)
+    say(f"merged {checked.count} shards: {len(rows)} images")
+    return PseudolabelResult(out, len(rows), len(rows), masks, summary["empty"], summary["failed"], seconds,
+                             per_class)

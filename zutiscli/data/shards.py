@@ -1,0 +1,67 @@
+"""Splitting an image collection into N shards for N independent jobs (cluster arrays, torchrun).
+
+A shard is written ``I/N`` with ``0 <= I < N``. An image belongs to shard
+``blake2b(absolute path) mod N`` (:func:`shard_of`): the assignment depends on the path alone, so it
+is stable when images are added and the same on every machine that sees the same paths. Without an
+explicit ``--shard``, :func:`shard_from_environment` reads a SLURM array task or a torchrun rank.
+A sharded stage writes into ``OUTPUT/shard-I-of-N`` (:func:`shard_dir_name`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Mapping
+
+from zutiscli.errors import UsageError
+
+__all__ = ["parse_shard", "shard_from_environment", "shard_of", "shard_dir_name", "check_shard"]
+
+
+def check_shard(shard: tuple[int, int], option: str = "--shard") -> None:
+    """Refuse a shard outside ``0 <= I < N`` (a :class:`UsageError` naming ``option``)."""
+    index, count = shard
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"{option} {index}/{count}: need 0 <= I < N")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"3/8"`` -> ``(3, 8)``; I is 0-based."""
+    try:
+        left, right = text.split("/")
+        shard = (int(left), int(right))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 0/8") from None
+    if shard[1] < 1 or not 0 <= shard[0] < shard[1]:
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
+    return shard
+
+
+def shard_from_environment(environ: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """The shard implied by a SLURM array task or a torchrun rank, if any."""
+    env = os.environ if environ is None else environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        if count > 1:
+            if not 0 <= index < count:
+                raise UsageError(
+                    f"SLURM array task {env['SLURM_ARRAY_TASK_ID']} is outside 0..{count - 1} after "
+                    f"subtracting SLURM_ARRAY_TASK_MIN; pass --shard I/N explicitly"
+                )
+            return index, count
+    if int(env.get("WORLD_SIZE", "1")) > 1 and "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"])
+    return None
+
+
+def shard_of(path: str | Path, count: int) -> int:
+    """Shard number of an image: a hash of its absolute path, modulo ``count`` (stable under appends)."""
+    digest = hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % count
+
+
+def shard_dir_name(shard: tuple[int, int]) -> str:
+    """``(i, n)`` -> ``"shard-i-of-n"``, the sub-directory a sharded run writes into."""
+    return f"shard-{shard[0]}-of-{shard[1]}"
