@@ -13,7 +13,9 @@ from zutiscli.artefacts.checkpoint import load_checkpoint, save_checkpoint
 from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.cli.app import main
 from zutiscli.errors import ArtefactError, UsageError
-from zutiscli.pipeline.train import CHECKPOINT, FINAL, TrainConfig, TrainingInterrupted, load_recipe, poly_lr, train
+from zutiscli.artefacts.runs import CHECKPOINT, FINAL
+from zutiscli.engine.trainer import TrainingInterrupted, poly_lr
+from zutiscli.pipeline.train import TrainConfig, load_recipe, train
 
 from test_copypaste import make_pseudolabels  # noqa: E402
 
@@ -280,7 +282,7 @@ def test_bad_held_out_set_is_a_usage_error_before_training(pseudo, tiny_checkpoi
 # ---- supervised reference: synthetic scenes with their ground truth --------------------------
 def test_synth_scenes_train_the_model_on_their_ground_truth(tiny_checkpoint, held_out, tmp_path):
     from zutiscli.pipeline.synth import SynthConfig, write_synth
-    from zutiscli.pipeline.train import DiskScenes
+    from zutiscli.data.scenes import DiskScenes
 
     scenes = write_synth(SynthConfig("scenes", 4, seed=3, size=48), tmp_path / "scenes")
     dataset = DiskScenes(scenes, 48, 0)
