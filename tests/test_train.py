@@ -172,6 +172,44 @@ def test_recipes_and_cli_overrides(pseudo, tiny_checkpoint, tmp_path, capsys):
     assert config["batch_size"] == 2 and config["lr"] == 0.002  # the file beats the defaults
 
 
+
+def test_shipped_recipes_by_name(pseudo, tmp_path, monkeypatch, capsys):
+    from dataclasses import asdict
+
+    from zutiscli import recipes
+
+    assert recipes.names() == ["demo", "demo-fast", "official"]
+    official = TrainConfig.from_dict(load_recipe("official"), where="official")
+    defaults = asdict(TrainConfig())
+    # the defaults are the paper's; the recipe names its weights and leaves out the crop adapter
+    assert {k: v for k, v in asdict(official).items() if v != defaults[k]} == {"pretrained": "openai",
+                                                                                "crop_adapter_scenes": 0}
+    assert (official.model, official.iterations, official.batch_size, official.crop, official.lr,
+            official.encoder_lr_mult, official.weight_decay, official.poly_power, official.min_lr,
+            official.num_queries, official.decoder_layers) == ("ViT-B-16", 20_000, 8, 384, 5e-5, 0.1, 0.05, 0.9,
+                                                               1e-6, 100, 6)
+    assert official.inference == {}  # the paper's inference
+    with pytest.raises(UsageError, match=r"^--config offical: no such file, nor a recipe shipped with zutis "
+                                         r"\(demo, demo-fast, official\)$"):
+        load_recipe("offical")
+    with pytest.raises(UsageError, match="no such file$"):
+        load_recipe(tmp_path / "official.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "official").write_text("iterations: 3\n")
+    with pytest.raises(UsageError, match="use a .yaml"):  # a file of that name is read, not the shipped recipe
+        load_recipe("official")
+    (tmp_path / "official").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(pseudo), "--config", "official", "--iterations", "7", "--dry-run", "--json"])
+    assert exit_info.value.code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["model"]["pretrained"] == "openai" and plan["params"]["crop"] == 384
+    assert plan["params"]["iterations"] == 7 and plan["params"]["crop_adapter_scenes"] == 0  # flags still win
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(pseudo), "--config", "nope"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.strip().count("\n") == 0 and "demo, demo-fast, official" in err
+
 def test_budget_stops_early_with_a_usable_model(pseudo, tiny_checkpoint, tmp_path):
     result = train(small(pseudo, tiny_checkpoint, iterations=50, max_minutes=1e-6), tmp_path / "b")
     assert result.stopped == "budget" and result.iteration == 1

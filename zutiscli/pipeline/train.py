@@ -189,21 +189,33 @@ def _typed(value: Any, annotation: Any, name: str, where: str) -> Any:
     raise UsageError(f"{where}: {name.replace('_', '-')} must be {wanted} (got {value!r})")
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a training recipe (YAML or TOML) into a flat dict of :class:`TrainConfig` fields.
+def load_recipe(recipe: str | Path) -> dict[str, Any]:
+    """Read a training recipe into a flat dict of :class:`TrainConfig` fields.
 
-    Keys may use dashes or underscores (``batch-size`` = ``batch_size``).
+    ``recipe`` is a YAML or TOML file, or the bare name of a recipe shipped with zutis
+    (:mod:`zutiscli.recipes`: ``official``, ``demo``, ``demo-fast``): a name without a suffix or a
+    folder, when no file of that name exists. Keys may use dashes or underscores (``batch-size`` =
+    ``batch_size``). Every problem is a one-line :class:`UsageError` naming ``--config``.
     """
-    path = Path(path)
-    if not path.is_file():
+    from zutiscli import recipes
+
+    path = Path(recipe)
+    if path.is_file():
+        text, suffix = path.read_text(encoding="utf-8"), path.suffix.lower()
+    elif not path.suffix and len(path.parts) == 1:
+        shipped = recipes.read(str(path))
+        if shipped is None:
+            raise UsageError(f"--config {path}: no such file, nor a recipe shipped with zutis "
+                             f"({', '.join(recipes.names())})")
+        text, suffix = shipped, recipes.SUFFIX
+    else:
         raise UsageError(f"--config {path}: no such file")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix.lower() == ".toml":
+        if suffix == ".toml":
             import tomllib
 
             data = tomllib.loads(text)
-        elif path.suffix.lower() in (".yaml", ".yml"):
+        elif suffix in (".yaml", ".yml"):
             import yaml
 
             data = yaml.safe_load(text) or {}
