@@ -228,7 +228,7 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
         recipe = json.loads((root / "paper-temperature" / arm / "train" / "config.json").read_text())
         assert (recipe["temperature"], recipe["stop_gradient"]) == (1.0, stop), arm
         # the paper's finding is measured with the paper's inference
-        inference = read_manifest(root / "paper-temperature" / arm / "predict").params
+        inference = read_manifest(root / "paper-temperature" / arm / "predict").params["settings"]
         assert (inference["class_temperature"], inference["refine"], inference["crop_weight"]) == (5.0, "none", 0.0)
     report = json.loads((result.path / "metrics.json").read_text())
     assert set(report["headline"]) == set(result.metrics)

@@ -327,7 +327,8 @@ def train(dataset=None, output=None, **options):
         **options: fields of :class:`zutiscli.pipeline.train.TrainConfig` (``model``,
             ``pretrained``, ``iterations``, ``batch_size``, ``crop`` in pixels, ``lr``,
             ``device``, ``precision``, ``max_minutes``, ...); ``config_file`` (a YAML or TOML
-            recipe; options given here override it); ``resume`` (a run directory to continue
+            recipe, or a shipped recipe's name: ``"official"``, ``"demo"``, ``"demo-fast"``; options
+            given here override it); ``resume`` (a run directory to continue
             where it stopped); ``progress(iteration, total, losses)``, ``log(message)``.
 
     Returns:

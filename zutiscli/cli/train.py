@@ -22,7 +22,7 @@ _FIELDS = (
 def train(
     ctx: typer.Context,
     source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste), copy-paste dataset, or `zutis synth scenes` (ground-truth supervision).", show_default=False)] = None,
-    config_file: Annotated[Optional[Path], typer.Option("--config", help="Recipe file (.yaml/.toml) of option values; flags given here override it.", show_default=False)] = None,
+    config_file: Annotated[Optional[Path], typer.Option("--config", metavar="FILE|NAME", help="Recipe of option values: a .yaml/.toml file, or a recipe shipped with zutis (official = the paper's, demo, demo-fast); flags given here override it.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.", show_default=False)] = None,
     model: Annotated[str, typer.Option("--model", help="open_clip ViT of the image encoder.", autocompletion=complete_model_names)] = "ViT-B-16",
     pretrained: Annotated[Optional[str], typer.Option("--pretrained", help="Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)] = None,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,6 +49,12 @@ Progress = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class DemoConfig:
     """The demo recipe. ``fast`` presets trade quality for time (see :func:`preset`).
+
+    The training recipe is a shipped one, ``recipe`` (``zutiscli/recipes/demo.yaml``, with
+    ``--fast`` ``demo-fast.yaml``; ``zutis train --config demo`` trains the same way), of which the
+    demo sets the model, weights, seed, workers and device; ``iterations`` and
+    ``training_options`` (``zutis train`` options by name) override it (:meth:`training`). The
+    copy-paste scenes the demo writes have the recipe's size and geometry.
 
     The demo trains for minutes on a CPU, not for 20,000 GPU iterations at 384 px, so some settings
     differ from the paper's defaults (each measured on the --fast chain, 1,500 iterations of online
@@ -145,30 +151,9 @@ class DemoConfig:
     pseudo_size: int = 128
     fill_holes: bool = False
     copypaste: int = 3000
-    iterations: int = 700
-    batch_size: int = 8
-    crop: int = 128
-    lr: float = 5e-4
-    encoder_lr_mult: float = 0.3
-    temperature: float = 0.1
-    class_temperature: float = 1.0
-    refine: str = "bilateral"
-    crop_weight: float = 0.5
-    crop_adapter_scenes: int = 1000
-    crop_adapter_views: int = 3
-    semantic_from: str = "instances"
-    iou_threshold: float = 0.5
-    num_queries: int = 20
-    decoder_layers: int = 3
-    decoder_heads: int = 4
-    decoder_ffn: int = 512
-    mlp_hidden: int = 128
-    positional_values: bool = True
-    max_paste: int = 6
-    scale_min: float = 0.14
-    scale_max: float = 0.42
-    canvas_min: float = 0.3
-    outside: float = 0.0
+    recipe: str = "demo"
+    iterations: int | None = None  # None: the recipe's
+    training_options: dict[str, Any] = field(default_factory=dict)
     photometric: bool = False
     model: str = "shapes-clip"
     pretrained: str = "builtin"
@@ -182,23 +167,61 @@ class DemoConfig:
     def validate(self) -> None:
         from zutiscli.shapes.world import SHAPES
 
-        for name in ("pile", "scenes", "k", "copypaste", "iterations", "batch_size"):
+        for name in ("pile", "scenes", "k", "copypaste"):
             if getattr(self, name) < 1:
                 flag = "-k" if name == "k" else f"--{name.replace('_', '-')}"
                 raise UsageError(f"{flag} must be >= 1 (got {getattr(self, name)})")
+        self.training().validate()
         if self.zero_shot_class not in SHAPES:
             raise UsageError(f"--zero-shot-class must be one of {', '.join(SHAPES)} (got {self.zero_shot_class!r})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
 
+    def training(self, source: str | Path = "", **changes: Any):
+        """The :class:`~zutiscli.pipeline.train.TrainConfig` of the demo's training on ``source``.
 
-FAST = {"pile": 1200, "scenes": 100, "k": 100, "copypaste": 1200, "iterations": 300}
+        The shipped recipe ``recipe``, with the chain's model, weights, seed, workers and device;
+        then ``iterations`` (a checkpoint only at the end, 50 lines of metrics), then
+        ``training_options``, then ``changes``.
+        """
+        from zutiscli.pipeline.train import TrainConfig, load_recipe
+
+        values = load_recipe(self.recipe)
+        values.update(source=str(source), model=self.model, pretrained=self.pretrained, seed=self.seed,
+                      workers=self.workers, device=self.device)
+        if self.iterations is not None:
+            values["iterations"] = self.iterations
+        iterations = values.get("iterations", TrainConfig.iterations)
+        values.update(checkpoint_every=iterations, log_every=max(1, iterations // 50))
+        values.update(self.training_options)
+        values.update(changes)
+        return TrainConfig.from_dict(values, where=f"the demo's recipe {self.recipe!r}")
+
+
+FAST = {"pile": 1200, "scenes": 100, "k": 100, "copypaste": 1200, "recipe": "demo-fast"}
 
 
 def preset(fast: bool, **overrides: Any) -> DemoConfig:
-    """The default recipe, or the ``--fast`` one, with ``overrides`` (None values ignored) applied."""
-    values = dict(FAST) if fast else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    """The default recipe, or the ``--fast`` one, with ``overrides`` (None values ignored) applied.
+
+    An override that is not a :class:`DemoConfig` field but a ``zutis train`` option (``crop``,
+    ``batch_size``, ...) goes to ``training_options``.
+    """
+    from zutiscli.pipeline.train import TrainConfig
+
+    values: dict[str, Any] = dict(FAST) if fast else {}
+    demo = {f.name for f in fields(DemoConfig)}
+    training = {f.name for f in fields(TrainConfig)}
+    options: dict[str, Any] = {}
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in demo and name in training:
+            options[name] = value
+        else:
+            values[name] = value
+    if options:
+        values["training_options"] = {**values.get("training_options", {}), **options}
     return DemoConfig(**values)
 
 
@@ -242,25 +265,15 @@ def _shape_queries(names: list[str]):
 
 
 def _train_config(config: DemoConfig, source: Path, **changes: Any):
-    from zutiscli.pipeline.train import TrainConfig
+    """The demo's training on ``source`` (:meth:`DemoConfig.training`), with ``changes``."""
+    return config.training(source, **changes)
 
-    values = dict(
-        source=str(source), model=config.model, pretrained=config.pretrained, num_queries=config.num_queries,
-        decoder_layers=config.decoder_layers, decoder_heads=config.decoder_heads, decoder_ffn=config.decoder_ffn,
-        mlp_hidden=config.mlp_hidden, positional_values=config.positional_values, iterations=config.iterations,
-        batch_size=config.batch_size, crop=config.crop, lr=config.lr, encoder_lr_mult=config.encoder_lr_mult,
-        temperature=config.temperature, max_objects=config.max_paste, scale_min=config.scale_min,
-        scale_max=config.scale_max, canvas_min=config.canvas_min, outside=config.outside,
-        crop_adapter_scenes=config.crop_adapter_scenes, crop_adapter_views=config.crop_adapter_views,
-        seed=config.seed,
-        workers=config.workers, device=config.device, precision="fp32", checkpoint_every=config.iterations,
-        log_every=max(1, config.iterations // 50),
-        inference=dict(class_temperature=config.class_temperature, refine=config.refine,
-                       crop_weight=config.crop_weight, semantic_from=config.semantic_from,
-                       iou_threshold=config.iou_threshold),
-    )
-    values.update(changes)
-    return TrainConfig(**values)
+
+def _scene_paste(config: DemoConfig):
+    """How the demo's copy-paste training scenes are made: the training recipe's size and geometry,
+    without photometric augmentation unless ``config.photometric``."""
+    photometric = {} if config.photometric else {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0}
+    return replace(config.training().copypaste(), **photometric)
 
 
 def _predict_and_evaluate(stages: _Stages, label: str, out: Path, scenes: Path, classes: list[str],
@@ -306,7 +319,6 @@ def _zero_shot_variant(config: DemoConfig) -> str:
 def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: Path, classes: list[str],
                          label: str = "") -> Path:
     """retrieve -> pseudolabel -> copypaste for ``classes``; returns the copy-paste dataset directory."""
-    from zutiscli.data.copypaste import CopyPasteConfig
     from zutiscli.pipeline.copypaste import write_dataset
     from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
     from zutiscli.pipeline.retrieve import RetrieveConfig, retrieve
@@ -321,12 +333,8 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
                                  pretrained=config.pretrained, size=config.pseudo_size, fill_holes=config.fill_holes,
                                  device=config.device, preview=12, seed=config.seed),
                out / "pseudolabels")
-    photometric = {} if config.photometric else {"jitter_prob": 0.0, "grayscale_prob": 0.0, "blur_prob": 0.0}
-    paste = CopyPasteConfig(size=config.crop, max_objects=config.max_paste,
-                            scale_range=(config.scale_min, config.scale_max), canvas_scale=(config.canvas_min, 1.0),
-                            outside=config.outside, **photometric)
-    stages.run("copypaste" + suffix, write_dataset, out / "pseudolabels", config.copypaste, paste, config.seed,
-               out / "copypaste", workers=_generation_workers(config))
+    stages.run("copypaste" + suffix, write_dataset, out / "pseudolabels", config.copypaste, _scene_paste(config),
+               config.seed, out / "copypaste", workers=_generation_workers(config))
     return out / "copypaste"
 
 
@@ -463,7 +471,7 @@ def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scen
         unseen_run.path, **PAPER_INFERENCE)
     supervised = root / "supervised"
     truth = stages.run("synth scenes (supervised reference)", write_synth,
-                       SynthConfig("scenes", config.copypaste, seed=config.eval_seed + 1, size=config.crop,
+                       SynthConfig("scenes", config.copypaste, seed=config.eval_seed + 1, size=config.training().crop,
                                    min_objects=config.min_objects, max_objects=config.max_objects,
                                    workers=_generation_workers(config)), supervised / "scenes")
     reference = stages.run("train (supervised reference)", train, _train_config(config, truth), supervised / "train",
