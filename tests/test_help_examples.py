@@ -222,3 +222,8 @@ def test_json_keys_match_readme(ran, world, monkeypatch, name):
     if task_objects:
         actual -= set(document.get("tasks", []))
     assert actual == keys, f"zutis {name} --json: printed {sorted(actual)}, README lists {sorted(keys)}"
+
+
+def test_readme_stays_a_manual():
+    # measurements, ablations and what was tried live in docs/ and benchmarks/README.md
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 300
