@@ -18,6 +18,8 @@ from PIL import Image
 
 from zutiscli.artefacts.manifest import read_manifest
 
+pytestmark = pytest.mark.slow
+
 STAGES = {
     "pile": "zutis.synth", "scenes": "zutis.synth", "index": "zutis.index", "archives": "zutis.archives",
     "pseudolabels": "zutis.pseudolabels", "copypaste": "zutis.dataset", "train": "zutis.run",

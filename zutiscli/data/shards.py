@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from zutiscli.errors import UsageError
 
@@ -65,3 +65,18 @@ def shard_of(path: str | Path, count: int) -> int:
 def shard_dir_name(shard: tuple[int, int]) -> str:
     """``(i, n)`` -> ``"shard-i-of-n"``, the sub-directory a sharded run writes into."""
     return f"shard-{shard[0]}-of-{shard[1]}"
+
+
+def distinct_directories(directories: Sequence[str | Path], what: str, example: str) -> list[Path]:
+    """The directories to merge, each given once: a one-line :class:`UsageError` for none given
+    (``example`` shows what to give) or for one given twice (under any name, links resolved);
+    ``what`` names them (``"index"``, ``"shard directory"``)."""
+    if not directories:
+        raise UsageError(f"give the {what} directories to merge (e.g. {example})")
+    seen: dict[str, Path] = {}
+    for directory in map(Path, directories):
+        key = os.path.realpath(directory)
+        if key in seen:
+            raise UsageError(f"{directory}: the same {what} is given twice (also as {seen[key]}); give each {what} once")
+        seen[key] = directory
+    return [Path(d) for d in directories]

@@ -46,7 +46,7 @@ from zutiscli.artefacts.manifest import (
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import discover_images
-from zutiscli.data.shards import check_shard, shard_dir_name, shard_from_environment, shard_of  # noqa: F401
+from zutiscli.data.shards import check_shard, distinct_directories, shard_dir_name, shard_from_environment, shard_of  # noqa: F401
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -448,15 +448,7 @@ def merge_indices(shards: Sequence[str | Path], output: str | Path | None = None
     relative to the new directory. Returns the merged directory.
     """
     say = log or (lambda message: None)
-    if not shards:
-        raise UsageError("give the index directories to merge")
-    seen: dict[str, Path] = {}
-    for shard in map(Path, shards):
-        key = os.path.realpath(shard)
-        if key in seen:
-            raise UsageError(f"{shard}: the same index is given twice (also as {seen[key]}); give each index once")
-        seen[key] = shard
-    readers = [IndexReader(Path(s)) for s in shards]
+    readers = [IndexReader(s) for s in distinct_directories(shards, "index", "runs/index/1/shard-*")]
     check_output_dir(output, "index")
     model = readers[0].model
     for reader in readers[1:]:

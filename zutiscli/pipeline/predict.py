@@ -310,12 +310,11 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     import json
 
     from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
+    from zutiscli.data.shards import distinct_directories
 
     say = log or (lambda message: None)
-    if not shards:
-        raise UsageError("give the shard directories to merge (e.g. runs/predict/1/shard-*)")
     manifests = []
-    for shard in map(Path, shards):
+    for shard in distinct_directories(shards, "shard directory", "preds/shard-*-of-N"):
         manifest = read_manifest(shard, KIND)
         if not manifest.params.get("shard") or not (shard / SHARD_NAME).is_file():
             raise ArtefactError(f"{shard}: is not a shard of a sharded `zutis predict` run (no --shard)")

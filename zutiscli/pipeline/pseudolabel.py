@@ -49,7 +49,8 @@ from zutiscli.artefacts.pseudolabels import (
     write_part,
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.data.shards import check_shard, parse_shard, shard_dir_name, shard_from_environment, shard_of
+from zutiscli.data.shards import (check_shard, distinct_directories, parse_shard, shard_dir_name,
+                                  shard_from_environment, shard_of)
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -628,15 +629,7 @@ def _check_shards(shards: list[str | Path]) -> _Shards:
     missing shard (named by the directory where it would be). :func:`merge_pseudolabels` also
     refuses shards that together miss an archive image (naming the image).
     """
-    if not shards:
-        raise UsageError("give the shard directories to merge (e.g. OUT/shard-*-of-N)")
-    seen: dict[str, Path] = {}
-    for shard in map(Path, shards):
-        key = os.path.realpath(shard)
-        if key in seen:
-            raise UsageError(f"{shard}: the same directory is given twice (also as {seen[key]}); give each shard once")
-        seen[key] = shard
-    directories = [Path(s) for s in shards]
+    directories = distinct_directories(shards, "shard directory", "OUT/shard-*-of-N")
     manifests = [read_manifest(d, "zutis.pseudolabels") for d in directories]
     placed: dict[int, int] = {}
     first = directories[0]
