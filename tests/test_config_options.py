@@ -69,7 +69,13 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
         assert flag in options, f"{path}: no option {flag} for {config.__name__}.{field.name}"
         param = options[flag]
         assert set(param.opts) == set(spec.names(field.name)), f"{path} {flag}: {param.opts}"
-        assert param.default == default, f"{path} {flag}: default {param.default!r}, config says {default!r}"
+        if default is dataclasses.MISSING:
+            assert param.required, f"{path} {flag}: the config requires it, the command does not"
+        else:
+            shown = spec.text(default) if spec.text else default
+            assert param.default == shown, f"{path} {flag}: default {param.default!r}, config says {shown!r}"
+            if spec.text and shown is not None:
+                assert spec.parse(shown) == default, f"{path} {flag}: {shown!r} does not parse back to {default!r}"
         assert spec.help.strip() and param.help == spec.help, f"{path} {flag}: help {param.help!r}"
 
 
@@ -78,6 +84,8 @@ def test_a_field_without_help_cannot_become_an_option():
         option(3)
     with pytest.raises(ValueError, match="kind 'file'"):
         option(None, "A file.", kind="file")
+    with pytest.raises(ValueError, match="needs parse"):
+        option((1, 2), "Sizes.", text=str)
 
     @dataclass
     class Undeclared:
@@ -95,6 +103,14 @@ def _parse_pair(text: str) -> tuple[int, int]:
     return int(left), int(right)
 
 
+def _parse_renames(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+def _renames_text(renames: dict[str, str]) -> str | None:
+    return ",".join(f"{old}={new}" for old, new in renames.items()) or None
+
+
 @dataclass(frozen=True)
 class ToyConfig:
     name: str = not_an_option(why="the command's argument")
@@ -104,6 +120,9 @@ class ToyConfig:
     span: tuple[float, float] = option((0.1, 0.9), parts=(("--low", "Lowest."), ("--high", "Highest.")))
     mode: str = option("fast", "How.", flag=("-m", "--mode"), choices=("fast", "exact"))
     secret: int = option(1, "Not shown.", hidden=True)
+    levels: tuple[int, ...] = option((1, 10), "Levels.", parse=lambda text: tuple(map(int, text.split(","))),
+                                     text=lambda levels: ",".join(map(str, levels)))
+    renames: dict = option(help="Renames.", default_factory=dict, parse=_parse_renames, text=_renames_text)
     quality: int = not_an_option(90)
 
 
@@ -141,6 +160,10 @@ def test_generated_options_parse_into_the_config(tmp_path):
                                secret=7)
     assert isinstance(config.listing, str) and verbose is True
 
+    done = runner.invoke(toy, ["make", "box", "--levels", "2,3", "--renames", "a=b"])
+    assert done.exit_code == 0, done.output
+    assert received.pop()[0] == ToyConfig(name="box", size=16, levels=(2, 3), renames={"a": "b"})
+
     done = runner.invoke(toy, ["make", "box", "--grid", "3"])
     assert isinstance(done.exception, UsageError) and "expected WxH" in str(done.exception)
 
@@ -148,10 +171,11 @@ def test_generated_options_parse_into_the_config(tmp_path):
 def test_generated_options_in_help_keep_the_field_order_and_presentation():
     command = typer.main.get_command(_toy_app([])).commands["make"]
     names = [param.name for param in command.params]
-    assert names == ["name", "size", "grid", "listing", "low", "high", "mode", "secret", "verbose"]
+    assert names == ["name", "size", "grid", "listing", "low", "high", "mode", "secret", "levels", "renames", "verbose"]
     params = {param.name: param for param in command.params}
     assert params["size"].opts == ["--size", "-s"] and params["size"].default == 16
     assert params["mode"].opts == ["-m", "--mode"] and params["mode"].metavar == "fast|exact"
     assert params["grid"].metavar == "WxH" and params["grid"].show_default is False
     assert params["secret"].hidden
+    assert params["levels"].default == "1,10" and params["renames"].default is None  # the defaults as typed
     assert [item.value for item in params["mode"].shell_complete(None, "e")] == ["exact"]
