@@ -17,6 +17,7 @@ from zutiscli.data.copypaste_config import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
 from zutiscli.pipeline.index_config import IndexConfig
+from zutiscli.pipeline.predict_config import PredictConfig
 from zutiscli.pipeline.retrieve_config import RetrieveConfig
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 
@@ -32,6 +33,7 @@ CONVERTED = [
     ("synth pairs", SynthConfig, SCENES_ONLY, command_defaults("pairs")),
     ("copypaste", CopyPasteConfig, set(), {}),
     ("copypaste", CopyPasteDatasetConfig, set(), {}),
+    ("predict run", PredictConfig, set(), {}),
 ]
 
 
@@ -43,7 +45,12 @@ def _command(path: str):
 
 
 def _options_by_flag(command) -> dict[str, object]:
-    return {flag: param for param in command.params for flag in param.opts}
+    return {flag: param for param in command.params for flag in [*param.opts, *getattr(param, "secondary_opts", [])]}
+
+
+def _declared(spec, name: str) -> set[str]:
+    """The names an option declares, a boolean's ``--on/--off`` pair as two."""
+    return {part for names in spec.names(name) for part in names.split("/")}
 
 
 @pytest.mark.parametrize(("path", "config", "left_out", "defaults"), CONVERTED,
@@ -56,7 +63,7 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
         if spec is None:  # deliberately no option (the command may fill the field from its own parameters)
             continue
         if field.name in left_out:
-            assert not set(spec.names(field.name)) & set(options), f"{path}: {field.name} is an option"
+            assert not _declared(spec, field.name) & set(options), f"{path}: {field.name} is an option"
             continue
         default = defaults.get(field.name, field_default(field))
         if spec.parts:
@@ -65,10 +72,10 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
                 assert options[flag].default == default[number], f"{path} {flag}"
                 assert help_text.strip() and options[flag].help == help_text
             continue
-        flag = spec.names(field.name)[0]
+        flag = spec.names(field.name)[0].split("/")[0]
         assert flag in options, f"{path}: no option {flag} for {config.__name__}.{field.name}"
         param = options[flag]
-        assert set(param.opts) == set(spec.names(field.name)), f"{path} {flag}: {param.opts}"
+        assert {*param.opts, *param.secondary_opts} == _declared(spec, field.name), f"{path} {flag}: {param.opts}"
         if default is dataclasses.MISSING:
             assert param.required, f"{path} {flag}: the config requires it, the command does not"
         else:
@@ -77,6 +84,17 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
             if spec.text and shown is not None:
                 assert spec.parse(shown) == default, f"{path} {flag}: {shown!r} does not parse back to {default!r}"
         assert spec.help.strip() and param.help == spec.help, f"{path} {flag}: help {param.help!r}"
+
+
+def test_predict_inference_settings_default_to_the_recipe_and_name_the_papers_value():
+    from zutiscli.engine.inference import FIELDS, PAPER
+
+    fields = {field.name: field for field in dataclasses.fields(PredictConfig)}
+    for name in FIELDS:  # every inference setting is an option of zutis predict, not given by default
+        assert field_default(fields[name]) is None, name
+        value = getattr(PAPER, name)
+        shown = ("on" if value else "off") if isinstance(value, bool) else value
+        assert option_spec(fields[name]).help.endswith(f"Default: the model's training recipe, else {shown} (the paper)."), name
 
 
 def test_a_field_without_help_cannot_become_an_option():

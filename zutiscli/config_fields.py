@@ -43,6 +43,7 @@ class OptionSpec:
 
     - ``help``: the option's help text (required, one or more sentences).
     - ``flags``: the option's names in the order ``--help`` lists them; empty = ``--field-name``.
+      A boolean with an "off" name gives both as one, in Click's way: ``"--vis/--no-vis"``.
     - ``short``: a one-letter alias such as ``"-n"``, appended to ``flags``.
     - ``metavar``: the placeholder shown for the value (default: from the type, or ``choices``).
     - ``choices``: the values the field accepts; the metavar and shell completion show them (the
