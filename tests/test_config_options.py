@@ -16,6 +16,8 @@ from zutiscli.config_fields import field_default, not_an_option, option, option_
 from zutiscli.data.copypaste_config import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
+from zutiscli.data.prepare_config import PrepareConfig
+from zutiscli.pipeline.evaluate_config import EvaluateConfig
 from zutiscli.pipeline.index_config import IndexConfig
 from zutiscli.pipeline.predict_config import PredictConfig
 from zutiscli.pipeline.retrieve_config import RetrieveConfig
@@ -34,6 +36,8 @@ CONVERTED = [
     ("copypaste", CopyPasteConfig, set(), {}),
     ("copypaste", CopyPasteDatasetConfig, set(), {}),
     ("predict run", PredictConfig, set(), {}),
+    ("evaluate run", EvaluateConfig, set(), {}),
+    ("evaluate prepare", PrepareConfig, set(), {}),
 ]
 
 
@@ -46,6 +50,10 @@ def _command(path: str):
 
 def _options_by_flag(command) -> dict[str, object]:
     return {flag: param for param in command.params for flag in [*param.opts, *getattr(param, "secondary_opts", [])]}
+
+
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _declared(spec, name: str) -> set[str]:
@@ -82,7 +90,8 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
             shown = spec.text(default) if spec.text else default
             assert param.default == shown, f"{path} {flag}: default {param.default!r}, config says {shown!r}"
             if spec.text and shown is not None:
-                assert spec.parse(shown) == default, f"{path} {flag}: {shown!r} does not parse back to {default!r}"
+                back = spec.parse(shown)  # a list for a tuple default is the same value
+                assert _listed(back) == _listed(default), f"{path} {flag}: {shown!r} does not parse back to {default!r}"
         assert spec.help.strip() and param.help == spec.help, f"{path} {flag}: help {param.help!r}"
 
 
@@ -95,6 +104,36 @@ def test_predict_inference_settings_default_to_the_recipe_and_name_the_papers_va
         value = getattr(PAPER, name)
         shown = ("on" if value else "off") if isinstance(value, bool) else value
         assert option_spec(fields[name]).help.endswith(f"Default: the model's training recipe, else {shown} (the paper)."), name
+
+
+def test_evaluate_list_options_read_and_write_the_text_the_user_types():
+    from zutiscli.pipeline.evaluate_config import MAX_DETS, class_map_text, parse_class_map, parse_max_dets, parse_tasks
+
+    assert parse_tasks("auto") == parse_tasks(" ") == [] and parse_tasks("all") == ["instance", "semantic", "panoptic"]
+    assert parse_tasks("semantic, instance") == ["semantic", "instance"]
+    assert parse_class_map(class_map_text({"tv": "television", "sofa": "couch"})) == {"tv": "television", "sofa": "couch"}
+    assert parse_max_dets("1, 10,100") == list(MAX_DETS)
+    with pytest.raises(UsageError, match=r"--max-dets '1,x': give three integers, e.g. 1,10,100"):
+        parse_max_dets("1,x")
+
+
+def test_every_benchmark_the_command_offers_has_a_preparer():
+    from zutiscli.data.datasets import PREPARERS
+    from zutiscli.data.prepare_config import DATASETS
+
+    assert tuple(PREPARERS) == DATASETS
+
+
+def test_config_modules_import_neither_torch_nor_numpy():
+    # the command line imports them to build --help and completion, which must answer at once
+    import subprocess
+    import sys
+
+    modules = ["zutiscli.pipeline.predict_config", "zutiscli.pipeline.evaluate_config", "zutiscli.data.prepare_config"]
+    code = ("import sys\n" + "".join(f"import {name}\n" for name in modules)
+            + "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_a_field_without_help_cannot_become_an_option():
