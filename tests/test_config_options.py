@@ -16,7 +16,10 @@ from zutiscli.config_fields import field_default, not_an_option, option, option_
 from zutiscli.data.copypaste_config import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
+from zutiscli.data.prepare_config import PrepareConfig
+from zutiscli.pipeline.evaluate_config import EvaluateConfig
 from zutiscli.pipeline.index_config import IndexConfig
+from zutiscli.pipeline.predict_config import PredictConfig
 from zutiscli.pipeline.retrieve_config import RetrieveConfig
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 
@@ -32,6 +35,9 @@ CONVERTED = [
     ("synth pairs", SynthConfig, SCENES_ONLY, command_defaults("pairs")),
     ("copypaste", CopyPasteConfig, set(), {}),
     ("copypaste", CopyPasteDatasetConfig, set(), {}),
+    ("predict run", PredictConfig, set(), {}),
+    ("evaluate run", EvaluateConfig, set(), {}),
+    ("evaluate prepare", PrepareConfig, set(), {}),
 ]
 
 
@@ -43,7 +49,16 @@ def _command(path: str):
 
 
 def _options_by_flag(command) -> dict[str, object]:
-    return {flag: param for param in command.params for flag in param.opts}
+    return {flag: param for param in command.params for flag in [*param.opts, *getattr(param, "secondary_opts", [])]}
+
+
+def _listed(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _declared(spec, name: str) -> set[str]:
+    """The names an option declares, a boolean's ``--on/--off`` pair as two."""
+    return {part for names in spec.names(name) for part in names.split("/")}
 
 
 @pytest.mark.parametrize(("path", "config", "left_out", "defaults"), CONVERTED,
@@ -56,7 +71,7 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
         if spec is None:  # deliberately no option (the command may fill the field from its own parameters)
             continue
         if field.name in left_out:
-            assert not set(spec.names(field.name)) & set(options), f"{path}: {field.name} is an option"
+            assert not _declared(spec, field.name) & set(options), f"{path}: {field.name} is an option"
             continue
         default = defaults.get(field.name, field_default(field))
         if spec.parts:
@@ -65,12 +80,60 @@ def test_every_config_field_is_an_option_with_its_default_and_help(path, config,
                 assert options[flag].default == default[number], f"{path} {flag}"
                 assert help_text.strip() and options[flag].help == help_text
             continue
-        flag = spec.names(field.name)[0]
+        flag = spec.names(field.name)[0].split("/")[0]
         assert flag in options, f"{path}: no option {flag} for {config.__name__}.{field.name}"
         param = options[flag]
-        assert set(param.opts) == set(spec.names(field.name)), f"{path} {flag}: {param.opts}"
-        assert param.default == default, f"{path} {flag}: default {param.default!r}, config says {default!r}"
+        assert {*param.opts, *param.secondary_opts} == _declared(spec, field.name), f"{path} {flag}: {param.opts}"
+        if default is dataclasses.MISSING:
+            assert param.required, f"{path} {flag}: the config requires it, the command does not"
+        else:
+            shown = spec.text(default) if spec.text else default
+            assert param.default == shown, f"{path} {flag}: default {param.default!r}, config says {shown!r}"
+            if spec.text and shown is not None:
+                back = spec.parse(shown)  # a list for a tuple default is the same value
+                assert _listed(back) == _listed(default), f"{path} {flag}: {shown!r} does not parse back to {default!r}"
         assert spec.help.strip() and param.help == spec.help, f"{path} {flag}: help {param.help!r}"
+
+
+def test_predict_inference_settings_default_to_the_recipe_and_name_the_papers_value():
+    from zutiscli.engine.inference import FIELDS, PAPER
+
+    fields = {field.name: field for field in dataclasses.fields(PredictConfig)}
+    for name in FIELDS:  # every inference setting is an option of zutis predict, not given by default
+        assert field_default(fields[name]) is None, name
+        value = getattr(PAPER, name)
+        shown = ("on" if value else "off") if isinstance(value, bool) else value
+        assert option_spec(fields[name]).help.endswith(f"Default: the model's training recipe, else {shown} (the paper)."), name
+
+
+def test_evaluate_list_options_read_and_write_the_text_the_user_types():
+    from zutiscli.pipeline.evaluate_config import MAX_DETS, class_map_text, parse_class_map, parse_max_dets, parse_tasks
+
+    assert parse_tasks("auto") == parse_tasks(" ") == [] and parse_tasks("all") == ["instance", "semantic", "panoptic"]
+    assert parse_tasks("semantic, instance") == ["semantic", "instance"]
+    assert parse_class_map(class_map_text({"tv": "television", "sofa": "couch"})) == {"tv": "television", "sofa": "couch"}
+    assert parse_max_dets("1, 10,100") == list(MAX_DETS)
+    with pytest.raises(UsageError, match=r"--max-dets '1,x': give three integers, e.g. 1,10,100"):
+        parse_max_dets("1,x")
+
+
+def test_every_benchmark_the_command_offers_has_a_preparer():
+    from zutiscli.data.datasets import PREPARERS
+    from zutiscli.data.prepare_config import DATASETS
+
+    assert tuple(PREPARERS) == DATASETS
+
+
+def test_config_modules_import_neither_torch_nor_numpy():
+    # the command line imports them to build --help and completion, which must answer at once
+    import subprocess
+    import sys
+
+    modules = ["zutiscli.pipeline.predict_config", "zutiscli.pipeline.evaluate_config", "zutiscli.data.prepare_config"]
+    code = ("import sys\n" + "".join(f"import {name}\n" for name in modules)
+            + "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_a_field_without_help_cannot_become_an_option():
@@ -78,6 +141,8 @@ def test_a_field_without_help_cannot_become_an_option():
         option(3)
     with pytest.raises(ValueError, match="kind 'file'"):
         option(None, "A file.", kind="file")
+    with pytest.raises(ValueError, match="needs parse"):
+        option((1, 2), "Sizes.", text=str)
 
     @dataclass
     class Undeclared:
@@ -95,6 +160,14 @@ def _parse_pair(text: str) -> tuple[int, int]:
     return int(left), int(right)
 
 
+def _parse_renames(text: str) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in text.split(","))
+
+
+def _renames_text(renames: dict[str, str]) -> str | None:
+    return ",".join(f"{old}={new}" for old, new in renames.items()) or None
+
+
 @dataclass(frozen=True)
 class ToyConfig:
     name: str = not_an_option(why="the command's argument")
@@ -104,6 +177,9 @@ class ToyConfig:
     span: tuple[float, float] = option((0.1, 0.9), parts=(("--low", "Lowest."), ("--high", "Highest.")))
     mode: str = option("fast", "How.", flag=("-m", "--mode"), choices=("fast", "exact"))
     secret: int = option(1, "Not shown.", hidden=True)
+    levels: tuple[int, ...] = option((1, 10), "Levels.", parse=lambda text: tuple(map(int, text.split(","))),
+                                     text=lambda levels: ",".join(map(str, levels)))
+    renames: dict = option(help="Renames.", default_factory=dict, parse=_parse_renames, text=_renames_text)
     quality: int = not_an_option(90)
 
 
@@ -141,6 +217,10 @@ def test_generated_options_parse_into_the_config(tmp_path):
                                secret=7)
     assert isinstance(config.listing, str) and verbose is True
 
+    done = runner.invoke(toy, ["make", "box", "--levels", "2,3", "--renames", "a=b"])
+    assert done.exit_code == 0, done.output
+    assert received.pop()[0] == ToyConfig(name="box", size=16, levels=(2, 3), renames={"a": "b"})
+
     done = runner.invoke(toy, ["make", "box", "--grid", "3"])
     assert isinstance(done.exception, UsageError) and "expected WxH" in str(done.exception)
 
@@ -148,10 +228,11 @@ def test_generated_options_parse_into_the_config(tmp_path):
 def test_generated_options_in_help_keep_the_field_order_and_presentation():
     command = typer.main.get_command(_toy_app([])).commands["make"]
     names = [param.name for param in command.params]
-    assert names == ["name", "size", "grid", "listing", "low", "high", "mode", "secret", "verbose"]
+    assert names == ["name", "size", "grid", "listing", "low", "high", "mode", "secret", "levels", "renames", "verbose"]
     params = {param.name: param for param in command.params}
     assert params["size"].opts == ["--size", "-s"] and params["size"].default == 16
     assert params["mode"].opts == ["-m", "--mode"] and params["mode"].metavar == "fast|exact"
     assert params["grid"].metavar == "WxH" and params["grid"].show_default is False
     assert params["secret"].hidden
+    assert params["levels"].default == "1,10" and params["renames"].default is None  # the defaults as typed
     assert [item.value for item in params["mode"].shell_complete(None, "e")] == ["exact"]

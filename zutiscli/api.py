@@ -42,9 +42,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from zutiscli.config_fields import field_default
 from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _clean, parse_classes
 from zutiscli.data.copypaste import CopyPasteConfig
-from zutiscli.engine.evaluator import TASKS as EVALUATE_TASKS
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste import write_dataset
 from zutiscli.pipeline.evaluate import EvaluateConfig, EvaluateResult
@@ -71,15 +71,11 @@ def _field_options(cls: type, exclude: Iterable[str] = ()) -> list[inspect.Param
     """Keyword-only parameters for the fields of a config dataclass, with its defaults."""
     skip = set(exclude)
     parameters = []
-    for field in dataclasses.fields(cls):
+    for field in dataclasses.fields(cls):  # options and not_an_option fields alike (zutiscli.config_fields)
         if field.name in skip:
             continue
-        if field.default is not dataclasses.MISSING:
-            default = field.default
-        elif field.default_factory is not dataclasses.MISSING:
-            default = field.default_factory()
-        else:
-            default = _REQUIRED
+        default = field_default(field)
+        default = _REQUIRED if default is dataclasses.MISSING else default
         parameters.append(inspect.Parameter(field.name, _KEYWORD, default=default, annotation=field.type))
     return parameters
 
@@ -409,13 +405,13 @@ def evaluate(pred, gt, output=None, **options):
         :class:`zutiscli.pipeline.evaluate.EvaluateResult` (``.metrics``: AP, mIoU and PQ as
         fractions in [0, 1]).
     """
-    from zutiscli.pipeline.evaluate import evaluate as run_evaluate, parse_class_map
+    from zutiscli.pipeline.evaluate import evaluate as run_evaluate
+    from zutiscli.pipeline.evaluate_config import parse_class_map, parse_tasks
 
     opts = _options(evaluate, options, "evaluate")
     progress, log = opts.pop("progress", None), opts.pop("log", None)
     if isinstance(opts.get("tasks"), str):
-        text = opts["tasks"].strip()
-        opts["tasks"] = [] if text in ("", "auto") else list(EVALUATE_TASKS) if text == "all" else _split(text)
+        opts["tasks"] = parse_tasks(opts["tasks"])
     if isinstance(opts.get("class_map"), str):
         opts["class_map"] = parse_class_map(opts["class_map"])
     if isinstance(opts.get("iou_types"), str):

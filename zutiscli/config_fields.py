@@ -43,6 +43,7 @@ class OptionSpec:
 
     - ``help``: the option's help text (required, one or more sentences).
     - ``flags``: the option's names in the order ``--help`` lists them; empty = ``--field-name``.
+      A boolean with an "off" name gives both as one, in Click's way: ``"--vis/--no-vis"``.
     - ``short``: a one-letter alias such as ``"-n"``, appended to ``flags``.
     - ``metavar``: the placeholder shown for the value (default: from the type, or ``choices``).
     - ``choices``: the values the field accepts; the metavar and shell completion show them (the
@@ -52,6 +53,9 @@ class OptionSpec:
     - ``show_default``: ``False`` to hide ``[default: ...]``, or text to show instead of the value.
     - ``parse``: a function from the command-line text to the field's value (e.g. ``"3/8"`` ->
       ``(3, 8)``); it raises :class:`zutiscli.errors.UsageError` for malformed text.
+    - ``text``: with ``parse``, the inverse: a field value as the command line writes it
+      (``(1, 10, 100)`` -> ``"1,10,100"``). The option's default is then the text of the field's
+      default; ``None`` text means "not given", which leaves the field at its default.
     - ``kind``: what the value names, for the command line's checks and completion: ``"path"``
       (a file or directory; the field holds it as ``str``), ``"model"`` (an open_clip model name),
       ``"device"`` (checked while the options are parsed).
@@ -68,6 +72,7 @@ class OptionSpec:
     panel: str | None = None
     show_default: bool | str = True
     parse: Callable[[str], Any] | None = None
+    text: Callable[[Any], str | None] | None = None
     kind: str | None = None
     parts: tuple[tuple[str, str], ...] = ()
 
@@ -95,6 +100,7 @@ def option(
     panel: str | None = None,
     show_default: bool | str = True,
     parse: Callable[[str], Any] | None = None,
+    text: Callable[[Any], str | None] | None = None,
     kind: str | None = None,
     parts: tuple[tuple[str, str], ...] = (),
     default_factory: Any = MISSING,
@@ -110,9 +116,11 @@ def option(
         raise ValueError("each part of an option needs its help text")
     if kind is not None and kind not in KINDS:
         raise ValueError(f"option kind {kind!r} is none of {', '.join(KINDS)}")
+    if text is not None and parse is None:
+        raise ValueError("an option with text= needs parse=, the way back from the text")
     spec = OptionSpec(help=help, flags=(flag,) if isinstance(flag, str) else tuple(flag), short=short,
                       metavar=metavar, choices=tuple(choices), hidden=hidden, panel=panel,
-                      show_default=show_default, parse=parse, kind=kind, parts=tuple(parts))
+                      show_default=show_default, parse=parse, text=text, kind=kind, parts=tuple(parts))
     return _field(default, default_factory, spec)
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
+from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import DefaultCommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.data.prepare_config import PrepareConfig
+from zutiscli.pipeline.evaluate_config import EvaluateConfig
 
 
 class _RunByDefault(DefaultCommandGroup):
@@ -94,26 +97,11 @@ def _tables(metrics: dict[str, Any]) -> list[Any]:
     return tables
 
 
-def _split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 @app.command("run")
+@from_config(EvaluateConfig, into="options")
 def run(
     pred: Annotated[Path, typer.Argument(help="A `zutis predict` directory, a COCO results JSON, a COCO panoptic JSON or a directory of label PNGs.", show_default=False)],
-    gt: Annotated[Path, typer.Option("--gt", help="Ground truth: COCO instances or panoptic JSON, a `zutis evaluate prepare` or `zutis synth scenes` directory, or a directory of label PNGs.", show_default=False)],
-    gt_semantic: Annotated[Optional[Path], typer.Option("--gt-semantic", help="Directory of ground-truth label PNGs (named by image stem; classes.txt names the labels).", show_default=False)] = None,
-    gt_panoptic_dir: Annotated[Optional[Path], typer.Option("--gt-panoptic-dir", help="PNG folder of a COCO panoptic GT JSON (default: the folder named like the JSON).", show_default=False)] = None,
-    task: Annotated[str, typer.Option("--task", metavar="auto|all|instance,semantic,panoptic", help="What to score; auto = whatever the inputs allow.")] = "auto",
-    classes: Annotated[Optional[str], typer.Option("--classes", metavar="PRED=GT,...", help="Rename predicted classes to ground-truth names, e.g. tv=television.", show_default=False)] = None,
-    agnostic: Annotated[bool, typer.Option("--agnostic/--no-agnostic", help="Also score instances class-agnostically (all categories merged).")] = True,
-    match: Annotated[str, typer.Option("--match", metavar="names|hungarian|majority", help="How predicted ids meet GT classes: by name, or (cluster ids) one-to-one Hungarian or many-to-one majority (U2Seg).")] = "names",
-    match_score: Annotated[float, typer.Option("--match-score", help="Instance cluster matching: only detections scoring at least this vote (U2Seg: 0.6).")] = 0.6,
-    match_iou: Annotated[float, typer.Option("--match-iou", help="Instance cluster matching: a vote needs IoU above this with a GT instance (U2Seg: 0.7).")] = 0.7,
-    match_iou_type: Annotated[str, typer.Option("--match-iou-type", metavar="bbox|segm", help="IoU of boxes (U2Seg) or masks for the vote.")] = "bbox",
-    iou_type: Annotated[str, typer.Option("--iou-type", metavar="segm,bbox", help="COCOeval IoU types.")] = "segm,bbox",
-    max_dets: Annotated[str, typer.Option("--max-dets", metavar="1,10,100", help="COCOeval maxDets (AP uses the last).")] = "1,10,100",
-    backend: Annotated[str, typer.Option("--backend", metavar="pycocotools|faster-coco-eval", help="COCOeval implementation.")] = "pycocotools",
+    options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -122,23 +110,10 @@ def run(
 
     Example: zutis evaluate preds --gt data/scenes -o runs/metrics
     """
-    from zutiscli.errors import UsageError
-    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate, parse_class_map
+    from zutiscli.pipeline.evaluate import evaluate
 
     reporter = Reporter(json_mode, quiet)
-    tasks = [] if task.strip() in ("auto", "") else (
-        ["instance", "semantic", "panoptic"] if task.strip() == "all" else _split_list(task))
-    try:
-        dets = [int(d) for d in _split_list(max_dets)]
-    except ValueError:
-        raise UsageError(f"--max-dets {max_dets!r}: give three integers, e.g. 1,10,100") from None
-    config = EvaluateConfig(
-        pred=str(pred), gt=str(gt), gt_semantic=str(gt_semantic) if gt_semantic else None,
-        gt_panoptic_dir=str(gt_panoptic_dir) if gt_panoptic_dir else None, tasks=tasks,
-        class_map=parse_class_map(classes), agnostic=agnostic, match=match, match_score=match_score,
-        match_iou=match_iou, match_iou_type=match_iou_type, iou_types=_split_list(iou_type), max_dets=dets,
-        backend=backend,
-    )
+    config = EvaluateConfig(pred=str(pred), **options)
     config.validate()
     with ProgressBar(reporter, "evaluate") as bar:
         result = evaluate(config, output, progress=bar, log=reporter.log)
@@ -152,13 +127,10 @@ def run(
 
 
 @app.command("prepare")
+@from_config(PrepareConfig, into="options")
 def prepare(
     name: Annotated[str, typer.Argument(metavar="NAME", help="coco20k, coco-val2017, voc2012, coca, imagenet-s919 (or -s300, -s50), cub2011.", show_default=False)],
-    root: Annotated[Path, typer.Option("--root", help="Your local copy of the dataset.", show_default=False)],
-    file_list: Annotated[Optional[Path], typer.Option("--file-list", help="coco20k: LOST's coco_20k_filenames.txt (required).", show_default=False)] = None,
-    split: Annotated[Optional[str], typer.Option("--split", help="Split (default: val2017 / train2014 / val / validation / test).", show_default=False)] = None,
-    class_names: Annotated[Optional[Path], typer.Option("--class-names", help="imagenet-s: names in class-id order, or LOC_synset_mapping.txt (default: WordNet ids).", show_default=False)] = None,
-    threshold: Annotated[float, typer.Option("--threshold", help="coca, cub2011: binarise masks above this fraction of white.")] = 0.5,
+    options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -167,11 +139,10 @@ def prepare(
 
     Example: zutis evaluate prepare voc2012 --root VOCdevkit/VOC2012 -o gt/voc
     """
-    from zutiscli.pipeline.evaluate import PrepareConfig, prepare_dataset
+    from zutiscli.pipeline.evaluate import prepare_dataset
 
     reporter = Reporter(json_mode, quiet)
-    config = PrepareConfig(name=name, root=str(root), file_list=str(file_list) if file_list else None, split=split,
-                           class_names=str(class_names) if class_names else None, threshold=threshold)
+    config = PrepareConfig(name=name, **options)
     config.validate()
     with ProgressBar(reporter, f"prepare {name}") as bar:
         result = prepare_dataset(config, output, progress=bar, log=reporter.log)

@@ -12,12 +12,14 @@ parameters (arguments, ``--json``, ``-o`` ...): :func:`from_config` replaces it 
 per field (in field order, with the field's default, help, names and presentation) and, when the
 command runs, passes it the parsed values as ``{field name: value}``, each converted to what the
 config holds (``--shard 3/8`` -> ``(3, 8)``, a path -> ``str``, ``--scale-min/--scale-max`` -> one
-tuple). Typer reads the command's parameters through ``inspect.signature``, which honours the
+tuple); an option with ``text`` shows the field's default as typed (``--max-dets 1,10,100``).
+Typer reads the command's parameters through ``inspect.signature``, which honours the
 ``__signature__`` set here. Decorators can be stacked, each with its own ``into``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -81,11 +83,16 @@ def _fspath(value: Any) -> Any:
     return None if value is None else os.fspath(value)
 
 
-def _parsed(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+def _parsed(parse: Callable[[str], Any], absent: Callable[[], Any]) -> Callable[[Any], Any]:
+    """Text -> field value; an option not given (``None``) -> ``absent()``."""
     def convert(value: Any) -> Any:
-        return None if value is None else parse(value)
+        return absent() if value is None else parse(value)
 
     return convert
+
+
+def _none() -> None:
+    return None
 
 
 def _options_of(field: dataclasses.Field, spec: OptionSpec, annotation: Any, default: Any
@@ -103,8 +110,13 @@ def _options_of(field: dataclasses.Field, spec: OptionSpec, annotation: Any, def
                                                 annotation=Annotated[elements[number], option]))
         return parameters, tuple
     base, optional = _optional(annotation)
-    if spec.parse is not None:
-        base, convert = str, _parsed(spec.parse)
+    if spec.parse is not None and spec.text is not None and default is not dataclasses.MISSING:
+        # The option shows the default as the user would type it; not given, the field keeps it.
+        field_value = default
+        default = spec.text(field_value)
+        base, convert = str, _parsed(spec.parse, lambda: copy.deepcopy(field_value))
+    elif spec.parse is not None:
+        base, convert = str, _parsed(spec.parse, _none)
     elif spec.kind == "path":
         base, convert = Path, _fspath
     else:

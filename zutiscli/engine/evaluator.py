@@ -48,14 +48,11 @@ from PIL import Image
 from zutiscli.artefacts.groundtruth import CLASSES_FILE, GroundTruth, GtImage, _norm, _rasterise
 from zutiscli.artefacts.labelmap import IGNORE_16BIT, read_label_map
 from zutiscli.artefacts.predictions import Prediction, PredImage
+from zutiscli.engine.evaluator_choices import BACKENDS, IOU_TYPES, MATCH_MODES, TASKS  # noqa: F401 - exported
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.ops import metrics as M
 from zutiscli.ops.masks import segmentation_to_rle
 
-TASKS = ("instance", "semantic", "panoptic")
-MATCH_MODES = ("names", "hungarian", "majority")
-IOU_TYPES = ("segm", "bbox")
-BACKENDS = ("pycocotools", "faster-coco-eval")
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 Log = Callable[[str], None]

@@ -6,7 +6,8 @@ overrides one, or the paper's with ``inference="paper"``) into the predict engin
 (:mod:`zutiscli.engine.predict`), which streams the images into a predictions directory
 (:mod:`zutiscli.artefacts.prediction_writer`). ``shard=(i, n)`` segments the images whose path
 hashes to ``i`` modulo ``n`` into ``OUTPUT/shard-i-of-n``; :func:`merge_predictions` joins shards
-into the directory an unsharded run writes.
+into the directory an unsharded run writes. The options, :class:`PredictConfig`, live in
+:mod:`zutiscli.pipeline.predict_config` (no torch there, for the command line's ``--help``).
 """
 
 from __future__ import annotations
@@ -14,126 +15,24 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.artefacts.prediction_writer import KIND, ImageResult, PredictionsWriter
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.data.classes import ClassQuery, safe_filenames
+from zutiscli.data.classes import safe_filenames
 from zutiscli.engine import inference
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan
+from zutiscli.pipeline.predict_config import TASKS, PredictConfig  # noqa: F401 - TASKS for importers
 
-TASKS = ("semantic", "instance", "panoptic", "all")
 SHARD_NAME = "shard.json"
 NMS_METHODS = inference.NMS_METHODS
 SEMANTIC_SOURCES = inference.SEMANTIC_SOURCES
 
 __all__ = ["PredictConfig", "PredictResult", "ImageResult", "predict", "plan_predict", "merge_predictions"]
-
-
-@dataclass
-class PredictConfig:
-    """Options of ``zutis predict`` (pixels for sizes; probabilities and IoUs in [0, 1]).
-
-    The inference settings (``mask_threshold`` ... ``crf``) default to ``None``: the model's recipe
-    (recorded by ``zutis train``), else the paper's (:class:`zutiscli.engine.inference.InferenceSettings`).
-    ``inference="paper"`` starts from the paper's settings whatever the recipe says.
-    """
-
-    inputs: Sequence[str] = ()
-    from_list: str | None = None
-    classes: Sequence[ClassQuery] = ()
-    method: str = "zutis"
-    checkpoint: str | None = None
-    model: str = "ViT-B-16"
-    pretrained: str | None = None
-    task: str = "all"
-    device: str = "auto"
-    precision: str = "fp32"
-    max_size: int | None = None
-    inference: str = "recipe"
-    mask_threshold: float | None = None
-    class_temperature: float | None = None
-    score_threshold: float | None = None
-    nms: str | None = None
-    iou_threshold: float | None = None
-    sigma: float | None = None
-    max_detections: int | None = None
-    crf: bool | None = None
-    crf_iterations: int = 10
-    crf_pos_w: float = 3.0
-    crf_pos_xy: float = 1.0
-    crf_bi_w: float = 4.0
-    crf_bi_xy: float = 67.0
-    crf_bi_rgb: float = 3.0
-    workers: int = 0
-    components: bool = False
-    refine: str | None = None
-    semantic_from: str | None = None
-    crop_weight: float | None = None
-    crop_model: str | None = None
-    crop_pretrained: str | None = None
-    crop_adapter: bool = True
-    vis: bool = True
-    max_pixels: int | None = 178_956_970
-    batch_size: int = 1
-    loader_workers: int | None = None
-    shard: tuple[int, int] | None = None
-
-    def validate(self) -> None:
-        """Check the options (the inference settings as given; :meth:`settings` checks them resolved)."""
-        from zutiscli.methods.predict import get
-
-        if not self.classes:
-            raise UsageError("give the classes to segment: --classes a,b,c or --classes-file FILE")
-        if any(q.name.lower() == "background" for q in self.classes):
-            raise UsageError("'background' is always a class of its own; leave it out of --classes")
-        if self.task not in TASKS:
-            raise UsageError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
-        get(self.method)
-        if self.max_size is not None and self.max_size < 32:
-            raise UsageError(f"--max-size must be >= 32 (got {self.max_size})")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if self.loader_workers is not None and self.loader_workers < 0:
-            raise UsageError(f"--loader-workers must be >= 0 (got {self.loader_workers})")
-        if self.shard is not None and not (self.shard[1] >= 1 and 0 <= self.shard[0] < self.shard[1]):
-            raise UsageError(f"--shard {self.shard[0]}/{self.shard[1]}: need 0 <= I < N")
-        inference.resolve(self.overrides(), None, "paper")[0].validate(self.method)
-        self.settings({})
-
-    def overrides(self) -> dict[str, Any]:
-        """The inference settings given as options (``None``: not given)."""
-        return {name: getattr(self, name) for name in inference.FIELDS}
-
-    def settings(self, recipe: dict[str, Any] | None) -> tuple[inference.InferenceSettings, dict[str, str]]:
-        """The inference settings in effect for a model with ``recipe``, and where each came from."""
-        settings, origin = inference.resolve(self.overrides(), recipe, self.inference)
-        settings.validate(self.method)
-        if (self.crop_model or self.crop_pretrained) and settings.crop_weight == 0:
-            raise UsageError("--crop-model/--crop-pretrained choose the crop classifier; give --crop-weight "
-                             "above 0 to use it")
-        return settings, origin
-
-    @property
-    def tasks(self) -> set[str]:
-        return {"semantic", "instance", "panoptic"} if self.task == "all" else {self.task}
-
-    def wants_instances_with(self, settings: inference.InferenceSettings) -> bool:
-        """Instances are computed: asked for, or the semantic map is drawn from them."""
-        return bool(self.tasks & {"instance", "panoptic"}) or (
-            settings.semantic_from == "instances" and "semantic" in self.tasks)
-
-    def decode_workers(self, images: int) -> int:
-        """Processes decoding images: ``loader_workers``, else one per CPU but one (at most 4) for 16
-        images or more, none for fewer (starting a process costs more than it saves)."""
-        if self.loader_workers is not None:
-            return self.loader_workers
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(0, min(4, cpus - 1)) if images >= 16 else 0
 
 
 @dataclass

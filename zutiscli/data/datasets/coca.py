@@ -14,7 +14,7 @@ from zutiscli.data.datasets.common import Log, Progress, _find_dir, _image_size,
 from zutiscli.errors import ArtefactError
 
 if TYPE_CHECKING:
-    from zutiscli.data.datasets import PrepareConfig
+    from zutiscli.data.prepare_config import PrepareConfig
 
 
 def prepare_coca(config: PrepareConfig, root: Path, out: Path | None, progress: Progress | None, log: Log,

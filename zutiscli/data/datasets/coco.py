@@ -14,7 +14,7 @@ from zutiscli.data.datasets.common import Log, Progress
 from zutiscli.errors import ArtefactError, UsageError
 
 if TYPE_CHECKING:
-    from zutiscli.data.datasets import PrepareConfig
+    from zutiscli.data.prepare_config import PrepareConfig
 
 
 COCO20K_SIZE = 19_817

@@ -11,7 +11,7 @@ from zutiscli.artefacts.groundtruth import PrepareResult
 from zutiscli.errors import ArtefactError
 
 if TYPE_CHECKING:
-    from zutiscli.data.datasets import PrepareConfig
+    from zutiscli.data.prepare_config import PrepareConfig
 
 Log = Callable[[str], None]
 Progress = Callable[[int, int], None]

@@ -14,7 +14,7 @@ from zutiscli.data.datasets.common import Log, Progress, _unique_stems
 from zutiscli.errors import ArtefactError, UsageError
 
 if TYPE_CHECKING:
-    from zutiscli.data.datasets import PrepareConfig
+    from zutiscli.data.prepare_config import PrepareConfig
 
 
 def prepare_cub(config: PrepareConfig, root: Path, out: Path | None, progress: Progress | None, log: Log,

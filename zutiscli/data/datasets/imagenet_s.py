@@ -14,7 +14,7 @@ from zutiscli.data.datasets.common import Log, Progress
 from zutiscli.errors import ArtefactError
 
 if TYPE_CHECKING:
-    from zutiscli.data.datasets import PrepareConfig
+    from zutiscli.data.prepare_config import PrepareConfig
 
 
 def _imagenet_s_names(config: PrepareConfig, wnids: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ from zutiscli.data.datasets.common import Log, Progress
 from zutiscli.errors import ArtefactError
 
 if TYPE_CHECKING:
-    from zutiscli.data.datasets import PrepareConfig
+    from zutiscli.data.prepare_config import PrepareConfig
 
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
