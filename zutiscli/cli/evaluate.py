@@ -8,25 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
-from zutiscli.cli.options import DefaultCommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, group_with_default
 from zutiscli.data.prepare_config import PrepareConfig
 from zutiscli.pipeline.evaluate_config import EvaluateConfig
 
 
-class _RunByDefault(DefaultCommandGroup):
-    default_command = "run"
-
-
-app = typer.Typer(
-    cls=_RunByDefault,
-    no_args_is_help=True,
-    help=(
+app = group_with_default("evaluate", "run", (
         "Score predictions: COCO mask/box AP (class-aware and agnostic), mIoU with ImageNet-S size buckets, "
         "PQ; Hungarian or majority matching for unsupervised cluster ids. "
         "`zutis evaluate PRED --gt GT` scores; `zutis evaluate prepare NAME --root DIR` writes a benchmark's "
         "ground truth (coco20k, coco-val2017, voc2012, coca, imagenet-s919, cub2011)."
-    ),
-)
+    ))
 
 
 def _pct(value: Any) -> str:

@@ -9,30 +9,22 @@ import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import (
-    DefaultCommandGroup,
     DryRunOpt,
     JsonOpt,
     OutputOpt,
     ProgressBar,
     QuietOpt,
     Reporter,
+    group_with_default,
     print_dry_run,
 )
 from zutiscli.pipeline.index_config import IndexConfig
 
 
-class _BuildByDefault(DefaultCommandGroup):
-    default_command = "build"
-
-
-app = typer.Typer(
-    cls=_BuildByDefault,
-    no_args_is_help=True,
-    help=(
+app = group_with_default("index", "build", (
         "Embed an image collection once with CLIP (resumable, appendable, shardable). "
         "`zutis index IMAGES...` builds an index; `zutis index merge SHARDS... -o DIR` joins shards."
-    ),
-)
+    ))
 
 
 def _summary_text(summary: dict[str, Any], seconds: float, rate: float, embedded: int, skipped: int, failed: int) -> str:

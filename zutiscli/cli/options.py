@@ -110,6 +110,16 @@ class DefaultCommandGroup(CommandGroup):
         return results
 
 
+def group_with_default(name: str, default: str, help: str) -> typer.Typer:
+    """The command group ``zutis NAME`` whose first argument, when it names no subcommand, goes to
+    ``default`` (``zutis index IMAGES`` = ``zutis index build IMAGES``); its help ends by saying
+    where the default command's options are listed."""
+    group = type(f"_{default.title()}ByDefault", (DefaultCommandGroup,), {"default_command": default})
+    return typer.Typer(cls=group, no_args_is_help=True,
+                       help=f"{help} `zutis {name} {default} --help` lists its options.")
+
+
+
 class Reporter:
     """Prints for one command invocation, honouring ``--json`` and ``--quiet``."""
 

@@ -10,7 +10,6 @@ import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import (
-    DefaultCommandGroup,
     DryRunOpt,
     JsonOpt,
     OutputOpt,
@@ -18,23 +17,16 @@ from zutiscli.cli.options import (
     QuietOpt,
     Reporter,
     complete_class_names,
+    group_with_default,
     print_dry_run,
 )
 from zutiscli.pipeline.predict_config import PredictConfig
 
 
-class _RunByDefault(DefaultCommandGroup):
-    default_command = "run"
-
-
-app = typer.Typer(
-    cls=_RunByDefault,
-    no_args_is_help=True,
-    help=(
+app = group_with_default("predict", "run", (
         "Segment images for any class names with a trained model (or a training-free method). "
         "`zutis predict IMAGES... --classes a,b` runs; `zutis predict merge SHARDS... -o DIR` joins the shards of a --shard run."
-    ),
-)
+    ))
 
 
 @app.command("run")

@@ -9,7 +9,6 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from zutiscli.cli.options import (
-    DefaultCommandGroup,
     DeviceOpt,
     DryRunOpt,
     JsonOpt,
@@ -19,6 +18,7 @@ from zutiscli.cli.options import (
     QuietOpt,
     Reporter,
     complete_model_names,
+    group_with_default,
     print_dry_run,
 )
 from zutiscli.methods.pseudolabel import get_labeller, labeller_names
@@ -29,18 +29,10 @@ _SIZES = ", ".join(f"{get_labeller(name).default_size} {name}" for name in label
                    if get_labeller(name).needs == "features")
 
 
-class _RunByDefault(DefaultCommandGroup):
-    default_command = "run"
-
-
-app = typer.Typer(
-    cls=_RunByDefault,
-    no_args_is_help=True,
-    help=(
+app = group_with_default("pseudolabel", "run", (
         "Find the object in every archive image and name it after its archive (resumable, shardable). "
         "`zutis pseudolabel ARCHIVES` runs; `zutis pseudolabel merge SHARDS... -o DIR` joins shards."
-    ),
-)
+    ))
 
 
 def _print_per_class(reporter: Reporter, per_class: dict[str, dict[str, Any]]) -> None:

@@ -49,7 +49,7 @@ def _listing(config: PredictConfig) -> tuple[Any, list[Path], list[str], tuple[i
     """``(found, this shard's images, their stems, shard, their positions in the whole listing)``;
     stems are those of the whole listing, so a shard names its files as the unsharded run does."""
     from zutiscli.data.images import discover_images
-    from zutiscli.pipeline.index import shard_from_environment, shard_of
+    from zutiscli.data.shards import shard_from_environment, shard_of
 
     found = discover_images(list(config.inputs), from_list=config.from_list)
     if not found.paths and not found.problems:

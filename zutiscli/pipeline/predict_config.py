@@ -15,7 +15,7 @@ from zutiscli.engine import inference
 # by name: in PredictConfig's body its field ``inference`` hides the module
 from zutiscli.engine.inference import NMS_METHODS, REFINERS, SEMANTIC_SOURCES, SOURCES
 from zutiscli.errors import UsageError
-from zutiscli.pipeline.index_config import parse_shard
+from zutiscli.data.shards import parse_shard
 
 if TYPE_CHECKING:
     from zutiscli.data.classes import ClassQuery
