@@ -165,3 +165,14 @@ def test_in_memory_predictions_score_as_the_written_directory(recipe_run, tmp_pa
     assert in_memory["tasks"] == on_disk["tasks"] and {"instance", "semantic"} <= set(on_disk["tasks"])
     for task in on_disk["tasks"]:
         assert in_memory[task] == on_disk[task], task
+
+
+def test_a_shard_without_images_is_written_empty_and_merges(recipe_run, tmp_path):
+    run, images = recipe_run
+    whole = predict(config(run, images, vis=False), tmp_path / "whole").path
+    shards = [predict(config(run, images, vis=False, shard=(i, 8)), tmp_path / "eight").path for i in range(8)]
+    counts = [len(json.loads((p / "images.json").read_text())["images"]) for p in shards]
+    assert sum(counts) == 6 and counts.count(0) >= 2  # six images over eight shards
+    merged = merge_predictions(shards, tmp_path / "merged")
+    for name in ("predictions.json", "images.json", "panoptic.json"):
+        assert json.loads((merged / name).read_text()) == json.loads((whole / name).read_text()), name

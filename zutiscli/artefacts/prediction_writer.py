@@ -79,6 +79,12 @@ class PredictionsWriter:
     def failed(self, path: Path, reason: str) -> None:
         self.failures.append((str(path), reason))
 
+    def open(self) -> Path:
+        """Create the directory now (a shard whose slice holds no image still writes its artefact)."""
+        if self.path is None:
+            self.path = self._open()
+        return self.path
+
     def add(self, item: Any) -> None:
         """Write one :class:`zutiscli.engine.predict.Segmented` image's files; keep its records."""
         from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox

@@ -129,10 +129,12 @@ def predict(config: PredictConfig, output: str | Path | None = None,
                             progress=progress).as_dict()
     finally:
         engine.predictor.close()
+    if writer.path is None and shard is not None and not listing:
+        say(f"shard {shard[0]}/{shard[1]} holds none of the {len(found.paths)} images; writing it empty")
+        writer.open()
     if writer.path is None:
         if not writer.failures:
-            raise ZutisError(f"shard {shard[0]}/{shard[1]} holds none of the {len(found.paths)} images; "
-                             f"use fewer shards") if shard else ZutisError("no image to segment")
+            raise ZutisError("no image to segment")
         where, reason = writer.failures[0]
         if len(writer.failures) == 1:
             raise ZutisError(f"{where}: {reason}; no image to segment, nothing was written")
