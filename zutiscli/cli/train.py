@@ -9,7 +9,11 @@ import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import DryRunOpt, JsonOpt, OutputOpt, QuietOpt, Reporter, err_console, print_dry_run
+from zutiscli.config_fields import option_fields
 from zutiscli.pipeline.train_config import TrainConfig, load_recipe
+
+#: The flag of each TrainConfig option (``stop_gradient`` -> ``--stop-grad``), for messages.
+_FLAGS = {field.name: spec.names(field.name)[0].split("/")[0] for field, spec, _ in option_fields(TrainConfig)}
 
 
 @from_config(TrainConfig, into="options")
@@ -51,7 +55,8 @@ def train(
         # A resumed run keeps its own recipe; only --iterations (from a flag or a recipe) extends it.
         ignored = sorted((flags | recipe | ({"source"} if source is not None else set())) - {"iterations"})
         if ignored:
-            reporter.warn(f"{', '.join('--' + n.replace('_', '-') for n in ignored)} ignored with --resume: "
+            named = ", ".join(_FLAGS.get(name, "--" + name.replace("_", "-")) for name in ignored)
+            reporter.warn(f"{named} ignored with --resume: "
                           f"the run continues with the options it was started with")
         extend = "iterations" in flags or "iterations" in recipe
         config = TrainConfig.from_dict({"iterations": values["iterations"]}, where=where) if extend else None
