@@ -428,10 +428,10 @@ def test_resuming_a_finished_run_does_not_extend_it_to_the_default_iterations(wo
 
     run_dir = tmp_path / "run"
     shutil.copytree(world["run"], run_dir)
-    code, out, err = run(capsys, ["train", "--resume", str(run_dir), "--json", "--device", "cpu"])
+    code, out, err = run(capsys, ["train", "--resume", str(run_dir), "--json", "--device", "cpu", "--stop-grad"])
     assert code == 0, err
     assert json.loads(out)["iteration"] == 1
-    assert "--device ignored with --resume" in err
+    assert "--device, --stop-grad ignored with --resume" in err  # each flag as typed
 
 
 def test_predict_reads_no_model_for_an_unusable_output(world, tmp_path, capsys):

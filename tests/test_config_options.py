@@ -17,11 +17,14 @@ from zutiscli.data.copypaste_config import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
 from zutiscli.data.prepare_config import PrepareConfig
+from zutiscli.pipeline.demo_config import COMMAND_DEFAULTS as DEMO_DEFAULTS, FAST, DemoConfig
 from zutiscli.pipeline.evaluate_config import EvaluateConfig
 from zutiscli.pipeline.index_config import IndexConfig
 from zutiscli.pipeline.predict_config import PredictConfig
+from zutiscli.pipeline.pseudolabel_config import PseudolabelConfig
 from zutiscli.pipeline.retrieve_config import RetrieveConfig
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
+from zutiscli.pipeline.train_config import TrainConfig
 
 SCENES_ONLY = {"min_objects", "max_objects"}
 
@@ -38,6 +41,9 @@ CONVERTED = [
     ("predict run", PredictConfig, set(), {}),
     ("evaluate run", EvaluateConfig, set(), {}),
     ("evaluate prepare", PrepareConfig, set(), {}),
+    ("pseudolabel run", PseudolabelConfig, set(), {}),
+    ("train", TrainConfig, set(), {}),
+    ("demo", DemoConfig, set(), DEMO_DEFAULTS),
 ]
 
 
@@ -129,11 +135,56 @@ def test_config_modules_import_neither_torch_nor_numpy():
     import subprocess
     import sys
 
-    modules = ["zutiscli.pipeline.predict_config", "zutiscli.pipeline.evaluate_config", "zutiscli.data.prepare_config"]
+    modules = ["zutiscli.pipeline.predict_config", "zutiscli.pipeline.evaluate_config", "zutiscli.data.prepare_config",
+               "zutiscli.pipeline.pseudolabel_config", "zutiscli.pipeline.train_config",
+               "zutiscli.pipeline.demo_config"]
     code = ("import sys\n" + "".join(f"import {name}\n" for name in modules)
             + "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_pseudolabel_method_choices_and_sizes_come_from_the_registry():
+    from zutiscli.methods.pseudolabel import get_labeller, labeller_names
+
+    options = _options_by_flag(_command("pseudolabel run"))
+    assert options["--method"].metavar == "|".join(labeller_names())
+    for name in labeller_names():
+        labeller = get_labeller(name)
+        if labeller.needs == "features":
+            assert f"{labeller.default_size} {name}" in options["--size"].help, name
+
+
+def test_train_takes_its_copy_paste_defaults_from_copypaste():
+    assert TrainConfig().copypaste() == CopyPasteConfig()
+
+
+def test_train_flags_override_the_recipe_even_at_their_defaults_and_its_values_the_defaults(tmp_path, monkeypatch):
+    import zutiscli.pipeline.train as stage
+
+    planned = []
+
+    def plan(config, output=None, resume=None):
+        planned.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(stage, "plan_training", plan)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("iterations: 7\nbatch_size: 3\nscale_min: 0.2\n", encoding="utf-8")
+    done = CliRunner().invoke(app, ["train", str(tmp_path), "--config", str(recipe), "--batch-size", "8", "--dry-run"])
+    assert done.exit_code == 0, done.output
+    config = planned.pop()
+    assert (config.iterations, config.batch_size, config.scale_min) == (7, 8, 0.2)  # --batch-size 8 is the default
+    assert (config.crop, config.source) == (TrainConfig.crop, str(tmp_path))
+
+
+def test_demo_options_given_as_defaults_leave_the_fast_preset_alone():
+    from zutiscli.pipeline.demo_config import preset
+
+    assert set(DEMO_DEFAULTS) == {"pile", "scenes", "k"} <= set(FAST)
+    fast = preset(True, **{name: None for name in DEMO_DEFAULTS})
+    assert (fast.pile, fast.scenes, fast.k) == (FAST["pile"], FAST["scenes"], FAST["k"])
+    assert preset(False, k=7).k == 7
 
 
 def test_a_field_without_help_cannot_become_an_option():

@@ -2,25 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from zutiscli.cli.options import DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.from_config import ConfigValues, from_config
+from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.pipeline.demo_config import COMMAND_DEFAULTS, DemoConfig, preset
 
 
+# --help lists --fast, then DemoConfig's options (those --fast presets default to the preset's).
+@from_config(DemoConfig, into="options", defaults=COMMAND_DEFAULTS)
 def demo(
     fast: Annotated[bool, typer.Option("--fast", help="A smaller recipe: 1,200 pile images, 300 training iterations, 100 test scenes (about 40% of the time).")] = False,
-    ablation: Annotated[bool, typer.Option("--ablation", help="Also reproduce the paper's findings: no NMS, no stop-gradient (also at the paper's temperature 1), zero-shot to an untrained shape and to colour-shape names; and, beyond the paper, the crop adapter left out and the same model trained on ground-truth scenes, the bound of the chain.")] = False,
-    pretrained: Annotated[str, typer.Option("--pretrained", help="shapes-clip weights: builtin (shipped) or a file from `zutis synth train-clip`.")] = "builtin",
-    iterations: Annotated[Optional[int], typer.Option("--iterations", help="Training iterations (default: the recipe's).", show_default=False)] = None,
-    pile: Annotated[Optional[int], typer.Option("--pile", help="Unlabelled images to index (default: the recipe's).", show_default=False)] = None,
-    scenes: Annotated[Optional[int], typer.Option("--scenes", help="Held-out evaluation scenes (default: the recipe's).", show_default=False)] = None,
-    k: Annotated[Optional[int], typer.Option("-k", help="Images retrieved per shape name (default: the recipe's).", show_default=False)] = None,
-    zero_shot_class: Annotated[str, typer.Option("--zero-shot-class", help="--ablation: the shape left out of training.")] = "star",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the pile, of copy-paste and of training.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", help="Data-loading processes of training; with 0, the synthetic images and copy-paste scenes are written in this process too (else by one process per CPU, up to 4).")] = 1,
-    device: DeviceOpt = "auto",
+    options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -32,11 +27,10 @@ def demo(
 
     Example: zutis demo --fast -o runs/demo-fast
     """
-    from zutiscli.pipeline.demo import describe_stage_quality, preset, run_demo
+    from zutiscli.pipeline.demo import describe_stage_quality, run_demo
 
     reporter = Reporter(json_mode, quiet)
-    config = preset(fast, ablation=ablation, pretrained=pretrained, iterations=iterations, pile=pile, scenes=scenes,
-                    k=k, zero_shot_class=zero_shot_class, seed=seed, workers=workers, device=device)
+    config = preset(fast, **options)
     with ProgressBar(reporter, "demo", unit="steps") as bar:
         def progress(stage: str, done: int, total: int) -> None:
             bar.describe(stage)

@@ -49,96 +49,15 @@ from zutiscli.artefacts.pseudolabels import (
     write_part,
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.data.shards import (check_shard, distinct_directories, parse_shard, shard_dir_name,
-                                  shard_from_environment, shard_of)
+from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
-from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
+from zutiscli.pipeline.pseudolabel_config import REFINERS, PseudolabelConfig  # noqa: F401 - exported here too
 
-REFINERS = ("bilateral", "densecrf", "none")
 #: Manifest params that may differ between the shards of one run (they change no mask).
 SHARD_FREE_PARAMS = ("shard", "workers", "chunk_size", "device")
-
-
-@dataclass
-class PseudolabelConfig:
-    """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area).
-
-    ``shard``: ``(i, n)`` or ``"i/n"`` to process slice i of n (0-based); None = the environment's
-    (SLURM array, torchrun), else the whole run.
-    """
-
-    archives: str = ""
-    method: str = "spectral"
-    model: str | None = None
-    pretrained: str | None = None
-    size: int | None = None
-    features: str = "keys"
-    ks: tuple[int, ...] = (2, 3, 4)
-    top_k: float = 0.4
-    max_objects: int = 3
-    tau: float = 0.15
-    refine: str = "bilateral"
-    components: str | None = None
-    fill_holes: bool = True
-    min_area: float = 0.005
-    saliency_model: str | None = None
-    onnx_size: int = 320
-    onnx_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    onnx_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    device: str = "auto"
-    precision: str = "fp32"
-    workers: int = 0
-    chunk_size: int = 64
-    preview: int = 0
-    seed: int = 0
-    shard: tuple[int, int] | None = None
-
-    def __post_init__(self) -> None:
-        if isinstance(self.shard, str):  # "I/N", as the command line and the Python API take it
-            self.shard = parse_shard(self.shard)
-
-    def validate(self) -> None:
-        if self.method not in labeller_names():
-            raise UsageError(f"--method {self.method!r} is not one of {', '.join(labeller_names())}")
-        if self.refine not in REFINERS:
-            raise UsageError(f"--refine {self.refine!r} is not one of {', '.join(REFINERS)}")
-        if self.components not in (None, "largest", "split", "none"):
-            raise UsageError(f"--components {self.components!r} is not one of largest, split, none")
-        if self.features not in ("keys", "tokens"):
-            raise UsageError(f"--features {self.features!r} is not keys or tokens")
-        if self.size is not None and self.size < 16:
-            raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
-        if not 0 < self.top_k <= 1:
-            raise UsageError(f"--top-k must lie in (0, 1] (got {self.top_k})")
-        if self.max_objects < 1:
-            raise UsageError(f"--max-objects must be >= 1 (got {self.max_objects})")
-        if not 0 <= self.min_area < 1:
-            raise UsageError(f"--min-area must lie in [0, 1) (got {self.min_area})")
-        if any(k < 2 for k in self.ks):
-            raise UsageError("--ks values must be >= 2")
-        if self.chunk_size < 1 or self.workers < 0 or self.preview < 0:
-            raise UsageError("--chunk-size must be >= 1, --workers and --preview >= 0")
-        if self.shard is not None:
-            check_shard(tuple(self.shard))
-        self.labeller.validate(self)
-
-    @property
-    def labeller(self) -> PseudoLabeller:
-        """The registered method called :attr:`method`."""
-        return get_labeller(self.method)
-
-    @property
-    def input_size(self) -> int:
-        """Input short side (square side for square-input methods) in pixels: --size, else the method's default."""
-        return self.size or self.labeller.default_size
-
-    @property
-    def component_mode(self) -> str:
-        """--components, else the method's default."""
-        return self.components or self.labeller.default_components
 
 
 #: Images per backbone forward pass (same input shape only; MaskCut's square inputs always are).

@@ -6,7 +6,7 @@ reference that shows what the same model and budget reach without the unsupervis
 :mod:`zutiscli.data.scenes` for the deterministic stream of scenes that makes a resumed or
 distributed run see exactly the scenes of a single uninterrupted run.
 
-Recipe: :class:`TrainConfig`, whose defaults are the official ones (AdamW, lr 5e-5 for the heads
+Recipe: :class:`TrainConfig` (:mod:`zutiscli.pipeline.train_config`), whose defaults are the official ones (AdamW, lr 5e-5 for the heads
 and 0.1x for the CLIP image encoder, weight decay 0.05, poly schedule (power 0.9, floor 1e-6) by
 iteration, 20k iterations, batch 8, 384 px); recipes shipped as YAML files (``--config official``,
 ``demo``, ``demo-fast``: :mod:`zutiscli.recipes`) or given as files (:func:`load_recipe`).
@@ -26,7 +26,7 @@ held-out evaluation (``eval_images`` / ``eval_gt``, every ``eval_every`` iterati
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,196 +38,18 @@ from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.artefacts.runs import CHECKPOINT, METRICS, resume_checkpoint_path
 from zutiscli.artefacts.scenes import load_scenes
-from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool
+from zutiscli.data.copypaste import ObjectPool
 from zutiscli.data.scenes import scene_classes, scene_loader, source_manifest, training_scenes
 from zutiscli.engine.crop_adapter import fit_on_scenes
-from zutiscli.engine.inference import check_recipe
 from zutiscli.pipeline.held_out import HeldOut, drop_stale_evals, evaluate_model, held_out_set, last_eval
 from zutiscli.engine.trainer import DistInfo, Progress, Trainer, amp_dtype, barrier, broadcast, init_distributed
 from zutiscli.errors import UsageError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.crop_classifier import CropAdapter
 from zutiscli.models.device import resolve_device
-from zutiscli.models.zutis import ZutisConfig, ZutisModel
+from zutiscli.models.zutis import ZutisModel
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``zutis train`` (saved in the run directory and in checkpoints)."""
-
-    source: str = ""
-    model: str = "ViT-B-16"
-    pretrained: str | None = None
-    num_queries: int = 100
-    decoder_layers: int = 6
-    decoder_heads: int = 8
-    decoder_ffn: int = 2048
-    mlp_hidden: int = 256
-    temperature: float = 1.0
-    stop_gradient: bool = True
-    positional_values: bool = False
-    iterations: int = 20_000
-    batch_size: int = 8
-    crop: int = 384
-    lr: float = 5e-5
-    encoder_lr_mult: float = 0.1
-    weight_decay: float = 0.05
-    poly_power: float = 0.9
-    min_lr: float = 1e-6
-    lambda_mask: float = 1.0
-    max_objects: int = 10
-    same_class_prob: float = 0.5
-    scale_min: float = 0.1
-    scale_max: float = 1.0
-    canvas_min: float = 1.0
-    canvas_max: float = 1.0
-    outside: float = 0.0
-    crop_adapter_scenes: int = 1000
-    crop_adapter_decay: float = 0.01
-    crop_adapter_views: int = 3
-    seed: int = 0
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    checkpoint_every: int = 1000
-    log_every: int = 10
-    max_minutes: float | None = None
-    eval_images: str | None = None
-    eval_gt: str | None = None
-    eval_every: int = 0
-    eval_classes: str | None = None
-    inference: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def evaluates(self) -> bool:
-        """Whether the run evaluates on a held-out set (periodically with ``eval_every``, always at the end)."""
-        return bool(self.eval_images or self.eval_gt)
-
-    @property
-    def loader_workers(self) -> int:
-        """Data-loading processes: ``workers``, or by default one per CPU but one, in 1..8."""
-        return self.workers if self.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
-
-    def validate(self) -> None:
-        positive = ("iterations", "batch_size", "crop", "num_queries", "decoder_layers", "decoder_heads",
-                    "decoder_ffn", "mlp_hidden", "checkpoint_every", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
-        for name in ("lr", "temperature"):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"--{name} must be > 0 (got {getattr(self, name)})")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UsageError(f"--precision must be auto, fp32, bf16 or fp16 (got {self.precision!r})")
-        if self.max_minutes is not None and self.max_minutes <= 0:
-            raise UsageError(f"--max-minutes must be > 0 (got {self.max_minutes})")
-        if self.eval_every < 0:
-            raise UsageError(f"--eval-every must be >= 0 (got {self.eval_every})")
-        if self.crop_adapter_scenes < 0:
-            raise UsageError(f"--crop-adapter-scenes must be >= 0 (got {self.crop_adapter_scenes}); 0 fits no adapter")
-        if not self.crop_adapter_decay >= 0:
-            raise UsageError(f"--crop-adapter-decay must be >= 0 (got {self.crop_adapter_decay})")
-        if self.crop_adapter_views < 0:
-            raise UsageError(f"--crop-adapter-views must be >= 0 (got {self.crop_adapter_views}); 0 fits the adapter "
-                             "on the crops as they are")
-        if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
-            given = "--eval-every" if self.eval_every else "--eval-classes"
-            raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
-        check_recipe(self.inference, where="inference")
-        self.copypaste().validate()
-
-    def copypaste(self) -> CopyPasteConfig:
-        return CopyPasteConfig(size=self.crop, max_objects=self.max_objects, same_class_prob=self.same_class_prob,
-                               scale_range=(self.scale_min, self.scale_max),
-                               canvas_scale=(self.canvas_min, self.canvas_max), outside=self.outside)
-
-    def zutis(self, pretrained: str) -> ZutisConfig:
-        return ZutisConfig(
-            backbone={"name": self.model, "pretrained": pretrained},
-            num_queries=self.num_queries, decoder_layers=self.decoder_layers, decoder_heads=self.decoder_heads,
-            decoder_ffn=self.decoder_ffn, mlp_hidden=self.mlp_hidden, temperature=self.temperature,
-            stop_gradient=self.stop_gradient, positional_values=self.positional_values,
-        )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> "TrainConfig":
-        """A config from option values (a recipe file, flags, a checkpoint), each checked against its type.
-
-        Integers are accepted for float options; anything else of the wrong type (``iterations:
-        abc`` in a recipe) is a :class:`UsageError` naming ``where`` and the option.
-        """
-        kinds = {f.name: f.type for f in fields(cls)}
-        unknown = sorted(set(data) - set(kinds))
-        if unknown:
-            raise UsageError(f"{where}: unknown option(s) {', '.join(unknown)}")
-        values = {name: _typed(value, kinds[name], name, where) for name, value in data.items() if name != "inference"}
-        if "inference" in data:
-            values["inference"] = check_recipe(data["inference"] or {}, where=where)
-        return cls(**values)
-
-
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
-
-
-def _typed(value: Any, annotation: Any, name: str, where: str) -> Any:
-    """``value`` checked against a :class:`TrainConfig` field annotation (``"int"``, ``"float | None"``, ...)."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    parts = [part.strip() for part in text.split("|")]
-    optional = "None" in parts
-    base = next((part for part in parts if part != "None"), "str")
-    if value is None and optional:
-        return value
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base == "float" and is_number:
-        return float(value)
-    if base == "int" and is_number and float(value).is_integer():
-        return int(value)
-    if (base == "bool" and isinstance(value, bool)) or (base == "str" and isinstance(value, str)):
-        return value
-    wanted = _TYPE_NAMES.get(base, base) + (" or nothing" if optional else "")
-    raise UsageError(f"{where}: {name.replace('_', '-')} must be {wanted} (got {value!r})")
-
-
-def load_recipe(recipe: str | Path) -> dict[str, Any]:
-    """Read a training recipe into a flat dict of :class:`TrainConfig` fields.
-
-    ``recipe`` is a YAML or TOML file, or the bare name of a recipe shipped with zutis
-    (:mod:`zutiscli.recipes`: ``official``, ``demo``, ``demo-fast``): a name without a suffix or a
-    folder, when no file of that name exists. Keys may use dashes or underscores (``batch-size`` =
-    ``batch_size``). Every problem is a one-line :class:`UsageError` naming ``--config``.
-    """
-    from zutiscli import recipes
-
-    path = Path(recipe)
-    if path.is_file():
-        text, suffix = path.read_text(encoding="utf-8"), path.suffix.lower()
-    elif not path.suffix and len(path.parts) == 1:
-        shipped = recipes.read(str(path))
-        if shipped is None:
-            raise UsageError(f"--config {path}: no such file, nor a recipe shipped with zutis "
-                             f"({', '.join(recipes.names())})")
-        text, suffix = shipped, recipes.SUFFIX
-    else:
-        raise UsageError(f"--config {path}: no such file")
-    try:
-        if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            raise UsageError(f"--config {path}: use a .yaml, .yml or .toml file")
-    except UsageError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - YAML and TOML parsers raise their own types
-        raise UsageError(f"--config {path}: cannot be parsed ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"--config {path}: must hold a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+from zutiscli.pipeline.train_config import TrainConfig, load_recipe  # noqa: F401 - exported here too
 
 
 @dataclass
