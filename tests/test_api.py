@@ -22,7 +22,7 @@ from zutiscli.pipeline.retrieve import read_archives
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig, train
 
-from test_copypaste import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels  # noqa: E402
 
 CLASSES = ["circle", "star", "ring"]
 

@@ -11,7 +11,7 @@ import pytest
 from zutiscli.cli.app import main
 from zutiscli.cli.shell import roff_argument, roff_escape
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "tools/regenerate_shell_files.sh"
 SCRIPTS = {"bash": "zutis.bash", "zsh": "_zutis", "fish": "zutis.fish"}
 

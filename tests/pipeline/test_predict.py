@@ -17,7 +17,7 @@ from zutiscli.pipeline.predict import PredictConfig, predict
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig, train
 
-from test_copypaste import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.pipeline.index import IndexConfig, build_index
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
@@ -50,7 +50,7 @@ BEFORE = {
 
 #: Examples not run here, with where they are run instead.
 NOT_RUN_HERE = {
-    "demo": "tests/test_demo.py runs `zutis demo --fast` (about three minutes)",
+    "demo": "tests/test_demo.py runs `zutis demo` (minutes)",
 }
 
 

@@ -18,7 +18,7 @@ from zutiscli.pipeline.predict import PredictConfig, merge_predictions, plan_pre
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig, train
 
-from test_copypaste import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels  # noqa: E402
 
 RECIPE = {"class_temperature": 1.0, "iou_threshold": 0.5, "semantic_from": "instances", "score_threshold": 0.0}
 

@@ -6,37 +6,18 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from zutiscli.artefacts.coco import CocoBuilder, load_coco
+from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.labelmap import read_label_png
-from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
+from zutiscli.artefacts.manifest import read_manifest, write_manifest
 from zutiscli.artefacts.pseudolabels import PSEUDOLABELS_NAME, load_pseudolabels
 from zutiscli.cli.app import main
 from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool, scene_rng, synthesize
 from zutiscli.errors import ArtefactError, UsageError
 from zutiscli.ops.masks import decode_mask
 from zutiscli.pipeline.copypaste import write_dataset
-from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.shapes.world import SHAPES
 
-
-def make_pseudolabels(root, count=30, seed=4, size=64):
-    """A pseudo-label directory whose masks are the shapes world's true masks (archive = shape)."""
-    pile = write_synth(SynthConfig("pile", count, seed=seed, size=size), root / "pile")
-    truth = load_coco(pile / "hidden" / "instances.json")
-    out = root / "pseudo"
-    out.mkdir()
-    builder = CocoBuilder(list(SHAPES))
-    images = {img["id"]: img for img in truth["images"]}
-    new_ids = {}
-    for ann in truth["annotations"]:
-        image = images[ann["image_id"]]
-        if image["id"] not in new_ids:
-            new_ids[image["id"]] = builder.add_image(relative_to(out, pile / image["file_name"]), image["width"],
-                                                     image["height"], archive=SHAPES[ann["category_id"] - 1])
-        builder.add_mask(new_ids[image["id"]], ann["category_id"], ann["segmentation"], score=1.0)
-    builder.write(out / PSEUDOLABELS_NAME)
-    write_manifest(out, "zutis.pseudolabels", params={"method": "ground-truth"})
-    return out
+from helpers import make_pseudolabels  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from zutiscli.pipeline.retrieve import RetrieveConfig, retrieve
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig, train
 
-from test_copypaste import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels  # noqa: E402
 
 #: Options of a tiny ZUTIS model and a one-iteration run (placeholders filled by ``fill``).
 TINY_TRAIN = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--num-queries", "4", "--decoder-layers", "1",

@@ -17,7 +17,7 @@ from zutiscli.artefacts.runs import CHECKPOINT, FINAL
 from zutiscli.engine.trainer import TrainingInterrupted, poly_lr
 from zutiscli.pipeline.train import TrainConfig, load_recipe, train
 
-from test_copypaste import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
