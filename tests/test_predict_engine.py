@@ -165,3 +165,47 @@ def test_in_memory_predictions_score_as_the_written_directory(recipe_run, tmp_pa
     assert in_memory["tasks"] == on_disk["tasks"] and {"instance", "semantic"} <= set(on_disk["tasks"])
     for task in on_disk["tasks"]:
         assert in_memory[task] == on_disk[task], task
+
+
+def test_a_checkpoint_loads_without_random_initialisation_to_the_same_model(recipe_run):
+    """load_zutis builds the network with its parameters uninitialised (the strict load overwrites
+    them): the same weights, buffers and outputs as random initialisation followed by the load."""
+    import threading
+
+    import torch
+
+    from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.models.zutis import ZutisConfig, ZutisModel
+    from zutiscli.methods.predict.zutis import load_zutis, parameters_left_uninitialised
+
+    run, _ = recipe_run
+    data = load_checkpoint(run / "model.pt")
+    config = ZutisConfig.from_dict(data["config"])
+    former = ZutisModel(load_backbone(ModelSpec(config.backbone["name"], "none")), config)
+    former.load_state_dict(data["model"])
+    model, _, _ = load_zutis(run / "model.pt", torch.device("cpu"))
+    ours, theirs = dict(model.named_buffers()) | model.state_dict(), dict(former.named_buffers()) | former.state_dict()
+    assert ours.keys() == theirs.keys()  # the buffers no state dict holds (the causal text mask) included
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    former.eval()
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ours, theirs = (m.backbone.dense_tokens(m.backbone.normalise(image)) for m in (model, former))
+        assert torch.equal(model.dense_embeddings(ours), former.dense_embeddings(theirs))
+        assert torch.equal(model.mask_logits(ours)[-1], former.mask_logits(theirs)[-1])
+    # outside the block, and on other threads meanwhile, initialisation is as usual
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(8, 8).weight.clone()
+    seen = {}
+    with parameters_left_uninitialised():
+        def other() -> None:
+            torch.manual_seed(0)
+            seen["other thread"] = torch.nn.Linear(8, 8).weight.clone()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    torch.manual_seed(0)
+    assert torch.equal(torch.nn.Linear(8, 8).weight, expected)
+    assert torch.equal(seen["other thread"], expected)
