@@ -19,16 +19,25 @@ def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray
     from PIL import Image, ImageDraw
     from scipy import ndimage
 
-    canvas = image.astype(np.float32).copy()
+    canvas = image.astype(np.float32)  # a copy
+    corners: dict[int, tuple[int, int]] = {}  # mask index -> (x, y) of its bounding box's top-left corner
     if masks is not None and len(masks):
         outline = max(1, round(min(image.shape[:2]) / 200))
         order = np.argsort(scores)[::-1]
         for rank, index in enumerate(order):
-            mask = masks[index]
+            rows, cols = np.flatnonzero(masks[index].any(axis=1)), np.flatnonzero(masks[index].any(axis=0))
+            if not len(rows):
+                continue
+            corners[int(index)] = int(cols[0]), int(rows[0])
+            # the mask's bounding box and `outline` pixels around it (within the image): the erosion
+            # sees the same neighbourhood as on the whole image, where outside pixels count as 0
+            window = (slice(max(0, rows[0] - outline), rows[-1] + 1 + outline),
+                      slice(max(0, cols[0] - outline), cols[-1] + 1 + outline))
+            mask, part = masks[index][window], canvas[window]
             colour = _PALETTE[rank % len(_PALETTE)]
-            canvas[mask] = 0.5 * canvas[mask] + 0.5 * colour
+            part[mask] = 0.5 * part[mask] + 0.5 * colour
             edge = mask & ~ndimage.binary_erosion(mask, iterations=outline)
-            canvas[edge] = colour
+            part[edge] = colour
     elif semantic is not None:
         for value in np.unique(semantic):
             if value > 0:
@@ -38,10 +47,9 @@ def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray
     draw = ImageDraw.Draw(picture)
     if masks is not None and len(masks):
         for rank, index in enumerate(np.argsort(scores)[::-1]):
-            ys, xs = np.nonzero(masks[index])
-            if len(ys):
+            if int(index) in corners:
                 text = f"{names[labels[index] - 1]} {scores[index]:.2f}"
-                x, y = int(xs.min()), max(0, int(ys.min()) - 11)
+                x, y = corners[int(index)][0], max(0, corners[int(index)][1] - 11)
                 box = draw.textbbox((x, y), text)
                 draw.rectangle(box, fill=tuple(int(c) for c in _PALETTE[rank % len(_PALETTE)]))
                 draw.text((x, y), text, fill=(0, 0, 0))
