@@ -35,15 +35,17 @@ def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray
                       slice(max(0, cols[0] - outline), cols[-1] + 1 + outline))
             mask, part = masks[index][window], canvas[window]
             colour = _PALETTE[rank % len(_PALETTE)]
-            part[mask] = 0.5 * part[mask] + 0.5 * colour
+            # 0.5 * pixel + 0.5 * colour inside the mask, computed over the window (float32, the same
+            # values as on the masked pixels alone, without gathering and scattering them)
+            np.copyto(part, 0.5 * part + 0.5 * colour, where=mask[..., None])
             edge = mask & ~ndimage.binary_erosion(mask, iterations=outline)
-            part[edge] = colour
+            np.copyto(part, colour, where=edge[..., None])
     elif semantic is not None:
         for value in np.unique(semantic):
             if value > 0:
                 region = semantic == value
                 canvas[region] = 0.5 * canvas[region] + 0.5 * _PALETTE[(value - 1) % len(_PALETTE)]
-    picture = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
+    picture = Image.fromarray(np.clip(canvas, 0, 255, out=canvas).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     if masks is not None and len(masks):
         for rank, index in enumerate(np.argsort(scores)[::-1]):
