@@ -209,3 +209,22 @@ def test_a_checkpoint_loads_without_random_initialisation_to_the_same_model(reci
     torch.manual_seed(0)
     assert torch.equal(torch.nn.Linear(8, 8).weight, expected)
     assert torch.equal(seen["other thread"], expected)
+
+
+def test_decode_workers_leave_unresized_inputs_to_the_main_thread(recipe_run):
+    """On the CPU a worker sends no float copy of an image the model takes as it is; the input the
+    main thread makes from it is the one the worker would have sent."""
+    import torch
+
+    from zutiscli.engine.predict import _Decoded, resize_for_model
+
+    _, images = recipe_run
+    paths = sorted(images.iterdir())
+    for max_size in (None, 32):
+        shipped = _Decoded(paths, None, max_size, 8, always_input=True)
+        lean = _Decoded(paths, None, max_size, 8, always_input=False)
+        for number in range(len(paths)):
+            _, _, rgb, tensor, _ = shipped[number]
+            _, _, _, maybe, _ = lean[number]
+            assert (maybe is None) == (max_size is None)
+            assert torch.equal(resize_for_model(rgb, max_size, 8) if maybe is None else maybe, tensor)
