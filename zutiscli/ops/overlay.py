@@ -42,10 +42,11 @@ def render_overlay(image: np.ndarray, names: Sequence[str], semantic: np.ndarray
             edge = mask & ~_eroded(mask, outline)
             np.copyto(part, colour, where=edge[..., None])
     elif semantic is not None:
-        for value in np.unique(semantic):
-            if value > 0:
-                region = semantic == value
-                canvas[region] = 0.5 * canvas[region] + 0.5 * _PALETTE[(value - 1) % len(_PALETTE)]
+        # every labelled pixel blended with its class's colour in one pass (the regions are disjoint)
+        labels_map = np.asarray(semantic)
+        blend = canvas * 0.5
+        blend += 0.5 * _PALETTE[(labels_map - 1) % len(_PALETTE)]
+        np.copyto(canvas, blend, where=(labels_map > 0)[..., None])
     picture = Image.fromarray(np.clip(canvas, 0, 255, out=canvas).astype(np.uint8))
     draw = ImageDraw.Draw(picture)
     if masks is not None and len(masks):
