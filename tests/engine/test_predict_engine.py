@@ -176,3 +176,66 @@ def test_a_shard_without_images_is_written_empty_and_merges(recipe_run, tmp_path
     merged = merge_predictions(shards, tmp_path / "merged")
     for name in ("predictions.json", "images.json", "panoptic.json"):
         assert json.loads((merged / name).read_text()) == json.loads((whole / name).read_text()), name
+
+
+def test_a_checkpoint_loads_without_random_initialisation_to_the_same_model(recipe_run):
+    """load_zutis builds the network with its parameters uninitialised (the strict load overwrites
+    them): the same weights, buffers and outputs as random initialisation followed by the load."""
+    import threading
+
+    import torch
+
+    from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.models.zutis import ZutisConfig, ZutisModel
+    from zutiscli.methods.predict.zutis import load_zutis, parameters_left_uninitialised
+
+    run, _ = recipe_run
+    data = load_checkpoint(run / "model.pt")
+    config = ZutisConfig.from_dict(data["config"])
+    former = ZutisModel(load_backbone(ModelSpec(config.backbone["name"], "none")), config)
+    former.load_state_dict(data["model"])
+    model, _, _ = load_zutis(run / "model.pt", torch.device("cpu"))
+    ours, theirs = dict(model.named_buffers()) | model.state_dict(), dict(former.named_buffers()) | former.state_dict()
+    assert ours.keys() == theirs.keys()  # the buffers no state dict holds (the causal text mask) included
+    for name, tensor in theirs.items():
+        assert torch.equal(ours[name], tensor), name
+    former.eval()
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ours, theirs = (m.backbone.dense_tokens(m.backbone.normalise(image)) for m in (model, former))
+        assert torch.equal(model.dense_embeddings(ours), former.dense_embeddings(theirs))
+        assert torch.equal(model.mask_logits(ours)[-1], former.mask_logits(theirs)[-1])
+    # outside the block, and on other threads meanwhile, initialisation is as usual
+    torch.manual_seed(0)
+    expected = torch.nn.Linear(8, 8).weight.clone()
+    seen = {}
+    with parameters_left_uninitialised():
+        def other() -> None:
+            torch.manual_seed(0)
+            seen["other thread"] = torch.nn.Linear(8, 8).weight.clone()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    torch.manual_seed(0)
+    assert torch.equal(torch.nn.Linear(8, 8).weight, expected)
+    assert torch.equal(seen["other thread"], expected)
+
+
+def test_decode_workers_leave_unresized_inputs_to_the_main_thread(recipe_run):
+    """On the CPU a worker sends no float copy of an image the model takes as it is; the input the
+    main thread makes from it is the one the worker would have sent."""
+    import torch
+
+    from zutiscli.engine.predict import _Decoded, resize_for_model
+
+    _, images = recipe_run
+    paths = sorted(images.iterdir())
+    for max_size in (None, 32):
+        shipped = _Decoded(paths, None, max_size, 8, always_input=True)
+        lean = _Decoded(paths, None, max_size, 8, always_input=False)
+        for number in range(len(paths)):
+            _, _, rgb, tensor, _ = shipped[number]
+            _, _, _, maybe, _ = lean[number]
+            assert (maybe is None) == (max_size is None)
+            assert torch.equal(resize_for_model(rgb, max_size, 8) if maybe is None else maybe, tensor)

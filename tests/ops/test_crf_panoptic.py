@@ -134,3 +134,17 @@ def test_semantic_from_instances_paints_the_best_instance_over_background() -> N
     assert set(np.unique(mostly_taken)) == {0, 2}
     nothing = semantic_from_instances((masks[:0], scores[:0], labels[:0]), (6, 8))
     assert nothing.shape == (6, 8) and not nothing.any()
+
+
+def test_overlay_erosion_is_scipys():
+    """The overlay's outline erosion equals scipy.ndimage.binary_erosion (cross, outside = background)."""
+    from scipy import ndimage
+
+    from zutiscli.ops.overlay import _eroded
+
+    rng = np.random.default_rng(0)
+    for shape in ((1, 1), (1, 5), (3, 7), (40, 60)):
+        for iterations in (1, 2, 3):
+            for density in (0.3, 0.9):
+                mask = rng.random(shape) < density
+                assert np.array_equal(_eroded(mask, iterations), ndimage.binary_erosion(mask, iterations=iterations))

@@ -235,3 +235,16 @@ def test_semantic_argmax_on_constructed_dense_map() -> None:
     assert sharp[1, 2, 17] > 0.99
     with pytest.raises(ValueError):
         semantic_from_dense(dense, text[:, :3], (16, 20))
+
+
+def test_semantic_labels_are_torch_argmax_of_the_probabilities_ties_included():
+    """The labels (numpy's argmax) are exactly torch's argmax over the class dimension."""
+    generator = torch.Generator().manual_seed(3)
+    dense = torch.randn(8, 8, 16, generator=generator)
+    dense[:4] = 0  # all-zero embeddings: every class ties
+    text = torch.randn(5, 16, generator=generator)
+    text[3] = text[2]  # two classes tie everywhere
+    probs, labels = semantic_from_dense(dense, text, (24, 24))
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, torch.from_numpy(probs).argmax(dim=0).numpy())
+    assert (labels[:10] == 0).all() and not (labels == 3).any()  # rows 10-11 blend with the next patch row

@@ -46,6 +46,29 @@ def _fsync_file(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
+class _Flusher:
+    """Flushes written files to disk (fsync) on a background thread, as they come, so that waiting
+    for the disk (1-10 ms a file here) overlaps the next images instead of adding up at the end;
+    :meth:`wait` returns when every file is on disk and raises the first error."""
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        # the thread ends with the executor, also when a run is abandoned and the writer dropped
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zutis-predict-fsync")
+        self.pending: list[Any] = []
+
+    def add(self, path: Path) -> None:
+        self.pending.append(self.executor.submit(_fsync_file, path))
+
+    def wait(self) -> None:
+        try:
+            for future in self.pending:
+                future.result()
+        finally:
+            self.executor.shutdown()
+
+
 class PredictionsWriter:
     """A predict sink (:class:`zutiscli.engine.predict.Sink`) that writes a predictions directory.
 
@@ -68,6 +91,7 @@ class PredictionsWriter:
         self.summaries: list[ImageResult] = []
         self.failures: list[tuple[str, str]] = []
         self.numbers: list[int] = []  # input position of each image written, in order
+        self._flusher: _Flusher | None = None  # the label and panoptic PNGs, fsynced before the manifest
 
     def _open(self) -> Path:
         out = prepare_output_dir(self.output, "predict")
@@ -80,18 +104,17 @@ class PredictionsWriter:
         self.failures.append((str(path), reason))
 
     def open(self) -> Path:
-        """Create the directory now (a shard whose slice holds no image still writes its artefact)."""
+        """Create the directory now if not yet (a shard whose slice holds no image still writes its artefact)."""
         if self.path is None:
             self.path = self._open()
+            self._flusher = _Flusher()
         return self.path
 
     def add(self, item: Any) -> None:
         """Write one :class:`zutiscli.engine.predict.Segmented` image's files; keep its records."""
         from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
 
-        if self.path is None:
-            self.path = self._open()
-        out = self.path
+        out = self.open()
         height, width = item.image.shape[:2]
         image_id = len(self.images) + 1
         stem = self.stems[item.number]
@@ -100,9 +123,11 @@ class PredictionsWriter:
         summary = ImageResult(Path(item.path), image_id)
         semantic, instances = item.semantic, item.instances
         if semantic is not None:
-            summary.semantic_classes = [self.names[v - 1] for v in np.unique(semantic) if v > 0]
+            present = np.flatnonzero(np.bincount(semantic.ravel())) if semantic.size else []  # as np.unique, 5x faster
+            summary.semantic_classes = [self.names[v - 1] for v in present if v > 0]
         if "semantic" in self.tasks:
-            write_label_map(out / "semantic" / f"{stem}.png", semantic, sixteen_bit=self.sixteen_bit, fsync=False)
+            self._flusher.add(write_label_map(out / "semantic" / f"{stem}.png", semantic, sixteen_bit=self.sixteen_bit,
+                                              fsync=False))
             record["semantic"] = f"semantic/{stem}.png"
         if instances is not None and "instance" in self.tasks:
             for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
@@ -129,6 +154,7 @@ class PredictionsWriter:
         segment_map, segments = merge_panoptic(semantic, triple, ignore_label=ignore)
         with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
             Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
+        self._flusher.add(out / "panoptic" / f"{stem}.png")
         return {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments}
 
     def _overlay(self, out: Path, stem: str, image: np.ndarray, semantic: np.ndarray | None, instances: Any) -> None:
@@ -148,10 +174,10 @@ class PredictionsWriter:
         """Write the JSON files and, last, the manifest; returns the directory (which must exist)."""
         assert self.path is not None, "no image was written"
         out = self.path
-        for folder in ("semantic", "panoptic"):  # on disk before the manifest says the directory is done
+        assert self._flusher is not None
+        self._flusher.wait()  # the label and panoptic PNGs on disk before the manifest says the directory is done
+        for folder in ("semantic", "panoptic"):
             if (out / folder).is_dir():
-                for entry in (out / folder).iterdir():
-                    _fsync_file(entry)
                 fsync_dir(out / folder)
         categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(self.names)]
         atomic_write_text(out / RESULTS_NAME, json.dumps(self.results) + "\n")
