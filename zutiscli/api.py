@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from zutiscli.config_fields import field_default

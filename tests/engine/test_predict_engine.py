@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import zutiscli as zs
-from zutiscli.artefacts.checkpoint import load_checkpoint, save_checkpoint
+from zutiscli.artefacts.checkpoint import load_checkpoint
 from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.cli.app import main

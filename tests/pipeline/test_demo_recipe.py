@@ -8,7 +8,7 @@ import yaml
 from zutiscli import recipes
 from zutiscli.data.copypaste import CopyPasteConfig
 from zutiscli.errors import UsageError
-from zutiscli.pipeline.demo import DemoConfig, _scene_paste, _train_config, preset
+from zutiscli.pipeline.demo import _scene_paste, _train_config, preset
 from zutiscli.pipeline.train import TrainConfig
 
 # What the demo's training set before its recipe became a file (every other option at its default).

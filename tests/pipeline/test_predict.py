@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 from pycocotools.coco import COCO
 
 from zutiscli.artefacts.labelmap import read_label_png

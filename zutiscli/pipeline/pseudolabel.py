@@ -247,7 +247,7 @@ def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) ->
 
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
-    from zutiscli.pipeline.retrieve import read_archives
+    from zutiscli.artefacts.archives import read_archives
 
     config.validate()
     archives_dir = Path(config.archives)
@@ -294,7 +294,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
                     progress: Callable[[int, int], None] | None = None,
                     log: Callable[[str], None] | None = None) -> PseudolabelResult:
     """Run ``zutis pseudolabel``; returns the summary (the directory is ``result.path``)."""
-    from zutiscli.pipeline.retrieve import read_archives
+    from zutiscli.artefacts.archives import read_archives
 
     config.validate()
     say = log or (lambda message: None)
@@ -600,7 +600,7 @@ def _check_shards(shards: list[str | Path]) -> _Shards:
 
 def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel merge`` would do (``--dry-run``): the checks of a real merge, nothing written."""
-    from zutiscli.pipeline.retrieve import read_archives
+    from zutiscli.artefacts.archives import read_archives
 
     checked = _check_shards(list(shards))
     archives = read_archives(checked.archives_dir)
@@ -628,7 +628,7 @@ def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = Non
     again for the class order and ranks, so they must still be where the shards' manifests say.
     Refusals are listed in :func:`_check_shards`. Returns the summary (``result.path``).
     """
-    from zutiscli.pipeline.retrieve import read_archives
+    from zutiscli.artefacts.archives import read_archives
 
     say = log or (lambda message: None)
     start = time.perf_counter()

@@ -35,7 +35,6 @@ archives, indices and images can be moved as a whole. ``index`` numbers the ``in
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -47,26 +46,16 @@ import numpy as np
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
 from zutiscli.artefacts.index_store import IndexReader
-from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.manifest import relative_to, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
-from zutiscli.errors import ArtefactError, ModelError, UsageError, ZutisError
+from zutiscli.errors import ArtefactError, ModelError, UsageError
 from zutiscli.ops import knn
+from zutiscli.artefacts.archives import ARCHIVES_NAME, ArchiveHit, archives_text, read_archives  # noqa: F401
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 from zutiscli.pipeline.retrieve_config import PROMPT_MODES, RetrieveConfig  # noqa: F401 - the stage's options
 
-ARCHIVES_NAME = "archives.json"
 CONTACT_DIR = "contact"
-
-
-@dataclass(frozen=True)
-class ArchiveHit:
-    """One image of an archive: ``path`` absolute (resolved), ``score`` cosine similarity, its index and row."""
-
-    path: Path
-    score: float
-    index: int
-    row: int
 
 
 @dataclass
@@ -368,43 +357,6 @@ def write_contact_sheet(path: Path, title: str, hits: Sequence[ArchiveHit], tile
     with atomic_path(path, fsync=False) as tmp:
         sheet.save(tmp, format="JPEG", quality=85)
     return failed
-
-
-# ---- archives.json ------------------------------------------------------------------------------
-def archives_text(k: int, indices: Sequence[str], classes: dict[str, Any]) -> str:
-    """``archives.json`` as text: valid JSON with one line per class header and per hit (grep-able)."""
-    def dump(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False, allow_nan=False)
-
-    lines = ["{", f' "k": {dump(k)},', f' "indices": {dump(list(indices))},', ' "classes": {']
-    names = list(classes)
-    for position, name in enumerate(names):
-        entry = classes[name]
-        lines.append(f'  {dump(name)}: {{"phrase": {dump(entry["phrase"])}, "images": [')
-        hits = entry["images"]
-        lines.extend(f"   {dump(hit)}{',' if i + 1 < len(hits) else ''}" for i, hit in enumerate(hits))
-        lines.append("  ]}" + ("," if position + 1 < len(names) else ""))
-    lines.extend([" }", "}"])
-    return "\n".join(lines) + "\n"
-
-
-# ---- reading archives ---------------------------------------------------------------------------
-def read_archives(directory: str | Path) -> dict[str, list[ArchiveHit]]:
-    """Read a ``zutis.archives`` directory: class name -> hits best first, paths resolved.
-
-    Raises :class:`ArtefactError` (naming the file) when it is not a finished archives directory.
-    """
-    manifest = read_manifest(directory, "zutis.archives")
-    path = Path(manifest.root or directory) / ARCHIVES_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return {
-            name: [ArchiveHit(resolve_relative(path.parent, hit["path"]), float(hit["score"]), int(hit["index"]),
-                              int(hit["row"])) for hit in entry["images"]]
-            for name, entry in data["classes"].items()
-        }
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ArtefactError(f"{path}: unreadable archives ({exc}); the artefact is corrupt") from None
 
 
 # ---- the stage ----------------------------------------------------------------------------------

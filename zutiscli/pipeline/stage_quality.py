@@ -49,7 +49,7 @@ class HiddenTruth:
 
 def retrieval_precision(archives_dir: str | Path, truth: HiddenTruth) -> dict[str, float]:
     """``{archive name: precision}``: the fraction of the archive's images holding its class."""
-    from zutiscli.pipeline.retrieve import read_archives
+    from zutiscli.artefacts.archives import read_archives
 
     precision = {}
     for name, archive in read_archives(archives_dir).items():
