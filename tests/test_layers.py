@@ -104,3 +104,30 @@ def test_arrows_point_down():
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the layers (cli -> pipeline -> engine/methods -> models, data, ops, " \
                       f"artefacts): {sorted(wrong)}"
+
+
+def test_every_stage_has_one_signature_shape():
+    """``stage(config, output=None, *, progress=None, log=None) -> result``: the command line, the
+    Python API and the demo call every stage the same way."""
+    import inspect
+
+    from zutiscli.data.datasets import prepare_dataset
+    from zutiscli.pipeline.copypaste import copypaste
+    from zutiscli.pipeline.demo import run_demo
+    from zutiscli.pipeline.evaluate import evaluate
+    from zutiscli.pipeline.index import build_index
+    from zutiscli.pipeline.predict import predict
+    from zutiscli.pipeline.pseudolabel import run_pseudolabel
+    from zutiscli.pipeline.retrieve import retrieve
+    from zutiscli.pipeline.synth import write_synth
+    from zutiscli.pipeline.train import train
+
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    for stage in (write_synth, build_index, retrieve, run_pseudolabel, copypaste, train, predict, evaluate,
+                  prepare_dataset, run_demo):
+        parameters = list(inspect.signature(stage).parameters.values())
+        assert [p.name for p in parameters[:2]] == ["config", "output"], stage.__name__
+        assert parameters[1].default is None, stage.__name__
+        named = {p.name: p for p in parameters[2:]}
+        assert all(p.kind is keyword for p in parameters[2:]), stage.__name__
+        assert {"progress", "log"} <= set(named) and named["progress"].default is None, stage.__name__

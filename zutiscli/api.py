@@ -45,7 +45,8 @@ from zutiscli.config_fields import field_default
 from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _clean, parse_classes
 from zutiscli.data.copypaste import CopyPasteConfig
 from zutiscli.errors import UsageError
-from zutiscli.pipeline.copypaste import write_dataset
+from zutiscli.pipeline.copypaste import copypaste as run_copypaste
+from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, CopyPasteDatasetConfig
 from zutiscli.pipeline.evaluate import EvaluateConfig, EvaluateResult
 from zutiscli.pipeline.index import IndexConfig, IndexResult
 from zutiscli.pipeline.predict import PredictConfig, PredictResult
@@ -240,7 +241,7 @@ def retrieve(index, classes=None, output=None, **options):
     queries = _class_queries(classes, opts.pop("classes_file", None))
     callbacks = {name: opts.pop(name, None) for name in ("progress", "log", "warn")}
     config = RetrieveConfig(indices=tuple(Path(p) for p in _paths(index)), classes=tuple(queries), **opts)
-    return run_retrieve(config, output, callbacks["progress"], warn=callbacks["warn"], log=callbacks["log"])
+    return run_retrieve(config, output, progress=callbacks["progress"], warn=callbacks["warn"], log=callbacks["log"])
 
 
 @_signature(("archives", _REQUIRED), ("output", None),
@@ -268,7 +269,6 @@ def pseudolabel(archives, output=None, **options):
 
 
 _SCENE_DEFAULTS = CopyPasteConfig()
-_DATASET_DEFAULTS = inspect.signature(write_dataset).parameters
 
 
 @_signature(("pseudolabels", _REQUIRED), ("output", None),
@@ -276,7 +276,7 @@ _DATASET_DEFAULTS = inspect.signature(write_dataset).parameters
             + _field_options(CopyPasteConfig, exclude=("scale_range", "canvas_scale"))
             + _keywords(scale_min=_SCENE_DEFAULTS.scale_range[0], scale_max=_SCENE_DEFAULTS.scale_range[1],
                         canvas_min=_SCENE_DEFAULTS.canvas_scale[0], canvas_max=_SCENE_DEFAULTS.canvas_scale[1],
-                        **{name: _DATASET_DEFAULTS[name].default for name in ("seed", "workers", "image_format")},
+                        **{name: getattr(DATASET_DEFAULTS, name) for name in ("seed", "workers", "image_format")},
                         progress=None))
 def copypaste(pseudolabels, output=None, **options):
     """Write ``n`` copy-paste training scenes from pseudo-labels (``zutis copypaste``).
@@ -306,7 +306,9 @@ def copypaste(pseudolabels, output=None, **options):
     config = CopyPasteConfig(scale_range=(opts.pop("scale_min", low), opts.pop("scale_max", high)),
                              canvas_scale=(opts.pop("canvas_min", canvas_low), opts.pop("canvas_max", canvas_high)),
                              **opts)
-    return write_dataset(os.fspath(pseudolabels), count, config, output=output, **dataset)
+    progress = dataset.pop("progress", None)
+    return run_copypaste(CopyPasteDatasetConfig(count=count, source=os.fspath(pseudolabels), scene=config, **dataset),
+                         output, progress=progress)
 
 
 @_signature(("dataset", None), ("output", None),

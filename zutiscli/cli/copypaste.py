@@ -32,19 +32,18 @@ def copypaste(
     Example: zutis copypaste data/pseudo -n 20 -o data/scenes-train
     """
     from zutiscli.artefacts.manifest import read_manifest
-    from zutiscli.pipeline.copypaste import plan_dataset, write_dataset
+    from zutiscli.pipeline.copypaste import copypaste as run_copypaste, plan_dataset
 
     reporter = Reporter(json_mode, quiet)
-    run = CopyPasteDatasetConfig(**dataset, **writing)
     config = CopyPasteConfig(**scene)
+    run = CopyPasteDatasetConfig(**dataset, **writing, source=str(pseudo_dir), scene=config)
     config.validate()
     if dry_run:
         print_dry_run(reporter, plan_dataset(pseudo_dir, run.count, config, run.seed, output, run.workers,
                                              run.image_format))
         return
     with ProgressBar(reporter, "copypaste", unit="scenes") as bar:
-        out = write_dataset(pseudo_dir, run.count, config, run.seed, output, run.workers, run.image_format,
-                            progress=bar)
+        out = run_copypaste(run, output, progress=bar)
     summary = read_manifest(out).summary
     reporter.log(f"wrote {summary['images']} scenes with {summary['instances']} instances in {summary['seconds']:.1f} s")
     reporter.result({"images": summary["images"], "instances": summary["instances"]}, path=out)

@@ -29,7 +29,7 @@ from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool, scene_rng, synthesize
 from zutiscli.errors import UsageError
 from zutiscli.ops.masks import encode_masks
-from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, FORMATS
+from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, FORMATS, CopyPasteDatasetConfig
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan
 
 _worker_state: dict = {}
@@ -87,6 +87,20 @@ def plan_dataset(
               "workers": workers}
     work = {"scenes": count, "files": 2 * count + 2}
     return Plan("copypaste", reads, writes, None, params, work)
+
+
+def copypaste(config: CopyPasteDatasetConfig, output: str | Path | None = None, *,
+              progress: Callable[[int, int], None] | None = None,
+              log: Callable[[str], None] | None = None) -> Path:
+    """The ``zutis copypaste`` stage: ``config.count`` scenes from the pseudo-labels of
+    ``config.source``, each made as ``config.scene`` says, into ``output`` (default
+    ``runs/copypaste/N``); returns the directory. ``progress(done, total)`` counts scenes."""
+    config.scene.validate()
+    out = write_dataset(config.source, config.count, config.scene, config.seed, output, config.workers,
+                        config.image_format, progress=progress)
+    if log is not None:
+        log(f"wrote {config.count} scenes to {out}")
+    return out
 
 
 def write_dataset(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zutiscli.config_fields import option
+from zutiscli.config_fields import not_an_option, option
+from zutiscli.data.copypaste_config import CopyPasteConfig
 
 #: Image formats of the written scenes: PIL format name and save options.
 FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {})}
@@ -17,12 +18,17 @@ FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {})}
 
 @dataclass(frozen=True)
 class CopyPasteDatasetConfig:
-    """How ``zutis copypaste`` writes its scenes (the arguments of :func:`write_dataset` after the config)."""
+    """How ``zutis copypaste`` writes its scenes: how many, from which seed, in which format, by how
+    many processes (the arguments of :func:`zutiscli.pipeline.copypaste.write_dataset` after the
+    scene config), from which pseudo-labels (``source``) and how each scene is made (``scene``)."""
 
     count: int = option(1000, "Number of scenes.", flag="--n", short="-n")
     seed: int = option(0, "Seed; same seed -> same bytes (and the same scenes as online training).")
     image_format: str = option("jpg", "Scene image format.", flag="--format", choices=tuple(FORMATS))
     workers: int = option(0, "Worker processes (0 = in this process).")
+    source: str = not_an_option("", "the command's PSEUDOLABELS argument: the pseudo-label directory")
+    scene: CopyPasteConfig = not_an_option(default_factory=CopyPasteConfig,
+                                           why="how each scene is made: the command's scene options")
 
 
 #: The dataset defaults, also those of :func:`zutiscli.pipeline.copypaste.write_dataset`.

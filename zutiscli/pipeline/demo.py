@@ -159,8 +159,8 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
     return out / "copypaste"
 
 
-def run_demo(config: DemoConfig, output: str | Path | None = None, log: Log | None = None,
-             progress: Progress | None = None) -> DemoResult:
+def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: Progress | None = None,
+             log: Log | None = None) -> DemoResult:
     """Run the chain (and with ``config.ablation`` the ablations); returns where it all went.
 
     ``log(message)`` receives one line per stage; ``progress(stage, done, total)`` the progress of

@@ -47,7 +47,7 @@ class EvaluateResult:
 
 
 # ---- the stage ------------------------------------------------------------------------------
-def evaluate(config: EvaluateConfig, output: str | Path | None = None, progress: Progress | None = None,
+def evaluate(config: EvaluateConfig, output: str | Path | None = None, *, progress: Progress | None = None,
              log: Log | None = None) -> EvaluateResult:
     """Run ``zutis evaluate``: score ``config.pred`` against ``config.gt``, write ``metrics.json``."""
     config.validate()

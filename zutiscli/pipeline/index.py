@@ -334,7 +334,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
     return Plan("index", reads, writes, model, params, work, notes)
 
 
-def build_index(config: IndexConfig, output: str | Path | None = None,
+def build_index(config: IndexConfig, output: str | Path | None = None, *,
                 progress: Callable[[int, int], None] | None = None,
                 log: Callable[[str], None] | None = None) -> IndexResult:
     """Run ``zutis index``: returns what was done; the index directory is ``result.path``."""

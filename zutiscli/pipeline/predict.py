@@ -98,9 +98,9 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     return Plan("predict", reads, writes, model, params, work, notes)
 
 
-def predict(config: PredictConfig, output: str | Path | None = None,
+def predict(config: PredictConfig, output: str | Path | None = None, *,
             progress: Callable[[int, int], None] | None = None,
-            log: Callable[[str], None] | None = None, *, model: Any = None) -> PredictResult:
+            log: Callable[[str], None] | None = None, model: Any = None) -> PredictResult:
     """Run ``zutis predict``; returns the per-image summary (the directory is ``result.path``).
 
     ``model`` is an in-memory ZUTIS model used instead of loading ``config.checkpoint`` (only for

@@ -290,7 +290,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     return Plan("pseudolabel", reads, {"path": str(out), "state": state}, model, params, work)
 
 
-def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
+def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
                     log: Callable[[str], None] | None = None) -> PseudolabelResult:
     """Run ``zutis pseudolabel``; returns the summary (the directory is ``result.path``)."""

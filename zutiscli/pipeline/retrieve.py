@@ -395,8 +395,8 @@ def plan_retrieve(config: RetrieveConfig, output: str | Path | None = None) -> P
 def retrieve(
     config: RetrieveConfig,
     output: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
     *,
+    progress: Callable[[int, int], None] | None = None,
     warn: Callable[[str], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Path:

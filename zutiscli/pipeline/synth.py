@@ -105,11 +105,14 @@ def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, 
 def write_synth(
     config: SynthConfig,
     output: str | Path | None = None,
+    *,
     progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Generate ``config.count`` samples into ``output`` (default ``runs/synth/N``); return the directory.
 
-    ``progress(done, total)`` is called after each image. The manifest is written last.
+    ``progress(done, total)`` is called after each image; ``log(message)`` gets one line when done.
+    The manifest is written last.
     """
     config.validate()
     start = time.perf_counter()
@@ -154,4 +157,6 @@ def write_synth(
             "seconds": round(time.perf_counter() - start, 3),
         },
     )
+    if log is not None:
+        log(f"wrote {config.count} {config.kind} images with {objects} objects to {out}")
     return out

@@ -139,6 +139,7 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
 def train(
     config: TrainConfig | None,
     output: str | Path | None = None,
+    *,
     resume: str | Path | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,

@@ -33,7 +33,7 @@ PREPARERS: dict[str, Preparer] = {
 }
 
 
-def prepare_dataset(config: PrepareConfig, output: str | Path | None = None, progress: Progress | None = None,
+def prepare_dataset(config: PrepareConfig, output: str | Path | None = None, *, progress: Progress | None = None,
                     log: Log | None = None) -> PrepareResult:
     """Turn the user's copy of a benchmark into zutis ground truth (see each ``prepare_*``)."""
     config.validate()
