@@ -25,3 +25,19 @@ def make_pseudolabels(root, count=30, seed=4, size=64):
     builder.write(out / PSEUDOLABELS_NAME)
     write_manifest(out, "zutis.pseudolabels", params={"method": "ground-truth"})
     return out
+
+
+#: A ZUTIS model small enough to train in seconds on the tiny CLIP (``zutis-tiny``).
+TINY_ZUTIS = dict(model="zutis-tiny", num_queries=6, decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16,
+                  iterations=3, batch_size=2, crop=48, workers=0, device="cpu", precision="fp32",
+                  crop_adapter_scenes=4)
+
+
+def train_tiny(root, weights, **changes):
+    """A tiny ZUTIS run on the true masks of 16 pile images (``changes`` override
+    :data:`TINY_ZUTIS`); returns the :class:`zutiscli.pipeline.train.TrainResult` (``.path``: the run)."""
+    from zutiscli.pipeline.train import TrainConfig, train
+
+    pseudo = make_pseudolabels(root, count=16)
+    config = TrainConfig(source=str(pseudo), pretrained=str(weights), **(TINY_ZUTIS | changes))
+    return train(config, root / "run")

@@ -20,9 +20,9 @@ from zutiscli.pipeline.index import IndexConfig, IndexResult
 from zutiscli.pipeline.predict import PredictConfig, predict
 from zutiscli.pipeline.retrieve import read_archives
 from zutiscli.pipeline.synth import SynthConfig, write_synth
-from zutiscli.pipeline.train import TrainConfig, train
+from zutiscli.pipeline.train import TrainConfig
 
-from helpers import make_pseudolabels  # noqa: E402
+from helpers import train_tiny  # noqa: E402
 
 CLASSES = ["circle", "star", "ring"]
 
@@ -31,11 +31,7 @@ CLASSES = ["circle", "star", "ring"]
 def trained(tmp_path_factory, tiny_checkpoint):
     """A 3-iteration ZUTIS run on the tiny CLIP and two 64 x 64 evaluation scenes."""
     root = tmp_path_factory.mktemp("api")
-    pseudo = make_pseudolabels(root, count=16)
-    config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
-                         decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=3, batch_size=2,
-                         crop=48, workers=0, device="cpu", precision="fp32", crop_adapter_scenes=4)
-    run = train(config, root / "run").path
+    run = train_tiny(root, tiny_checkpoint).path
     scenes = write_synth(SynthConfig("scenes", 2, seed=9, size=64), root / "scenes")
     return run, sorted((scenes / "images").glob("*.png"))
 

@@ -11,9 +11,8 @@ from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.data.classes import ClassQuery
 from zutiscli.pipeline.predict import PredictConfig, open_engine, predict
 from zutiscli.pipeline.synth import SynthConfig, write_synth
-from zutiscli.pipeline.train import TrainConfig, train
 
-from helpers import make_pseudolabels  # noqa: E402
+from helpers import train_tiny  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -24,11 +23,7 @@ CLASSES = tuple(ClassQuery(name, name) for name in ("circle", "star", "square"))
 def cuda_run(tmp_path_factory, tiny_checkpoint):
     """A tiny ZUTIS run trained for 2 iterations with AMP (fp16) on the GPU, and 18 scenes of 64 px."""
     root = tmp_path_factory.mktemp("cuda")
-    pseudo = make_pseudolabels(root, count=16)
-    config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
-                         decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=2, batch_size=2,
-                         crop=48, workers=0, device="cuda", precision="fp16", crop_adapter_scenes=0)
-    result = train(config, root / "run")
+    result = train_tiny(root, tiny_checkpoint, iterations=2, device="cuda", precision="fp16", crop_adapter_scenes=0)
     scenes = write_synth(SynthConfig("scenes", 18, seed=5, size=64), root / "scenes")
     return result, scenes / "images"
 

@@ -16,9 +16,8 @@ from zutiscli.data.classes import ClassQuery
 from zutiscli.errors import UsageError, ZutisError
 from zutiscli.pipeline.predict import PredictConfig, merge_predictions, plan_predict, predict
 from zutiscli.pipeline.synth import SynthConfig, write_synth
-from zutiscli.pipeline.train import TrainConfig, train
 
-from helpers import make_pseudolabels  # noqa: E402
+from helpers import train_tiny  # noqa: E402
 
 RECIPE = {"class_temperature": 1.0, "iou_threshold": 0.5, "semantic_from": "instances", "score_threshold": 0.0}
 
@@ -27,11 +26,7 @@ RECIPE = {"class_temperature": 1.0, "iou_threshold": 0.5, "semantic_from": "inst
 def recipe_run(tmp_path_factory, tiny_checkpoint):
     """A tiny run whose recipe records inference settings, and six scenes of two sizes."""
     root = tmp_path_factory.mktemp("engine")
-    pseudo = make_pseudolabels(root, count=16)
-    config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
-                         decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=2, batch_size=2,
-                         crop=48, workers=0, device="cpu", precision="fp32", crop_adapter_scenes=0, inference=RECIPE)
-    run = train(config, root / "run").path
+    run = train_tiny(root, tiny_checkpoint, iterations=2, crop_adapter_scenes=0, inference=RECIPE).path
     images = root / "images"
     images.mkdir()
     for size, seed in ((64, 3), (48, 4)):

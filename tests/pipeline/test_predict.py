@@ -14,19 +14,14 @@ from zutiscli.errors import UsageError
 from zutiscli.artefacts.runs import resolve_checkpoint
 from zutiscli.pipeline.predict import PredictConfig, predict
 from zutiscli.pipeline.synth import SynthConfig, write_synth
-from zutiscli.pipeline.train import TrainConfig, train
 
-from helpers import make_pseudolabels  # noqa: E402
+from helpers import train_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp("predict")
-    pseudo = make_pseudolabels(root, count=16)
-    config = TrainConfig(source=str(pseudo), model="zutis-tiny", pretrained=str(tiny_checkpoint), num_queries=6,
-                         decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16, iterations=3, batch_size=2,
-                         crop=48, workers=0, device="cpu", precision="fp32", crop_adapter_scenes=4)
-    run = train(config, root / "run").path
+    run = train_tiny(root, tiny_checkpoint).path
     scenes = write_synth(SynthConfig("scenes", 3, seed=9, size=64), root / "scenes")
     return run, scenes
 
