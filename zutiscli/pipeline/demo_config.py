@@ -27,84 +27,8 @@ class DemoConfig:
     copy-paste scenes the demo writes have the recipe's size and geometry.
 
     The demo trains for minutes on a CPU, not for 20,000 GPU iterations at 384 px, so some settings
-    differ from the paper's defaults (each measured on the --fast chain, 1,500 iterations of online
-    copy-paste, mIoU on the held-out scenes):
-
-    - learning rate 5e-4 (10x) and encoder multiplier 0.3 (paper 0.1);
-    - a temperature of 0.1 on the pixel--text cosine logits (paper: raw cosines, temperature 1).
-      On the --fast chain (500 iterations, two seeds each, instances scored as below), 100 test and
-      100 validation scenes: temperature 0.04 mIoU 0.39-0.40 / 0.44-0.45, mask AP50 0.22-0.23 /
-      0.22-0.23; 0.1: mIoU 0.41 / 0.45, mask AP50 0.28-0.30 / 0.23. With the paper's scoring and
-      one seed, 0.3 gave mIoU 0.38 and 1 gave 0.37 on the test scenes;
-    - no photometric augmentation in copy-paste (paper: colour jitter, grayscale, blur). The
-      shapes world's pile and scenes share one photometry, and at 128 px the jitter's contrast
-      (down to 0.2x) and the blur (sigma up to 2 px, chosen for 384 px) erase small shapes
-      (mIoU 0.34 -> 0.38);
-    - holes kept in the pseudo-masks (``zutis pseudolabel --keep-holes``; the paper fills them):
-      the world has rings, whose filled masks score IoU 0.55 against the truth, 0.74 with the hole
-      kept (the other shapes' masks change by at most 0.01);
-    - positions in the decoder's pixel values (``zutis train --positional-values``; not in the
-      paper). Without them a mask, ``query . value``, cannot separate instances that look alike,
-      and half of the scenes repeat a shape. Measured on 100 held-out scenes: trained on ground
-      truth, mask AP50 0.14 -> 0.23 at 500 iterations and 0.22 -> 0.39 at 1,500 (mIoU unchanged,
-      the semantic branch does not see the decoder); on the --fast chain, 0.12 -> 0.15, and the
-      share of objects that some query covers at IoU >= 0.5 rises from 0.54 to 0.70;
-    - copy-paste objects at the scale of the test scenes: the canvas image shrunk to 0.3-1x
-      (``--canvas-min``; its object otherwise fills most of the 128 px crop) and pasted objects at
-      0.14-0.42 of the side (paper: 0.1-1.0). On the --fast chain, 500 iterations, two copy-paste
-      seeds: mIoU 0.42 -> 0.43-0.45 and mask AP50 0.15 -> 0.18-0.23; either change alone did not
-      help;
-    - instances scored with the class probability ``sigmoid(1 x cos)`` (``zutis predict
-      --class-temperature 1``; paper: 5, for a model trained on raw cosines). Trained at a low
-      temperature, the embeddings' cosines spread so widely that ``sigmoid(5 x cos)`` outweighs the
-      mask quality in the score and ranks good masks below confident poor ones. Chosen on 100
-      validation scenes of another seed with a model trained at 0.04 (mask AP50 at 0.1 / 0.3 / 1 /
-      5: 0.22 / 0.24 / 0.25 / 0.22; the semantic map does not change).
-    - objects kept inside the copy-paste scenes (``zutis copypaste --outside 0``). A third of the
-      objects of the test scenes are cut by the scene's edge, and crops of them are named worst
-      (80% right against 89% on the true masks); with up to half of each pasted box beyond the edge
-      (``--outside 0.5``) the full recipe scored mIoU 0.657 and mask AP50 0.667 against 0.655 and
-      0.657 on the test scenes, no gain worth the change; continuing shapes-clip's own training
-      on views cut at its border did not name the cut objects better either.
-
-    - three additions to the paper's inference (``zutis predict --refine bilateral --crop-weight
-      0.5 --semantic-from instances``, hard NMS at IoU 0.5): candidate masks snapped to the
-      image's edges by the bilateral solver, each named a second time by shapes-clip shown a
-      masked crop of it, and the semantic map drawn from the instances. With the full recipe's
-      model on 100 validation scenes of another seed: mIoU 0.45 -> 0.62, mask AP50 0.29 -> 0.59
-      (refinement alone, AP50 0.29; DenseCRF instead of the bilateral solver: 0.52 / 0.43). The
-      reason: the objects are found (with refined masks, 83% of them by some instance at IoU >=
-      0.5) but the dense embeddings name only 55% of those right, the crops 79%. The crop's
-      weight, with the adapter below, on 300 validation scenes of another seed: 0.4 / 0.5 / 0.6 /
-      0.75 / 0.9: mIoU 0.743 / 0.741 / 0.735 / 0.726 / 0.723, mask AP 0.527 / 0.533 / 0.537 /
-      0.542 / 0.546 (AP50 0.67-0.68 for all); on the test scenes 0.5 vs 0.75: mIoU 0.733 / 0.720.
-      (Without the recoloured views, 0.5, 0.75 and 1 scored within 0.01.) The paper's inference
-      is still scored on the same model (``zutis, paper's inference``).
-    - the crop classifier's adapter (``zutis train --crop-adapter-scenes 1000 --crop-adapter-views
-      3 --crop-adapter-decay 0.01``; not in the paper): a linear map of shapes-clip's crop
-      embeddings, fitted before training on three recoloured views (any hue, or grey) of each
-      object of the first 1,000 copy-paste scenes (3,450 objects, ~45 s). The archives miss the
-      colours shapes-clip cannot name a shape in (of the pile's green triangles, purple stars and
-      yellow rings, the pairs left out of its training, 0 / 0 / 1 reach their archive), so a map
-      fitted on the crops as they are learns those colours as "not this shape" (on the true masks
-      of the test scenes: held-out pairs named right 61% plainly, 23% after fine-tuning the
-      crop encoder on plain crops). On the 200 test scenes at crop weight 0.75, mIoU without it 0.613,
-      fitted on plain crops at a penalty of 0.1 0.655, on recoloured views at 0.01 0.725 (mask
-      AP50 0.632 / 0.657 / 0.738). Chosen on 300 validation scenes of another seed (0.666 with the
-      plain adapter): three views at a penalty of 0.1 / 0.03 / 0.01 / 0.003 / 0: mIoU 0.693 /
-      0.719 / 0.727 / 0.725 / 0.718; five views at 0.03: 0.710; the plain crops plus one view at
-      0.1 / 0.03: 0.678 / 0.701. Fine-tuning the crop encoder itself on recoloured crops (300
-      steps, 150 s) scored 0.720.
-
-    700 iterations keep the demo under 10 minutes on two CPU cores without bf16 units even when
-    the machine trains at only 1.9-2.0 it/s (it varies from 1.9 to 2.5 from one day to another;
-    800 took 9 min 27 s at 2.1 it/s and would pass 10 minutes at 1.9).
-    With the inference above, the iterations matter little here: on the test scenes 600 / 700 /
-    800 / 900 scored mIoU 0.59 / 0.61 / 0.59 / 0.59 and mask AP50 0.61 / 0.63 / 0.63 / 0.62; on 100
-    validation scenes 700 vs 900: 0.60 / 0.62 and 0.57 / 0.59. ``--fast`` trains 300 (500: mIoU
-    0.60, AP50 0.645; 300: 0.59, 0.63; 200: 0.59, 0.55). The 200 held-out scenes (100 with --fast)
-    keep the score steady: on 30-60 scenes one model's mIoU differed by 0.05-0.09 from one scene
-    set to another.
+    differ from the paper's; why each does, with what was measured, is in ``docs/demo.md``
+    ("How the recipe differs from the paper's" and "Every setting of the recipe, measured").
 
     The first fields are the options of ``zutis demo``, in the order its ``--help`` lists them;
     the others are set from Python. Sizes are in pixels; ``k`` is images per archive;
