@@ -30,11 +30,19 @@ def _config(sources, checkpoint, **overrides):
 
 
 def _table(directory):
+    """File name -> float32 embedding of each active row."""
     reader = IndexReader(directory)
     records = reader.records()
     active = reader.active()
     embeddings = reader.embeddings()
-    return {r.path.split("/")[-1]: embeddings[i].tobytes() for i, r in enumerate(records) if active[i]}
+    return {r.path.split("/")[-1]: embeddings[i].astype(np.float32) for i, r in enumerate(records) if active[i]}
+
+
+def _same(first, second):
+    """The same images with the same embeddings, up to the rounding of a forward pass whose batches
+    were made up otherwise (multi-threaded kernels round by batch shape; 1e-3 is a few float16 steps
+    of these unit vectors, another image's embedding differs by ~0.1)."""
+    return first.keys() == second.keys() and all(np.allclose(first[k], second[k], rtol=0, atol=1e-3) for k in first)
 
 
 def test_corrupt_files_are_reported_and_the_rest_indexed(tmp_path, pile, tiny_checkpoint):
@@ -68,7 +76,7 @@ def test_resume_after_crash_is_byte_identical(tmp_path, pile, tiny_checkpoint):
     assert 0 < len(partial) < 40 and not partial.complete  # a valid, partial index
     again = build_index(_config([pile], tiny_checkpoint), tmp_path / "resumed")
     assert again.skipped == len(partial) and again.embedded == 40 - len(partial)
-    assert _table(whole) == _table(again.path)
+    assert _same(_table(whole), _table(again.path))
     assert IndexReader(again.path).complete
 
 
@@ -84,7 +92,7 @@ def test_rerun_appends_new_and_changed_images_only(tmp_path, pile, tiny_checkpoi
     reader = IndexReader(second.path)
     assert len(reader) == 42 and reader.active().sum() == 41
     table = _table(second.path)
-    assert table["000004.png"] == table["000005.png"]
+    assert np.allclose(table["000004.png"], table["000005.png"], rtol=0, atol=1e-3)
     assert read_manifest(second.path).summary["images"] == 41
 
 
@@ -101,7 +109,7 @@ def test_shards_merge_to_single_run(tmp_path, pile, tiny_checkpoint):
     sizes = [len(IndexReader(p)) for p in parts]
     assert sum(sizes) == 40 and all(sizes)
     merged = merge_indices(parts, tmp_path / "merged")
-    assert _table(merged) == _table(single)
+    assert _same(_table(merged), _table(single))
     assert read_manifest(merged).summary["images"] == 40
     for path in IndexReader(merged).records():
         assert path.path.startswith("../")
@@ -201,4 +209,4 @@ def test_torchrun_ranks_take_disjoint_slices(tmp_path, pile, tiny_checkpoint):
     parts = sorted(out.glob("shard-*-of-2"))
     assert [p.name for p in parts] == ["shard-0-of-2", "shard-1-of-2"]
     single = build_index(_config([pile], tiny_checkpoint), tmp_path / "single").path
-    assert _table(merge_indices(parts, tmp_path / "merged")) == _table(single)
+    assert _same(_table(merge_indices(parts, tmp_path / "merged")), _table(single))
