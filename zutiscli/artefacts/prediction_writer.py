@@ -41,6 +41,28 @@ class ImageResult:
     semantic_classes: list[str] = field(default_factory=list)
 
 
+def coco_results(image_id: int, instances: Any) -> list[dict[str, Any]]:
+    """The COCO results of one image's :class:`zutiscli.ops.instances.Instances`: category, RLE
+    segmentation, bbox ``[x, y, w, h]`` and area in pixels, score rounded to 6 decimals."""
+    from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
+
+    results = []
+    for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
+        rle = encode_mask(mask)
+        results.append({"image_id": image_id, "category_id": int(label), "segmentation": rle,
+                        "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
+    return results
+
+
+def panoptic_segments(semantic: np.ndarray, instances: Any, classes: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """``(segment map (H, W), segments_info)`` of one image: its instances over its semantic map
+    (:func:`zutiscli.ops.panoptic.merge_panoptic`), for ``classes`` class names."""
+    from zutiscli.ops.panoptic import merge_panoptic
+
+    triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
+    return merge_panoptic(semantic, triple, ignore_label=IGNORE_16BIT if classes >= IGNORE_8BIT else IGNORE_8BIT)
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -112,8 +134,6 @@ class PredictionsWriter:
 
     def add(self, item: Any) -> None:
         """Write one :class:`zutiscli.engine.predict.Segmented` image's files; keep its records."""
-        from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
-
         out = self.open()
         height, width = item.image.shape[:2]
         image_id = len(self.images) + 1
@@ -130,11 +150,10 @@ class PredictionsWriter:
                                               fsync=False))
             record["semantic"] = f"semantic/{stem}.png"
         if instances is not None and "instance" in self.tasks:
-            for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
-                rle = encode_mask(mask)
-                self.results.append({"image_id": image_id, "category_id": int(label), "segmentation": rle,
-                                     "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
-                name = self.names[int(label) - 1]
+            results = coco_results(image_id, instances)
+            self.results.extend(results)
+            for result in results:
+                name = self.names[result["category_id"] - 1]
                 summary.counts[name] = summary.counts.get(name, 0) + 1
         if "panoptic" in self.tasks:
             self.panoptic.append(self._panoptic(out, stem, image_id, semantic, instances))
@@ -147,11 +166,9 @@ class PredictionsWriter:
     def _panoptic(self, out: Path, stem: str, image_id: int, semantic: np.ndarray, instances: Any) -> dict[str, Any]:
         from PIL import Image
 
-        from zutiscli.ops.panoptic import merge_panoptic, panoptic_to_rgb
+        from zutiscli.ops.panoptic import panoptic_to_rgb
 
-        triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
-        ignore = IGNORE_16BIT if self.sixteen_bit else IGNORE_8BIT
-        segment_map, segments = merge_panoptic(semantic, triple, ignore_label=ignore)
+        segment_map, segments = panoptic_segments(semantic, instances, len(self.names))
         with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
             Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
         self._flusher.add(out / "panoptic" / f"{stem}.png")
@@ -210,25 +227,14 @@ class PredictionsInMemory:
 
     def add(self, item: Any) -> None:
         from zutiscli.artefacts.predictions import PredImage
-        from zutiscli.ops.masks import encode_mask, rle_area, rle_bbox
 
         image_id = len(self.images) + 1
         stem = self.stems[item.number]
         semantic, instances = item.semantic, item.instances
-        results = None
-        if instances is not None and "instance" in self.tasks:
-            results = []
-            for mask, score, label in zip(instances.masks, instances.scores, instances.labels):
-                rle = encode_mask(mask)
-                results.append({"image_id": image_id, "category_id": int(label), "segmentation": rle,
-                                "bbox": rle_bbox(rle), "area": rle_area(rle), "score": round(float(score), 6)})
+        results = coco_results(image_id, instances) if instances is not None and "instance" in self.tasks else None
         panoptic = segments = None
         if "panoptic" in self.tasks:
-            from zutiscli.ops.panoptic import merge_panoptic
-
-            triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
-            ignore = IGNORE_16BIT if len(self.names) >= IGNORE_8BIT else IGNORE_8BIT
-            panoptic, segments = merge_panoptic(semantic, triple, ignore_label=ignore)
+            panoptic, segments = panoptic_segments(semantic, instances, len(self.names))
         file_stem = Path(item.path).stem if item.path is not None else stem
         self.images.append(PredImage(image_id, str(Path(item.path).resolve()) if item.path is not None else None,
                                      file_stem, semantic=semantic if "semantic" in self.tasks else None,
