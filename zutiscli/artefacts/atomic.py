@@ -60,6 +60,19 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         fsync_dir(path.parent)
 
 
+def link_or_copy(source: str | Path, target: str | Path) -> Path:
+    """Give ``target`` the content of ``source``: a hard link when the file system allows it, else
+    an atomic copy (across devices, say); returns ``target``."""
+    import shutil
+
+    try:
+        os.link(source, target)
+    except OSError:
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)
+    return Path(target)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically; returns ``path``."""
     with atomic_path(path, fsync=fsync) as tmp:

@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_text, link_or_copy
 from zutiscli.artefacts.manifest import Manifest, read_manifest, resolve_relative
 from zutiscli.errors import ArtefactError
 
@@ -116,11 +115,7 @@ class IndexWriter:
         number = self._next
         stem = self.directory / CHUNK_DIR / f"{number:06d}"
         target = stem.with_suffix(".npy")
-        try:
-            os.link(source, target)
-        except OSError:
-            with atomic_path(target) as tmp:
-                shutil.copyfile(source, tmp)
+        link_or_copy(source, target)
         rows = np.load(target, mmap_mode="r").shape[0]
         if rows != len(records):
             target.unlink()
