@@ -16,7 +16,8 @@ from typing import Mapping, Sequence
 
 from zutiscli.errors import UsageError
 
-__all__ = ["parse_shard", "shard_from_environment", "shard_of", "shard_dir_name", "check_shard"]
+__all__ = ["parse_shard", "shard_from_environment", "shard_of", "shard_dir_name", "shard_output", "check_shard",
+           "distinct_directories"]
 
 
 def check_shard(shard: tuple[int, int], option: str = "--shard") -> None:
@@ -80,3 +81,22 @@ def distinct_directories(directories: Sequence[str | Path], what: str, example: 
             raise UsageError(f"{directory}: the same {what} is given twice (also as {seen[key]}); give each {what} once")
         seen[key] = directory
     return [Path(d) for d in directories]
+
+
+def shard_output(output: str | Path | None, shard: tuple[int, int], stage: str) -> Path:
+    """Where shard ``(i, n)`` of a sharded ``stage`` run writes: ``output/shard-i-of-n``, created by
+    the caller. ``output`` is required (each shard's job would otherwise number a run directory of
+    its own) and may hold the other shards, but must not be a finished artefact itself; both are
+    one-line errors naming the directory."""
+    from zutiscli.artefacts.manifest import MANIFEST_NAME
+    from zutiscli.artefacts.rundir import check_output_dir
+    from zutiscli.errors import ArtefactError
+
+    if output is None:
+        raise UsageError(f"a sharded run (shard {shard[0]}/{shard[1]}) needs -o DIR: every shard writes "
+                         f"into DIR/shard-I-of-N; `zutis {stage} merge` joins them")
+    parent, _ = check_output_dir(output, stage, resumable=True)
+    if (parent / MANIFEST_NAME).is_file():
+        raise ArtefactError(f"{parent}: is a finished artefact, not the directory of a sharded run; "
+                            f"choose a new -o directory")
+    return parent / shard_dir_name(shard)

@@ -49,7 +49,7 @@ from zutiscli.artefacts.pseudolabels import (
     write_part,
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of
+from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
@@ -183,14 +183,7 @@ def _check_output(output: str | Path | None, shard: tuple[int, int] | None = Non
     otherwise each number a run directory of their own).
     """
     if shard is not None:
-        if output is None:
-            raise UsageError(f"a sharded run (shard {shard[0]}/{shard[1]}) needs -o DIR: every shard writes "
-                             f"into DIR/shard-I-of-N")
-        parent, _ = check_output_dir(output, "pseudolabel", resumable=True)
-        if (parent / MANIFEST_NAME).is_file():
-            raise ArtefactError(f"{parent}: is a finished artefact, not the directory of a sharded run; "
-                                f"choose a new -o directory")
-        output = parent / shard_dir_name(shard)
+        output = shard_output(output, shard, "pseudolabel")
     out, state = check_output_dir(output, "pseudolabel", resumable=True)
     if state == "existing":
         if (out / MANIFEST_NAME).is_file():
