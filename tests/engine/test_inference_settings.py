@@ -6,10 +6,12 @@ from zutiscli.engine import inference
 from zutiscli.engine.inference import PAPER, check_recipe, resolve
 from zutiscli.errors import UsageError
 from zutiscli.ops.instances import REFINERS
+from zutiscli.ops.mask_nms import NMS_METHODS
 
 
-def test_refiners_match_the_ops():
-    assert inference.REFINERS == REFINERS
+def test_choices_match_the_ops():
+    # written again in engine/inference.py, which --help imports without torch
+    assert inference.REFINERS == REFINERS and inference.NMS_METHODS == NMS_METHODS
 
 
 def test_paper_defaults_are_the_papers():

@@ -245,7 +245,7 @@ class PredictEngine:
             clock = time.perf_counter()
             for number, path, rgb, tensor, reason in loader:
                 if reason is None and tensor is None:
-                    tensor = resize_for_model(rgb, self.max_size, self.predictor.patch)
+                    tensor = self.model_input(rgb)
                 timing.decode += time.perf_counter() - clock
                 if reason is not None:
                     if pending:
@@ -255,8 +255,8 @@ class PredictEngine:
                     if progress is not None:
                         progress(done, len(paths))
                 else:
-                    if pending and (tuple(tensor.shape) != tuple(pending[0][3].shape) or len(pending) >= batch_size):
-                        flush()
+                    if pending and tuple(tensor.shape) != tuple(pending[0][3].shape):
+                        flush()  # a batch holds one input size
                     pending.append((number, path, rgb, tensor))
                     if len(pending) >= batch_size:
                         flush()

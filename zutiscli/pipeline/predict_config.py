@@ -15,7 +15,7 @@ from zutiscli.engine import inference
 # by name: in PredictConfig's body its field ``inference`` hides the module
 from zutiscli.engine.inference import NMS_METHODS, REFINERS, SEMANTIC_SOURCES, SOURCES
 from zutiscli.errors import UsageError
-from zutiscli.data.shards import parse_shard
+from zutiscli.data.shards import check_shard, parse_shard
 
 if TYPE_CHECKING:
     from zutiscli.data.classes import ClassQuery
@@ -132,10 +132,9 @@ class PredictConfig:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.loader_workers is not None and self.loader_workers < 0:
             raise UsageError(f"--loader-workers must be >= 0 (got {self.loader_workers})")
-        if self.shard is not None and not (self.shard[1] >= 1 and 0 <= self.shard[0] < self.shard[1]):
-            raise UsageError(f"--shard {self.shard[0]}/{self.shard[1]}: need 0 <= I < N")
-        inference.resolve(self.overrides(), None, "paper")[0].validate(self.method)
-        self.settings({})
+        if self.shard is not None:
+            check_shard(self.shard)
+        self.settings({})  # the settings as given, over the paper's
 
     def overrides(self) -> dict[str, Any]:
         """The inference settings given as options (``None``: not given)."""
