@@ -533,10 +533,9 @@ class Predictor:
 
     def __init__(self, checkpoint=None, classes=None, **options):
         from zutiscli.artefacts.runs import resolve_checkpoint
-        from zutiscli.engine.predict import PredictEngine
-        from zutiscli.methods.predict.zutis import ZutisPredictor, load_zutis
-        from zutiscli.methods.predict.common import CrfOptions
+        from zutiscli.methods.predict.zutis import load_zutis
         from zutiscli.models.device import resolve_device, resolve_precision
+        from zutiscli.pipeline.predict import open_engine
 
         opts = _options(Predictor.__init__, options, "Predictor")
         classes_file = opts.pop("classes_file", None)
@@ -557,10 +556,8 @@ class Predictor:
         self.trained_classes = tuple(trained)
         self.classes = tuple(query.name for query in config.classes)
         self._class_names = ("background", *self.classes)
-        network = ZutisPredictor(model, config.classes, crf=CrfOptions.of(config), recipe=recipe)
-        self.settings, _ = config.settings(recipe)
-        network.prepare(self.settings, config, self.device, dtype, None, wants_instances=True)
-        self._engine = PredictEngine(network, self.settings, semantic=True, instances=True, max_size=config.max_size)
+        self._engine, self.settings, _ = open_engine(config, self.device, dtype, lambda message: None, model=model,
+                                                     recipe=recipe)
 
     def __repr__(self) -> str:
         return f"Predictor({str(self.checkpoint)!r}, classes={list(self.classes)!r}, device={str(self.device)!r})"

@@ -120,7 +120,9 @@ def test_merge_refuses_a_missing_or_foreign_shard(recipe_run, tmp_path):
     whole = predict(config(run, images), tmp_path / "c").path
     with pytest.raises(ZutisError, match="not a shard"):
         merge_predictions([whole], tmp_path / "m3")
-    with pytest.raises(UsageError, match="give -o DIR"):
+    with pytest.raises(ZutisError, match="not the directory of a sharded run"):
+        predict(config(run, images, shard=(0, 2)), whole)  # shards are not written into a finished artefact
+    with pytest.raises(UsageError, match="needs -o DIR"):
         predict(config(run, images, shard=(0, 2)), None)
 
 

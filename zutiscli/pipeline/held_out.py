@@ -150,10 +150,9 @@ def evaluate_model(model: torch.nn.Module, held_out: HeldOut, classes: list[str]
             if out.exists():
                 shutil.rmtree(out)
             model.eval()
-            model.inference = dict(inference or {})  # the recipe an in-memory model carries
             predict_config = PredictConfig(inputs=held_out.images, classes=tuple(queries), method="zutis",
                                            device=str(device), task="all", vis=False)
-            prediction = predict_in_memory(predict_config, model=model)
+            prediction = predict_in_memory(predict_config, model=model, recipe=dict(inference or {}))
             scoring = EvaluateConfig(pred=f"the held-out predictions at iteration {iteration}", gt=held_out.gt)
             truth = load_ground_truth(held_out.gt)
             metrics = score(prediction, truth, scoring)

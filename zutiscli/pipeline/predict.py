@@ -12,14 +12,13 @@ into the directory an unsharded run writes. The options, :class:`PredictConfig`,
 
 from __future__ import annotations
 
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.prediction_writer import KIND, ImageResult, PredictionsWriter
+from zutiscli.artefacts.prediction_writer import (FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME, ImageResult,
+                                                  PredictionsWriter)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import safe_filenames
 from zutiscli.engine import inference
@@ -28,8 +27,6 @@ from zutiscli.pipeline.plan import Plan, input_entry, output_plan
 from zutiscli.pipeline.predict_config import TASKS, PredictConfig  # noqa: F401 - TASKS for importers
 
 SHARD_NAME = "shard.json"
-NMS_METHODS = inference.NMS_METHODS
-SEMANTIC_SOURCES = inference.SEMANTIC_SOURCES
 
 __all__ = ["PredictConfig", "PredictResult", "ImageResult", "predict", "plan_predict", "merge_predictions"]
 
@@ -63,12 +60,9 @@ def _listing(config: PredictConfig) -> tuple[Any, list[Path], list[str], tuple[i
 
 def _output(output: str | Path | None, shard: tuple[int, int] | None) -> str | Path | None:
     """Where a (shard of a) run writes: a shard writes ``OUTPUT/shard-I-of-N`` (``-o`` required)."""
-    if shard is None:
-        return output
-    if output is None:
-        raise UsageError(f"--shard {shard[0]}/{shard[1]}: give -o DIR, the directory every shard writes into "
-                         f"(each as DIR/shard-I-of-N; join them with `zutis predict merge`)")
-    return Path(output) / f"shard-{shard[0]}-of-{shard[1]}"
+    from zutiscli.data.shards import shard_output
+
+    return output if shard is None else shard_output(output, shard, "predict")
 
 
 def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Plan:
@@ -152,15 +146,17 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
     return PredictResult(path, writer.summaries, writer.failures, timing)
 
 
-def open_engine(config: PredictConfig, device: Any, dtype: Any, log: Callable[[str], None], *, model: Any = None
-                ) -> tuple[Any, inference.InferenceSettings, dict[str, str]]:
-    """Load ``config``'s predictor (or wrap the in-memory ``model``), resolve its inference settings
-    (logged in one line) and load what they need; returns ``(engine, settings, origin)``. The
-    caller closes ``engine.predictor``."""
+def open_engine(config: PredictConfig, device: Any, dtype: Any, log: Callable[[str], None], *, model: Any = None,
+                recipe: dict[str, Any] | None = None) -> tuple[Any, inference.InferenceSettings, dict[str, str]]:
+    """Load ``config``'s predictor (or wrap the in-memory ``model``, whose inference recipe is
+    ``recipe``), resolve its inference settings (logged in one line) and load what they need;
+    returns ``(engine, settings, origin)``. The caller closes ``engine.predictor``."""
     from zutiscli.engine.predict import PredictEngine
     from zutiscli.methods.predict import get
 
     predictor = get(config.method).load(config, device, dtype, log, model=model)
+    if model is not None:
+        predictor.recipe = dict(recipe or {})
     try:
         settings, origin = config.settings(predictor.recipe)
         log(inference.describe(settings, origin))
@@ -174,10 +170,12 @@ def open_engine(config: PredictConfig, device: Any, dtype: Any, log: Callable[[s
     return engine, settings, origin
 
 
-def predict_in_memory(config: PredictConfig, *, model: Any = None, log: Callable[[str], None] | None = None) -> Any:
+def predict_in_memory(config: PredictConfig, *, model: Any = None, recipe: dict[str, Any] | None = None,
+                      log: Callable[[str], None] | None = None) -> Any:
     """Segment ``config``'s images and keep the outputs in memory, as the
     :class:`zutiscli.artefacts.predictions.Prediction` that scoring reads (``zutis train``'s
-    held-out evaluation; ``model`` as for :func:`predict`). Nothing is written."""
+    held-out evaluation; ``model`` as for :func:`predict`, its inference recipe ``recipe``).
+    Nothing is written."""
     from zutiscli.artefacts.prediction_writer import PredictionsInMemory
     from zutiscli.models.device import resolve_device, resolve_precision
 
@@ -186,7 +184,7 @@ def predict_in_memory(config: PredictConfig, *, model: Any = None, log: Callable
     found, listing, stems, _, _ = _listing(config)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
-    engine, _, _ = open_engine(config, device, dtype, say, model=model)
+    engine, _, _ = open_engine(config, device, dtype, say, model=model, recipe=recipe)
     sink = PredictionsInMemory([q.name for q in config.classes], config.tasks, stems)
     try:
         engine.run(listing, sink, batch_size=config.batch_size, workers=0, max_pixels=config.max_pixels)
@@ -209,7 +207,7 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     """
     import json
 
-    from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
+    from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text, link_or_copy
     from zutiscli.data.shards import distinct_directories
 
     say = log or (lambda message: None)
@@ -243,9 +241,9 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     check_output_dir(output, "predict")
     parts = []
     for shard, _ in sorted(manifests, key=lambda item: int(item[1].params["shard"][0])):
-        images = json.loads((shard / "images.json").read_text())
-        results = json.loads((shard / "predictions.json").read_text())
-        panoptic = json.loads((shard / "panoptic.json").read_text()) if (shard / "panoptic.json").is_file() else None
+        images = json.loads((shard / IMAGES_NAME).read_text())
+        results = json.loads((shard / RESULTS_NAME).read_text())
+        panoptic = json.loads((shard / PANOPTIC_NAME).read_text()) if (shard / PANOPTIC_NAME).is_file() else None
         parts.append((shard, images, results, panoptic))
     entries = []
     listed = None
@@ -263,7 +261,7 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
             entries.append((order, shard, record, by_image.get(record["id"], []), segments.get(record["id"])))
     entries.sort(key=lambda entry: entry[0])
     out = prepare_output_dir(output, "predict")
-    folders = [name for name in ("semantic", "panoptic", "vis") if (first_dir / name).is_dir()]
+    folders = [name for name in FOLDERS if (first_dir / name).is_dir()]
     for name in folders:
         (out / name).mkdir(exist_ok=True)
     merged_images, merged_results, merged_panoptic = [], [], []
@@ -272,18 +270,18 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
         for name, suffix in (("semantic", ".png"), ("panoptic", ".png"), ("vis", ".jpg")):
             source = shard / name / f"{stem}{suffix}"
             if name in folders and source.is_file():
-                _link_or_copy(source, out / name / f"{stem}{suffix}")
+                link_or_copy(source, out / name / f"{stem}{suffix}")
         file_name = relative_to(out, resolve_relative(shard, record["file_name"]))
         merged_images.append(record | {"id": image_id, "file_name": file_name})
         merged_results.extend(result | {"image_id": image_id} for result in results)
         if segment is not None:
             merged_panoptic.append(segment | {"image_id": image_id})
-    categories = json.loads((first_dir / "images.json").read_text())["categories"]
-    atomic_write_text(out / "predictions.json", json.dumps(merged_results) + "\n")
-    atomic_write_json(out / "images.json", {"images": merged_images, "categories": categories}, indent=None)
-    if (first_dir / "panoptic.json").is_file():
-        panoptic_categories = json.loads((first_dir / "panoptic.json").read_text())["categories"]
-        atomic_write_json(out / "panoptic.json", {"images": merged_images, "annotations": merged_panoptic,
+    categories = json.loads((first_dir / IMAGES_NAME).read_text())["categories"]
+    atomic_write_text(out / RESULTS_NAME, json.dumps(merged_results) + "\n")
+    atomic_write_json(out / IMAGES_NAME, {"images": merged_images, "categories": categories}, indent=None)
+    if (first_dir / PANOPTIC_NAME).is_file():
+        panoptic_categories = json.loads((first_dir / PANOPTIC_NAME).read_text())["categories"]
+        atomic_write_json(out / PANOPTIC_NAME, {"images": merged_images, "annotations": merged_panoptic,
                                                   "categories": panoptic_categories}, indent=None)
     failed = sum(int(m.summary.get("failed", 0)) for _, m in manifests)
     params = dict(first.params) | {"shard": None, "merged_from": count}
@@ -292,9 +290,3 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     say(f"merged {count} shards: {len(merged_images)} images, {len(merged_results)} instances")
     return out
 
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)

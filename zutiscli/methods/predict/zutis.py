@@ -172,7 +172,8 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
     """The ZUTIS predictor of ``config`` (a :class:`zutiscli.pipeline.predict.PredictConfig`).
 
     ``model`` is an in-memory model (``zutis train``'s held-out evaluation passes the one it is
-    training; its recipe is ``model.inference``), run as it is: the caller sets eval mode.
+    training), run as it is: the caller sets eval mode and gives its recipe
+    (:func:`zutiscli.pipeline.predict.open_engine`).
     """
     if model is None:
         checkpoint = resolve_checkpoint(config.checkpoint)
@@ -181,7 +182,7 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
                   "backbone": model.config.backbone}
         inputs: list[Any] = [checkpoint]
     else:
-        recipe = dict(getattr(model, "inference", None) or {})
+        recipe = {}
         record = {"checkpoint": None, "in_memory": True, "backbone": model.config.backbone}
         inputs = []
     predictor = ZutisPredictor(model, config.classes, crf=CrfOptions.of(config), recipe=recipe, record=record,
