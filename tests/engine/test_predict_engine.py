@@ -117,6 +117,14 @@ def test_merge_refuses_a_missing_or_foreign_shard(recipe_run, tmp_path):
     other = predict(config(run, images, shard=(1, 2), iou_threshold=0.7), tmp_path / "b").path
     with pytest.raises(ZutisError, match="another settings"):
         merge_predictions([zero, other], tmp_path / "m2")
+    one = predict(config(run, images, shard=(1, 2)), tmp_path / "a").path
+    (one / "shard.json").write_text("{not json")
+    with pytest.raises(ZutisError, match=r"shard-1-of-2/shard.json: is not valid JSON"):
+        merge_predictions([zero, one], tmp_path / "m4")
+    (one / "shard.json").write_text('{"listed": 6}')
+    with pytest.raises(ZutisError, match=r"shard-1-of-2: its images.json, predictions.json or shard.json is not"):
+        merge_predictions([zero, one], tmp_path / "m5")
+    assert not (tmp_path / "m4").exists() and not (tmp_path / "m5").exists()  # nothing half-written
     whole = predict(config(run, images), tmp_path / "c").path
     with pytest.raises(ZutisError, match="not a shard"):
         merge_predictions([whole], tmp_path / "m3")

@@ -20,7 +20,6 @@ schema 1: dataset, params, classes, image records, where the semantic PNGs and i
 
 from __future__ import annotations
 
-import json
 import os
 import unicodedata
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ import numpy as np
 from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
 from zutiscli.artefacts.coco import load_coco
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
+from zutiscli.artefacts.manifest import read_json
 from zutiscli.artefacts.manifest import relative_to
 from zutiscli.errors import ArtefactError
 from zutiscli.ops.masks import decode_mask, segmentation_to_rle
@@ -104,15 +104,6 @@ def _json_kind(data: Any) -> str:
     return "unknown"
 
 
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtefactError(f"{path}: no such file ({what})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{path}: is not valid JSON ({exc}); expected {what}") from None
-
-
 def _resolve(root: Path, name: str) -> str:
     return os.path.realpath(os.path.join(root, name))
 
@@ -151,7 +142,7 @@ def load_ground_truth(gt: str | Path, gt_semantic: str | Path | None = None,
         raise ArtefactError(f"--gt {gt}: no such file or directory")
     truth: GroundTruth
     if gt.is_file():
-        data = _read_json(gt, "a COCO instances or panoptic JSON")
+        data = read_json(gt, "a COCO instances or panoptic JSON")
         kind = _json_kind(data)
         if kind == "instances":
             truth = _instances_truth(gt, load_coco(gt))
@@ -205,7 +196,7 @@ def _panoptic_folder(json_path: Path) -> Path | None:
 
 
 def _prepared_truth(directory: Path) -> GroundTruth:
-    index = _read_json(directory / GT_INDEX, "a `zutis evaluate prepare` index")
+    index = read_json(directory / GT_INDEX, "a `zutis evaluate prepare` index")
     if not isinstance(index, dict) or index.get("format") != "zutis.gt":
         raise ArtefactError(f"{directory / GT_INDEX}: is not a `zutis evaluate prepare` index")
     instances = None

@@ -79,6 +79,18 @@ class Manifest:
         return [resolve_relative(self.root, ref.path) for ref in self.inputs]
 
 
+def read_json(path: str | Path, what: str) -> Any:
+    """A JSON file of an artefact; a missing or unparsable one is an :class:`ArtefactError` naming
+    the file and ``what`` it should hold."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtefactError(f"{path}: no such file ({what})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtefactError(f"{path}: is not valid JSON ({exc}); expected {what}") from None
+
+
 def relative_to(root: str | Path, path: str | Path) -> str:
     """``path`` expressed relative to directory ``root``, in POSIX form (``..`` allowed)."""
     return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()

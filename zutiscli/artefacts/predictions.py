@@ -43,12 +43,11 @@ from zutiscli.artefacts.groundtruth import (
     _json_kind,
     _norm,
     _panoptic_folder,
-    _read_json,
     _resolve,
     _stem,
     read_names_file,
 )
-from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest
+from zutiscli.artefacts.manifest import MANIFEST_NAME, read_json, read_manifest
 from zutiscli.errors import ArtefactError
 
 
@@ -106,7 +105,7 @@ def load_prediction(pred: str | Path) -> Prediction:
         raise ArtefactError(f"{pred}: no such file or directory (expected a `zutis predict` directory, a COCO "
                             f"results JSON or a directory of label PNGs)")
     if pred.is_file():
-        data = _read_json(pred, "COCO results or a COCO panoptic JSON")
+        data = read_json(pred, "COCO results or a COCO panoptic JSON")
         kind = _json_kind(data)
         if kind == "results":
             return Prediction(pred, [], None, results=data, results_in_gt_space=True)
@@ -131,7 +130,7 @@ def load_prediction(pred: str | Path) -> Prediction:
 
 
 def _predict_dir(pred: Path) -> Prediction:
-    sidecar = _read_json(pred / "images.json", "the images.json of a `zutis predict` directory")
+    sidecar = read_json(pred / "images.json", "the images.json of a `zutis predict` directory")
     try:
         records = sidecar["images"]
         names = [_norm(c["name"]) for c in sorted(sidecar["categories"], key=lambda c: int(c["id"]))]
@@ -146,11 +145,11 @@ def _predict_dir(pred: Path) -> Prediction:
                                 alt_stem=record.get("stem") if record.get("stem") != file_stem else None))
     results = None
     if (pred / "predictions.json").is_file():
-        results = _read_json(pred / "predictions.json", "COCO results")
+        results = read_json(pred / "predictions.json", "COCO results")
         if not isinstance(results, list):
             raise ArtefactError(f"{pred / 'predictions.json'}: is not a list of COCO results")
     prediction = Prediction(pred, images, names, results=results)
     if (pred / "panoptic.json").is_file():
-        prediction.panoptic = _read_json(pred / "panoptic.json", "COCO panoptic predictions")
+        prediction.panoptic = read_json(pred / "panoptic.json", "COCO panoptic predictions")
         prediction.panoptic_dir = pred / "panoptic"
     return prediction

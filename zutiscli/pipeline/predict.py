@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.manifest import read_json, read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.artefacts.prediction_writer import (FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME, ImageResult,
                                                   PredictionsWriter)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
@@ -241,24 +241,32 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     check_output_dir(output, "predict")
     parts = []
     for shard, _ in sorted(manifests, key=lambda item: int(item[1].params["shard"][0])):
-        images = json.loads((shard / IMAGES_NAME).read_text())
-        results = json.loads((shard / RESULTS_NAME).read_text())
-        panoptic = json.loads((shard / PANOPTIC_NAME).read_text()) if (shard / PANOPTIC_NAME).is_file() else None
-        parts.append((shard, images, results, panoptic))
+        images = read_json(shard / IMAGES_NAME, "the images of a `zutis predict` shard")
+        results = read_json(shard / RESULTS_NAME, "the COCO results of a `zutis predict` shard")
+        panoptic = read_json(shard / PANOPTIC_NAME, "COCO panoptic predictions") \
+            if (shard / PANOPTIC_NAME).is_file() else None
+        layout = read_json(shard / SHARD_NAME, "where the shard's images stood in the run's listing")
+        parts.append((shard, images, results, panoptic, layout))
     entries = []
-    listed = None
-    for shard, images, results, panoptic in parts:
-        layout = json.loads((shard / SHARD_NAME).read_text())
-        if listed is not None and layout["listed"] != listed:
-            raise ArtefactError(f"{shard}: its run listed {layout['listed']} images, another shard's {listed}; "
-                                f"merge the shards of one run")
-        listed = layout["listed"]
-        by_image: dict[int, list[dict[str, Any]]] = {}
-        for result in results:
-            by_image.setdefault(result["image_id"], []).append(result)
-        segments = {a["image_id"]: a for a in (panoptic or {}).get("annotations", [])}
-        for record, order in zip(images["images"], layout["positions"]):
-            entries.append((order, shard, record, by_image.get(record["id"], []), segments.get(record["id"])))
+    listed = categories = panoptic_categories = None
+    for shard, images, results, panoptic, layout in parts:
+        try:
+            if categories is None:  # the shards' classes are the same (checked above): the first's
+                categories = images["categories"]
+                panoptic_categories = panoptic["categories"] if panoptic is not None else None
+            if listed is not None and layout["listed"] != listed:
+                raise ArtefactError(f"{shard}: its run listed {layout['listed']} images, another shard's {listed}; "
+                                    f"merge the shards of one run")
+            listed = layout["listed"]
+            by_image: dict[int, list[dict[str, Any]]] = {}
+            for result in results:
+                by_image.setdefault(result["image_id"], []).append(result)
+            segments = {a["image_id"]: a for a in (panoptic or {}).get("annotations", [])}
+            for record, order in zip(images["images"], layout["positions"], strict=True):
+                entries.append((order, shard, record, by_image.get(record["id"], []), segments.get(record["id"])))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ArtefactError(f"{shard}: its {IMAGES_NAME}, {RESULTS_NAME} or {SHARD_NAME} is not what "
+                                f"`zutis predict --shard` writes; the shard is corrupt, run it again") from None
     entries.sort(key=lambda entry: entry[0])
     out = prepare_output_dir(output, "predict")
     folders = [name for name in FOLDERS if (first_dir / name).is_dir()]
@@ -276,11 +284,9 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
         merged_results.extend(result | {"image_id": image_id} for result in results)
         if segment is not None:
             merged_panoptic.append(segment | {"image_id": image_id})
-    categories = json.loads((first_dir / IMAGES_NAME).read_text())["categories"]
     atomic_write_text(out / RESULTS_NAME, json.dumps(merged_results) + "\n")
     atomic_write_json(out / IMAGES_NAME, {"images": merged_images, "categories": categories}, indent=None)
-    if (first_dir / PANOPTIC_NAME).is_file():
-        panoptic_categories = json.loads((first_dir / PANOPTIC_NAME).read_text())["categories"]
+    if panoptic_categories is not None:
         atomic_write_json(out / PANOPTIC_NAME, {"images": merged_images, "annotations": merged_panoptic,
                                                   "categories": panoptic_categories}, indent=None)
     failed = sum(int(m.summary.get("failed", 0)) for _, m in manifests)
