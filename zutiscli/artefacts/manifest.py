@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from zutiscli._version import __version__
 from zutiscli.artefacts.atomic import atomic_write_json
+from zutiscli.artefacts.lock import clear_unfinished_mark
 from zutiscli.errors import ArtefactError
 
 MANIFEST_NAME = "manifest.json"
@@ -184,6 +185,7 @@ def write_manifest(
         root=directory,
     )
     atomic_write_json(directory / MANIFEST_NAME, manifest.to_json())
+    clear_unfinished_mark(directory)
     return manifest
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zutiscli.artefacts.lock import (check_unlocked, content, held_here, lock_directory, mark_unfinished,
+                                    restart_unfinished, unfinished_stage)
 from zutiscli.artefacts.manifest import MANIFEST_NAME
 from zutiscli.errors import ArtefactError
 
@@ -20,13 +22,20 @@ def numbered_runs(stage: str, root: str | Path = DEFAULT_RUNS_ROOT) -> list[Path
     return sorted(runs, key=lambda p: int(p.name))
 
 
+def _cannot_create(path: Path, exc: OSError, advice: str = "pass -o DIR to write somewhere else") -> ArtefactError:
+    return ArtefactError(f"{os.path.abspath(path)}: cannot be created ({exc.strerror or exc}); {advice}")
+
+
 def next_run_dir(stage: str, root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
     """Create and return ``root/stage/N`` with N one above the highest existing number.
 
     Safe against concurrent callers: creation is exclusive, a lost race moves on to N+1.
     """
     base = Path(root) / stage
-    base.mkdir(parents=True, exist_ok=True)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_create(base, exc) from None
     existing = numbered_runs(stage, root)
     number = int(existing[-1].name) + 1 if existing else 1
     while True:
@@ -36,6 +45,8 @@ def next_run_dir(stage: str, root: str | Path = DEFAULT_RUNS_ROOT) -> Path:
             return candidate
         except FileExistsError:
             number += 1
+        except OSError as exc:
+            raise _cannot_create(candidate, exc) from None
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -47,7 +58,7 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def check_output_dir(output: str | Path | None, stage: str, *, resumable: bool = False,
-                     root: str | Path = DEFAULT_RUNS_ROOT) -> tuple[Path, str]:
+                     root: str | Path = DEFAULT_RUNS_ROOT, _restartable: bool | None = None) -> tuple[Path, str]:
     """Check, without creating anything, that a stage could write to ``output``.
 
     Applies the rules of :func:`prepare_output_dir` and returns ``(directory, state)``: the
@@ -64,11 +75,20 @@ def check_output_dir(output: str | Path | None, stage: str, *, resumable: bool =
     if out.exists() and not out.is_dir():
         raise ArtefactError(f"{out}: exists and is a file; give -o a directory path")
     if out.is_dir():
-        if any(out.iterdir()):
-            if not resumable:
+        check_unlocked(out)
+        if content(out):
+            marked = unfinished_stage(out)
+            if resumable:
+                state = "existing"
+            elif marked == stage and not (out / MANIFEST_NAME).is_file() and (
+                    not held_here(out) if _restartable is None else _restartable):
+                state = "unfinished"  # a killed run's: nobody holds it (this process may be writing it)
+            elif marked not in (None, stage) and not (out / MANIFEST_NAME).is_file():
+                raise ArtefactError(f"{out}: holds the unfinished output of `zutis {marked}`; "
+                                    f"choose a new -o directory or remove it")
+            else:
                 what = "a finished artefact" if (out / MANIFEST_NAME).is_file() else "not empty"
                 raise ArtefactError(f"{out}: is {what}; choose a new -o directory or remove it")
-            state = "existing"
         else:
             state = "empty"
         if not os.access(out, os.W_OK | os.X_OK):
@@ -82,18 +102,30 @@ def check_output_dir(output: str | Path | None, stage: str, *, resumable: bool =
     return out, "new"
 
 
-def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool = False) -> Path:
-    """Resolve a stage's output directory, creating it.
+def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool = False, lock: bool = True) -> Path:
+    """Resolve a stage's output directory, creating it and taking its lock.
 
     ``None`` gives a fresh numbered run directory. An explicit directory must be empty or absent,
-    unless the stage is ``resumable`` (then an existing one is handed back for the stage to check).
-    The rules are those of :func:`check_output_dir`.
+    unless the stage is ``resumable`` (then an existing one is handed back for the stage to check)
+    or it holds the unfinished output of a killed run of the same stage (then it is emptied).
+    The rules are those of :func:`check_output_dir`. The directory's lock
+    (:func:`zutiscli.artefacts.lock.lock_directory`) is taken unless ``lock`` is false (a caller
+    that writes into a subdirectory locks that one); a non-resumable stage marks the directory
+    unfinished until its manifest is written.
     """
     if output is None:
-        return next_run_dir(stage)
-    out, _ = check_output_dir(output, stage, resumable=resumable)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ArtefactError(f"{out}: cannot be created ({exc.strerror or exc}); choose another -o directory") from None
+        out, state = next_run_dir(stage), "new"
+    else:
+        restartable = not held_here(output)
+        out, state = check_output_dir(output, stage, resumable=resumable)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _cannot_create(out, exc, "choose another -o directory") from None
+    if lock:
+        lock_directory(out)
+        if not resumable:
+            if state != "new" and check_output_dir(out, stage, _restartable=restartable)[1] == "unfinished":  # judged again, now locked
+                restart_unfinished(out)
+            mark_unfinished(out, stage)
     return out

@@ -58,6 +58,20 @@ def resolve_checkpoint(checkpoint: str | os.PathLike | None) -> Path:
     return run / FINAL
 
 
+def refuse_unfinished_run(output: str | Path | None) -> None:
+    """Refuse to start a new run in ``output`` when it holds a resumable checkpoint of an unfinished run.
+
+    Removing such a directory would throw training away, so the error points to ``--resume``.
+    """
+    if output is None:
+        return
+    out = Path(output)
+    if (out / CHECKPOINT).is_file() and not (out / FINAL).is_file():
+        raise ArtefactError(f"{out}: holds an unfinished training run ({CHECKPOINT}); continue it with "
+                            f"`zutis train --resume {out}` (add --iterations N to change its length), "
+                            f"or choose a new -o directory")
+
+
 def resume_checkpoint_path(run_dir: str | Path) -> Path:
     """The checkpoint that ``--resume RUN_DIR`` continues from; errors say what ``RUN_DIR`` is instead."""
     run_dir = Path(run_dir)

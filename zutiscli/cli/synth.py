@@ -111,6 +111,7 @@ def train_clip(
     Example: zutis synth train-clip --steps 2 --batch-size 4 --workers 0 --eval-pool 0 --checkpoint-every 0 -o runs/clip-smoke
     """
     from zutiscli.artefacts.atomic import atomic_write_json
+    from zutiscli.artefacts.lock import content
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.errors import UsageError
@@ -129,7 +130,7 @@ def train_clip(
     checkpoint = checkpoint_path(weights)
     if (out / "manifest.json").is_file():
         raise UsageError(f"{out}: holds a finished training; choose a new -o directory")
-    if output is not None and any(p != checkpoint for p in out.iterdir()):
+    if output is not None and any(p != checkpoint for p in content(out)):
         raise UsageError(f"{out}: is not empty and holds no shapes-clip checkpoint; choose a new -o directory")
     if checkpoint.is_file():
         reporter.log(f"resuming from {checkpoint} (a different recipe starts afresh)")

@@ -23,6 +23,7 @@ from PIL import Image
 from zutiscli.artefacts.atomic import atomic_write_bytes
 from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.labelmap import write_label_png
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import prepare_output_dir
@@ -89,6 +90,7 @@ def plan_dataset(
     return Plan("copypaste", reads, writes, None, params, work)
 
 
+@holding_locks
 def copypaste(config: CopyPasteDatasetConfig, output: str | Path | None = None, *,
               progress: Callable[[int, int], None] | None = None,
               log: Callable[[str], None] | None = None) -> Path:
@@ -103,6 +105,7 @@ def copypaste(config: CopyPasteDatasetConfig, output: str | Path | None = None, 
     return out
 
 
+@holding_locks
 def write_dataset(
     pseudo_dir: str | Path,
     count: int,

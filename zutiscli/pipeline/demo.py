@@ -40,6 +40,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.pipeline.demo_config import FAST, DemoConfig, preset  # noqa: F401 - exported here too
 
 Log = Callable[[str], None]
@@ -159,6 +160,7 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
     return out / "copypaste"
 
 
+@holding_locks
 def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: Progress | None = None,
              log: Log | None = None) -> DemoResult:
     """Run the chain (and with ``config.ablation`` the ablations); returns where it all went.

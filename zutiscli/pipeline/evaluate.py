@@ -24,6 +24,7 @@ from typing import Any
 
 from zutiscli.artefacts.atomic import atomic_write_json
 from zutiscli.artefacts.groundtruth import load_ground_truth
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.predictions import load_prediction
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
@@ -47,6 +48,7 @@ class EvaluateResult:
 
 
 # ---- the stage ------------------------------------------------------------------------------
+@holding_locks
 def evaluate(config: EvaluateConfig, output: str | Path | None = None, *, progress: Progress | None = None,
              log: Log | None = None) -> EvaluateResult:
     """Run ``zutis evaluate``: score ``config.pred`` against ``config.gt``, write ``metrics.json``."""

@@ -44,6 +44,7 @@ from zutiscli.artefacts.manifest import (
     resolve_relative,
     write_manifest,
 )
+from zutiscli.artefacts.lock import check_unlocked, content, holding_locks, lock_directory
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import discover_images
 from zutiscli.data.shards import check_shard, distinct_directories, shard_dir_name, shard_from_environment, shard_of  # noqa: F401
@@ -144,7 +145,7 @@ def _model_record(spec: ModelSpec, dtype: torch.dtype, image_size: int) -> dict[
 def _check_existing(out: Path, model: dict[str, Any]) -> None:
     """Refuse an existing ``out`` that is not an index of ``model`` (compared on the keys ``model`` has)."""
     if not (out / MANIFEST_NAME).is_file():
-        if any(p.name != CHUNK_DIR for p in out.iterdir()):
+        if any(p.name != CHUNK_DIR for p in content(out)):
             raise ArtefactError(f"{out}: is not empty and not a zutis index; choose a new -o directory")
         return
     previous = read_manifest(out, "zutis.index").model or {}
@@ -153,6 +154,17 @@ def _check_existing(out: Path, model: dict[str, Any]) -> None:
         was = f"{previous.get('name')} ({previous.get('pretrained')}, {previous.get('precision')})"
         now = f"{model.get('name')} ({model.get('pretrained')}, {model.get('precision')})"
         raise ArtefactError(f"{out}: was built with {was}, not {now}; use a new -o directory to index with another model")
+
+
+def _precheck_output(output: str | Path | None, shard: tuple[int, int] | None, model: dict[str, Any]) -> None:
+    """Refuse an unusable ``output`` before the model loads and before anything (a lock) is written there."""
+    out, state = check_output_dir(output, "index", resumable=True)
+    if shard is not None:
+        out = out / shard_dir_name(shard)
+        state = "existing" if out.is_dir() and content(out) else "new"
+    if state == "existing":
+        check_unlocked(out)
+        _check_existing(out, model)
 
 
 def _write_index_manifest(out: Path, model: dict[str, Any], config: IndexConfig, inputs: list[InputRef],
@@ -315,7 +327,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
     out = Path(writes["path"])
     if shard is not None and shard[1] > 1:
         out = out / shard_dir_name(shard)
-        state = "new" if not out.exists() else "existing" if any(out.iterdir()) else "empty"
+        state = "new" if not out.exists() else "existing" if content(out) else "empty"
         writes = {"path": str(out), "state": state}
     if writes["state"] == "existing":  # the real run's check, without the image size only a built model knows
         _check_existing(out, ModelSpec(config.model, pretrained).describe() | {"precision": precision_name(dtype)})
@@ -334,6 +346,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
     return Plan("index", reads, writes, model, params, work, notes)
 
 
+@holding_locks
 def build_index(config: IndexConfig, output: str | Path | None = None, *,
                 progress: Callable[[int, int], None] | None = None,
                 log: Callable[[str], None] | None = None) -> IndexResult:
@@ -349,12 +362,15 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     dtype = resolve_precision(config.precision, device)
     spec = ModelSpec(config.model, config.pretrained or default_pretrained(config.model))
+    sharded = shard is not None and shard[1] > 1
+    _precheck_output(output, shard if sharded else None, spec.describe() | {"precision": precision_name(dtype)})
 
     backbone = load_backbone(spec, device=device, dtype=dtype)
-    out = prepare_output_dir(output, "index", resumable=True)
-    if shard is not None and shard[1] > 1:
+    out = prepare_output_dir(output, "index", resumable=True, lock=not sharded)
+    if sharded:
         out = out / shard_dir_name(shard)
         out.mkdir(parents=True, exist_ok=True)
+        lock_directory(out)
 
     model_record = _model_record(spec, dtype, backbone.image_size[0])
     _check_existing(out, model_record)
@@ -440,6 +456,7 @@ def _provisional_manifest(out: Path):
     return Manifest(kind="zutis.index", schema=1, created_by="", created_at="", root=out)
 
 
+@holding_locks
 def merge_indices(shards: Sequence[str | Path], output: str | Path | None = None, faiss_factory: str | None = None,
                   faiss_train_size: int = 100_000, log: Callable[[str], None] | None = None) -> Path:
     """Join index directories built with the same model (e.g. shards) into one index.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import read_json, read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.artefacts.prediction_writer import (FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME, ImageResult,
                                                   PredictionsWriter)
@@ -92,6 +93,7 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     return Plan("predict", reads, writes, model, params, work, notes)
 
 
+@holding_locks
 def predict(config: PredictConfig, output: str | Path | None = None, *,
             progress: Callable[[int, int], None] | None = None,
             log: Callable[[str], None] | None = None, model: Any = None) -> PredictResult:
@@ -196,6 +198,7 @@ def predict_in_memory(config: PredictConfig, *, model: Any = None, recipe: dict[
 
 
 # ---- merging shards -------------------------------------------------------------------------
+@holding_locks
 def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = None,
                       log: Callable[[str], None] | None = None) -> Path:
     """Join the shard directories of one sharded ``zutis predict`` run into one predictions directory.

@@ -48,6 +48,7 @@ from zutiscli.artefacts.pseudolabels import (
     read_parts,
     write_part,
 )
+from zutiscli.artefacts.lock import content, holding_locks, lock_directory
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
@@ -190,7 +191,7 @@ def _check_output(output: str | Path | None, shard: tuple[int, int] | None = Non
             read_manifest(out, "zutis.pseudolabels")
         else:
             ours = {PARTS_DIR, PSEUDOLABELS_NAME, EMPTY_NAME, FAILED_NAME, "preview"}
-            foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in ours)
+            foreign = [entry.name for entry in content(out) if entry.name not in ours]
             if foreign:
                 raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis pseudo-label "
                                     f"directory; choose a new -o directory")
@@ -233,8 +234,9 @@ def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) ->
     """Create the run's directory (``output/shard-i-of-n`` for a shard), checked by :func:`_check_output`."""
     if shard is None:
         return prepare_output_dir(output, "pseudolabel", resumable=True)
-    out = prepare_output_dir(output, "pseudolabel", resumable=True) / shard_dir_name(shard)
+    out = prepare_output_dir(output, "pseudolabel", resumable=True, lock=False) / shard_dir_name(shard)
     out.mkdir(exist_ok=True)
+    lock_directory(out)
     return out
 
 
@@ -283,6 +285,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     return Plan("pseudolabel", reads, {"path": str(out), "state": state}, model, params, work)
 
 
+@holding_locks
 def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
                     log: Callable[[str], None] | None = None) -> PseudolabelResult:
@@ -610,6 +613,7 @@ def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None 
     return Plan("pseudolabel merge", reads, {"path": str(out), "state": state}, None, params, work)
 
 
+@holding_locks
 def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None,
                        log: Callable[[str], None] | None = None) -> PseudolabelResult:
     """Join the ``N`` shard directories of one sharded run into one pseudo-label directory.

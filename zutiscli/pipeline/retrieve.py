@@ -46,6 +46,7 @@ import numpy as np
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
 from zutiscli.artefacts.index_store import IndexReader
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import relative_to, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
@@ -392,6 +393,7 @@ def plan_retrieve(config: RetrieveConfig, output: str | Path | None = None) -> P
     return Plan("retrieve", reads, writes, model, params, work, notes)
 
 
+@holding_locks
 def retrieve(
     config: RetrieveConfig,
     output: str | Path | None = None,

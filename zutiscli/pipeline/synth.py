@@ -35,6 +35,7 @@ from PIL import Image
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.labelmap import write_label_png
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.ops.masks import encode_masks
@@ -102,6 +103,7 @@ def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@holding_locks
 def write_synth(
     config: SynthConfig,
     output: str | Path | None = None,

@@ -33,10 +33,11 @@ from typing import Any, Callable
 import torch
 
 from zutiscli.artefacts.checkpoint import load_checkpoint
+from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.artefacts.runs import CHECKPOINT, METRICS, resume_checkpoint_path
+from zutiscli.artefacts.runs import CHECKPOINT, METRICS, refuse_unfinished_run, resume_checkpoint_path
 from zutiscli.artefacts.scenes import load_scenes
 from zutiscli.data.copypaste import ObjectPool
 from zutiscli.data.scenes import scene_classes, scene_loader, source_manifest, training_scenes
@@ -111,6 +112,7 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
         from zutiscli.pipeline.index import default_pretrained
 
         pretrained = config.pretrained or default_pretrained(config.model)
+        refuse_unfinished_run(output)
         writes = output_plan(output, "train")
     read, classes = _source_plan(config)
     model = weights_plan(config.model, pretrained) | {
@@ -136,6 +138,7 @@ def plan_training(config: TrainConfig | None, output: str | Path | None = None,
     return Plan("train", reads, writes, model, params, work, notes)
 
 
+@holding_locks
 def train(
     config: TrainConfig | None,
     output: str | Path | None = None,
@@ -153,6 +156,8 @@ def train(
     """
     say = log or (lambda message: None)
     config, checkpoint = _recipe(config, resume)
+    if checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
+        lock_directory(resume)  # one writer per run; clears what a killed writer left half-written
     config.validate()
     held_out = held_out_set(config.eval_images, config.eval_gt, config.eval_classes)  # fails before anything loads
     info, device = init_distributed(config.device)
@@ -161,6 +166,7 @@ def train(
     amp = amp_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     if checkpoint is None and info.main:
+        refuse_unfinished_run(output)
         check_output_dir(output, "train")  # refuse an unusable -o before the data and the model load
     pretrained = _pretrained(config, checkpoint)
     dataset, classes, kind = training_scenes(config.source, config.copypaste(), config.crop, config.seed,
@@ -245,6 +251,8 @@ def _fitted_adapter(config: TrainConfig, backbone: Any, dataset: Any, classes: l
 
 def _new_run_dir(output: str | Path | None, info: DistInfo) -> Path:
     """A new run's directory, made by rank 0 and told to the other ranks."""
+    if info.main:
+        refuse_unfinished_run(output)
     run_dir = prepare_output_dir(output, "train") if info.main else None
     return Path(broadcast(str(run_dir) if run_dir else None, info))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zutiscli.artefacts.groundtruth import PrepareResult
+from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.datasets import coca, coco, cub, imagenet_s, voc
 from zutiscli.data.datasets.common import Log, Preparer, Progress
@@ -33,6 +34,7 @@ PREPARERS: dict[str, Preparer] = {
 }
 
 
+@holding_locks
 def prepare_dataset(config: PrepareConfig, output: str | Path | None = None, *, progress: Progress | None = None,
                     log: Log | None = None) -> PrepareResult:
     """Turn the user's copy of a benchmark into zutis ground truth (see each ``prepare_*``)."""
