@@ -39,5 +39,14 @@ class ModelError(ZutisError):
     """A model that cannot be built or loaded: unknown name, missing or mismatched weights."""
 
 
+class DiskFullError(ZutisError):
+    """A write that failed because its file system is full (or the user's quota is spent)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        super().__init__(f"{self.path}: cannot be written, no space left on its device; free some space (or choose "
+                         f"another -o) and run the same command again: what was already finished is kept")
+
+
 class DeviceError(ZutisError):
     """A requested device that this machine does not have."""

@@ -8,11 +8,31 @@ system). The directory is fsynced afterwards so the rename itself survives a pow
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from zutiscli.errors import DiskFullError
+
+#: Below this many free bytes, a failed write is put down to the full disk (writers such as
+#: ``np.save`` and ``torch.save`` report a short write without an errno).
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_full(exc: BaseException, directory: str | Path) -> bool:
+    """Whether ``exc``, raised while writing into ``directory``, comes from a full file system or quota."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if not isinstance(exc, (OSError, RuntimeError, ValueError)):
+        return False
+    try:
+        stats = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL_BYTES
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -38,12 +58,18 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         with atomic_path(out / "index.faiss") as tmp:
             faiss.write_index(index, str(tmp))
 
-    If the block raises, the temporary file is removed and ``path`` is left untouched.
+    If the block raises, the temporary file is removed and ``path`` is left untouched; a failure
+    that comes from a full disk is raised as :class:`~zutiscli.errors.DiskFullError` naming ``path``.
     The temporary name keeps the destination's suffix so suffix-sniffing writers behave.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as exc:
+        if disk_full(exc, path.parent if path.parent.is_dir() else "."):
+            raise DiskFullError(path) from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,9 +78,12 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = not isinstance(exc, DiskFullError) and disk_full(exc, path.parent)  # judged before the space is freed
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if full:
+            raise DiskFullError(path) from None
         raise
     if fsync:
         fsync_dir(path.parent)

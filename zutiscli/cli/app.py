@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import sys
+import threading
 from typing import Annotated, Optional, Sequence
 
 import typer
@@ -92,8 +95,57 @@ def _error(message: str) -> None:
     err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, `kill`): unwinds like Ctrl-C, so every atomic write stays whole."""
+
+
+#: Set when SIGTERM arrived: Click and Typer turn the exception into their own Ctrl-C handling.
+_terminated = threading.Event()
+
+
+def _on_sigterm(signum, frame) -> None:
+    _terminated.set()
+    raise Terminated()
+
+
+def _interrupted() -> None:
+    """Report Ctrl-C or SIGTERM, whichever it was, and exit with the shell's status for it."""
+    if _terminated.is_set():
+        _error("terminated (SIGTERM); finished work is kept, run the same command again to go on")
+        sys.exit(143)
+    _error("interrupted")
+    sys.exit(130)
+
+
+def _catch_sigterm() -> None:
+    """Turn SIGTERM into :class:`Terminated` in the main thread, unless a host program set its own handler."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+#: OS errors that come from the machine rather than from zutis: told in one line naming the file.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
+                       errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ESTALE}
+
+
+def _environment_error(exc: OSError) -> str | None:
+    """The one line for an OS error of the machine (full disk, read-only file system, ...), else ``None``."""
+    if exc.errno not in _ENVIRONMENT_ERRNOS:
+        return None
+    where = exc.filename if exc.filename is not None else "a file zutis was writing"
+    advice = {errno.ENOSPC: "free some space (or choose another -o) and run the same command again",
+              errno.EDQUOT: "free some space (or choose another -o) and run the same command again",
+              errno.EROFS: "pass -o DIR on a writable file system",
+              errno.EACCES: "check its permissions or choose another -o directory",
+              errno.EPERM: "check its permissions or choose another -o directory",
+              errno.EMFILE: "raise the open-file limit (ulimit -n) or lower --workers",
+              errno.ENFILE: "raise the open-file limit (ulimit -n) or lower --workers"}.get(exc.errno, "check the file and its device")
+    return f"{where}: {exc.strerror or exc}; {advice}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """Run the command line; exits with 0 (success), 1 (error) or 2 (usage error)."""
+    """Run the command line; exits with 0 (success), 1 (error), 2 (usage error), 130 (Ctrl-C) or 143 (SIGTERM)."""
+    _catch_sigterm()
     command = typer.main.get_command(app)
     args = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -112,12 +164,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         _error(f"{exc.format_message()}{where}")
         sys.exit(2)
-    except _kinds("Abort"):
+    except _kinds("Abort") as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            _interrupted()
         _error("aborted")
         sys.exit(130)
     except KeyboardInterrupt:
-        _error("interrupted")
-        sys.exit(130)
+        _interrupted()
     except ZutisError as exc:
         if _debug():
             raise
@@ -126,6 +179,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except _kinds("ClickException") as exc:
         _error(exc.format_message())
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        line = _environment_error(exc)
+        if line is None or _debug():
+            if _debug():
+                raise
+            _error(f"internal error: {type(exc).__name__}: {exc}. Rerun with ZUTIS_DEBUG=1 for the traceback.")
+            sys.exit(1)
+        _error(line)
+        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the command line
         if _debug():
             raise
