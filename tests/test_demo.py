@@ -32,8 +32,10 @@ STAGES = {
 def zutis(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = dict(os.environ, **(env or {}))
     environment.pop("ZUTIS_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "zutiscli", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "zutiscli", *args], capture_output=True, text=True,
                           env=environment, timeout=1800)
+    assert "internal error" not in done.stderr, done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture(scope="module")

@@ -84,6 +84,7 @@ def test_default_output_is_numbered_run_and_last_stdout_line(capsys, tmp_path, m
         assert code == 0 and out.splitlines()[-1] == expected and err == ""
 
 
+@pytest.mark.internal_error
 def test_internal_error_hides_traceback_unless_debug(monkeypatch, capsys, tmp_path):
     from zutiscli.pipeline import synth as stage
 
