@@ -95,6 +95,10 @@ def _error(message: str) -> None:
     err_console.print(f"[bold red]error:[/bold red] {message}", markup=True, highlight=False, soft_wrap=True)
 
 
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM carried past Click (which handles KeyboardInterrupt its own way)."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch system's time limit, `kill`): unwinds like Ctrl-C, so every atomic write stays whole."""
 
@@ -147,6 +151,15 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the command line; exits with 0 (success), 1 (error), 2 (usage error), 130 (Ctrl-C) or 143 (SIGTERM)."""
     _catch_sigterm()
     command = typer.main.get_command(app)
+    invoke = command.invoke
+
+    def invoke_keeping_interrupts(ctx):  # Click would print a blank line and turn Ctrl-C into Abort
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt as exc:
+            raise _Stopped() from exc
+
+    command.invoke = invoke_keeping_interrupts
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         status = command.main(args=args, prog_name="zutis", standalone_mode=False)
@@ -169,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             _interrupted()
         _error("aborted")
         sys.exit(130)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         _interrupted()
     except ZutisError as exc:
         if _debug():
