@@ -1,0 +1,133 @@
+"""Damaged and tampered artefacts, as a user meets them through the command line.
+
+Every case is one `error:` line that names the file (and the field) and says what to do, with
+exit status 1; never an internal error, never a silently smaller result. Cases: index chunks
+missing or cut short (and the repair by rerunning `zutis index build`), manifest fields and
+artefact records of the wrong type, and checkpoints whose config or weights do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from zutiscli.cli.app import main
+from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+
+def zutis(capsys, *args) -> tuple[int, str, str]:
+    """Run `zutis ARGS` in-process: ``(exit status, stdout, stderr)``."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+def error_line(code: int, out: str, err: str, expected: int = 1) -> str:
+    """The one `error:` line of a refused command (checked: status, nothing on stdout, no traceback)."""
+    assert code == expected, err
+    assert out == "", out
+    assert "Traceback" not in err and "internal error" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), err
+    assert sum(line.startswith("error:") for line in lines) == 1, err
+    return lines[-1]
+
+
+# ---- index chunks ---------------------------------------------------------------------------------
+
+IMAGES = 12
+CHUNK = 2  # 6 chunks
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    """A pile of 12 tiny images and its index of 6 chunks, built through the CLI."""
+    root = tmp_path_factory.mktemp("chunks")
+    pile = write_synth(SynthConfig("pile", IMAGES, seed=7, size=32), root / "pile")
+    return {"root": root, "images": pile / "images", "index": _index(root / "index", pile / "images", tiny_checkpoint),
+            "weights": tiny_checkpoint}
+
+
+def _index_args(images: Path, weights: Path, out: Path) -> list:
+    return ["index", "build", images, "--model", "zutis-tiny", "--pretrained", weights, "--workers", "0",
+            "--precision", "fp32", "--device", "cpu", "--chunk-size", CHUNK, "--batch-size", CHUNK, "-o", out]
+
+
+def _index(out: Path, images: Path, weights: Path) -> Path:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in _index_args(images, weights, out)])
+    assert exit_info.value.code == 0
+    assert len(list((out / "chunks").glob("*.npy"))) == IMAGES // CHUNK
+    return out
+
+
+def _retrieve(capsys, index: Path, out: Path) -> tuple[int, str, str]:
+    return zutis(capsys, "retrieve", index, "--classes", "circle,star", "-k", "2", "--prompts", "names",
+                 "--device", "cpu", "--json", "-o", out)
+
+
+def _drop_npy(chunks: Path) -> None:
+    (chunks / "000002.npy").unlink()
+
+
+def _drop_whole_middle_chunk(chunks: Path) -> None:
+    for path in chunks.glob("000003.*"):
+        path.unlink()
+
+
+def _drop_whole_last_chunk(chunks: Path) -> None:
+    for path in chunks.glob("000005.*"):
+        path.unlink()
+
+
+def _cut_rows(chunks: Path) -> None:
+    array = np.load(chunks / "000001.npy")
+    np.save(chunks / "000001.npy", array[:1])
+
+
+def _truncate(chunks: Path) -> None:
+    data = (chunks / "000004.npy").read_bytes()
+    (chunks / "000004.npy").write_bytes(data[: len(data) - 7])
+
+
+def _drop_table(chunks: Path) -> None:
+    (chunks / "000002.jsonl").unlink()
+
+
+DAMAGE = {
+    "missing .npy": (_drop_npy, "chunks/000002.npy: missing (its image table 000002.jsonl is there)"),
+    "missing middle chunk": (_drop_whole_middle_chunk, "chunks/000003.npy: missing, with its image table"),
+    "missing last chunk": (_drop_whole_last_chunk, f"chunks/000005.npy: missing: {{index}}/manifest.json counts "
+                                                   f"{IMAGES} rows but the chunks hold {IMAGES - CHUNK}"),
+    "fewer rows": (_cut_rows, "chunks/000001.npy: holds 1 embeddings but its image table 000001.jsonl lists 2"),
+    "truncated .npy": (_truncate, "chunks/000004.npy: unreadable embeddings"),
+    "missing .jsonl": (_drop_table, "chunks/000002.jsonl: missing (its embeddings 000002.npy are there)"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_index_is_refused_and_rerunning_index_repairs_it(damage, indexed, capsys):
+    spoil, fragment = DAMAGE[damage]
+    index = indexed["root"] / f"index-{damage.replace(' ', '-').replace('.', '')}"  # beside the original: same paths
+    shutil.copytree(indexed["index"], index)
+    spoil(index / "chunks")
+    archives = index.parent / f"{index.name}-archives"
+
+    line = error_line(*_retrieve(capsys, index, archives))
+    assert fragment.format(index=index) in line
+    assert f"run `zutis index build` on the same images with -o {index} again to repair it" in line
+    assert not archives.exists()
+
+    code, out, err = zutis(capsys, *_index_args(indexed["images"], indexed["weights"], index), "--json")
+    assert code == 0, err
+    assert json.loads(out)["embedded"] <= CHUNK  # only the lost images are embedded again
+    assert sorted(p.name for p in (index / "chunks").glob("*.npy")) == [f"{n:06d}.npy" for n in range(len(
+        list((index / "chunks").glob("*.npy"))))]  # numbered without a gap again
+    code, out, err = _retrieve(capsys, index, archives)
+    assert code == 0, err
+    assert json.loads(out)["indexed_images"] == IMAGES
