@@ -131,3 +131,97 @@ def test_a_damaged_index_is_refused_and_rerunning_index_repairs_it(damage, index
     code, out, err = _retrieve(capsys, index, archives)
     assert code == 0, err
     assert json.loads(out)["indexed_images"] == IMAGES
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
+    """Two tiny finished runs of different shapes: ``six`` (6 queries, as TINY_ZUTIS) and ``four``."""
+    from helpers import train_tiny
+
+    root = tmp_path_factory.mktemp("runs")
+    (root / "six").mkdir()
+    (root / "four").mkdir()
+    six = train_tiny(root / "six", tiny_checkpoint, iterations=1, crop_adapter_scenes=0).path
+    four = train_tiny(root / "four", tiny_checkpoint, iterations=1, crop_adapter_scenes=0, num_queries=4).path
+    return {"six": six, "four": four, "images": root / "six" / "pile" / "images"}
+
+
+def _edited(source: Path, target: Path, edit) -> Path:
+    import torch
+
+    data = torch.load(source, weights_only=True)
+    edit(data)
+    torch.save(data, target)
+    return target
+
+
+def _predict(capsys, runs, checkpoint: Path, out: Path) -> tuple[int, str, str]:
+    return zutis(capsys, "predict", "run", runs["images"] / "000000.png", "--classes", "circle", "--checkpoint",
+                 checkpoint, "--device", "cpu", "--no-vis", "-o", out)
+
+
+def test_a_checkpoint_that_names_an_unknown_backbone_is_blamed_not_the_options(runs, tmp_path, capsys):
+    def rename(data):
+        data["config"]["backbone"]["name"] = "no-such-model"
+
+    model = _edited(runs["six"] / "model.pt", tmp_path / "model.pt", rename)
+    line = error_line(*_predict(capsys, runs, model, tmp_path / "out"))
+    assert f"{model}: its config names backbone 'no-such-model', which is not an open_clip model name" in line
+    assert "--model" not in line
+
+
+@pytest.mark.parametrize("field, value, fragment", [
+    ("num_queries", "six", "its config field 'num_queries' is not an integer >= 1"),
+    ("backbone", ["ViT-B-16"], "its config field 'backbone' is not a dict"),
+    ("temperature", 0, "its config field 'temperature' is not a number > 0"),
+])
+def test_a_checkpoint_config_of_the_wrong_type_is_named(runs, tmp_path, capsys, field, value, fragment):
+    model = _edited(runs["six"] / "model.pt", tmp_path / "model.pt", lambda data: data["config"].update({field: value}))
+    line = error_line(*_predict(capsys, runs, model, tmp_path / "out"))
+    assert f"{model}: {fragment}" in line
+
+
+def test_predict_names_the_first_weight_that_does_not_fit_the_config(runs, tmp_path, capsys):
+    model = _edited(runs["six"] / "model.pt", tmp_path / "model.pt", lambda data: data["config"].update(num_queries=4))
+    line = error_line(*_predict(capsys, runs, model, tmp_path / "out"))
+    assert f"{model}: its weights do not fit the model its config describes: decoder.query_feat.weight is [6, 32] " \
+           f"in the file but [4, 32] in the model" in line
+    assert "Error(s) in loading state_dict" not in line
+
+
+def _resume_with(runs, tmp_path, edit) -> Path:
+    """A copy of run ``six`` whose checkpoints/last.pt was edited by ``edit(own, other)``."""
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["six"], run)
+    other = torch.load(runs["four"] / "checkpoints" / "last.pt", weights_only=True)
+    _edited(run / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt", lambda data: edit(data, other))
+    return run
+
+
+RESUMES = {
+    "weights of another run": (lambda own, other: own.update(model=other["model"], config=other["config"]),
+                               "checkpoints/last.pt: its weights do not fit the model its training recipe describes "
+                               "(num_queries 4 in the weights' config, 6 in the recipe): decoder.query_feat.weight is "
+                               "[4, 32] in the file but [6, 32] in the model"),
+    "optimiser of another run": (lambda own, other: own.update(optimizer=other["optimizer"]),
+                                 "checkpoints/last.pt: its optimiser state does not fit the model: its exp_avg of "
+                                 "parameter"),
+    "unknown model in the recipe": (lambda own, other: own["train_config"].update(model="no-such-model"),
+                                    "checkpoints/last.pt: its recipe names model 'no-such-model', which is not an "
+                                    "open_clip model name"),
+    "a model.pt in its place": (lambda own, other: [own.pop(k) for k in ("optimizer", "rng", "train_config")],
+                                "checkpoints/last.pt: has no 'train_config', so it is not a training checkpoint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUMES))
+def test_resuming_from_a_checkpoint_that_does_not_fit_is_one_line(runs, tmp_path, capsys, case):
+    edit, fragment = RESUMES[case]
+    run = _resume_with(runs, tmp_path, edit)
+    line = error_line(*zutis(capsys, "train", "--resume", run, "--iterations", "2"))
+    assert f"{run}/{fragment}" in line
+    assert "--model" not in line and "Error(s)" not in line
