@@ -225,3 +225,127 @@ def test_resuming_from_a_checkpoint_that_does_not_fit_is_one_line(runs, tmp_path
     line = error_line(*zutis(capsys, "train", "--resume", run, "--iterations", "2"))
     assert f"{run}/{fragment}" in line
     assert "--model" not in line and "Error(s)" not in line
+
+
+# ---- manifests and records of the wrong type ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(indexed, runs, tmp_path_factory) -> dict[str, Path]:
+    """One small artefact of each kind a command reads, made by the stage functions."""
+    from helpers import make_pseudolabels
+    from zutiscli.data.classes import ClassQuery
+    from zutiscli.pipeline.predict import PredictConfig, predict
+    from zutiscli.pipeline.retrieve import RetrieveConfig, retrieve
+
+    root = indexed["root"]  # the index's image paths are relative: its copies stay beside it
+    classes = (ClassQuery("circle", "circle"), ClassQuery("star", "star"))
+    archives = retrieve(RetrieveConfig(indices=(indexed["index"],), classes=classes, k=2, prompts="names",
+                                       device="cpu"), root / "archives", warn=lambda m: None)
+    pseudo = make_pseudolabels(tmp_path_factory.mktemp("labels"), count=4, size=32)
+    scenes = write_synth(SynthConfig("scenes", 2, seed=5, size=48), root / "scenes")
+    settings = dict(inputs=[str(scenes / "images")], classes=[classes[0]], checkpoint=str(runs["six"]), device="cpu",
+                    vis=False)
+    pred = predict(PredictConfig(**settings), root / "pred").path
+    shards = [predict(PredictConfig(**settings, shard=(i, 2)), root / "shards").path for i in range(2)]
+    return {"root": root, "index": indexed["index"], "archives": archives, "pseudo": pseudo, "scenes": scenes,
+            "pred": pred, "shard0": shards[0], "shard1": shards[1], "weights": indexed["weights"]}
+
+
+#: Per artefact, the commands that read its manifest ({out} a fresh output directory, {name} a path of world).
+READERS = {
+    "index": [["retrieve", "{index}", "--classes", "circle", "-k", "1", "--prompts", "names", "--device", "cpu",
+               "-o", "{out}"],
+              ["index", "merge", "{index}", "-o", "{out}"]],
+    "archives": [["pseudolabel", "run", "{archives}", "--size", "32", "--refine", "none", "--device", "cpu", "-o",
+                  "{out}"]],
+    "pseudo": [["copypaste", "{pseudo}", "-n", "1", "--size", "32", "-o", "{out}"]],
+    "pred": [["evaluate", "run", "{pred}", "--gt", "{scenes}", "-o", "{out}"]],
+    "shard1": [["predict", "merge", "{shard0}", "{shard1}", "-o", "{out}"]],
+}
+
+GARBAGE = [[], "garbage", 12.5, None, {"garbage": 1}]
+
+#: The JSON types each top-level manifest field may have.
+VALID = {"kind": (str,), "schema": (int,), "created_by": (str,), "created_at": (str,), "model": (dict, type(None)),
+         "inputs": (list,), "params": (dict,), "summary": (dict,)}
+
+
+def _fill(args: list[str], world: dict[str, Path], out: Path) -> list[str]:
+    return [arg.format(out=out, **world) for arg in args]
+
+
+def _with_manifest(capsys, world, artefact: str, manifest: dict, tmp_path: Path) -> list[tuple[list[str], int, str]]:
+    """Run each reader of ``artefact`` with ``manifest`` in place of its own: ``[(argv, status, stderr)]``."""
+    file = world[artefact] / "manifest.json"
+    original = file.read_text()
+    results = []
+    try:
+        file.write_text(json.dumps(manifest))
+        for number, args in enumerate(READERS[artefact]):
+            argv = _fill(args, world, tmp_path / f"out-{number}-{len(list(tmp_path.iterdir()))}")
+            code, out, err = zutis(capsys, *argv)
+            results.append((argv, code, err))
+    finally:
+        file.write_text(original)
+    return results
+
+
+@pytest.mark.parametrize("artefact", sorted(READERS))
+def test_every_manifest_field_of_the_wrong_type_is_one_line_naming_file_and_field(artefact, world, tmp_path, capsys):
+    file = world[artefact] / "manifest.json"
+    real = json.loads(file.read_text())
+    for field in real:
+        for garbage in GARBAGE:
+            for argv, code, err in _with_manifest(capsys, world, artefact, real | {field: garbage}, tmp_path):
+                where = f"{field} = {garbage!r}: zutis {' '.join(argv)}\n{err}"
+                assert "internal error" not in err and "Traceback" not in err, where
+                if isinstance(garbage, VALID[field]) and not (field == "kind" and garbage != real["kind"]):
+                    assert code in (0, 1), where  # a value of the right type: the command goes on as far as it can
+                    continue
+                line = error_line(code, "", err)
+                assert str(file) in line or str(world[artefact]) in line, where
+                assert f"'{field}'" in line or (field == "kind" and "is a garbage artefact" in line), where
+
+
+@pytest.mark.parametrize("artefact", sorted(READERS))
+def test_every_field_a_reader_uses_is_checked_by_type(artefact, world, tmp_path, capsys):
+    from zutiscli.artefacts.manifest import FIELDS
+
+    file = world[artefact] / "manifest.json"
+    real = json.loads(file.read_text())
+    for name, expected in FIELDS.get(real["kind"], {}).items():
+        section, _, key = name.partition(".")
+        for garbage in ([], "garbage", 12.5, {"garbage": 1}):
+            if ("a string" in expected and isinstance(garbage, str)) or (not key and isinstance(garbage, dict)):
+                continue
+            manifest = json.loads(json.dumps(real))
+            manifest.setdefault(section, {})
+            if isinstance(manifest[section], dict) and key:
+                manifest[section][key] = garbage
+            else:
+                manifest[section] = garbage
+            for argv, code, err in _with_manifest(capsys, world, artefact, manifest, tmp_path):
+                line = error_line(code, "", err)
+                assert f"{file}: field '{name}' is " in line and f"not {expected}" in line, f"{name}: {line}"
+
+
+def test_the_reported_garbage_manifest_of_an_index(world, tmp_path, capsys):
+    file = world["index"] / "manifest.json"
+    manifest = json.loads(file.read_text()) | {"model": "garbage", "summary": []}
+    [(argv, code, err)] = _with_manifest(capsys, world, "index", manifest, tmp_path)[:1]
+    line = error_line(code, "", err)
+    assert line.startswith(f"error: {file}: field 'model' is a string (\"garbage\"), not an object or null; "
+                           f"the manifest is corrupt: make the artefact again with `zutis index`")
+
+
+def test_an_index_image_record_of_the_wrong_type_is_named(world, tmp_path, capsys):
+    index = world["root"] / "index-record"
+    shutil.copytree(world["index"], index)
+    table = index / "chunks" / "000001.jsonl"
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    rows[1]["path"] = 12
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    line = error_line(*zutis(capsys, "retrieve", index, "--classes", "circle", "--prompts", "names", "--device", "cpu",
+                             "-o", tmp_path / "out"))
+    assert f"{table}: line 2 is not an image record (field 'path')" in line
+    assert "zutis index build" in line
