@@ -338,6 +338,54 @@ def test_the_reported_garbage_manifest_of_an_index(world, tmp_path, capsys):
                            f"the manifest is corrupt: make the artefact again with `zutis index`")
 
 
+def test_a_pseudo_label_mask_with_garbage_counts_is_named(world, tmp_path, capsys):
+    pseudo = world["pseudo"].parent / "pseudo-garbage"
+    shutil.copytree(world["pseudo"], pseudo)
+    labels = json.loads((pseudo / "pseudolabels.json").read_text())
+    labels["annotations"][1]["segmentation"]["counts"] = "garbage"
+    (pseudo / "pseudolabels.json").write_text(json.dumps(labels))
+    line = error_line(*zutis(capsys, "copypaste", pseudo, "-n", "1", "--size", "32", "-o", tmp_path / "out"))
+    assert f"{pseudo}/pseudolabels.json: annotation {labels['annotations'][1]['id']}: field 'segmentation' has " \
+           f"counts with characters outside the compressed RLE alphabet" in line
+    assert "make them again with `zutis pseudolabel`" in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("counts, fragment", [
+    ("0", "has runs that do not add up to its size"),  # decoding it would read memory past the mask
+    ("PPPPPP", "has runs that do not add up to its size"),  # ... or write past it
+    ([3, 4], "has runs of 7 pixels in all"),
+    (17, "has counts that are neither a compressed RLE string nor a list of run lengths"),
+])
+def test_masks_that_do_not_decode_to_their_size_are_refused(world, tmp_path, capsys, counts, fragment):
+    pseudo = tmp_path / "pseudo"
+    shutil.copytree(world["pseudo"], pseudo)
+    labels = json.loads((pseudo / "pseudolabels.json").read_text())
+    for image in labels["images"]:  # the images stay where they are: their paths were relative to the original
+        image["file_name"] = str((world["pseudo"] / image["file_name"]).resolve())
+    labels["annotations"][0]["segmentation"]["counts"] = counts
+    (pseudo / "pseudolabels.json").write_text(json.dumps(labels))
+    line = error_line(*zutis(capsys, "copypaste", pseudo, "-n", "1", "--size", "32", "-o", tmp_path / "out"))
+    assert f"annotation {labels['annotations'][0]['id']}: field 'segmentation' {fragment}" in line
+
+
+@pytest.mark.parametrize("file, edit, fragment", [
+    ("predictions.json", lambda d: d[0]["segmentation"].update(counts="garbage"),
+     "predictions.json: result 0: field 'segmentation' has counts with characters outside"),
+    ("predictions.json", lambda d: d[0].update(score="high"), "predictions.json: result 0: field 'score' is 'high'"),
+    ("images.json", lambda d: d["images"][0].update(file_name=7),
+     "images.json: images[0]: field 'file_name' is 7, not a string"),
+])
+def test_prediction_records_of_the_wrong_type_are_named(world, tmp_path, capsys, file, edit, fragment):
+    pred = world["root"] / f"pred-{tmp_path.name}"  # beside the original: its image paths are relative
+    shutil.copytree(world["pred"], pred)
+    data = json.loads((pred / file).read_text())
+    edit(data)
+    (pred / file).write_text(json.dumps(data))
+    line = error_line(*zutis(capsys, "evaluate", "run", pred, "--gt", world["scenes"], "-o", tmp_path / "out"))
+    assert f"{pred}/{fragment}" in line and "predict again" in line
+
+
 def test_an_index_image_record_of_the_wrong_type_is_named(world, tmp_path, capsys):
     index = world["root"] / "index-record"
     shutil.copytree(world["index"], index)
