@@ -397,3 +397,18 @@ def test_an_index_image_record_of_the_wrong_type_is_named(world, tmp_path, capsy
                              "-o", tmp_path / "out"))
     assert f"{table}: line 2 is not an image record (field 'path')" in line
     assert "zutis index build" in line
+
+
+def test_a_damaged_shard_is_repaired_by_its_own_sharded_run(indexed, tmp_path, capsys):
+    sharded = tmp_path / "sharded"
+    code, out, err = zutis(capsys, *_index_args(indexed["images"], indexed["weights"], sharded), "--shard", "1/2")
+    assert code == 0, err
+    shard = sharded / "shard-1-of-2"
+    (shard / "chunks" / "000000.npy").unlink()
+    line = error_line(*zutis(capsys, "index", "merge", shard, "-o", tmp_path / "merged"))
+    assert f"{shard}/chunks/000000.npy: missing" in line
+    assert f"with --shard 1/2 -o {sharded} again to repair it" in line
+    code, out, err = zutis(capsys, *_index_args(indexed["images"], indexed["weights"], sharded), "--shard", "1/2")
+    assert code == 0, err
+    code, out, err = zutis(capsys, "index", "merge", shard, "-o", tmp_path / "merged", "--json")
+    assert code == 0, err

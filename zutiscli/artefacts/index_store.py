@@ -49,9 +49,12 @@ _RECORD_TYPES = {"path": str, "width": int, "height": int, "bytes": int, "mtime_
 
 
 def repair_hint(directory: str | Path) -> str:
-    """What to do about a damaged index directory."""
-    return (f"run `zutis index build` on the same images with -o {directory} again to repair it "
-            f"(it embeds only the missing images)")
+    """What to do about a damaged index directory (a shard's is rebuilt by its own sharded run)."""
+    directory = Path(directory)
+    shard = re.fullmatch(r"shard-(\d+)-of-(\d+)", directory.name)
+    where = f"--shard {shard.group(1)}/{shard.group(2)} -o {directory.parent}" if shard else f"-o {directory}"
+    return (f"run `zutis index build` on the same images with {where} again to repair it (it embeds only the "
+            f"missing images)")
 
 
 @dataclass(frozen=True)
