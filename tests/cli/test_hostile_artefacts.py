@@ -412,3 +412,19 @@ def test_a_damaged_shard_is_repaired_by_its_own_sharded_run(indexed, tmp_path, c
     assert code == 0, err
     code, out, err = zutis(capsys, "index", "merge", shard, "-o", tmp_path / "merged", "--json")
     assert code == 0, err
+
+
+def test_the_repair_rebuilds_an_approximate_index_whose_row_ids_it_shifted(indexed, capsys):
+    index = indexed["root"] / "index-ivf"
+    args = [*_index_args(indexed["images"], indexed["weights"], index), "--faiss", "IVF1,Flat"]
+    assert zutis(capsys, *args)[0] == 0
+    _drop_whole_middle_chunk(index / "chunks")
+    archives = indexed["root"] / "index-ivf-archives"
+    assert "chunks/000003.npy: missing" in error_line(*_retrieve(capsys, index, archives))
+    code, out, err = zutis(capsys, *args)
+    assert code == 0, err
+    assert (index / "index.faiss").is_file()
+    code, out, err = _retrieve(capsys, index, archives)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["indexed_images"] == IMAGES and summary["search"][0]["kind"] == "faiss"

@@ -415,8 +415,7 @@ def repair_chunks(directory: str | Path) -> list[str]:
             if entry.name.split(".")[0] == f"{number:06d}":
                 os.unlink(entry)
         said.append(f"{reason}: removed chunk {number:06d}; its images are embedded again")
-    if said and (directory / FAISS_NAME).exists():
-        (directory / FAISS_NAME).unlink()  # its row ids are stale; the run builds it again
+    lost = bool(said)
     removed = remove_uncommitted(directory)
     if removed:
         said.append(f"removed {removed} unfinished chunk file(s) of an interrupted run")
@@ -429,6 +428,8 @@ def repair_chunks(directory: str | Path) -> list[str]:
                 os.replace(f"{source}{suffix}", f"{target}{suffix}")
     if moved:
         said.append(f"renumbered {len(moved)} chunk(s) to close the gap")
+    if (lost or moved) and (directory / FAISS_NAME).exists():
+        (directory / FAISS_NAME).unlink()  # its row ids are stale; the run builds it again
     _recount_manifest(directory)
     return said
 
