@@ -6,7 +6,15 @@ from pycocotools.coco import COCO
 
 from zutiscli.artefacts.coco import CocoBuilder, load_coco
 from zutiscli.errors import ArtefactError
-from zutiscli.ops.masks import decode_mask, encode_mask, encode_masks, rle_area, rle_bbox, segmentation_to_rle
+from zutiscli.ops.masks import (
+    decode_mask,
+    encode_mask,
+    encode_masks,
+    rle_area,
+    rle_bbox,
+    rle_problems,
+    segmentation_to_rle,
+)
 
 
 def _mask(h=20, w=30):
@@ -86,3 +94,47 @@ def test_load_coco_rejects_broken_files(tmp_path):
         load_coco(bad)
     with pytest.raises(ArtefactError, match="no such file"):
         load_coco(tmp_path / "missing.json")
+
+
+def _runs_of(counts: str) -> list[int] | None:
+    """The runs of a compressed RLE string, decoded one character at a time (None: malformed)."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if position == len(counts) or not 48 <= ord(counts[position]) < 112 or shift > 30:
+                return None
+            group = ord(counts[position]) - 48
+            value |= (group & 0x1F) << shift
+            more = bool(group & 0x20)
+            position += 1
+            shift += 5
+            if not more and group & 0x10:
+                value -= 1 << shift
+        runs.append(value + (runs[-2] if len(runs) > 2 else 0))
+    return runs
+
+
+def test_rle_problems_accepts_every_encoded_mask_and_refuses_what_does_not_decode_to_its_size():
+    rng = np.random.default_rng(3)
+    masks = [rng.random((int(h), int(w))) < rng.random() for h, w in rng.integers(1, 40, (200, 2))]
+    masks += [np.zeros((0, 0), bool), np.zeros((3, 0), bool), np.ones((70, 90), bool), np.zeros((5, 5), bool)]
+    rles = [encode_mask(m) for m in masks]
+    assert rle_problems(rles) == {}
+    assert rle_problems([{"size": [2, 3], "counts": [1, 5]}, {"size": [2, 3], "counts": [0, 6, 0]}]) == {}
+    mutants, expected = [], {}
+    for position, rle in enumerate(rles):
+        counts = list(rle["counts"])
+        if counts:
+            counts[rng.integers(len(counts))] = chr(48 + int(rng.integers(64)))
+        mutant = {"size": rle["size"], "counts": "".join(counts)}
+        runs = _runs_of(mutant["counts"])
+        if runs is None or min(runs, default=0) < 0 or sum(runs) != rle["size"][0] * rle["size"][1]:
+            expected[position] = True
+        mutants.append(mutant)
+    assert set(rle_problems(mutants)) == set(expected) and expected  # checked together, as one file's masks
+    garbage = [{"size": [8, 8], "counts": c} for c in ("garbage", "", "0", "PPPPPP", "é", None, 7)]
+    garbage += [{"size": [8], "counts": "0"}, {"size": [8, 8], "counts": [-1, 65]}, {"size": [8, 8], "counts": [3]},
+                "0PX2"]
+    assert sorted(rle_problems(rles[:3] + garbage)) == list(range(3, 3 + len(garbage)))

@@ -67,11 +67,63 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ArtefactError(f"{path}: not a zutis checkpoint (written by `zutis train`)")
-    if int(data.get("schema", 0)) > SCHEMA:
+    schema = data.get("schema", 0)
+    if not isinstance(schema, int) or isinstance(schema, bool):
+        raise ArtefactError(f"{path}: its field 'schema' is {type(schema).__name__} {schema!r}, not an integer; "
+                            f"the file is damaged")
+    if schema > SCHEMA:
         raise ArtefactError(
             f"{path}: checkpoint schema {data.get('schema')} is newer than this zutis {__version__} reads; upgrade zutis"
         )
     for key in ("config", "classes", "model"):
         if key not in data:
             raise ArtefactError(f"{path}: zutis checkpoint without {key!r}; the file is incomplete")
+    for key, (check, expected) in _FIELDS.items():
+        if key in data and not check(data[key]):
+            raise ArtefactError(f"{path}: its field {key!r} is {type(data[key]).__name__}, not {expected}; the file "
+                                f"is damaged or was not written by `zutis train`")
     return data
+
+
+def _is_state(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+#: The fields a checkpoint's readers use, with the type each must have when present.
+_FIELDS: dict[str, tuple[Any, str]] = {
+    "config": (lambda v: isinstance(v, dict), "a dict"),
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
+    "model": (_is_state, "a state dict (parameter name -> tensor)"),
+    "iteration": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+    "optimizer": (lambda v: isinstance(v, dict), "a dict"),
+    "scaler": (lambda v: isinstance(v, dict), "a dict"),
+    "rng": (lambda v: isinstance(v, dict), "a dict"),
+    "train_config": (lambda v: isinstance(v, dict), "a dict"),
+    "inference": (lambda v: v is None or isinstance(v, dict), "a dict"),
+    "crop_adapter": (lambda v: v is None or isinstance(v, dict), "a dict"),
+}
+
+
+def check_weights_fit(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, *,
+                      model_from: str = "its config", differences: list[str] | None = None, remedy: str) -> None:
+    """Raise one :class:`ArtefactError` naming ``path`` unless ``state`` has exactly ``model``'s
+    parameters in their shapes (what a strict ``load_state_dict`` needs).
+
+    ``model`` was built from what ``model_from`` names. The message gives ``differences`` (the
+    config fields that differ, in words) when there are some, the first parameter that is missing,
+    extra or of another shape (both shapes), how many more differ, then ``remedy``.
+    """
+    own = model.state_dict()
+    problems = []
+    for key, tensor in own.items():
+        if key not in state:
+            problems.append(f"it lacks {key} {list(tensor.shape)}")
+        elif tuple(state[key].shape) != tuple(tensor.shape):
+            problems.append(f"{key} is {list(state[key].shape)} in the file but {list(tensor.shape)} in the model")
+    problems += [f"it holds {key}, which the model has not" for key in state if key not in own]
+    if not problems:
+        return
+    more = f" (and {len(problems) - 1} more parameter(s) differ)" if len(problems) > 1 else ""
+    what = f" ({', '.join(differences)})" if differences else ""
+    raise ArtefactError(f"{path}: its weights do not fit the model {model_from} describes{what}: {problems[0]}{more}; "
+                        f"{remedy}")

@@ -98,6 +98,15 @@ def load_coco(path: str | Path) -> dict[str, Any]:
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]
     if missing:
         raise ArtefactError(f"{path}: is not a COCO instances JSON (no {', '.join(missing)} list)")
+    for key, fields in (("images", ("id",)), ("categories", ("id",)), ("annotations", ("image_id", "category_id"))):
+        for position, entry in enumerate(data[key]):
+            if not isinstance(entry, dict):
+                raise ArtefactError(f"{path}: {key}[{position}] is not an object; the file is corrupt")
+            for field in fields:
+                value = entry.get(field)
+                if not isinstance(value, (int, str)) or isinstance(value, bool):
+                    raise ArtefactError(f"{path}: {key}[{position}] has no valid {field!r} (an integer); "
+                                        f"the file is corrupt")
     image_ids = {img.get("id") for img in data["images"]}
     category_ids = {cat.get("id") for cat in data["categories"]}
     for ann in data["annotations"]:

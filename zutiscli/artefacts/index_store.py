@@ -13,6 +13,13 @@ A chunk is committed by its ``.jsonl`` file, written after its ``.npy``: a chunk
 ``.jsonl`` (a run killed mid-write) is ignored and overwritten by the next run. Rows are numbered
 by concatenating the committed chunks in order; that number is the row id used by faiss.
 
+Committed chunks are numbered 0, 1, 2... without gaps, and the manifest's ``summary.rows`` counts
+their rows when it was written (a run killed between a commit and its manifest leaves more rows,
+never fewer). A reader refuses a directory where that does not hold (a chunk file deleted or cut
+short, a ``.jsonl`` without its ``.npy``) rather than search what is left, and says to rerun
+``zutis index build`` on it: :func:`repair_chunks`, run first by the build, removes the damaged
+chunks, renumbers the rest and leaves the images they held to be embedded again.
+
 Image paths are POSIX paths relative to the index directory, so an index moved together with its
 images keeps working. When the same path was embedded twice (the file changed between runs), the
 later row wins; earlier ones are marked inactive.
@@ -37,6 +44,17 @@ CHUNK_DIR = "chunks"
 FAILED_NAME = "failed.jsonl"
 FAISS_NAME = "index.faiss"
 _CHUNK_RE = re.compile(r"^(\d{6,})\.jsonl$")
+_CHUNK_FILE_RE = re.compile(r"^(\d{6,})\.(npy|jsonl)$")
+_RECORD_TYPES = {"path": str, "width": int, "height": int, "bytes": int, "mtime_ns": int, "hash": str}
+
+
+def repair_hint(directory: str | Path) -> str:
+    """What to do about a damaged index directory (a shard's is rebuilt by its own sharded run)."""
+    directory = Path(directory)
+    shard = re.fullmatch(r"shard-(\d+)-of-(\d+)", directory.name)
+    where = f"--shard {shard.group(1)}/{shard.group(2)} -o {directory.parent}" if shard else f"-o {directory}"
+    return (f"run `zutis index build` on the same images with {where} again to repair it (it embeds only the "
+            f"missing images)")
 
 
 @dataclass(frozen=True)
@@ -67,11 +85,59 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), fsync=True)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, directory: Path) -> list[dict]:
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtefactError(f"{path}: unreadable ({exc}); the index is corrupt") from None
+        raise ArtefactError(f"{path}: unreadable ({exc}); the index is damaged: {repair_hint(directory)}") from None
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise ArtefactError(f"{path}: line {number} is not a JSON object; the index is damaged: "
+                                f"{repair_hint(directory)}")
+    return rows
+
+
+def _records_of(path: Path, directory: Path) -> list[ImageRecord]:
+    """The image records of one chunk's ``.jsonl``, every field of the type it should have."""
+    records = []
+    for number, row in enumerate(_read_jsonl(path, directory), 1):
+        wrong = sorted(set(row) ^ set(_RECORD_TYPES)) or [
+            key for key, kind in _RECORD_TYPES.items()
+            if not isinstance(row[key], kind) or (kind is int and isinstance(row[key], bool))]
+        if wrong:
+            raise ArtefactError(f"{path}: line {number} is not an image record (field {wrong[0]!r}); the index is "
+                                f"damaged: {repair_hint(directory)}")
+        records.append(ImageRecord(**row))
+    return records
+
+
+def _failures_of(path: Path, directory: Path) -> list[FailedImage]:
+    """The failed images of one chunk's ``.failed.jsonl``."""
+    failures = []
+    for number, row in enumerate(_read_jsonl(path, directory), 1):
+        if set(row) != {"path", "reason"} or not all(isinstance(v, str) for v in row.values()):
+            raise ArtefactError(f"{path}: line {number} is not a failed image ({{\"path\", \"reason\"}}); the index "
+                                f"is damaged: {repair_hint(directory)}")
+        failures.append(FailedImage(**row))
+    return failures
+
+
+def _line_count(path: Path) -> int:
+    with open(path, "rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+def _chunk_files(directory: Path) -> tuple[set[int], set[int]]:
+    """Numbers of the chunks that have an ``.npy``, and of those that have a ``.jsonl``."""
+    arrays: set[int] = set()
+    tables: set[int] = set()
+    chunk_dir = directory / CHUNK_DIR
+    if chunk_dir.is_dir():
+        for entry in chunk_dir.iterdir():
+            match = _CHUNK_FILE_RE.match(entry.name)
+            if match:
+                (arrays if match.group(2) == "npy" else tables).add(int(match.group(1)))
+    return arrays, tables
 
 
 def committed_chunks(directory: str | Path) -> list[int]:
@@ -130,21 +196,73 @@ class IndexReader:
     """Read access to a finished or partly written index directory.
 
     Embeddings stay on disk (memory-mapped) until :meth:`iter_embeddings` hands out a chunk.
+    A damaged directory (see the module docstring) is refused with an :class:`ArtefactError` that
+    names the missing or short file. ``strict=False`` is for the run that builds the index (and
+    its dry run): damaged chunks are then left out, as that run embeds their images again, and the
+    row count of the manifest is not checked.
     """
 
-    def __init__(self, directory: str | Path, manifest: Manifest | None = None):
+    def __init__(self, directory: str | Path, manifest: Manifest | None = None, *, strict: bool = True):
         self.directory = Path(directory)
         self.manifest = manifest or read_manifest(self.directory, "zutis.index")
         self.chunks = committed_chunks(self.directory)
+        if strict:
+            self._check_chunk_numbers()
+        else:
+            damaged = damaged_chunks(self.directory)
+            self.chunks = [number for number in self.chunks if number not in damaged]
         self._records: list[ImageRecord] | None = None
         self._sizes: list[int] = []
         self.dim: int = int(self.manifest.summary.get("dim", 0))
         for number in self.chunks:
             array = self._open(number)
             if array.ndim != 2 or (self.dim and array.shape[1] != self.dim):
-                raise ArtefactError(f"{self._chunk_path(number)}: shape {array.shape} does not match dim {self.dim}")
+                raise ArtefactError(f"{self._chunk_path(number)}: shape {array.shape} does not match dim {self.dim}; "
+                                    f"the index is damaged: {repair_hint(self.directory)}")
             self.dim = int(array.shape[1])
             self._sizes.append(int(array.shape[0]))
+        if strict:
+            self._check_row_count()
+
+    def _check_chunk_numbers(self) -> None:
+        """Refuse a ``.jsonl`` without its ``.npy``, and a gap in the chunk numbers."""
+        arrays, tables = _chunk_files(self.directory)
+        orphans = sorted(tables - arrays)
+        if orphans:
+            number = orphans[0]
+            raise ArtefactError(
+                f"{self._chunk_path(number)}: missing (its image table {number:06d}.jsonl is there), so "
+                f"{self._chunk_rows(number)} images of the index have no embeddings; {repair_hint(self.directory)}")
+        gaps = sorted(set(range(len(self.chunks))) - set(self.chunks))
+        if gaps:
+            number = gaps[0]
+            what = (f"{self._chunk_path(number).with_suffix('.jsonl')}: missing (its embeddings {number:06d}.npy are "
+                    f"there)" if number in arrays else
+                    f"{self._chunk_path(number)}: missing, with its image table {number:06d}.jsonl")
+            raise ArtefactError(f"{what}, and later chunks are there, so the images of chunk {number:06d} are not "
+                                f"in the index; {repair_hint(self.directory)}")
+
+    def _chunk_rows(self, number: int) -> int:
+        try:
+            return _line_count(self._chunk_path(number).with_suffix(".jsonl"))
+        except OSError:
+            return 0
+
+    def _check_row_count(self) -> None:
+        """Refuse chunks that hold fewer rows than the manifest counts, naming the short or missing file."""
+        expected = self.manifest.summary.get("rows")
+        if not isinstance(expected, int) or len(self) >= expected:
+            return
+        for number, size in zip(self.chunks, self._sizes):
+            listed = self._chunk_rows(number)
+            if listed != size:
+                raise ArtefactError(
+                    f"{self._chunk_path(number)}: holds {size} embeddings but its image table {number:06d}.jsonl "
+                    f"lists {listed} images; {repair_hint(self.directory)}")
+        manifest = self.directory / "manifest.json"
+        raise ArtefactError(
+            f"{self._chunk_path(len(self.chunks))}: missing: {manifest} counts {expected:,} rows but the chunks hold "
+            f"{len(self):,}; {repair_hint(self.directory)}")
 
     @property
     def complete(self) -> bool:
@@ -166,7 +284,8 @@ class IndexReader:
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as exc:
-            raise ArtefactError(f"{path}: unreadable embeddings ({exc}); the index is corrupt") from None
+            raise ArtefactError(f"{path}: unreadable embeddings ({str(exc)[:160]}); the index is damaged: "
+                                f"{repair_hint(self.directory)}") from None
 
     def records(self) -> list[ImageRecord]:
         """Image records in row order (all rows, including inactive ones)."""
@@ -174,13 +293,11 @@ class IndexReader:
             records: list[ImageRecord] = []
             for number, size in zip(self.chunks, self._sizes):
                 path = self.directory / CHUNK_DIR / f"{number:06d}.jsonl"
-                rows = _read_jsonl(path)
+                rows = _records_of(path, self.directory)
                 if len(rows) != size:
-                    raise ArtefactError(f"{path}: {len(rows)} records for {size} embeddings; the index is corrupt")
-                try:
-                    records.extend(ImageRecord(**row) for row in rows)
-                except TypeError:
-                    raise ArtefactError(f"{path}: malformed image record; the index is corrupt") from None
+                    raise ArtefactError(f"{path}: lists {len(rows)} images but {number:06d}.npy holds {size} "
+                                        f"embeddings; the index is damaged: {repair_hint(self.directory)}")
+                records.extend(rows)
             self._records = records
         return self._records
 
@@ -190,7 +307,7 @@ class IndexReader:
         for number in self.chunks:
             path = self.directory / CHUNK_DIR / f"{number:06d}.failed.jsonl"
             if path.is_file():
-                out.extend(FailedImage(**row) for row in _read_jsonl(path))
+                out.extend(_failures_of(path, self.directory))
         return out
 
     def active(self) -> np.ndarray:
@@ -248,3 +365,93 @@ def remove_uncommitted(directory: str | Path) -> int:
             os.unlink(entry)
             removed += 1
     return removed
+
+
+def damaged_chunks(directory: str | Path) -> dict[int, str]:
+    """The chunks of an index directory that cannot be read as they should: number -> what is wrong.
+
+    A chunk is damaged when its ``.jsonl`` has no ``.npy``, when either file cannot be read, or
+    when they disagree on the number of rows. (An ``.npy`` without its ``.jsonl`` is an
+    uncommitted chunk of an interrupted run, see :func:`remove_uncommitted`.)
+    """
+    directory = Path(directory)
+    arrays, tables = _chunk_files(directory)
+    damaged: dict[int, str] = {}
+    for number in sorted(tables):
+        stem = directory / CHUNK_DIR / f"{number:06d}"
+        if number not in arrays:
+            damaged[number] = f"{stem}.npy is missing"
+            continue
+        try:
+            rows = np.load(stem.with_suffix(".npy"), mmap_mode="r").shape
+        except (OSError, ValueError) as exc:
+            damaged[number] = f"{stem}.npy is unreadable ({str(exc)[:120]})"
+            continue
+        try:
+            listed = len(_records_of(stem.with_suffix(".jsonl"), directory))
+            if Path(f"{stem}.failed.jsonl").is_file():
+                _failures_of(Path(f"{stem}.failed.jsonl"), directory)
+        except ArtefactError as exc:
+            damaged[number] = str(exc).split("; the index is damaged")[0]
+            continue
+        if len(rows) != 2 or rows[0] != listed:
+            damaged[number] = f"{stem}.npy holds {rows[0] if rows else 0} embeddings for {listed} images"
+    return damaged
+
+
+def repair_chunks(directory: str | Path) -> list[str]:
+    """Make an index directory readable again before a run adds to it; returns what was done, in words.
+
+    Removes the files of damaged chunks (their images are then embedded again by the run) and of
+    uncommitted ones, renumbers the remaining chunks without gaps, and, when rows were lost, drops
+    ``index.faiss`` (its row ids are stale) and rewrites the manifest's ``summary`` to count what is
+    left as an unfinished index, so that the directory is a valid partial index at every moment.
+    """
+    directory = Path(directory)
+    chunk_dir = directory / CHUNK_DIR
+    said: list[str] = []
+    for number, reason in damaged_chunks(directory).items():
+        for entry in chunk_dir.glob(f"{number:06d}.*"):
+            if entry.name.split(".")[0] == f"{number:06d}":
+                os.unlink(entry)
+        said.append(f"{reason}: removed chunk {number:06d}; its images are embedded again")
+    lost = bool(said)
+    removed = remove_uncommitted(directory)
+    if removed:
+        said.append(f"removed {removed} unfinished chunk file(s) of an interrupted run")
+    committed = committed_chunks(directory)
+    moved = [(old, new) for new, old in enumerate(committed) if old != new]
+    for old, new in moved:  # ascending: each target number is free (below its source, above the last moved)
+        source, target = chunk_dir / f"{old:06d}", chunk_dir / f"{new:06d}"
+        for suffix in (".npy", ".failed.jsonl", ".jsonl"):  # the .jsonl last: it commits the chunk
+            if Path(f"{source}{suffix}").exists():
+                os.replace(f"{source}{suffix}", f"{target}{suffix}")
+    if moved:
+        said.append(f"renumbered {len(moved)} chunk(s) to close the gap")
+    if (lost or moved) and (directory / FAISS_NAME).exists():
+        (directory / FAISS_NAME).unlink()  # its row ids are stale; the run builds it again
+    _recount_manifest(directory)
+    return said
+
+
+def _recount_manifest(directory: Path) -> None:
+    """After a repair: a manifest counting more rows than the chunks hold becomes that of an unfinished index."""
+    from zutiscli.artefacts.atomic import atomic_write_json
+    from zutiscli.artefacts.manifest import MANIFEST_NAME
+
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text(encoding="utf-8"))
+    summary = data.get("summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("rows"), int):
+        return
+    rows = sum(int(np.load(directory / CHUNK_DIR / f"{n:06d}.npy", mmap_mode="r").shape[0])
+               for n in committed_chunks(directory))
+    if rows >= summary["rows"]:
+        return
+    faiss_file = directory / FAISS_NAME
+    if faiss_file.exists():
+        faiss_file.unlink()
+    data["summary"] = summary | {"rows": rows, "complete": False, "faiss": None}
+    atomic_write_json(path, data)

@@ -41,6 +41,101 @@ KINDS: dict[str, tuple[int, str]] = {
     "zutis.demo": (1, "zutis demo"),
 }
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: The JSON types a manifest field may have, by the name its messages give them.
+_TYPES: dict[str, Any] = {
+    "a string": lambda v: isinstance(v, str),
+    "an integer": _is_int,
+    "a boolean (true/false)": lambda v: isinstance(v, bool),
+    "an object": lambda v: isinstance(v, dict),
+    "a list": lambda v: isinstance(v, list),
+    "null": lambda v: v is None,
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a shard [I, N] (0 <= I < N)": lambda v: (isinstance(v, list) and len(v) == 2 and all(map(_is_int, v))
+                                              and 0 <= v[0] < v[1]),
+}
+
+#: Every manifest's top-level fields (``kind``, ``schema`` and ``created_by`` are required; ``schema``
+#: is checked on its own).
+_COMMON_FIELDS: dict[str, str] = {
+    "kind": "a string", "created_by": "a string", "created_at": "a string",
+    "model": "an object or null", "inputs": "a list", "params": "an object", "summary": "an object",
+}
+
+#: Per kind, the fields that zutis reads from its manifest (``section.key``), checked when present;
+#: a top-level field listed here is checked whether present or not. Readers may rely on these types.
+FIELDS: dict[str, dict[str, str]] = {
+    "zutis.index": {
+        "model.name": "a string", "model.pretrained": "a string", "model.precision": "a string",
+        "model.image_size": "an integer", "model.weights_fingerprint": "a string or null",
+        "params.faiss": "a string",
+        "summary.rows": "an integer", "summary.images": "an integer", "summary.failed": "an integer",
+        "summary.dim": "an integer", "summary.complete": "a boolean (true/false)", "summary.faiss": "a string or null",
+    },
+    "zutis.archives": {"model.name": "a string", "model.pretrained": "a string"},
+    "zutis.pseudolabels": {
+        "params.method": "a string", "params.shard": "a shard [I, N] (0 <= I < N) or null",
+        "summary.images": "an integer", "summary.masks": "an integer",
+    },
+    "zutis.predictions": {
+        "model.checkpoint": "a string or null",
+        "params.shard": "a shard [I, N] (0 <= I < N) or null", "summary.failed": "an integer",
+    },
+    "zutis.synth": {"params.kind": "a string", "summary.classes": "a list of strings"},
+    "zutis.dataset": {"summary.classes": "a list of strings"},
+}
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _check_type(file: Path, name: str, value: Any, expected: str, remedy: str) -> None:
+    if not any(_TYPES[kind](value) for kind in expected.split(" or ") if kind in _TYPES):
+        shown = json.dumps(value, ensure_ascii=False)
+        shown = "" if value is None else f" ({shown})" if len(shown) <= 40 else f" ({shown[:37]}...)"
+        raise ArtefactError(f"{file}: field {name!r} is {_type_name(value)}{shown}, not {expected}; {remedy}")
+
+
+def _check_fields(file: Path, data: dict[str, Any], fields: dict[str, str], remedy: str, *,
+                  absent_too: bool) -> None:
+    """Check the type of each of ``fields`` (``key`` or ``section.key``) that ``data`` has; with
+    ``absent_too``, a missing top-level field counts as null."""
+    for name, expected in fields.items():
+        section, _, key = name.partition(".")
+        if not key:
+            if absent_too or name in data:
+                _check_type(file, name, data.get(name), expected, remedy)
+        elif isinstance(data.get(section), dict) and key in data[section]:
+            _check_type(file, name, data[section][key], expected, remedy)
+
+
+def _check_inputs(file: Path, inputs: list[Any], remedy: str) -> list[InputRef]:
+    refs = []
+    for position, ref in enumerate(inputs):
+        where = f"inputs[{position}]"
+        _check_type(file, where, ref, "an object", remedy)
+        unknown = sorted(set(ref) - {"path", "fingerprint", "kind"})
+        if unknown:
+            raise ArtefactError(f"{file}: field {where} has an unknown key {unknown[0]!r}; {remedy}")
+        for key, expected in (("path", "a string"), ("fingerprint", "a string"), ("kind", "a string or null")):
+            if key != "kind" or key in ref:
+                _check_type(file, f"{where}.{key}", ref.get(key), expected, remedy)
+        refs.append(InputRef(**ref))
+    return refs
+
+
 _FULL_HASH_LIMIT = 4 << 20  # files up to 4 MiB are hashed whole
 _SAMPLE = 1 << 20  # larger ones: size + three 1 MiB samples (head, middle, tail)
 
@@ -80,16 +175,23 @@ class Manifest:
         return [resolve_relative(self.root, ref.path) for ref in self.inputs]
 
 
-def read_json(path: str | Path, what: str) -> Any:
-    """A JSON file of an artefact; a missing or unparsable one is an :class:`ArtefactError` naming
+def read_json(path: str | Path, what: str, expect: type | None = None) -> Any:
+    """A JSON file of an artefact; a missing, unreadable or unparsable one, or one whose top level
+    is not of type ``expect`` (``dict`` or ``list``) when given, is an :class:`ArtefactError` naming
     the file and ``what`` it should hold."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ArtefactError(f"{path}: no such file ({what})") from None
+    except OSError as exc:
+        raise ArtefactError(f"{path}: cannot be read ({exc.strerror or exc}); expected {what}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtefactError(f"{path}: is not valid JSON ({exc}); expected {what}") from None
+    if expect is not None and not isinstance(data, expect):
+        wanted = "an object" if expect is dict else "a list" if expect is list else expect.__name__
+        raise ArtefactError(f"{path}: its top level is {_type_name(data)}, not {wanted}; expected {what}")
+    return data
 
 
 def relative_to(root: str | Path, path: str | Path) -> str:
@@ -226,6 +328,10 @@ def read_manifest(path: str | Path, kind: str | Sequence[str] | None = None) -> 
     missing = [k for k in ("kind", "schema", "created_by") if k not in data]
     if missing:
         raise ArtefactError(f"{file}: is not a zutis manifest (missing {', '.join(missing)})")
+    writer = KINDS[data["kind"]][1] if isinstance(data["kind"], str) and data["kind"] in KINDS else None
+    remedy = "the manifest is corrupt" + (f": make the artefact again with `{writer}` into a new -o directory"
+                                          if writer else "")
+    _check_fields(file, data, _COMMON_FIELDS, remedy, absent_too=False)
     found = data["kind"]
     if wanted and found not in wanted:
         raise ArtefactError(f"{root}: is a {found} artefact{expected}")
@@ -233,17 +339,16 @@ def read_manifest(path: str | Path, kind: str | Sequence[str] | None = None) -> 
         raise ArtefactError(f"{file}: unknown artefact kind {found!r}; it was written by {data['created_by']}")
     schema = data["schema"]
     current = KINDS[found][0]
-    if not isinstance(schema, int) or schema < 1:
-        raise ArtefactError(f"{file}: invalid schema version {schema!r}")
+    if not _is_int(schema) or schema < 1:
+        raise ArtefactError(f"{file}: invalid schema version {schema!r} (field 'schema' must be an integer >= 1); "
+                            f"{remedy}")
     if schema > current:
         raise ArtefactError(
             f"{file}: {found} schema {schema} was written by {data['created_by']}, newer than this "
             f"zutis {__version__} reads (schema {current}); upgrade zutis"
         )
-    try:
-        inputs = [InputRef(**ref) for ref in data.get("inputs", [])]
-    except TypeError:
-        raise ArtefactError(f"{file}: malformed 'inputs' list") from None
+    _check_fields(file, data, FIELDS.get(found, {}), remedy, absent_too=True)
+    inputs = _check_inputs(file, data.get("inputs", []), remedy)
     return Manifest(
         kind=found,
         schema=schema,

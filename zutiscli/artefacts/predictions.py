@@ -108,7 +108,7 @@ def load_prediction(pred: str | Path) -> Prediction:
         data = read_json(pred, "COCO results or a COCO panoptic JSON")
         kind = _json_kind(data)
         if kind == "results":
-            return Prediction(pred, [], None, results=data, results_in_gt_space=True)
+            return Prediction(pred, [], None, results=check_results(pred, data), results_in_gt_space=True)
         if kind == "panoptic":
             folder = _panoptic_folder(pred)
             if folder is None:
@@ -129,13 +129,79 @@ def load_prediction(pred: str | Path) -> Prediction:
     return Prediction(pred, images, None, semantic_names=names)
 
 
+#: What ``zutis predict`` writes, for the messages about a damaged directory.
+_REMEDY = "the predictions are damaged: predict again into a new -o directory"
+
+
+def _field_error(file: Path, where: str, field: str, value: Any, expected: str) -> ArtefactError:
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return ArtefactError(f"{file}: {where}: field {field!r} is {shown}, not {expected}; {_REMEDY}")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_results(file: Path, results: Any) -> list[dict[str, Any]]:
+    """COCO results as read from ``file``, each record checked for what scoring reads: ``image_id``,
+    ``category_id``, ``score``, ``bbox`` and ``segmentation`` (a valid RLE, or polygons)."""
+    from zutiscli.ops.masks import rle_problems
+
+    if not isinstance(results, list):
+        raise ArtefactError(f"{file}: is not a list of COCO results")
+    masks: list[tuple[int, Any]] = []
+    for position, result in enumerate(results):
+        where = f"result {position}"
+        if not isinstance(result, dict):
+            raise ArtefactError(f"{file}: {where} is not an object; {_REMEDY}")
+        for field, check, expected in (("image_id", _is_id, "an image id"), ("category_id", _is_id, "a category id"),
+                                       ("score", _is_number, "a number")):
+            if field in result or field != "score":
+                if not check(result.get(field)):
+                    raise _field_error(file, where, field, result.get(field), expected)
+        bbox = result.get("bbox")
+        if bbox is not None and not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))):
+            raise _field_error(file, where, "bbox", bbox, "[x, y, width, height]")
+        segmentation = result.get("segmentation")
+        if isinstance(segmentation, list):
+            if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_is_number, p))
+                       for p in segmentation):
+                raise _field_error(file, where, "segmentation", segmentation, "an RLE or polygons")
+        elif segmentation is not None:
+            masks.append((position, segmentation))
+        elif bbox is None:
+            raise ArtefactError(f"{file}: {where} has neither a segmentation nor a bbox; {_REMEDY}")
+    for index, problem in rle_problems([rle for _, rle in masks]).items():
+        raise ArtefactError(f"{file}: result {masks[index][0]}: field 'segmentation' {problem}; {_REMEDY}")
+    return results
+
+
 def _predict_dir(pred: Path) -> Prediction:
-    sidecar = read_json(pred / "images.json", "the images.json of a `zutis predict` directory")
-    try:
-        records = sidecar["images"]
-        names = [_norm(c["name"]) for c in sorted(sidecar["categories"], key=lambda c: int(c["id"]))]
-    except (KeyError, TypeError):
-        raise ArtefactError(f"{pred / 'images.json'}: lacks its images or categories list") from None
+    file = pred / "images.json"
+    sidecar = read_json(file, "the images.json of a `zutis predict` directory", expect=dict)
+    records, categories = sidecar.get("images"), sidecar.get("categories")
+    if not isinstance(records, list) or not isinstance(categories, list):
+        raise ArtefactError(f"{file}: lacks its images or categories list")
+    for position, category in enumerate(categories):
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int) or \
+                not isinstance(category.get("name"), str):
+            raise ArtefactError(f"{file}: categories[{position}] is not {{\"id\": integer, \"name\": string}}; "
+                                f"{_REMEDY}")
+    names = [_norm(c["name"]) for c in sorted(categories, key=lambda c: c["id"])]
+    for position, record in enumerate(records):
+        where = f"images[{position}]"
+        if not isinstance(record, dict):
+            raise ArtefactError(f"{file}: {where} is not an object; {_REMEDY}")
+        for field, expected in (("id", "an integer"), ("file_name", "a string"), ("semantic", "a string or null"),
+                                ("stem", "a string or null")):
+            value = record.get(field)
+            if not (isinstance(value, int) and not isinstance(value, bool) if field == "id" else
+                    isinstance(value, str) or (value is None and expected.endswith("null"))):
+                raise _field_error(file, where, field, value, expected)
     images = []
     for record in records:
         semantic = record.get("semantic")
@@ -145,9 +211,7 @@ def _predict_dir(pred: Path) -> Prediction:
                                 alt_stem=record.get("stem") if record.get("stem") != file_stem else None))
     results = None
     if (pred / "predictions.json").is_file():
-        results = read_json(pred / "predictions.json", "COCO results")
-        if not isinstance(results, list):
-            raise ArtefactError(f"{pred / 'predictions.json'}: is not a list of COCO results")
+        results = check_results(pred / "predictions.json", read_json(pred / "predictions.json", "COCO results"))
     prediction = Prediction(pred, images, names, results=results)
     if (pred / "panoptic.json").is_file():
         prediction.panoptic = read_json(pred / "panoptic.json", "COCO panoptic predictions")

@@ -106,26 +106,62 @@ class PseudoLabels:
         return groups
 
 
-def load_pseudolabels(directory: str | Path) -> PseudoLabels:
-    """Read and validate a pseudo-label directory; errors name the file and the problem."""
+def load_pseudolabels(directory: str | Path, *, check_masks: bool = True) -> PseudoLabels:
+    """Read and validate a pseudo-label directory; errors name the file, the record and the field.
+
+    ``check_masks``: check every RLE (see :func:`zutiscli.ops.masks.rle_problems`); a process that
+    reads a directory already checked by its parent may skip it.
+    """
+    from zutiscli.ops.masks import rle_problems
+
     directory = Path(directory)
     manifest = read_manifest(directory, "zutis.pseudolabels")
-    coco = load_coco(directory / PSEUDOLABELS_NAME)
+    file = directory / PSEUDOLABELS_NAME
+    coco = load_coco(file)
+    remedy = "the pseudo-labels are damaged: make them again with `zutis pseudolabel` into a new -o directory"
+    ids = [c["id"] for c in coco["categories"]]
+    if not all(isinstance(i, int) for i in ids) or sorted(ids) != list(range(1, len(ids) + 1)):
+        raise ArtefactError(f"{file}: category ids must be 1..C in order")
     categories = sorted(coco["categories"], key=lambda c: c["id"])
-    if [c["id"] for c in categories] != list(range(1, len(categories) + 1)):
-        raise ArtefactError(f"{directory / PSEUDOLABELS_NAME}: category ids must be 1..C in order")
+    for category in categories:
+        if not isinstance(category.get("name"), str):
+            raise ArtefactError(f"{file}: category {category['id']}: field 'name' is not a string; {remedy}")
     images = {img["id"]: img for img in coco["images"]}
-    objects = []
-    for ann in coco["annotations"]:
-        image = images[ann["image_id"]]
+    for image in coco["images"]:
+        _check_record(file, f"image {image['id']}", image, {"id": int, "file_name": str, "width": int, "height": int},
+                      remedy)
+    annotations = coco["annotations"]
+    for ann in annotations:
         segmentation = ann.get("segmentation")
         if not isinstance(segmentation, dict) or "counts" not in segmentation:
-            raise ArtefactError(f"{directory / PSEUDOLABELS_NAME}: annotation {ann.get('id')} has no RLE mask")
+            raise ArtefactError(f"{file}: annotation {ann.get('id')} has no RLE mask")
+        if ann.get("score") is not None and not isinstance(ann["score"], (int, float)):
+            raise ArtefactError(f"{file}: annotation {ann.get('id')}: field 'score' is not a number; {remedy}")
+        image = images[ann["image_id"]]
+        if segmentation.get("size") != [image["height"], image["width"]]:
+            raise ArtefactError(f"{file}: annotation {ann.get('id')}: field 'segmentation.size' is "
+                                f"{segmentation.get('size')!r}, not its image's [height, width] "
+                                f"[{image['height']}, {image['width']}]; {remedy}")
+    if check_masks:
+        for position, problem in rle_problems([ann["segmentation"] for ann in annotations]).items():
+            raise ArtefactError(f"{file}: annotation {annotations[position].get('id')}: field 'segmentation' "
+                                f"{problem}; {remedy}")
+    objects = []
+    for ann in annotations:
+        image = images[ann["image_id"]]
         objects.append(PseudoObject(
             image=resolve_relative(directory, image["file_name"]),
-            rle=segmentation,
+            rle=ann["segmentation"],
             class_index=int(ann["category_id"]) - 1,
             score=ann.get("score"),
             image_id=int(ann["image_id"]),
         ))
     return PseudoLabels(directory, manifest, [c["name"] for c in categories], objects)
+
+
+def _check_record(file: Path, what: str, record: dict[str, Any], fields: dict[str, type], remedy: str) -> None:
+    for name, kind in fields.items():
+        value = record.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or (kind is int and value < 1):
+            expected = "a string" if kind is str else "an integer >= 1"
+            raise ArtefactError(f"{file}: {what}: field {name!r} is {value!r}, not {expected}; {remedy}")

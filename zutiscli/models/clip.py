@@ -18,15 +18,17 @@ are not seen, as with any stride-``p`` patch embedding). Embeddings are returned
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import socket
 import urllib.parse
 import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -129,6 +131,30 @@ def check_model_name(name: str) -> None:
         close = [m for m in open_clip.list_models() if name.lower().replace("/", "-") in m.lower()][:5]
         hint = f" (similar: {', '.join(close)})" if close else "; `python -c 'import open_clip; print(open_clip.list_models())'` lists them"
         raise ModelError(f"--model {name!r} is not an open_clip model name{hint}")
+
+
+@contextlib.contextmanager
+def named_by(where: str | Path, model: str | None = None, weights: str | None = None) -> Iterator[None]:
+    """Within the block, errors about a model named by a file, not by the user, blame that file.
+
+    ``where`` is the file (a checkpoint, a manifest); ``model`` and ``weights`` say how it names
+    the model and its weights (``"its config names backbone"``), for the messages that would
+    otherwise name the ``--model``/``--pretrained`` option the user did not give (None: that
+    option was the user's, its messages stay as they are). Other model errors get ``where:`` in front.
+    """
+    try:
+        yield
+    except ModelError as exc:
+        message = str(exc)
+        match = re.match(r"--(model|pretrained) ('[^']*'|\S+?)(:?) (.*)", message, re.S)
+        words = {"model": model, "pretrained": weights}.get(match.group(1)) if match else None
+        if match and words is None:
+            raise
+        if match:
+            value, colon, rest = match.group(2), match.group(3), match.group(4)
+            joint = ", which " if not colon and rest.startswith(("is ", "has ")) else ": "
+            message = f"{words} {value}{joint}{rest}"
+        raise ModelError(f"{where}: {message}") from None
 
 
 def _hf_cache_lookup(cfg: dict[str, Any], cache_dir: str | None) -> str | None:

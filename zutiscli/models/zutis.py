@@ -57,9 +57,51 @@ class ZutisConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ZutisConfig":
+    def from_dict(cls, data: dict[str, Any], *, where: str | None = None) -> "ZutisConfig":
+        """The config saved in a checkpoint (unknown keys ignored). With ``where`` (the file), each
+        known field's type is checked: a wrong one is an :class:`ArtefactError` naming the file and field."""
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if where is not None:
+            _check_config(values, where)
+        return cls(**values)
+
+    def differences(self, other: "ZutisConfig", mine: str, theirs: str) -> list[str]:
+        """The fields that differ from ``other``, in words (``num_queries 6 in mine, 4 in theirs``)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{key} {a[key]!r} in {mine}, {b[key]!r} in {theirs}" for key in a if a[key] != b[key]]
+
+
+def _check_config(values: dict[str, Any], where: str) -> None:
+    from zutiscli.errors import ArtefactError
+
+    def fail(name: str, expected: str) -> None:
+        raise ArtefactError(f"{where}: its config field {name!r} is not {expected}; the file is damaged or was not "
+                            f"written by `zutis train`")
+
+    defaults = ZutisConfig()
+    for name, value in values.items():
+        default = getattr(defaults, name)
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                fail(name, "true or false")
+        elif isinstance(default, int):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                fail(name, "an integer >= 1")
+        elif isinstance(default, float):
+            low = 0.0 if name == "decoder_dropout" else None  # the temperature must be > 0
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not (
+                    value >= low if low is not None else value > 0) or value == float("inf"):
+                fail(name, "a number >= 0" if low is not None else "a number > 0")
+        elif isinstance(default, str):
+            if not isinstance(value, str):
+                fail(name, "a string")
+        elif name == "backbone":
+            if not isinstance(value, dict):
+                fail(name, "a dict with the backbone's name and pretrained weights")
+            for key in ("name", "pretrained"):
+                if not isinstance(value.get(key), str) or not value.get(key):
+                    fail(f"backbone.{key}", "a string")
 
 
 class ZutisModel(nn.Module):

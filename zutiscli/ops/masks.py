@@ -12,7 +12,7 @@ computes all pairs at once and finishes with :func:`iou_from_counts`, the same r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -107,3 +107,98 @@ def rle_area(rle: dict[str, Any]) -> int:
 def rle_bbox(rle: dict[str, Any]) -> list[float]:
     """Tight ``[x, y, w, h]`` box of an RLE's foreground; ``[0, 0, 0, 0]`` for an empty mask."""
     return [float(v) for v in mask_utils.toBbox(_as_pycoco(rle))]
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def rle_problems(rles: Sequence[Any]) -> dict[int, str]:
+    """Which of ``rles`` are not valid COCO RLEs, and why: position -> reason (empty when all are).
+
+    An RLE is valid when ``size`` is ``[H, W]`` (integers >= 0) and ``counts`` is either a list of
+    run lengths (integers >= 0) or the compressed string pycocotools writes, whose runs, decoded,
+    are >= 0 and add up to exactly ``H * W``. pycocotools checks none of this: decoding an RLE whose
+    runs fall short or run over reads or writes memory past the mask. The compressed strings are
+    parsed together, with numpy, so checking a whole pseudo-label file costs about as much as
+    reading it.
+    """
+    problems: dict[int, str] = {}
+    strings: list[tuple[int, str, int]] = []
+    for position, rle in enumerate(rles):
+        if not isinstance(rle, dict):
+            problems[position] = "is not an RLE object ({\"size\", \"counts\"})"
+            continue
+        size, counts = rle.get("size"), rle.get("counts")
+        if not (isinstance(size, list) and len(size) == 2 and all(map(_is_count, size))):
+            problems[position] = "has no size [height, width]"
+        elif isinstance(counts, list):
+            if not all(map(_is_count, counts)):
+                problems[position] = "has counts that are not run lengths (integers >= 0)"
+            elif sum(counts) != size[0] * size[1]:
+                problems[position] = f"has runs of {sum(counts)} pixels in all, not {size[0]}x{size[1]}"
+        elif isinstance(counts, str) and counts.isascii():
+            strings.append((position, counts, size[0] * size[1]))
+        else:
+            problems[position] = "has counts that are neither a compressed RLE string nor a list of run lengths"
+    problems.update(_compressed_problems(strings))
+    return dict(sorted(problems.items()))
+
+
+def _compressed_problems(strings: list[tuple[int, str, int]]) -> dict[int, str]:
+    """:func:`rle_problems` of compressed counts: ``(position, counts, pixels)`` -> {position: reason}.
+
+    The format (pycocotools' ``rleToString``): each run is a signed number in 5-bit groups, low
+    group first, one character ``48 + group`` each, bit 0x20 set while more groups follow, bit 0x10
+    of the last group the sign; runs from the third on are stored as the difference to the run two
+    before.
+    """
+    if not strings:
+        return {}
+    count = len(strings)
+    lengths = np.array([len(counts) for _, counts, _ in strings], dtype=np.int64)
+    pixels = np.array([total for _, _, total in strings], dtype=np.int64)
+    bounds = np.cumsum(lengths)  # where each string ends in the joined codes
+    empty = lengths == 0
+    bad = empty & (pixels != 0)
+    why = np.full(count, "has runs that do not add up to its size", dtype=object)
+    codes = np.frombuffer("".join(counts for _, counts, _ in strings).encode("ascii"), dtype=np.uint8)
+    if len(codes):
+        foreign = np.flatnonzero((codes < 48) | (codes > 111))
+        if len(foreign):
+            owners = np.unique(np.searchsorted(bounds, foreign, side="right"))
+            why[owners] = "has counts with characters outside the compressed RLE alphabet"
+            bad[owners] = True
+        groups = (codes - 48) & 63  # uint8
+        ends = (groups & 0x20) == 0
+        last = bounds[~empty] - 1
+        bad[~empty] |= ~ends[last]  # a string ends with the last group of a run
+        ends[last] = True  # so that no run spans two strings
+        stops = np.flatnonzero(ends)
+        starts = np.empty_like(stops)
+        starts[0] = 0
+        starts[1:] = stops[:-1] + 1
+        sizes = stops - starts + 1
+        mask_of = np.searchsorted(bounds, starts, side="right")
+        bad[mask_of[sizes > 7]] = True  # more than 35 bits: no mask is that large
+        values = np.zeros(len(starts), dtype=np.int64)
+        for place in range(7):
+            within = sizes > place
+            values[within] |= (groups[starts[within] + place] & 0x1F).astype(np.int64) << (5 * place)
+        negative = (groups[stops] & 0x10) != 0
+        values[negative] -= np.int64(1) << (5 * np.minimum(sizes[negative], 7))
+        # runs 3, 4, ... are deltas to the run two before: cumulative sums along each mask's two
+        # parity chains (runs 1, 3, 5... and runs 2, 4, 6...), from global sums less the mask's start
+        begin = np.searchsorted(mask_of, np.arange(count), side="left")
+        index = np.arange(len(starts)) - begin[mask_of]
+        odd = (index & 1).astype(bool)
+        runs = values.copy()
+        for chain in (odd, ~odd & (index > 0)):
+            sums = np.cumsum(values * chain)
+            before = sums[np.maximum(begin - 1, 0)]
+            before[begin == 0] = 0
+            runs[chain] = (sums - before[mask_of])[chain]
+        bad[mask_of[(runs < 0) | (runs > pixels[mask_of])]] = True
+        covered = np.bincount(mask_of, weights=np.clip(runs, 0, None), minlength=count)
+        bad |= ~empty & (covered != pixels)
+    return {strings[i][0]: str(why[i]) for i in np.flatnonzero(bad)}

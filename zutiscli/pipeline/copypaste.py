@@ -42,8 +42,8 @@ def _init_worker(pseudo_dir: str, config: CopyPasteConfig, seed: int, out: str, 
     # A scene is many small tensor ops: one thread each is fastest, and several worker
     # processes with several threads each would oversubscribe the cores.
     torch.set_num_threads(1)
-    _worker_state.update(pool=ObjectPool(load_pseudolabels(pseudo_dir)), config=config, seed=seed, out=Path(out),
-                         image_format=image_format)
+    labels = load_pseudolabels(pseudo_dir, check_masks=False)  # the parent process checked them
+    _worker_state.update(pool=ObjectPool(labels), config=config, seed=seed, out=Path(out), image_format=image_format)
 
 
 def _make_scene(index: int) -> tuple[int, list[dict], list[int]]:

@@ -32,7 +32,7 @@ from zutiscli.artefacts.index_store import (
     IndexReader,
     IndexWriter,
     committed_chunks,
-    remove_uncommitted,
+    repair_chunks,
     write_failed_summary,
 )
 from zutiscli.artefacts.manifest import (
@@ -295,7 +295,7 @@ def _indexed(out: Path) -> dict[str, tuple[int, int]]:
     """What an index directory already holds: image path -> (bytes, mtime_ns) of its committed chunks."""
     if not out.is_dir() or not committed_chunks(out):
         return {}
-    previous = IndexReader(out, manifest=_provisional_manifest(out))
+    previous = IndexReader(out, manifest=_provisional_manifest(out), strict=False)
     return {record.path: (record.bytes, record.mtime_ns) for record in previous.records()}
 
 
@@ -374,11 +374,10 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
 
     model_record = _model_record(spec, dtype, backbone.image_size[0])
     _check_existing(out, model_record)
-    removed = remove_uncommitted(out)
-    if removed:
-        say(f"removed {removed} unfinished chunk file(s) of an interrupted run")
+    for note in repair_chunks(out):
+        say(note)
 
-    previous = IndexReader(out, manifest=_provisional_manifest(out)) if committed_chunks(out) else None
+    previous = IndexReader(out, manifest=_provisional_manifest(out), strict=False) if committed_chunks(out) else None
     tally = _Tally(previous, backbone.embed_dim)
     done = {r.path: (r.bytes, r.mtime_ns) for r in previous.records()} if previous is not None else {}
     del previous

@@ -232,7 +232,7 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
         for key in comparable:
             if manifest.params.get(key) != first.params.get(key):
                 raise ArtefactError(f"{shard}: was run with another {key} than {first_dir}; merge the shards of one run")
-        if manifest.model.get("checkpoint") != first.model.get("checkpoint"):
+        if (manifest.model or {}).get("checkpoint") != (first.model or {}).get("checkpoint"):
             raise ArtefactError(f"{shard}: was run with another model than {first_dir}; merge the shards of one run")
         if index in seen:
             raise UsageError(f"{shard}: shard {index} is given twice (also as {seen[index]}); give each shard once")

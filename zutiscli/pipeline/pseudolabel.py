@@ -207,6 +207,9 @@ def _feature_model(config: PseudolabelConfig, archives_dir: Path) -> tuple[str, 
     """``(name, pretrained)`` of the ViT whose features find the masks: --model, else the archives' model."""
     archive_model = _archive_model(archives_dir)
     name = config.model or archive_model.get("name")
+    if not name:
+        raise ArtefactError(f"{archives_dir / MANIFEST_NAME}: records no model (field 'model.name'), so the "
+                            f"features are not known; give --model and --pretrained")
     if config.model and config.pretrained is None:
         from zutiscli.models.timm_vit import is_timm_name
 
@@ -216,6 +219,15 @@ def _feature_model(config: PseudolabelConfig, archives_dir: Path) -> tuple[str, 
 
         return name, default_pretrained(config.model)
     return name, config.pretrained or archive_model.get("pretrained", "none")
+
+
+def _named_by_archives(config: PseudolabelConfig, archives_dir: Path):
+    """Errors about the model or weights the archives name (not given as options) blame their manifest."""
+    from zutiscli.models.clip import named_by
+
+    return named_by(archives_dir / MANIFEST_NAME,
+                    model=None if config.model else "its field 'model.name' names model",
+                    weights=None if config.model or config.pretrained else "its field 'model.pretrained' names weights")
 
 
 def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
@@ -263,7 +275,8 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
 
         name, pretrained = _feature_model(config, archives_dir)
         dtype = resolve_precision(config.precision, device)
-        model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
+        with _named_by_archives(config, archives_dir):
+            model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
         record = describe_backbone(name, pretrained)
     model["device"] = str(device)
     done = 0
@@ -318,7 +331,8 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
 
         name, pretrained = _feature_model(config, archives_dir)
         dtype = resolve_precision(config.precision, device)
-        backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
+        with _named_by_archives(config, archives_dir):
+            backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
         model_record = describe_backbone(name, pretrained)
         patch = backbone.patch_size
 

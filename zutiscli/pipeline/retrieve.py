@@ -150,6 +150,15 @@ def choose_model(readers: Sequence[IndexReader], model: str | None, pretrained: 
     return spec
 
 
+def _named_by_index(config: RetrieveConfig, sources: Sequence[_Source]):
+    """Errors about the model or weights an index names (not given as options) blame its manifest."""
+    from zutiscli.models.clip import named_by
+
+    return named_by(sources[0].reader.directory / "manifest.json",
+                    model=None if config.model is not None else "its field 'model.name' names model",
+                    weights=None if config.pretrained is not None else "its field 'model.pretrained' names weights")
+
+
 def encode_classes(backbone: Any, classes: Sequence[ClassQuery], prompts: str, batch_size: int) -> np.ndarray:
     """``(C, D)`` float32 unit text embeddings of the classes' phrases (85-template mean or bare)."""
     import torch
@@ -385,7 +394,8 @@ def plan_retrieve(config: RetrieveConfig, output: str | Path | None = None) -> P
                      f"some archives will be shorter")
     reads = [input_entry(s.reader.directory, "zutis.index", images=s.count,
                          search="faiss" if s.reader.faiss_path is not None else "exact") for s in sources]
-    model = weights_plan(spec.name, spec.pretrained) | {"device": str(device)}
+    with _named_by_index(config, sources):
+        model = weights_plan(spec.name, spec.pretrained) | {"device": str(device)}
     prompts = count * (len(ensemble_templates()) if config.prompts == "ensemble" else 1)
     params = {"classes": [q.name for q in config.classes], "k": k, "prompts": config.prompts,
               "exclude_duplicates": config.exclude_duplicates, "contact_sheet": config.contact_sheet}
@@ -448,7 +458,8 @@ def retrieve(
     device = resolve_device(config.device)
     say(f"embedding {count} class{'es' if count != 1 else ''} with {spec} "
         f"({'85 prompt templates' if config.prompts == 'ensemble' else 'bare names'}) on {device}")
-    backbone = load_backbone(spec, device=device)
+    with _named_by_index(config, sources):
+        backbone = load_backbone(spec, device=device)
     queries = encode_classes(backbone, config.classes, config.prompts, config.batch_size)
     del backbone
     dim = sources[0].reader.dim

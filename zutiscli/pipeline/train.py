@@ -25,6 +25,7 @@ held-out evaluation (``eval_images`` / ``eval_gt``, every ``eval_every`` iterati
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 
-from zutiscli.artefacts.checkpoint import load_checkpoint
+from zutiscli.artefacts.checkpoint import check_weights_fit, load_checkpoint
 from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
@@ -44,11 +45,11 @@ from zutiscli.data.scenes import scene_classes, scene_loader, source_manifest, t
 from zutiscli.engine.crop_adapter import fit_on_scenes
 from zutiscli.pipeline.held_out import HeldOut, drop_stale_evals, evaluate_model, held_out_set, last_eval
 from zutiscli.engine.trainer import DistInfo, Progress, Trainer, amp_dtype, barrier, broadcast, init_distributed
-from zutiscli.errors import UsageError
-from zutiscli.models.clip import ModelSpec, load_backbone
+from zutiscli.errors import ArtefactError, UsageError
+from zutiscli.models.clip import ModelSpec, load_backbone, named_by
 from zutiscli.models.crop_classifier import CropAdapter
 from zutiscli.models.device import resolve_device
-from zutiscli.models.zutis import ZutisModel
+from zutiscli.models.zutis import ZutisConfig, ZutisModel
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 from zutiscli.pipeline.train_config import TrainConfig, load_recipe  # noqa: F401 - exported here too
 
@@ -171,7 +172,9 @@ def train(
     pretrained = _pretrained(config, checkpoint)
     dataset, classes, kind = training_scenes(config.source, config.copypaste(), config.crop, config.seed,
                                              config.iterations * config.batch_size)
-    backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
+    with named_by(Path(resume) / CHECKPOINT, model="its recipe names model", weights="its recipe names weights") \
+            if checkpoint is not None else contextlib.nullcontext():
+        backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
     if checkpoint is not None:
         adapter = _saved_adapter(checkpoint, Path(resume) / CHECKPOINT)
     else:  # fitted before the decoder is initialised, drawing no random number the training draws
@@ -180,7 +183,7 @@ def train(
     model.crop_adapter = adapter
     trainer = Trainer(model, classes, config, info, device, amp)
     if checkpoint is not None:
-        trainer.resume(checkpoint)
+        _resume(trainer, checkpoint, Path(resume) / CHECKPOINT)
         run_dir = Path(resume)
     else:
         run_dir = _new_run_dir(output, info)
@@ -225,10 +228,50 @@ def _recipe(config: TrainConfig | None, resume: str | Path | None) -> tuple[Trai
         return config, None
     run_dir = Path(resume)
     checkpoint = load_checkpoint(resume_checkpoint_path(run_dir))
+    lacking = [key for key in ("train_config", "optimizer", "rng", "iteration") if key not in checkpoint]
+    if lacking:
+        raise ArtefactError(f"{run_dir / CHECKPOINT}: has no {lacking[0]!r}, so it is not a training checkpoint "
+                            f"(a model.pt, say); resume from the checkpoint the run wrote, or start a new run")
+    ZutisConfig.from_dict(checkpoint["config"], where=str(run_dir / CHECKPOINT))  # checked before its fields are read
     saved = TrainConfig.from_dict(checkpoint["train_config"], where=str(run_dir / CHECKPOINT))
     if config is not None and config.iterations > saved.iterations:
         saved.iterations = config.iterations  # a resumed run may be extended
     return saved, checkpoint
+
+
+def _resume(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+    """Continue ``trainer`` from ``checkpoint``; state that does not fit the run's model (a checkpoint
+    of another run put in its place, say) is one error naming the file and what differs."""
+    remedy = "resume a run only from the checkpoint it wrote itself, or start a new run"
+    saved = ZutisConfig.from_dict(checkpoint["config"], where=str(path))
+    differences = saved.differences(trainer.model.config, "the weights' config", "the recipe")
+    check_weights_fit(trainer.model, checkpoint["model"], path, model_from="its training recipe",
+                      differences=differences, remedy=remedy)
+    problem = _optimiser_misfit(trainer.optimiser, checkpoint["optimizer"])
+    if problem:
+        raise ArtefactError(f"{path}: its optimiser state does not fit the model: {problem}; {remedy}")
+    try:
+        trainer.resume(checkpoint)
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
+        raise ArtefactError(f"{path}: its optimiser or random-generator state cannot be restored "
+                            f"({str(exc).splitlines()[0][:160]}); {remedy}") from None
+
+
+def _optimiser_misfit(optimiser: torch.optim.Optimizer, saved: dict[str, Any]) -> str | None:
+    """Why a saved optimiser state does not fit ``optimiser``'s parameters (None when it does)."""
+    params = [param for group in optimiser.param_groups for param in group["params"]]
+    try:
+        ids = [number for group in saved["param_groups"] for number in group["params"]]
+        if len(ids) != len(params):
+            return f"it holds {len(ids)} parameters, the model {len(params)}"
+        for number, param in zip(ids, params):
+            for key, value in saved["state"].get(number, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() and value.shape != param.shape:
+                    return (f"its {key} of parameter {number} is {list(value.shape)}, the parameter "
+                            f"{list(param.shape)}")
+    except (KeyError, TypeError, AttributeError):
+        return "it is not the state of an optimiser"
+    return None
 
 
 def _pretrained(config: TrainConfig, checkpoint: dict[str, Any] | None) -> str:

@@ -83,18 +83,19 @@ def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torc
     parameters uninitialised and the file memory-mapped, then every weight is copied from the file
     (a strict load): the model owns its memory and keeps nothing mapped.
     """
-    from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.artefacts.checkpoint import check_weights_fit
+    from zutiscli.models.clip import ModelSpec, load_backbone, named_by
     from zutiscli.models.zutis import ZutisConfig, ZutisModel
 
     data = load_checkpoint(path, mmap=True)
-    config = ZutisConfig.from_dict(data["config"])
+    config = ZutisConfig.from_dict(data["config"], where=str(path))
     with parameters_left_uninitialised():  # every parameter is overwritten by the strict load below
-        backbone = load_backbone(ModelSpec(config.backbone["name"], "none"), device="cpu")
+        with named_by(path, model="its config names backbone", weights="its config names weights"):
+            backbone = load_backbone(ModelSpec(config.backbone["name"], "none"), device="cpu")
         model = ZutisModel(backbone, config)
-    try:
-        model.load_state_dict(data["model"])
-    except RuntimeError as exc:
-        raise ArtefactError(f"{path}: weights do not fit its own config ({str(exc).splitlines()[0][:160]})") from None
+    check_weights_fit(model, data["model"], path, remedy="the file is damaged or was edited; predict with the "
+                      "model.pt its training run wrote")
+    model.load_state_dict(data["model"])
     if data.get("crop_adapter") is not None:
         adapter = CropAdapter.from_dict(data["crop_adapter"], where=str(path))
         model.crop_adapter = dataclasses.replace(adapter, weight=adapter.weight.clone())  # off the mapped file
