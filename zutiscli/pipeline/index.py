@@ -47,6 +47,7 @@ from zutiscli.artefacts.manifest import (
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import discover_images
 from zutiscli.data.shards import check_shard, distinct_directories, shard_dir_name, shard_from_environment, shard_of  # noqa: F401
+from zutiscli.data.workers import worker_loader
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -375,11 +376,11 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     extra = {"shard": list(shard) if shard else None}
     workers = _default_workers(device) if config.workers is None else config.workers
     dataset = _ImageFiles(todo, backbone.transform(), backbone.image_size[0], config.max_pixels)
-    loader = torch.utils.data.DataLoader(
+    loader = worker_loader(
         dataset,
+        workers if len(todo) > config.batch_size else 0,
         batch_size=config.batch_size,
         shuffle=False,
-        num_workers=workers if len(todo) > config.batch_size else 0,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,

@@ -50,6 +50,7 @@ from zutiscli.artefacts.pseudolabels import (
 )
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
+from zutiscli.data.workers import quiet_worker, worker_loader
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
@@ -333,9 +334,8 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     # A saliency-network method resizes images itself: the loader only decodes (16 px tensors, unused).
     dataset = _Images(todo, config.input_size if labeller.needs == "features" else 16,
                       square=labeller.square_input, patch=patch)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
-                                         num_workers=1 if len(todo) > 1 else 0)
-    pool = futures.ProcessPoolExecutor(config.workers) if config.workers > 0 else None
+    loader = worker_loader(dataset, 1 if len(todo) > 1 else 0, batch_size=None, shuffle=False, collate_fn=_as_is)
+    pool = futures.ProcessPoolExecutor(config.workers, initializer=quiet_worker) if config.workers > 0 else None
     sizes: dict[int, dict[str, int]] = {}
     pending: dict[int, dict[str, Any]] = {}
     in_flight: set[futures.Future] = set()
