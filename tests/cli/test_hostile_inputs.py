@@ -133,3 +133,112 @@ def test_ctrl_c_with_workers_running_is_reported_once(world, tmp_path):
     assert "Traceback" not in stderr, stderr
     assert lines_of(stderr) == ["error: interrupted"]
     assert not (out / "manifest.json").exists()
+
+
+# ---- stages whose inputs all, or mostly, fail -----------------------------------------------------
+
+TINY_INDEX = ["--model", "zutis-tiny", "--workers", "0", "--precision", "fp32", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_checkpoint) -> Path:
+    """A tiny trained ZUTIS run, for `zutis predict`."""
+    from helpers import train_tiny
+
+    return train_tiny(tmp_path_factory.mktemp("predict-run"), tiny_checkpoint).path
+
+
+def failed_rows(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / "failed.jsonl").read_text().splitlines()]
+
+
+def test_pseudolabel_with_every_image_missing_fails_and_finishes_nothing(world, tmp_path, capfd):
+    gone = [tmp_path / "gone" / f"{n}.png" for n in range(6)]
+    archives = write_archives(tmp_path / "archives", gone, world["weights"])
+    out = tmp_path / "pseudo"
+    code, stdout, err = run(capfd, ["pseudolabel", archives, "--size", "32", "--refine", "none", "-o", out, "-q"])
+    assert code == 1 and stdout == ""
+    assert lines_of(err) == [f"error: none of the 6 archive images could be read (first: {gone[0]}: does not exist); "
+                             f"the list is in {out / 'failed.jsonl'}; nothing was finished: fix the files or their "
+                             f"paths and rerun"]
+    assert not (out / "manifest.json").exists()
+    assert len(failed_rows(out)) == 6
+    # the images come back: the same command tries them again and finishes
+    (tmp_path / "gone").mkdir()
+    for path, image in zip(gone, world["images"]):
+        shutil.copy(image, path)
+    code, stdout, err = run(capfd, ["pseudolabel", archives, "--size", "32", "--refine", "none", "-o", out, "-q"])
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["summary"]["failed"] == 0
+    assert failed_rows(out) == []
+
+
+def test_pseudolabel_with_most_images_missing_warns_even_when_quiet(world, tmp_path, capfd):
+    gone = [tmp_path / "gone" / f"{n}.png" for n in range(4)]
+    archives = write_archives(tmp_path / "archives", world["images"][:2] + gone, world["weights"])
+    out = tmp_path / "pseudo"
+    code, stdout, err = run(capfd, ["pseudolabel", archives, "--size", "32", "--refine", "none", "-o", out, "-q"])
+    assert code == 0, err
+    assert stdout == f"{out}\n"
+    # in archive order: circle's images (rows 0, 2, 4), then square's (1, 3, 5)
+    assert lines_of(err) == [f"warning: most archive images could not be read: 4 of 6 were skipped ({gone[0]}: does "
+                             f"not exist; {gone[2]}, {gone[1]}, ...); the list is in {out / 'failed.jsonl'}; check "
+                             f"the inputs"]
+    assert json.loads((out / "manifest.json").read_text())["summary"]["failed"] == 4
+    assert len(failed_rows(out)) == 4
+
+
+def test_index_with_every_image_unreadable_fails_and_finishes_nothing(world, tmp_path, capfd):
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in range(3):
+        (images / f"{n}.png").write_bytes(b"not a png")
+    out = tmp_path / "index"
+    code, stdout, err = run(capfd, ["index", images, *TINY_INDEX, "--pretrained", world["weights"], "-o", out, "-q"])
+    assert code == 1 and stdout == ""
+    assert lines_of(err) == [f"error: none of the 3 images could be read (first: {images / '0.png'}: is not an image "
+                             f"PIL can read); the list is in {out / 'failed.jsonl'}; nothing was finished: fix the "
+                             f"files or their paths and rerun"]
+    assert not (out / "manifest.json").exists()
+    assert len(failed_rows(out)) == 3
+    # fixed, the same command finishes the index
+    for n in range(3):
+        shutil.copy(world["images"][n], images / f"{n}.png")
+    code, stdout, err = run(capfd, ["index", images, *TINY_INDEX, "--pretrained", world["weights"], "-o", out, "-q"])
+    assert code == 0, err
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert (summary["images"], summary["failed"], summary["complete"]) == (3, 0, True)
+
+
+def test_index_with_most_images_unreadable_warns_even_when_quiet(world, tmp_path, capfd):
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(world["images"][0], images / "0.png")
+    for n in range(1, 4):
+        (images / f"{n}.png").write_bytes(b"")
+    out = tmp_path / "index"
+    code, stdout, err = run(capfd, ["index", images, *TINY_INDEX, "--pretrained", world["weights"], "-o", out, "-q"])
+    assert code == 0, err
+    [line] = lines_of(err)
+    assert line.startswith("warning: most images could not be read: 3 of 4 were skipped (")
+    assert "1.png: is empty (0 bytes)" in line and line.endswith(f"the list is in {out / 'failed.jsonl'}; check the inputs")
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert (summary["images"], summary["failed"], summary["complete"]) == (1, 3, True)
+    assert len(failed_rows(out)) == 3
+
+
+def test_predict_with_every_image_unreadable_fails_and_finishes_nothing(run_dir, tmp_path, capfd):
+    images = tmp_path / "images"
+    images.mkdir()
+    for n in range(3):
+        (images / f"{n}.png").write_bytes(b"\x89PNG broken")
+    out = tmp_path / "pred"
+    code, stdout, err = run(capfd, ["predict", images, "--checkpoint", run_dir, "--classes", "circle", "--no-vis",
+                                    "--device", "cpu", "-o", out, "-q"])
+    assert code == 1 and stdout == ""
+    [line] = lines_of(err)
+    assert line.startswith(f"error: none of the 3 images could be read (first: {images / '0.png'}: ")
+    assert line.endswith(f"the list is in {out / 'failed.jsonl'}; nothing was finished: fix the files or their paths "
+                         f"and rerun")
+    assert sorted(p.name for p in out.iterdir()) == ["failed.jsonl"]
+    assert len(failed_rows(out)) == 3
