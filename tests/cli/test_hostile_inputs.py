@@ -242,3 +242,68 @@ def test_predict_with_every_image_unreadable_fails_and_finishes_nothing(run_dir,
                          f"and rerun")
     assert sorted(p.name for p in out.iterdir()) == ["failed.jsonl"]
     assert len(failed_rows(out)) == 3
+
+
+# ---- lists of paths that do not exist -------------------------------------------------------------
+
+def path_list(tmp_path: Path, real: list[Path], missing: int) -> tuple[Path, list[Path]]:
+    """A --from-list file naming ``missing`` paths that do not exist, then the ``real`` images."""
+    gone = [tmp_path / "nowhere" / f"{n:05d}.jpg" for n in range(missing)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"{path}\n" for path in [*gone, *real]))
+    return listing, gone
+
+
+def test_predict_from_a_list_of_10000_missing_paths_says_it_in_one_line(world, run_dir, tmp_path, capfd):
+    listing, gone = path_list(tmp_path, world["images"][:2], 10_000)
+    out = tmp_path / "pred"
+    code, stdout, err = run(capfd, ["predict", "--from-list", listing, "--checkpoint", run_dir, "--classes", "circle",
+                                    "--no-vis", "--device", "cpu", "-o", out, "-q"])
+    assert code == 0, err
+    assert lines_of(err) == [f"warning: most images could not be read: 10,000 of 10,002 were skipped ({gone[0]}: no "
+                             f"such file or directory; {gone[1]}, {gone[2]}, ...); the list is in "
+                             f"{out / 'failed.jsonl'}; check the inputs"]
+    assert len(failed_rows(out)) == 10_000
+    assert json.loads((out / "manifest.json").read_text())["summary"]["failed"] == 10_000
+    # the dry run says the same in one line
+    code, stdout, err = run(capfd, ["predict", "--from-list", listing, "--checkpoint", run_dir, "--classes", "circle",
+                                    "--device", "cpu", "-o", tmp_path / "dry", "--dry-run"])
+    assert code == 0, err
+    assert sum("could not be read" in line for line in lines_of(err)) == 1
+    assert len(lines_of(err)) < 10
+
+
+def test_predict_from_a_list_of_only_missing_paths_fails_in_one_line(run_dir, tmp_path, capfd):
+    listing, gone = path_list(tmp_path, [], 10_000)
+    out = tmp_path / "pred"
+    code, stdout, err = run(capfd, ["predict", "--from-list", listing, "--checkpoint", run_dir, "--classes", "circle",
+                                    "--no-vis", "--device", "cpu", "-o", out])
+    assert code == 1 and stdout == ""
+    assert lines_of(err)[-1] == (f"error: none of the 10,000 images could be read (first: {gone[0]}: no such file or "
+                                 f"directory); the list is in {out / 'failed.jsonl'}; nothing was finished: fix the "
+                                 f"files or their paths and rerun")
+    assert not any("nowhere" in line for line in lines_of(err)[:-1])
+    assert len(failed_rows(out)) == 10_000 and not (out / "manifest.json").exists()
+
+
+def test_index_from_a_list_of_10000_missing_paths_says_it_in_one_line(world, tmp_path, capfd):
+    listing, gone = path_list(tmp_path, world["images"][:2], 10_000)
+    out = tmp_path / "index"
+    code, stdout, err = run(capfd, ["index", "--from-list", listing, *TINY_INDEX, "--pretrained", world["weights"],
+                                    "-o", out])
+    assert code == 0, err
+    assert not any("nowhere" in line for line in lines_of(err) if not line.startswith("warning:"))
+    [warning] = [line for line in lines_of(err) if line.startswith("warning:")]
+    assert warning == (f"warning: most images could not be read: 10,000 of 10,002 were skipped ({gone[0]}: no such "
+                       f"file or directory; {gone[1]}, {gone[2]}, ...); the list is in {out / 'failed.jsonl'}; check "
+                       f"the inputs")
+    assert len(failed_rows(out)) == 10_000
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert (summary["images"], summary["failed"]) == (2, 10_000)
+    # a rerun finds the same missing paths: still 10,000 failures, no new chunk for them
+    chunks = sorted((out / "chunks").iterdir())
+    code, stdout, err = run(capfd, ["index", "--from-list", listing, *TINY_INDEX, "--pretrained", world["weights"],
+                                    "-o", out, "-q"])
+    assert code == 0, err
+    assert len(lines_of(err)) == 1 and len(failed_rows(out)) == 10_000
+    assert sorted((out / "chunks").iterdir()) == chunks
