@@ -307,3 +307,72 @@ def test_index_from_a_list_of_10000_missing_paths_says_it_in_one_line(world, tmp
     assert code == 0, err
     assert len(lines_of(err)) == 1 and len(failed_rows(out)) == 10_000
     assert sorted((out / "chunks").iterdir()) == chunks
+
+
+# ---- symbolic links that lead nowhere -------------------------------------------------------------
+
+def bad_links(folder: Path) -> dict[str, str]:
+    """Symbolic links in ``folder`` that lead nowhere, by name, with the reason each is reported for."""
+    (folder / "self.jpg").symlink_to("self.jpg")
+    (folder / "a.jpg").symlink_to("b.jpg")
+    (folder / "b.jpg").symlink_to("a.jpg")
+    (folder / "dangling.png").symlink_to("nothing-here.png")
+    (folder / "dirloop").symlink_to(".")
+    return {"a.jpg": "is a symbolic link loop", "b.jpg": "is a symbolic link loop",
+            "dangling.png": "is a broken symbolic link (to nothing-here.png, which does not exist)",
+            "dirloop": "is a symbolic link loop (to ., a directory that contains it)",
+            "self.jpg": "is a symbolic link loop"}
+
+
+def test_bad_links_in_an_indexed_folder_are_listed_as_failures(world, tmp_path, capfd):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    for image in world["images"][:4]:
+        shutil.copy(image, images)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(world["images"][4], elsewhere / "far.png")
+    (images / "sub" / "more").symlink_to(elsewhere)  # a good link to a directory: walked
+    (images / "sub" / "up").symlink_to("..")  # a loop through the parent: reported, not walked
+    expected = bad_links(images) | {"sub/up": "is a symbolic link loop (to .., a directory that contains it)"}
+    out = tmp_path / "index"
+    code, stdout, err = run(capfd, ["index", images, *TINY_INDEX, "--pretrained", world["weights"], "-o", out, "-q"])
+    assert code == 0, err
+    [line] = lines_of(err)
+    assert line.startswith("warning: most images could not be read: 6 of 11 were skipped (")
+    reasons = {row["path"]: row["reason"] for row in failed_rows(out)}
+    assert reasons == {f"../images/{name}": reason for name, reason in expected.items()}
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert (summary["images"], summary["failed"]) == (5, 6)
+
+
+def test_a_recursive_glob_over_link_loops_ends(world, tmp_path):
+    # glob's own ** follows every link: two loops make its walk grow exponentially, to depth ~40
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    for image in world["images"][:3]:
+        shutil.copy(image, images)
+    bad_links(images)
+    (images / "sub" / "up").symlink_to("..")
+    done = run_subprocess(["index", f"{images}/**", *TINY_INDEX, "--pretrained", world["weights"], "-o",
+                           tmp_path / "index", "--dry-run", "--json"], timeout=60)
+    assert done.returncode == 0, done.stderr
+    [read] = json.loads(done.stdout)["reads"]
+    assert (read["images"], read["unreadable_entries"]) == (3, 6)
+    [line] = lines_of(done.stderr)
+    assert line.startswith("warning: most images could not be read: 6 of 9 were skipped (")
+
+
+def test_a_folder_of_bad_links_only_fails_in_one_line(run_dir, tmp_path, capfd):
+    images = tmp_path / "images"
+    images.mkdir()
+    expected = bad_links(images)
+    out = tmp_path / "pred"
+    code, stdout, err = run(capfd, ["predict", images, "--checkpoint", run_dir, "--classes", "circle", "--no-vis",
+                                    "--device", "cpu", "-o", out, "-q"])
+    assert code == 1 and stdout == ""
+    assert lines_of(err) == [f"error: none of the 5 images could be read (first: {images / 'dirloop'}: "
+                             f"{expected['dirloop']}); the list is in {out / 'failed.jsonl'}; nothing was finished: "
+                             f"fix the files or their paths and rerun"]
+    assert {row["path"]: row["reason"] for row in failed_rows(out)} == \
+        {f"../images/{name}": reason for name, reason in expected.items()}

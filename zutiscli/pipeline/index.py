@@ -325,7 +325,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
         _check_existing(out, ModelSpec(config.model, pretrained).describe() | {"precision": precision_name(dtype)})
     todo = _pending(out, listing, _indexed(out))
     sources = [*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])]
-    counts = {"images": len(found.paths)} | ({"missing_list_entries": len(found.problems)} if found.problems else {})
+    counts = {"images": len(found.paths)} | ({"unreadable_entries": len(found.problems)} if found.problems else {})
     reads = [input_entry(", ".join(sources), "images", **counts)]
     work = {"images_in_shard": len(listing)} if shard is not None and shard[1] > 1 else {}
     work |= {"already_indexed": len(listing) - len(todo), "images_to_embed": len(todo),
