@@ -53,8 +53,7 @@ def world(tmp_path_factory, tiny_checkpoint) -> dict[str, Path]:
     images = sorted((pile / "images").iterdir())
     pseudo = make_pseudolabels(root / "labels", count=6, size=32)
     dataset = write_dataset(pseudo, 4, CopyPasteConfig(size=32, max_objects=3), output=root / "dataset")
-    return {"root": root, "pile": pile, "images": images, "pseudo": pseudo, "dataset": dataset,
-            "weights": tiny_checkpoint, "archives": write_archives(root / "archives", images, tiny_checkpoint)}
+    return {"root": root, "images": images, "dataset": dataset, "weights": tiny_checkpoint}
 
 
 def run(capfd, args: list[str]) -> tuple[int, str, str]:
@@ -63,6 +62,18 @@ def run(capfd, args: list[str]) -> tuple[int, str, str]:
         main([str(arg) for arg in args])
     out, err = capfd.readouterr()
     return exit_info.value.code, out, err
+
+
+def this_checkout() -> dict[str, str]:
+    """The environment of a ``python -m zutiscli`` that runs this checkout."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(zutiscli.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")]))
+
+
+def run_subprocess(args: list, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``zutis ARGS`` in a new process, killed after ``timeout`` seconds (a hang fails, not blocks, the test)."""
+    return subprocess.run([sys.executable, "-m", "zutiscli", *map(str, args)], capture_output=True, text=True,
+                          env=this_checkout(), timeout=timeout)
 
 
 def lines_of(text: str) -> list[str]:
@@ -82,14 +93,6 @@ def test_an_unreadable_scene_read_by_a_worker_is_one_error_line(world, tmp_path,
     assert lines_of(err) == [f"error: {missing}: does not exist"]
 
 
-def run_subprocess(args: list, timeout: float = 120) -> subprocess.CompletedProcess:
-    """``python -m zutiscli ARGS`` in a new process (of this checkout), killed after ``timeout`` seconds."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(zutiscli.__file__).parents[1]),
-                                                      os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "zutiscli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
 def test_an_unreadable_image_in_a_pool_worker_is_one_error_line(tmp_path):
     # copypaste's workers are a multiprocessing pool: the error comes back pickled, as itself
     pseudo = make_pseudolabels(tmp_path, count=6, size=32)
@@ -102,18 +105,17 @@ def test_an_unreadable_image_in_a_pool_worker_is_one_error_line(tmp_path):
     assert lines_of(done.stderr) == [f"error: {missing}: does not exist"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the run's worker processes in /proc")
 def test_ctrl_c_with_workers_running_is_reported_once(world, tmp_path):
     # 16 images (one forward batch) keep the mask workers busy for a moment; then they wait for work
     # while the main process goes through 40,000 archive entries whose files are gone.
     gone = [tmp_path / "gone" / f"{n:05d}.jpg" for n in range(40_000)]
     archives = write_archives(tmp_path / "archives", world["images"][:16] + gone, world["weights"], ("circle",))
     out = tmp_path / "pseudo"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(zutiscli.__file__).parents[1]),
-                                                      os.environ.get("PYTHONPATH", "")]))
     process = subprocess.Popen(
         [sys.executable, "-m", "zutiscli", "pseudolabel", str(archives), "--size", "32", "--workers", "2",
          "-o", str(out), "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=this_checkout(), start_new_session=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
