@@ -15,6 +15,18 @@ class ZutisError(Exception):
 
     exit_code = 1
 
+    def __reduce__(self):
+        # Pickled (to cross from a worker process) with its message and attributes, without
+        # calling ``__init__`` again: subclasses take other arguments than the message.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(kind: type, args: tuple, state: dict) -> ZutisError:
+    """A :class:`ZutisError` unpickled: of ``kind``, with message ``args`` and attributes ``state``."""
+    error = kind.__new__(kind, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class UsageError(ZutisError):
     """Options that contradict each other or cannot be honoured (exit status 2, like Click)."""

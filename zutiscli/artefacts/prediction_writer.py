@@ -4,9 +4,12 @@
 ``images.json`` (COCO images + categories; file names relative to the directory; each image's
 ``stem`` names its files), ``semantic/STEM.png`` (0 = background, i = the i-th class, 255 = ignore;
 16-bit with 65535 = ignore when there are 255 classes or more), ``panoptic/STEM.png`` +
-``panoptic.json`` (COCO panoptic), ``vis/STEM.jpg`` overlays, and ``manifest.json`` last.
+``panoptic.json`` (COCO panoptic), ``vis/STEM.jpg`` overlays, ``failed.jsonl`` (the inputs that
+could not be read: ``{"path", "reason"}`` a line, paths relative to the directory) and
+``manifest.json`` last.
 
-The directory is created with the first image written: no readable image, no artefact.
+The directory is created with the first image written: no readable image, no artefact (only
+``failed.jsonl``, when there are several failures to list; see :func:`zutiscli.pipeline.predict.predict`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ KIND = "zutis.predictions"
 RESULTS_NAME = "predictions.json"
 IMAGES_NAME = "images.json"
 PANOPTIC_NAME = "panoptic.json"
+FAILED_NAME = "failed.jsonl"
 FOLDERS = ("semantic", "panoptic", "vis")
 
 
@@ -125,6 +129,14 @@ class PredictionsWriter:
     def failed(self, path: Path, reason: str) -> None:
         self.failures.append((str(path), reason))
 
+    def write_failures(self) -> Path:
+        """Write ``failed.jsonl`` (the failures so far) and return it; creates the directory, without
+        the artefact's folders, when no image was written."""
+        out = self.path or prepare_output_dir(self.output, "predict")
+        self.output = out  # a later open() uses this directory, not a new numbered one
+        rows = [{"path": relative_to(out, path), "reason": reason} for path, reason in self.failures]
+        return atomic_write_text(out / FAILED_NAME, "".join(json.dumps(row) + "\n" for row in rows))
+
     def open(self) -> Path:
         """Create the directory now if not yet (a shard whose slice holds no image still writes its artefact)."""
         if self.path is None:
@@ -197,6 +209,7 @@ class PredictionsWriter:
             if (out / folder).is_dir():
                 fsync_dir(out / folder)
         categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(self.names)]
+        self.write_failures()
         atomic_write_text(out / RESULTS_NAME, json.dumps(self.results) + "\n")
         atomic_write_json(out / IMAGES_NAME, {"images": self.images, "categories": categories}, indent=None)
         if "panoptic" in self.tasks:

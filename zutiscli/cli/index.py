@@ -48,6 +48,8 @@ def build(
 
     Example: zutis index data/pile --model shapes-clip -o data/index
     """
+    from rich.markup import escape
+
     from zutiscli.pipeline.index import build_index, plan_index
 
     reporter = Reporter(json_mode, quiet)
@@ -57,12 +59,11 @@ def build(
         print_dry_run(reporter, plan_index(config, output))
         return
     with ProgressBar(reporter, "index") as bar:
-        result = build_index(config, output, progress=bar, log=reporter.log)
+        result = build_index(config, output, progress=bar, log=reporter.log,
+                             warn=lambda message: reporter.warn(escape(message)))
     from zutiscli.artefacts.manifest import read_manifest
 
     summary = read_manifest(result.path).summary
-    if result.failed:
-        reporter.warn(f"{result.failed} image(s) could not be read; see {result.path / 'failed.jsonl'}")
     reporter.log(_summary_text(summary, result.seconds, result.images_per_second, result.embedded, result.skipped, result.failed))
     reporter.result(
         {

@@ -141,8 +141,8 @@ class Reporter:
             err_console.print(message)
 
     def warn(self, message: str) -> None:
-        """A warning on stderr; shown even with --quiet."""
-        err_console.print(f"[yellow]warning:[/yellow] {message}")
+        """A warning on stderr, one line however long (the terminal wraps it, not rich); shown even with --quiet."""
+        err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
     def result(self, data: dict[str, Any], *, path: Path | None = None, text: str | None = None) -> None:
         """Print the command's result on stdout.

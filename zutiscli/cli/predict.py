@@ -45,6 +45,8 @@ def predict(
 
     Example: zutis predict data/scenes/images --checkpoint runs/train/demo --classes circle,square,star --task instance -o preds
     """
+    from rich.markup import escape
+
     from zutiscli.data.classes import parse_classes
     from zutiscli.errors import UsageError
     from zutiscli.pipeline.predict import plan_predict, predict as run_predict
@@ -58,9 +60,8 @@ def predict(
         print_dry_run(reporter, plan_predict(config, output))
         return
     with ProgressBar(reporter, "predict") as bar:
-        result = run_predict(config, output, progress=bar, log=reporter.log)
-    for path, reason in result.failed:
-        reporter.warn(f"skipped {path}: {reason}")
+        result = run_predict(config, output, progress=bar, log=reporter.log,
+                             warn=lambda message: reporter.warn(escape(message)))
     total = sum(result.timing.values()) or 1.0
     reporter.log("time: " + ", ".join(f"{k} {v:.2f} s ({100 * v / total:.0f}%)" for k, v in result.timing.items()))
     lines = []

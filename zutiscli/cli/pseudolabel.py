@@ -51,6 +51,8 @@ def pseudolabel(
 
     Example: zutis pseudolabel data/archives --method spectral --size 64 -o data/pseudo
     """
+    from rich.markup import escape
+
     from zutiscli.pipeline.pseudolabel import plan_pseudolabel, run_pseudolabel
 
     reporter = Reporter(json_mode, quiet)
@@ -60,7 +62,8 @@ def pseudolabel(
         print_dry_run(reporter, plan_pseudolabel(config, output))
         return
     with ProgressBar(reporter, f"pseudolabel ({config.method})") as bar:
-        result = run_pseudolabel(config, output, progress=bar, log=reporter.log)
+        result = run_pseudolabel(config, output, progress=bar, log=reporter.log,
+                                 warn=lambda message: reporter.warn(escape(message)))
     reporter.log(f"{result.images} images: {result.masks} masks, {result.empty} with nothing found, "
                  f"{result.failed} unreadable, in {result.seconds:.1f} s")
     if not json_mode and not quiet:

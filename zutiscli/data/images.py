@@ -48,6 +48,8 @@ Multi-frame files (GIF, TIFF, WebP, MPO) give their first frame.
 
 from __future__ import annotations
 
+import errno
+import fnmatch
 import glob
 import io
 import os
@@ -172,6 +174,8 @@ def _check_is_readable_file(file: Path) -> None:
             raise ImageLoadError(file, "is a broken symbolic link") from exc
         raise ImageLoadError(file, "does not exist") from exc
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageLoadError(file, "is a symbolic link loop") from exc
         raise ImageLoadError(file, f"cannot be read: {exc.strerror or exc}") from exc
     if stat.S_ISDIR(info.st_mode):
         raise ImageLoadError(file, "is a directory, not an image file")
@@ -417,7 +421,10 @@ class DiscoveredImages:
     Attributes:
         paths: Image paths, sorted by their posix string and unique by resolved absolute path;
             relative when given relative.
-        problems: ``(entry, reason)`` for entries of the list file that do not exist.
+        problems: ``(entry, reason)`` for what names no readable file: entries of the list file
+            that do not exist, symbolic links that lead nowhere (dangling, or in a loop), links to
+            a directory that contains them, directories that cannot be listed. In the order met,
+            each once.
     """
 
     paths: list[Path] = field(default_factory=list)
@@ -434,9 +441,10 @@ def discover_images(
     Each source is, checked in this order:
 
     * an existing file: kept whatever its suffix (loading will say if it is not an image);
-    * a directory: walked recursively (symbolic links to directories are not followed),
-      skipping hidden files and directories (name starting with ``.``) below it, keeping files
-      whose lowercase suffix is in :data:`IMAGE_EXTENSIONS`;
+    * a directory: walked recursively, following symbolic links to directories (each directory
+      is walked once, however many links lead to it), skipping hidden files and directories
+      (name starting with ``.``) below it, keeping files whose lowercase suffix is in
+      :data:`IMAGE_EXTENSIONS`;
     * a glob pattern (contains ``*``, ``?`` or ``[``), expanded with ``**`` support: matched
       directories are walked as above, matched files kept only with an image suffix.
 
@@ -444,8 +452,12 @@ def discover_images(
     stripped, blank lines and lines starting with ``#`` are ignored, and relative paths are
     taken relative to the **current working directory** (not to the list file). Files listed
     are kept whatever their suffix, directories are walked, and no glob expansion is done.
-    Entries that do not exist are reported in :attr:`DiscoveredImages.problems` instead of
-    raising.
+
+    What names no readable file is reported in :attr:`DiscoveredImages.problems` instead of
+    raising, so that a stage lists it with the images it could not read: a list entry that does
+    not exist, a symbolic link that is dangling or part of a loop (met in a walk, it is reported
+    when its name has an image suffix or no suffix at all, as a link to a directory may have), a
+    link to a directory that contains it (a loop: not walked), a directory that cannot be listed.
 
     Returns:
         The paths sorted by posix string, de-duplicated by resolved absolute path (the first in
@@ -456,39 +468,52 @@ def discover_images(
             that is missing or not UTF-8 text.
     """
     found: list[Path] = []
-    for source in sources:
-        found.extend(_expand_source(source))
-
     problems: list[tuple[str, str]] = []
+    for source in sources:
+        found.extend(_expand_source(source, problems))
+
     if from_list is not None:
         for entry in _read_list_file(Path(from_list)):
             listed = Path(entry)
             if listed.is_file():
                 found.append(listed)
             elif listed.is_dir():
-                found.extend(_walk_directory(listed))
+                found.extend(_walk_directory(listed, problems))
             else:
-                problems.append((entry, "no such file or directory"))
+                problems.append((entry, _link_problem(listed) or "no such file or directory"))
 
-    return DiscoveredImages(paths=_sorted_unique(found), problems=problems)
+    once: dict[str, str] = {}
+    for entry, reason in problems:  # a bad link reached twice (listed, and in a listed directory)
+        once.setdefault(str(entry), reason)
+    return DiscoveredImages(paths=_sorted_unique(found), problems=list(once.items()))
 
 
-def _expand_source(source: str | Path) -> Iterator[Path]:
-    """Paths named by one command-line source (file, directory or glob pattern)."""
+def _expand_source(source: str | Path, problems: list[tuple[str, str]]) -> Iterator[Path]:
+    """Paths named by one command-line source (file, directory or glob pattern); what names no
+    readable file goes to ``problems``."""
     text = os.fspath(source)
     if os.path.isfile(text):
         yield Path(text)
     elif os.path.isdir(text):
-        yield from _walk_directory(Path(text))
+        yield from _walk_directory(Path(text), problems)
+    elif _has_glob_magic(text) and "**" in text.split("/"):
+        images, matched = _recursive_glob(text, problems)
+        if not matched:
+            raise ZutisError(f"{text}: matches no file")
+        yield from images
     elif _has_glob_magic(text):
-        matches = glob.glob(text, recursive=True)
+        matches = glob.glob(text)
         if not matches:
             raise ZutisError(f"{text}: matches no file")
         for match in matches:
             if os.path.isdir(match):
-                yield from _walk_directory(Path(match))
+                yield from _walk_directory(Path(match), problems)
             elif _has_image_suffix(match):
-                yield Path(match)
+                problem = _link_problem(Path(match))
+                if problem is None:
+                    yield Path(match)
+                else:
+                    problems.append((match, problem))
     else:
         raise ZutisError(f"{text}: no such file or directory")
 
@@ -498,16 +523,116 @@ def _has_glob_magic(text: str) -> bool:
     return any(char in text for char in "*?[")
 
 
-def _walk_directory(top: Path) -> Iterator[Path]:
-    """Image files under ``top``, recursively, skipping hidden names and directory symlinks."""
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
-        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
-        for name in filenames:
-            if name.startswith(".") or not _has_image_suffix(name):
+def _link_problem(path: Path) -> str | None:
+    """Why the symbolic link ``path`` leads to no file (dangling, or in a loop); None when ``path``
+    is no symbolic link or its target exists."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"is a broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        return f"cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def _contains(directory: str, path: str) -> bool:
+    """Whether real path ``path`` is real path ``directory`` or inside it."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _safe_walk(top: Path, problems: list[tuple[str, str]]) -> Iterator[tuple[str, list[str]]]:
+    """``(directory, its file names)`` under ``top``, top-down, names sorted, hidden names (``.``)
+    left out. Links to directories are followed, each directory is walked once however many links
+    lead to it, and a link to a directory that contains it (a loop) is reported in ``problems``
+    and not walked; so are directories that cannot be listed."""
+
+    def unlistable(error: OSError) -> None:
+        problems.append((str(error.filename), f"cannot be listed: {error.strerror or error}"))
+
+    seen = {os.path.realpath(top)}  # directories walked or about to be, by real path
+    for dirpath, dirnames, filenames in os.walk(top, onerror=unlistable, followlinks=True):
+        here = os.path.realpath(dirpath)
+        kept = []
+        # real directories first: a directory also reached through a link is walked under its own name
+        for name in sorted(dirnames, key=lambda name: (os.path.islink(os.path.join(dirpath, name)), name)):
+            path = os.path.join(dirpath, name)
+            if name.startswith("."):
                 continue
-            candidate = Path(dirpath, name)
-            if candidate.is_file():  # drops broken symbolic links
+            real = os.path.realpath(path)
+            if os.path.islink(path) and _contains(real, here):
+                problems.append((path, f"is a symbolic link loop (to {os.readlink(path)}, a directory that "
+                                       f"contains it)"))
+            elif real not in seen:  # a directory reached again through another link is walked once
+                seen.add(real)
+                kept.append(name)
+        dirnames[:] = sorted(kept)
+        yield dirpath, [name for name in sorted(filenames) if not name.startswith(".")]
+
+
+def _image_files(directory: str, names: list[str], problems: list[tuple[str, str]]) -> Iterator[Path]:
+    """The image files among ``directory``'s file ``names`` (by suffix). A symbolic link that leads
+    nowhere goes to ``problems`` when its name has an image suffix or none (a link to a directory
+    has none), and so does an image name that is not a regular file."""
+    for name in names:
+        candidate = Path(directory, name)
+        problem = _link_problem(candidate)
+        if problem is not None:
+            if os.path.splitext(name)[1] == "" or _has_image_suffix(name):
+                problems.append((str(candidate), problem))
+        elif _has_image_suffix(name):
+            if candidate.is_file():
                 yield candidate
+            else:
+                problems.append((str(candidate), "is not a regular file"))
+
+
+def _walk_directory(top: Path, problems: list[tuple[str, str]]) -> Iterator[Path]:
+    """Image files under ``top``, recursively (:func:`_safe_walk`); bad links go to ``problems``."""
+    for directory, names in _safe_walk(top, problems):
+        yield from _image_files(directory, names, problems)
+
+
+def _matches(parts: list[str], names: list[str]) -> bool:
+    """Whether path components ``names`` match glob components ``parts`` (``**``: any number of
+    components, none hidden)."""
+    if not parts:
+        return not names
+    if parts[0] == "**":
+        return any(_matches(parts[1:], names[skip:]) for skip in range(len(names) + 1)
+                   if not any(name.startswith(".") for name in names[:skip]))
+    return bool(names) and fnmatch.fnmatchcase(names[0], parts[0]) and \
+        (not names[0].startswith(".") or parts[0].startswith(".")) and _matches(parts[1:], names[1:])
+
+
+def _recursive_glob(pattern: str, problems: list[tuple[str, str]]) -> tuple[list[Path], bool]:
+    """``(image files, whether anything matched)`` of a glob ``pattern`` with a ``**`` component:
+    matched directories give their images, matched files are kept with an image suffix. Walked
+    like a directory (:func:`_safe_walk`), so links to directories are followed once and a link loop
+    is reported, not followed until the paths grow too long (as :func:`glob.glob` does)."""
+    parts = pattern.split("/")
+    fixed = 0
+    while fixed < len(parts) - 1 and not _has_glob_magic(parts[fixed]):
+        fixed += 1
+    root = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else ".")
+    rest = [part for part in parts[fixed:] if part]
+    if not os.path.isdir(root):
+        return [], False
+    found: list[Path] = []
+    matched = False
+    inside: dict[str, bool] = {}  # directory -> it or a directory above it matched the pattern
+    for directory, names in _safe_walk(Path(root), problems):
+        here = [] if directory == root else os.path.relpath(directory, root).split(os.sep)
+        within = inside.get(os.path.dirname(directory), False) or _matches(rest, here)
+        inside[directory] = within
+        chosen = [name for name in names if within or _matches(rest, [*here, name])]
+        matched = matched or within or bool(chosen)
+        for path in _image_files(directory, chosen, problems):
+            found.append(Path(os.path.relpath(path)) if root == "." else path)
+    return found, matched
 
 
 def _has_image_suffix(name: str) -> bool:

@@ -14,7 +14,6 @@ indices (N,) int64 counted without the background (0..C-1).
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from zutiscli.artefacts.manifest import Manifest, read_manifest, resolve_relativ
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.scenes import load_scenes
 from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool
+from zutiscli.data.workers import worker_loader
 from zutiscli.errors import UsageError
 from zutiscli.ops.masks import decode_mask
 
@@ -102,19 +102,15 @@ def collate(items):
 
 
 def scene_loader(dataset: Any, start: int, total: int, batch: int, rank: int = 0, world: int = 1,
-                 workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                 workers: int = 0, pin_memory: bool = False) -> Any:
     """The batches of iterations ``start .. total-1`` for this rank, read by ``workers`` processes
-    (which leave Ctrl-C to the main process, so that it can save a checkpoint)."""
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=IterationBatches(start, total, batch, rank, world),
-        num_workers=workers, collate_fn=collate, pin_memory=pin_memory,
-        worker_init_fn=_ignore_sigint if workers else None, prefetch_factor=4 if workers else None,
+    (:func:`zutiscli.data.workers.worker_loader`: they leave Ctrl-C to the main process, so that it
+    can save a checkpoint, and an unreadable scene stops the run with its own error)."""
+    return worker_loader(
+        dataset, workers, batch_sampler=IterationBatches(start, total, batch, rank, world),
+        collate_fn=collate, pin_memory=pin_memory, prefetch_factor=4 if workers else None,
         persistent_workers=False,
     )
-
-
-def _ignore_sigint(_: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def source_manifest(source: str) -> Manifest:

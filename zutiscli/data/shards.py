@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 from zutiscli.errors import UsageError
 
-__all__ = ["parse_shard", "shard_from_environment", "shard_of", "shard_dir_name", "shard_output", "check_shard",
+__all__ = ["parse_shard", "shard_from_environment", "shard_of", "shard_entries", "shard_dir_name", "shard_output", "check_shard",
            "distinct_directories"]
 
 
@@ -61,6 +61,14 @@ def shard_of(path: str | Path, count: int) -> int:
     """Shard number of an image: a hash of its absolute path, modulo ``count`` (stable under appends)."""
     digest = hashlib.blake2b(os.path.abspath(path).encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") % count
+
+
+def shard_entries(entries: Sequence[tuple[str, str]], shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+    """The ``(path, note)`` pairs of ``shard`` (all of them when None or N = 1), e.g. the inputs of a
+    listing that name no readable file, which each shard reports for its own paths."""
+    if shard is None or shard[1] <= 1:
+        return list(entries)
+    return [(path, note) for path, note in entries if shard_of(path, shard[1]) == shard[0]]
 
 
 def shard_dir_name(shard: tuple[int, int]) -> str:

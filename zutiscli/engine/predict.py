@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zutiscli.data.workers import worker_loader
 from zutiscli.engine.inference import InferenceSettings
 
 
@@ -119,10 +120,6 @@ def _as_is(item: Any) -> Any:
     return item
 
 
-def _one_thread(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 class _Writer:
     """Runs a sink's ``add`` on one background thread, in order; re-raises its first error in the caller."""
 
@@ -216,9 +213,8 @@ class PredictEngine:
         timing = timing or Timing()
         device = getattr(getattr(self.predictor, "text", None), "device", torch.device("cpu"))
         dataset = _Decoded(paths, max_pixels, self.max_size, self.predictor.patch, always_input=device.type == "cuda")
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_as_is,
-            pin_memory=device.type == "cuda", worker_init_fn=_one_thread if workers else None,
+        loader = worker_loader(
+            dataset, workers, batch_size=None, shuffle=False, collate_fn=_as_is, pin_memory=device.type == "cuda",
             prefetch_factor=2 * max(1, batch_size) if workers else None)
         writer = _Writer(sink, timing)
         pending: list[tuple[int, Path, np.ndarray, torch.Tensor]] = []

@@ -28,6 +28,7 @@ from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool, scene_rng, synthesize
+from zutiscli.data.workers import quiet_worker
 from zutiscli.errors import UsageError
 from zutiscli.ops.masks import encode_masks
 from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, FORMATS, CopyPasteDatasetConfig
@@ -44,6 +45,12 @@ def _init_worker(pseudo_dir: str, config: CopyPasteConfig, seed: int, out: str, 
     torch.set_num_threads(1)
     labels = load_pseudolabels(pseudo_dir, check_masks=False)  # the parent process checked them
     _worker_state.update(pool=ObjectPool(labels), config=config, seed=seed, out=Path(out), image_format=image_format)
+
+
+def _init_pool_worker(*args) -> None:
+    """A worker process of the pool: quiet on Ctrl-C (:func:`quiet_worker`), then as :func:`_init_worker`."""
+    quiet_worker()
+    _init_worker(*args)
 
 
 def _make_scene(index: int) -> tuple[int, list[dict], list[int]]:
@@ -129,7 +136,7 @@ def write_dataset(
     init_args = (str(pseudo_dir), config, seed, str(out), image_format)
     if workers > 0:
         context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        with context.Pool(workers, initializer=_init_pool_worker, initargs=init_args) as pool:
             for done, (index, rles, classes) in enumerate(pool.imap_unordered(_make_scene, range(count), chunksize=4), 1):
                 results[index] = (rles, classes)
                 if progress:

@@ -26,6 +26,7 @@ import torch
 
 from zutiscli.artefacts.index_store import (
     CHUNK_DIR,
+    FAILED_NAME,
     FAISS_NAME,
     FailedImage,
     ImageRecord,
@@ -47,11 +48,14 @@ from zutiscli.artefacts.manifest import (
 from zutiscli.artefacts.lock import check_unlocked, content, holding_locks, lock_directory
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import discover_images
-from zutiscli.data.shards import check_shard, distinct_directories, shard_dir_name, shard_from_environment, shard_of  # noqa: F401
+from zutiscli.data.shards import (check_shard, distinct_directories, shard_dir_name, shard_entries,  # noqa: F401
+                                  shard_from_environment, shard_of)
+from zutiscli.data.workers import worker_loader
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.models.clip import default_pretrained  # noqa: F401 - the stages import it from here too
+from zutiscli.pipeline.failures import check_failures, summary as failure_summary
 from zutiscli.pipeline.index_config import DEFAULT_MODEL, IndexConfig, parse_shard  # noqa: F401 - the stage's options
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
@@ -144,8 +148,8 @@ def _model_record(spec: ModelSpec, dtype: torch.dtype, image_size: int) -> dict[
 
 def _check_existing(out: Path, model: dict[str, Any]) -> None:
     """Refuse an existing ``out`` that is not an index of ``model`` (compared on the keys ``model`` has)."""
-    if not (out / MANIFEST_NAME).is_file():
-        if any(p.name != CHUNK_DIR for p in content(out)):
+    if not (out / MANIFEST_NAME).is_file():  # new, or a run that was stopped or read no image
+        if any(p.name not in (CHUNK_DIR, FAILED_NAME) for p in content(out)):
             raise ArtefactError(f"{out}: is not empty and not a zutis index; choose a new -o directory")
         return
     previous = read_manifest(out, "zutis.index").model or {}
@@ -285,7 +289,7 @@ def _discover(config: IndexConfig) -> tuple[Any, list[Path], tuple[int, int] | N
     listing = found.paths
     if shard is not None and shard[1] > 1:
         listing = [p for p in listing if shard_of(p, shard[1]) == shard[0]]
-    if not found.paths:
+    if not found.paths and not found.problems:
         where = ", ".join([*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])])
         raise ZutisError(f"no images found in {where} (looked for .jpg, .png, .webp and other image files)")
     return found, listing, shard
@@ -333,7 +337,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
         _check_existing(out, ModelSpec(config.model, pretrained).describe() | {"precision": precision_name(dtype)})
     todo = _pending(out, listing, _indexed(out))
     sources = [*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])]
-    counts = {"images": len(found.paths)} | ({"missing_list_entries": len(found.problems)} if found.problems else {})
+    counts = {"images": len(found.paths)} | ({"unreadable_entries": len(found.problems)} if found.problems else {})
     reads = [input_entry(", ".join(sources), "images", **counts)]
     work = {"images_in_shard": len(listing)} if shard is not None and shard[1] > 1 else {}
     work |= {"already_indexed": len(listing) - len(todo), "images_to_embed": len(todo),
@@ -342,21 +346,27 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
               "workers": _default_workers(device) if config.workers is None else config.workers}
     if shard is not None:
         params["shard"] = f"{shard[0]}/{shard[1]}"
-    notes = [f"skipped list entry {entry}: {reason}" for entry, reason in found.problems]
+    problems = shard_entries(found.problems, shard)
+    notes = [failure_summary(problems, len(listing) + len(problems))] if problems else []
     return Plan("index", reads, writes, model, params, work, notes)
 
 
 @holding_locks
 def build_index(config: IndexConfig, output: str | Path | None = None, *,
                 progress: Callable[[int, int], None] | None = None,
-                log: Callable[[str], None] | None = None) -> IndexResult:
-    """Run ``zutis index``: returns what was done; the index directory is ``result.path``."""
+                log: Callable[[str], None] | None = None,
+                warn: Callable[[str], None] | None = None) -> IndexResult:
+    """Run ``zutis index``: returns what was done; the index directory is ``result.path``.
+
+    What cannot be read (an image, a ``from_list`` entry naming nothing, a broken symbolic link) is
+    skipped and listed in ``failed.jsonl``; when the index would hold no image the run stops with
+    :class:`ZutisError` and writes no manifest, when some inputs fail ``warn`` gets one line
+    (:func:`zutiscli.pipeline.failures.check_failures`).
+    """
     config.validate()
     say = log or (lambda message: None)
     start = time.perf_counter()
     found, listing, shard = _discover(config)
-    for source_entry, reason in found.problems:
-        say(f"skipped list entry {source_entry}: {reason}")
     device = resolve_device(config.device)
     if shard is not None and device.type == "cuda" and "LOCAL_RANK" in os.environ and config.device == "auto":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -390,11 +400,11 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     extra = {"shard": list(shard) if shard else None}
     workers = _default_workers(device) if config.workers is None else config.workers
     dataset = _ImageFiles(todo, backbone.transform(), backbone.image_size[0], config.max_pixels)
-    loader = torch.utils.data.DataLoader(
+    loader = worker_loader(
         dataset,
+        workers if len(todo) > config.batch_size else 0,
         batch_size=config.batch_size,
         shuffle=False,
-        num_workers=workers if len(todo) > config.batch_size else 0,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
         persistent_workers=False,
@@ -403,8 +413,12 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     writer = IndexWriter(out)
     pending_records: list[ImageRecord] = []
     pending_embeddings: list[np.ndarray] = []
-    pending_failures: list[FailedImage] = []
-    embedded = failed = 0
+    # what the listing could not even name (recorded once: a rerun finds the same again)
+    pending_failures = [FailedImage(rel, reason) for rel, reason in
+                        ((relative_to(out, entry), reason) for entry, reason in shard_entries(found.problems, shard))
+                        if tally.failed.get(rel) != reason]
+    embedded = 0
+    failed = len(pending_failures)
 
     def commit() -> None:
         nonlocal pending_records, pending_embeddings, pending_failures
@@ -414,7 +428,8 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
         array = np.concatenate(pending_embeddings) if pending_embeddings else np.zeros((0, dim), np.float16)
         writer.write_chunk(pending_records, array, pending_failures)
         tally.add(pending_records, pending_failures)
-        _write_index_manifest(out, model_record, config, inputs, tally.summary(False, None, extra))
+        if tally.rows:  # an index of no image has no manifest, not even an unfinished one
+            _write_index_manifest(out, model_record, config, inputs, tally.summary(False, None, extra))
         pending_records, pending_embeddings, pending_failures = [], [], []
 
     loop_start = time.perf_counter()
@@ -437,7 +452,10 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
         commit()
     embed_seconds = time.perf_counter() - loop_start
 
-    write_failed_summary(out, tally.failures())
+    failures = tally.failures()
+    listed = write_failed_summary(out, failures)
+    check_failures([(str(resolve_relative(out, f.path)), f.reason) for f in failures],
+                   len(tally.paths) + len(failures), listed, warn=warn)
     faiss_factory = None if config.faiss.strip().lower() == "flat" else config.faiss
     if tally.rows:
         build_faiss_index(out, config.faiss, config.faiss_train_size, config.seed)

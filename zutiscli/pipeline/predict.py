@@ -18,12 +18,13 @@ from typing import Any, Callable, Sequence
 
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import read_json, read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.prediction_writer import (FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME, ImageResult,
-                                                  PredictionsWriter)
+from zutiscli.artefacts.prediction_writer import (FAILED_NAME, FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME,
+                                                  ImageResult, PredictionsWriter)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import safe_filenames
 from zutiscli.engine import inference
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.pipeline.failures import check_failures, summary as failure_summary
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan
 from zutiscli.pipeline.predict_config import TASKS, PredictConfig  # noqa: F401 - TASKS for importers
 
@@ -44,7 +45,9 @@ class PredictResult:
 
 def _listing(config: PredictConfig) -> tuple[Any, list[Path], list[str], tuple[int, int] | None, list[int]]:
     """``(found, this shard's images, their stems, shard, their positions in the whole listing)``;
-    stems are those of the whole listing, so a shard names its files as the unsharded run does."""
+    stems are those of the whole listing, so a shard names its files as the unsharded run does.
+    ``found.problems`` (inputs that name no readable file) are the whole listing's: a shard reports
+    its own (:func:`zutiscli.data.shards.shard_entries`)."""
     from zutiscli.data.images import discover_images
     from zutiscli.data.shards import shard_from_environment, shard_of
 
@@ -66,6 +69,20 @@ def _output(output: str | Path | None, shard: tuple[int, int] | None) -> str | P
     return output if shard is None else shard_output(output, shard, "predict")
 
 
+def _failed_run(out: str | Path | None) -> bool:
+    """Whether ``out`` holds only the ``failed.jsonl`` of a run that could read none of its images
+    (a new run into it replaces the list)."""
+    if out is None or not Path(out).is_dir():
+        return False
+    return [entry.name for entry in Path(out).iterdir()] == [FAILED_NAME]
+
+
+def _problems(found: Any, shard: tuple[int, int] | None) -> list[tuple[str, str]]:
+    from zutiscli.data.shards import shard_entries
+
+    return shard_entries(found.problems, shard)
+
+
 def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis predict`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
     from zutiscli.methods.predict import get
@@ -73,16 +90,18 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 
     config.validate()
     found, listing, _, shard, _ = _listing(config)
-    writes = output_plan(_output(output, shard), "predict")
+    out = _output(output, shard)
+    writes = {"path": str(out), "state": "empty"} if _failed_run(out) else output_plan(out, "predict")
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     sources = [*map(str, config.inputs), *([str(config.from_list)] if config.from_list else [])]
-    counts = {"images": len(found.paths)} | ({"missing_list_entries": len(found.problems)} if found.problems else {})
+    counts = {"images": len(found.paths)} | ({"unreadable_entries": len(found.problems)} if found.problems else {})
     reads = [input_entry(", ".join(sources), "images", **counts)]
     model, recipe, method_notes = get(config.method).plan(config)
     model |= {"device": str(device), "precision": precision_name(dtype)}
     settings, origin = config.settings(recipe)
-    notes = [f"skipped list entry {entry}: {reason}" for entry, reason in found.problems] + method_notes
+    problems = _problems(found, shard)
+    notes = ([failure_summary(problems, len(listing) + len(problems))] if problems else []) + method_notes
     notes.append(inference.describe(settings, origin))
     params = {"classes": [q.name for q in config.classes], "method": config.method, "tasks": sorted(config.tasks),
               "inference": settings.to_dict(), "crop_adapter": config.crop_adapter, "vis": config.vis,
@@ -96,11 +115,17 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 @holding_locks
 def predict(config: PredictConfig, output: str | Path | None = None, *,
             progress: Callable[[int, int], None] | None = None,
-            log: Callable[[str], None] | None = None, model: Any = None) -> PredictResult:
+            log: Callable[[str], None] | None = None, model: Any = None,
+            warn: Callable[[str], None] | None = None) -> PredictResult:
     """Run ``zutis predict``; returns the per-image summary (the directory is ``result.path``).
 
     ``model`` is an in-memory ZUTIS model used instead of loading ``config.checkpoint`` (only for
     ``method="zutis"``), run as it is: the caller sets eval mode; its device and dtype are the model's.
+
+    Inputs that cannot be read are skipped and listed in ``failed.jsonl``. When none can be read
+    the run stops with :class:`ZutisError` and writes no artefact (only ``failed.jsonl``, when it
+    lists more than the one input the message names); when some fail ``warn`` gets one line
+    (:func:`zutiscli.pipeline.failures.check_failures`).
     """
     from zutiscli.models.device import resolve_device, resolve_precision
 
@@ -110,13 +135,16 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
     out = _output(output, shard)
     if shard is not None:
         say(f"shard {shard[0]}/{shard[1]}: {len(listing)} of {len(found.paths)} images")
+    if _failed_run(out):
+        (Path(out) / FAILED_NAME).unlink()
     check_output_dir(out, "predict")  # refuse an unusable -o before loading the model, create nothing yet
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     engine, settings, origin = open_engine(config, device, dtype, say, model=model)
     names = [q.name for q in config.classes]
     writer = PredictionsWriter(out, names, config.tasks, config.vis, stems)
-    for entry, reason in found.problems:
+    problems = _problems(found, shard)
+    for entry, reason in problems:
         writer.failed(entry, reason)
     try:
         timing = engine.run(listing, writer, batch_size=config.batch_size,
@@ -124,17 +152,14 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
                             progress=progress).as_dict()
     finally:
         engine.predictor.close()
-    if writer.path is None and shard is not None and not listing:
+    if writer.path is None and shard is not None and not listing and not problems:
         say(f"shard {shard[0]}/{shard[1]} holds none of the {len(found.paths)} images; writing it empty")
         writer.open()
-    if writer.path is None:
-        if not writer.failures:
-            raise ZutisError("no image to segment")
-        where, reason = writer.failures[0]
-        if len(writer.failures) == 1:
-            raise ZutisError(f"{where}: {reason}; no image to segment, nothing was written")
-        raise ZutisError(f"none of the {len(writer.failures)} inputs is a readable image (e.g. {where}: {reason}); "
-                         f"nothing was written")
+    if writer.path is None and not writer.failures:
+        raise ZutisError("no image to segment")
+    listed = writer.path / FAILED_NAME if writer.path is not None else \
+        writer.write_failures() if len(writer.failures) > 1 else None
+    check_failures(writer.failures, len(listing) + len(problems), listed, warn=warn)
     params = {k: v for k, v in vars(config).items() if k not in ("classes", "inputs", "from_list", "shard")}
     params |= {"classes": names, "settings": settings.to_dict(), "settings_from": origin,
                "shard": list(shard) if shard else None}
@@ -192,8 +217,9 @@ def predict_in_memory(config: PredictConfig, *, model: Any = None, recipe: dict[
         engine.run(listing, sink, batch_size=config.batch_size, workers=0, max_pixels=config.max_pixels)
     finally:
         engine.predictor.close()
-    for path, reason in [*found.problems, *sink.failures]:
-        say(f"skipped {path}: {reason}")
+    failures = [*found.problems, *sink.failures]
+    if failures:
+        say(failure_summary(failures, len(listing) + len(found.problems)))
     return sink.prediction()
 
 
@@ -270,6 +296,16 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
         except (KeyError, TypeError, ValueError, AttributeError):
             raise ArtefactError(f"{shard}: its {IMAGES_NAME}, {RESULTS_NAME} or {SHARD_NAME} is not what "
                                 f"`zutis predict --shard` writes; the shard is corrupt, run it again") from None
+    failures = []
+    for shard, _, _, _, _ in parts:  # shards written before failed.jsonl existed have none
+        listed = shard / FAILED_NAME
+        for number, line in enumerate(listed.read_text(encoding="utf-8").splitlines() if listed.is_file() else [], 1):
+            try:
+                row = json.loads(line)
+                failures.append((resolve_relative(shard, row["path"]), str(row["reason"])))
+            except (ValueError, KeyError, TypeError):
+                raise ArtefactError(f"{listed}: line {number} is not a failure record; the shard is corrupt, "
+                                    f"run it again") from None
     entries.sort(key=lambda entry: entry[0])
     out = prepare_output_dir(output, "predict")
     folders = [name for name in FOLDERS if (first_dir / name).is_dir()]
@@ -292,6 +328,8 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     if panoptic_categories is not None:
         atomic_write_json(out / PANOPTIC_NAME, {"images": merged_images, "annotations": merged_panoptic,
                                                   "categories": panoptic_categories}, indent=None)
+    atomic_write_text(out / FAILED_NAME, "".join(json.dumps({"path": relative_to(out, path), "reason": reason}) + "\n"
+                                                 for path, reason in failures))
     failed = sum(int(m.summary.get("failed", 0)) for _, m in manifests)
     params = dict(first.params) | {"shard": None, "merged_from": count}
     write_manifest(out, KIND, model=first.model, inputs=[shard for shard, _ in manifests], params=params,

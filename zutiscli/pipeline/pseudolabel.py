@@ -51,9 +51,11 @@ from zutiscli.artefacts.pseudolabels import (
 from zutiscli.artefacts.lock import content, holding_locks, lock_directory
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
+from zutiscli.data.workers import quiet_worker, worker_loader
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
+from zutiscli.pipeline.failures import check_failures
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 from zutiscli.pipeline.pseudolabel_config import REFINERS, PseudolabelConfig  # noqa: F401 - exported here too
 
@@ -242,6 +244,12 @@ def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
     return unique
 
 
+def _done(rows: dict[str, dict[str, Any]], out: Path, images: list[Path]) -> set[Path]:
+    """The ``images`` a resumed run skips: those with a committed row, except the failed ones
+    (tried again: the files may have been fixed since)."""
+    return {path for path in images if not rows.get(relative_to(out, path), {"failed": True}).get("failed")}
+
+
 def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) -> Path:
     """Create the run's directory (``output/shard-i-of-n`` for a shard), checked by :func:`_check_output`."""
     if shard is None:
@@ -285,8 +293,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
             previous = read_manifest(out, "zutis.pseudolabels")
             if previous.params.get("method") != config.method or previous.model != record:
                 raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
-        finished = read_parts(out)
-        done = sum(1 for p in unique if relative_to(out, p) in finished)
+        done = len(_done(read_parts(out), out, unique))
     reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(every))]
     params = {"method": config.method, "size": config.input_size, "refine": config.refine,
               "components": config.component_mode, "workers": config.workers}
@@ -301,8 +308,14 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
 @holding_locks
 def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None, *,
                     progress: Callable[[int, int], None] | None = None,
-                    log: Callable[[str], None] | None = None) -> PseudolabelResult:
-    """Run ``zutis pseudolabel``; returns the summary (the directory is ``result.path``)."""
+                    log: Callable[[str], None] | None = None,
+                    warn: Callable[[str], None] | None = None) -> PseudolabelResult:
+    """Run ``zutis pseudolabel``; returns the summary (the directory is ``result.path``).
+
+    Unreadable images are skipped and listed in ``failed.jsonl``; when all of them fail the run
+    stops with :class:`ZutisError` and writes no manifest, when some do ``warn`` gets one line
+    (:func:`zutiscli.pipeline.failures.check_failures`).
+    """
     from zutiscli.artefacts.archives import read_archives
 
     config.validate()
@@ -342,17 +355,16 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         if previous.params.get("method") != config.method or previous.model != model_record:
             raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
     (out / PARTS_DIR).mkdir(exist_ok=True)
-    done = read_parts(out)
-    todo = [p for p in unique if relative_to(out, p) not in done]
+    done = _done(read_parts(out), out, unique)
+    todo = [p for p in unique if p not in done]
     if len(todo) < len(unique):
         say(f"{len(unique) - len(todo)} image(s) already processed; {len(todo)} to go")
 
     # A saliency-network method resizes images itself: the loader only decodes (16 px tensors, unused).
     dataset = _Images(todo, config.input_size if labeller.needs == "features" else 16,
                       square=labeller.square_input, patch=patch)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, collate_fn=_as_is,
-                                         num_workers=1 if len(todo) > 1 else 0)
-    pool = futures.ProcessPoolExecutor(config.workers) if config.workers > 0 else None
+    loader = worker_loader(dataset, 1 if len(todo) > 1 else 0, batch_size=None, shuffle=False, collate_fn=_as_is)
+    pool = futures.ProcessPoolExecutor(config.workers, initializer=quiet_worker) if config.workers > 0 else None
     sizes: dict[int, dict[str, int]] = {}
     pending: dict[int, dict[str, Any]] = {}
     in_flight: set[futures.Future] = set()
@@ -430,7 +442,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return _finish(config, out, archives, archives_dir, model_record, start, shard)
+    return _finish(config, out, archives, archives_dir, model_record, start, shard, warn)
 
 
 def _assemble(out: Path, archives: dict[str, list], results: dict[str, dict[str, Any]], method: str,
@@ -489,9 +501,14 @@ def _summary(processed: int, per_class: dict[str, dict[str, int]], masks: int, s
 
 
 def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
-            model_record: dict[str, Any], start: float, shard: tuple[int, int] | None) -> PseudolabelResult:
+            model_record: dict[str, Any], start: float, shard: tuple[int, int] | None,
+            warn: Callable[[str], None] | None = None) -> PseudolabelResult:
     results = read_parts(out)
     per_class, total_masks = _assemble(out, archives, results, config.method, config.preview, config.seed)
+    entries = [(hit.path, results[rel]) for hits in archives.values() for hit in hits
+               if (rel := relative_to(out, hit.path)) in results]  # as failed.jsonl counts them: once per archive
+    failures = [(str(path), row["failed"]) for path, row in entries if row.get("failed")]
+    check_failures(failures, len(entries), out / FAILED_NAME, what="archive images", warn=warn)
     seconds = time.perf_counter() - start
     summary = _summary(len(results), per_class, total_masks, seconds)
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "archives"}

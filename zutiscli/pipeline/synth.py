@@ -38,6 +38,7 @@ from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.data.workers import quiet_worker
 from zutiscli.ops.masks import encode_masks
 from zutiscli.pipeline.synth_config import DEFAULT_SIZES, FORMATS, KINDS, SynthConfig  # noqa: F401 - the stage's options
 from zutiscli.shapes.world import SHAPES, Sample, ShapeObject, caption_sample, pile_sample, scene_sample
@@ -96,7 +97,7 @@ def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, 
         yield from map(write, range(config.count))
         return
     # Spawned (not forked) workers: the caller may hold torch's thread pools; this module does not import torch.
-    pool = ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_worker)
     try:
         yield from pool.map(write, range(config.count), chunksize=32)
     finally:  # on an error or Ctrl-C, the images not yet started are not drawn

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zutiscli.data.workers import worker_loader
 from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, ShapeObject, caption_sample, plural
 
 #: A described object: ``(colour or None, shape or None)``; None = the caption does not say.
@@ -422,8 +423,6 @@ class _Stream(torch.utils.data.IterableDataset):
         cfg = self.config
         worker = torch.utils.data.get_worker_info()
         shard, shards = (0, 1) if worker is None else (worker.id, worker.num_workers)
-        if worker is not None:
-            torch.set_num_threads(1)
         for step in range(self.start + shard, cfg.steps, shards):
             images, captions, objects = caption_batch(
                 cfg.seed, step, cfg.batch_size, cfg.image_size, cfg.held_out, cfg.hflip
@@ -444,7 +443,7 @@ def _batches(
     if config.workers == 0:
         return iter(stream)
     # Workers take steps round-robin and the loader reads them round-robin: order is kept.
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=config.workers, prefetch_factor=4)
+    loader = worker_loader(stream, config.workers, batch_size=None, prefetch_factor=4)
     return iter(loader)
 
 

@@ -59,7 +59,9 @@ class DenseSemantic:
             if self._pool is None:
                 import concurrent.futures as futures
 
-                self._pool = futures.ProcessPoolExecutor(c.workers)
+                from zutiscli.data.workers import quiet_worker
+
+                self._pool = futures.ProcessPoolExecutor(c.workers, initializer=quiet_worker)
             refined = self._pool.submit(dense_crf_labels, image, probs, **kwargs).result()
         else:
             refined = dense_crf_labels(image, probs, **kwargs)
