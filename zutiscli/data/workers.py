@@ -34,11 +34,13 @@ __all__ = ["CarriedError", "WorkerTraceback", "quiet_worker", "worker_loader"]
 
 
 def quiet_worker(*_: Any) -> None:
-    """Initialise a worker process: Ctrl-C is ignored (the main process reports it), a lost
+    """Initialise a worker process: Ctrl-C is ignored (the main process reports it), SIGTERM ends it
+    at once (the main process reports that too), a lost
     connection to the main process is not reported (the main process hung up: it was interrupted,
     or stopped by an error that it reports), and torch, if this process has imported it, uses one
     thread. Takes and ignores any arguments (a DataLoader passes the worker's number)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker would inherit the command line's handler
     if sys.excepthook is not _report:
         _previous_hook[0] = sys.excepthook
         sys.excepthook = _report
