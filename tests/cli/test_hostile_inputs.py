@@ -242,7 +242,7 @@ def test_predict_with_every_image_unreadable_fails_and_finishes_nothing(run_dir,
     assert line.startswith(f"error: none of the 3 images could be read (first: {images / '0.png'}: ")
     assert line.endswith(f"the list is in {out / 'failed.jsonl'}; nothing was finished: fix the files or their paths "
                          f"and rerun")
-    assert sorted(p.name for p in out.iterdir()) == ["failed.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [".zutis-unfinished", "failed.jsonl"]  # a rerun starts it afresh
     assert len(failed_rows(out)) == 3
 
 
