@@ -116,6 +116,28 @@ def test_a_second_writer_is_refused_naming_the_holder_and_runs_once_it_is_gone(c
     assert (out / "manifest.json").is_file() and leftovers(out) == []
 
 
+ORPHAN = ("import os, sys, time; from zutiscli.artefacts.lock import lock_directory; lock_directory(sys.argv[1]); "
+          "pid = os.fork()\nif pid == 0:\n    null = os.open(os.devnull, os.O_RDWR)\n    for fd in (0, 1, 2): os.dup2(null, fd)\n"
+          "    time.sleep(60); os._exit(0)\nprint(pid, flush=True); os.kill(os.getpid(), 9)")
+
+
+def test_a_killed_writers_forked_workers_do_not_keep_its_lock(world, pile, tmp_path):
+    """DataLoader workers are forked: when the main process is killed they live on a while, holding
+    its open files; the lock must die with the main process all the same."""
+    out = tmp_path / "index"
+    out.mkdir()
+    killed = subprocess.run([sys.executable, "-c", ORPHAN, str(out)], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    orphan = int(killed.stdout)
+    try:
+        os.kill(orphan, 0)  # still alive, holding the lock file open
+        assert (out / LOCK_NAME).is_file()
+        succeeded(zutis("index", *index_args(world, pile, out)))
+        assert index_rows(out) == (24, 24) and leftovers(out) == []
+    finally:
+        os.kill(orphan, signal.SIGKILL)
+
+
 def test_two_index_runs_started_together_lose_no_image(world, tmp_path):
     """The race of two writers into one -o: each either finishes with all its images in, or is refused."""
     piles = [write_synth(SynthConfig("pile", 16, seed=seed, size=32), tmp_path / f"pile{seed}") / "images"

@@ -1,9 +1,11 @@
 """One writer per artefact directory, and the leftovers a killed writer may leave behind.
 
 A stage that writes into a directory first takes an exclusive advisory lock on
-``DIR/.zutis.lock`` (``flock``): the kernel drops it when the process dies, however it dies, so a
-kill never leaves a stale lock. A second writer is refused in one line that names the holder's
-PID and command. The lock file is removed when the lock is released.
+``DIR/.zutis.lock`` (a POSIX record lock, ``fcntl``): the kernel drops it when the process dies,
+however it dies, so a kill never leaves a stale lock. Unlike ``flock``, a record lock belongs to
+the process, not to the open file: forked workers (DataLoader's) that outlive a killed main process
+do not keep it. A second writer is refused in one line that names the holder's PID and command.
+The lock file is removed when the lock is released.
 
 While it holds the lock, a stage removes the temporary files of :func:`zutiscli.artefacts.atomic.atomic_path`
 (``.NAME.XXXXXXXX.tmpSUFFIX``) that a killed writer left: nobody else can be writing them.
@@ -149,7 +151,7 @@ def lock_directory(directory: str | Path) -> DirectoryLock:
             raise ArtefactError(f"{directory}: cannot be written ({exc.strerror or exc}); "
                                 f"choose another -o directory") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             raise _refusal(directory) from None
@@ -186,11 +188,11 @@ def check_unlocked(directory: str | Path) -> None:
     except OSError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         raise _refusal(directory) from None
     finally:
-        os.close(fd)
+        os.close(fd)  # (closing drops every record lock this process has on the file: it holds none here)
 
 
 def holding_locks(function: F) -> F:
