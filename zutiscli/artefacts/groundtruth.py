@@ -3,7 +3,8 @@
 Reads (:func:`load_ground_truth`), ``gt`` being one of
     - a COCO instances JSON; its ``file_name`` are resolved against the JSON's directory;
     - a directory written by ``zutis evaluate prepare`` (``gt.json`` describes it), or one holding
-      ``instances.json`` and optionally ``semantic/`` (as ``zutis synth scenes`` writes);
+      ``instances.json`` and optionally ``semantic/`` and ``panoptic.json`` + ``panoptic/`` (as
+      ``zutis synth scenes [--panoptic]`` writes);
     - a directory of label PNGs (``classes.txt`` inside or beside it names the values;
       line i names label i, line 0 is the background);
     - a COCO panoptic JSON (PNGs in the folder of the same stem, or ``gt_panoptic_dir``).
@@ -157,6 +158,11 @@ def load_ground_truth(gt: str | Path, gt_semantic: str | Path | None = None,
         truth = _instances_truth(gt / "instances.json", load_coco(gt / "instances.json"))
         if gt_semantic is None and (gt / "semantic").is_dir():
             gt_semantic = gt / "semantic"
+        if (gt / "panoptic.json").is_file():  # `zutis synth scenes --panoptic`: the same images' panoptic segments
+            panoptic = _panoptic_truth(gt / "panoptic.json", read_json(gt / "panoptic.json", "a COCO panoptic JSON"),
+                                       gt_panoptic_dir)
+            truth.panoptic, truth.panoptic_dir = panoptic.panoptic, panoptic.panoptic_dir
+            truth.inputs.append(gt / "panoptic.json")
     else:
         images = _label_dir_images(gt)
         if not images:

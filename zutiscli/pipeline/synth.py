@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 from PIL import Image
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.lock import holding_locks
@@ -40,8 +40,13 @@ from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.workers import quiet_worker
 from zutiscli.ops.masks import encode_masks
+from zutiscli.ops.panoptic import panoptic_to_rgb
 from zutiscli.pipeline.synth_config import DEFAULT_SIZES, FORMATS, KINDS, SynthConfig  # noqa: F401 - the stage's options
 from zutiscli.shapes.world import SHAPES, Sample, ShapeObject, caption_sample, pile_sample, scene_sample
+
+#: Where ``--panoptic`` scenes keep their COCO panoptic PNGs (and, with ``.json``, the annotations).
+PANOPTIC_DIR = "panoptic"
+
 
 def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "pile":
@@ -57,6 +62,27 @@ def semantic_map(sample: Sample) -> np.ndarray:
     for obj, mask in zip(sample.objects, sample.masks):
         labels[mask] = SHAPES.index(obj.shape) + 1
     return labels
+
+
+def panoptic_map(sample: Sample) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The COCO panoptic ground truth of a sample: ``(H, W)`` int32 segment ids and ``segments_info``.
+
+    Object ``i`` is segment ``i + 1`` (later objects over earlier ones, as in :func:`semantic_map`);
+    0 is unlabelled. Each segment is ``{"id", "category_id" (1 + index in SHAPES), "iscrowd": 0,
+    "isthing": 1, "area" (pixels), "bbox" ([x, y, w, h], pixels)}``; objects hidden entirely are left out.
+    """
+    segments = np.zeros(sample.image.shape[:2], dtype=np.int32)
+    for number, mask in enumerate(sample.masks, start=1):
+        segments[mask] = number
+    info = []
+    for number, obj in enumerate(sample.objects, start=1):
+        rows, cols = np.nonzero(segments == number)
+        if rows.size == 0:
+            continue
+        x, y = int(cols.min()), int(rows.min())
+        info.append({"id": number, "category_id": SHAPES.index(obj.shape) + 1, "iscrowd": 0, "isthing": 1,
+                     "area": int(rows.size), "bbox": [x, y, int(cols.max()) - x + 1, int(rows.max()) - y + 1]})
+    return segments, info
 
 
 def _save_image(array: np.ndarray, path: Path, config: SynthConfig) -> None:
@@ -77,6 +103,7 @@ class _Written(NamedTuple):
     objects: list[ShapeObject]
     rles: list[dict[str, Any]]  # COCO RLE of each object's visible mask, same order
     caption: str | None
+    segments: list[dict[str, Any]] | None  # panoptic segments_info, with --panoptic
 
 
 def _write_sample(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int, index: int) -> _Written:
@@ -84,10 +111,15 @@ def _write_sample(config: SynthConfig, images_dir: Path, semantic_dir: Path, dig
     sample = _sample(config, index)
     name = f"{index:0{digits}d}"
     _save_image(sample.image, images_dir / f"{name}.{config.image_format}", config)
+    segments = None
     if config.kind == "scenes":
         write_label_png(semantic_dir / f"{name}.png", semantic_map(sample))
+        if config.panoptic:
+            ids, segments = panoptic_map(sample)
+            with atomic_path(semantic_dir.parent / PANOPTIC_DIR / f"{name}.png", fsync=False) as tmp:
+                Image.fromarray(panoptic_to_rgb(ids)).save(tmp, format="PNG")
     height, width = sample.image.shape[:2]
-    return _Written(height, width, sample.objects, encode_masks(sample.masks), sample.caption)
+    return _Written(height, width, sample.objects, encode_masks(sample.masks), sample.caption, segments)
 
 
 def _written_samples(config: SynthConfig, images_dir: Path, semantic_dir: Path, digits: int) -> Iterator[_Written]:
@@ -124,6 +156,13 @@ def write_synth(
     images_dir.mkdir(exist_ok=True)
     if config.kind == "scenes":
         (out / "semantic").mkdir(exist_ok=True)
+    panoptic: dict[str, Any] | None = None
+    if config.panoptic:
+        (out / PANOPTIC_DIR).mkdir(exist_ok=True)
+        panoptic = {"info": {"description": "zutis shapes world: scenes (COCO panoptic)", "seed": config.seed},
+                    "images": [], "annotations": [],
+                    "categories": [{"id": i + 1, "name": name, "supercategory": "shape", "isthing": 1}
+                                   for i, name in enumerate(SHAPES)]}
     coco = CocoBuilder(list(SHAPES), info={"description": f"zutis shapes world: {config.kind}", "seed": config.seed})
     captions: list[str] = []
     digits = max(6, len(str(config.count - 1)))
@@ -137,6 +176,11 @@ def write_synth(
         for obj, rle in zip(written.objects, written.rles):
             coco.add_mask(image_id, obj.shape, rle, colour=obj.colour, colour_shape=f"{obj.colour} {obj.shape}")
         objects += len(written.objects)
+        if panoptic is not None:
+            panoptic["images"].append({"id": image_id, "file_name": f"images/{file_name}", "width": written.width,
+                                       "height": written.height})
+            panoptic["annotations"].append({"image_id": image_id, "file_name": f"{name}.png",
+                                            "segments_info": written.segments})
         if config.kind == "pairs":
             captions.append(json.dumps({"file_name": f"images/{file_name}", "caption": written.caption}))
         if progress is not None:
@@ -147,6 +191,8 @@ def write_synth(
         coco.write(out / "instances.json")
     if config.kind == "pairs":
         atomic_write_text(out / "captions.jsonl", "\n".join(captions) + "\n")
+    if panoptic is not None:
+        atomic_write_json(out / f"{PANOPTIC_DIR}.json", panoptic, indent=None)
     params = asdict(config) | {"size": config.image_size}
     params.pop("workers")
     write_manifest(

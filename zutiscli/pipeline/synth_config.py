@@ -44,6 +44,7 @@ class SynthConfig:
     min_objects: int = option(1, "Fewest objects per scene.")
     max_objects: int = option(8, "Most objects per scene.")
     image_format: str = option("png", "Image file format.", flag="--format", choices=tuple(FORMATS))
+    panoptic: bool = option(False, "Also write COCO panoptic ground truth: panoptic.json and panoptic/*.png.")
     jpeg_quality: int = not_an_option(90, "Python API only: quality of jpg images")
     workers: int = option(0, "Processes rendering the images (0 = this process); the bytes do not depend on it.")
 
@@ -62,6 +63,8 @@ class SynthConfig:
             )
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.panoptic and self.kind != "scenes":
+            raise UsageError(f"--panoptic: only scenes have panoptic ground truth (not {self.kind})")
         if self.image_format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
 
