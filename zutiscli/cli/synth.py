@@ -21,7 +21,7 @@ app = typer.Typer(
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; same seed -> same bytes. Use one seed per split.")]
 #: Options of scenes alone (a pile or pairs image draws its own number of objects).
-_SCENES_ONLY = ("min_objects", "max_objects", "panoptic")
+_SCENES_ONLY = ("min_objects", "max_objects", "panoptic", "stuff")
 
 
 def _run(kind: str, options: dict, output, json_mode: bool, quiet: bool) -> None:

@@ -34,6 +34,7 @@ from PIL import Image
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
+from zutiscli.artefacts.groundtruth import CLASSES_FILE
 from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import write_manifest
@@ -42,23 +43,35 @@ from zutiscli.data.workers import quiet_worker
 from zutiscli.ops.masks import encode_masks
 from zutiscli.ops.panoptic import panoptic_to_rgb
 from zutiscli.pipeline.synth_config import DEFAULT_SIZES, FORMATS, KINDS, SynthConfig  # noqa: F401 - the stage's options
+from zutiscli.shapes.stuff import STUFF
 from zutiscli.shapes.world import SHAPES, Sample, ShapeObject, caption_sample, pile_sample, scene_sample
 
 #: Where ``--panoptic`` scenes keep their COCO panoptic PNGs (and, with ``.json``, the annotations).
 PANOPTIC_DIR = "panoptic"
+#: Panoptic segment id of the first named stuff material (objects are numbered from 1).
+STUFF_SEGMENT = 1000
 
 
 def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "pile":
         return pile_sample(config.seed, index, config.image_size)
     if config.kind == "scenes":
-        return scene_sample(config.seed, index, config.image_size, config.min_objects, config.max_objects)
+        return scene_sample(config.seed, index, config.image_size, config.min_objects, config.max_objects,
+                            stuff=config.stuff)
     return caption_sample(config.seed, index, config.image_size)
 
 
+def semantic_classes(stuff: bool) -> list[str]:
+    """The names of a scene's semantic labels, label ``i`` = entry ``i``: background, the shapes, then the stuff."""
+    return ["background", *SHAPES, *(STUFF if stuff else ())]
+
+
 def semantic_map(sample: Sample) -> np.ndarray:
-    """``(H, W)`` uint8 labels of a sample: 0 background, 1 + index in :data:`SHAPES` for objects."""
+    """``(H, W)`` uint8 labels of a sample: 0 background, 1 + index in :data:`SHAPES` for objects,
+    ``1 + len(SHAPES) + index in STUFF`` for named stuff (:func:`semantic_classes`)."""
     labels = np.zeros(sample.image.shape[:2], dtype=np.uint8)
+    if sample.stuff is not None:
+        labels[sample.stuff > 0] = sample.stuff[sample.stuff > 0] + len(SHAPES)
     for obj, mask in zip(sample.objects, sample.masks):
         labels[mask] = SHAPES.index(obj.shape) + 1
     return labels
@@ -68,19 +81,25 @@ def panoptic_map(sample: Sample) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """The COCO panoptic ground truth of a sample: ``(H, W)`` int32 segment ids and ``segments_info``.
 
     Object ``i`` is segment ``i + 1`` (later objects over earlier ones, as in :func:`semantic_map`);
-    0 is unlabelled. Each segment is ``{"id", "category_id" (1 + index in SHAPES), "iscrowd": 0,
-    "isthing": 1, "area" (pixels), "bbox" ([x, y, w, h], pixels)}``; objects hidden entirely are left out.
+    each named stuff material the objects leave visible is one segment, id ``STUFF_SEGMENT + index
+    in STUFF``; 0 is unlabelled. Each segment is ``{"id", "category_id" (its semantic label),
+    "iscrowd": 0, "isthing": 1 or 0, "area" (pixels), "bbox" ([x, y, w, h], pixels)}``; objects
+    hidden entirely are left out.
     """
     segments = np.zeros(sample.image.shape[:2], dtype=np.int32)
+    if sample.stuff is not None:
+        segments[sample.stuff > 0] = STUFF_SEGMENT + sample.stuff[sample.stuff > 0].astype(np.int32) - 1
     for number, mask in enumerate(sample.masks, start=1):
         segments[mask] = number
+    described = [(number, SHAPES.index(obj.shape) + 1, 1) for number, obj in enumerate(sample.objects, start=1)]
+    described += [(STUFF_SEGMENT + k, len(SHAPES) + 1 + k, 0) for k in range(len(STUFF))] if sample.stuff is not None else []
     info = []
-    for number, obj in enumerate(sample.objects, start=1):
+    for number, category, isthing in described:
         rows, cols = np.nonzero(segments == number)
         if rows.size == 0:
             continue
         x, y = int(cols.min()), int(rows.min())
-        info.append({"id": number, "category_id": SHAPES.index(obj.shape) + 1, "iscrowd": 0, "isthing": 1,
+        info.append({"id": number, "category_id": category, "iscrowd": 0, "isthing": isthing,
                      "area": int(rows.size), "bbox": [x, y, int(cols.max()) - x + 1, int(rows.max()) - y + 1]})
     return segments, info
 
@@ -161,8 +180,9 @@ def write_synth(
         (out / PANOPTIC_DIR).mkdir(exist_ok=True)
         panoptic = {"info": {"description": "zutis shapes world: scenes (COCO panoptic)", "seed": config.seed},
                     "images": [], "annotations": [],
-                    "categories": [{"id": i + 1, "name": name, "supercategory": "shape", "isthing": 1}
-                                   for i, name in enumerate(SHAPES)]}
+                    "categories": [{"id": i, "name": name, "supercategory": "shape" if i <= len(SHAPES) else "stuff",
+                                    "isthing": int(i <= len(SHAPES))}
+                                   for i, name in enumerate(semantic_classes(config.stuff)) if i > 0]}
     coco = CocoBuilder(list(SHAPES), info={"description": f"zutis shapes world: {config.kind}", "seed": config.seed})
     captions: list[str] = []
     digits = max(6, len(str(config.count - 1)))
@@ -193,6 +213,8 @@ def write_synth(
         atomic_write_text(out / "captions.jsonl", "\n".join(captions) + "\n")
     if panoptic is not None:
         atomic_write_json(out / f"{PANOPTIC_DIR}.json", panoptic, indent=None)
+    if config.stuff:  # names the semantic labels beyond the shapes (`zutis evaluate` reads it)
+        atomic_write_text(out / CLASSES_FILE, "\n".join(semantic_classes(True)) + "\n")
     params = asdict(config) | {"size": config.image_size}
     params.pop("workers")
     write_manifest(

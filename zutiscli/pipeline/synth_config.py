@@ -45,6 +45,8 @@ class SynthConfig:
     max_objects: int = option(8, "Most objects per scene.")
     image_format: str = option("png", "Image file format.", flag="--format", choices=tuple(FORMATS))
     panoptic: bool = option(False, "Also write COCO panoptic ground truth: panoptic.json and panoptic/*.png.")
+    stuff: bool = option(False, "Draw the objects over named stuff (sky, grass, water, sand, brick, wood), "
+                                "labelled in the semantic and panoptic ground truth.")
     jpeg_quality: int = not_an_option(90, "Python API only: quality of jpg images")
     workers: int = option(0, "Processes rendering the images (0 = this process); the bytes do not depend on it.")
 
@@ -65,6 +67,8 @@ class SynthConfig:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.panoptic and self.kind != "scenes":
             raise UsageError(f"--panoptic: only scenes have panoptic ground truth (not {self.kind})")
+        if self.stuff and self.kind != "scenes":
+            raise UsageError(f"--stuff: only scenes are drawn over named stuff (not {self.kind})")
         if self.image_format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
 

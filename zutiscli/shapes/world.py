@@ -59,6 +59,7 @@ SUPERSAMPLE = 3
 _KIND_PILE = 1
 _KIND_SCENE = 2
 _KIND_CAPTION = 3
+_KIND_STUFF = 4
 
 assert SHAPES == RASTER_SHAPES
 
@@ -93,12 +94,15 @@ class Sample:
         masks: ``(N, H, W)`` bool visible (modal) masks, ``N == len(objects)``, same order;
             pairwise disjoint and each non-empty.
         caption: text for caption samples, else None.
+        stuff: ``(H, W)`` uint8 named background under the objects, ``1 + index`` in
+            :data:`zutiscli.shapes.stuff.STUFF` (scenes drawn with ``stuff=True``), else None.
     """
 
     image: np.ndarray
     objects: list[ShapeObject]
     masks: np.ndarray
     caption: str | None
+    stuff: np.ndarray | None = None
 
 
 def object_name(obj: ShapeObject) -> str:
@@ -410,7 +414,7 @@ def pile_sample(seed: int, index: int, size: int = 64) -> Sample:
 
 
 def scene_sample(
-    seed: int, index: int, size: int = 128, min_objects: int = 1, max_objects: int = 8
+    seed: int, index: int, size: int = 128, min_objects: int = 1, max_objects: int = 8, stuff: bool = False
 ) -> Sample:
     """An evaluation scene with several, possibly occluding, objects.
 
@@ -426,15 +430,22 @@ def scene_sample(
         seed, index: non-negative ints; the sample is a pure function of all arguments.
         size: image side in pixels (>= 16).
         min_objects, max_objects: bounds on the object count, ``0 <= min <= max``.
+        stuff: draw the objects over named stuff (:func:`zutiscli.shapes.stuff.stuff_background`)
+            instead of an unnamed texture; the objects are the same either way.
 
     Returns:
-        A :class:`Sample` with ``caption=None``.
+        A :class:`Sample` with ``caption=None`` (and ``stuff`` labels with ``stuff=True``).
     """
     _check_size(size)
     if not 0 <= min_objects <= max_objects:
         raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     rng = _rng(seed, _KIND_SCENE, index)
-    background = _background(rng, size)
+    background = _background(rng, size)  # drawn with stuff too: the objects do not depend on the background
+    stuff_labels = None
+    if stuff:
+        from zutiscli.shapes.stuff import stuff_background
+
+        background, stuff_labels = stuff_background(_rng(seed, _KIND_STUFF, index), size)
     n_target = int(rng.integers(min_objects, max_objects + 1))
     shapes: tuple[str, ...] = SHAPES
     fixed_colour: dict[str, str] = {}
@@ -468,7 +479,7 @@ def scene_sample(
             "use a larger size or fewer objects"
         )
     image = _render(rng, background, layout)
-    return Sample(image, list(layout.objects), layout.masks(), None)
+    return Sample(image, list(layout.objects), layout.masks(), None, stuff_labels)
 
 
 # Caption templates. Fields: {c} colour, {s} shape, {z} size word, {p} position phrase.
