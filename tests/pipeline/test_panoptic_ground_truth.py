@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 
 from zutiscli.cli.app import main
 from zutiscli.pipeline.synth import SynthConfig, write_synth
+from zutiscli.shapes.stuff import STUFF
 from zutiscli.shapes.world import SHAPES
 
 
@@ -26,16 +27,20 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    return write_synth(SynthConfig("scenes", 6, seed=11, size=64, panoptic=True),
+@pytest.fixture(scope="module", params=[False, True], ids=["things", "things-and-stuff"])
+def scenes(request, tmp_path_factory) -> Path:
+    return write_synth(SynthConfig("scenes", 6, seed=11, size=64, panoptic=True, stuff=request.param),
                        tmp_path_factory.mktemp("pan") / "scenes")
 
 
 def test_panoptic_files_follow_the_coco_panoptic_format(scenes):
     data = json.loads((scenes / "panoptic.json").read_text())
     assert set(data) >= {"images", "annotations", "categories"}
-    assert [(c["id"], c["name"], c["isthing"]) for c in data["categories"]] == [(i + 1, n, 1) for i, n in enumerate(SHAPES)]
+    stuff = (scenes / "classes.txt").is_file()
+    expected = [(i + 1, n, 1) for i, n in enumerate(SHAPES)]
+    expected += [(len(SHAPES) + 1 + i, n, 0) for i, n in enumerate(STUFF)] if stuff else []
+    assert [(c["id"], c["name"], c["isthing"]) for c in data["categories"]] == expected
+    isthing = {c["id"]: c["isthing"] for c in data["categories"]}
     instances = json.loads((scenes / "instances.json").read_text())
     assert [img["id"] for img in data["images"]] == [img["id"] for img in instances["images"]]
     for image, ann in zip(data["images"], data["annotations"]):
@@ -46,7 +51,7 @@ def test_panoptic_files_follow_the_coco_panoptic_format(scenes):
         assert set(np.unique(ids)) - {0} == set(segments), "every segment id in the PNG is described, and only those"
         for sid, seg in segments.items():
             rows, cols = np.nonzero(ids == sid)
-            assert seg["area"] == rows.size and seg["iscrowd"] == 0 and seg["isthing"] == 1
+            assert seg["area"] == rows.size and seg["iscrowd"] == 0 and seg["isthing"] == isthing[seg["category_id"]]
             assert seg["bbox"] == [cols.min(), rows.min(), cols.max() - cols.min() + 1, rows.max() - rows.min() + 1]
         # the same scene as the other tasks: each segment is its instance's visible mask, with its class
         objects = [a for a in instances["annotations"] if a["image_id"] == image["id"]]
@@ -60,6 +65,7 @@ def test_panoptic_files_follow_the_coco_panoptic_format(scenes):
         for sid, seg in segments.items():
             category[ids == sid] = seg["category_id"]
         assert np.array_equal(category, semantic), "panoptic and semantic ground truth disagree"
+        assert (category == 0).any() != stuff, "named stuff leaves no pixel unlabelled; plain scenes have background"
 
 
 def test_only_scenes_take_panoptic(tmp_path, capsys):
@@ -79,8 +85,8 @@ def independent_pq(gt: dict, gt_dir: Path, pred: dict, pred_dir: Path, categorie
     for ga in gt["annotations"]:
         pa = predictions[ga["image_id"]]
         g_ids, p_ids = rgb2id(gt_dir / ga["file_name"]), rgb2id(pred_dir / pa["file_name"])
-        g_cat = {s["id"]: s["category_id"] for s in ga["segments_info"]}
-        p_cat = {s["id"]: s["category_id"] for s in pa["segments_info"]}
+        g_cat = {s["id"]: s["category_id"] for s in ga["segments_info"] if s["category_id"] in tp}
+        p_cat = {s["id"]: s["category_id"] for s in pa["segments_info"] if s["category_id"] in tp}
         matched_g, matched_p = set(), set()
         for g, gc in g_cat.items():
             for p, pc in p_cat.items():
@@ -128,7 +134,7 @@ def perturbed_predictions(scenes: Path, out: Path) -> Path:
                 continue  # missed
             dy, dx = rng.integers(-3, 4, size=2)
             new[np.roll(ids == seg["id"], (dy, dx), axis=(0, 1)) & (new == 0)] = seg["id"]
-            category = seg["category_id"] if rng.random() > 0.15 else seg["category_id"] % len(SHAPES) + 1
+            category = seg["category_id"] if rng.random() > 0.15 else seg["category_id"] % len(gt["categories"]) + 1
             segments.append({"id": seg["id"], "category_id": category})
         spare = 200
         y, x = rng.integers(0, ids.shape[0] - 8, size=2)
@@ -136,7 +142,7 @@ def perturbed_predictions(scenes: Path, out: Path) -> Path:
         box[y:y + 8, x:x + 8] = True
         new[box & (new == 0)] = spare  # a false positive wherever it lands
         if (new == spare).any():
-            segments.append({"id": spare, "category_id": int(rng.integers(1, len(SHAPES) + 1))})
+            segments.append({"id": spare, "category_id": int(rng.integers(1, len(gt["categories"]) + 1))})
         segments = [s for s in segments if (new == s["id"]).any()]
         for s in segments:
             s["area"] = int((new == s["id"]).sum())
@@ -156,10 +162,30 @@ def test_evaluate_pq_on_synth_panoptic_equals_an_independent_computation(scenes,
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     panoptic = metrics["panoptic"] if "panoptic" in metrics else metrics["tasks"]["panoptic"]
     gt = json.loads((scenes / "panoptic.json").read_text())
-    expected = independent_pq(gt, scenes / "panoptic", json.loads(pred.read_text()), tmp_path / "pred",
-                              [c["id"] for c in gt["categories"]])
-    assert 0.2 < expected["PQ"] < 0.9, "the perturbation should leave a PQ that tells right from wrong"
-    for key in ("PQ", "SQ", "RQ"):
-        assert panoptic["things"][key] == pytest.approx(expected[key], abs=1e-9), key
-        assert panoptic[key] == pytest.approx(expected[key], abs=1e-9), key
-    assert panoptic["stuff"]["n"] == 0
+    predicted = json.loads(pred.read_text())
+    groups = {"all": [c["id"] for c in gt["categories"]],
+              "things": [c["id"] for c in gt["categories"] if c["isthing"]],
+              "stuff": [c["id"] for c in gt["categories"] if not c["isthing"]]}
+    for group, categories in groups.items():
+        if not categories:
+            assert panoptic[group]["n"] == 0
+            continue
+        expected = independent_pq(gt, scenes / "panoptic", predicted, tmp_path / "pred", categories)
+        assert 0.2 < expected["PQ"] < 0.9, "the perturbation should leave a PQ that tells right from wrong"
+        for key in ("PQ", "SQ", "RQ"):
+            assert panoptic[group][key] == pytest.approx(expected[key], abs=1e-9), (group, key)
+    assert panoptic["PQ"] == panoptic["all"]["PQ"]
+
+
+def test_stuff_names_are_scored_as_semantic_classes_and_left_out_of_instance_ap(tmp_path, capsys):
+    scenes = write_synth(SynthConfig("scenes", 3, seed=4, size=64, stuff=True), tmp_path / "scenes")
+    names = ",".join((*SHAPES, *STUFF))
+    for argv in (["predict", str(scenes / "images"), "--classes", names, "--method", "maskclip", "--model",
+                  "shapes-clip", "--pretrained", "builtin", "--no-vis", "--device", "cpu", "-o", str(tmp_path / "p"), "-q"],
+                 ["evaluate", str(tmp_path / "p"), "--gt", str(scenes), "-o", str(tmp_path / "m"), "-q"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0, capsys.readouterr().err
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert metrics["instance"]["stuff_not_scored"] == list(STUFF)
+    assert set(metrics["semantic"]["per_class_iou"]) == {"background", *SHAPES, *STUFF}

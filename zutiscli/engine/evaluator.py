@@ -259,12 +259,19 @@ def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch 
                 results.append(dict(r, image_id=gt_image))
         if config.match == "names":
             names = pred.names or []
-            index = match_names(names, [_norm(c["name"]) for c in gt_cats], config.class_map)
-            to_gt = {i + 1: int(gt_cats[j]["id"]) for i, j in enumerate(index)}
+            # stuff: named by the semantic ground truth, never an instance (COCO panoptic's split)
+            stuff = set(truth.semantic_names or ()) - {_norm(c["name"]) for c in gt_cats} - {"background"}
+            scored = [i for i, name in enumerate(names) if config.class_map.get(name, name) not in stuff]
+            index = match_names([names[i] for i in scored], [_norm(c["name"]) for c in gt_cats], config.class_map)
+            to_gt = {scored[k] + 1: int(gt_cats[j]["id"]) for k, j in enumerate(index)}
+            if len(scored) < len(names):
+                notes["stuff_not_scored"] = [n for i, n in enumerate(names) if i not in set(scored)]
             out = []
             for r in results:
                 category = to_gt.get(int(r["category_id"]))
                 if category is None:
+                    if 1 <= int(r["category_id"]) <= len(names):
+                        continue  # a stuff class
                     raise ArtefactError(f"{pred.source}: a prediction has category_id {r['category_id']}, "
                                         f"outside its {len(names)} classes")
                 out.append(dict(r, category_id=category))
