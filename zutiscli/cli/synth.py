@@ -74,7 +74,7 @@ def scenes(
 
 
 @app.command("pairs")
-@from_config(SynthConfig, into="options", exclude=_SCENES_ONLY, defaults=command_defaults("pairs"))
+@from_config(SynthConfig, into="options", exclude=(*_SCENES_ONLY, "split"), defaults=command_defaults("pairs"))
 def pairs(
     options: ConfigValues = None,
     output: OutputOpt = None,

@@ -54,10 +54,10 @@ STUFF_SEGMENT = 1000
 
 def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "pile":
-        return pile_sample(config.seed, index, config.image_size)
+        return pile_sample(config.seed, index, config.image_size, split=config.split)
     if config.kind == "scenes":
         return scene_sample(config.seed, index, config.image_size, config.min_objects, config.max_objects,
-                            stuff=config.stuff)
+                            stuff=config.stuff, split=config.split)
     return caption_sample(config.seed, index, config.image_size)
 
 

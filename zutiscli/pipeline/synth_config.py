@@ -12,6 +12,8 @@ from zutiscli.config_fields import not_an_option, option
 from zutiscli.errors import UsageError
 
 KINDS = ("pile", "scenes", "pairs")
+#: What ``--split`` takes (the shapes world's :data:`zutiscli.shapes.world.SPLITS`, without importing numpy).
+SPLITS = ("train", "shift")
 FORMATS = {"png": "PNG", "jpg": "JPEG"}
 DEFAULT_SIZES = {"pile": 64, "scenes": 128, "pairs": 64}
 
@@ -47,6 +49,8 @@ class SynthConfig:
     panoptic: bool = option(False, "Also write COCO panoptic ground truth: panoptic.json and panoptic/*.png.")
     stuff: bool = option(False, "Draw the objects over named stuff (sky, grass, water, sand, brick, wood), "
                                 "labelled in the semantic and panoptic ground truth.")
+    split: str = option("train", "train, or shift: the same objects over backgrounds, stuff looks and lighting "
+                                 "no training uses (to measure robustness).", choices=SPLITS)
     jpeg_quality: int = not_an_option(90, "Python API only: quality of jpg images")
     workers: int = option(0, "Processes rendering the images (0 = this process); the bytes do not depend on it.")
 
@@ -67,6 +71,10 @@ class SynthConfig:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.panoptic and self.kind != "scenes":
             raise UsageError(f"--panoptic: only scenes have panoptic ground truth (not {self.kind})")
+        if self.split not in SPLITS:
+            raise UsageError(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
+        if self.split == "shift" and self.kind == "pairs":
+            raise UsageError("--split shift: pairs train shapes-clip, and the shift split is never trained on")
         if self.stuff and self.kind != "scenes":
             raise UsageError(f"--stuff: only scenes are drawn over named stuff (not {self.kind})")
         if self.image_format not in FORMATS:

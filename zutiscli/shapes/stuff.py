@@ -19,6 +19,26 @@ import numpy as np
 
 STUFF: tuple[str, ...] = ("sky", "grass", "water", "sand", "brick", "wood")
 
+#: The colours of each material, in the look every split but the shift split uses...
+LOOK: dict[str, tuple[tuple[float, float, float], ...]] = {
+    "sky": ((70, 130, 220), (175, 210, 240), (245, 245, 245)),  # zenith, horizon, clouds
+    "grass": ((55, 140, 40),),
+    "water": ((35, 95, 150), (225, 230, 235)),  # water, glints
+    "sand": ((210, 185, 130),),
+    "brick": ((165, 65, 45), (200, 195, 185)),  # brick, mortar
+    "wood": ((150, 100, 55),),
+}
+#: ... and in the shift split's (the same names, never trained on): a sunset sky, dry grass, murky
+#: water, wet sand, grey stone with dark mortar, pale painted wood.
+SHIFT_LOOK: dict[str, tuple[tuple[float, float, float], ...]] = {
+    "sky": ((90, 60, 140), (245, 150, 80), (250, 205, 175)),
+    "grass": ((150, 145, 60),),
+    "water": ((60, 95, 80), (190, 200, 170)),
+    "sand": ((140, 115, 80),),
+    "brick": ((120, 120, 125), (60, 60, 60)),
+    "wood": ((200, 180, 150),),
+}
+
 #: Materials that can be above a horizon or a wall line, and those that can be the ground below.
 _ABOVE = ("sky", "brick", "wood")
 _GROUND = ("grass", "water", "sand")
@@ -48,17 +68,17 @@ def _jitter(rng: np.random.Generator, rgb: tuple[float, float, float], spread: f
     return np.clip(np.asarray(rgb, np.float32) + rng.normal(0.0, spread, 3).astype(np.float32), 0, 255)
 
 
-def _sky(rng: np.random.Generator, size: int) -> np.ndarray:
-    top, low = _jitter(rng, (70, 130, 220)), _jitter(rng, (175, 210, 240))
+def _sky(rng: np.random.Generator, size: int, look) -> np.ndarray:
+    top, low = _jitter(rng, look[0]), _jitter(rng, look[1])
     t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
     img = np.broadcast_to(top + t * (low - top), (size, size, 3)).copy()
     clouds = _smooth(rng, size, int(rng.integers(3, 6))) * 0.6 + _smooth(rng, size, 9) * 0.4
     cover = np.clip((clouds - rng.uniform(0.5, 0.7)) * 4.0, 0.0, 1.0)[..., None]
-    return img + cover * (np.float32(245.0) - img)
+    return img + cover * (np.asarray(look[2], np.float32) - img)
 
 
-def _grass(rng: np.random.Generator, size: int) -> np.ndarray:
-    base = _jitter(rng, (55, 140, 40), 6)
+def _grass(rng: np.random.Generator, size: int, look) -> np.ndarray:
+    base = _jitter(rng, look[0], 6)
     blades = rng.standard_normal((size // 3 + 1, size)).astype(np.float32)
     blades = np.repeat(blades, 3, axis=0)[:size]  # streaks three pixels tall: blades
     patches = _smooth(rng, size, int(rng.integers(3, 7))) - 0.5
@@ -68,8 +88,8 @@ def _grass(rng: np.random.Generator, size: int) -> np.ndarray:
     return img
 
 
-def _water(rng: np.random.Generator, size: int) -> np.ndarray:
-    base = _jitter(rng, (35, 95, 150), 12)
+def _water(rng: np.random.Generator, size: int, look) -> np.ndarray:
+    base = _jitter(rng, look[0], 12)
     y = np.arange(size, dtype=np.float32)[:, None]
     x = np.arange(size, dtype=np.float32)[None, :]
     period = float(rng.uniform(3.0, 7.0))
@@ -77,18 +97,18 @@ def _water(rng: np.random.Generator, size: int) -> np.ndarray:
     ripples = np.sin((y + warp + 0.15 * np.sin(x / 5.0)) * np.float32(2 * math.pi / period))
     img = base * (1.0 + 0.12 * ripples)[..., None]
     glints = np.clip((ripples - 0.85) * 6.0, 0.0, 1.0) * (_smooth(rng, size, 6) > 0.55)
-    return img + glints[..., None] * (np.float32(225.0) - img)
+    return img + glints[..., None] * (np.asarray(look[1], np.float32) - img)
 
 
-def _sand(rng: np.random.Generator, size: int) -> np.ndarray:
-    base = _jitter(rng, (210, 185, 130), 5) * np.float32(rng.uniform(0.9, 1.05))
+def _sand(rng: np.random.Generator, size: int, look) -> np.ndarray:
+    base = _jitter(rng, look[0], 5) * np.float32(rng.uniform(0.9, 1.05))
     dunes = _smooth(rng, size, int(rng.integers(2, 5))) - 0.5
     grain = rng.standard_normal((size, size)).astype(np.float32)
     return base * (1.0 + 0.18 * dunes + 0.06 * grain)[..., None]
 
 
-def _brick(rng: np.random.Generator, size: int) -> np.ndarray:
-    brick, mortar = _jitter(rng, (165, 65, 45), 12), _jitter(rng, (200, 195, 185), 8)
+def _brick(rng: np.random.Generator, size: int, look) -> np.ndarray:
+    brick, mortar = _jitter(rng, look[0], 12), _jitter(rng, look[1], 8)
     height = float(rng.uniform(0.07, 0.13)) * size
     width = height * float(rng.uniform(2.0, 2.6))
     joint = max(1.0, height * 0.14)
@@ -105,8 +125,8 @@ def _brick(rng: np.random.Generator, size: int) -> np.ndarray:
     return img * (1.0 + 0.05 * rng.standard_normal((size, size, 1)).astype(np.float32))
 
 
-def _wood(rng: np.random.Generator, size: int) -> np.ndarray:
-    base = _jitter(rng, (150, 100, 55), 6) * np.float32(rng.uniform(0.85, 1.1))
+def _wood(rng: np.random.Generator, size: int, look) -> np.ndarray:
+    base = _jitter(rng, look[0], 6) * np.float32(rng.uniform(0.85, 1.1))
     y = np.arange(size, dtype=np.float32)[:, None]
     x = np.arange(size, dtype=np.float32)[None, :]
     plank = float(rng.uniform(0.15, 0.3)) * size
@@ -121,9 +141,11 @@ def _wood(rng: np.random.Generator, size: int) -> np.ndarray:
 _MATERIALS = {"sky": _sky, "grass": _grass, "water": _water, "sand": _sand, "brick": _brick, "wood": _wood}
 
 
-def material(name: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    """``(size, size, 3)`` float32 RGB in [0, 255]: the texture of material ``name`` (one of :data:`STUFF`)."""
-    return np.clip(_MATERIALS[name](rng, size), 0.0, 255.0).astype(np.float32)
+def material(name: str, rng: np.random.Generator, size: int, shift: bool = False) -> np.ndarray:
+    """``(size, size, 3)`` float32 RGB in [0, 255]: the texture of material ``name`` (one of :data:`STUFF`),
+    in its usual :data:`LOOK` or, with ``shift``, the shift split's :data:`SHIFT_LOOK`."""
+    look = (SHIFT_LOOK if shift else LOOK)[name]
+    return np.clip(_MATERIALS[name](rng, size, look), 0.0, 255.0).astype(np.float32)
 
 
 def stuff_layout(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[str]]:
@@ -165,15 +187,16 @@ def stuff_layout(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[
     return regions, names
 
 
-def stuff_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+def stuff_background(rng: np.random.Generator, size: int, shift: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """A background of named stuff: ``(size, size, 3)`` float32 RGB and ``(size, size)`` uint8 labels,
-    ``1 + index in STUFF`` of the material at each pixel."""
+    ``1 + index in STUFF`` of the material at each pixel; ``shift`` draws the materials in their
+    shift-split look."""
     regions, names = stuff_layout(rng, size)
     img = np.empty((size, size, 3), dtype=np.float32)
     labels = np.empty((size, size), dtype=np.uint8)
     for k, name in enumerate(names):
         where = regions == k
-        img[where] = material(name, rng, size)[where]
+        img[where] = material(name, rng, size, shift)[where]
         labels[where] = STUFF.index(name) + 1
     light = np.float32(rng.uniform(0.8, 1.15))  # the scene's lighting
     return np.clip(img * light, 0.0, 255.0), labels

@@ -60,6 +60,11 @@ _KIND_PILE = 1
 _KIND_SCENE = 2
 _KIND_CAPTION = 3
 _KIND_STUFF = 4
+_KIND_SHIFT = 5
+
+#: Splits a pile or scene can be drawn from: ``train`` (what every training stage sees) and
+#: ``shift`` (held-out backgrounds, stuff looks and lighting: :mod:`zutiscli.shapes.shift`).
+SPLITS: tuple[str, ...] = ("train", "shift")
 
 assert SHAPES == RASTER_SHAPES
 
@@ -391,7 +396,17 @@ def _pile_layout(rng: np.random.Generator, size: int, pairs: Sequence[tuple[str,
 # Public samplers.
 
 
-def pile_sample(seed: int, index: int, size: int = 64) -> Sample:
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _shifted(seed: int, kind: int, index: int, split: str) -> np.random.Generator | None:
+    """The generator of a shift-split sample's background and lighting (``None`` for the train split)."""
+    return _rng(seed, _KIND_SHIFT * 16 + kind, index) if split == "shift" else None
+
+
+def pile_sample(seed: int, index: int, size: int = 64, split: str = "train") -> Sample:
     """An unlabelled, ImageNet-like image of the shapes world.
 
     About 80% of images hold one object (70% of those large and near the centre, the rest small
@@ -401,20 +416,32 @@ def pile_sample(seed: int, index: int, size: int = 64) -> Sample:
     Args:
         seed, index: non-negative ints; the sample is a pure function of them (and ``size``).
         size: image side in pixels (>= 16).
+        split: ``"train"`` or ``"shift"`` (the same objects over held-out backgrounds, relit).
 
     Returns:
         A :class:`Sample` with ``caption=None``; ``objects``/``masks`` are the hidden ground truth.
     """
     _check_size(size)
+    _check_split(split)
     rng = _rng(seed, _KIND_PILE, index)
     background = _background(rng, size)
+    shift = _shifted(seed, _KIND_PILE, index, split)
+    if shift is not None:
+        from zutiscli.shapes.shift import shift_background
+
+        background = shift_background(shift, size)
     layout = _pile_layout(rng, size, allowed_pairs(frozenset()))
     image = _render(rng, background, layout)
+    if shift is not None:
+        from zutiscli.shapes.shift import relight
+
+        image = relight(shift, image)
     return Sample(image, list(layout.objects), layout.masks(), None)
 
 
 def scene_sample(
-    seed: int, index: int, size: int = 128, min_objects: int = 1, max_objects: int = 8, stuff: bool = False
+    seed: int, index: int, size: int = 128, min_objects: int = 1, max_objects: int = 8, stuff: bool = False,
+    split: str = "train",
 ) -> Sample:
     """An evaluation scene with several, possibly occluding, objects.
 
@@ -432,6 +459,8 @@ def scene_sample(
         min_objects, max_objects: bounds on the object count, ``0 <= min <= max``.
         stuff: draw the objects over named stuff (:func:`zutiscli.shapes.stuff.stuff_background`)
             instead of an unnamed texture; the objects are the same either way.
+        split: ``"train"`` or ``"shift"``: the same objects over backgrounds (or stuff looks) no
+            training uses, relit (:mod:`zutiscli.shapes.shift`).
 
     Returns:
         A :class:`Sample` with ``caption=None`` (and ``stuff`` labels with ``stuff=True``).
@@ -439,13 +468,19 @@ def scene_sample(
     _check_size(size)
     if not 0 <= min_objects <= max_objects:
         raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    _check_split(split)
     rng = _rng(seed, _KIND_SCENE, index)
-    background = _background(rng, size)  # drawn with stuff too: the objects do not depend on the background
+    background = _background(rng, size)  # drawn in every case: the objects do not depend on the background
+    shift = _shifted(seed, _KIND_SCENE, index, split)
     stuff_labels = None
     if stuff:
         from zutiscli.shapes.stuff import stuff_background
 
-        background, stuff_labels = stuff_background(_rng(seed, _KIND_STUFF, index), size)
+        background, stuff_labels = stuff_background(_rng(seed, _KIND_STUFF, index), size, shift is not None)
+    elif shift is not None:
+        from zutiscli.shapes.shift import shift_background
+
+        background = shift_background(shift, size)
     n_target = int(rng.integers(min_objects, max_objects + 1))
     shapes: tuple[str, ...] = SHAPES
     fixed_colour: dict[str, str] = {}
@@ -479,6 +514,10 @@ def scene_sample(
             "use a larger size or fewer objects"
         )
     image = _render(rng, background, layout)
+    if shift is not None:
+        from zutiscli.shapes.shift import relight
+
+        image = relight(shift, image)
     return Sample(image, list(layout.objects), layout.masks(), None, stuff_labels)
 
 
