@@ -93,3 +93,11 @@ def test_pairs_are_never_drawn_from_the_shift_split():
         SynthConfig("pairs", 1, split="shift").validate()
     with pytest.raises(UsageError, match="--split"):
         SynthConfig("scenes", 1, split="test").validate()
+
+
+def test_the_clip_evaluation_pool_of_the_shift_split_holds_the_same_objects():
+    from zutiscli.shapes.clip_eval import single_object_pool
+
+    train, shift = single_object_pool(9, 72, 32), single_object_pool(9, 72, 32, split="shift")
+    assert np.array_equal(train.shapes, shift.shapes) and np.array_equal(train.colours, shift.colours)
+    assert np.array_equal(train.masks, shift.masks) and not np.array_equal(train.images, shift.images)

@@ -54,7 +54,7 @@ class ShapePool:
         return int(self.images.shape[0])
 
 
-def single_object_pool(seed: int = EVAL_SEED, pool_size: int = 2000, size: int = 64) -> ShapePool:
+def single_object_pool(seed: int = EVAL_SEED, pool_size: int = 2000, size: int = 64, split: str = "train") -> ShapePool:
     """The first ``pool_size`` single-object pile images of ``seed``, balanced over pairs.
 
     :func:`pile_sample` images ``0, 1, 2, ...`` of ``seed`` are scanned; an image is kept if it holds
@@ -66,6 +66,7 @@ def single_object_pool(seed: int = EVAL_SEED, pool_size: int = 2000, size: int =
         seed: pile seed (non-negative).
         pool_size: number of images.
         size: image side, pixels.
+        split: the pile's split, ``"train"`` or ``"shift"`` (the same objects, held-out looks).
 
     Returns:
         A :class:`ShapePool`; deterministic in its arguments.
@@ -82,7 +83,7 @@ def single_object_pool(seed: int = EVAL_SEED, pool_size: int = 2000, size: int =
     kept = 0
     index = 0
     while kept < pool_size:
-        sample = pile_sample(seed, index, size)
+        sample = pile_sample(seed, index, size, split=split)
         index += 1
         if len(sample.objects) != 1:
             continue
@@ -245,6 +246,7 @@ def evaluate_shapes_clip(
     k: int = 50,
     held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
     dense: bool = True,
+    split: str = "train",
 ) -> dict[str, Any]:
     """Measure a backbone on held-out shapes-world images (see the module docstring).
 
@@ -255,6 +257,7 @@ def evaluate_shapes_clip(
         k: retrieval cut-off.
         held_out: the pairs held out of training, reported separately.
         dense: also measure the dense patch embeddings (mIoU), projected and MaskCLIP.
+        split: draw the pool from the ``"train"`` split or the ``"shift"`` split.
 
     Returns:
         JSON-ready dict (fractions rounded to 4 decimals)::
@@ -269,7 +272,7 @@ def evaluate_shapes_clip(
     """
     start = time.perf_counter()
     size = int(backbone.image_size[0])
-    pool = single_object_pool(seed, pool_size, size)
+    pool = single_object_pool(seed, pool_size, size, split)
     image_emb = embed_images(backbone, pool.images)
     shape_truth = torch.from_numpy(pool.shapes)
     colour_truth = torch.from_numpy(pool.colours)
@@ -305,7 +308,7 @@ def evaluate_shapes_clip(
             )
     result: dict[str, Any] = {
         "pool": {"sampler": "pile_sample (single-object images, balanced over the 36 pairs)",
-                 "seed": seed, "size": len(pool), "image_size": size},
+                 "seed": seed, "size": len(pool), "image_size": size, "split": split},
         "k": k,
         "held_out": sorted(f"{c} {s}" for c, s in held_out),
         "retrieval": retrieval,
