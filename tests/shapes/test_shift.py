@@ -101,3 +101,10 @@ def test_the_clip_evaluation_pool_of_the_shift_split_holds_the_same_objects():
     train, shift = single_object_pool(9, 72, 32), single_object_pool(9, 72, 32, split="shift")
     assert np.array_equal(train.shapes, shift.shapes) and np.array_equal(train.colours, shift.colours)
     assert np.array_equal(train.masks, shift.masks) and not np.array_equal(train.images, shift.images)
+
+
+def test_the_train_splits_captions_are_the_ones_shapes_clip_was_trained_on():
+    digest = hashlib.sha256()
+    for i in range(200):
+        digest.update(caption_sample(2, i, 64).caption.encode())
+    assert digest.hexdigest() == "9854e17a0a9c1ffacdf194fc7cbaf18cd4161ca0cc51720f25b29bc7410d303e"

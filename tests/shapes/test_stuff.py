@@ -80,3 +80,28 @@ def test_scenes_over_stuff_keep_the_same_objects_and_label_the_rest():
         assert plain.stuff is None and over.stuff.shape == (64, 64) and over.stuff.min() >= 1
         assert not np.array_equal(plain.image, over.image)
     assert np.array_equal(scene_sample(3, 0, 64, stuff=True).image, scene_sample(3, 0, 64, stuff=True).image)
+
+
+def test_captions_over_stuff_name_only_what_is_there():
+    from zutiscli.shapes.stuff import _NOUN, _UNDER, STUFF as NAMES
+    from zutiscli.shapes.world import caption_sample
+
+    kinds = {"objects": 0, "objects and stuff": 0, "stuff": 0}
+    for index in range(150):
+        plain, over = caption_sample(6, index, 48), caption_sample(6, index, 48, stuff=True)
+        assert plain.objects == over.objects and np.array_equal(plain.masks, over.masks)
+        present = {NAMES[v - 1] for v in np.unique(over.stuff)}
+        named = {name for name in NAMES if _NOUN[name] in over.caption or _UNDER[name] in over.caption}
+        assert named <= present, (over.caption, present)
+        under = [name for name in NAMES if over.caption.endswith(" " + _UNDER[name])]
+        if under and over.objects:
+            largest = max(over.objects, key=lambda o: o.size)
+            assert NAMES[over.stuff[min(47, int(largest.cy)), min(47, int(largest.cx))] - 1] == under[0]
+            kinds["objects and stuff"] += 1
+        elif named:
+            kinds["stuff"] += 1
+        else:
+            kinds["objects"] += 1
+            assert over.caption == plain.caption.replace(" on a textured background", "")
+        assert "textured background" not in over.caption
+    assert min(kinds.values()) > 25, kinds

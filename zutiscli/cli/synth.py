@@ -21,7 +21,7 @@ app = typer.Typer(
 
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed; same seed -> same bytes. Use one seed per split.")]
 #: Options of scenes alone (a pile or pairs image draws its own number of objects).
-_SCENES_ONLY = ("min_objects", "max_objects", "panoptic", "stuff")
+_SCENES_ONLY = ("min_objects", "max_objects", "panoptic")
 
 
 def _run(kind: str, options: dict, output, json_mode: bool, quiet: bool) -> None:
@@ -40,7 +40,7 @@ def _run(kind: str, options: dict, output, json_mode: bool, quiet: bool) -> None
 
 
 @app.command("pile")
-@from_config(SynthConfig, into="options", exclude=_SCENES_ONLY, defaults=command_defaults("pile"))
+@from_config(SynthConfig, into="options", exclude=(*_SCENES_ONLY, "stuff"), defaults=command_defaults("pile"))
 def pile(
     options: ConfigValues = None,
     output: OutputOpt = None,

@@ -58,7 +58,7 @@ def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "scenes":
         return scene_sample(config.seed, index, config.image_size, config.min_objects, config.max_objects,
                             stuff=config.stuff, split=config.split)
-    return caption_sample(config.seed, index, config.image_size)
+    return caption_sample(config.seed, index, config.image_size, stuff=config.stuff)
 
 
 def semantic_classes(stuff: bool) -> list[str]:

@@ -200,3 +200,34 @@ def stuff_background(rng: np.random.Generator, size: int, shift: bool = False) -
         labels[where] = STUFF.index(name) + 1
     light = np.float32(rng.uniform(0.8, 1.15))  # the scene's lighting
     return np.clip(img * light, 0.0, 255.0), labels
+
+
+#: How a caption names each material, as a background and as the thing an object lies on or before.
+_NOUN = {"sky": "the sky", "grass": "grass", "water": "water", "sand": "sand", "brick": "a brick wall",
+         "wood": "wooden planks"}
+_UNDER = {"sky": "against the sky", "grass": "on grass", "water": "on water", "sand": "on sand",
+          "brick": "in front of a brick wall", "wood": "on wood"}
+
+
+def describe_stuff(rng: np.random.Generator, labels: np.ndarray) -> str:
+    """A phrase naming the stuff of a ``(H, W)`` label map (``1 + index in STUFF``) and how it lies:
+    ``"the sky above sand"``, ``"water beside grass"``, ``"grass"``, ``"the sky, water and sand"``."""
+    present = [int(v) for v in np.unique(labels) if v > 0]
+    ys, xs = np.indices(labels.shape)
+    centre = {v: (ys[labels == v].mean(), xs[labels == v].mean()) for v in present}
+    present.sort(key=lambda v: centre[v][0])  # top first
+    names = [_NOUN[STUFF[v - 1]] for v in present]
+    if len(names) == 1:
+        return names[0] if rng.random() < 0.6 else f"a view of {names[0]}"
+    if len(names) == 2:
+        (y0, x0), (y1, x1) = centre[present[0]], centre[present[1]]
+        relation = "above" if abs(y1 - y0) >= abs(x1 - x0) else "beside"
+        return f"{names[0]} {relation} {names[1]}"
+    return f"{names[0]}, {names[1]} and {names[2]}"
+
+
+def stuff_under(labels: np.ndarray, x: float, y: float) -> str:
+    """``"on sand"``, ``"against the sky"``...: the stuff at pixel ``(x, y)`` as a phrase for an object there."""
+    row = min(labels.shape[0] - 1, max(0, int(y)))
+    col = min(labels.shape[1] - 1, max(0, int(x)))
+    return _UNDER[STUFF[int(labels[row, col]) - 1]]

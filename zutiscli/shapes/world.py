@@ -604,6 +604,7 @@ def caption_sample(
     index: int,
     size: int = 64,
     held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
+    stuff: bool = False,
 ) -> Sample:
     """An image--caption pair for contrastive training.
 
@@ -616,6 +617,9 @@ def caption_sample(
         seed, index: non-negative ints; the sample is a pure function of all arguments.
         size: image side in pixels (>= 16).
         held_out: ``(colour, shape)`` pairs that are never drawn (hence never captioned).
+        stuff: draw the objects over named stuff; the caption then names the objects alone, the
+            objects and the stuff under the largest one ("a red star on sand"), or the stuff alone
+            ("the sky above water"), a third of the time each (the stuff alone when there is no object).
 
     Returns:
         A :class:`Sample` whose ``caption`` is a lower-case English string.
@@ -628,5 +632,18 @@ def caption_sample(
     background = _background(rng, size)
     layout = _pile_layout(rng, size, pairs)
     caption = _caption(rng, layout.objects, size)
+    stuff_labels = None
+    if stuff:
+        from zutiscli.shapes.stuff import describe_stuff, stuff_background, stuff_under
+
+        own = _rng(seed, _KIND_STUFF * 16 + _KIND_CAPTION, index)  # the objects and their caption stay as they are
+        background, stuff_labels = stuff_background(own, size)
+        choice = 2 if not layout.objects else int(own.integers(3))
+        caption = caption.replace(" on a textured background", "")
+        if choice == 1:
+            largest = max(layout.objects, key=lambda obj: obj.size)
+            caption = f"{caption} {stuff_under(stuff_labels, largest.cx, largest.cy)}"
+        elif choice == 2:
+            caption = describe_stuff(own, stuff_labels)
     image = _render(rng, background, layout)
-    return Sample(image, list(layout.objects), layout.masks(), caption)
+    return Sample(image, list(layout.objects), layout.masks(), caption, stuff_labels)
