@@ -26,16 +26,16 @@ from zutiscli.pipeline.retrieve_config import RetrieveConfig
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 from zutiscli.pipeline.train_config import TrainConfig
 
-SCENES_ONLY = {"min_objects", "max_objects"}
+SCENES_ONLY = {"min_objects", "max_objects", "panoptic"}
 
 #: (command, config, fields that are options of the config but deliberately not of this command,
 #: defaults of this command that differ from the dataclass's)
 CONVERTED = [
     ("index build", IndexConfig, set(), {}),
     ("retrieve", RetrieveConfig, set(), {}),
-    ("synth pile", SynthConfig, SCENES_ONLY, command_defaults("pile")),
+    ("synth pile", SynthConfig, SCENES_ONLY | {"stuff"}, command_defaults("pile")),
     ("synth scenes", SynthConfig, set(), command_defaults("scenes")),
-    ("synth pairs", SynthConfig, SCENES_ONLY, command_defaults("pairs")),
+    ("synth pairs", SynthConfig, SCENES_ONLY | {"split"}, command_defaults("pairs")),
     ("copypaste", CopyPasteConfig, set(), {}),
     ("copypaste", CopyPasteDatasetConfig, set(), {}),
     ("predict run", PredictConfig, set(), {}),
