@@ -28,7 +28,7 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, TypeVar
 
 from zutiscli.errors import ArtefactError
 
@@ -100,10 +100,6 @@ class DirectoryLock:
     def __init__(self, directory: Path, fd: int | None):
         self.directory = directory
         self._fd = fd
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None or fcntl is None
 
     def release(self) -> None:
         """Remove the lock file and drop the lock (idempotent)."""
@@ -181,7 +177,7 @@ def check_unlocked(directory: str | Path) -> None:
     """Raise :class:`ArtefactError` when another process holds ``directory``'s lock (takes nothing)."""
     directory = Path(directory)
     path = directory / LOCK_NAME
-    if fcntl is None or _key(directory) in _held or not path.is_file():
+    if fcntl is None or held_here(directory) or not path.is_file():
         return
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -242,14 +238,3 @@ def restart_unfinished(directory: str | Path) -> list[str]:
         removed.append(entry.name)
     return removed
 
-
-@contextlib.contextmanager
-def locked(directory: str | Path) -> Iterator[DirectoryLock]:
-    """``with locked(dir):`` hold ``directory``'s lock for the block (released after, unless held before)."""
-    before = _key(Path(directory)) in _held
-    lock = lock_directory(directory)
-    try:
-        yield lock
-    finally:
-        if not before:
-            lock.release()

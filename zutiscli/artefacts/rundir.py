@@ -63,9 +63,13 @@ def check_output_dir(output: str | Path | None, stage: str, *, resumable: bool =
 
     Applies the rules of :func:`prepare_output_dir` and returns ``(directory, state)``: the
     directory that would be used (for ``None``, the numbered run directory that would be created
-    next) and its state, ``"new"`` (absent), ``"empty"`` or ``"existing"`` (not empty; only for a
-    ``resumable`` stage, which checks the contents itself). Raises :class:`ArtefactError` when the
-    path is a file, a non-empty directory of a non-resumable stage, or cannot be created.
+    next) and its state, ``"new"`` (absent), ``"empty"``, ``"existing"`` (not empty; only for a
+    ``resumable`` stage, which checks the contents itself) or ``"unfinished"`` (the output of a
+    killed run of this same stage, which :func:`prepare_output_dir` starts afresh). Zutis's own
+    leftovers (lock file, atomic-write temporaries) are not content. Raises :class:`ArtefactError`
+    when the path is a file, a non-empty directory of a non-resumable stage, a directory another
+    process is writing, or cannot be created. ``_restartable`` is for :func:`prepare_output_dir`'s
+    second look, once it holds the lock: whether the directory was free before it took it.
     """
     if output is None:
         runs = numbered_runs(stage, root)
@@ -125,7 +129,7 @@ def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool
     if lock:
         lock_directory(out)
         if not resumable:
-            if state != "new" and check_output_dir(out, stage, _restartable=restartable)[1] == "unfinished":  # judged again, now locked
-                restart_unfinished(out)
+            if state != "new" and check_output_dir(out, stage, _restartable=restartable)[1] == "unfinished":
+                restart_unfinished(out)  # judged again under the lock: a writer may have finished meanwhile
             mark_unfinished(out, stage)
     return out
