@@ -192,18 +192,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     except _kinds("ClickException") as exc:
         _error(exc.format_message())
         sys.exit(exc.exit_code)
-    except OSError as exc:
-        line = _environment_error(exc)
-        if line is None or _debug():
-            if _debug():
-                raise
-            _error(f"internal error: {type(exc).__name__}: {exc}. Rerun with ZUTIS_DEBUG=1 for the traceback.")
-            sys.exit(1)
-        _error(line)
-        sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence for the command line
         if _debug():
             raise
-        _error(f"internal error: {type(exc).__name__}: {exc}. Rerun with ZUTIS_DEBUG=1 for the traceback.")
+        line = _environment_error(exc) if isinstance(exc, OSError) else None  # a full disk, a read-only directory
+        _error(line or f"internal error: {type(exc).__name__}: {exc}. Rerun with ZUTIS_DEBUG=1 for the traceback.")
         sys.exit(1)
     sys.exit(0)
