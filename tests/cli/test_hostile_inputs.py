@@ -229,7 +229,7 @@ def test_index_with_most_images_unreadable_warns_even_when_quiet(world, tmp_path
     assert len(failed_rows(out)) == 3
 
 
-def test_predict_with_every_image_unreadable_fails_and_finishes_nothing(run_dir, tmp_path, capfd):
+def test_predict_with_every_image_unreadable_fails_and_finishes_nothing(world, run_dir, tmp_path, capfd):
     images = tmp_path / "images"
     images.mkdir()
     for n in range(3):
@@ -244,6 +244,14 @@ def test_predict_with_every_image_unreadable_fails_and_finishes_nothing(run_dir,
                          f"and rerun")
     assert sorted(p.name for p in out.iterdir()) == [".zutis-unfinished", "failed.jsonl"]  # a rerun starts it afresh
     assert len(failed_rows(out)) == 3
+    # fixed, the same command starts the directory afresh and finishes
+    for n in range(3):
+        shutil.copy(world["images"][n], images / f"{n}.png")
+    code, stdout, err = run(capfd, ["predict", images, "--checkpoint", run_dir, "--classes", "circle", "--no-vis",
+                                    "--device", "cpu", "-o", out, "-q"])
+    assert code == 0, err
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "zutis.predictions"
+    assert not (out / "failed.jsonl").read_text().strip() and not (out / ".zutis-unfinished").exists()
 
 
 # ---- lists of paths that do not exist -------------------------------------------------------------

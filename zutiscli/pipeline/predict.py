@@ -69,14 +69,6 @@ def _output(output: str | Path | None, shard: tuple[int, int] | None) -> str | P
     return output if shard is None else shard_output(output, shard, "predict")
 
 
-def _failed_run(out: str | Path | None) -> bool:
-    """Whether ``out`` holds only the ``failed.jsonl`` of a run that could read none of its images
-    (a new run into it replaces the list)."""
-    if out is None or not Path(out).is_dir():
-        return False
-    return [entry.name for entry in Path(out).iterdir()] == [FAILED_NAME]
-
-
 def _problems(found: Any, shard: tuple[int, int] | None) -> list[tuple[str, str]]:
     from zutiscli.data.shards import shard_entries
 
@@ -91,7 +83,7 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     config.validate()
     found, listing, _, shard, _ = _listing(config)
     out = _output(output, shard)
-    writes = {"path": str(out), "state": "empty"} if _failed_run(out) else output_plan(out, "predict")
+    writes = output_plan(out, "predict")
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     sources = [*map(str, config.inputs), *([str(config.from_list)] if config.from_list else [])]
@@ -135,8 +127,6 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
     out = _output(output, shard)
     if shard is not None:
         say(f"shard {shard[0]}/{shard[1]}: {len(listing)} of {len(found.paths)} images")
-    if _failed_run(out):
-        (Path(out) / FAILED_NAME).unlink()
     check_output_dir(out, "predict")  # refuse an unusable -o before loading the model, create nothing yet
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
