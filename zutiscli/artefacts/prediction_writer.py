@@ -45,6 +45,12 @@ class ImageResult:
     semantic_classes: list[str] = field(default_factory=list)
 
 
+def write_failed_list(out: Path, failures: Sequence[tuple[str | Path, str]]) -> Path:
+    """Write ``out/failed.jsonl`` (atomically) from ``(path, reason)`` pairs, paths relative to ``out``."""
+    rows = [{"path": relative_to(out, path), "reason": reason} for path, reason in failures]
+    return atomic_write_text(out / FAILED_NAME, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def coco_results(image_id: int, instances: Any) -> list[dict[str, Any]]:
     """The COCO results of one image's :class:`zutiscli.ops.instances.Instances`: category, RLE
     segmentation, bbox ``[x, y, w, h]`` and area in pixels, score rounded to 6 decimals."""
@@ -134,8 +140,7 @@ class PredictionsWriter:
         the artefact's folders, when no image was written."""
         out = self.path or prepare_output_dir(self.output, "predict")
         self.output = out  # a later open() uses this directory, not a new numbered one
-        rows = [{"path": relative_to(out, path), "reason": reason} for path, reason in self.failures]
-        return atomic_write_text(out / FAILED_NAME, "".join(json.dumps(row) + "\n" for row in rows))
+        return write_failed_list(out, self.failures)
 
     def open(self) -> Path:
         """Create the directory now if not yet (a shard whose slice holds no image still writes its artefact)."""

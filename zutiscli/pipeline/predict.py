@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import read_json, read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.artefacts.prediction_writer import (FAILED_NAME, FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME,
-                                                  ImageResult, PredictionsWriter)
+                                                  ImageResult, PredictionsWriter, write_failed_list)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import safe_filenames
 from zutiscli.engine import inference
@@ -288,13 +288,14 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
                                 f"`zutis predict --shard` writes; the shard is corrupt, run it again") from None
     failures = []
     for shard, _, _, _, _ in parts:  # shards written before failed.jsonl existed have none
-        listed = shard / FAILED_NAME
-        for number, line in enumerate(listed.read_text(encoding="utf-8").splitlines() if listed.is_file() else [], 1):
+        failed_list = shard / FAILED_NAME
+        lines = failed_list.read_text(encoding="utf-8").splitlines() if failed_list.is_file() else []
+        for number, line in enumerate(lines, 1):
             try:
                 row = json.loads(line)
                 failures.append((resolve_relative(shard, row["path"]), str(row["reason"])))
             except (ValueError, KeyError, TypeError):
-                raise ArtefactError(f"{listed}: line {number} is not a failure record; the shard is corrupt, "
+                raise ArtefactError(f"{failed_list}: line {number} is not a failure record; the shard is corrupt, "
                                     f"run it again") from None
     entries.sort(key=lambda entry: entry[0])
     out = prepare_output_dir(output, "predict")
@@ -318,8 +319,7 @@ def merge_predictions(shards: Sequence[str | Path], output: str | Path | None = 
     if panoptic_categories is not None:
         atomic_write_json(out / PANOPTIC_NAME, {"images": merged_images, "annotations": merged_panoptic,
                                                   "categories": panoptic_categories}, indent=None)
-    atomic_write_text(out / FAILED_NAME, "".join(json.dumps({"path": relative_to(out, path), "reason": reason}) + "\n"
-                                                 for path, reason in failures))
+    write_failed_list(out, failures)
     failed = sum(int(m.summary.get("failed", 0)) for _, m in manifests)
     params = dict(first.params) | {"shard": None, "merged_from": count}
     write_manifest(out, KIND, model=first.model, inputs=[shard for shard, _ in manifests], params=params,
