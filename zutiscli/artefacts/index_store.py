@@ -36,8 +36,8 @@ from typing import Iterator
 
 import numpy as np
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_text, link_or_copy
-from zutiscli.artefacts.manifest import Manifest, read_manifest, resolve_relative
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, link_or_copy
+from zutiscli.artefacts.manifest import MANIFEST_NAME, Manifest, read_manifest, resolve_relative
 from zutiscli.errors import ArtefactError
 
 CHUNK_DIR = "chunks"
@@ -436,9 +436,6 @@ def repair_chunks(directory: str | Path) -> list[str]:
 
 def _recount_manifest(directory: Path) -> None:
     """After a repair: a manifest counting more rows than the chunks hold becomes that of an unfinished index."""
-    from zutiscli.artefacts.atomic import atomic_write_json
-    from zutiscli.artefacts.manifest import MANIFEST_NAME
-
     path = directory / MANIFEST_NAME
     if not path.is_file():
         return
