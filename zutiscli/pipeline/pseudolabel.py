@@ -48,7 +48,7 @@ from zutiscli.artefacts.pseudolabels import (
     read_parts,
     write_part,
 )
-from zutiscli.artefacts.lock import content, holding_locks, lock_directory
+from zutiscli.artefacts.lock import content, holding_locks
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
 from zutiscli.data.workers import quiet_worker, worker_loader
@@ -252,12 +252,9 @@ def _done(rows: dict[str, dict[str, Any]], out: Path, images: list[Path]) -> set
 
 def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) -> Path:
     """Create the run's directory (``output/shard-i-of-n`` for a shard), checked by :func:`_check_output`."""
-    if shard is None:
-        return prepare_output_dir(output, "pseudolabel", resumable=True)
-    out = prepare_output_dir(output, "pseudolabel", resumable=True, lock=False) / shard_dir_name(shard)
-    out.mkdir(exist_ok=True)
-    lock_directory(out)
-    return out
+    if shard is not None:
+        output = shard_output(output, shard, "pseudolabel")  # the shard's directory is the one it writes and locks
+    return prepare_output_dir(output, "pseudolabel", resumable=True)
 
 
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
