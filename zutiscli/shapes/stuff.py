@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from zutiscli.shapes.world import _smooth_field
+from zutiscli.shapes.noise import smooth_field
 
 STUFF: tuple[str, ...] = ("sky", "grass", "water", "sand", "brick", "wood")
 
@@ -63,7 +63,7 @@ def _sky(rng: np.random.Generator, size: int, look) -> np.ndarray:
     top, low = _jitter(rng, look[0]), _jitter(rng, look[1])
     t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
     img = np.broadcast_to(top + t * (low - top), (size, size, 3)).copy()
-    clouds = _smooth_field(rng, size, int(rng.integers(3, 6))) * 0.6 + _smooth_field(rng, size, 9) * 0.4
+    clouds = smooth_field(rng, size, int(rng.integers(3, 6))) * 0.6 + smooth_field(rng, size, 9) * 0.4
     cover = np.clip((clouds - rng.uniform(0.5, 0.7)) * 4.0, 0.0, 1.0)[..., None]
     return img + cover * (np.asarray(look[2], np.float32) - img)
 
@@ -72,7 +72,7 @@ def _grass(rng: np.random.Generator, size: int, look) -> np.ndarray:
     base = _jitter(rng, look[0], 6)
     blades = rng.standard_normal((size // 3 + 1, size)).astype(np.float32)
     blades = np.repeat(blades, 3, axis=0)[:size]  # streaks three pixels tall: blades
-    patches = _smooth_field(rng, size, int(rng.integers(3, 7))) - 0.5
+    patches = smooth_field(rng, size, int(rng.integers(3, 7))) - 0.5
     shade = 1.0 + 0.12 * blades + 0.35 * patches
     img = base * shade[..., None]
     img[..., 1] += 10.0 * blades
@@ -84,16 +84,16 @@ def _water(rng: np.random.Generator, size: int, look) -> np.ndarray:
     y = np.arange(size, dtype=np.float32)[:, None]
     x = np.arange(size, dtype=np.float32)[None, :]
     period = float(rng.uniform(3.0, 7.0))
-    warp = _smooth_field(rng, size, 4) * np.float32(rng.uniform(4, 12))
+    warp = smooth_field(rng, size, 4) * np.float32(rng.uniform(4, 12))
     ripples = np.sin((y + warp + 0.15 * np.sin(x / 5.0)) * np.float32(2 * math.pi / period))
     img = base * (1.0 + 0.12 * ripples)[..., None]
-    glints = np.clip((ripples - 0.85) * 6.0, 0.0, 1.0) * (_smooth_field(rng, size, 6) > 0.55)
+    glints = np.clip((ripples - 0.85) * 6.0, 0.0, 1.0) * (smooth_field(rng, size, 6) > 0.55)
     return img + glints[..., None] * (np.asarray(look[1], np.float32) - img)
 
 
 def _sand(rng: np.random.Generator, size: int, look) -> np.ndarray:
     base = _jitter(rng, look[0], 5) * np.float32(rng.uniform(0.9, 1.05))
-    dunes = _smooth_field(rng, size, int(rng.integers(2, 5))) - 0.5
+    dunes = smooth_field(rng, size, int(rng.integers(2, 5))) - 0.5
     grain = rng.standard_normal((size, size)).astype(np.float32)
     return base * (1.0 + 0.18 * dunes + 0.06 * grain)[..., None]
 
@@ -121,7 +121,7 @@ def _wood(rng: np.random.Generator, size: int, look) -> np.ndarray:
     y = np.arange(size, dtype=np.float32)[:, None]
     x = np.arange(size, dtype=np.float32)[None, :]
     plank = float(rng.uniform(0.15, 0.3)) * size
-    warp = _smooth_field(rng, size, 3) * np.float32(rng.uniform(3, 8))
+    warp = smooth_field(rng, size, 3) * np.float32(rng.uniform(3, 8))
     grain = np.sin((y + warp + 0.03 * x) * np.float32(2 * math.pi / rng.uniform(2.5, 5.0)))
     seams = (y % plank) < 1.0
     tone = rng.normal(1.0, 0.07, int(size / plank) + 2).astype(np.float32)[(y // plank).astype(np.int64)]

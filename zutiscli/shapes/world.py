@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zutiscli.shapes.noise import smooth_field
 from zutiscli.shapes.raster import (
     RASTER_SHAPES,
     ROTATION_PERIOD,
@@ -242,17 +243,6 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return np.asarray(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32) * np.float32(255.0)
 
 
-def _smooth_field(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """``(size, size)`` float32 in [0, 1]: random lattice values, smoothstep-interpolated."""
-    grid = rng.random((cells + 1, cells + 1)).astype(np.float32)
-    t = (np.arange(size, dtype=np.float32) + 0.5) * np.float32(cells / size)
-    i = np.minimum(t.astype(np.int64), cells - 1)
-    f = t - i
-    f = f * f * (3.0 - 2.0 * f)
-    rows = grid[i] * (1.0 - f)[:, None] + grid[i + 1] * f[:, None]  # (size, cells + 1)
-    return rows[:, i] * (1.0 - f)[None, :] + rows[:, i + 1] * f[None, :]
-
-
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """``(size, size, 3)`` float32 RGB in [0, 255]: muted base colour plus texture.
 
@@ -274,7 +264,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
             float(np.clip(sat + rng.uniform(-0.15, 0.15), 0.0, 0.5)),
             float(np.clip(val + rng.uniform(-0.2, 0.2), 0.15, 0.7)),
         )
-        field = _smooth_field(rng, size, int(rng.integers(2, 6)))
+        field = smooth_field(rng, size, int(rng.integers(2, 6)))
         img += field[:, :, None] * (other - base)[None, None, :]
     if use[1]:
         period = float(rng.uniform(4.0, 16.0))
