@@ -19,9 +19,11 @@ from zutiscli.shapes.clip_train import (
     TrainClipConfig,
     caption_batch,
     caption_slots,
+    caption_stuff,
     describes,
     learning_rate,
     multi_positive_loss,
+    names_objects,
     positive_matrix,
     train_shapes_clip,
 )
@@ -69,7 +71,8 @@ def test_describes_counts_and_pairs_objects() -> None:
 
 
 def test_positive_matrix_matches_describes_and_own_captions() -> None:
-    _, captions, objects = caption_batch(3, 0, 96, size=32, hflip=0.5)
+    _, captions, objects, stuff = caption_batch(3, 0, 96, size=32, hflip=0.5)
+    assert not any(stuff)
     positives = positive_matrix(objects, captions)
     expected = torch.tensor([[describes(caption_slots(c), o) for c in captions] for o in objects])
     assert torch.equal(positives, expected)
@@ -77,11 +80,57 @@ def test_positive_matrix_matches_describes_and_own_captions() -> None:
     assert positives.sum() > 96  # captions repeat and are partial: many off-diagonal positives
 
 
+@pytest.mark.parametrize(
+    "caption, stuff, objects_named",
+    [
+        ("a red star on sand", {"sand"}, True),
+        ("the sky above wooden planks", {"sky", "wood"}, False),
+        ("a circle in front of a brick wall", {"brick"}, True),
+        ("the sky, water and sand", {"sky", "water", "sand"}, False),
+        ("a view of grass", {"grass"}, False),
+        ("an empty scene", set(), True),
+        ("two blue shapes", set(), True),
+    ],
+)
+def test_caption_stuff(caption, stuff, objects_named) -> None:
+    assert caption_stuff(caption) == stuff
+    assert names_objects(caption) is objects_named
+
+
+def test_positives_over_named_stuff() -> None:
+    star, ring = _obj("red", "star"), _obj("blue", "ring")
+    objects = [[star], [star], [ring], []]
+    stuff = [frozenset({"sand", "sky"}), frozenset({"grass"}), frozenset({"sand"}), frozenset({"sky", "sand"})]
+    captions = ["a red star on sand", "a star", "sand", "the sky above sand"]
+    got = positive_matrix(objects, captions, stuff)
+    expected = torch.tensor([
+        [True, True, True, True],  # a stuff-only caption says nothing of the objects
+        [False, True, False, False],  # no sand under the second star
+        [False, False, True, False],  # a ring is no red star; no sky for the last caption
+        [False, False, True, True],  # the empty scene over sky and sand: only the stuff captions
+    ])
+    assert torch.equal(got, expected)
+    # Without stuff, a caption naming a material describes no image but its own.
+    assert positive_matrix(objects, captions)[:, 2].tolist() == [False, False, True, False]
+
+
+def test_training_stream_over_named_stuff() -> None:
+    images, captions, objects, stuff = caption_batch(7, 1, 64, size=32, stuff=0.5)
+    over = [bool(s) for s in stuff]
+    assert 10 < sum(over) < 54
+    assert all(not caption_stuff(c) for c, o in zip(captions, over) if not o)
+    assert sum(bool(caption_stuff(c)) for c in captions) > 10
+    for caption, shown in zip(captions, stuff):
+        assert caption_stuff(caption) <= shown, (caption, shown)
+    again = caption_batch(7, 1, 64, size=32, stuff=0.5)
+    assert (again[0] == images).all() and again[1] == captions
+
+
 def test_training_stream_never_shows_held_out_pairs_and_mirrors_captions() -> None:
-    images, captions, objects = caption_batch(5, 2, 64, size=32, hflip=1.0)
+    images, captions, objects, _ = caption_batch(5, 2, 64, size=32, hflip=1.0)
     assert images.shape == (64, 32, 32, 3) and images.dtype.name == "uint8"
     assert all((o.colour, o.shape) not in DEFAULT_HELD_OUT for objs in objects for o in objs)
-    plain_images, plain_captions, _ = caption_batch(5, 2, 64, size=32, hflip=0.0)
+    plain_images, plain_captions, _, _ = caption_batch(5, 2, 64, size=32, hflip=0.0)
     assert (images == plain_images[:, :, ::-1]).all()
     swap = {"left": "right", "right": "left"}
     assert captions == [" ".join(swap.get(w, w) for w in c.split()) for c in plain_captions]

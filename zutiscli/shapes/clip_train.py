@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from zutiscli.data.workers import worker_loader
+from zutiscli.shapes.stuff import STUFF
 from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, ShapeObject, caption_sample, plural
 
 #: A described object: ``(colour or None, shape or None)``; None = the caption does not say.
@@ -39,6 +40,8 @@ ProgressCallback = Callable[[int, int, dict[str, float]], None]
 
 _SHAPE_WORDS: dict[str, str] = {s: s for s in SHAPES} | {plural(s): s for s in SHAPES}
 _COLOUR_WORDS: frozenset[str] = frozenset(COLOURS)
+#: Words by which captions name the materials of :data:`zutiscli.shapes.stuff.STUFF`.
+_STUFF_WORDS: dict[str, str] = {name: name for name in STUFF} | {"wooden": "wood"}
 
 
 @dataclass
@@ -63,6 +66,9 @@ class TrainClipConfig:
         held_out: ``(colour, shape)`` pairs never shown in training (zero-shot composition test).
         hflip: probability of mirroring an image left-right (its caption's "left"/"right" are
             swapped accordingly).
+        stuff: probability that a training pair is drawn over named stuff
+            (:mod:`zutiscli.shapes.stuff`), its caption then naming the objects, the objects and
+            the stuff under the largest, or the stuff alone (:func:`zutiscli.shapes.world.caption_sample`).
         text_noise: probability that a caption gets 1--3 random content-free vocabulary tokens
             inserted (:func:`insert_noise_tokens`), so that unseen words in prompts are ignored.
         positives: which image--caption pairs count as matches in the loss: ``"truth"`` (caption
@@ -94,6 +100,7 @@ class TrainClipConfig:
     image_size: int = 64
     held_out: frozenset[tuple[str, str]] = field(default_factory=lambda: DEFAULT_HELD_OUT)
     hflip: float = 0.5
+    stuff: float = 0.0
     text_noise: float = 0.0
     positives: str = "truth"
     threads: int = 2
@@ -130,8 +137,9 @@ class TrainClipConfig:
             raise ValueError(f"positives must be one of {', '.join(POSITIVE_RULES)}, got {self.positives!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not (0.0 <= self.hflip <= 1.0 and 0.0 <= self.text_noise <= 1.0):
-            raise ValueError(f"hflip and text_noise must be probabilities, got {self.hflip}, {self.text_noise}")
+        if not all(0.0 <= p <= 1.0 for p in (self.hflip, self.stuff, self.text_noise)):
+            raise ValueError(f"hflip, stuff and text_noise must be probabilities, got {self.hflip}, {self.stuff}, "
+                             f"{self.text_noise}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,6 +182,19 @@ def _slot(words: Sequence[str]) -> Slot:
     return colour, shape
 
 
+def caption_stuff(caption: str) -> frozenset[str]:
+    """The named stuff a caption speaks of, e.g. ``"a red star on sand"`` -> ``{"sand"}``,
+    ``"the sky above wooden planks"`` -> ``{"sky", "wood"}``; empty when it names none."""
+    words = caption.replace(",", " ").split()
+    return frozenset(_STUFF_WORDS[w] for w in words if w in _STUFF_WORDS)
+
+
+def names_objects(caption: str) -> bool:
+    """False for a caption that names stuff and no object ("the sky above water"): it says nothing
+    of the objects in front of the stuff. Captions that name objects, or an empty scene, say True."""
+    return bool(caption_slots(caption)) or not caption_stuff(caption)
+
+
 def _fits(obj: ShapeObject, slot: Slot) -> bool:
     return (slot[0] is None or slot[0] == obj.colour) and (slot[1] is None or slot[1] == obj.shape)
 
@@ -197,12 +218,16 @@ def describes(slots: Sequence[Slot], objects: Sequence[ShapeObject]) -> bool:
 
 
 def positive_matrix(
-    objects: Sequence[Sequence[ShapeObject]], captions: Sequence[str]
+    objects: Sequence[Sequence[ShapeObject]],
+    captions: Sequence[str],
+    stuff: Sequence[frozenset[str]] | None = None,
 ) -> torch.Tensor:
     """``(B, B)`` bool: entry ``[i, j]`` is True iff caption ``j`` truly describes image ``i``.
 
-    Same rule as :func:`describes`, vectorised. The diagonal is always True (each caption was
-    written for its own image).
+    The objects are matched by the rule of :func:`describes`, vectorised; a caption that names
+    stuff alone (:func:`names_objects` False) says nothing of the objects. Every material a
+    caption names (:func:`caption_stuff`) must be in the image's ``stuff`` (``None``: no image
+    shows named stuff). The diagonal is always True (each caption was written for its own image).
     """
     n = len(captions)
     if len(objects) != n:
@@ -238,14 +263,24 @@ def positive_matrix(
     two = (one & fits(1, 1)) | (fits(0, 1) & fits(1, 0))
     count = obj_n[:, None]
     ok = same_count & ((count == 0) | ((count == 1) & one) | ((count == 2) & two))
+    named = [caption_stuff(c) for c in captions]
+    ok |= ~np.array([names_objects(c) for c in captions])[None, :]
+    shown = stuff if stuff is not None else [frozenset()] * n
+    if len(shown) != n:
+        raise ValueError(f"{len(shown)} stuff sets for {n} captions")
+    ok &= np.array([[want <= have for want in named] for have in shown], dtype=bool).reshape(n, n)
     out = torch.from_numpy(ok)
     out.fill_diagonal_(True)
     return out
 
 
-def content_positive_matrix(objects: Sequence[Sequence[ShapeObject]]) -> torch.Tensor:
-    """``(B, B)`` bool: True where images ``i`` and ``j`` hold the same multiset of (colour, shape)."""
-    keys = [tuple(sorted((o.colour, o.shape) for o in objs)) for objs in objects]
+def content_positive_matrix(
+    objects: Sequence[Sequence[ShapeObject]], stuff: Sequence[frozenset[str]] | None = None
+) -> torch.Tensor:
+    """``(B, B)`` bool: True where images ``i`` and ``j`` hold the same multiset of (colour, shape)
+    over the same named stuff."""
+    shown = stuff if stuff is not None else [frozenset()] * len(objects)
+    keys = [(tuple(sorted((o.colour, o.shape) for o in objs)), tuple(sorted(s))) for objs, s in zip(objects, shown)]
     codes = {key: n for n, key in enumerate(dict.fromkeys(keys))}
     ids = torch.tensor([codes[k] for k in keys])
     return ids[:, None] == ids[None, :]
@@ -262,12 +297,18 @@ def caption_positive_matrix(captions: Sequence[str]) -> torch.Tensor:
 POSITIVE_RULES: tuple[str, ...] = ("truth", "content", "caption")
 
 
-def batch_positives(rule: str, objects: Sequence[Sequence[ShapeObject]], captions: Sequence[str]) -> torch.Tensor:
-    """``(B, B)`` bool positives of a batch under ``rule`` (one of :data:`POSITIVE_RULES`)."""
+def batch_positives(
+    rule: str,
+    objects: Sequence[Sequence[ShapeObject]],
+    captions: Sequence[str],
+    stuff: Sequence[frozenset[str]] | None = None,
+) -> torch.Tensor:
+    """``(B, B)`` bool positives of a batch under ``rule`` (one of :data:`POSITIVE_RULES`);
+    ``stuff``: the named stuff each image shows (None: none does)."""
     if rule == "truth":
-        return positive_matrix(objects, captions)
+        return positive_matrix(objects, captions, stuff)
     if rule == "content":
-        return content_positive_matrix(objects)
+        return content_positive_matrix(objects, stuff)
     if rule == "caption":
         return caption_positive_matrix(captions)
     raise ValueError(f"unknown positives rule {rule!r}; expected one of {', '.join(POSITIVE_RULES)}")
@@ -313,7 +354,8 @@ def caption_batch(
     size: int = 64,
     held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
     hflip: float = 0.0,
-) -> tuple[np.ndarray, list[str], list[list[ShapeObject]]]:
+    stuff: float = 0.0,
+) -> tuple[np.ndarray, list[str], list[list[ShapeObject]], list[frozenset[str]]]:
     """Batch ``step`` of the training stream of ``seed``.
 
     Args:
@@ -325,17 +367,23 @@ def caption_batch(
         held_out: pairs never drawn.
         hflip: probability of mirroring each image left-right (decided by a generator seeded from
             ``(seed, step)``); a mirrored image's caption has "left" and "right" swapped.
+        stuff: probability that a sample is drawn over named stuff (``caption_sample(stuff=True)``,
+            decided by a generator seeded from ``(seed, step)``).
 
     Returns:
         ``images`` ``(B, size, size, 3)`` uint8 RGB, ``captions`` (B strings), ``objects`` (B lists of
-        the drawn objects; positions not mirrored, which the loss does not use).
+        the drawn objects; positions not mirrored, which the loss does not use), ``stuff`` (B sets
+        of the materials each image shows, empty without named stuff).
     """
     images = np.empty((batch_size, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     objects: list[list[ShapeObject]] = []
+    shown: list[frozenset[str]] = []
     flips = np.random.default_rng([seed, 0x5EED, step]).random(batch_size) < hflip
+    over_stuff = np.random.default_rng([seed, 0x57FF, step]).random(batch_size) < stuff
     for k in range(batch_size):
-        sample = caption_sample(seed, step * batch_size + k, size=size, held_out=held_out)
+        sample = caption_sample(seed, step * batch_size + k, size=size, held_out=held_out,
+                                stuff=bool(over_stuff[k]))
         caption = sample.caption or ""
         if flips[k]:
             images[k] = sample.image[:, ::-1]
@@ -344,7 +392,9 @@ def caption_batch(
             images[k] = sample.image
         captions.append(caption)
         objects.append(sample.objects)
-    return images, captions, objects
+        labels = () if sample.stuff is None else np.unique(sample.stuff)
+        shown.append(frozenset(STUFF[int(v) - 1] for v in labels if v > 0))
+    return images, captions, objects, shown
 
 
 def noise_vocabulary(tokenizer: Any) -> torch.Tensor:
@@ -424,8 +474,8 @@ class _Stream(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         shard, shards = (0, 1) if worker is None else (worker.id, worker.num_workers)
         for step in range(self.start + shard, cfg.steps, shards):
-            images, captions, objects = caption_batch(
-                cfg.seed, step, cfg.batch_size, cfg.image_size, cfg.held_out, cfg.hflip
+            images, captions, objects, stuff = caption_batch(
+                cfg.seed, step, cfg.batch_size, cfg.image_size, cfg.held_out, cfg.hflip, cfg.stuff
             )
             pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
             tokens = self.tokenizer(captions)
@@ -433,7 +483,7 @@ class _Stream(torch.utils.data.IterableDataset):
                 rng = np.random.default_rng([cfg.seed, 0x7E47, step])
                 tokens = insert_noise_tokens(tokens, rng, cfg.text_noise, self.vocabulary,
                                              int(self.tokenizer.eot_token_id))
-            yield pixels, tokens, batch_positives(cfg.positives, objects, captions)
+            yield pixels, tokens, batch_positives(cfg.positives, objects, captions, stuff)
 
 
 def _batches(
