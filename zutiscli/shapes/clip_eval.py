@@ -14,6 +14,15 @@ Metrics (all fractions in [0, 1]):
   ``"background"`` (patch logits upsampled bilinearly to pixels), scored as mIoU over those seven
   classes, for the projected final tokens (:meth:`ClipBackbone.dense_embeddings`) and for
   MaskCLIP's value path (:func:`maskclip_dense_embeddings`).
+
+Named stuff is measured apart, on evaluation scenes drawn over stuff (:func:`scene_sample` with
+``stuff=True``, a sampler kind no training uses):
+
+* stuff retrieval precision@k for each material name (an image is relevant when the material
+  shows in at least :data:`STUFF_SHOWN` of its pixels), :func:`stuff_retrieval`;
+* MaskCLIP over things and stuff: the value-path embeddings (:meth:`ClipBackbone.maskclip_embeddings`,
+  what ``zutis predict --method maskclip`` uses) against ``"background"``, the six shapes and the six
+  materials, scored as mIoU over the twelve classes of the scenes (:func:`scene_dense_miou`).
 """
 
 from __future__ import annotations
@@ -28,10 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from zutiscli.models.clip import ClipBackbone
-from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, pile_sample
+from zutiscli.shapes.stuff import STUFF
+from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, pile_sample, scene_sample
 
 #: Default seed of the evaluation pool (pile kind; training uses the caption kind).
 EVAL_SEED = 20_251
+#: Smallest share of an image's visible pixels by which a material counts as shown in it.
+STUFF_SHOWN = 0.05
 
 
 @dataclass
@@ -230,6 +242,86 @@ def dense_miou(
     return out
 
 
+def _stuff_scene(seed: int, index: int, size: int, split: str, max_objects: int):
+    sample = scene_sample(seed, index, size, min_objects=0, max_objects=max_objects, stuff=True, split=split)
+    visible = sample.stuff.copy()
+    for mask in sample.masks:
+        visible[mask] = 0
+    return sample, visible
+
+
+@torch.no_grad()
+def stuff_retrieval(
+    backbone: ClipBackbone, seed: int = EVAL_SEED, pool_size: int = 600, k: int = 50, split: str = "train"
+) -> dict[str, Any]:
+    """Text -> image precision@k of each material name over scenes of named stuff.
+
+    The pool holds ``pool_size`` scenes at the backbone's input size, each with zero to two objects
+    over one to three materials; an image is relevant to a material shown in at least
+    :data:`STUFF_SHOWN` of its visible (not covered by an object) pixels. Queries use the
+    85-template ensemble.
+
+    Returns:
+        ``{"mean", "min", "per_query": {material: precision}}`` (fractions, 4 decimals).
+    """
+    size = int(backbone.image_size[0])
+    images = np.empty((pool_size, size, size, 3), dtype=np.uint8)
+    shown = np.zeros((len(STUFF), pool_size), dtype=bool)
+    for i in range(pool_size):
+        sample, visible = _stuff_scene(seed, i, size, split, max_objects=2)
+        images[i] = sample.image
+        counts = np.bincount(visible.ravel(), minlength=len(STUFF) + 1)[1:]
+        shown[:, i] = counts >= STUFF_SHOWN * visible.size
+    text = backbone.encode_text(list(STUFF), templates="ensemble")
+    precision = precision_at_k(text @ embed_images(backbone, images).t(), torch.from_numpy(shown), k)
+    return _summary(precision, STUFF)
+
+
+@torch.no_grad()
+def scene_dense_miou(
+    backbone: ClipBackbone, seed: int = EVAL_SEED, scenes: int = 200, size: int = 128, split: str = "train",
+    batch_size: int = 25,
+) -> dict[str, Any]:
+    """MaskCLIP's per-pixel labels on scenes of things over named stuff, as mIoU.
+
+    Each scene (``size`` pixels, one to eight objects over one to three materials) is labelled by the
+    argmax of its value-path embeddings (:meth:`ClipBackbone.maskclip_embeddings`) against the
+    ensemble text embeddings of ``"background"``, the shapes and the materials, upsampled bilinearly
+    from patches to pixels. Ground truth: each object's shape on its visible mask, the material
+    elsewhere. Pixels labelled ``"background"`` count as misses.
+
+    Returns:
+        ``{"miou", "things", "stuff", "iou": {class: IoU}}`` over the twelve classes (4 decimals).
+    """
+    names = list(SHAPES) + list(STUFF)
+    text = backbone.encode_text(["background"] + names, templates="ensemble")
+    classes = len(names) + 1
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    for start in range(0, scenes, batch_size):
+        images, truth = [], []
+        for i in range(start, min(scenes, start + batch_size)):
+            sample, _ = _stuff_scene(seed, i, size, split, max_objects=8)
+            label = sample.stuff.astype(np.int64) + len(SHAPES)  # material m -> 1 + len(SHAPES) + m
+            for obj, mask in zip(sample.objects, sample.masks):
+                label[mask] = 1 + SHAPES.index(obj.shape)
+            images.append(sample.image)
+            truth.append(label)
+        dense = backbone.maskclip_embeddings(_pixels(backbone, np.stack(images))).float().cpu()
+        logits = F.interpolate((dense @ text.t()).permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+                               align_corners=False)
+        confusion += _confusion(logits.argmax(dim=1), torch.from_numpy(np.stack(truth)), classes)
+    _, per_class = _iou(confusion)
+    iou = dict(zip(names, per_class[1:]))
+    return {
+        "miou": round(float(np.nanmean(per_class[1:])), 4),
+        "things": round(float(np.nanmean(per_class[1:1 + len(SHAPES)])), 4),
+        "stuff": round(float(np.nanmean(per_class[1 + len(SHAPES):])), 4),
+        "iou": iou,
+        "scenes": scenes,
+        "size": size,
+    }
+
+
 def _summary(values: torch.Tensor, names: Sequence[str]) -> dict[str, Any]:
     return {
         "mean": round(float(values.mean()), 4),
@@ -247,6 +339,7 @@ def evaluate_shapes_clip(
     held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
     dense: bool = True,
     split: str = "train",
+    stuff: bool = True,
 ) -> dict[str, Any]:
     """Measure a backbone on held-out shapes-world images (see the module docstring).
 
@@ -258,6 +351,8 @@ def evaluate_shapes_clip(
         held_out: the pairs held out of training, reported separately.
         dense: also measure the dense patch embeddings (mIoU), projected and MaskCLIP.
         split: draw the pool from the ``"train"`` split or the ``"shift"`` split.
+        stuff: also measure named stuff: :func:`stuff_retrieval` and, with ``dense``,
+            :func:`scene_dense_miou` (MaskCLIP over things and stuff), on the same split.
 
     Returns:
         JSON-ready dict (fractions rounded to 4 decimals)::
@@ -268,6 +363,7 @@ def evaluate_shapes_clip(
                                                           "seen_mean"}, "names": {...}}},
              "classification": {"shape": {"ensemble", "names"}, "colour": {...}, "pair": {...}},
              "dense": {"projected": {"miou", "iou"}, "maskclip": {...}} (if dense),
+             "stuff": {"retrieval": {...}, "maskclip_scenes": {...} (if dense)} (if stuff),
              "seconds": wall time}
     """
     start = time.perf_counter()
@@ -319,5 +415,9 @@ def evaluate_shapes_clip(
         result["dense"] = dense_miou(backbone, pool, text)
         result["dense"]["classes"] = list(SHAPES) + ["background"]
         result["dense"]["resolution"] = "patch logits upsampled bilinearly to pixels"
+    if stuff:
+        result["stuff"] = {"retrieval": stuff_retrieval(backbone, seed, k=k, split=split)}
+        if dense:
+            result["stuff"]["maskclip_scenes"] = scene_dense_miou(backbone, seed, split=split)
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
