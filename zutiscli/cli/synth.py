@@ -9,6 +9,7 @@ import typer
 from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import CommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
+from zutiscli.shapes.clip_recipe import TrainClipConfig
 
 app = typer.Typer(
     cls=CommandGroup,
@@ -88,14 +89,18 @@ def pairs(
     _run("pairs", options, output, json_mode, quiet)
 
 
+_CLIP = TrainClipConfig()  # the shipped model's recipe: the defaults of `zutis synth train-clip`
+
+
 @app.command("train-clip")
 def train_clip(
-    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps (the shipped model's recipe is the default).")] = 6000,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Image-caption pairs per step.")] = 128,
-    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
-    seed: SeedOpt = 0,
-    threads: Annotated[int, typer.Option("--threads", help="torch threads for training.")] = 2,
-    workers: Annotated[int, typer.Option("--workers", help="Data-generation processes (0 = in the training process).")] = 1,
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps (the shipped model's recipe is the default).")] = _CLIP.steps,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Image-caption pairs per step.")] = _CLIP.batch_size,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = _CLIP.lr,
+    stuff: Annotated[float, typer.Option("--stuff", help="Share of training pairs drawn over named stuff (sky, grass, ...) and captioned with it.")] = _CLIP.stuff,
+    seed: SeedOpt = _CLIP.seed,
+    threads: Annotated[int, typer.Option("--threads", help="torch threads for training.")] = _CLIP.threads,
+    workers: Annotated[int, typer.Option("--workers", help="Data-generation processes (0 = in the training process).")] = _CLIP.workers,
     eval_pool: Annotated[int, typer.Option("--eval-pool", help="Images for the retrieval/zero-shot evaluation afterwards (0 = skip).")] = 2000,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between resumable checkpoints (a multiple of 50; 0 = none); rerun the same command with the same -o to resume.")] = 250,
     output: OutputOpt = None,
@@ -115,11 +120,11 @@ def train_clip(
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.errors import UsageError
-    from zutiscli.shapes.clip_train import TrainClipConfig, checkpoint_path, train_shapes_clip
+    from zutiscli.shapes.clip_train import checkpoint_path, train_shapes_clip
 
     reporter = Reporter(json_mode, quiet)
-    config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, workers=workers,
-                             eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
+    config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, stuff=stuff, seed=seed, threads=threads,
+                             workers=workers, eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
                              checkpoint_every=checkpoint_every)
     try:
         config.validate()
