@@ -290,6 +290,24 @@ def test_maskclip_embeddings_are_the_value_path(tiny_backbone):
     assert torch.allclose(got, expected, atol=1e-5)
 
 
+def test_encode_with_dense_pools_like_encode_image_and_trains(tiny_backbone):
+    images = _images((32, 32), batch=2)
+    with torch.no_grad():
+        pooled, dense = tiny_backbone.encode_with_dense(images)
+        assert torch.allclose(F.normalize(pooled, dim=-1), tiny_backbone.encode_images(images), atol=1e-5)
+        assert torch.allclose(F.normalize(dense, dim=-1), tiny_backbone.maskclip_embeddings(images), atol=1e-6)
+    weight = tiny_backbone.model.visual.transformer.resblocks[-1].attn.in_proj_weight
+    weight.requires_grad_(True)
+    try:
+        tiny_backbone.encode_with_dense(images)[1].sum().backward()
+        width = tiny_backbone.width
+        assert weight.grad[2 * width:].abs().sum() > 0  # the value projection learns from the dense path
+        assert weight.grad[:2 * width].abs().sum() == 0  # queries and keys do not enter it
+    finally:
+        weight.requires_grad_(False)
+        weight.grad = None
+
+
 def test_zutis_cache_dir_is_passed_to_open_clip(monkeypatch, tmp_path):
     """With ZUTIS_CACHE_DIR set, cache lookups and open_clip's model loader use $ZUTIS_CACHE_DIR/models."""
     import open_clip

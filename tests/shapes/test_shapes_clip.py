@@ -22,6 +22,7 @@ from zutiscli.shapes.clip_train import (
     caption_stuff,
     describes,
     learning_rate,
+    patch_aligned_loss,
     multi_positive_loss,
     names_objects,
     positive_matrix,
@@ -322,3 +323,34 @@ def test_shipped_dense_tokens(shipped) -> None:
     # Average pooling: the pooled embedding is the (normalised) mean of the unnormalised patch embeddings.
     mean_patch = F.normalize(shipped.project(shipped.dense_tokens(x)).float().mean(dim=(1, 2)), dim=-1)
     assert torch.allclose(pooled, mean_patch, atol=1e-4)
+
+
+def test_patch_aligned_loss_pools_the_patches_like_each_caption() -> None:
+    gen = torch.Generator().manual_seed(1)
+    text = F.normalize(torch.randn(3, 8, generator=gen), dim=-1)
+    noise = F.normalize(torch.randn(3, 16, 8, generator=gen), dim=-1)
+    positives = torch.eye(3, dtype=torch.bool)
+    scale = torch.tensor(3.0)
+    # Each image holds its caption in one of 16 patches (the rest noise): the loss finds it.
+    dense = noise.clone()
+    dense[torch.arange(3), torch.tensor([0, 7, 15])] = text
+    found = patch_aligned_loss(dense.view(3, 4, 4, 8), text, scale, positives, temperature=0.01)
+    missing = patch_aligned_loss(noise, text, scale, positives, temperature=0.01)
+    assert found < missing
+    # A very low temperature scores a caption by its best patch; a high one by the mean patch.
+    sharp = patch_aligned_loss(dense, text, scale, positives, temperature=1e-4)
+    best = (torch.einsum("bnd,td->btn", dense, text)).amax(dim=-1)
+    assert torch.allclose(sharp, multi_positive_loss_from_scores(best, scale, positives), atol=1e-4)
+
+
+def multi_positive_loss_from_scores(scores, scale, positives):
+    logits = scale.exp() * scores
+    return 0.5 * (F.cross_entropy(logits, positives.float().argmax(1)) + F.cross_entropy(logits.t(), positives.float().argmax(0)))
+
+
+def test_training_with_the_dense_term(tmp_path) -> None:
+    report = train_shapes_clip(_tiny_config(dense=1.0, steps=8), tmp_path / "d.pt")
+    losses = [loss for _, loss in report["loss_curve"]]
+    assert all(v == v for v in losses) and report["config"]["dense"] == 1.0
+    plain = train_shapes_clip(_tiny_config(steps=8), tmp_path / "p.pt")
+    assert plain["loss_curve"] != report["loss_curve"]

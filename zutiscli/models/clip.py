@@ -544,18 +544,57 @@ class ClipBackbone(torch.nn.Module):
             cls_attention=weights[:, :, 0, 1:].reshape(batch, heads, gh, gw).to(x.dtype),
         )
 
-    def maskclip_embeddings(self, images: torch.Tensor) -> torch.Tensor:
-        """MaskCLIP's dense features: ``(B, H // p, W // p, D)`` float32, L2-normalised, in the text space.
+    def encode_with_dense(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled embedding and MaskCLIP's dense embeddings of the same forward pass.
 
-        The last block's query-key attention is skipped: each patch's value embedding (the last
-        block's value projection of its pre-normed token) goes through the attention's output
-        projection, the final layer norm and CLIP's projection, i.e. the value projection and the
-        final projections act as 1x1 convolutions (no residual, no MLP).
+        The tower runs once up to the input ``x`` of its last block; the block then gives the
+        pooled embedding as usual, and each patch's value path: the last attention's value
+        projection of ``ln_1(x)``, its output projection (and layer scale), the final layer norm and
+        CLIP's projection, i.e. the query--key mixing, the residual and the last MLP skipped
+        (MaskCLIP, Zhou et al. 2022). Gradients flow when enabled (training uses both outputs).
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised images.
+
+        Returns:
+            ``pooled`` ``(B, D)`` and ``dense`` ``(B, H // p, W // p, D)``, neither normalised, in
+            the model dtype.
+
+        Raises:
+            ModelError: the tower pools otherwise than by its [CLS] token or by averaging, or its
+                last block is not standard attention.
         """
-        features = self.last_block_features(images)
-        attention = self.model.visual.transformer.resblocks[-1].attn
-        values = F.linear(features.values, attention.out_proj.weight, attention.out_proj.bias)
-        return F.normalize(self.project(self.model.visual.ln_post(values)).float(), dim=-1)
+        visual = self.model.visual
+        x, (gh, gw) = self._embed(images)
+        transformer = visual.transformer
+        last = transformer.resblocks[-1]
+        attention = getattr(last, "attn", None)
+        pool = getattr(visual, "pool_type", "tok")
+        if pool not in ("tok", "avg") or getattr(visual, "final_ln_after_pool", False) \
+                or not isinstance(attention, torch.nn.MultiheadAttention) \
+                or getattr(attention, "in_proj_weight", None) is None:
+            raise ModelError(f"model {self.spec.name}: MaskCLIP needs a ViT pooled by [CLS] or by averaging "
+                             "whose last block is standard attention")
+        batch_first = getattr(transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in transformer.resblocks[:-1]:
+            x = block(x)
+        out = last(x)
+        if not batch_first:
+            x, out = x.transpose(0, 1), out.transpose(0, 1)
+        width = x.shape[-1]
+        values = F.linear(last.ln_1(x[:, 1:]), attention.in_proj_weight[2 * width:],
+                          None if attention.in_proj_bias is None else attention.in_proj_bias[2 * width:])
+        values = visual.ln_post(last.ls_1(attention.out_proj(values)))
+        out = visual.ln_post(out)
+        pooled = out[:, 0] if pool == "tok" else out[:, 1:].mean(dim=1)
+        return self.project(pooled), self.project(values).reshape(x.shape[0], gh, gw, -1)
+
+    def maskclip_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """MaskCLIP's dense features: ``(B, H // p, W // p, D)`` float32, L2-normalised, in the text space
+        (the value path of :meth:`encode_with_dense`)."""
+        return F.normalize(self.encode_with_dense(images)[1].float(), dim=-1)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(..., width)`` -> text space ``(..., D)`` through CLIP's visual projection."""

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zutiscli.errors import ModelError
 from zutiscli.models.clip import ClipBackbone
 from zutiscli.shapes.stuff import STUFF
 from zutiscli.shapes.world import COLOURS, DEFAULT_HELD_OUT, SHAPES, pile_sample, scene_sample
@@ -144,12 +145,8 @@ def precision_at_k(similarity: torch.Tensor, relevant: torch.Tensor, k: int = 50
 
 @torch.no_grad()
 def maskclip_dense_embeddings(backbone: ClipBackbone, images: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP's dense embeddings: the last block's value path, ``(B, H // p, W // p, D)`` float32.
-
-    The image tower runs up to the input ``x`` of its last residual block; there the attention's
-    query--key mixing is skipped: ``v = out_proj(W_v ln_1(x) + b_v)`` (times the block's layer
-    scale) per token, then ``ln_post`` and the visual projection, L2-normalised. The residual
-    branch and the last MLP are dropped (MaskCLIP, Zhou et al. 2022).
+    """MaskCLIP's dense embeddings: the last block's value path, ``(B, H // p, W // p, D)`` float32,
+    L2-normalised (:meth:`ClipBackbone.encode_with_dense`).
 
     Args:
         backbone: a plain-ViT backbone whose blocks use ``torch.nn.MultiheadAttention``.
@@ -158,26 +155,12 @@ def maskclip_dense_embeddings(backbone: ClipBackbone, images: torch.Tensor) -> t
     Raises:
         ValueError: the image tower is not a plain ViT with standard attention blocks.
     """
-    visual = backbone.model.visual
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    if not backbone.is_vit or not blocks or not isinstance(blocks[-1].attn, torch.nn.MultiheadAttention):
+    if not backbone.is_vit:
         raise ValueError("MaskCLIP value embeddings need a plain ViT with nn.MultiheadAttention blocks")
-    images = images.to(device=backbone.device, dtype=backbone.dtype)
-    x = visual.conv1(images)
-    batch, width, gh, gw = x.shape
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(batch, 1, -1)
-    x = torch.cat([cls, x], dim=1) + backbone.positional_embedding((gh, gw)).to(x.dtype)
-    x = visual.ln_pre(x)
-    for block in blocks[:-1]:
-        x = block(x)
-    last = blocks[-1]
-    attn = last.attn
-    w_v = attn.in_proj_weight[2 * width:]
-    b_v = attn.in_proj_bias[2 * width:] if attn.in_proj_bias is not None else None
-    v = attn.out_proj(F.linear(last.ln_1(x), w_v, b_v))
-    v = visual.ln_post(last.ls_1(v)[:, 1:])
-    return F.normalize(backbone.project(v).float(), dim=-1).reshape(batch, gh, gw, -1)
+    try:
+        return backbone.maskclip_embeddings(images)
+    except ModelError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def _confusion(pred: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:

@@ -37,6 +37,12 @@ class TrainClipConfig:
         stuff: probability that a training pair is drawn over named stuff
             (:mod:`zutiscli.shapes.stuff`), its caption then naming the objects, the objects and
             the stuff under the largest, or the stuff alone (:func:`zutiscli.shapes.world.caption_sample`).
+        dense: weight of the patch-aligned contrastive term (:func:`zutiscli.shapes.clip_train.patch_aligned_loss`)
+            added to the loss: each caption is scored against every image's MaskCLIP value-path
+            patch embeddings, pooled by their similarity to that caption (PACL, Mukhoti et al.
+            2023), so that the patches MaskCLIP reads carry what the captions name. 0 trains the
+            pooled embedding alone, as CLIP does.
+        dense_temperature: temperature of the softmax over patches in that pooling.
         text_noise: probability that a caption gets 1--3 random content-free vocabulary tokens
             inserted (:func:`insert_noise_tokens`), so that unseen words in prompts are ignored.
         positives: which image--caption pairs count as matches in the loss: ``"truth"`` (caption
@@ -69,6 +75,8 @@ class TrainClipConfig:
     held_out: frozenset[tuple[str, str]] = field(default_factory=lambda: DEFAULT_HELD_OUT)
     hflip: float = 0.5
     stuff: float = 0.0
+    dense: float = 0.0
+    dense_temperature: float = 0.05
     text_noise: float = 0.0
     positives: str = "truth"
     threads: int = 2
@@ -103,6 +111,8 @@ class TrainClipConfig:
             raise ValueError("checkpoint_every must be 0 or a positive multiple of log_every")
         if self.positives not in POSITIVE_RULES:
             raise ValueError(f"positives must be one of {', '.join(POSITIVE_RULES)}, got {self.positives!r}")
+        if self.dense < 0 or not self.dense_temperature > 0:
+            raise ValueError(f"need dense >= 0 and dense_temperature > 0, got {self.dense}, {self.dense_temperature}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not all(0.0 <= p <= 1.0 for p in (self.hflip, self.stuff, self.text_noise)):

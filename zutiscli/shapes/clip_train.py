@@ -230,12 +230,49 @@ def multi_positive_loss(
         CLIP's InfoNCE loss.
     """
     logits = logit_scale.exp() * image_emb @ text_emb.t()
+    return _soft_target_loss(logits, positives)
+
+
+def _soft_target_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Mean of the row (image -> caption) and column (caption -> image) cross-entropies of ``(B, B)``
+    logits against the positives normalised per row and per column."""
     target = positives.to(logits.dtype)
     rows = target / target.sum(dim=1, keepdim=True)
     cols = target / target.sum(dim=0, keepdim=True)
     loss_i2t = -(rows * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
     loss_t2i = -(cols * F.log_softmax(logits, dim=0)).sum(dim=0).mean()
     return 0.5 * (loss_i2t + loss_t2i)
+
+
+def patch_aligned_loss(
+    dense: torch.Tensor,
+    text_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    positives: torch.Tensor,
+    temperature: float = 0.05,
+) -> torch.Tensor:
+    """Contrastive loss on patch embeddings pooled for each caption (PACL, Mukhoti et al. 2023).
+
+    For image ``i`` and caption ``j`` the patches' cosine similarities ``s_ijn`` to the caption are
+    pooled by their own softmax over patches, ``score_ij = sum_n softmax_n(s_ijn / temperature) *
+    s_ijn``: the caption is matched by the patches most like it. The scores then enter
+    :func:`multi_positive_loss`'s soft-target cross-entropies.
+
+    Args:
+        dense: ``(B, N, D)`` or ``(B, h, w, D)`` float patch embeddings (any norm).
+        text_emb: ``(B, D)`` float, L2-normalised caption embeddings.
+        logit_scale: scalar tensor, the log of the inverse temperature of the scores.
+        positives: ``(B, B)`` bool, ``[i, j]`` True iff caption ``j`` describes image ``i``.
+        temperature: of the softmax over patches.
+
+    Returns:
+        Scalar float tensor.
+    """
+    patches = F.normalize(dense.flatten(1, -2), dim=-1)
+    similarity = torch.einsum("bnd,td->btn", patches, text_emb)
+    scores = (torch.softmax(similarity / temperature, dim=-1) * similarity).sum(dim=-1)
+    logits = logit_scale.exp() * scores
+    return _soft_target_loss(logits, positives)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,9 +582,15 @@ def train_shapes_clip(
             for group in optimiser.param_groups:
                 group["lr"] = lr
             images = (pixels.float() - mean) / std
-            image_emb = F.normalize(model.encode_image(images), dim=-1)
             text_emb = F.normalize(model.encode_text(tokens), dim=-1)
-            loss = multi_positive_loss(image_emb, text_emb, model.logit_scale, positives)
+            if config.dense:
+                pooled, dense = backbone.encode_with_dense(images)
+                loss = multi_positive_loss(F.normalize(pooled, dim=-1), text_emb, model.logit_scale, positives)
+                loss = loss + config.dense * patch_aligned_loss(dense, text_emb, model.logit_scale, positives,
+                                                                config.dense_temperature)
+            else:
+                image_emb = F.normalize(model.encode_image(images), dim=-1)
+                loss = multi_positive_loss(image_emb, text_emb, model.logit_scale, positives)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
