@@ -26,6 +26,8 @@ STAGES = {
     "predict": "zutis.predictions", "evaluate": "zutis.metrics",
     "baseline/predict": "zutis.predictions", "baseline/evaluate": "zutis.metrics",
     "paper-inference/predict": "zutis.predictions", "paper-inference/evaluate": "zutis.metrics",
+    "shift/scenes": "zutis.synth", "shift/predict": "zutis.predictions", "shift/evaluate": "zutis.metrics",
+    "shift/baseline/predict": "zutis.predictions", "shift/baseline/evaluate": "zutis.metrics",
 }
 
 
@@ -137,15 +139,30 @@ def test_metrics_json_agrees_with_the_evaluate_artefact(demo) -> None:
 def test_summary_picture_shows_scenes_and_overlays(demo) -> None:
     out, _ = demo
     picture = np.asarray(Image.open(out / "summary.png").convert("RGB")).astype(np.int32)
-    assert picture.shape[1] == 8 * 192 and picture.shape[0] > 6 * 192
-    rows = (picture.shape[0] - 58) // (192 + 16)
-    tiles = [[picture[58 + r * 208:58 + r * 208 + 192, c * 192:(c + 1) * 192] for c in range(8)] for r in range(rows)]
+    # a dozen held-out scenes (six rows), then four of the shift split (two rows), each under its heading
+    assert picture.shape == (2 * 58 + 8 * 208, 8 * 192, 3)
+    tops = [58 + r * 208 for r in range(6)] + [2 * 58 + r * 208 for r in range(6, 8)]
+    tiles = [[picture[top:top + 192, c * 192:(c + 1) * 192] for c in range(8)] for top in tops]
     inputs = [row[half * 4] for row in tiles for half in (0, 1)]
     assert all(tile.std() > 10 for tile in inputs), "every input tile shows a scene"
     # ground truth (column 1 of each half) and predicted semantic maps (column 2) tint the objects
-    for column in (1, 2):
-        change = np.mean([np.abs(row[half * 4] - row[half * 4 + column]).mean() for row in tiles for half in (0, 1)])
-        assert change > 2, (column, change)
+    for rows in (tiles[:6], tiles[6:]):
+        for column in (1, 2):
+            change = np.mean([np.abs(row[half * 4] - row[half * 4 + column]).mean() for row in rows for half in (0, 1)])
+            assert change > 2, (column, change)
+
+
+def test_the_shift_split_holds_the_same_objects_and_is_scored(demo) -> None:
+    out, _ = demo
+    test = json.loads((out / "scenes" / "instances.json").read_text())
+    shift = json.loads((out / "shift" / "scenes" / "instances.json").read_text())
+    assert [a["segmentation"] for a in test["annotations"]] == [a["segmentation"] for a in shift["annotations"]]
+    first = np.asarray(Image.open(out / "scenes" / test["images"][0]["file_name"]))
+    moved = np.asarray(Image.open(out / "shift" / "scenes" / shift["images"][0]["file_name"]))
+    assert np.abs(first.astype(int) - moved.astype(int)).mean() > 20  # other backgrounds, relit
+    headline = json.loads((out / "metrics.json").read_text())["headline"]
+    for variant in ("zutis, shift split", "maskclip, shift split"):
+        assert 0.0 <= headline[variant]["mIoU"] <= 1.0 and headline[variant]["mask_AP50"] is not None, variant
 
 
 def test_bf16_predictions_agree_with_fp32(demo, tmp_path) -> None:

@@ -14,7 +14,11 @@ one directory per stage under the demo's output::
     evaluate/     zutis evaluate          mask AP, mIoU, PQ
     paper-inference/  predict + evaluate of the same model with the paper's inference alone
     baseline/     predict + evaluate of the training-free MaskCLIP baseline on the same scenes
-    summary.png   input | ground truth | semantic | instances, for a dozen scenes, with the metrics
+    shift/        the same objects drawn over the shift split (``zutis synth scenes --split shift``:
+                  backgrounds, stuff looks and lighting no training uses): scenes/, and predict +
+                  evaluate of the model (predict/, evaluate/) and of the baseline (baseline/)
+    summary.png   input | ground truth | semantic | instances, for a dozen scenes and four of the
+                  shift split, with the metrics
     metrics.json  the headline numbers of every evaluated variant, and the time of every stage
 
 ``--ablation`` adds the paper's findings, each as its own predict/evaluate (and train) directories
@@ -121,6 +125,9 @@ def _predict_zutis(stages: _Stages, config: DemoConfig, label: str, out: Path, s
     return _predict_and_evaluate(stages, label, out, scenes, classes, **values)
 
 
+#: How the demo's metrics name the scenes of the shift split (``zutis synth scenes --split shift``).
+SHIFT = "shift split"
+
 #: ``zutis predict --inference paper``: the paper's inference whatever the recipe recorded: dense semantic
 #: map, instances classified by their mean dense embedding with sigmoid(5 cos), no refinement, hard NMS at IoU 0.3.
 PAPER_INFERENCE: dict[str, Any] = dict(inference="paper")
@@ -191,6 +198,11 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
                         SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,
                                     min_objects=config.min_objects, max_objects=config.max_objects,
                                     workers=_generation_workers(config)), out / "scenes")
+    # the same objects over backgrounds, stuff looks and lighting that no training uses
+    shifted = stages.run("synth scenes (shift split)", write_synth,
+                         SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,
+                                     min_objects=config.min_objects, max_objects=config.max_objects, split="shift",
+                                     workers=_generation_workers(config)), out / "shift" / "scenes")
     index = stages.run("index", build_index, IndexConfig(
         sources=[str(pile / "images")], model=config.model, pretrained=config.pretrained, device=config.device,
         precision="fp32", workers=0, batch_size=256), out / "index").path
@@ -203,9 +215,14 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     metrics["zutis, paper's inference"] = _predict_zutis(stages, config, "zutis, paper's inference",
                                                          out / "paper-inference", scenes, classes, run.path,
                                                          **PAPER_INFERENCE)
+    maskclip = dict(method="maskclip", model=config.model, pretrained=config.pretrained, device=config.device,
+                    precision="fp32", components=True)
     metrics["maskclip"] = _predict_and_evaluate(stages, "maskclip baseline", out / "baseline", scenes, classes,
-                                                method="maskclip", model=config.model, pretrained=config.pretrained,
-                                                device=config.device, precision="fp32", components=True)
+                                                **maskclip)
+    metrics[f"zutis, {SHIFT}"] = _predict_zutis(stages, config, f"zutis, {SHIFT}", out / "shift", shifted, classes,
+                                                run.path)
+    metrics[f"maskclip, {SHIFT}"] = _predict_and_evaluate(stages, f"maskclip baseline, {SHIFT}",
+                                                          out / "shift" / "baseline", shifted, classes, **maskclip)
     if config.ablation:
         metrics.update(_ablations(stages, config, out, index, scenes, run.path, classes))
 
@@ -215,7 +232,8 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
         for unseen in (_zero_shot_variant(config), _zero_shot_variant(config) + ", paper's inference"):
             went = (metrics[unseen].get("semantic") or {}).get("main_confusions", {}).get(config.zero_shot_class)
             headlines[unseen]["unseen_class_pixels"] = {"class": config.zero_shot_class, **went} if went else None
-    write_summary_picture(out / "summary.png", scenes, out / "predict", classes, headlines["zutis"])
+    write_summary_picture(out / "summary.png", scenes, out / "predict", classes, headlines["zutis"],
+                          shift=(shifted, out / "shift" / "predict", headlines[f"zutis, {SHIFT}"]))
     seconds = dict(stages.seconds)
     report = {"config": asdict(config), "headline": headlines, "stage_quality": quality, "seconds": seconds,
               "total_seconds": round(sum(seconds.values()), 2)}
@@ -352,19 +370,55 @@ def _relabel(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
 
 # ---- the summary picture --------------------------------------------------------------------
 def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: list[str],
-                          metrics: dict[str, Any], count: int = 12, tile: int = 192) -> Path:
+                          metrics: dict[str, Any], count: int = 12, tile: int = 192,
+                          shift: tuple[Path, Path, dict[str, Any]] | None = None, shift_count: int = 4) -> Path:
     """One PNG a person opens first: rows of input | ground truth | semantic | instances, and the metrics.
 
     Shows the first ``count`` scenes, two scenes per row, each tile ``tile`` pixels square
-    (nearest-neighbour upscaling, so the masks' pixels stay visible). The ground-truth and the
-    predicted semantic maps share one colour per class; instances are drawn as ``zutis predict
-    --vis`` draws them. Predicted instances scoring below 0.5 are left out of the picture (not out
-    of the metrics).
+    (nearest-neighbour upscaling, so the masks' pixels stay visible), then, given ``shift`` =
+    ``(scenes, predictions, metrics)`` of the shift split, its first ``shift_count`` scenes under a
+    heading with their metrics. The ground-truth and the predicted semantic maps share one colour
+    per class; instances are drawn as ``zutis predict --vis`` draws them. Predicted instances
+    scoring below 0.5 are left out of the picture (not out of the metrics).
     """
     from PIL import Image, ImageDraw
 
     from zutiscli.artefacts.atomic import atomic_path
+
+    sections = [("held-out shapes-world scenes", scenes, predictions, metrics, count)]
+    if shift is not None:
+        sections.append((f"the same objects, {SHIFT} (backgrounds and lighting no training uses)", *shift,
+                         shift_count))
+    columns, heading, label = 8, 58, 16
+    rows = [(len(_summary_images(section[1], section[4])) + 1) // 2 for section in sections]
+    canvas = Image.new("RGB", (columns * tile, sum(heading + r * (tile + label) for r in rows)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    top = 0
+    for (title, where, predicted, numbers, shown), count_rows in zip(sections, rows):
+        draw.text((8, top + 6), f"zutis demo: {title}, classes " + ", ".join(classes), fill=(0, 0, 0))
+        draw.text((8, top + 22), "   ".join(f"{k} {v:.3f}" for k, v in numbers.items() if isinstance(v, float)),
+                  fill=(0, 0, 0))
+        titles = ("input", "ground truth", "predicted semantic", "predicted instances (score >= 0.5)")
+        for column in range(columns):
+            draw.text((column * tile + 4, top + 40), titles[column % 4], fill=(80, 80, 80))
+        _draw_scenes(canvas, draw, top + heading, where, predicted, classes, shown, tile, label)
+        top += heading + count_rows * (tile + label)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
+
+
+def _summary_images(scenes: Path, count: int) -> list[dict[str, Any]]:
     from zutiscli.artefacts.coco import load_coco
+
+    return sorted(load_coco(scenes / "instances.json")["images"], key=lambda image: image["id"])[:count]
+
+
+def _draw_scenes(canvas: Any, draw: Any, top: int, scenes: Path, predictions: Path, classes: list[str], count: int,
+                 tile: int, label: int) -> None:
+    """Paste rows of input | ground truth | semantic | instances of the first ``count`` scenes, from ``top``."""
+    from PIL import Image
+
     from zutiscli.artefacts.labelmap import read_label_png
     from zutiscli.artefacts.manifest import resolve_relative
     from zutiscli.data.images import load_image
@@ -372,7 +426,6 @@ def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: 
     from zutiscli.ops.overlay import render_overlay
     from zutiscli.shapes.world import SHAPES
 
-    truth = load_coco(scenes / "instances.json")
     # label PNG value (1 + index in SHAPES, as `zutis synth` writes them) -> 1 + index in ``classes``
     gt_label = {SHAPES.index(name) + 1: number + 1 for number, name in enumerate(classes) if name in SHAPES}
     predicted = json.loads((predictions / "images.json").read_text(encoding="utf-8"))
@@ -384,29 +437,18 @@ def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: 
         if result["score"] >= 0.5:
             results_by_image.setdefault(result["image_id"], []).append(result)
 
-    def instances(anns: list[dict], labels: dict[int, int]):
-        if not anns:
-            return np.zeros((0, tile, tile), dtype=bool), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        masks = np.stack([enlarge(decode_mask(a["segmentation"])) for a in anns])
-        return masks, np.array([labels[a["category_id"]] for a in anns]), \
-            np.array([a["score"] for a in anns], dtype=np.float32)
-
     def enlarge(array: np.ndarray) -> np.ndarray:
         """Nearest-neighbour upscaling to the tile (masks stay exact; overlays drawn at tile size)."""
         return np.asarray(Image.fromarray(array).resize((tile, tile), Image.NEAREST))
 
-    images = sorted(truth["images"], key=lambda image: image["id"])[:count]
-    columns, header = 8, 58
-    rows = (len(images) + 1) // 2
-    canvas = Image.new("RGB", (columns * tile, header + rows * (tile + 16)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((8, 6), "zutis demo: held-out shapes-world scenes, classes " + ", ".join(classes), fill=(0, 0, 0))
-    numbers = "   ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    draw.text((8, 22), numbers, fill=(0, 0, 0))
-    titles = ("input", "ground truth", "predicted semantic", "predicted instances (score >= 0.5)")
-    for column in range(columns):
-        draw.text((column * tile + 4, 40), titles[column % 4], fill=(80, 80, 80))
-    for number, record in enumerate(images):
+    def instances(anns: list[dict]):
+        if not anns:
+            return np.zeros((0, tile, tile), dtype=bool), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        masks = np.stack([enlarge(decode_mask(a["segmentation"])) for a in anns])
+        return masks, np.array([pred_label[a["category_id"]] for a in anns]), \
+            np.array([a["score"] for a in anns], dtype=np.float32)
+
+    for number, record in enumerate(_summary_images(scenes, count)):
         image = enlarge(np.asarray(load_image(resolve_relative(scenes, record["file_name"]))))
         truth_map = enlarge(read_label_png(scenes / "semantic" / (Path(record["file_name"]).stem + ".png")))
         tiles = [image, render_overlay(image, classes, _relabel(truth_map, gt_label), None, None, None)]
@@ -416,14 +458,10 @@ def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: 
             tiles.append(render_overlay(image, classes, np.where(semantic == 255, 0, semantic), None, None, None))
         else:
             tiles.append(np.full_like(image, 255))
-        anns = results_by_image.get(mine["id"], []) if mine is not None else []
-        masks, labels, scores = instances(anns, pred_label)
+        masks, labels, scores = instances(results_by_image.get(mine["id"], []) if mine is not None else [])
         tiles.append(render_overlay(image, classes, None, masks, labels, scores))
         row, half = divmod(number, 2)
         for offset, array in enumerate(tiles):
-            canvas.paste(Image.fromarray(array), ((half * 4 + offset) * tile, header + row * (tile + 16)))
-        draw.text((half * 4 * tile + 4, header + row * (tile + 16) + tile + 2), Path(record["file_name"]).name,
+            canvas.paste(Image.fromarray(array), ((half * 4 + offset) * tile, top + row * (tile + label)))
+        draw.text((half * 4 * tile + 4, top + row * (tile + label) + tile + 2), Path(record["file_name"]).name,
                   fill=(80, 80, 80))
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
-    return path
