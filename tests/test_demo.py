@@ -231,7 +231,8 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
     config = preset(True, ablation=True, pile=60, pile_size=64, scenes=3, scene_size=64, k=6, pseudo_size=64,
                     copypaste=8, iterations=2, crop=64, batch_size=2, crop_adapter_scenes=4, workers=0, device="cpu")
     result = run_demo(config, tmp_path / "demo")
-    assert set(result.metrics) == {"zutis", "zutis, paper's inference", "maskclip", "zutis, no NMS",
+    assert set(result.metrics) == {"zutis", "zutis, paper's inference", "maskclip", "zutis, shift split",
+                                   "maskclip, shift split", "zutis, no NMS",
                                    "zutis, no crop adapter",
                                    "zutis, no stop-gradient", "zutis, temperature 1, stop-gradient",
                                    "zutis, temperature 1, no stop-gradient", "zutis, star never trained",
