@@ -390,18 +390,19 @@ def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: 
         sections.append((f"the same objects, {SHIFT} (backgrounds and lighting no training uses)", *shift,
                          shift_count))
     columns, heading, label = 8, 58, 16
-    rows = [(len(_summary_images(section[1], section[4])) + 1) // 2 for section in sections]
+    shown = [_summary_images(section[1], section[4]) for section in sections]
+    rows = [(len(images) + 1) // 2 for images in shown]
     canvas = Image.new("RGB", (columns * tile, sum(heading + r * (tile + label) for r in rows)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     top = 0
-    for (title, where, predicted, numbers, shown), count_rows in zip(sections, rows):
+    for (title, where, predicted, numbers, _), images, count_rows in zip(sections, shown, rows):
         draw.text((8, top + 6), f"zutis demo: {title}, classes " + ", ".join(classes), fill=(0, 0, 0))
         draw.text((8, top + 22), "   ".join(f"{k} {v:.3f}" for k, v in numbers.items() if isinstance(v, float)),
                   fill=(0, 0, 0))
         titles = ("input", "ground truth", "predicted semantic", "predicted instances (score >= 0.5)")
         for column in range(columns):
             draw.text((column * tile + 4, top + 40), titles[column % 4], fill=(80, 80, 80))
-        _draw_scenes(canvas, draw, top + heading, where, predicted, classes, shown, tile, label)
+        _draw_scenes(canvas, draw, top + heading, where, predicted, classes, images, tile, label)
         top += heading + count_rows * (tile + label)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
@@ -414,9 +415,9 @@ def _summary_images(scenes: Path, count: int) -> list[dict[str, Any]]:
     return sorted(load_coco(scenes / "instances.json")["images"], key=lambda image: image["id"])[:count]
 
 
-def _draw_scenes(canvas: Any, draw: Any, top: int, scenes: Path, predictions: Path, classes: list[str], count: int,
-                 tile: int, label: int) -> None:
-    """Paste rows of input | ground truth | semantic | instances of the first ``count`` scenes, from ``top``."""
+def _draw_scenes(canvas: Any, draw: Any, top: int, scenes: Path, predictions: Path, classes: list[str],
+                 images: list[dict[str, Any]], tile: int, label: int) -> None:
+    """Paste rows of input | ground truth | semantic | instances of the scenes' COCO ``images``, from ``top``."""
     from PIL import Image
 
     from zutiscli.artefacts.labelmap import read_label_png
@@ -448,7 +449,7 @@ def _draw_scenes(canvas: Any, draw: Any, top: int, scenes: Path, predictions: Pa
         return masks, np.array([pred_label[a["category_id"]] for a in anns]), \
             np.array([a["score"] for a in anns], dtype=np.float32)
 
-    for number, record in enumerate(_summary_images(scenes, count)):
+    for number, record in enumerate(images):
         image = enlarge(np.asarray(load_image(resolve_relative(scenes, record["file_name"]))))
         truth_map = enlarge(read_label_png(scenes / "semantic" / (Path(record["file_name"]).stem + ".png")))
         tiles = [image, render_overlay(image, classes, _relabel(truth_map, gt_label), None, None, None)]
