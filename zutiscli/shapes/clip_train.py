@@ -166,7 +166,7 @@ def positive_matrix(
     count = obj_n[:, None]
     ok = same_count & ((count == 0) | ((count == 1) & one) | ((count == 2) & two))
     named = [caption_stuff(c) for c in captions]
-    ok |= ~np.array([names_objects(c) for c in captions])[None, :]
+    ok |= ((slot_n == 0) & np.array([bool(n) for n in named]))[None, :]  # stuff alone says nothing of objects
     shown = stuff if stuff is not None else [frozenset()] * n
     if len(shown) != n:
         raise ValueError(f"{len(shown)} stuff sets for {n} captions")
