@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import MISSING, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 #: Key of a field's ``metadata`` that holds its :class:`OptionSpec` (or :data:`NOT_AN_OPTION`).
 METADATA_KEY = "zutis.option"
@@ -86,6 +86,16 @@ def _field(default: Any, default_factory: Any, metadata: Any) -> Any:
     if default is not MISSING and default_factory is not MISSING:
         raise ValueError("give a default or a default_factory, not both")
     return dataclasses.field(default=default, default_factory=default_factory, metadata={METADATA_KEY: metadata})
+
+
+def split_commas(text: str) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``: the items of a comma-separated option value."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def join_commas(values: Sequence[object]) -> str:
+    """The comma-separated text of ``values`` (the inverse of :func:`split_commas`)."""
+    return ",".join(map(str, values))
 
 
 def option(

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from zutiscli.config_fields import not_an_option, option
+from zutiscli.config_fields import join_commas, not_an_option, option, split_commas
 from zutiscli.engine.evaluator_choices import BACKENDS, IOU_TYPES, MATCH_MODES, TASKS
 from zutiscli.errors import UsageError
 
@@ -22,24 +22,16 @@ from zutiscli.errors import UsageError
 MAX_DETS = (1, 10, 100)
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _joined(values: Sequence[object]) -> str:
-    return ",".join(map(str, values))
-
-
 def parse_tasks(text: str) -> list[str]:
     """``"auto"`` (or nothing) -> ``[]`` (every task the inputs allow); ``"all"`` -> every task;
     ``"instance,semantic"`` -> those."""
     text = text.strip()
-    return [] if text in ("auto", "") else list(TASKS) if text == "all" else _split(text)
+    return [] if text in ("auto", "") else list(TASKS) if text == "all" else split_commas(text)
 
 
 def tasks_text(tasks: Sequence[str]) -> str:
     """The tasks as ``--task`` takes them (none = ``"auto"``)."""
-    return _joined(tasks) or "auto"
+    return join_commas(tasks) or "auto"
 
 
 def parse_class_map(text: str | None) -> dict[str, str]:
@@ -74,9 +66,9 @@ def class_map_text(mapping: dict[str, str]) -> str | None:
 def parse_max_dets(text: str) -> list[int]:
     """``"1,10,100"`` -> ``[1, 10, 100]`` (``validate`` checks there are three)."""
     try:
-        return [int(value) for value in _split(text)]
+        return [int(value) for value in split_commas(text)]
     except ValueError:
-        raise UsageError(f"--max-dets {text!r}: give three integers, e.g. {_joined(MAX_DETS)}") from None
+        raise UsageError(f"--max-dets {text!r}: give three integers, e.g. {join_commas(MAX_DETS)}") from None
 
 
 @dataclass
@@ -93,7 +85,7 @@ class EvaluateConfig:
         None, "PNG folder of a COCO panoptic GT JSON (default: the folder named like the JSON).", kind="path",
         show_default=False)
     tasks: Sequence[str] = option(  # empty = every task the inputs allow
-        (), "What to score; auto = whatever the inputs allow.", flag="--task", metavar=f"auto|all|{_joined(TASKS)}",
+        (), "What to score; auto = whatever the inputs allow.", flag="--task", metavar=f"auto|all|{join_commas(TASKS)}",
         parse=parse_tasks, text=tasks_text)
     class_map: dict[str, str] = option(
         help="Rename predicted classes to ground-truth names, e.g. tv=television.", default_factory=dict,
@@ -106,10 +98,10 @@ class EvaluateConfig:
     match_score: float = option(0.6, "Instance cluster matching: only detections scoring at least this vote (U2Seg: 0.6).")
     match_iou: float = option(0.7, "Instance cluster matching: a vote needs IoU above this with a GT instance (U2Seg: 0.7).")
     match_iou_type: str = option("bbox", "IoU of boxes (U2Seg) or masks for the vote.", choices=tuple(sorted(IOU_TYPES)))
-    iou_types: Sequence[str] = option(IOU_TYPES, "COCOeval IoU types.", flag="--iou-type", metavar=_joined(IOU_TYPES),
-                                      parse=_split, text=_joined)
-    max_dets: Sequence[int] = option(MAX_DETS, "COCOeval maxDets (AP uses the last).", metavar=_joined(MAX_DETS),
-                                     parse=parse_max_dets, text=_joined)
+    iou_types: Sequence[str] = option(IOU_TYPES, "COCOeval IoU types.", flag="--iou-type", metavar=join_commas(IOU_TYPES),
+                                      parse=split_commas, text=join_commas)
+    max_dets: Sequence[int] = option(MAX_DETS, "COCOeval maxDets (AP uses the last).", metavar=join_commas(MAX_DETS),
+                                     parse=parse_max_dets, text=join_commas)
     backend: str = option("pycocotools", "COCOeval implementation.", choices=BACKENDS)
 
     def validate(self) -> None:
@@ -125,6 +117,6 @@ class EvaluateConfig:
         if not self.iou_types or any(t not in IOU_TYPES for t in self.iou_types):
             raise UsageError(f"--iou-type must be segm, bbox or both (got {', '.join(self.iou_types) or 'nothing'})")
         if len(self.max_dets) != 3 or any(int(d) < 1 for d in self.max_dets):
-            raise UsageError(f"--max-dets needs three positive numbers, e.g. {_joined(MAX_DETS)}")
+            raise UsageError(f"--max-dets needs three positive numbers, e.g. {join_commas(MAX_DETS)}")
         if self.backend not in BACKENDS:
             raise UsageError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")
