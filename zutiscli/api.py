@@ -41,8 +41,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from zutiscli.config_fields import field_default
-from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _clean, parse_classes
+from zutiscli.config_fields import field_default, split_commas
+from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _clean, parse_classes, with_stuff
 from zutiscli.data.copypaste import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste import copypaste as run_copypaste
@@ -155,10 +155,6 @@ def _class_queries(classes: ClassesLike | None, classes_file: PathLike | None) -
         raise UsageError("classes is empty; give at least one class name")
     _check_unique(queries, [f"item {number}" for number in range(1, len(queries) + 1)], "classes")
     return queries
-
-
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 # ---- stages ---------------------------------------------------------------------------------
@@ -368,7 +364,8 @@ def predict(images=None, classes=None, output=None, **options):
         **options: fields of :class:`zutiscli.pipeline.predict.PredictConfig` (``checkpoint``,
             ``method``, ``task``, ``device``, ``precision``, ``max_size`` in pixels,
             ``mask_threshold``, ``score_threshold``, ``nms``, ``iou_threshold``, ``crf``,
-            ``vis``, ...); ``classes_file``; ``progress``, ``log``.
+            ``vis``, ``stuff`` (names or ``"sky,grass"``, added to the classes), ...);
+            ``classes_file``; ``progress``, ``log``.
 
     Returns:
         :class:`zutiscli.pipeline.predict.PredictResult` (``.path``, per-image summaries,
@@ -377,7 +374,9 @@ def predict(images=None, classes=None, output=None, **options):
     from zutiscli.pipeline.predict import predict as run_predict
 
     opts = _options(predict, options, "predict")
-    queries = _class_queries(classes, opts.pop("classes_file", None))
+    if isinstance(opts.get("stuff"), str):
+        opts["stuff"] = split_commas(opts["stuff"])
+    queries = with_stuff(_class_queries(classes, opts.pop("classes_file", None)), opts.get("stuff", ()))
     progress, log = opts.pop("progress", None), opts.pop("log", None)
     config = PredictConfig(inputs=_paths(images), classes=queries, **opts)
     if not config.inputs and not config.from_list:
@@ -416,10 +415,10 @@ def evaluate(pred, gt, output=None, **options):
     if isinstance(opts.get("class_map"), str):
         opts["class_map"] = parse_class_map(opts["class_map"])
     if isinstance(opts.get("iou_types"), str):
-        opts["iou_types"] = _split(opts["iou_types"])
+        opts["iou_types"] = split_commas(opts["iou_types"])
     if isinstance(opts.get("max_dets"), str):
         try:
-            opts["max_dets"] = [int(value) for value in _split(opts["max_dets"])]
+            opts["max_dets"] = [int(value) for value in split_commas(opts["max_dets"])]
         except ValueError:
             raise UsageError(f"max_dets {opts['max_dets']!r}: give three integers, e.g. 1,10,100") from None
     config = EvaluateConfig(pred=os.fspath(pred), gt=os.fspath(gt), **opts)

@@ -127,3 +127,11 @@ def test_safe_filenames_are_unique_ignoring_case_and_order():
 
 def test_safe_filenames_number_repeated_names():
     assert safe_filenames(["img", "img", "x", "img"]) == ["img", "img-2", "x", "img-3"]
+
+
+def test_stuff_names_are_added_after_the_classes_once():
+    from zutiscli.data.classes import with_stuff
+
+    queries = [ClassQuery("star", "a star"), ClassQuery("Sky", "Sky")]
+    got = with_stuff(queries, [" sky", "grass", "grass ", ""])
+    assert got == [*queries, ClassQuery("grass", "grass")]  # "sky" is already a class; the phrase given stays

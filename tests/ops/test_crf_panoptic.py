@@ -148,3 +148,36 @@ def test_overlay_erosion_is_scipys():
             for density in (0.3, 0.9):
                 mask = rng.random(shape) < density
                 assert np.array_equal(_eroded(mask, iterations), ndimage.binary_erosion(mask, iterations=iterations))
+
+
+def test_panoptic_segments_of_a_prediction_split_things_and_stuff() -> None:
+    from zutiscli.artefacts.prediction_writer import MIN_STUFF_FRACTION, categories, panoptic_segments
+    from zutiscli.ops.instances import Instances
+
+    semantic = np.zeros((100, 100), np.int64)
+    semantic[:50] = 3  # stuff "sky", half the image
+    semantic[50:, :] = 2  # stuff "grass"
+    semantic[60:70, 60:70] = 1  # a thing
+    semantic[99, 99] = 4  # a speck of stuff "sand": under MIN_STUFF_FRACTION of the image
+    thing = np.zeros((1, 100, 100), bool)
+    thing[0, 60:70, 60:70] = True
+    found = Instances(thing, np.ones(1, np.float32), np.ones(1, np.int64), np.ones(1, np.float32), np.ones(1, np.float32))
+    ids, segments = panoptic_segments(semantic, found, 4, frozenset({2, 3, 4}))
+    assert [(s["category_id"], s["isthing"], s["area"]) for s in segments] == [(1, True, 100), (2, False, 4899),
+                                                                               (3, False, 5000)]
+    assert 1 < MIN_STUFF_FRACTION * semantic.size < 100
+    assert (ids[60:70, 60:70] == 1).all() and (ids[:50] == 3).all() and ids[99, 99] == 0
+    plain_ids, plain = panoptic_segments(semantic, found, 4)  # no stuff: every class a thing, instances only
+    assert [s["category_id"] for s in plain] == [1] and (plain_ids[:50] == 0).all()
+    assert [c["isthing"] for c in categories(["star", "grass", "sky", "sand"], frozenset({2, 3, 4}))] == [1, 0, 0, 0]
+
+
+def test_instances_without_some_labels_keep_the_rest_in_order() -> None:
+    from zutiscli.ops.instances import Instances
+
+    masks = np.zeros((3, 4, 4), bool)
+    found = Instances(masks, np.array([0.9, 0.8, 0.7], np.float32), np.array([1, 5, 2]), np.zeros(3, np.float32),
+                      np.arange(3, dtype=np.float32))
+    kept = found.without({5})
+    assert kept.labels.tolist() == [1, 2] and kept.quality.tolist() == [0.0, 2.0] and kept.masks.shape == (2, 4, 4)
+    assert found.without(set()) is found and len(found.without({1, 2, 5})) == 0

@@ -189,3 +189,37 @@ def test_stuff_names_are_scored_as_semantic_classes_and_left_out_of_instance_ap(
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["instance"]["stuff_not_scored"] == list(STUFF)
     assert set(metrics["semantic"]["per_class_iou"]) == {"background", *SHAPES, *STUFF}
+
+
+def test_predict_with_stuff_names_writes_stuff_segments_and_no_stuff_instances(tmp_path, capsys):
+    scenes = write_synth(SynthConfig("scenes", 3, seed=4, size=64, stuff=True, panoptic=True), tmp_path / "scenes")
+    argv = ["predict", str(scenes / "images"), "--classes", ",".join(SHAPES), "--stuff", ",".join(STUFF),
+            "--method", "maskclip", "--model", "shapes-clip", "--pretrained", "builtin", "--components",
+            "--no-vis", "--device", "cpu", "-o", str(tmp_path / "p"), "-q"]
+    for args in (argv, ["evaluate", str(tmp_path / "p"), "--gt", str(scenes), "-o", str(tmp_path / "m"), "-q"]):
+        with pytest.raises(SystemExit) as done:
+            main(args)
+        assert done.value.code == 0, capsys.readouterr().err
+    stuff_ids = set(range(len(SHAPES) + 1, len(SHAPES) + len(STUFF) + 1))
+    panoptic = json.loads((tmp_path / "p" / "panoptic.json").read_text())
+    assert [c["name"] for c in panoptic["categories"]] == [*SHAPES, *STUFF]  # --stuff adds its names after --classes
+    assert {c["id"] for c in panoptic["categories"] if not c["isthing"]} == stuff_ids
+    segments = [s for a in panoptic["annotations"] for s in a["segments_info"]]
+    assert all(s["isthing"] == (s["category_id"] not in stuff_ids) for s in segments)
+    results = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert results and not {r["category_id"] for r in results} & stuff_ids
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    truth = json.loads((scenes / "panoptic.json").read_text())
+    shown = {s["category_id"] for a in truth["annotations"] for s in a["segments_info"] if not s["isthing"]}
+    assert metrics["panoptic"]["stuff"]["n"] == len(shown) > 0  # every material shown is scored as stuff
+
+
+def test_stuff_must_be_a_class_of_the_python_config() -> None:
+    from zutiscli.data.classes import ClassQuery
+    from zutiscli.errors import UsageError
+    from zutiscli.pipeline.predict_config import PredictConfig
+
+    classes = [ClassQuery(n, n) for n in ("star", "Sky", "grass")]
+    assert PredictConfig(classes=classes, stuff=("sky", "grass")).stuff_ids == {2, 3}
+    with pytest.raises(UsageError, match="--stuff water: not among the classes"):
+        PredictConfig(classes=classes, stuff=("water",)).validate()

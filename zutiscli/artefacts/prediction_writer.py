@@ -64,13 +64,33 @@ def coco_results(image_id: int, instances: Any) -> list[dict[str, Any]]:
     return results
 
 
-def panoptic_segments(semantic: np.ndarray, instances: Any, classes: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+#: Smallest stuff segment of a panoptic prediction, as a fraction of the image's area: detectron2's
+#: Panoptic FPN keeps stuff regions of >= 4096 pixels in images of about 800 x 1333.
+MIN_STUFF_FRACTION = 4096 / (800 * 1333)
+
+
+def panoptic_segments(semantic: np.ndarray, instances: Any, classes: int,
+                      stuff: frozenset[int] = frozenset()) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """``(segment map (H, W), segments_info)`` of one image: its instances over its semantic map
-    (:func:`zutiscli.ops.panoptic.merge_panoptic`), for ``classes`` class names."""
+    (:func:`zutiscli.ops.panoptic.merge_panoptic`), for ``classes`` class names of which the ids
+    ``stuff`` (1-based) are stuff. Without stuff every class is a thing and there are no stuff
+    segments; with it, each stuff class the instances leave uncovered over at least
+    :data:`MIN_STUFF_FRACTION` of the image is one segment."""
     from zutiscli.ops.panoptic import merge_panoptic
 
     triple = (instances.masks, instances.scores, instances.labels) if instances is not None else None
-    return merge_panoptic(semantic, triple, ignore_label=IGNORE_16BIT if classes >= IGNORE_8BIT else IGNORE_8BIT)
+    if triple is None:
+        triple = (np.zeros((0, *semantic.shape), bool), np.zeros(0, np.float32), np.zeros(0, np.int64))
+    things = [k for k in range(1, classes + 1) if k not in stuff] if stuff else None
+    return merge_panoptic(semantic, triple, thing_ids=things, min_stuff_area=max(1, round(MIN_STUFF_FRACTION *
+                                                                                        semantic.size)),
+                          ignore_label=IGNORE_16BIT if classes >= IGNORE_8BIT else IGNORE_8BIT)
+
+
+def categories(names: Sequence[str], stuff: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
+    """The COCO categories of class ``names`` (ids ``1..K``), ``isthing`` 0 for the ids in ``stuff``."""
+    return [{"id": i, "name": name, "supercategory": "stuff" if i in stuff else "object", "isthing": int(i not in stuff)}
+            for i, name in enumerate(names, start=1)]
 
 
 def _fsync_file(path: Path) -> None:
@@ -110,11 +130,13 @@ class PredictionsWriter:
         tasks: any of ``semantic``, ``instance``, ``panoptic``.
         vis: write overlays.
         stems: the file stem of each input image, by input position.
+        stuff: the ids (1-based) of the classes that are stuff (panoptic stuff segments).
     """
 
     def __init__(self, output: str | Path | None, names: Sequence[str], tasks: set[str], vis: bool,
-                 stems: Sequence[str]):
+                 stems: Sequence[str], stuff: frozenset[int] = frozenset()):
         self.output, self.names, self.tasks, self.vis, self.stems = output, list(names), tasks, vis, list(stems)
+        self.stuff = frozenset(stuff)
         self.sixteen_bit = len(self.names) >= IGNORE_8BIT  # indices 1..K and 0 stay clear of the 8-bit ignore
         self.path: Path | None = None
         self.images: list[dict[str, Any]] = []
@@ -185,7 +207,7 @@ class PredictionsWriter:
 
         from zutiscli.ops.panoptic import panoptic_to_rgb
 
-        segment_map, segments = panoptic_segments(semantic, instances, len(self.names))
+        segment_map, segments = panoptic_segments(semantic, instances, len(self.names), self.stuff)
         with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
             Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
         self._flusher.add(out / "panoptic" / f"{stem}.png")
@@ -213,14 +235,13 @@ class PredictionsWriter:
         for folder in ("semantic", "panoptic"):
             if (out / folder).is_dir():
                 fsync_dir(out / folder)
-        categories = [{"id": i + 1, "name": name, "supercategory": "object"} for i, name in enumerate(self.names)]
+        listed = categories(self.names, self.stuff)
         self.write_failures()
         atomic_write_text(out / RESULTS_NAME, json.dumps(self.results) + "\n")
-        atomic_write_json(out / IMAGES_NAME, {"images": self.images, "categories": categories}, indent=None)
+        atomic_write_json(out / IMAGES_NAME, {"images": self.images, "categories": listed}, indent=None)
         if "panoptic" in self.tasks:
-            atomic_write_json(out / PANOPTIC_NAME, {
-                "images": self.images, "annotations": self.panoptic,
-                "categories": [{"id": c["id"], "name": c["name"], "isthing": 1} for c in categories]}, indent=None)
+            atomic_write_json(out / PANOPTIC_NAME, {"images": self.images, "annotations": self.panoptic,
+                                                    "categories": listed}, indent=None)
         write_manifest(out, KIND, model=model, inputs=inputs, params=params,
                        summary={"images": len(self.images), "failed": len(self.failures),
                                 "instances": len(self.results)} | summary)
@@ -235,8 +256,10 @@ class PredictionsInMemory:
     with RLE masks and rounded scores, semantic maps, panoptic segments. ``stems`` as for the writer.
     """
 
-    def __init__(self, names: Sequence[str], tasks: set[str], stems: Sequence[str], source: str = "predictions in memory"):
+    def __init__(self, names: Sequence[str], tasks: set[str], stems: Sequence[str], source: str = "predictions in memory",
+                 stuff: frozenset[int] = frozenset()):
         self.names, self.tasks, self.stems, self.source = list(names), tasks, list(stems), source
+        self.stuff = frozenset(stuff)
         self.images: list[Any] = []
         self.failures: list[tuple[str, str]] = []
 
@@ -252,7 +275,7 @@ class PredictionsInMemory:
         results = coco_results(image_id, instances) if instances is not None and "instance" in self.tasks else None
         panoptic = segments = None
         if "panoptic" in self.tasks:
-            panoptic, segments = panoptic_segments(semantic, instances, len(self.names))
+            panoptic, segments = panoptic_segments(semantic, instances, len(self.names), self.stuff)
         file_stem = Path(item.path).stem if item.path is not None else stem
         self.images.append(PredImage(image_id, str(Path(item.path).resolve()) if item.path is not None else None,
                                      file_stem, semantic=semantic if "semantic" in self.tasks else None,

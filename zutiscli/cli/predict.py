@@ -47,12 +47,13 @@ def predict(
     """
     from rich.markup import escape
 
-    from zutiscli.data.classes import parse_classes
+    from zutiscli.data.classes import parse_classes, with_stuff
     from zutiscli.errors import UsageError
     from zutiscli.pipeline.predict import plan_predict, predict as run_predict
 
     reporter = Reporter(json_mode, quiet)
-    config = PredictConfig(inputs=list(images or []), classes=parse_classes(classes, classes_file), **options)
+    queries = with_stuff(parse_classes(classes, classes_file), options.get("stuff", ()))
+    config = PredictConfig(inputs=list(images or []), classes=queries, **options)
     if not config.inputs and not config.from_list:
         raise UsageError("give the images to segment (files, directories, globs) or --from-list FILE")
     config.validate()

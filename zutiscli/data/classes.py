@@ -152,6 +152,13 @@ def parse_classes(classes: str | None, classes_file: str | Path | None) -> list[
     return read_classes_file(classes_file)  # type: ignore[arg-type]
 
 
+def with_stuff(queries: Sequence[ClassQuery], stuff: Sequence[str]) -> list[ClassQuery]:
+    """``queries`` followed by each name of ``stuff`` not among them (by case-folded name), as its own phrase."""
+    names = {q.name.casefold() for q in queries}
+    added = [ClassQuery(name, name) for name in dict.fromkeys(map(_clean, stuff)) if name and name.casefold() not in names]
+    return [*queries, *added]
+
+
 def _digest(name: str) -> str:
     return hashlib.blake2b(name.encode("utf-8"), digest_size=4).hexdigest()
 

@@ -165,15 +165,17 @@ class PredictEngine:
         semantic: compute semantic maps.
         instances: compute instances (also needed when the semantic map is drawn from them).
         max_size: cap on the long side fed to the model (``None``: the image's own size).
+        stuff: class ids (1-based) that are stuff: in the semantic map, never instances.
     """
 
     def __init__(self, predictor: Any, settings: InferenceSettings, *, semantic: bool = True,
-                 instances: bool = True, max_size: int | None = None):
+                 instances: bool = True, max_size: int | None = None, stuff: frozenset[int] = frozenset()):
         self.predictor = predictor
         self.settings = settings
         self.semantic = semantic
         self.instances = instances
         self.max_size = max_size
+        self.stuff = frozenset(stuff)
 
     def model_input(self, rgb: np.ndarray) -> torch.Tensor:
         """``(H, W, 3)`` uint8 -> the model input ``(3, h, w)`` float in [0, 1]."""
@@ -193,8 +195,12 @@ class PredictEngine:
         return outputs
 
     def postprocess(self, raw: Any, rgb: np.ndarray) -> tuple[np.ndarray | None, Any]:
-        """One image's raw outputs -> ``(semantic, instances)`` at the image's size."""
-        return self.predictor.postprocess(raw, rgb, self.settings, semantic=self.semantic, instances=self.instances)
+        """One image's raw outputs -> ``(semantic, instances)`` at the image's size (no stuff instance)."""
+        semantic, found = self.predictor.postprocess(raw, rgb, self.settings, semantic=self.semantic,
+                                                     instances=self.instances)
+        if found is not None and self.stuff:
+            found = found.without(self.stuff)
+        return semantic, found
 
     def segment(self, images: Sequence[np.ndarray]) -> list[tuple[np.ndarray | None, Any]]:
         """Decoded ``(H, W, 3)`` uint8 images -> ``(semantic, instances)`` each (same-size ones batched)."""

@@ -41,7 +41,7 @@ Instance inference, as in the official ZUTIS code (apart from the grid NMS runs 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -80,6 +80,15 @@ class Instances:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
+
+    def without(self, labels: Iterable[int]) -> "Instances":
+        """These instances less those whose label is in ``labels`` (order kept)."""
+        drop = np.isin(self.labels, np.fromiter(labels, dtype=np.int64))
+        if not drop.any():
+            return self
+        keep = ~drop
+        return Instances(self.masks[keep], self.scores[keep], self.labels[keep], self.class_probs[keep],
+                         self.quality[keep])
 
     @classmethod
     def empty(cls, size: tuple[int, int]) -> "Instances":

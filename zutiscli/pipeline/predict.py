@@ -95,7 +95,8 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     problems = _problems(found, shard)
     notes = ([failure_summary(problems, len(listing) + len(problems))] if problems else []) + method_notes
     notes.append(inference.describe(settings, origin))
-    params = {"classes": [q.name for q in config.classes], "method": config.method, "tasks": sorted(config.tasks),
+    params = {"classes": [q.name for q in config.classes], "stuff": list(config.stuff), "method": config.method,
+              "tasks": sorted(config.tasks),
               "inference": settings.to_dict(), "crop_adapter": config.crop_adapter, "vis": config.vis,
               "batch_size": config.batch_size}
     if shard is not None:
@@ -132,7 +133,7 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
     dtype = resolve_precision(config.precision, device)
     engine, settings, origin = open_engine(config, device, dtype, say, model=model)
     names = [q.name for q in config.classes]
-    writer = PredictionsWriter(out, names, config.tasks, config.vis, stems)
+    writer = PredictionsWriter(out, names, config.tasks, config.vis, stems, stuff=config.stuff_ids)
     problems = _problems(found, shard)
     for entry, reason in problems:
         writer.failed(entry, reason)
@@ -183,7 +184,7 @@ def open_engine(config: PredictConfig, device: Any, dtype: Any, log: Callable[[s
         predictor.close()
         raise
     engine = PredictEngine(predictor, settings, semantic=bool(config.tasks & {"semantic", "panoptic"}),
-                           instances=wants_instances, max_size=config.max_size)
+                           instances=wants_instances, max_size=config.max_size, stuff=config.stuff_ids)
     return engine, settings, origin
 
 
@@ -202,7 +203,7 @@ def predict_in_memory(config: PredictConfig, *, model: Any = None, recipe: dict[
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     engine, _, _ = open_engine(config, device, dtype, say, model=model, recipe=recipe)
-    sink = PredictionsInMemory([q.name for q in config.classes], config.tasks, stems)
+    sink = PredictionsInMemory([q.name for q in config.classes], config.tasks, stems, stuff=config.stuff_ids)
     try:
         engine.run(listing, sink, batch_size=config.batch_size, workers=0, max_pixels=config.max_pixels)
     finally:

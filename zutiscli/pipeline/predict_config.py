@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zutiscli.config_fields import device_option, not_an_option, option, precision_option
+from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
 from zutiscli.engine import inference
 # by name: in PredictConfig's body its field ``inference`` hides the module
 from zutiscli.engine.inference import NMS_METHODS, REFINERS, SEMANTIC_SOURCES, SOURCES
@@ -51,6 +51,10 @@ class PredictConfig:
 
     inputs: Sequence[str] = not_an_option((), "the command's IMAGES arguments")
     classes: Sequence[ClassQuery] = not_an_option((), "read from --classes or --classes-file")
+    stuff: Sequence[str] = option(
+        (), "Classes that are stuff (sky, grass, ...): in the semantic map and as panoptic stuff segments, never "
+        "instances; added to the classes when not among them.", metavar="A,B", parse=split_commas, text=join_commas,
+        show_default=False)
     from_list: str | None = option(None, "Text file of image paths.", kind="path", show_default=False)
     checkpoint: str | None = option(
         None, "Run directory or model file (default: $ZUTIS_CHECKPOINT, else the newest ./runs/train run).",
@@ -121,6 +125,10 @@ class PredictConfig:
 
         if not self.classes:
             raise UsageError("give the classes to segment: --classes a,b,c or --classes-file FILE")
+        names = {q.name.casefold() for q in self.classes}
+        missing = [name for name in self.stuff if name.casefold() not in names]
+        if missing:
+            raise UsageError(f"--stuff {','.join(missing)}: not among the classes; list them in --classes too")
         if any(q.name.lower() == "background" for q in self.classes):
             raise UsageError("'background' is always a class of its own; leave it out of --classes")
         if self.task not in TASKS:
@@ -135,6 +143,12 @@ class PredictConfig:
         if self.shard is not None:
             check_shard(self.shard)
         self.settings({})  # the settings as given, over the paper's
+
+    @property
+    def stuff_ids(self) -> frozenset[int]:
+        """The 1-based ids of the classes named by ``stuff``."""
+        stuff = {name.casefold() for name in self.stuff}
+        return frozenset(i for i, q in enumerate(self.classes, start=1) if q.name.casefold() in stuff)
 
     def overrides(self) -> dict[str, Any]:
         """The inference settings given as options (``None``: not given)."""
