@@ -348,7 +348,9 @@ def test_in_memory_prediction_scores_as_its_directory(scenes, tmp_path):
         in_memory = score(held, load_ground_truth(gt), config)
         assert sorted(tmp_path.rglob("*")) == files  # scoring writes nothing
         assert in_memory["tasks"] == tasks and on_disk["tasks"] == tasks
-        assert all(0 < value < 1 for value in headline(on_disk).values())  # imperfect, so a slip would show
+        glance = headline(on_disk)
+        assert 0 <= glance.pop("PQ_stuff", 0.0) < 1  # 0 where a GT's stuff is never predicted
+        assert all(0 < value < 1 for value in glance.values()), glance  # imperfect, so a slip would show
         on_disk.pop("seconds"), in_memory.pop("seconds")
         assert json.dumps(in_memory) == json.dumps(on_disk)
 

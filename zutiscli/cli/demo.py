@@ -48,7 +48,7 @@ def format_table(metrics: dict, seconds: dict, picture) -> str:
 
     A column no variant has (PQ, when nothing was scored panoptically) is left out.
     """
-    columns = tuple(c for c in ("mIoU", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ")
+    columns = tuple(c for c in ("mIoU", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ", "PQ_things", "PQ_stuff")
                     if any(values.get(c) is not None for values in metrics.values()))
     width = max(len(name) for name in metrics) + 2
     lines = ["variant".ljust(width) + "".join(c.rjust(18) for c in columns)]

@@ -655,7 +655,8 @@ def score(prediction: Prediction, truth: GroundTruth, config: ScoreOptions, *, p
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The few numbers worth a glance: mask AP, mIoU, PQ (fractions)."""
+    """The few numbers worth a glance: mask AP, mIoU, PQ, and PQ over things and over stuff where
+    there are any (fractions)."""
     out: dict[str, Any] = {}
     inst = metrics.get("instance") or {}
     for iou_type in IOU_TYPES:
@@ -670,4 +671,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
         out["pixel_accuracy"] = metrics["semantic"]["pixel_accuracy"]
     if "panoptic" in metrics:
         out["PQ"] = metrics["panoptic"]["PQ"]
+        for group in ("things", "stuff"):
+            if (metrics["panoptic"].get(group) or {}).get("n"):
+                out[f"PQ_{group}"] = metrics["panoptic"][group]["PQ"]
     return out
