@@ -28,6 +28,9 @@ STAGES = {
     "paper-inference/predict": "zutis.predictions", "paper-inference/evaluate": "zutis.metrics",
     "shift/scenes": "zutis.synth", "shift/predict": "zutis.predictions", "shift/evaluate": "zutis.metrics",
     "shift/baseline/predict": "zutis.predictions", "shift/baseline/evaluate": "zutis.metrics",
+    **{f"stuff/{split}{folder}": kind for split in ("", "shift/") for folder, kind in (
+        ("scenes", "zutis.synth"), ("maskclip/predict", "zutis.predictions"), ("maskclip/evaluate", "zutis.metrics"),
+        ("zutis/predict", "zutis.predictions"), ("zutis/evaluate", "zutis.metrics"))},
 }
 
 
@@ -139,14 +142,17 @@ def test_metrics_json_agrees_with_the_evaluate_artefact(demo) -> None:
 def test_summary_picture_shows_scenes_and_overlays(demo) -> None:
     out, _ = demo
     picture = np.asarray(Image.open(out / "summary.png").convert("RGB")).astype(np.int32)
-    # a dozen held-out scenes (six rows), then four of the shift split (two rows), each under its heading
-    assert picture.shape == (2 * 58 + 8 * 208, 8 * 192, 3)
-    tops = [58 + r * 208 for r in range(6)] + [2 * 58 + r * 208 for r in range(6, 8)]
+    # a dozen held-out scenes (six rows), then four of the shift split and four over named stuff
+    # (two rows each), each section under its heading
+    assert picture.shape == (3 * 58 + 10 * 208, 8 * 192, 3)
+    tops = [58 + r * 208 for r in range(6)] + [2 * 58 + r * 208 for r in range(6, 8)] + \
+        [3 * 58 + r * 208 for r in range(8, 10)]
     tiles = [[picture[top:top + 192, c * 192:(c + 1) * 192] for c in range(8)] for top in tops]
     inputs = [row[half * 4] for row in tiles for half in (0, 1)]
     assert all(tile.std() > 10 for tile in inputs), "every input tile shows a scene"
     # ground truth (column 1 of each half) and predicted semantic maps (column 2) tint the objects
-    for rows in (tiles[:6], tiles[6:]):
+    # (and, over named stuff, the materials)
+    for rows in (tiles[:6], tiles[6:8], tiles[8:]):
         for column in (1, 2):
             change = np.mean([np.abs(row[half * 4] - row[half * 4 + column]).mean() for row in rows for half in (0, 1)])
             assert change > 2, (column, change)
@@ -163,6 +169,20 @@ def test_the_shift_split_holds_the_same_objects_and_is_scored(demo) -> None:
     headline = json.loads((out / "metrics.json").read_text())["headline"]
     for variant in ("zutis, shift split", "maskclip, shift split"):
         assert 0.0 <= headline[variant]["mIoU"] <= 1.0 and headline[variant]["mask_AP50"] is not None, variant
+
+
+def test_scenes_over_named_stuff_are_scored_panoptically_on_both_splits(demo) -> None:
+    from zutiscli.shapes.stuff import STUFF
+
+    out, _ = demo
+    headline = json.loads((out / "metrics.json").read_text())["headline"]
+    for split in ("", ", shift split"):
+        maskclip, model = headline[f"maskclip, named stuff{split}"], headline[f"zutis, named stuff{split}"]
+        assert all(0.0 <= maskclip[key] <= 1.0 for key in ("mIoU", "PQ", "PQ_things", "PQ_stuff")), maskclip
+        assert 0.0 <= model["PQ_things"] <= 1.0, model
+    predicted = read_manifest(out / "stuff" / "maskclip" / "predict").params
+    assert predicted["classes"][-len(STUFF):] == list(STUFF) and predicted["stuff"] == list(STUFF)
+    assert read_manifest(out / "stuff" / "zutis" / "predict").params["stuff"] == []
 
 
 def test_bf16_predictions_agree_with_fp32(demo, tmp_path) -> None:
@@ -228,11 +248,14 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
     # in its own directory), not their numbers, which `zutis demo --ablation` reports.
     from zutiscli.pipeline.demo import preset, run_demo
 
-    config = preset(True, ablation=True, pile=60, pile_size=64, scenes=3, scene_size=64, k=6, pseudo_size=64,
-                    copypaste=8, iterations=2, crop=64, batch_size=2, crop_adapter_scenes=4, workers=0, device="cpu")
+    config = preset(True, ablation=True, pile=60, pile_size=64, scenes=3, stuff_scenes=2, scene_size=64, k=6,
+                    pseudo_size=64, copypaste=8, iterations=2, crop=64, batch_size=2, crop_adapter_scenes=4, workers=0,
+                    device="cpu")
     result = run_demo(config, tmp_path / "demo")
     assert set(result.metrics) == {"zutis", "zutis, paper's inference", "maskclip", "zutis, shift split",
-                                   "maskclip, shift split", "zutis, no NMS",
+                                   "maskclip, shift split", "maskclip, named stuff", "zutis, named stuff",
+                                   "maskclip, named stuff, shift split", "zutis, named stuff, shift split",
+                                   "zutis, no NMS",
                                    "zutis, no crop adapter",
                                    "zutis, no stop-gradient", "zutis, temperature 1, stop-gradient",
                                    "zutis, temperature 1, no stop-gradient", "zutis, star never trained",

@@ -17,8 +17,13 @@ one directory per stage under the demo's output::
     shift/        the same objects drawn over the shift split (``zutis synth scenes --split shift``:
                   backgrounds, stuff looks and lighting no training uses): scenes/, and predict +
                   evaluate of the model (predict/, evaluate/) and of the baseline (baseline/)
-    summary.png   input | ground truth | semantic | instances, for a dozen scenes and four of the
-                  shift split, with the metrics
+    stuff/        scenes over named stuff with COCO panoptic ground truth (``zutis synth scenes --stuff
+                  --panoptic``), on the test split (scenes/) and the shift split (shift/scenes/); on each,
+                  predict + evaluate of MaskCLIP with the shape and stuff names (``zutis predict --stuff``:
+                  semantic, PQ over things and stuff; maskclip/) and of the model with the shape names
+                  (its things; zutis/)
+    summary.png   input | ground truth | semantic | instances, for a dozen scenes, four of the shift
+                  split and four over named stuff (MaskCLIP's), with the metrics
     metrics.json  the headline numbers of every evaluated variant, and the time of every stage
 
 ``--ablation`` adds the paper's findings, each as its own predict/evaluate (and train) directories
@@ -128,6 +133,9 @@ def _predict_zutis(stages: _Stages, config: DemoConfig, label: str, out: Path, s
 #: How the demo's metrics name the scenes of the shift split (``zutis synth scenes --split shift``).
 SHIFT = "shift split"
 
+#: How the demo's metrics name the scenes over named stuff (``zutis synth scenes --stuff --panoptic``).
+NAMED_STUFF = "named stuff"
+
 #: ``zutis predict --inference paper``: the paper's inference whatever the recipe recorded: dense semantic
 #: map, instances classified by their mean dense embedding with sigmoid(5 cos), no refinement, hard NMS at IoU 0.3.
 PAPER_INFERENCE: dict[str, Any] = dict(inference="paper")
@@ -165,6 +173,31 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
     stages.run("copypaste" + suffix, write_dataset, out / "pseudolabels", config.copypaste, _scene_paste(config),
                config.seed, out / "copypaste", workers=_generation_workers(config))
     return out / "copypaste"
+
+
+def _named_stuff(stages: _Stages, config: DemoConfig, out: Path, classes: list[str], run: Path,
+                 maskclip: dict[str, Any]) -> tuple[dict[str, Any], Path]:
+    """Scenes over named stuff on both splits (under ``out``), each scored for MaskCLIP with the
+    shape and stuff names and for the model ``run`` with the shape names; returns the metrics
+    and the test split's scenes."""
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+    from zutiscli.shapes.stuff import STUFF
+
+    metrics: dict[str, Any] = {}
+    first: Path | None = None
+    for split, where, suffix in (("train", out, ""), ("shift", out / "shift", f", {SHIFT}")):
+        scenes = stages.run(f"synth scenes ({NAMED_STUFF}{suffix})", write_synth, SynthConfig(
+            "scenes", config.stuff_scenes, seed=config.eval_seed, size=config.scene_size,
+            min_objects=config.min_objects, max_objects=config.max_objects, stuff=True, panoptic=True, split=split,
+            workers=_generation_workers(config)), where / "scenes")
+        first = first or scenes
+        metrics[f"maskclip, {NAMED_STUFF}{suffix}"] = _predict_and_evaluate(
+            stages, f"maskclip baseline, {NAMED_STUFF}{suffix}", where / "maskclip", scenes, [*classes, *STUFF],
+            gt=scenes, stuff=tuple(STUFF), **maskclip)
+        metrics[f"zutis, {NAMED_STUFF}{suffix}"] = _predict_zutis(
+            stages, config, f"zutis, {NAMED_STUFF}{suffix}", where / "zutis", scenes, classes, run, gt=scenes)
+    assert first is not None
+    return metrics, first
 
 
 @holding_locks
@@ -223,6 +256,11 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
                                                 run.path)
     metrics[f"maskclip, {SHIFT}"] = _predict_and_evaluate(stages, f"maskclip baseline, {SHIFT}",
                                                           out / "shift" / "baseline", shifted, classes, **maskclip)
+    stuff_section = None
+    if config.stuff_scenes:
+        named, stuff_scenes = _named_stuff(stages, config, out / "stuff", classes, run.path, maskclip)
+        metrics.update(named)
+        stuff_section = (stuff_scenes, out / "stuff" / "maskclip" / "predict")
     if config.ablation:
         metrics.update(_ablations(stages, config, out, index, scenes, run.path, classes))
 
@@ -232,8 +270,9 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
         for unseen in (_zero_shot_variant(config), _zero_shot_variant(config) + ", paper's inference"):
             went = (metrics[unseen].get("semantic") or {}).get("main_confusions", {}).get(config.zero_shot_class)
             headlines[unseen]["unseen_class_pixels"] = {"class": config.zero_shot_class, **went} if went else None
+    stuff = None if stuff_section is None else (*stuff_section, headlines[f"maskclip, {NAMED_STUFF}"])
     write_summary_picture(out / "summary.png", scenes, out / "predict", classes, headlines["zutis"],
-                          shift=(shifted, out / "shift" / "predict", headlines[f"zutis, {SHIFT}"]))
+                          shift=(shifted, out / "shift" / "predict", headlines[f"zutis, {SHIFT}"]), stuff=stuff)
     seconds = dict(stages.seconds)
     report = {"config": asdict(config), "headline": headlines, "stage_quality": quality, "seconds": seconds,
               "total_seconds": round(sum(seconds.values()), 2)}
@@ -371,38 +410,45 @@ def _relabel(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
 # ---- the summary picture --------------------------------------------------------------------
 def write_summary_picture(path: Path, scenes: Path, predictions: Path, classes: list[str],
                           metrics: dict[str, Any], count: int = 12, tile: int = 192,
-                          shift: tuple[Path, Path, dict[str, Any]] | None = None, shift_count: int = 4) -> Path:
+                          shift: tuple[Path, Path, dict[str, Any]] | None = None, shift_count: int = 4,
+                          stuff: tuple[Path, Path, dict[str, Any]] | None = None) -> Path:
     """One PNG a person opens first: rows of input | ground truth | semantic | instances, and the metrics.
 
     Shows the first ``count`` scenes, two scenes per row, each tile ``tile`` pixels square
     (nearest-neighbour upscaling, so the masks' pixels stay visible), then, given ``shift`` =
     ``(scenes, predictions, metrics)`` of the shift split, its first ``shift_count`` scenes under a
-    heading with their metrics. The ground-truth and the predicted semantic maps share one colour
-    per class; instances are drawn as ``zutis predict --vis`` draws them. Predicted instances
-    scoring below 0.5 are left out of the picture (not out of the metrics).
+    heading with their metrics, and given ``stuff`` = ``(scenes, predictions, metrics)`` of
+    MaskCLIP over named stuff, as many of those, classes and materials alike. The ground-truth and
+    the predicted semantic maps share one colour per class; instances are drawn as ``zutis predict
+    --vis`` draws them. Predicted instances scoring below 0.5 are left out of the picture (not out
+    of the metrics).
     """
     from PIL import Image, ImageDraw
 
     from zutiscli.artefacts.atomic import atomic_path
+    from zutiscli.shapes.stuff import STUFF
 
-    sections = [("held-out shapes-world scenes", scenes, predictions, metrics, count)]
+    sections = [("held-out shapes-world scenes", scenes, predictions, classes, metrics, count)]
     if shift is not None:
-        sections.append((f"the same objects, {SHIFT} (backgrounds and lighting no training uses)", *shift,
-                         shift_count))
+        sections.append((f"the same objects, {SHIFT} (backgrounds and lighting no training uses)", shift[0],
+                         shift[1], classes, shift[2], shift_count))
+    if stuff is not None:
+        sections.append((f"MaskCLIP over {NAMED_STUFF} (PQ things / stuff)", stuff[0], stuff[1], [*classes, *STUFF],
+                         stuff[2], shift_count))
     columns, heading, label = 8, 58, 16
-    shown = [_summary_images(section[1], section[4]) for section in sections]
+    shown = [_summary_images(section[1], section[5]) for section in sections]
     rows = [(len(images) + 1) // 2 for images in shown]
     canvas = Image.new("RGB", (columns * tile, sum(heading + r * (tile + label) for r in rows)), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     top = 0
-    for (title, where, predicted, numbers, _), images, count_rows in zip(sections, shown, rows):
-        draw.text((8, top + 6), f"zutis demo: {title}, classes " + ", ".join(classes), fill=(0, 0, 0))
+    for (title, where, predicted, names, numbers, _), images, count_rows in zip(sections, shown, rows):
+        draw.text((8, top + 6), f"zutis demo: {title}, classes " + ", ".join(names), fill=(0, 0, 0))
         draw.text((8, top + 22), "   ".join(f"{k} {v:.3f}" for k, v in numbers.items() if isinstance(v, float)),
                   fill=(0, 0, 0))
         titles = ("input", "ground truth", "predicted semantic", "predicted instances (score >= 0.5)")
         for column in range(columns):
             draw.text((column * tile + 4, top + 40), titles[column % 4], fill=(80, 80, 80))
-        _draw_scenes(canvas, draw, top + heading, where, predicted, classes, images, tile, label)
+        _draw_scenes(canvas, draw, top + heading, where, predicted, names, images, tile, label)
         top += heading + count_rows * (tile + label)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")
@@ -425,10 +471,11 @@ def _draw_scenes(canvas: Any, draw: Any, top: int, scenes: Path, predictions: Pa
     from zutiscli.data.images import load_image
     from zutiscli.ops.masks import decode_mask
     from zutiscli.ops.overlay import render_overlay
-    from zutiscli.shapes.world import SHAPES
+    from zutiscli.pipeline.synth import semantic_classes
 
-    # label PNG value (1 + index in SHAPES, as `zutis synth` writes them) -> 1 + index in ``classes``
-    gt_label = {SHAPES.index(name) + 1: number + 1 for number, name in enumerate(classes) if name in SHAPES}
+    # label PNG value (as `zutis synth` writes them: background, the shapes, the stuff) -> 1 + index in ``classes``
+    written = semantic_classes(stuff=True)
+    gt_label = {written.index(name): number + 1 for number, name in enumerate(classes) if name in written}
     predicted = json.loads((predictions / "images.json").read_text(encoding="utf-8"))
     pred_by_name = {Path(record["file_name"]).name: record for record in predicted["images"]}
     results = json.loads((predictions / "predictions.json").read_text(encoding="utf-8"))

@@ -45,6 +45,10 @@ class DemoConfig:
     pile: int = option(3000, "Unlabelled images to index (default: the recipe's).", show_default=False)
     scenes: int = option(200, "Held-out evaluation scenes (default: the recipe's).", show_default=False)
     k: int = option(250, "Images retrieved per shape name (default: the recipe's).", flag="-k", show_default=False)
+    stuff_scenes: int = option(
+        100, "Held-out scenes over named stuff (sky, grass, ...) on each split, scored panoptically: MaskCLIP with "
+        "the shape and stuff names, the model with the shape names (0 = none; default: the recipe's).",
+        show_default=False)
     zero_shot_class: str = option("star", "--ablation: the shape left out of training.")
     seed: int = option(0, "Seed of the pile, of copy-paste and of training.")
     workers: int = option(
@@ -76,6 +80,8 @@ class DemoConfig:
         self.training().validate()
         if self.zero_shot_class not in SHAPES:
             raise UsageError(f"--zero-shot-class must be one of {', '.join(SHAPES)} (got {self.zero_shot_class!r})")
+        if self.stuff_scenes < 0:
+            raise UsageError(f"--stuff-scenes must be >= 0 (got {self.stuff_scenes})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
 
@@ -99,7 +105,7 @@ class DemoConfig:
 
 
 #: What ``--fast`` changes.
-FAST = {"pile": 1200, "scenes": 100, "k": 100, "copypaste": 1200, "recipe": "demo-fast"}
+FAST = {"pile": 1200, "scenes": 100, "k": 100, "stuff_scenes": 50, "copypaste": 1200, "recipe": "demo-fast"}
 
 #: The defaults of ``zutis demo`` that differ from :class:`DemoConfig`'s: the options ``--fast``
 #: presets are not given by default (None: the preset's value, see :func:`preset`).
