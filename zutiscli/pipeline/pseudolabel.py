@@ -52,9 +52,10 @@ from zutiscli.artefacts.lock import content, holding_locks
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
 from zutiscli.data.workers import quiet_worker, worker_loader
-from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.errors import ArtefactError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
+from zutiscli.pipeline.archive_models import feature_model, named_by_archives
 from zutiscli.pipeline.failures import check_failures
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 from zutiscli.pipeline.pseudolabel_config import REFINERS, PseudolabelConfig  # noqa: F401 - exported here too
@@ -200,38 +201,6 @@ def _check_output(output: str | Path | None, shard: tuple[int, int] | None = Non
     return out, state
 
 
-def _archive_model(archives_dir: Path) -> dict[str, Any]:
-    manifest = read_manifest(archives_dir, "zutis.archives")
-    return dict(manifest.model or {})
-
-
-def _feature_model(config: PseudolabelConfig, archives_dir: Path) -> tuple[str, str]:
-    """``(name, pretrained)`` of the ViT whose features find the masks: --model, else the archives' model."""
-    archive_model = _archive_model(archives_dir)
-    name = config.model or archive_model.get("name")
-    if not name:
-        raise ArtefactError(f"{archives_dir / MANIFEST_NAME}: records no model (field 'model.name'), so the "
-                            f"features are not known; give --model and --pretrained")
-    if config.model and config.pretrained is None:
-        from zutiscli.models.timm_vit import is_timm_name
-
-        if is_timm_name(config.model):
-            raise UsageError(f"--model {config.model}: timm ViTs load local weights; pass --pretrained FILE")
-        from zutiscli.pipeline.index import default_pretrained
-
-        return name, default_pretrained(config.model)
-    return name, config.pretrained or archive_model.get("pretrained", "none")
-
-
-def _named_by_archives(config: PseudolabelConfig, archives_dir: Path):
-    """Errors about the model or weights the archives name (not given as options) blame their manifest."""
-    from zutiscli.models.clip import named_by
-
-    return named_by(archives_dir / MANIFEST_NAME,
-                    model=None if config.model else "its field 'model.name' names model",
-                    weights=None if config.model or config.pretrained else "its field 'model.pretrained' names weights")
-
-
 def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
     """The distinct images of all archives, in archive order (an image in two archives is processed once)."""
     unique: list[Path] = []
@@ -278,9 +247,9 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     else:
         from zutiscli.models.backbones import describe_backbone
 
-        name, pretrained = _feature_model(config, archives_dir)
+        name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
         dtype = resolve_precision(config.precision, device)
-        with _named_by_archives(config, archives_dir):
+        with named_by_archives(config.model, config.pretrained, archives_dir):
             model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
         record = describe_backbone(name, pretrained)
     model["device"] = str(device)
@@ -339,9 +308,9 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     else:
         from zutiscli.models.backbones import describe_backbone, load_dense_backbone
 
-        name, pretrained = _feature_model(config, archives_dir)
+        name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
         dtype = resolve_precision(config.precision, device)
-        with _named_by_archives(config, archives_dir):
+        with named_by_archives(config.model, config.pretrained, archives_dir):
             backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
         model_record = describe_backbone(name, pretrained)
         patch = backbone.patch_size

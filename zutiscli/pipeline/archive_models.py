@@ -1,0 +1,47 @@
+"""The models a stage over archives uses by default: the CLIP that retrieved them (their manifest's
+``model``), unless ``--model`` / ``--pretrained`` name another."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest
+from zutiscli.errors import ArtefactError, UsageError
+
+
+def archive_model(archives_dir: Path) -> dict[str, Any]:
+    """The ``model`` record (``{"name", "pretrained", ...}``) of a ``zutis.archives`` directory's manifest."""
+    return dict(read_manifest(archives_dir, "zutis.archives").model or {})
+
+
+def feature_model(model: str | None, pretrained: str | None, archives_dir: Path) -> tuple[str, str]:
+    """``(name, pretrained)`` of the ViT a stage reads features from: ``model``, else the archives' model.
+
+    ``model`` without ``pretrained`` takes that model's usual weights (a timm ViT has none: a
+    :class:`UsageError` asks for a file); neither takes the archives' model and weights.
+    """
+    recorded = archive_model(archives_dir)
+    name = model or recorded.get("name")
+    if not name:
+        raise ArtefactError(f"{archives_dir / MANIFEST_NAME}: records no model (field 'model.name'), so the "
+                            f"features are not known; give --model and --pretrained")
+    if model and pretrained is None:
+        from zutiscli.models.timm_vit import is_timm_name
+
+        if is_timm_name(model):
+            raise UsageError(f"--model {model}: timm ViTs load local weights; pass --pretrained FILE")
+        from zutiscli.pipeline.index import default_pretrained
+
+        return name, default_pretrained(model)
+    return name, pretrained or recorded.get("pretrained", "none")
+
+
+def named_by_archives(model: str | None, pretrained: str | None, archives_dir: Path):
+    """A context in which errors about a model or weights the archives name (not given as options)
+    blame the archives' manifest."""
+    from zutiscli.models.clip import named_by
+
+    return named_by(archives_dir / MANIFEST_NAME,
+                    model=None if model else "its field 'model.name' names model",
+                    weights=None if model or pretrained else "its field 'model.pretrained' names weights")
