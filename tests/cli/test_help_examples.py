@@ -32,7 +32,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
     "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
+    "retrieve", "cosegment", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
     "evaluate run", "evaluate prepare", "completions", "man", "demo",
 ]
 

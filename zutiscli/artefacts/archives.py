@@ -61,3 +61,14 @@ def read_archives(directory: str | Path) -> dict[str, list[ArchiveHit]]:
         }
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ArtefactError(f"{path}: unreadable archives ({exc}); the artefact is corrupt") from None
+
+
+def archive_phrases(directory: str | Path) -> dict[str, str]:
+    """Class name -> the phrase its archive was retrieved with, of a ``zutis.archives`` directory."""
+    manifest = read_manifest(directory, "zutis.archives")
+    path = Path(manifest.root or directory) / ARCHIVES_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {name: str(entry.get("phrase") or name) for name, entry in data["classes"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ArtefactError(f"{path}: unreadable archives ({exc}); the artefact is corrupt") from None

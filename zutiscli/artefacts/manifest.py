@@ -33,6 +33,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "zutis.synth": (1, "zutis synth"),
     "zutis.index": (1, "zutis index"),
     "zutis.archives": (1, "zutis retrieve"),
+    "zutis.references": (1, "zutis cosegment"),
     "zutis.pseudolabels": (1, "zutis pseudolabel"),
     "zutis.dataset": (1, "zutis copypaste"),
     "zutis.run": (1, "zutis train"),

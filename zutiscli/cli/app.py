@@ -64,12 +64,13 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 def _register_commands() -> None:
     """The subcommands: the demo, then the stages in pipeline order (that is the order of `zutis --help`)."""
-    from zutiscli.cli import copypaste, demo, evaluate, index, predict, pseudolabel, retrieve, synth, train
+    from zutiscli.cli import copypaste, cosegment, demo, evaluate, index, predict, pseudolabel, retrieve, synth, train
 
     app.command("demo")(demo.demo)
     app.add_typer(synth.app, name="synth")
     app.add_typer(index.app, name="index")
     app.command("retrieve")(retrieve.retrieve)
+    app.command("cosegment")(cosegment.cosegment)
     app.add_typer(pseudolabel.app, name="pseudolabel")
     app.command("copypaste")(copypaste.copypaste)
     app.command("train")(train.train)
