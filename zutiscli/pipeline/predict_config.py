@@ -61,7 +61,8 @@ class PredictConfig:
         show_default=False)
     method: str = option(
         "zutis", "zutis: a trained ZUTIS model (--checkpoint); maskclip: the training-free MaskCLIP baseline "
-        "(CLIP weights alone).", metavar="zutis|maskclip")
+        "(CLIP weights alone); reco: training-free ReCo, a semantic method (--references; instances are "
+        "the connected components of each class).", metavar="zutis|maskclip|reco")
     model: str = option("ViT-B-16", "maskclip: open_clip model name.", kind="model")
     pretrained: str | None = option(None, "maskclip: weights (tag, file, builtin).", show_default=False)
     task: str = option("all", "What to predict.", choices=TASKS)
@@ -89,6 +90,18 @@ class PredictConfig:
     workers: int = option(0, "Processes for the CRF (0 = this process).")
     components: bool = option(False, "maskclip: split each class region into connected components.",
                               flag="--components/--no-components")
+    references: str | None = option(
+        None, "reco: references directory written by `zutis cosegment` (one per class to segment).", kind="path",
+        show_default=False)
+    context: Sequence[str] = option(
+        (), "reco: context classes (in --references) whose similarity suppresses the classes' maps, as "
+        "prod(1 - sigmoid(cos)) (ReCo's context elimination).", metavar="A,B", parse=split_commas,
+        text=join_commas, show_default=False)
+    text_gate: bool = option(
+        True, "reco: multiply each class map by sigmoid(10 cos) of the references' CLIP's dense features with "
+        "the class text (ReCo's language gate).", flag="--text-gate/--no-text-gate")
+    background_threshold: float = option(
+        0.9, "reco: background where no class holds this share of the class maps' sum (ZUTIS' comparison: 0.9).")
     refine: str | None = _setting(
         "refine", "Snap each instance mask to the image's edges before classifying and NMS (bilateral solver, as "
         "for pseudo-masks; crf: DenseCRF). Not in the paper.", choices=REFINERS)
@@ -136,6 +149,8 @@ class PredictConfig:
         get(self.method)
         if self.max_size is not None and self.max_size < 32:
             raise UsageError(f"--max-size must be >= 32 (got {self.max_size})")
+        if not 0.0 <= self.background_threshold <= 1.0:
+            raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.loader_workers is not None and self.loader_workers < 0:

@@ -43,7 +43,8 @@ class Predictor(ABC):
 
     Attributes:
         patch: input sides must be multiples of it (pixels).
-        text: ``(1 + K, D)`` class text embeddings, index 0 = background.
+        text: ``(1 + K, D)`` class text embeddings, index 0 = background (methods that classify in
+            CLIP's text space).
         record: what the predictions' manifest says of the model (``{"checkpoint": ..., ...}``).
         recipe: the inference settings the model's training recipe chose (``{}``: none).
         inputs: files the predictions depend on (a checkpoint), for the manifest's fingerprints.
@@ -119,6 +120,8 @@ def register(method: PredictMethod) -> PredictMethod:
 register(PredictMethod("zutis", "a trained ZUTIS model (--checkpoint)", "zutiscli.methods.predict.zutis", True))
 register(PredictMethod("maskclip", "the training-free MaskCLIP baseline (CLIP weights alone)",
                        "zutiscli.methods.predict.maskclip", False))
+register(PredictMethod("reco", "training-free ReCo: similarity to co-segmented references (--references)",
+                       "zutiscli.methods.predict.reco", False))
 
 
 def get(name: str) -> PredictMethod:

@@ -45,10 +45,11 @@ class DenseSemantic:
 
         probs, labels = semantic_from_dense(dense, text, image.shape[:2])
         if use_crf:
-            labels = self._crf(image, probs)
+            labels = self.crf_labels(image, probs)
         return probs, np.asarray(labels, dtype=np.int64)
 
-    def _crf(self, image: np.ndarray, probs: Any) -> np.ndarray:
+    def crf_labels(self, image: np.ndarray, probs: Any) -> np.ndarray:
+        """``(H, W)`` int64 labels of DenseCRF over ``(1 + K, H, W)`` class probabilities of ``image``."""
         from zutiscli.ops.crf import dense_crf_labels
 
         probs = probs.numpy() if hasattr(probs, "numpy") else np.asarray(probs)

@@ -1,5 +1,5 @@
-"""`zutis cosegment` on the shapes world with the shipped shapes-clip: references, seeds on the
-archives' objects, the gates, resuming, and bad input."""
+"""ReCo on the shapes world with the shipped shapes-clip: `zutis cosegment` (references, seeds on
+the archives' objects, the gates, resuming, bad input) and `zutis predict --method reco`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.artefacts.references import read_references
@@ -136,3 +137,52 @@ def test_bad_options_are_one_line_errors(world, tmp_path, capsys) -> None:
         assert done.value.code == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
+
+
+# ---- zutis predict --method reco ------------------------------------------------------------
+def test_background_is_where_no_class_share_reaches_the_threshold() -> None:
+    import torch
+
+    from zutiscli.methods.predict.reco import reco_probabilities
+
+    maps = torch.tensor([[[0.7, 0.3]], [[0.05, 0.3]]])  # 2 classes on a 1 x 2 grid
+    probs = reco_probabilities(maps, (1, 2), 0.9)
+    assert probs.shape == (3, 1, 2) and torch.allclose(probs.sum(0), torch.ones(1, 2))
+    assert probs.argmax(0).tolist() == [[1, 0]]  # share 0.93 passes 0.9; 0.5 / 0.5 is background
+    assert reco_probabilities(maps, (1, 2), 0.4).argmax(0).tolist() == [[1, 1]]  # a tie goes to the first
+
+
+def _predict(argv: list[str], capsys) -> int:
+    with pytest.raises(SystemExit) as done:
+        main(["predict", *argv])
+    return done.value.code
+
+
+def test_predict_with_references_writes_semantic_maps_and_component_instances(world, references, tmp_path,
+                                                                             capsys) -> None:
+    scenes = write_synth(SynthConfig("scenes", 4, seed=8, size=64), tmp_path / "scenes")
+    argv = [str(scenes / "images"), "--method", "reco", "--references", str(references), "--classes",
+            "circle,star,ring", "--background-threshold", "0.4", "--no-vis", "-q"]
+    assert _predict([*argv, "-o", str(tmp_path / "p")], capsys) == 0, capsys.readouterr().err
+    manifest = read_manifest(tmp_path / "p")
+    assert manifest.model["method"] == "reco" and manifest.model["clip"]["name"] == "shapes-clip"
+    semantic = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "p" / "semantic").glob("*.png"))]
+    assert len(semantic) == 4 and 0 < np.mean([(s > 0).mean() for s in semantic]) < 1
+    results = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    for result in results:  # each instance is one connected region of its class in the semantic map
+        mask = decode_mask(result["segmentation"])
+        assert (semantic[result["image_id"] - 1][mask] == result["category_id"]).all()
+    assert _predict([*argv, "--no-text-gate", "--context", "ring", "-o", str(tmp_path / "q")], capsys) == 0
+    assert read_manifest(tmp_path / "q").model["clip"] is None
+    other = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "q" / "semantic").glob("*.png"))]
+    assert any((a != b).any() for a, b in zip(semantic, other))
+
+
+def test_predict_reco_refuses_missing_references_in_one_line(world, references, tmp_path, capsys) -> None:
+    images = str(world["pile"] / "images")
+    for argv, message in (([], "needs --references"),
+                          (["--references", str(references), "--classes", "circle,cross"], "--classes cross: no reference"),
+                          (["--references", str(references), "--context", "sky"], "--context sky: no reference")):
+        code = _predict([images, "--method", "reco", "--classes", "circle", *argv, "-o", str(tmp_path / "x")], capsys)
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and "Traceback" not in err, err
