@@ -186,3 +186,40 @@ def test_predict_reco_refuses_missing_references_in_one_line(world, references, 
         code = _predict([images, "--method", "reco", "--classes", "circle", *argv, "-o", str(tmp_path / "x")], capsys)
         err = capsys.readouterr().err
         assert code == 2 and message in err and "Traceback" not in err, err
+
+
+# ---- ReCo+: zutis train on predictions ------------------------------------------------------
+def test_recoplus_trains_on_recos_predictions(world, references, tmp_path, capsys) -> None:
+    from zutiscli.data.scenes import labelled_scenes, source_manifest
+    from zutiscli.pipeline.train import TrainConfig, train
+
+    scenes = write_synth(SynthConfig("scenes", 3, seed=9, size=64), tmp_path / "scenes")
+    argv = [str(scenes / "images"), "--method", "reco", "--references", str(references), "--classes",
+            "circle,star,ring", "--background-threshold", "0.4", "--no-vis", "-q"]
+    assert _predict([*argv, "-o", str(tmp_path / "p")], capsys) == 0
+    coco, classes = labelled_scenes(str(tmp_path / "p"), source_manifest(str(tmp_path / "p")))
+    assert classes == ["circle", "star", "ring"] and len(coco["images"]) == 3
+    results = json.loads((tmp_path / "p" / "predictions.json").read_text())
+    assert len(coco["annotations"]) == len(results)
+    config = TrainConfig(source=str(tmp_path / "p"), model="shapes-clip", pretrained="builtin", iterations=2,
+                         crop=64, batch_size=2, crop_adapter_scenes=0, workers=0, num_queries=4, decoder_layers=1)
+    run = train(config, tmp_path / "run")
+    assert read_manifest(run.path).inputs[0].kind == "zutis.predictions"
+    assert json.loads((run.path / "config.json").read_text())["classes"] == ["circle", "star", "ring"]
+    # predictions without semantic maps hold nothing to train a semantic branch on
+    assert _predict([*argv, "--task", "instance", "-o", str(tmp_path / "inst")], capsys) == 0
+    with pytest.raises(Exception, match="no semantic maps to train on"):
+        train(TrainConfig(source=str(tmp_path / "inst"), model="shapes-clip", pretrained="builtin", iterations=1),
+              tmp_path / "run2")
+
+
+def test_a_scene_without_instances_resizes(tmp_path) -> None:
+    # a predicted image where nothing was found: no masks, a semantic map all the same
+    from zutiscli.artefacts.scenes import load_scenes
+    from zutiscli.data.scenes import DiskScenes
+
+    scenes = write_synth(SynthConfig("scenes", 1, seed=9, size=64), tmp_path / "scenes")
+    coco = dict(load_scenes(scenes), annotations=[])
+    image, semantic, masks, classes = DiskScenes(scenes, 32, 0, coco)[0]
+    assert image.shape == (3, 32, 32) and semantic.shape == (32, 32)
+    assert masks.shape == (0, 32, 32) and classes.shape == (0,)

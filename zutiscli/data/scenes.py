@@ -1,8 +1,9 @@
 """Training scenes: the deterministic stream of scenes a run trains on, and the batches of each iteration.
 
 A training source is a pseudo-label directory (scenes made online by copy-paste), a copy-paste
-dataset written by ``zutis copypaste``, or ``zutis synth scenes`` (supervised by their ground
-truth). Either way item ``g`` of the stream is the same scene in every run with the same seed, and
+dataset written by ``zutis copypaste``, ``zutis synth scenes`` (supervised by their ground
+truth), or a ``zutis predict`` directory (another method's semantic maps and instances as labels:
+ReCo+ trains on ReCo's predictions). Either way item ``g`` of the stream is the same scene in every run with the same seed, and
 iteration ``t`` trains on items ``t * batch + 0 .. t * batch + batch-1``, split across the
 data-parallel ranks: a resumed or distributed run sees exactly the scenes of a single
 uninterrupted run.
@@ -23,14 +24,14 @@ import torch
 from zutiscli.artefacts.labelmap import read_label_png
 from zutiscli.artefacts.manifest import Manifest, read_manifest, resolve_relative
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
-from zutiscli.artefacts.scenes import load_scenes
+from zutiscli.artefacts.scenes import load_scenes, predicted_scenes
 from zutiscli.data.copypaste import CopyPasteConfig, CopyPasteDataset, ObjectPool
 from zutiscli.data.workers import worker_loader
 from zutiscli.errors import UsageError
 from zutiscli.ops.masks import decode_mask
 
 #: The artefact kinds a run trains on.
-SOURCE_KINDS = ("zutis.pseudolabels", "zutis.dataset", "zutis.synth")
+SOURCE_KINDS = ("zutis.pseudolabels", "zutis.dataset", "zutis.synth", "zutis.predictions")
 
 
 class IterationBatches(torch.utils.data.Sampler):
@@ -48,14 +49,15 @@ class IterationBatches(torch.utils.data.Sampler):
 
 
 class DiskScenes(torch.utils.data.Dataset):
-    """A scene directory read back; global item ``g`` walks seeded per-epoch permutations.
+    """A scene directory read back (or the COCO file ``coco`` of scenes elsewhere, such as
+    :func:`zutiscli.artefacts.scenes.predicted_scenes`); global item ``g`` walks seeded per-epoch permutations.
 
     Scenes of another side than ``size`` are resized to it (bilinear image, nearest labels).
     """
 
-    def __init__(self, directory: Path, size: int, seed: int):
+    def __init__(self, directory: Path, size: int, seed: int, coco: dict[str, Any] | None = None):
         self.directory = directory
-        coco = load_scenes(directory)
+        coco = coco if coco is not None else load_scenes(directory)
         self.images = sorted(coco["images"], key=lambda img: img["id"])
         self.categories = coco["categories"]
         self.annotations: dict[int, list[dict]] = {}
@@ -90,7 +92,8 @@ class DiskScenes(torch.utils.data.Dataset):
         if image.shape[-1] != self.size or image.shape[-2] != self.size:
             image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
             semantic = F.interpolate(semantic[None, None].float(), size=(self.size, self.size), mode="nearest")[0, 0].long()
-            masks = F.interpolate(masks[None].float(), size=(self.size, self.size), mode="nearest")[0] > 0.5
+            masks = F.interpolate(masks[None].float(), size=(self.size, self.size), mode="nearest")[0] > 0.5 \
+                if len(masks) else torch.zeros((0, self.size, self.size), dtype=torch.bool)
         return image, semantic, masks, classes
 
 
@@ -114,7 +117,7 @@ def scene_loader(dataset: Any, start: int, total: int, batch: int, rank: int = 0
 
 
 def source_manifest(source: str) -> Manifest:
-    """The manifest of a training source: pseudo-labels, a copy-paste dataset, or ``zutis synth scenes``."""
+    """The manifest of a training source: pseudo-labels, a copy-paste dataset, ``zutis synth scenes`` or predictions."""
     manifest = read_manifest(source, SOURCE_KINDS)
     if manifest.kind == "zutis.synth":
         kind = manifest.params.get("kind")
@@ -141,5 +144,15 @@ def training_scenes(source: str, paste: CopyPasteConfig, size: int, seed: int, t
         labels = load_pseudolabels(source)
         pool = ObjectPool(labels)
         return CopyPasteDataset(pool, paste, seed, total_items), labels.classes, manifest.kind
-    dataset = DiskScenes(Path(source), size, seed)
-    return dataset, scene_classes(manifest, dataset.categories), manifest.kind
+    coco, classes = labelled_scenes(source, manifest)
+    return DiskScenes(Path(source), size, seed, coco), classes, manifest.kind
+
+
+def labelled_scenes(source: str, manifest: Manifest) -> tuple[dict[str, Any], list[str]]:
+    """``(COCO file, class names)`` of a scene source: a scene directory's own, or a predictions
+    directory's (:func:`zutiscli.artefacts.scenes.predicted_scenes`, the classes it was predicted for)."""
+    if manifest.kind == "zutis.predictions":
+        coco = predicted_scenes(source)
+        return coco, list(manifest.params.get("classes") or []) or scene_classes(manifest, coco["categories"])
+    coco = load_scenes(Path(source))
+    return coco, scene_classes(manifest, coco["categories"])

@@ -39,9 +39,8 @@ from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.artefacts.runs import CHECKPOINT, METRICS, refuse_unfinished_run, resume_checkpoint_path
-from zutiscli.artefacts.scenes import load_scenes
 from zutiscli.data.copypaste import ObjectPool
-from zutiscli.data.scenes import scene_classes, scene_loader, source_manifest, training_scenes
+from zutiscli.data.scenes import labelled_scenes, scene_loader, source_manifest, training_scenes
 from zutiscli.engine.crop_adapter import fit_on_scenes
 from zutiscli.pipeline.held_out import HeldOut, drop_stale_evals, evaluate_model, held_out_set, last_eval
 from zutiscli.engine.trainer import DistInfo, Progress, Trainer, amp_dtype, barrier, broadcast, init_distributed
@@ -75,8 +74,7 @@ def _source_plan(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
         pool = ObjectPool(labels)
         return input_entry(config.source, manifest.kind, classes=len(labels.classes), objects=len(labels.objects),
                            images=len(pool.image_objects)), list(labels.classes)
-    coco = load_scenes(Path(config.source))
-    classes = scene_classes(manifest, coco["categories"])
+    coco, classes = labelled_scenes(config.source, manifest)
     return input_entry(config.source, manifest.kind, classes=len(classes), scenes=len(coco["images"]),
                        instances=len(coco["annotations"])), classes
 
