@@ -223,3 +223,43 @@ def test_a_scene_without_instances_resizes(tmp_path) -> None:
     image, semantic, masks, classes = DiskScenes(scenes, 32, 0, coco)[0]
     assert image.shape == (3, 32, 32) and semantic.shape == (32, 32)
     assert masks.shape == (0, 32, 32) and classes.shape == (0,)
+
+
+# ---- zutis compare --------------------------------------------------------------------------
+def test_run_specs_parse_and_refuse_in_one_line() -> None:
+    from zutiscli.pipeline.compare_config import RunSpec
+
+    assert RunSpec.parse("maskclip") == RunSpec("maskclip", "maskclip", None)
+    assert RunSpec.parse("reco:refs/a=b") == RunSpec("reco:refs/a=b", "reco", "refs/a=b")
+    assert RunSpec.parse("ReCo+=zutis:runs/x") == RunSpec("ReCo+", "zutis", "runs/x")
+    for text, message in (("sam", "not one of maskclip, reco, zutis"), ("zutis", "needs its checkpoint"),
+                          ("maskclip:x", "takes no argument")):
+        with pytest.raises(UsageError, match=message):
+            RunSpec.parse(text)
+
+
+def test_compare_scores_every_run_as_evaluate_does(world, references, tmp_path, capsys) -> None:
+    scenes = write_synth(SynthConfig("scenes", 4, seed=8, size=64), tmp_path / "scenes")
+    argv = ["compare", str(scenes), "--run", "maskclip", "--run", "ReCo=reco:" + str(references), "--model",
+            "shapes-clip", "--pretrained", "builtin", "--classes", "circle,star,ring", "--background-threshold",
+            "0.4", "--picture", "3", "--json", "-o", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0, capsys.readouterr().err
+    rows = json.loads(capsys.readouterr().out)["runs"]
+    assert list(rows) == ["maskclip", "ReCo"] and all(row["seconds_per_image"] > 0 for row in rows.values())
+    assert read_manifest(tmp_path / "c", "zutis.comparison").params["runs"] == ["maskclip", "ReCo"]
+    # the same numbers as zutis predict + zutis evaluate of the same run
+    assert _predict([str(scenes / "images"), "--method", "reco", "--references", str(references), "--classes",
+                     "circle,star,ring", "--background-threshold", "0.4", "--no-vis", "-q", "-o",
+                     str(tmp_path / "p")], capsys) == 0
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "p"), "--gt", str(scenes), "-q", "-o", str(tmp_path / "m")])
+    from zutiscli.engine.evaluator import headline
+
+    evaluated = headline(json.loads((tmp_path / "m" / "metrics.json").read_text()))
+    for key in ("mIoU", "mask_AP50", "mask_AP"):
+        assert rows["ReCo"]["metrics"][key] == round(evaluated[key], 4), key
+    picture = Image.open(tmp_path / "c" / "compare.png")
+    assert picture.size == (150 + 3 * 160, 4 * 160)  # image, ground truth, two runs
+    assert "ReCo" in (tmp_path / "c" / "compare.txt").read_text()

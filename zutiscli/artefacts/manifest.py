@@ -39,6 +39,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "zutis.run": (1, "zutis train"),
     "zutis.predictions": (1, "zutis predict"),
     "zutis.metrics": (1, "zutis evaluate"),
+    "zutis.comparison": (1, "zutis compare"),
     "zutis.demo": (1, "zutis demo"),
 }
 

@@ -64,7 +64,8 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 def _register_commands() -> None:
     """The subcommands: the demo, then the stages in pipeline order (that is the order of `zutis --help`)."""
-    from zutiscli.cli import copypaste, cosegment, demo, evaluate, index, predict, pseudolabel, retrieve, synth, train
+    from zutiscli.cli import (compare, copypaste, cosegment, demo, evaluate, index, predict, pseudolabel, retrieve,
+                              synth, train)
 
     app.command("demo")(demo.demo)
     app.add_typer(synth.app, name="synth")
@@ -76,6 +77,7 @@ def _register_commands() -> None:
     app.command("train")(train.train)
     app.add_typer(predict.app, name="predict")
     app.add_typer(evaluate.app, name="evaluate")
+    app.command("compare")(compare.compare)
     from zutiscli.cli import shell
 
     app.command("completions")(shell.completions)

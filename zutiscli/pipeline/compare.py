@@ -1,0 +1,198 @@
+"""`zutis compare`: every method on the same images, scored the same way, in one table and one picture.
+
+Each ``--run`` (``maskclip``, ``reco:REFERENCES``, ``zutis:RUN``, optionally ``LABEL=`` in front)
+is predicted in memory by ``zutis predict``'s engine (task ``all``: semantic maps, instances and
+panoptic segments) and scored by ``zutis evaluate``'s scoring against one ground truth. Writes::
+
+    compare.json   per run: method, source, headline metrics (mIoU, pixel accuracy, mask AP, AP50,
+                   class-agnostic AP, PQ and its things / stuff split where scored), seconds per image
+    compare.txt    the same as an aligned table
+    runs/N/metrics.json   each run's full metrics, N its position
+    compare.png    a column per scene, ground truth on top, then a row per run (semantic maps)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from zutiscli.artefacts.lock import holding_locks
+from zutiscli.errors import UsageError
+from zutiscli.pipeline.compare_config import CompareConfig, RunSpec  # noqa: F401 - exported here too
+
+#: The columns of the table, in order (those no run has are left out).
+COLUMNS = ("mIoU", "pixel_accuracy", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ", "PQ_things", "PQ_stuff")
+
+
+@dataclass
+class CompareResult:
+    """Where it went and, per run label, its headline metrics and seconds per image."""
+
+    path: Path
+    rows: dict[str, dict[str, Any]]
+    table: str
+
+
+def _scenes_and_truth(config: CompareConfig) -> tuple[Path, Path]:
+    """``(image directory, ground truth)``: SCENES' ``images/`` and SCENES itself for a scenes directory."""
+    scenes = Path(config.images)
+    if not scenes.exists():
+        raise UsageError(f"{scenes}: no such file or directory; give a `zutis synth scenes` directory or images")
+    if scenes.is_dir() and (scenes / "images").is_dir() and config.gt is None:
+        return scenes / "images", scenes
+    if config.gt is None:
+        raise UsageError(f"{scenes}: is not a scenes directory with its ground truth; give --gt")
+    return scenes, Path(config.gt)
+
+
+def _classes(config: CompareConfig, truth: Any) -> list[Any]:
+    from zutiscli.data.classes import ClassQuery, parse_classes, with_stuff
+
+    if config.classes:
+        queries = parse_classes(",".join(config.classes), None)
+    else:
+        categories = sorted((truth.instances or {}).get("categories") or [], key=lambda c: c["id"])
+        if not categories:
+            raise UsageError(f"{truth.source}: names no thing classes; give --classes")
+        queries = [ClassQuery(c["name"], c["name"]) for c in categories]
+    return with_stuff(queries, config.stuff)
+
+
+def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: list[Any]) -> Any:
+    from zutiscli.pipeline.predict import PredictConfig
+
+    options: dict[str, Any] = dict(inputs=[str(images)], classes=tuple(classes), method=run.method,
+                                   stuff=tuple(config.stuff), task="all", vis=False, device=config.device,
+                                   precision=config.precision)
+    if run.method == "zutis":
+        options["checkpoint"] = run.argument
+    elif run.method == "reco":
+        options.update(references=run.argument, background_threshold=config.background_threshold)
+    else:
+        options.update(model=config.model, pretrained=config.pretrained, components=True)
+    return PredictConfig(**options)
+
+
+def format_table(rows: dict[str, dict[str, Any]]) -> str:
+    """The runs' headline metrics (percent) and seconds per image as an aligned text table."""
+    columns = [c for c in COLUMNS if any(row["metrics"].get(c) is not None for row in rows.values())]
+    width = max([len("run"), *map(len, rows)]) + 2
+    lines = ["run".ljust(width) + "".join(c.rjust(17) for c in columns) + "s/image".rjust(10)]
+    for label, row in rows.items():
+        cells = [row["metrics"].get(c) for c in columns]
+        lines.append(label.ljust(width) + "".join(("-" if v is None else f"{100 * v:.1f}").rjust(17) for v in cells)
+                     + f"{row['seconds_per_image']:.3f}".rjust(10))
+    return "\n".join(lines)
+
+
+@holding_locks
+def compare(config: CompareConfig, output: str | Path | None = None, *,
+            log: Callable[[str], None] | None = None) -> CompareResult:
+    """Run ``zutis compare``; returns the directory, the rows and the text table."""
+    from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
+    from zutiscli.artefacts.groundtruth import load_ground_truth
+    from zutiscli.artefacts.manifest import write_manifest
+    from zutiscli.artefacts.rundir import prepare_output_dir
+    from zutiscli.engine.evaluator import headline, score
+    from zutiscli.pipeline.evaluate import EvaluateConfig
+    from zutiscli.pipeline.predict import predict_in_memory
+
+    config.validate()
+    say = log or (lambda message: None)
+    images, gt = _scenes_and_truth(config)
+    truth = load_ground_truth(gt)
+    classes = _classes(config, truth)
+    predict_configs = [_predict_config(config, run, images, classes) for run in config.runs]
+    for predict_config in predict_configs:
+        predict_config.validate()  # every run's options checked before the first one runs
+    out = prepare_output_dir(output, "compare")
+    rows: dict[str, dict[str, Any]] = {}
+    predictions = []
+    for number, (run, predict_config) in enumerate(zip(config.runs, predict_configs), start=1):
+        say(f"[{number}/{len(config.runs)}] {run.label}")
+        start = time.perf_counter()
+        prediction = predict_in_memory(predict_config, log=say)
+        seconds = time.perf_counter() - start
+        metrics = score(prediction, truth, EvaluateConfig(pred=run.label, gt=str(gt)))
+        atomic_write_json(out / "runs" / str(number) / "metrics.json", metrics)
+        glance = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline(metrics).items()}
+        rows[run.label] = {"method": run.method, "source": run.argument, "metrics": glance,
+                           "seconds": round(seconds, 2),
+                           "seconds_per_image": round(seconds / max(1, len(prediction.images)), 4)}
+        predictions.append(prediction)
+        say(f"    {run.label}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in glance.items() if isinstance(v, float)))
+    table = format_table(rows)
+    names = [q.name for q in classes]
+    if config.picture:
+        write_compare_picture(out / "compare.png", truth, list(rows), predictions, names, config.picture)
+    atomic_write_text(out / "compare.txt", table + "\n")
+    atomic_write_json(out / "compare.json", {"images": str(images), "gt": str(gt), "classes": names,
+                                             "stuff": list(config.stuff), "runs": rows})
+    write_manifest(out, "zutis.comparison", inputs=[p for p in (images, gt) if p.exists()],
+                   params={"runs": [run.label for run in config.runs], "classes": names, "stuff": list(config.stuff),
+                           "model": config.model, "pretrained": config.pretrained,
+                           "background_threshold": config.background_threshold, "device": config.device,
+                           "precision": config.precision},
+                   summary={"runs": {label: row["metrics"] for label, row in rows.items()}})
+    return CompareResult(out, rows, table)
+
+
+def _gt_labels(truth: Any, image: Any, names: list[str]) -> np.ndarray | None:
+    """A ground-truth image's semantic map with labels as ``1 + index in names`` (others 0), or None."""
+    from zutiscli.artefacts.labelmap import read_label_png
+
+    if image.semantic is None:
+        return None
+    labels = read_label_png(image.semantic).astype(np.int64)
+    written = truth.semantic_names or []
+    table = np.zeros(max(int(labels.max()) + 1, len(written), 1), dtype=np.int64)
+    folded = [n.casefold() for n in names]
+    for value, name in enumerate(written):
+        if name.casefold() in folded:
+            table[value] = folded.index(name.casefold()) + 1
+    return table[np.clip(labels, 0, len(table) - 1)]
+
+
+def write_compare_picture(path: Path, truth: Any, labels: list[str], predictions: list[Any], names: list[str],
+                          count: int, tile: int = 160) -> Path:
+    """``compare.png``: a column per scene (the first ``count`` of the ground truth), the image and
+    its ground truth on top, then each run's semantic map, one colour per class throughout."""
+    from PIL import Image, ImageDraw
+
+    from zutiscli.artefacts.atomic import atomic_path
+    from zutiscli.data.images import load_image
+    from zutiscli.ops.overlay import render_overlay
+
+    shown = sorted(truth.images, key=lambda image: image.id)[:count]
+    margin = 150
+    rows = ["image", "ground truth", *labels]
+    canvas = Image.new("RGB", (margin + len(shown) * tile, len(rows) * tile), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for row, label in enumerate(rows):
+        draw.text((4, row * tile + tile // 2 - 6), label[:22], fill=(0, 0, 0))
+    by_stem = [{image.stem: image for image in prediction.images} for prediction in predictions]
+
+    def put(array: np.ndarray, row: int, column: int) -> None:
+        picture = Image.fromarray(array).resize((tile, tile), Image.NEAREST)
+        canvas.paste(picture, (margin + column * tile, row * tile))
+
+    for column, image in enumerate(shown):
+        rgb = np.asarray(load_image(image.path)) if image.path else None
+        if rgb is None:
+            continue
+        put(rgb, 0, column)
+        gt_labels = _gt_labels(truth, image, names)
+        if gt_labels is not None:
+            put(render_overlay(rgb, names, gt_labels, None, None, None), 1, column)
+        for row, found in enumerate(by_stem, start=2):
+            mine = found.get(image.stem)
+            if mine is not None and isinstance(mine.semantic, np.ndarray):
+                put(render_overlay(rgb, names, np.where(mine.semantic < 0, 0, mine.semantic), None, None, None),
+                    row, column)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path
