@@ -37,7 +37,7 @@ TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers",
 EXPECTED_LEAVES = {
     "demo", "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
     "retrieve", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
-    "evaluate run", "evaluate prepare", "completions", "man",
+    "evaluate run", "evaluate prepare", "completions", "man", "cosegment", "compare",
 }
 
 #: Per leaf command: (arguments, expected exit status, fragment of the error line). Placeholders:
@@ -225,6 +225,27 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
     "man": [
         (["-o", "{text}"], 1, "is a file"),
     ],
+    "cosegment": [
+        ([], 2, "Missing argument"),
+        (["{missing}", "-o", "{out}"], 1, "no such directory"),
+        (["{index}", "-o", "{out}"], 1, "zutis.index artefact"),
+        (["{archives}", "-k", "1", "-o", "{out}"], 2, "-k must be >= 2"),
+        (["{archives}", "--context", "road", "-o", "{out}"], 2, "--context road"),
+        (["{archives}", "--model", "timm:vit_small_patch16_224", "-o", "{out}"], 2, "pass --pretrained FILE"),
+        (["{archives}", "-o", "{pile}"], 1, "finished artefact"),
+    ],
+    "compare": [
+        ([], 2, "Missing argument"),
+        (["{scenes}", "-o", "{out}"], 2, "give the methods"),
+        (["{scenes}", "--run", "sam", "-o", "{out}"], 2, "not one of"),
+        (["{scenes}", "--run", "zutis", "-o", "{out}"], 2, "needs its checkpoint"),
+        (["{missing}", "--run", "maskclip", "-o", "{out}"], 2, "no such file"),
+        (["{scenes}/images", "--run", "maskclip", "-o", "{out}"], 2, "give --gt"),
+        (["{scenes}", "--run", "reco:{missing}", "-o", "{out}"], 1, "no such directory"),
+        (["{scenes}", "--run", "a=maskclip", "--run", "a=zutis:{run}", "-o", "{out}"], 2, "two runs are labelled"),
+        (["{scenes}", "--run", "maskclip", "--classes", "chat", "-o", "{out}"], 2, "--classes chat: not in the ground"),
+        (["{scenes}", "--run", "maskclip", "-o", "{pile}"], 1, "finished artefact"),
+    ],
 }
 
 #: Valid arguments of the commands with --device or --classes (they run for real with good values).
@@ -236,6 +257,9 @@ BASE: dict[str, list[str]] = {
     "train": ["{pseudo}", *TINY_TRAIN, "-o", "{out}"],
     "predict run": ["{scenes}/images", "--checkpoint", "{run}", "--no-vis", "-o", "{out}"],
     "evaluate run": ["{pred}", "--gt", "{scenes}", "-o", "{out}"],
+    "cosegment": ["{archives}", "-k", "2", "--preview", "0", "-o", "{out}"],
+    "compare": ["{scenes}", "--run", "maskclip", "--model", "zutis-tiny", "--pretrained", "{weights}", "--picture",
+                "0", "-o", "{out}"],
 }
 
 #: Class lists that are mistakes (usage errors), and one that must be accepted.
@@ -412,8 +436,8 @@ def test_class_lists(words, world, tmp_path, monkeypatch, capsys):
     renames = words == "evaluate run"
     for classes in BAD_CLASS_MAPS if renames else BAD_CLASSES:
         check_case(capsys, world, tmp_path, words, [*BASE[words], "--classes", classes], 2, "--classes")
-    argv = [*words.split(), *fill([*BASE[words], "--classes", GOOD_CLASS_MAP if renames else GOOD_CLASSES, "--json"],
-                                 world, tmp_path / "out")]
+    good = GOOD_CLASS_MAP if renames else "circle,star" if words == "compare" else GOOD_CLASSES  # compare: GT names
+    argv = [*words.split(), *fill([*BASE[words], "--classes", good, "--json"], world, tmp_path / "out")]
     code, out, err = run(capsys, argv)
     assert code == 0, f"{argv}\n{err}"
     assert "--classes" not in err and "error" not in err

@@ -1,5 +1,5 @@
-"""The ``Example:`` line of every command's ``--help`` works as written, and the README's table of
-``--json`` keys matches what the commands print.
+"""The ``Example:`` line of every command's ``--help`` works as written, and the table of ``--json``
+keys in docs/cli.md matches what the commands print.
 
 The leaf commands are enumerated from the Click tree, so a new command fails this file until its
 docstring has exactly one ``Example: zutis ...`` line. The examples run in-process through
@@ -28,12 +28,14 @@ from zutiscli.pipeline.index import IndexConfig, build_index
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+#: Where the ``--json`` keys of every command are documented.
+JSON_TABLE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
     "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
     "retrieve", "cosegment", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
-    "evaluate run", "evaluate prepare", "completions", "man", "demo",
+    "evaluate run", "evaluate prepare", "compare", "completions", "man", "demo",
 ]
 
 #: Commands run just before an example, for inputs that only a variant of an earlier command writes.
@@ -176,8 +178,8 @@ def test_examples_write_their_artefacts(ran, world):
 
 
 def readme_json_keys() -> dict[str, tuple[set[str], bool]]:
-    """The README's ``--json`` table: command -> (documented keys, whether task objects follow)."""
-    text = README.read_text(encoding="utf-8")
+    """The ``--json`` table of docs/cli.md: command -> (documented keys, whether task objects follow)."""
+    text = JSON_TABLE.read_text(encoding="utf-8")
     start = text.index("`--json` documents")
     rows = {}
     for line in text[start:].splitlines()[1:]:
@@ -195,7 +197,7 @@ def test_readme_json_table_lists_every_command():
     documented = readme_json_keys()
     assert set(documented) == set(LEAVES) - {"completions"}, "completions has no --json; every other command a row"
     for name, (keys, _) in documented.items():
-        assert "path" in keys, f"zutis {name}: the README row lacks `path`"
+        assert "path" in keys, f"zutis {name}: the docs/cli.md row lacks `path`"
 
 
 #: Commands rerun with ``--json`` (cheap ones, reading the examples' artefacts), as shell words after ``zutis``.
@@ -208,6 +210,8 @@ JSON_RUNS = {
     "evaluate run": "evaluate preds --gt data/scenes -o json/metrics",
     "evaluate prepare": "evaluate prepare voc2012 --root VOCdevkit/VOC2012 -o json/voc",
     "man": "man -o json/man",
+    "cosegment": "cosegment data/archives -k 4 --preview 0 -o json/references",
+    "compare": "compare data/scenes --run maskclip --model shapes-clip --pretrained builtin --picture 0 -o json/compare",
 }
 
 
@@ -221,7 +225,7 @@ def test_json_keys_match_readme(ran, world, monkeypatch, name):
     actual = set(document)
     if task_objects:
         actual -= set(document.get("tasks", []))
-    assert actual == keys, f"zutis {name} --json: printed {sorted(actual)}, README lists {sorted(keys)}"
+    assert actual == keys, f"zutis {name} --json: printed {sorted(actual)}, docs/cli.md lists {sorted(keys)}"
 
 
 def test_readme_stays_a_manual():

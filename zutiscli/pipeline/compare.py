@@ -52,14 +52,21 @@ def _scenes_and_truth(config: CompareConfig) -> tuple[Path, Path]:
 def _classes(config: CompareConfig, truth: Any) -> list[Any]:
     from zutiscli.data.classes import ClassQuery, parse_classes, with_stuff
 
-    if config.classes:
-        queries = parse_classes(",".join(config.classes), None)
+    if config.classes is not None:
+        queries = parse_classes(config.classes, None)
     else:
         categories = sorted((truth.instances or {}).get("categories") or [], key=lambda c: c["id"])
         if not categories:
             raise UsageError(f"{truth.source}: names no thing classes; give --classes")
         queries = [ClassQuery(c["name"], c["name"]) for c in categories]
-    return with_stuff(queries, config.stuff)
+    queries = with_stuff(queries, config.stuff)
+    known = {name.casefold() for name in [*(truth.semantic_names or ()), *(
+        c["name"] for c in (truth.instances or {}).get("categories") or ())]}
+    unknown = [q.name for q in queries if q.name.casefold() not in known]
+    if known and unknown:
+        raise UsageError(f"--classes {','.join(unknown)}: not in the ground truth {truth.source} (it names "
+                         f"{', '.join(sorted(known - {'background'}))}); every method is scored by class name")
+    return queries
 
 
 def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: list[Any]) -> Any:
@@ -107,8 +114,11 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
     truth = load_ground_truth(gt)
     classes = _classes(config, truth)
     predict_configs = [_predict_config(config, run, images, classes) for run in config.runs]
-    for predict_config in predict_configs:
-        predict_config.validate()  # every run's options checked before the first one runs
+    from zutiscli.methods.predict import get
+
+    for predict_config in predict_configs:  # every run's options and weights checked before the first runs
+        predict_config.validate()
+        get(predict_config.method).plan(predict_config)
     out = prepare_output_dir(output, "compare")
     rows: dict[str, dict[str, Any]] = {}
     predictions = []

@@ -54,9 +54,9 @@ class CompareConfig:
     gt: str | None = option(
         None, "Ground truth (default: SCENES, when it is a `zutis synth scenes` or `zutis evaluate prepare` "
         "directory).", kind="path", show_default=False)
-    classes: Sequence[str] = option(
-        (), "Class names to segment (default: the ground truth's thing classes).", metavar="A,B",
-        parse=split_commas, text=join_commas, show_default=False)
+    classes: str | None = option(
+        None, "Comma-separated class names to segment (default: the ground truth's thing classes).",
+        show_default=False)
     stuff: Sequence[str] = option(
         (), "Stuff classes, added to the classes: semantic and panoptic stuff segments, no instances.",
         metavar="A,B", parse=split_commas, text=join_commas, show_default=False)

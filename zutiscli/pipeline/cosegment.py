@@ -177,14 +177,15 @@ def _preview(path: Path, name: str, images: list[np.ndarray], maps: torch.Tensor
 def _prepare_output(output: str | Path | None) -> Path:
     from zutiscli.artefacts.rundir import prepare_output_dir
 
+    if output is not None and Path(output).is_dir():  # judged before the lock touches the directory
+        if (Path(output) / MANIFEST_NAME).is_file():
+            raise ArtefactError(f"{output}: is a finished artefact; choose a new -o directory or remove it")
+        ours = {CLASSES_DIR, PREVIEW_DIR, REFERENCES_NAME, VECTORS_NAME}
+        foreign = [entry.name for entry in content(Path(output)) if entry.name not in ours]
+        if foreign:
+            raise ArtefactError(f"{output}: is not empty (e.g. {foreign[0]}) and not a zutis references directory; "
+                                f"choose a new -o directory")
     out = prepare_output_dir(output, "cosegment", resumable=output is not None)
-    if (out / MANIFEST_NAME).is_file():
-        raise ArtefactError(f"{out}: is a finished references directory; choose a new -o directory")
-    ours = {CLASSES_DIR, PREVIEW_DIR, REFERENCES_NAME, VECTORS_NAME}
-    foreign = [entry.name for entry in content(out) if entry.name not in ours]
-    if foreign:
-        raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis references directory; "
-                            f"choose a new -o directory")
     (out / CLASSES_DIR).mkdir(exist_ok=True)
     return out
 
