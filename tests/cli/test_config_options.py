@@ -181,9 +181,10 @@ def test_train_flags_override_the_recipe_even_at_their_defaults_and_its_values_t
 def test_demo_options_given_as_defaults_leave_the_fast_preset_alone():
     from zutiscli.pipeline.demo_config import preset
 
-    assert set(DEMO_DEFAULTS) == {"pile", "scenes", "k"} <= set(FAST)
+    assert set(DEMO_DEFAULTS) == {"pile", "scenes", "k", "stuff_scenes"} <= set(FAST)
     fast = preset(True, **{name: None for name in DEMO_DEFAULTS})
-    assert (fast.pile, fast.scenes, fast.k) == (FAST["pile"], FAST["scenes"], FAST["k"])
+    assert (fast.pile, fast.scenes, fast.k, fast.stuff_scenes) == (FAST["pile"], FAST["scenes"], FAST["k"],
+                                                                   FAST["stuff_scenes"])
     assert preset(False, k=7).k == 7
 
 
