@@ -8,11 +8,13 @@ function                                  options (keyword only)      returns
 ``synth(kind, n, output)``                :class:`SynthConfig`        ``Path`` of the data
 ``index(images, output)``                 :class:`IndexConfig`        :class:`IndexResult`
 ``retrieve(index, classes, output)``      :class:`RetrieveConfig`     ``Path`` of the archives
+``cosegment(archives, output)``           :class:`CosegmentConfig`    :class:`CosegmentResult`
 ``pseudolabel(archives, output)``         :class:`PseudolabelConfig`  :class:`PseudolabelResult`
 ``copypaste(pseudolabels, output, n=)``   :class:`CopyPasteConfig`    ``Path`` of the dataset
 ``train(dataset, output)``                :class:`TrainConfig`        :class:`TrainResult`
 ``predict(images, classes, output)``      :class:`PredictConfig`      :class:`PredictResult`
 ``evaluate(pred, gt, output)``            :class:`EvaluateConfig`     :class:`EvaluateResult`
+``compare(scenes, runs, output)``         :class:`CompareConfig`      :class:`CompareResult`
 ========================================  ==========================  ==============================
 
 The keyword options are the fields of the stage's config dataclass, which are the command's
@@ -46,7 +48,9 @@ from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _cl
 from zutiscli.data.copypaste import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste import copypaste as run_copypaste
+from zutiscli.pipeline.compare_config import CompareConfig, RunSpec
 from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, CopyPasteDatasetConfig
+from zutiscli.pipeline.cosegment_config import CosegmentConfig
 from zutiscli.pipeline.evaluate import EvaluateConfig, EvaluateResult
 from zutiscli.pipeline.index import IndexConfig, IndexResult
 from zutiscli.pipeline.predict import PredictConfig, PredictResult
@@ -55,8 +59,8 @@ from zutiscli.pipeline.retrieve import RetrieveConfig
 from zutiscli.pipeline.synth import SynthConfig
 from zutiscli.pipeline.train import TrainConfig, TrainResult
 
-__all__ = ["synth", "index", "retrieve", "pseudolabel", "copypaste", "train", "predict", "evaluate",
-           "Predictor", "Segmentation"]
+__all__ = ["synth", "index", "retrieve", "cosegment", "pseudolabel", "copypaste", "train", "predict", "evaluate",
+           "compare", "Predictor", "Segmentation"]
 
 PathLike = str | os.PathLike
 ClassesLike = str | ClassQuery | Sequence[str | ClassQuery]
@@ -264,6 +268,31 @@ def pseudolabel(archives, output=None, **options):
     return run_pseudolabel(PseudolabelConfig(archives=os.fspath(archives), **opts), output, progress=progress, log=log)
 
 
+@_signature(("archives", _REQUIRED), ("output", None),
+            options=_field_options(CosegmentConfig, exclude=("archives",)) + _keywords(progress=None, log=None))
+def cosegment(archives, output=None, **options):
+    """ReCo's reference embedding of each class, co-segmented from its archive (``zutis cosegment``).
+
+    Args:
+        archives: archives directory written by :func:`retrieve` (ReCo: ``k=50``).
+        output: references directory (rerun with the same one to resume); ``None`` = a new
+            ``runs/cosegment/N``.
+        **options: fields of :class:`zutiscli.pipeline.cosegment.CosegmentConfig` (``k``,
+            ``model``, ``pretrained``, ``size`` in pixels, ``text_gate``, ``context`` as names or
+            ``"sky,road"``, ``preview``, ``device``, ...); and ``progress``, ``log``.
+
+    Returns:
+        :class:`zutiscli.pipeline.cosegment.CosegmentResult` (``.path``, classes, images used).
+    """
+    from zutiscli.pipeline.cosegment import cosegment as run_cosegment
+
+    opts = _options(cosegment, options, "cosegment")
+    progress, log = opts.pop("progress", None), opts.pop("log", None)
+    if isinstance(opts.get("context"), str):
+        opts["context"] = split_commas(opts["context"])
+    return run_cosegment(CosegmentConfig(archives=os.fspath(archives), **opts), output, progress=progress, log=log)
+
+
 _SCENE_DEFAULTS = CopyPasteConfig()
 
 
@@ -423,6 +452,34 @@ def evaluate(pred, gt, output=None, **options):
             raise UsageError(f"max_dets {opts['max_dets']!r}: give three integers, e.g. 1,10,100") from None
     config = EvaluateConfig(pred=os.fspath(pred), gt=os.fspath(gt), **opts)
     return run_evaluate(config, output, progress=progress, log=log)
+
+
+@_signature(("scenes", _REQUIRED), ("runs", _REQUIRED), ("output", None),
+            options=_field_options(CompareConfig, exclude=("images", "runs")) + _keywords(log=None))
+def compare(scenes, runs, output=None, **options):
+    """Every method on the same scenes, scored alike: one table and one picture (``zutis compare``).
+
+    Args:
+        scenes: a :func:`synth` ``"scenes"`` directory (images and ground truth), or images with ``gt=``.
+        runs: ``"maskclip"``, ``"reco:REFERENCES"``, ``"zutis:RUN"`` (``"LABEL=..."`` names a row),
+            one or a list.
+        output: comparison directory (absent or empty); ``None`` = a new ``runs/compare/N``.
+        **options: fields of :class:`zutiscli.pipeline.compare.CompareConfig` (``gt``,
+            ``classes``, ``stuff``, ``model``, ``pretrained``, ``background_threshold``,
+            ``picture``, ``device``, ...); and ``log``.
+
+    Returns:
+        :class:`zutiscli.pipeline.compare.CompareResult` (``.path``, ``.rows`` per run label:
+        metrics as fractions and seconds per image, ``.table``).
+    """
+    from zutiscli.pipeline.compare import compare as run_compare
+
+    opts = _options(compare, options, "compare")
+    log = opts.pop("log", None)
+    if isinstance(opts.get("stuff"), str):
+        opts["stuff"] = split_commas(opts["stuff"])
+    specs = tuple(RunSpec.parse(os.fspath(run)) for run in ([runs] if isinstance(runs, (str, os.PathLike)) else runs))
+    return run_compare(CompareConfig(images=os.fspath(scenes), runs=specs, **opts), output, log=log)
 
 
 # ---- in-memory prediction -------------------------------------------------------------------

@@ -263,3 +263,16 @@ def test_compare_scores_every_run_as_evaluate_does(world, references, tmp_path, 
     picture = Image.open(tmp_path / "c" / "compare.png")
     assert picture.size == (150 + 3 * 160, 4 * 160)  # image, ground truth, two runs
     assert "ReCo" in (tmp_path / "c" / "compare.txt").read_text()
+
+
+def test_the_python_api_takes_the_commands_forms(world, references, tmp_path) -> None:
+    import zutiscli as zs
+
+    refs = zs.cosegment(world["archives"], tmp_path / "refs", k=4, preview=0, context="ring")
+    assert [c.context for c in read_references(refs.path).classes] == [False, False, True]
+    scenes = zs.synth("scenes", 3, tmp_path / "scenes", seed=8, size=64)
+    result = zs.compare(scenes, ["maskclip", f"ReCo=reco:{references}"], tmp_path / "cmp", model="shapes-clip",
+                        pretrained="builtin", classes="circle,star,ring", background_threshold=0.4, picture=0)
+    assert list(result.rows) == ["maskclip", "ReCo"] and "mIoU" in result.rows["ReCo"]["metrics"]
+    with pytest.raises(UsageError, match="not one of"):
+        zs.compare(scenes, "sam", tmp_path / "bad")
