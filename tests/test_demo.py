@@ -28,6 +28,8 @@ STAGES = {
     "paper-inference/predict": "zutis.predictions", "paper-inference/evaluate": "zutis.metrics",
     "shift/scenes": "zutis.synth", "shift/predict": "zutis.predictions", "shift/evaluate": "zutis.metrics",
     "shift/baseline/predict": "zutis.predictions", "shift/baseline/evaluate": "zutis.metrics",
+    "references": "zutis.references", "reco/predict": "zutis.predictions", "reco/evaluate": "zutis.metrics",
+    "shift/reco/predict": "zutis.predictions", "shift/reco/evaluate": "zutis.metrics", "compare": "zutis.comparison",
     **{f"stuff/{split}{folder}": kind for split in ("", "shift/") for folder, kind in (
         ("scenes", "zutis.synth"), ("maskclip/predict", "zutis.predictions"), ("maskclip/evaluate", "zutis.metrics"),
         ("zutis/predict", "zutis.predictions"), ("zutis/evaluate", "zutis.metrics"))},
@@ -171,6 +173,18 @@ def test_the_shift_split_holds_the_same_objects_and_is_scored(demo) -> None:
         assert 0.0 <= headline[variant]["mIoU"] <= 1.0 and headline[variant]["mask_AP50"] is not None, variant
 
 
+def test_the_comparison_agrees_with_the_demos_own_scores(demo) -> None:
+    # `zutis compare` predicts the same scenes again through the same engine: the same numbers
+    out, _ = demo
+    headline = json.loads((out / "metrics.json").read_text())["headline"]
+    rows = json.loads((out / "compare" / "compare.json").read_text())["runs"]
+    assert list(rows) == ["zutis", "maskclip", "reco"]
+    for name in rows:
+        for key in ("mIoU", "mask_AP50"):
+            assert rows[name]["metrics"][key] == headline[name][key], (name, key)
+    assert read_manifest(out / "reco" / "predict").params["background_threshold"] == 0.3
+
+
 def test_scenes_over_named_stuff_are_scored_panoptically_on_both_splits(demo) -> None:
     from zutiscli.shapes.stuff import STUFF
 
@@ -253,7 +267,8 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
                     device="cpu")
     result = run_demo(config, tmp_path / "demo")
     assert set(result.metrics) == {"zutis", "zutis, paper's inference", "maskclip", "zutis, shift split",
-                                   "maskclip, shift split", "maskclip, named stuff", "zutis, named stuff",
+                                   "maskclip, shift split", "reco", "reco, shift split", "reco+",
+                                   "maskclip, named stuff", "zutis, named stuff",
                                    "maskclip, named stuff, shift split", "zutis, named stuff, shift split",
                                    "zutis, no NMS",
                                    "zutis, no crop adapter",
@@ -266,8 +281,10 @@ def test_ablation_writes_every_variant(tmp_path) -> None:
     assert json.loads((root / "zero-shot" / "archives" / "archives.json").read_text())["classes"].keys() == \
         {"circle", "square", "triangle", "cross", "ring"}
     assert read_manifest(root / "no-crop-adapter" / "predict").params["crop_adapter"] is False
+    assert read_manifest(root / "recoplus" / "train").inputs[0].kind == "zutis.predictions"
     for variant in ("no-nms", "no-crop-adapter", "no-stop-gradient", "zero-shot", "zero-shot/paper-inference", "supervised",
-                    "colour-shape", "paper-temperature/stop-gradient", "paper-temperature/no-stop-gradient"):
+                    "colour-shape", "paper-temperature/stop-gradient", "paper-temperature/no-stop-gradient",
+                    "recoplus"):
         assert read_manifest(root / variant / "evaluate").kind == "zutis.metrics", variant
     for arm, stop in (("stop-gradient", True), ("no-stop-gradient", False)):
         recipe = json.loads((root / "paper-temperature" / arm / "train" / "config.json").read_text())

@@ -88,18 +88,21 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     """The runs' headline metrics (percent) and seconds per image as an aligned text table."""
     columns = [c for c in COLUMNS if any(row["metrics"].get(c) is not None for row in rows.values())]
     width = max([len("run"), *map(len, rows)]) + 2
-    lines = ["run".ljust(width) + "".join(c.rjust(17) for c in columns) + "s/image".rjust(10)]
+    lines = ["run".ljust(width) + "".join(c.rjust(len(c) + 2) for c in columns) + "s/image".rjust(9)]
     for label, row in rows.items():
-        cells = [row["metrics"].get(c) for c in columns]
-        lines.append(label.ljust(width) + "".join(("-" if v is None else f"{100 * v:.1f}").rjust(17) for v in cells)
-                     + f"{row['seconds_per_image']:.3f}".rjust(10))
+        cells = [(c, row["metrics"].get(c)) for c in columns]
+        lines.append(label.ljust(width) + "".join(("-" if v is None else f"{100 * v:.1f}").rjust(len(c) + 2)
+                                                  for c, v in cells) + f"{row['seconds_per_image']:.3f}".rjust(9))
     return "\n".join(lines)
 
 
 @holding_locks
 def compare(config: CompareConfig, output: str | Path | None = None, *,
+            progress: Callable[[int, int], None] | None = None,
             log: Callable[[str], None] | None = None) -> CompareResult:
-    """Run ``zutis compare``; returns the directory, the rows and the text table."""
+    """Run ``zutis compare``; returns the directory, the rows and the text table.
+
+    ``progress(done, total)`` counts the runs."""
     from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
     from zutiscli.artefacts.groundtruth import load_ground_truth
     from zutiscli.artefacts.manifest import write_manifest
@@ -134,6 +137,8 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
                            "seconds": round(seconds, 2),
                            "seconds_per_image": round(seconds / max(1, len(prediction.images)), 4)}
         predictions.append(prediction)
+        if progress is not None:
+            progress(number, len(config.runs))
         say(f"    {run.label}: " + ", ".join(f"{k} {100 * v:.1f}" for k, v in glance.items() if isinstance(v, float)))
     table = format_table(rows)
     names = [q.name for q in classes]

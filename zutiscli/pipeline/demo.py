@@ -14,14 +14,18 @@ one directory per stage under the demo's output::
     evaluate/     zutis evaluate          mask AP, mIoU, PQ
     paper-inference/  predict + evaluate of the same model with the paper's inference alone
     baseline/     predict + evaluate of the training-free MaskCLIP baseline on the same scenes
+    references/   zutis cosegment         ReCo's reference of each shape, from its best 50 archive images
+    reco/         predict + evaluate of training-free ReCo (``--method reco``) on the same scenes
     shift/        the same objects drawn over the shift split (``zutis synth scenes --split shift``:
                   backgrounds, stuff looks and lighting no training uses): scenes/, and predict +
-                  evaluate of the model (predict/, evaluate/) and of the baseline (baseline/)
+                  evaluate of the model (predict/, evaluate/), of the baseline (baseline/) and of ReCo (reco/)
     stuff/        scenes over named stuff with COCO panoptic ground truth (``zutis synth scenes --stuff
                   --panoptic``), on the test split (scenes/) and the shift split (shift/scenes/); on each,
                   predict + evaluate of MaskCLIP with the shape and stuff names (``zutis predict --stuff``:
                   semantic, PQ over things and stuff; maskclip/) and of the model with the shape names
                   (its things; zutis/)
+    compare/      zutis compare           the model, MaskCLIP and ReCo on the test scenes in one table
+                  (compare.txt) and one picture (compare.png)
     summary.png   input | ground truth | semantic | instances, for a dozen scenes, four of the shift
                   split and four over named stuff (MaskCLIP's), with the metrics
     metrics.json  the headline numbers of every evaluated variant, and the time of every stage
@@ -33,7 +37,8 @@ paper's raw cosine logits and inference, ``ablation/paper-temperature``), and ze
 a shape name never trained on (scored with the demo's inference and with the paper's), and to
 colour--shape names, held out from shapes-clip's own training captions;
 and the same model trained on ground-truth scenes instead of the chain's pseudo-labels
-(``ablation/supervised``), the upper bound of what the chain can reach with this model and budget.
+(``ablation/supervised``), the upper bound of what the chain can reach with this model and budget;
+and ReCo+ (``ablation/recoplus``): the same model trained on ReCo's predictions over unlabelled scenes.
 
 Units: image sides in pixels, times in seconds, metrics as fractions.
 """
@@ -212,6 +217,8 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.pipeline.compare import CompareConfig, RunSpec, compare
+    from zutiscli.pipeline.cosegment import CosegmentConfig, cosegment
     from zutiscli.pipeline.index import IndexConfig, build_index
     from zutiscli.pipeline.synth import SynthConfig, write_synth
     from zutiscli.pipeline.train import train
@@ -252,17 +259,30 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
                     precision="fp32", components=True)
     metrics["maskclip"] = _predict_and_evaluate(stages, "maskclip baseline", out / "baseline", scenes, classes,
                                                 **maskclip)
+    references = stages.run("cosegment", cosegment, CosegmentConfig(archives=str(out / "archives"), preview=8,
+                                                                    device=config.device), out / "references").path
+    reco = dict(method="reco", references=str(references), background_threshold=config.reco_threshold,
+                device=config.device)
+    metrics["reco"] = _predict_and_evaluate(stages, "reco", out / "reco", scenes, classes, **reco)
     metrics[f"zutis, {SHIFT}"] = _predict_zutis(stages, config, f"zutis, {SHIFT}", out / "shift", shifted, classes,
                                                 run.path)
     metrics[f"maskclip, {SHIFT}"] = _predict_and_evaluate(stages, f"maskclip baseline, {SHIFT}",
                                                           out / "shift" / "baseline", shifted, classes, **maskclip)
+    metrics[f"reco, {SHIFT}"] = _predict_and_evaluate(stages, f"reco, {SHIFT}", out / "shift" / "reco", shifted,
+                                                      classes, **reco)
     stuff_section = None
     if config.stuff_scenes:
         named, stuff_scenes = _named_stuff(stages, config, out / "stuff", classes, run.path, maskclip)
         metrics.update(named)
         stuff_section = (stuff_scenes, out / "stuff" / "maskclip" / "predict")
     if config.ablation:
-        metrics.update(_ablations(stages, config, out, index, scenes, run.path, classes))
+        metrics.update(_ablations(stages, config, out, index, scenes, run.path, classes, reco))
+    compared = stages.run("compare", compare, CompareConfig(
+        images=str(scenes), runs=(RunSpec("zutis", "zutis", str(run.path)), RunSpec("maskclip", "maskclip", None),
+                                  RunSpec("reco", "reco", str(references))),
+        model=config.model, pretrained=config.pretrained, background_threshold=config.reco_threshold,
+        device=config.device), out / "compare")
+    say(compared.table)
 
     headlines = {name: _headline(m) for name, m in metrics.items()}
     if config.ablation:
@@ -305,13 +325,14 @@ def describe_stage_quality(quality: dict[str, Any]) -> str:
 
 
 def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scenes: Path, run: Path,
-               classes: list[str]) -> dict[str, dict[str, Any]]:
+               classes: list[str], reco: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The paper's findings on this world: each as its own predict/evaluate (and train) directories.
 
     Also a reference that is not a finding of the paper: the same model, recipe and budget trained
     on as many ground-truth scenes (another seed) as the chain had copy-paste scenes, which bounds
     what the unsupervised chain can reach here.
     """
+    from zutiscli.pipeline.predict import PredictConfig, predict
     from zutiscli.pipeline.synth import SynthConfig, write_synth
     from zutiscli.pipeline.train import train
 
@@ -358,6 +379,19 @@ def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scen
                            log=stages.log)
     metrics["same model, ground-truth scenes"] = _predict_zutis(
         stages, config, "supervised reference", supervised, scenes, classes, reference.path)
+    # ReCo+: ReCo's predictions over as many unlabelled scenes (another seed) as the chain had copy-paste
+    # scenes, as the training source of the same model, recipe and budget
+    recoplus = root / "recoplus"
+    unlabelled = stages.run("synth scenes (ReCo+)", write_synth,
+                            SynthConfig("scenes", config.copypaste, seed=config.eval_seed + 2, size=config.training().crop,
+                                        min_objects=config.min_objects, max_objects=config.max_objects,
+                                        workers=_generation_workers(config)), recoplus / "scenes")
+    stages.run("predict (reco, ReCo+'s training scenes)", predict,
+               PredictConfig(inputs=[str(unlabelled / "images")], classes=_shape_queries(classes), vis=False, **reco),
+               recoplus / "labels", log=None)
+    reco_run = stages.run("train (ReCo+)", train, _train_config(config, recoplus / "labels"), recoplus / "train",
+                          log=stages.log)
+    metrics["reco+"] = _predict_zutis(stages, config, "ReCo+", recoplus, scenes, classes, reco_run.path)
     pairs_gt = colour_shape_ground_truth(scenes / "instances.json", root / "colour-shape" / "instances.json")
     pair_names = sorted({c["name"] for c in json.loads(pairs_gt.read_text())["categories"]})
     metrics["zutis, colour-shape names"] = _predict_zutis(

@@ -69,6 +69,8 @@ class DemoConfig:
     photometric: bool = not_an_option(False, "set from Python only: copy-paste's photometric augmentation")
     model: str = not_an_option("shapes-clip", "set from Python only")
     eval_seed: int = not_an_option(1, "set from Python only: seed of the held-out scenes")
+    reco_threshold: float = not_an_option(
+        0.3, "set from Python only: ReCo's background threshold, chosen on validation scenes (docs/reco.md)")
 
     def validate(self) -> None:
         from zutiscli.shapes.world import SHAPES
