@@ -111,15 +111,22 @@ def test_a_rerun_resumes_from_the_committed_classes_and_refuses_other_options(wo
         cosegment(CosegmentConfig(archives=str(world["archives"]), k=7, preview=0), tmp_path / "r")
 
 
+def _copy_archives(world, target: Path) -> tuple[Path, dict]:
+    """A copy of the archives whose image paths are absolute; its ``archives.json`` data."""
+    shutil.copytree(world["archives"], target)
+    data = json.loads((target / "archives.json").read_text())
+    for entry in data["classes"].values():
+        for hit in entry["images"]:
+            hit["path"] = str((world["archives"] / hit["path"]).resolve())
+    (target / "archives.json").write_text(json.dumps(data))
+    return target, data
+
+
 def test_unreadable_archive_images_are_left_out_and_reported(world, tmp_path, capsys) -> None:
-    archives = tmp_path / "archives"
-    shutil.copytree(world["archives"], archives)
-    data = json.loads((archives / "archives.json").read_text())
+    archives, data = _copy_archives(world, tmp_path / "archives")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     for entry in data["classes"].values():
-        for hit in entry["images"]:  # the copy's paths, absolute
-            hit["path"] = str((world["archives"] / hit["path"]).resolve())
         entry["images"][0]["path"] = str(broken)
     (archives / "archives.json").write_text(json.dumps(data))
     with pytest.raises(SystemExit) as done:
@@ -276,3 +283,29 @@ def test_the_python_api_takes_the_commands_forms(world, references, tmp_path) ->
     assert list(result.rows) == ["maskclip", "ReCo"] and "mIoU" in result.rows["ReCo"]["metrics"]
     with pytest.raises(UsageError, match="not one of"):
         zs.compare(scenes, "sam", tmp_path / "bad")
+
+
+def test_references_of_other_models_or_changed_weights_are_refused(world, tmp_path, capsys) -> None:
+    from zutiscli.models.clip import builtin_weights
+
+    weights = tmp_path / "clip.pt"
+    shutil.copyfile(builtin_weights("shapes-clip"), weights)
+    archives, _ = _copy_archives(world, tmp_path / "archives")
+    manifest = json.loads((archives / "manifest.json").read_text())
+    manifest["model"]["pretrained"] = str(weights)  # the archives' CLIP, from a file of its own
+    (archives / "manifest.json").write_text(json.dumps(manifest))
+    refs = cosegment(CosegmentConfig(archives=str(archives), k=3, preview=0), tmp_path / "refs").path
+    images = str(world["pile"] / "images")
+    base = [images, "--method", "reco", "--references", str(refs), "--classes", "circle", "--no-vis"]
+    assert _predict([*base, "--model", "shapes-clip", "--pretrained", str(weights), "-o", str(tmp_path / "ok")],
+                    capsys) == 0
+    for extra, message in ((["--model", "ViT-B-32"], "was co-segmented with shapes-clip"),
+                           (["--model", "shapes-clip", "--pretrained", "none"], "was co-segmented with shapes-clip")):
+        assert _predict([*base, *extra, "-o", str(tmp_path / "x")], capsys) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and not (tmp_path / "x").exists(), err
+    with open(weights, "ab") as handle:  # the weights file changes after the co-segmentation
+        handle.write(b"\0")
+    assert _predict([*base, "-o", str(tmp_path / "y")], capsys) == 2
+    err = capsys.readouterr().err
+    assert "changed since the co-segmentation" in err and not (tmp_path / "y").exists(), err

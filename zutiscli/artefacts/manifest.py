@@ -362,3 +362,27 @@ def read_manifest(path: str | Path, kind: str | Sequence[str] | None = None) -> 
         summary=data.get("summary", {}),
         root=root,
     )
+
+
+def norm_model_name(name: Any) -> str:
+    """A model name with ``/`` as ``-`` (``ViT-B/16`` = ``ViT-B-16``)."""
+    return str(name or "").replace("/", "-")
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two manifest model records name the same network and the same weights.
+
+    Names compare with ``/`` and ``-`` alike (``ViT-B/16`` = ``ViT-B-16``). Weights in local files
+    compare by content fingerprint when both records have one (a moved checkpoint is the same
+    model); otherwise the ``pretrained`` values must be equal. Precision and image size are not
+    part of the identity.
+    """
+    if norm_model_name(a.get("name")) != norm_model_name(b.get("name")):
+        return False
+    fa, fb = a.get("weights_fingerprint"), b.get("weights_fingerprint")
+    if fa and fb:
+        return fa == fb
+    pa, pb = str(a.get("pretrained", "")), str(b.get("pretrained", ""))
+    if pa.lower() in ("none", "builtin") or pb.lower() in ("none", "builtin"):
+        return pa.lower() == pb.lower()
+    return pa == pb

@@ -47,7 +47,7 @@ import numpy as np
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_text
 from zutiscli.artefacts.index_store import IndexReader
 from zutiscli.artefacts.lock import holding_locks
-from zutiscli.artefacts.manifest import relative_to, write_manifest
+from zutiscli.artefacts.manifest import norm_model_name, relative_to, same_model, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError
@@ -74,29 +74,6 @@ class _Source:
 
 
 # ---- model --------------------------------------------------------------------------------------
-def _norm_name(name: Any) -> str:
-    return str(name or "").replace("/", "-")
-
-
-def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two manifest model records name the same network and the same weights.
-
-    Names compare with ``/`` and ``-`` alike (``ViT-B/16`` = ``ViT-B-16``). Weights in local files
-    compare by content fingerprint when both records have one (a moved checkpoint is the same
-    model); otherwise the ``pretrained`` values must be equal. Precision and image size are not
-    part of the identity.
-    """
-    if _norm_name(a.get("name")) != _norm_name(b.get("name")):
-        return False
-    fa, fb = a.get("weights_fingerprint"), b.get("weights_fingerprint")
-    if fa and fb:
-        return fa == fb
-    pa, pb = str(a.get("pretrained", "")), str(b.get("pretrained", ""))
-    if pa.lower() in ("none", "builtin") or pb.lower() in ("none", "builtin"):
-        return pa.lower() == pb.lower()
-    return pa == pb
-
-
 def describe_model(model: dict[str, Any]) -> str:
     """``"ViT-B-16 (openai)"`` for a manifest model record."""
     return f"{model.get('name')} ({model.get('pretrained')})"
@@ -122,7 +99,7 @@ def choose_model(readers: Sequence[IndexReader], model: str | None, pretrained: 
                 f"{reader.directory} with {describe_model(reader.model)}; retrieve from indices of one model"
             )
     name = model if model is not None else str(reference["name"])
-    if _norm_name(name) != _norm_name(reference["name"]):
+    if norm_model_name(name) != norm_model_name(reference["name"]):
         raise UsageError(
             f"--model {name} is not the model of index {first.directory} ({describe_model(reference)}); "
             f"the class text must be embedded by the index's own model: drop --model"

@@ -116,6 +116,30 @@ def _matching(references: Any, names: Sequence[str], what: str) -> list[Any]:
     return found
 
 
+def _check_models(config: Any, where: Any, encoder: dict[str, Any], clip: dict[str, Any] | None) -> None:
+    """A :class:`UsageError` when the references' models are not the ones asked for, or their
+    weights changed since the co-segmentation (the references live in those features' space)."""
+    from zutiscli.artefacts.manifest import norm_model_name, same_model
+    from zutiscli.errors import UsageError
+    from dataclasses import fields
+
+    from zutiscli.models.backbones import describe_backbone
+
+    default = next(f.default for f in fields(config) if f.name == "model")  # maskclip's, unless asked for
+    asked = config.model != default or config.pretrained is not None
+    gate = clip or encoder
+    if asked and (norm_model_name(config.model) != norm_model_name(gate.get("name")) or (
+            config.pretrained is not None and not same_model(describe_backbone(config.model, config.pretrained), gate))):
+        raise UsageError(f"--model {config.model} --pretrained {config.pretrained}: {where} was co-segmented with "
+                         f"{gate.get('name')} ({gate.get('pretrained')}); drop --model/--pretrained or co-segment "
+                         f"again with them")
+    for role, record in (("encoder", encoder), ("CLIP", clip)):
+        if record and record.get("weights_fingerprint") and not same_model(
+                describe_backbone(record["name"], record["pretrained"]), record):
+            raise UsageError(f"{where}: its {role} weights {record['pretrained']} changed since the co-segmentation; "
+                             f"run `zutis cosegment` again")
+
+
 def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[str], None], *,
          model: Any = None) -> RecoPredictor:
     """ReCo with ``config.references`` for ``config.classes`` (each must have a reference there)."""
@@ -133,9 +157,10 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
     chosen = _matching(references, [q.name for q in classes], "--classes")
     context = _matching(references, list(config.context), "--context")
     encoder_record = references.model.get("encoder") or {}
+    clip_record = references.model.get("clip")
+    _check_models(config, references.path, encoder_record, clip_record)
     encoder = load_dense_backbone(encoder_record["name"], encoder_record["pretrained"], device=device, dtype=dtype)
     clip = text = None
-    clip_record = references.model.get("clip")
     if config.text_gate:
         if not clip_record:
             raise UsageError(f"{config.references}: was co-segmented without a CLIP; give --no-text-gate")
