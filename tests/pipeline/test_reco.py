@@ -95,6 +95,18 @@ def test_without_the_language_gate_the_reference_changes(world, references, tmp_
     assert not np.allclose(read_references(out).vectors, read_references(references).vectors, atol=1e-4)
 
 
+def test_keys_instead_of_tokens_make_other_references_that_predict_reads(world, references, tmp_path,
+                                                                         capsys) -> None:
+    out = cosegment(CosegmentConfig(archives=str(world["archives"]), k=10, preview=0, features="keys"),
+                    tmp_path / "keys").path
+    refs = read_references(out)
+    assert refs.features == "keys" and read_references(references).features == "tokens"
+    assert not np.allclose(refs.vectors, read_references(references).vectors, atol=1e-3)
+    scenes = write_synth(SynthConfig("scenes", 2, seed=8, size=64), tmp_path / "scenes")
+    assert _predict([str(scenes / "images"), "--method", "reco", "--references", str(out), "--classes", "star",
+                     "--no-vis", "-q", "-o", str(tmp_path / "p")], capsys) == 0
+
+
 def test_a_rerun_resumes_from_the_committed_classes_and_refuses_other_options(world, tmp_path) -> None:
     config = CosegmentConfig(archives=str(world["archives"]), k=6, preview=0)
     first = cosegment(config, tmp_path / "r").path

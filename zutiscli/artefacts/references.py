@@ -3,8 +3,9 @@ predict --method reco`` reads.
 
 A references directory holds:
 
-- ``references.json``: ``{"grid": [h, w], "size": S, "classes": [{"name", "phrase", "context",
-  "images": [{"path", "seed": [row, col], "support"}, ...]}, ...]}``: for each class (the context
+- ``references.json``: ``{"grid": [h, w], "size": S, "features": "tokens" | "keys", "classes":
+  [{"name", "phrase", "context", "images": [{"path", "seed": [row, col], "support"}, ...]}, ...]}``:
+  for each class (the context
   classes flagged ``"context": true``), its co-segmented archive images (paths relative to the
   directory), the seed patch of each on the ``h x w`` grid of the ``S`` px input, and the seed's
   support (mean best-match similarity over the archive, [-1, 1]);
@@ -74,6 +75,7 @@ class References:
     grid: tuple[int, int]
     size: int
     model: dict[str, Any]
+    features: str = "tokens"  # which last-block features of the encoder the references live among
 
     @property
     def names(self) -> list[str]:
@@ -104,10 +106,11 @@ def read_class(path: Path) -> ClassReference:
                             f"again") from None
 
 
-def write_references(out: Path, classes: list[ClassReference], grid: tuple[int, int], size: int) -> None:
+def write_references(out: Path, classes: list[ClassReference], grid: tuple[int, int], size: int,
+                     features: str = "tokens") -> None:
     """``references.json`` and ``references.npy`` of the finished classes, in order (atomic each)."""
     atomic_write_json(out / REFERENCES_NAME, {
-        "grid": list(grid), "size": size,
+        "grid": list(grid), "size": size, "features": features,
         "classes": [{k: v for k, v in c.to_json().items() if k not in ("vector", "settings", "grid")} for c in classes]})
     with atomic_path(out / VECTORS_NAME) as tmp:
         with open(tmp, "wb") as handle:
@@ -132,6 +135,7 @@ def read_references(directory: str | Path) -> References:
                                   [dict(image, path=str(resolve_relative(root, image["path"]))) for image in e["images"]],
                                   bool(e.get("context", False))) for i, e in enumerate(entries)]
         grid = (int(data["grid"][0]), int(data["grid"][1]))
-        return References(root, classes, grid, int(data["size"]), dict(manifest.model or {}))
+        return References(root, classes, grid, int(data["size"]), dict(manifest.model or {}),
+                          str(data.get("features", "tokens")))
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise ArtefactError(f"{path}: unreadable references ({exc}); the artefact is corrupt") from None

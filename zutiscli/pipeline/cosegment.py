@@ -62,7 +62,7 @@ class CosegmentResult:
 
 def _settings(config: CosegmentConfig, encoder: dict[str, Any], size: int) -> dict[str, Any]:
     """What decides a class's reference: a class committed under other settings is not reused."""
-    return {"k": config.k, "size": size, "text_gate": config.text_gate,
+    return {"k": config.k, "size": size, "features": config.features, "text_gate": config.text_gate,
             "context": sorted(name.casefold() for name in config.context), "encoder": encoder}
 
 
@@ -91,11 +91,12 @@ class _Cosegmenter:
 
     @torch.no_grad()
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(k, 3, S, S)`` -> ``(k, h, w, C)`` L2-normalised last-block tokens of the encoder."""
+        """``(k, 3, S, S)`` -> ``(k, h, w, C)`` L2-normalised last-block tokens (or keys) of the encoder."""
         out = []
         for start in range(0, len(pixels), self.config.batch_size):
             batch = self.encoder.normalise(pixels[start:start + self.config.batch_size].to(self.device))
-            out.append(F.normalize(self.encoder.last_block_features(batch).tokens.float(), dim=-1).cpu())
+            found = getattr(self.encoder.last_block_features(batch), self.config.features)
+            out.append(F.normalize(found.float(), dim=-1).cpu())
         return torch.cat(out)
 
     @torch.no_grad()
@@ -304,7 +305,7 @@ def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
 
     assert grid is not None
     classes = [done[name] for name in archives]
-    write_references(out, classes, grid, size)
+    write_references(out, classes, grid, size, config.features)
     seconds = round(time.perf_counter() - started, 2)
     params = {k: v for k, v in asdict(config).items() if k != "archives"} | {"size": size,
                                                                            "context": list(context)}

@@ -12,6 +12,9 @@ from typing import Sequence
 from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
 from zutiscli.errors import UsageError
 
+#: The patch features ``--features`` may co-segment (:class:`zutiscli.models.features.LastBlockFeatures`).
+FEATURES = ("tokens", "keys")
+
 #: ReCo's context classes (official code): their references suppress their regions elsewhere.
 RECO_CONTEXT = ("tree", "sky", "building", "road", "person")
 
@@ -32,6 +35,9 @@ class CosegmentConfig:
         None, "Co-segmentation encoder: open_clip name, timm:NAME or dino-vits16 etc. (ReCo: DeiT-S/16-SIN; "
         "default: the archives' CLIP).", kind="model", show_default=False)
     pretrained: str | None = option(None, "Weights of --model (a local file for timm/DINO).", show_default=False)
+    features: str = option(
+        "tokens", "Patch features co-segmented: the encoder's last-block output tokens, or that block's attention "
+        "keys (what MaskCut and MaskDistill group).", choices=FEATURES)
     size: int | None = option(
         None, "Side of the square encoder input (default: the encoder's own input size, 224 for timm ViTs).",
         show_default=False)
@@ -53,6 +59,8 @@ class CosegmentConfig:
             raise UsageError(f"-k must be >= 2: co-segmentation needs images to compare (got {self.k})")
         if self.size is not None and self.size < 16:
             raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
+        if self.features not in FEATURES:
+            raise UsageError(f"--features {self.features!r} is not {' or '.join(FEATURES)}")
         if self.preview < 0 or self.batch_size < 1:
             raise UsageError("--preview must be >= 0 and --batch-size >= 1")
         if len({name.casefold() for name in self.context}) < len(self.context):

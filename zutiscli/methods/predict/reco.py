@@ -42,7 +42,7 @@ class RecoPredictor(Predictor):
     def __init__(self, encoder: Any, references: torch.Tensor, *, clip: Any | None = None,
                  text: torch.Tensor | None = None, context: torch.Tensor | None = None,
                  background_threshold: float = 0.9, components: bool = True, crf: CrfOptions = CrfOptions(),
-                 record: dict[str, Any] | None = None):
+                 record: dict[str, Any] | None = None, features: str = "tokens"):
         """``references`` ``(K, C)``, ``text`` ``(K, E)`` (with ``clip``), ``context`` ``(m, C)``; all normalised."""
         self.encoder, self.clip = encoder, clip
         self.patch = encoder.patch_size
@@ -50,6 +50,7 @@ class RecoPredictor(Predictor):
         self.gate_text = None if text is None else F.normalize(text.float(), dim=-1)
         self.context = None if context is None or not len(context) else F.normalize(context.float(), dim=-1)
         self.background_threshold = background_threshold
+        self.features = features  # the encoder's last-block tokens or keys, as the references were made
         self.components = components
         self.recipe: dict[str, Any] = {}
         self.record = record or {}
@@ -60,8 +61,8 @@ class RecoPredictor(Predictor):
         from zutiscli.ops.cosegment import context_weights, reference_probability, text_gate
 
         device = self.encoder.device
-        tokens = self.encoder.last_block_features(self.encoder.normalise(images.to(device, self.encoder.dtype))).tokens
-        features = F.normalize(tokens.float(), dim=-1).cpu()  # (B, h, w, C)
+        found = self.encoder.last_block_features(self.encoder.normalise(images.to(device, self.encoder.dtype)))
+        features = F.normalize(getattr(found, self.features).float(), dim=-1).cpu()  # (B, h, w, C)
         maps = reference_probability(features, self.references)  # (B, h, w, K)
         if self.context is not None:
             maps = maps * context_weights(features, self.context)[..., None]
@@ -172,7 +173,7 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
               "clip": clip_record if config.text_gate else None}
     predictor = RecoPredictor(encoder, vectors, clip=clip, text=text, context=suppress,
                               background_threshold=config.background_threshold, components=True,
-                              crf=CrfOptions.of(config), record=record)
+                              crf=CrfOptions.of(config), record=record, features=references.features)
     predictor.inputs = [references.path]
     return predictor
 
