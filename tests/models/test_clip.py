@@ -288,6 +288,10 @@ def test_maskclip_embeddings_are_the_value_path(tiny_backbone):
         expected = F.normalize(expected, dim=-1).reshape(1, 5, 6, -1)
     assert got.shape == (1, 5, 6, tiny_backbone.embed_dim)
     assert torch.allclose(got, expected, atol=1e-5)
+    # ... and the same from the values of the last block's features, with no second pass
+    with torch.no_grad():
+        again = tiny_backbone.maskclip_from_values(tiny_backbone.last_block_features(images).values)
+    assert torch.allclose(again, got, atol=1e-5)
 
 
 def test_encode_with_dense_pools_like_encode_image_and_trains(tiny_backbone):

@@ -191,6 +191,20 @@ def test_predict_with_references_writes_semantic_maps_and_component_instances(wo
     for result in results:  # each instance is one connected region of its class in the semantic map
         mask = decode_mask(result["segmentation"])
         assert (semantic[result["image_id"] - 1][mask] == result["category_id"]).all()
+    # the encoder is the archives' CLIP: one forward pass gives both the features and the gate, as two would
+    import torch
+
+    from zutiscli.methods.predict.reco import RecoPredictor
+    from zutiscli.models.clip import ModelSpec, load_backbone
+
+    refs = read_references(references)
+    encoder = load_backbone(ModelSpec("shapes-clip", "builtin"))
+    gate_clip = load_backbone(ModelSpec("shapes-clip", "builtin"))
+    text = encoder.encode_text(list(CLASSES), templates="ensemble")
+    batch = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    one = RecoPredictor(encoder, torch.from_numpy(refs.vectors), clip=encoder, text=text).forward(batch)
+    two = RecoPredictor(encoder, torch.from_numpy(refs.vectors), clip=gate_clip, text=text).forward(batch)
+    assert all(torch.allclose(a.maps, b.maps, atol=1e-5) for a, b in zip(one, two))
     assert _predict([*argv, "--no-text-gate", "--context", "ring", "-o", str(tmp_path / "q")], capsys) == 0
     assert read_manifest(tmp_path / "q").model["clip"] is None
     other = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "q" / "semantic").glob("*.png"))]

@@ -586,15 +586,25 @@ class ClipBackbone(torch.nn.Module):
         width = x.shape[-1]
         values = F.linear(last.ln_1(x[:, 1:]), attention.in_proj_weight[2 * width:],
                           None if attention.in_proj_bias is None else attention.in_proj_bias[2 * width:])
-        values = visual.ln_post(last.ls_1(attention.out_proj(values)))
         out = visual.ln_post(out)
         pooled = out[:, 0] if pool == "tok" else out[:, 1:].mean(dim=1)
-        return self.project(pooled), self.project(values).reshape(x.shape[0], gh, gw, -1)
+        return self.project(pooled), self._value_path(values).reshape(x.shape[0], gh, gw, -1)
+
+    def _value_path(self, values: torch.Tensor) -> torch.Tensor:
+        """The last attention's value projections ``(..., width)`` -> MaskCLIP's embeddings ``(..., D)``:
+        output projection, layer scale, final layer norm and CLIP's projection."""
+        last = self.model.visual.transformer.resblocks[-1]
+        return self.project(self.model.visual.ln_post(last.ls_1(last.attn.out_proj(values))))
 
     def maskclip_embeddings(self, images: torch.Tensor) -> torch.Tensor:
         """MaskCLIP's dense features: ``(B, H // p, W // p, D)`` float32, L2-normalised, in the text space
         (the value path of :meth:`encode_with_dense`)."""
         return F.normalize(self.encode_with_dense(images)[1].float(), dim=-1)
+
+    def maskclip_from_values(self, values: torch.Tensor) -> torch.Tensor:
+        """:meth:`maskclip_embeddings` from the ``values`` of :meth:`last_block_features` of the same
+        images (``(B, h, w, width)``), without a second forward pass."""
+        return F.normalize(self._value_path(values).float(), dim=-1)
 
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``(..., width)`` -> text space ``(..., D)`` through CLIP's visual projection."""

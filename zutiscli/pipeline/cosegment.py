@@ -89,23 +89,35 @@ class _Cosegmenter:
         self.config, self.encoder, self.clip, self.size = config, encoder, clip, size
         self.device = encoder.device
 
-    @torch.no_grad()
-    def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(k, 3, S, S)`` -> ``(k, h, w, C)`` L2-normalised last-block tokens (or keys) of the encoder."""
-        out = []
-        for start in range(0, len(pixels), self.config.batch_size):
-            batch = self.encoder.normalise(pixels[start:start + self.config.batch_size].to(self.device))
-            found = getattr(self.encoder.last_block_features(batch), self.config.features)
-            out.append(F.normalize(found.float(), dim=-1).cpu())
-        return torch.cat(out)
+    @property
+    def shared(self) -> bool:
+        """Whether the encoder is the gate's CLIP (then one forward pass gives both)."""
+        return self.clip is self.encoder
 
     @torch.no_grad()
-    def text_gate(self, pixels: torch.Tensor, phrase: str, grid: tuple[int, int]) -> torch.Tensor:
-        """``(k, h, w)`` ReCo's language gate of ``phrase`` on the images, on the encoder's grid."""
+    def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(k, 3, S, S)`` -> ``(k, h, w, C)`` L2-normalised last-block tokens (or keys) of the
+        encoder, and when it is the gate's CLIP its MaskCLIP features ``(k, h, w, D)`` (else None)."""
+        out, dense = [], []
+        for start in range(0, len(pixels), self.config.batch_size):
+            batch = self.encoder.normalise(pixels[start:start + self.config.batch_size].to(self.device))
+            found = self.encoder.last_block_features(batch)
+            out.append(F.normalize(getattr(found, self.config.features).float(), dim=-1).cpu())
+            if self.shared and self.config.text_gate:
+                dense.append(self.encoder.maskclip_from_values(found.values).cpu())
+        return torch.cat(out), (torch.cat(dense) if dense else None)
+
+    @torch.no_grad()
+    def text_gate(self, pixels: torch.Tensor, phrase: str, grid: tuple[int, int],
+                  dense: torch.Tensor | None = None) -> torch.Tensor:
+        """``(k, h, w)`` ReCo's language gate of ``phrase`` on the images, on the encoder's grid (from
+        ``dense``, the images' MaskCLIP features on that grid, when the encoder gave them)."""
         from zutiscli.ops.cosegment import text_gate
 
         assert self.clip is not None
         text = self.clip.encode_text([phrase], templates="ensemble")[0].float().cpu()
+        if dense is not None:
+            return text_gate(dense, text)
         patch = self.clip.patch_size
         side = max(patch, self.size // patch * patch)
         gates = []
@@ -129,12 +141,12 @@ class _Cosegmenter:
             seed_patches,
         )
 
-        tokens = self.features(pixels)
+        tokens, dense = self.features(pixels)
         k, h, w, c = tokens.shape
         features = tokens.reshape(k, h * w, c)
         weights = torch.ones(k, h * w)
         if self.config.text_gate:
-            weights = weights * self.text_gate(pixels, phrase, (h, w)).reshape(k, h * w)
+            weights = weights * self.text_gate(pixels, phrase, (h, w), dense).reshape(k, h * w)
         if context is not None and len(context):
             weights = weights * context_weights(features, context)
         support = patch_support(features, weights)

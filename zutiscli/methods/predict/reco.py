@@ -66,7 +66,10 @@ class RecoPredictor(Predictor):
         maps = reference_probability(features, self.references)  # (B, h, w, K)
         if self.context is not None:
             maps = maps * context_weights(features, self.context)[..., None]
-        if self.clip is not None and self.gate_text is not None:
+        if self.gate_text is not None and self.clip is self.encoder:
+            # the encoder is the CLIP: its MaskCLIP features come from the same forward pass
+            maps = maps * text_gate(self.clip.maskclip_from_values(found.values).cpu(), self.gate_text)
+        elif self.clip is not None and self.gate_text is not None:
             grid = features.shape[1:3]
             patch = self.clip.patch_size
             side = (max(patch, images.shape[-2] // patch * patch), max(patch, images.shape[-1] // patch * patch))
@@ -165,7 +168,10 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
     if config.text_gate:
         if not clip_record:
             raise UsageError(f"{config.references}: was co-segmented without a CLIP; give --no-text-gate")
-        clip = load_backbone(ModelSpec(clip_record["name"], clip_record["pretrained"]), device=device, dtype=dtype)
+        from zutiscli.artefacts.manifest import same_model
+
+        clip = encoder if same_model(clip_record, encoder_record) and hasattr(encoder, "maskclip_from_values") else \
+            load_backbone(ModelSpec(clip_record["name"], clip_record["pretrained"]), device=device, dtype=dtype)
         text = clip.encode_text([q.phrase for q in classes], templates="ensemble").float().cpu()
     vectors = torch.from_numpy(np.stack([c.vector for c in chosen]))
     suppress = torch.from_numpy(np.stack([c.vector for c in context])) if context else None
