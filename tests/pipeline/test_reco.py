@@ -335,3 +335,14 @@ def test_references_of_other_models_or_changed_weights_are_refused(world, tmp_pa
     assert _predict([*base, "-o", str(tmp_path / "y")], capsys) == 2
     err = capsys.readouterr().err
     assert "changed since the co-segmentation" in err and not (tmp_path / "y").exists(), err
+
+
+def test_a_dry_run_checks_and_counts_but_writes_nothing(world, tmp_path, capsys) -> None:
+    argv = ["cosegment", str(world["archives"]), "-k", "5", "--context", "ring", "--dry-run", "--json",
+            "-o", str(tmp_path / "refs")]
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dry_run"] and plan["reads"][0]["images"] == 15 and plan["work"]["classes_to_cosegment"] == 3
+    assert plan["params"]["text_gate"].startswith("shapes-clip") and not (tmp_path / "refs").exists()

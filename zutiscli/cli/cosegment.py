@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
-from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import DryRunOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, print_dry_run
 from zutiscli.pipeline.cosegment_config import CosegmentConfig
 
 
@@ -17,6 +17,7 @@ def cosegment(
     archives: Annotated[Path, typer.Argument(help="Archives directory written by `zutis retrieve` (ReCo: -k 50).")],
     options: ConfigValues = None,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -26,11 +27,14 @@ def cosegment(
     """
     from rich.markup import escape
 
-    from zutiscli.pipeline.cosegment import cosegment as run_cosegment
+    from zutiscli.pipeline.cosegment import cosegment as run_cosegment, plan_cosegment
 
     reporter = Reporter(json_mode, quiet)
     config = CosegmentConfig(archives=str(archives), **options)
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_cosegment(config, output))
+        return
     with ProgressBar(reporter, "cosegment", unit="classes") as bar:
         result = run_cosegment(config, output, progress=bar, log=reporter.log)
     if result.failed:

@@ -203,6 +203,40 @@ def _prepare_output(output: str | Path | None) -> Path:
     return out
 
 
+def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) -> Any:
+    """What ``zutis cosegment`` would do (``--dry-run``): the checks of a real run, no weights loaded,
+    nothing written."""
+    from zutiscli.artefacts.archives import read_archives
+    from zutiscli.models.device import precision_name, resolve_device, resolve_precision
+    from zutiscli.pipeline.archive_models import archive_model, feature_model, named_by_archives
+    from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
+
+    config.validate()
+    archives_dir = Path(config.archives)
+    archives = read_archives(archives_dir)
+    folded = {name.casefold() for name in archives}
+    missing = [name for name in config.context if name.casefold() not in folded]
+    if missing:
+        raise UsageError(f"--context {','.join(missing)}: no archive of that name in {archives_dir}; retrieve it "
+                         f"with the classes (zutis retrieve ... --classes ...,{missing[0]})")
+    name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
+    dtype = resolve_precision(config.precision, resolve_device(config.device))
+    with named_by_archives(config.model, config.pretrained, archives_dir):
+        model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
+    recorded = archive_model(archives_dir)
+    gate = f"{recorded.get('name')} ({recorded.get('pretrained')}), the archives' CLIP" if config.text_gate else "off"
+    writes = output_plan(output, "cosegment", resumable=output is not None)
+    done = 0
+    if output is not None and (Path(output) / CLASSES_DIR).is_dir():
+        done = len(list((Path(output) / CLASSES_DIR).glob("*.json")))
+    params = {"k": config.k, "features": config.features, "size": config.size, "text_gate": gate,
+              "context": list(config.context)}
+    images = sum(min(config.k, len(hits)) for hits in archives.values())
+    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=images)]
+    work = {"classes_done_before": done, "classes_to_cosegment": len(archives) - done}
+    return Plan("cosegment", reads, writes, model, params, work)
+
+
 @holding_locks
 def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
               progress: Callable[[int, int], None] | None = None, log: Log | None = None) -> CosegmentResult:
