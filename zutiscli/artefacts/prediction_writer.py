@@ -89,8 +89,8 @@ def panoptic_segments(semantic: np.ndarray, instances: Any, classes: int,
 
 def categories(names: Sequence[str], stuff: frozenset[int] = frozenset()) -> list[dict[str, Any]]:
     """The COCO categories of class ``names`` (ids ``1..K``), ``isthing`` 0 for the ids in ``stuff``."""
-    return [{"id": i, "name": name, "supercategory": "stuff" if i in stuff else "object", "isthing": int(i not in stuff)}
-            for i, name in enumerate(names, start=1)]
+    return [{"id": i, "name": name, "supercategory": "stuff" if i in stuff else "object",
+             "isthing": int(i not in stuff)} for i, name in enumerate(names, start=1)]
 
 
 def _fsync_file(path: Path) -> None:
@@ -256,8 +256,8 @@ class PredictionsInMemory:
     with RLE masks and rounded scores, semantic maps, panoptic segments. ``stems`` as for the writer.
     """
 
-    def __init__(self, names: Sequence[str], tasks: set[str], stems: Sequence[str], source: str = "predictions in memory",
-                 stuff: frozenset[int] = frozenset()):
+    def __init__(self, names: Sequence[str], tasks: set[str], stems: Sequence[str],
+                 source: str = "predictions in memory", stuff: frozenset[int] = frozenset()):
         self.names, self.tasks, self.stems, self.source = list(names), tasks, list(stems), source
         self.stuff = frozenset(stuff)
         self.images: list[Any] = []

@@ -111,7 +111,8 @@ def write_references(out: Path, classes: list[ClassReference], grid: tuple[int, 
     """``references.json`` and ``references.npy`` of the finished classes, in order (atomic each)."""
     atomic_write_json(out / REFERENCES_NAME, {
         "grid": list(grid), "size": size, "features": features,
-        "classes": [{k: v for k, v in c.to_json().items() if k not in ("vector", "settings", "grid")} for c in classes]})
+        "classes": [{k: v for k, v in c.to_json().items() if k not in ("vector", "settings", "grid")}
+                    for c in classes]})
     with atomic_path(out / VECTORS_NAME) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, np.stack([c.vector for c in classes]).astype(np.float32))
@@ -132,8 +133,9 @@ def read_references(directory: str | Path) -> References:
         if vectors.ndim != 2 or len(vectors) != len(entries):
             raise ValueError(f"{VECTORS_NAME} holds {vectors.shape} vectors for {len(entries)} classes")
         classes = [ClassReference(str(e["name"]), str(e["phrase"]), vectors[i].astype(np.float32),
-                                  [dict(image, path=str(resolve_relative(root, image["path"]))) for image in e["images"]],
-                                  bool(e.get("context", False))) for i, e in enumerate(entries)]
+                                  [dict(image, path=str(resolve_relative(root, image["path"])))
+                                   for image in e["images"]], bool(e.get("context", False)))
+                   for i, e in enumerate(entries)]
         grid = (int(data["grid"][0]), int(data["grid"][1]))
         return References(root, classes, grid, int(data["size"]), dict(manifest.model or {}),
                           str(data.get("features", "tokens")))

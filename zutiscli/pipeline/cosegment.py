@@ -97,14 +97,15 @@ class _Cosegmenter:
     @torch.no_grad()
     def features(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(k, 3, S, S)`` -> ``(k, h, w, C)`` L2-normalised last-block tokens (or keys) of the
-        encoder, and when it is the gate's CLIP its MaskCLIP features ``(k, h, w, D)`` (else None)."""
+        encoder, and when it is the gate's CLIP its MaskCLIP features ``(k, h, w, D)`` (else None);
+        float32, on the encoder's device."""
         out, dense = [], []
         for start in range(0, len(pixels), self.config.batch_size):
             batch = self.encoder.normalise(pixels[start:start + self.config.batch_size].to(self.device))
             found = self.encoder.last_block_features(batch)
-            out.append(F.normalize(getattr(found, self.config.features).float(), dim=-1).cpu())
+            out.append(F.normalize(getattr(found, self.config.features).float(), dim=-1))
             if self.shared and self.config.text_gate:
-                dense.append(self.encoder.maskclip_from_values(found.values).cpu())
+                dense.append(self.encoder.maskclip_from_values(found.values))
         return torch.cat(out), (torch.cat(dense) if dense else None)
 
     @torch.no_grad()
@@ -115,7 +116,7 @@ class _Cosegmenter:
         from zutiscli.ops.cosegment import text_gate
 
         assert self.clip is not None
-        text = self.clip.encode_text([phrase], templates="ensemble")[0].float().cpu()
+        text = self.clip.encode_text([phrase], templates="ensemble")[0].float().to(self.device)
         if dense is not None:
             return text_gate(dense, text)
         patch = self.clip.patch_size
@@ -126,7 +127,7 @@ class _Cosegmenter:
             if batch.shape[-1] != side:
                 batch = F.interpolate(batch, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
             dense = self.clip.maskclip_embeddings(self.clip.normalise(batch.to(self.clip.device, self.clip.dtype)))
-            gate = text_gate(dense.float().cpu(), text)  # (b, h', w')
+            gate = text_gate(dense.float().to(self.device), text)  # (b, h', w')
             gates.append(F.interpolate(gate[:, None], size=grid, mode="bilinear", align_corners=False)[:, 0])
         return torch.cat(gates)
 
@@ -144,16 +145,16 @@ class _Cosegmenter:
         tokens, dense = self.features(pixels)
         k, h, w, c = tokens.shape
         features = tokens.reshape(k, h * w, c)
-        weights = torch.ones(k, h * w)
+        weights = torch.ones(k, h * w, device=features.device)
         if self.config.text_gate:
             weights = weights * self.text_gate(pixels, phrase, (h, w), dense).reshape(k, h * w)
         if context is not None and len(context):
-            weights = weights * context_weights(features, context)
-        support = patch_support(features, weights)
+            weights = weights * context_weights(features, context.to(features.device))
+        support = patch_support(features, weights)  # on the encoder's device: a GPU computes it there
         seeds = seed_patches(support)
         reference = reference_embedding(features, seeds)
         maps = reference_probability(features, reference[None])[..., 0].reshape(k, h, w)
-        return reference, seeds, support[torch.arange(k), seeds], maps
+        return reference.cpu(), seeds.cpu(), support[torch.arange(k, device=support.device), seeds].cpu(), maps.cpu()
 
 
 def _preview(path: Path, name: str, images: list[np.ndarray], maps: torch.Tensor, seeds: torch.Tensor,

@@ -383,9 +383,10 @@ def _ablations(stages: _Stages, config: DemoConfig, out: Path, index: Path, scen
     # scenes, as the training source of the same model, recipe and budget
     recoplus = root / "recoplus"
     unlabelled = stages.run("synth scenes (ReCo+)", write_synth,
-                            SynthConfig("scenes", config.copypaste, seed=config.eval_seed + 2, size=config.training().crop,
-                                        min_objects=config.min_objects, max_objects=config.max_objects,
-                                        workers=_generation_workers(config)), recoplus / "scenes")
+                            SynthConfig("scenes", config.copypaste, seed=config.eval_seed + 2,
+                                        size=config.training().crop, min_objects=config.min_objects,
+                                        max_objects=config.max_objects, workers=_generation_workers(config)),
+                            recoplus / "scenes")
     stages.run("predict (reco, ReCo+'s training scenes)", predict,
                PredictConfig(inputs=[str(unlabelled / "images")], classes=_shape_queries(classes), vis=False, **reco),
                recoplus / "labels", log=None)

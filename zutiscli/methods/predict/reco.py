@@ -132,8 +132,9 @@ def _check_models(config: Any, where: Any, encoder: dict[str, Any], clip: dict[s
     default = next(f.default for f in fields(config) if f.name == "model")  # maskclip's, unless asked for
     asked = config.model != default or config.pretrained is not None
     gate = clip or encoder
-    if asked and (norm_model_name(config.model) != norm_model_name(gate.get("name")) or (
-            config.pretrained is not None and not same_model(describe_backbone(config.model, config.pretrained), gate))):
+    other_weights = config.pretrained is not None and not same_model(
+        describe_backbone(config.model, config.pretrained), gate)
+    if asked and (norm_model_name(config.model) != norm_model_name(gate.get("name")) or other_weights):
         raise UsageError(f"--model {config.model} --pretrained {config.pretrained}: {where} was co-segmented with "
                          f"{gate.get('name')} ({gate.get('pretrained')}); drop --model/--pretrained or co-segment "
                          f"again with them")
