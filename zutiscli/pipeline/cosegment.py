@@ -204,6 +204,16 @@ def _prepare_output(output: str | Path | None) -> Path:
     return out
 
 
+def _context_classes(config: CosegmentConfig, archives: dict[str, Any], archives_dir: Path) -> list[str]:
+    """The archive names of ``--context`` (matched case-folded); a :class:`UsageError` naming those with none."""
+    by_folded = {name.casefold(): name for name in archives}
+    missing = [name for name in config.context if name.casefold() not in by_folded]
+    if missing:
+        raise UsageError(f"--context {','.join(missing)}: no archive of that name in {archives_dir}; retrieve it "
+                         f"with the classes (zutis retrieve ... --classes ...,{missing[0]})")
+    return [by_folded[name.casefold()] for name in config.context]
+
+
 def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) -> Any:
     """What ``zutis cosegment`` would do (``--dry-run``): the checks of a real run, no weights loaded,
     nothing written."""
@@ -215,11 +225,7 @@ def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) ->
     config.validate()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    folded = {name.casefold() for name in archives}
-    missing = [name for name in config.context if name.casefold() not in folded]
-    if missing:
-        raise UsageError(f"--context {','.join(missing)}: no archive of that name in {archives_dir}; retrieve it "
-                         f"with the classes (zutis retrieve ... --classes ...,{missing[0]})")
+    _context_classes(config, archives, archives_dir)
     name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
     dtype = resolve_precision(config.precision, resolve_device(config.device))
     with named_by_archives(config.model, config.pretrained, archives_dir):
@@ -260,12 +266,7 @@ def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
     phrases = archive_phrases(archives_dir)
-    by_folded = {name.casefold(): name for name in archives}
-    missing = [name for name in config.context if name.casefold() not in by_folded]
-    if missing:
-        raise UsageError(f"--context {','.join(missing)}: no archive of that name in {archives_dir}; retrieve it "
-                         f"with the classes (zutis retrieve ... --classes ...,{missing[0]})")
-    context = [by_folded[name.casefold()] for name in config.context]
+    context = _context_classes(config, archives, archives_dir)
     order = [*context, *(name for name in archives if name not in context)]
 
     device = resolve_device(config.device)

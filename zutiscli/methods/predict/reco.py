@@ -120,6 +120,16 @@ def _matching(references: Any, names: Sequence[str], what: str) -> list[Any]:
     return found
 
 
+def _references(config: Any) -> Any:
+    """The references ``config.references`` names; a :class:`UsageError` when it names none."""
+    from zutiscli.artefacts.references import read_references
+    from zutiscli.errors import UsageError
+
+    if not config.references:
+        raise UsageError("--method reco needs --references DIR (written by `zutis cosegment`)")
+    return read_references(config.references)
+
+
 def _check_models(config: Any, where: Any, encoder: dict[str, Any], clip: dict[str, Any] | None) -> None:
     """A :class:`UsageError` when the references' models are not the ones asked for, or their
     weights changed since the co-segmentation (the references live in those features' space)."""
@@ -148,16 +158,13 @@ def _check_models(config: Any, where: Any, encoder: dict[str, Any], clip: dict[s
 def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[str], None], *,
          model: Any = None) -> RecoPredictor:
     """ReCo with ``config.references`` for ``config.classes`` (each must have a reference there)."""
-    from zutiscli.artefacts.references import read_references
     from zutiscli.errors import UsageError
     from zutiscli.models.backbones import load_dense_backbone
     from zutiscli.models.clip import ModelSpec, load_backbone
 
     if model is not None:
         raise UsageError("an in-memory model is a ZUTIS model; it cannot run --method reco")
-    if not config.references:
-        raise UsageError("--method reco needs --references DIR (written by `zutis cosegment`)")
-    references = read_references(config.references)
+    references = _references(config)
     classes: Sequence[ClassQuery] = config.classes
     chosen = _matching(references, [q.name for q in classes], "--classes")
     context = _matching(references, list(config.context), "--context")
@@ -187,10 +194,5 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
 
 def plan(config: Any) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Dry run: the references directory and the encoder it names; ReCo has no recipe."""
-    from zutiscli.artefacts.references import read_references
-    from zutiscli.errors import UsageError
-
-    if not config.references:
-        raise UsageError("--method reco needs --references DIR (written by `zutis cosegment`)")
-    references = read_references(config.references)
+    references = _references(config)
     return {"references": str(references.path), **(references.model.get("encoder") or {})}, {}, []
