@@ -142,3 +142,21 @@ def test_adapter_round_trips_through_a_safe_checkpoint(tmp_path):
         CropAdapter.from_dict(broken, where="m.pt")
     with pytest.raises(ArtefactError, match="malformed crop adapter"):
         CropAdapter.from_dict({"weight": torch.eye(8)}, where="m.pt")
+
+
+def test_an_adapter_that_names_its_own_crops_worse_is_not_kept(tiny_backbone, monkeypatch):
+    from zutiscli.engine import crop_adapter as engine
+
+    scenes = two_object_scenes(2, torch.Generator().manual_seed(2))
+    weight = torch.eye(tiny_backbone.embed_dim)
+
+    def fitted(before, after):
+        return lambda *args: CropAdapter(weight, "m", "p", 2, 4, before, after)
+
+    said = []
+    monkeypatch.setattr(engine, "fit_crop_adapter", fitted(0.485, 0.16))
+    assert engine.fit_on_scenes(tiny_backbone, scenes, ["circle", "square"], 2, 0.1, 3, 0, said.append) is None
+    assert "48.5% -> 16.0%" in said[-1] and "none is saved" in said[-1]
+    monkeypatch.setattr(engine, "fit_crop_adapter", fitted(0.5, 0.75))
+    kept = engine.fit_on_scenes(tiny_backbone, scenes, ["circle", "square"], 2, 0.1, 3, 0, said.append)
+    assert kept is not None and kept.accuracy_after == 0.75 and "none" not in said[-1]

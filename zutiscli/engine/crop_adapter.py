@@ -21,7 +21,9 @@ def fit_on_scenes(backbone: Any, dataset: Any, classes: list[str], scenes: int, 
 
     A scene directory gives at most its own number of scenes (a scene seen twice adds nothing).
     ``decay``, ``views`` and ``seed`` mean what they mean to ``fit_crop_adapter``. Says how the fit
-    went; returns ``None`` when the scenes hold no object.
+    went; returns ``None`` when the scenes hold no object, or when the map names the scenes' crops
+    (as they are) worse than the classifier without it: fitted on recoloured views of noisy
+    pseudo-labels with a weak CLIP, it can collapse onto a few classes.
     """
     if isinstance(dataset, DiskScenes):
         scenes = min(scenes, len(dataset.images))
@@ -37,8 +39,12 @@ def fit_on_scenes(backbone: Any, dataset: Any, classes: list[str], scenes: int, 
             backbone.train(was_training)
     if adapter is None:
         say(f"crop adapter: the first {scenes} training scenes hold no object to fit it on; none saved")
-    else:
-        say(f"crop adapter: fitted on {adapter.objects} objects of {adapter.scenes} training scenes in "
-            f"{time.perf_counter() - clock:.1f} s; crops named right {adapter.accuracy_before:.1%} -> "
-            f"{adapter.accuracy_after:.1%}")
+        return None
+    fitted = (f"crop adapter: fitted on {adapter.objects} objects of {adapter.scenes} training scenes in "
+              f"{time.perf_counter() - clock:.1f} s; crops named right {adapter.accuracy_before:.1%} -> "
+              f"{adapter.accuracy_after:.1%}")
+    if adapter.accuracy_after < adapter.accuracy_before:
+        say(f"{fitted}: it names its own crops worse, so none is saved and the crop classifier goes without it")
+        return None
+    say(fitted)
     return adapter
