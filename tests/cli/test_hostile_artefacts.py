@@ -2,8 +2,9 @@
 
 Every case is one `error:` line that names the file (and the field) and says what to do, with
 exit status 1; never an internal error, never a silently smaller result. Cases: index chunks
-missing or cut short (and the repair by rerunning `zutis index build`), manifest fields and
-artefact records of the wrong type, and checkpoints whose config or weights do not fit.
+missing or cut short and a damaged image table (and the repair by rerunning `zutis index build`),
+manifest fields and artefact records of the wrong type, and checkpoints whose config or weights do
+not fit.
 """
 
 from __future__ import annotations
@@ -397,6 +398,22 @@ def test_an_index_image_record_of_the_wrong_type_is_named(world, tmp_path, capsy
                              "-o", tmp_path / "out"))
     assert f"{table}: line 2 is not an image record (field 'path')" in line
     assert "zutis index build" in line
+
+
+def test_a_damaged_image_table_is_refused_and_rerunning_index_writes_it_again(indexed, capsys):
+    index = indexed["root"] / "index-table"  # beside the original: same image paths
+    shutil.copytree(indexed["index"], index)
+    np.save(index / "table" / "width.npy", np.zeros(3, np.int32))
+    archives = indexed["root"] / "index-table-archives"
+    line = error_line(*_retrieve(capsys, index, archives))
+    assert f"{index}/table/width.npy: holds int32 (3,), not ({IMAGES},) int32" in line
+    assert f"run `zutis index build` on the same images with -o {index} again to repair it" in line
+    code, out, err = zutis(capsys, *_index_args(indexed["images"], indexed["weights"], index), "--json")
+    assert code == 0, err
+    assert json.loads(out)["embedded"] == 0
+    code, out, err = _retrieve(capsys, index, archives)
+    assert code == 0, err
+    assert json.loads(out)["indexed_images"] == IMAGES
 
 
 def test_a_damaged_shard_is_repaired_by_its_own_sharded_run(indexed, tmp_path, capsys):

@@ -91,6 +91,7 @@ def test_rerun_appends_new_and_changed_images_only(tmp_path, pile, tiny_checkpoi
     assert second.embedded == 2 and second.skipped == 39
     reader = IndexReader(second.path)
     assert len(reader) == 42 and reader.active().sum() == 41
+    assert reader.table().stored  # written by the run, covering both runs' chunks
     table = _table(second.path)
     assert np.allclose(table["000004.png"], table["000005.png"], rtol=0, atol=1e-3)
     assert read_manifest(second.path).summary["images"] == 41
@@ -113,6 +114,19 @@ def test_shards_merge_to_single_run(tmp_path, pile, tiny_checkpoint):
     assert read_manifest(merged).summary["images"] == 40
     for path in IndexReader(merged).records():
         assert path.path.startswith("../")
+    assert IndexReader(merged).table().stored
+
+
+def test_an_index_without_a_table_gets_one_from_the_next_run(tmp_path, pile, tiny_checkpoint):
+    out = build_index(_config([pile], tiny_checkpoint), tmp_path / "index").path
+    records = IndexReader(out).records()
+    shutil.rmtree(out / "table")  # as zutis wrote an index before it had image tables
+    reader = IndexReader(out)
+    assert not reader.table().stored and reader.records() == records and reader.active().all()
+    again = build_index(_config([pile], tiny_checkpoint), out)
+    assert again.embedded == 0 and again.skipped == 40
+    reader = IndexReader(out)
+    assert reader.table().stored and reader.records() == records and reader.active().all()
 
 
 def test_merge_refuses_different_models(tmp_path, pile, tiny_checkpoint):

@@ -6,6 +6,8 @@ Layout of an index directory::
     chunks/000000.npy        (n0, D) float16, L2-normalised embeddings (np.save format: mmap-able)
     chunks/000000.jsonl      n0 image records, one JSON object per line, in the row order of the .npy
     chunks/000000.failed.jsonl  images of that chunk that could not be read: {"path", "reason"}
+    table/                   the image records of all committed chunks in memory-mappable columns
+                             and the active mask (see :mod:`zutiscli.artefacts.image_table`)
     failed.jsonl             all failures, gathered when the run finishes
     index.faiss              optional faiss index over all rows (absent for exact search)
 
@@ -23,6 +25,13 @@ chunks, renumbers the rest and leaves the images they held to be embedded again.
 Image paths are POSIX paths relative to the index directory, so an index moved together with its
 images keeps working. When the same path was embedded twice (the file changed between runs), the
 later row wins; earlier ones are marked inactive.
+
+``table/`` is derived from the chunks' ``.jsonl`` and written when a run finishes
+(:func:`write_image_table`): a reader takes its records from it in milliseconds where a million
+lines of JSON take seconds to parse. Where there is no table (an index of an older zutis) or it
+does not fit the committed chunks, the reader parses the ``.jsonl`` (only those of the chunks
+committed after the table was written, when it covers the first ones); a table that fits them but
+cannot be read is refused with the repair hint, and the repair deletes it.
 """
 
 from __future__ import annotations
@@ -37,6 +46,17 @@ from typing import Iterator
 import numpy as np
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, link_or_copy
+from zutiscli.artefacts.image_table import (
+    DamagedTable,
+    ImageRecord,
+    ImageTable,
+    Stamp,
+    columns_of,
+    join_columns,
+    read_table,
+    remove_table,
+    write_table,
+)
 from zutiscli.artefacts.manifest import MANIFEST_NAME, Manifest, read_manifest, resolve_relative
 from zutiscli.errors import ArtefactError
 
@@ -46,6 +66,8 @@ FAISS_NAME = "index.faiss"
 _CHUNK_RE = re.compile(r"^(\d{6,})\.jsonl$")
 _CHUNK_FILE_RE = re.compile(r"^(\d{6,})\.(npy|jsonl)$")
 _RECORD_TYPES = {"path": str, "width": int, "height": int, "bytes": int, "mtime_ns": int, "hash": str}
+#: the values an integer field may take: those of its column in the image table
+_RECORD_RANGES = {"width": (0, 1 << 31), "height": (0, 1 << 31), "bytes": (0, 1 << 63), "mtime_ns": (-1 << 63, 1 << 63)}
 
 
 def repair_hint(directory: str | Path) -> str:
@@ -55,22 +77,6 @@ def repair_hint(directory: str | Path) -> str:
     where = f"--shard {shard.group(1)}/{shard.group(2)} -o {directory.parent}" if shard else f"-o {directory}"
     return (f"run `zutis index build` on the same images with {where} again to repair it (it embeds only the "
             f"missing images)")
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One indexed image. ``path`` is relative to the index directory; sizes in pixels and bytes.
-
-    ``mtime_ns`` and ``bytes`` decide on a rerun whether a file is unchanged; ``hash`` is a
-    BLAKE2b-64 of the file's bytes (hex), to find duplicates and check copies.
-    """
-
-    path: str
-    width: int
-    height: int
-    bytes: int
-    mtime_ns: int
-    hash: str
 
 
 @dataclass(frozen=True)
@@ -97,13 +103,22 @@ def _read_jsonl(path: Path, directory: Path) -> list[dict]:
     return rows
 
 
+def _misfit(value: object, kind: type, key: str) -> bool:
+    """Whether ``value`` is not a value of record field ``key`` (of type ``kind``)."""
+    if not isinstance(value, kind):
+        return True
+    if kind is int:
+        low, high = _RECORD_RANGES[key]
+        return isinstance(value, bool) or not low <= value < high
+    return False
+
+
 def _records_of(path: Path, directory: Path) -> list[ImageRecord]:
-    """The image records of one chunk's ``.jsonl``, every field of the type it should have."""
+    """The image records of one chunk's ``.jsonl``, every field of the type (and range) it should have."""
     records = []
     for number, row in enumerate(_read_jsonl(path, directory), 1):
         wrong = sorted(set(row) ^ set(_RECORD_TYPES)) or [
-            key for key, kind in _RECORD_TYPES.items()
-            if not isinstance(row[key], kind) or (kind is int and isinstance(row[key], bool))]
+            key for key, kind in _RECORD_TYPES.items() if _misfit(row[key], kind, key)]
         if wrong:
             raise ArtefactError(f"{path}: line {number} is not an image record (field {wrong[0]!r}); the index is "
                                 f"damaged: {repair_hint(directory)}")
@@ -212,6 +227,8 @@ class IndexReader:
             damaged = damaged_chunks(self.directory)
             self.chunks = [number for number in self.chunks if number not in damaged]
         self._records: list[ImageRecord] | None = None
+        self._table: ImageTable | None = None
+        self._stamps: list[Stamp] | None = None
         self._sizes: list[int] = []
         self.dim: int = int(self.manifest.summary.get("dim", 0))
         for number in self.chunks:
@@ -287,18 +304,47 @@ class IndexReader:
             raise ArtefactError(f"{path}: unreadable embeddings ({str(exc)[:160]}); the index is damaged: "
                                 f"{repair_hint(self.directory)}") from None
 
+    def _chunk_records(self, number: int, size: int) -> list[ImageRecord]:
+        """The records of one chunk's ``.jsonl``, refused unless there are as many as its embeddings."""
+        path = self.directory / CHUNK_DIR / f"{number:06d}.jsonl"
+        rows = _records_of(path, self.directory)
+        if len(rows) != size:
+            raise ArtefactError(f"{path}: lists {len(rows)} images but {number:06d}.npy holds {size} "
+                                f"embeddings; the index is damaged: {repair_hint(self.directory)}")
+        return rows
+
+    def stamps(self) -> list[Stamp]:
+        """``(number, rows, byte size of its .jsonl)`` of each committed chunk: what its image table must cover."""
+        if self._stamps is None:
+            self._stamps = [_stamp(self.directory, number, size) for number, size in zip(self.chunks, self._sizes)]
+        return self._stamps
+
+    def table(self) -> ImageTable:
+        """The image records of all rows in columns: from ``table/`` where it fits, else from the ``.jsonl``.
+
+        Raises :class:`ArtefactError` with the repair hint for a table that fits the chunks but is damaged.
+        """
+        if self._table is None:
+            stamps = self.stamps()
+            try:
+                stored = read_table(self.directory, stamps)
+            except DamagedTable as exc:
+                raise ArtefactError(f"{exc}; the index's image table is damaged: "
+                                    f"{repair_hint(self.directory)}") from None
+            covered = stored[1] if stored is not None else 0
+            if stored is not None and covered == len(stamps):
+                self._table = ImageTable(stored[0], stored=True)
+            else:
+                parsed = [record for number, size in zip(self.chunks[covered:], self._sizes[covered:])
+                          for record in self._chunk_records(number, size)]
+                columns = columns_of(parsed) if stored is None else join_columns([stored[0], columns_of(parsed)])
+                self._table = ImageTable(columns)
+        return self._table
+
     def records(self) -> list[ImageRecord]:
         """Image records in row order (all rows, including inactive ones)."""
         if self._records is None:
-            records: list[ImageRecord] = []
-            for number, size in zip(self.chunks, self._sizes):
-                path = self.directory / CHUNK_DIR / f"{number:06d}.jsonl"
-                rows = _records_of(path, self.directory)
-                if len(rows) != size:
-                    raise ArtefactError(f"{path}: lists {len(rows)} images but {number:06d}.npy holds {size} "
-                                        f"embeddings; the index is damaged: {repair_hint(self.directory)}")
-                records.extend(rows)
-            self._records = records
+            self._records = self.table().records()
         return self._records
 
     def failures(self) -> list[FailedImage]:
@@ -311,15 +357,8 @@ class IndexReader:
         return out
 
     def active(self) -> np.ndarray:
-        """``(N,)`` bool: False for rows superseded by a later row of the same path."""
-        records = self.records()
-        keep = np.ones(len(records), dtype=bool)
-        seen: set[str] = set()
-        for row in range(len(records) - 1, -1, -1):
-            if records[row].path in seen:
-                keep[row] = False
-            seen.add(records[row].path)
-        return keep
+        """``(N,)`` bool, read-only: False for rows superseded by a later row of the same path."""
+        return self.table().active
 
     def iter_embeddings(self, max_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(first_row, block)`` with ``block`` a ``(n, D)`` float16 view, at most ``max_rows`` rows."""
@@ -337,12 +376,31 @@ class IndexReader:
 
     def image_path(self, row: int) -> Path:
         """Absolute path of the image of row ``row``."""
-        return resolve_relative(self.directory, self.records()[row].path)
+        return resolve_relative(self.directory, self.table().path(row))
 
     @property
     def faiss_path(self) -> Path | None:
         path = self.directory / FAISS_NAME
         return path if path.is_file() else None
+
+
+def _stamp(directory: Path, number: int, rows: int) -> Stamp:
+    try:
+        size = os.stat(directory / CHUNK_DIR / f"{number:06d}.jsonl").st_size
+    except OSError:
+        size = -1
+    return number, rows, size
+
+
+def write_image_table(reader: IndexReader) -> Path | None:
+    """Bring ``table/`` of the reader's index up to date with its committed chunks (under the directory's lock).
+
+    Writes nothing when the stored table already covers every chunk; returns the table written, or None.
+    """
+    table = reader.table()
+    if table.stored:
+        return None
+    return write_table(reader.directory, table.columns, reader.stamps())
 
 
 def write_failed_summary(directory: str | Path, failures: list[FailedImage]) -> Path:
@@ -406,6 +464,8 @@ def repair_chunks(directory: str | Path) -> list[str]:
     uncommitted ones, renumbers the remaining chunks without gaps, and, when rows were lost, drops
     ``index.faiss`` (its row ids are stale) and rewrites the manifest's ``summary`` to count what is
     left as an unfinished index, so that the directory is a valid partial index at every moment.
+    The image table goes when chunks were removed or renumbered, or when it cannot be read; the
+    run writes it again when it finishes.
     """
     directory = Path(directory)
     chunk_dir = directory / CHUNK_DIR
@@ -430,8 +490,27 @@ def repair_chunks(directory: str | Path) -> list[str]:
         said.append(f"renumbered {len(moved)} chunk(s) to close the gap")
     if (lost or moved) and (directory / FAISS_NAME).exists():
         (directory / FAISS_NAME).unlink()  # its row ids are stale; the run builds it again
+    if lost or moved:
+        remove_table(directory)  # its rows are no longer those of the chunks
+    else:
+        damage = _table_damage(directory)
+        if damage:
+            remove_table(directory)
+            said.append(f"{damage}: removed the image table; it is written again")
     _recount_manifest(directory)
     return said
+
+
+def _table_damage(directory: Path) -> str | None:
+    """What is wrong with an image table that fits the committed chunks but cannot be read, or None."""
+    chunk_dir = directory / CHUNK_DIR
+    stamps = [_stamp(directory, number, int(np.load(chunk_dir / f"{number:06d}.npy", mmap_mode="r").shape[0]))
+              for number in committed_chunks(directory)]
+    try:
+        read_table(directory, stamps)
+    except DamagedTable as exc:
+        return str(exc)
+    return None
 
 
 def _recount_manifest(directory: Path) -> None:

@@ -4,7 +4,9 @@ The stage discovers images, keeps those of its shard, skips those already embedd
 size and modification time), decodes and preprocesses the rest in DataLoader workers while the
 model runs, and commits embeddings chunk by chunk (see :mod:`zutiscli.artefacts.index_store`).
 A killed run leaves a valid, partial index; rerunning the same command finishes it, and rerunning
-with more images appends only what is new.
+with more images appends only what is new. A run that finishes writes the index's image table
+(``table/``, the records of every committed chunk in memory-mapped columns), even when it had
+nothing to embed: an index written before tables existed gets one on its next run.
 
 Cluster scale: ``shard=(i, n)`` keeps the images whose path hashes to ``i`` modulo ``n`` (stable
 under appends) and writes into ``<output>/shard-i-of-n``; :func:`merge_indices` joins the shards.
@@ -35,7 +37,9 @@ from zutiscli.artefacts.index_store import (
     committed_chunks,
     repair_chunks,
     write_failed_summary,
+    write_image_table,
 )
+from zutiscli.artefacts.image_table import TABLE_DIR
 from zutiscli.artefacts.manifest import (
     MANIFEST_NAME,
     InputRef,
@@ -149,7 +153,7 @@ def _model_record(spec: ModelSpec, dtype: torch.dtype, image_size: int) -> dict[
 def _check_existing(out: Path, model: dict[str, Any]) -> None:
     """Refuse an existing ``out`` that is not an index of ``model`` (compared on the keys ``model`` has)."""
     if not (out / MANIFEST_NAME).is_file():  # new, or a run that was stopped or read no image
-        if any(p.name not in (CHUNK_DIR, FAILED_NAME) for p in content(out)):
+        if any(p.name not in (CHUNK_DIR, TABLE_DIR, FAILED_NAME) for p in content(out)):
             raise ArtefactError(f"{out}: is not empty and not a zutis index; choose a new -o directory")
         return
     previous = read_manifest(out, "zutis.index").model or {}
@@ -245,7 +249,7 @@ def build_faiss_index(directory: Path, factory: str, train_size: int, seed: int 
         index = faiss.index_factory(reader.dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise UsageError(f"--faiss {factory!r} is not a faiss factory string faiss accepts ({str(exc).splitlines()[-1][:120]})") from None
-    active = reader.active()
+    active = reader.table().active
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         take = np.sort(rng.choice(count, size=min(train_size, count), replace=False))
@@ -458,6 +462,8 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
                    len(tally.paths) + len(failures), listed, warn=warn)
     faiss_factory = None if config.faiss.strip().lower() == "flat" else config.faiss
     if tally.rows:
+        # also where this run embedded nothing: so an index written before tables existed gets one
+        write_image_table(IndexReader(out, manifest=_provisional_manifest(out)))
         build_faiss_index(out, config.faiss, config.faiss_train_size, config.seed)
     seconds = time.perf_counter() - start
     extra |= {"seconds": round(seconds, 3), "embed_seconds": round(embed_seconds, 3), "workers": workers,
@@ -519,6 +525,7 @@ def merge_indices(shards: Sequence[str | Path], output: str | Path | None = None
     params["faiss"] = factory
     write_failed_summary(out, tally.failures())
     if tally.rows:
+        write_image_table(IndexReader(out, manifest=_provisional_manifest(out)))
         build_faiss_index(out, factory, faiss_train_size)
     complete = all(r.complete for r in readers)
     summary = tally.summary(complete, None if factory.strip().lower() == "flat" else factory,
