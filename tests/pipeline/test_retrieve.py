@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zutiscli.artefacts.index_store import ImageRecord, IndexReader, IndexWriter
+from zutiscli.artefacts import index_store
+from zutiscli.artefacts.index_store import ImageRecord, IndexReader, IndexWriter, write_image_table
 from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.cli.app import main
 from zutiscli.data.classes import ClassQuery
@@ -221,6 +222,22 @@ def test_exclusive_archives_follow_the_greedy_rule_and_are_disjoint(tmp_path, ti
         assert any("fewer than" in m for m in messages)
     else:
         assert all(len(h) == k for h in got.values())
+
+
+@pytest.mark.parametrize("exclusive", [True, False])
+def test_archives_from_the_image_table_are_those_from_the_jsonl(tmp_path, tiny_model, monkeypatch, exclusive):
+    # write_index writes the old form (no table/), as zutis did before image tables
+    first = random_index(tmp_path / "a", tiny_model, count=50, seed=5, duplicates=6, superseded=4, tag="a")
+    second = random_index(tmp_path / "b", tiny_model, count=30, seed=6, duplicates=2, tag="b", chunk=7)
+    before = retrieve(config([first, second], k=9, exclude_duplicates=exclusive), tmp_path / "before")
+    for index in (first, second):
+        write_image_table(IndexReader(index))
+    monkeypatch.setattr(index_store, "_records_of", lambda *args: pytest.fail("retrieve parsed a .jsonl"))
+    after = retrieve(config([first, second], k=9, exclude_duplicates=exclusive), tmp_path / "after")
+    assert (after / "archives.json").read_bytes() == (before / "archives.json").read_bytes()
+    summaries = [read_manifest(out).summary for out in (before, after)]
+    assert [{k: v for k, v in s.items() if k != "seconds"} for s in summaries] == [
+        {k: v for k, v in summaries[0].items() if k != "seconds"}] * 2
 
 
 def test_without_exclusion_an_image_can_be_in_several_archives(tmp_path, tiny_model):

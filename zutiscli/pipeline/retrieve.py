@@ -10,6 +10,8 @@ float16 chunks (:func:`zutiscli.ops.knn.topk_blocks`), in bounded memory; one wi
 (an approximate index built with a faiss factory string) is searched through faiss with ``nprobe``
 lists (IVF). Several indices are searched one by one and merged by score into one top-k per class
 (ties: earlier index, then lower row). Superseded rows (an image embedded again) never come back.
+The active mask, hashes and paths come from each index's image table (``table/``, memory-mapped):
+opening it costs milliseconds, and only the hits' paths and the candidates' hashes are decoded.
 
 Exclusive archives (``exclude_duplicates``): one image is in at most one archive. An image is a
 file content (the index's BLAKE2b hash), so copies in two indices or under two names are one image.
@@ -153,7 +155,7 @@ def _open_sources(paths: Sequence[Path], warn: Callable[[str], None]) -> list[_S
         if not reader.complete:
             warn(f"{path}: the index is unfinished (its run was stopped); retrieving from the "
                  f"{len(reader):,} images it holds")
-        active = reader.active() if len(reader) else np.zeros(0, dtype=bool)
+        active = reader.table().active if len(reader) else np.zeros(0, dtype=bool)
         sources.append(_Source(reader, active))
     dims = {s.reader.dim for s in sources if len(s.reader)}
     if len(dims) > 1:
@@ -233,13 +235,29 @@ def _image_keys(sources: list[_Source]) -> list[dict[int, Any]]:
     return [dict() for _ in sources]
 
 
+def _identity(digest: str, source: int, row: int) -> Any:
+    return ("hash", digest) if digest else ("row", source, row)
+
+
 def _key(sources: list[_Source], cache: list[dict[int, Any]], source: int, row: int) -> Any:
     known = cache[source].get(row)
     if known is None:
-        digest = sources[source].reader.records()[row].hash
-        known = ("hash", digest) if digest else ("row", source, row)
-        cache[source][row] = known
+        known = cache[source][row] = _identity(sources[source].reader.table().hash(row), source, row)
     return known
+
+
+def _fill_keys(sources: list[_Source], cache: list[dict[int, Any]], srcs: list[np.ndarray],
+               rows: list[np.ndarray]) -> None:
+    """Put the identity of every candidate (``srcs[c]``, ``rows[c]``: int64 per class) into ``cache``,
+    reading the hashes of each index's new candidates in one go."""
+    if not srcs:
+        return
+    flat_src, flat_row = np.concatenate(srcs), np.concatenate(rows)
+    for number, source in enumerate(sources):
+        known = cache[number]
+        new = [row for row in np.unique(flat_row[(flat_src == number) & (flat_row >= 0)]).tolist() if row not in known]
+        for row, digest in zip(new, source.reader.table().hashes(new)):
+            known[row] = _identity(digest, number, row)
 
 
 def _greedy_assign(scores: list[np.ndarray], srcs: list[np.ndarray], rows: list[np.ndarray], k: int,
@@ -291,6 +309,7 @@ def _exclusive(searcher: _Searcher, sources: list[_Source], count: int, k: int, 
             s, src, r = searcher(group, int(value))
             for position, cls in enumerate(group.tolist()):
                 scores[cls], srcs[cls], rows[cls] = s[position], src[position], r[position]
+        _fill_keys(sources, cache, srcs, rows)
         kept = _greedy_assign(scores, srcs, rows, k, lambda s, r: _key(sources, cache, s, r))
         short = np.array([len(kept[c]) < k and depth[c] < total for c in range(count)], dtype=bool)
         if not short.any():
@@ -461,6 +480,7 @@ def retrieve(
     hits_by_class: list[list[ArchiveHit]] = []
     image_classes: dict[Any, int] = {}
     keys = _image_keys(sources)
+    _fill_keys(sources, keys, per_sources, per_rows)
     for position, query in enumerate(config.classes):
         hits: list[ArchiveHit] = []
         entries = []
