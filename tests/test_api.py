@@ -227,3 +227,18 @@ def test_copypaste_and_evaluate_take_the_commands_forms(trained, predictor, tmp_
     result = zs.evaluate(preds.path, images[0].parent.parent, tmp_path / "metrics", tasks="instance,semantic",
                          iou_types="segm", max_dets="1,10,100")
     assert result.metrics["tasks"] == ["instance", "semantic"] and "bbox" not in result.metrics["instance"]
+
+
+def test_name_lists_given_as_one_string_are_split_as_on_the_command_line(monkeypatch, tmp_path):
+    import zutiscli.pipeline.cosegment as cosegment_stage
+    import zutiscli.pipeline.predict as predict_stage
+
+    seen = {}
+    monkeypatch.setattr(predict_stage, "predict", lambda config, *a, **k: seen.setdefault("predict", config))
+    monkeypatch.setattr(cosegment_stage, "cosegment", lambda config, *a, **k: seen.setdefault("cosegment", config))
+    zs.predict(tmp_path / "a.png", "circle", tmp_path / "p", method="reco", references="refs", context="sky, grass",
+               stuff="sand")
+    zs.cosegment(tmp_path / "archives", tmp_path / "r", context="sky,grass")
+    assert list(seen["predict"].context) == ["sky", "grass"] and list(seen["predict"].stuff) == ["sand"]
+    assert [q.name for q in seen["predict"].classes] == ["circle", "sand"]
+    assert list(seen["cosegment"].context) == ["sky", "grass"]

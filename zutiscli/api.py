@@ -121,6 +121,13 @@ def _options(function: Callable, given: dict[str, Any], where: str) -> dict[str,
     return {name: os.fspath(value) if isinstance(value, os.PathLike) else value for name, value in given.items()}
 
 
+def _split_lists(opts: dict[str, Any], *names: str) -> None:
+    """Options that hold names, given as one ``"a,b"`` string, become lists (as on the command line)."""
+    for name in names:
+        if isinstance(opts.get(name), str):
+            opts[name] = split_commas(opts[name])
+
+
 def _paths(items: PathLike | Iterable[PathLike] | None) -> list[str]:
     """One path or several as a list of ``str`` (``None`` -> ``[]``)."""
     if items is None:
@@ -288,8 +295,7 @@ def cosegment(archives, output=None, **options):
 
     opts = _options(cosegment, options, "cosegment")
     progress, log = opts.pop("progress", None), opts.pop("log", None)
-    if isinstance(opts.get("context"), str):
-        opts["context"] = split_commas(opts["context"])
+    _split_lists(opts, "context")
     return run_cosegment(CosegmentConfig(archives=os.fspath(archives), **opts), output, progress=progress, log=log)
 
 
@@ -393,7 +399,8 @@ def predict(images=None, classes=None, output=None, **options):
         **options: fields of :class:`zutiscli.pipeline.predict.PredictConfig` (``checkpoint``,
             ``method``, ``task``, ``device``, ``precision``, ``max_size`` in pixels,
             ``mask_threshold``, ``score_threshold``, ``nms``, ``iou_threshold``, ``crf``,
-            ``vis``, ``stuff`` (names or ``"sky,grass"``, added to the classes), ...);
+            ``vis``, ``stuff`` (names or ``"sky,grass"``, added to the classes), ``references``
+            and ``context`` (names or ``"sky,grass"``) for ReCo, ...);
             ``classes_file``; ``progress``, ``log``.
 
     Returns:
@@ -403,8 +410,7 @@ def predict(images=None, classes=None, output=None, **options):
     from zutiscli.pipeline.predict import predict as run_predict
 
     opts = _options(predict, options, "predict")
-    if isinstance(opts.get("stuff"), str):
-        opts["stuff"] = split_commas(opts["stuff"])
+    _split_lists(opts, "stuff", "context")
     queries = with_stuff(_class_queries(classes, opts.pop("classes_file", None)), opts.get("stuff", ()))
     progress, log = opts.pop("progress", None), opts.pop("log", None)
     config = PredictConfig(inputs=_paths(images), classes=queries, **opts)
