@@ -149,6 +149,19 @@ def test_unreadable_archive_images_are_left_out_and_reported(world, tmp_path, ca
     assert all(len(c.images) == 4 for c in read_references(tmp_path / "out").classes)
 
 
+def test_an_archive_of_one_image_is_refused_before_anything_is_written(world, tmp_path, capsys) -> None:
+    archives, data = _copy_archives(world, tmp_path / "archives")
+    name = sorted(data["classes"])[-1]
+    data["classes"][name]["images"] = data["classes"][name]["images"][:1]
+    (archives / "archives.json").write_text(json.dumps(data))
+    for dry in ([], ["--dry-run"]):
+        with pytest.raises(SystemExit) as done:
+            main(["cosegment", str(archives), *dry, "-o", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert done.value.code == 2 and f"the archive of {name!r} lists 1 image(s)" in err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
 def test_bad_options_are_one_line_errors(world, tmp_path, capsys) -> None:
     for argv, message in ((["-k", "1"], "-k must be >= 2"), (["--context", "star,Star"], "named twice")):
         with pytest.raises(SystemExit) as done:

@@ -214,6 +214,17 @@ def _context_classes(config: CosegmentConfig, archives: dict[str, Any], archives
     return [by_folded[name.casefold()] for name in config.context]
 
 
+def _checked_classes(config: CosegmentConfig, archives: dict[str, Any], archives_dir: Path) -> list[str]:
+    """Refuse an archive listing fewer than two images (a :class:`UsageError` naming it), before
+    anything is written; then :func:`_context_classes`."""
+    small = [(name, len(hits)) for name, hits in archives.items() if len(hits) < 2]
+    if small:
+        name, count = small[0]
+        raise UsageError(f"{archives_dir}: the archive of {name!r} lists {count} image(s); co-segmentation needs at "
+                         f"least two per class (retrieve it with -k 2 or more)")
+    return _context_classes(config, archives, archives_dir)
+
+
 def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) -> Any:
     """What ``zutis cosegment`` would do (``--dry-run``): the checks of a real run, no weights loaded,
     nothing written."""
@@ -225,7 +236,7 @@ def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) ->
     config.validate()
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
-    _context_classes(config, archives, archives_dir)
+    _checked_classes(config, archives, archives_dir)
     name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
     dtype = resolve_precision(config.precision, resolve_device(config.device))
     with named_by_archives(config.model, config.pretrained, archives_dir):
@@ -266,7 +277,7 @@ def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
     archives_dir = Path(config.archives)
     archives = read_archives(archives_dir)
     phrases = archive_phrases(archives_dir)
-    context = _context_classes(config, archives, archives_dir)
+    context = _checked_classes(config, archives, archives_dir)
     order = [*context, *(name for name in archives if name not in context)]
 
     device = resolve_device(config.device)
