@@ -17,6 +17,7 @@ from zutiscli.data.images import (
     DiscoveredImages,
     discover_images,
     load_image,
+    read_image,
     to_rgb,
 )
 from zutiscli.errors import ImageLoadError, ZutisError
@@ -424,6 +425,62 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         load_image(path, max_pixels=0)
     with pytest.raises(ValueError):
         load_image(path, draft_size=(0, 10))
+
+
+# --------------------------------------------------------------------------------------------
+# read_image: one read, the pixels of load_image
+# --------------------------------------------------------------------------------------------
+
+
+def test_read_image_gives_load_images_pixels_bytes_stat_and_full_size(tmp_path: Path) -> None:
+    scene = np.asarray(noise(256).resize((640, 480)))
+    files = {}
+    for width, height in ((640, 480), (333, 250), (97, 131)):
+        path = tmp_path / f"photo-{width}.jpg"
+        Image.fromarray(np.ascontiguousarray(scene[:height, :width])).save(path, quality=90)
+        files[path] = (width, height)
+    turned = tmp_path / "turned.jpg"
+    save_jpeg_with_orientation(turned, Image.fromarray(np.ascontiguousarray(scene[:200, :300])), 6)
+    files[turned] = (200, 300)
+    upside = tmp_path / "upside.jpg"
+    save_jpeg_with_orientation(upside, Image.fromarray(np.ascontiguousarray(scene[:100, :160])), 3)
+    files[upside] = (160, 100)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(scene[:70, :90, 0]).save(grey)
+    files[grey] = (90, 70)
+    transparent = tmp_path / "transparent.png"
+    Image.fromarray(np.dstack([scene[:50, :60], np.full((50, 60), 100, np.uint8)]), "RGBA").save(transparent)
+    files[transparent] = (60, 50)
+    for path, full_size in files.items():
+        for draft in (None, (32, 32), (64, 48), (224, 224)):
+            loaded = read_image(path, draft_size=draft)
+            expected = load_image(path, draft_size=draft)
+            assert loaded.image.mode == "RGB" and loaded.image.size == expected.size, (path.name, draft)
+            assert np.array_equal(np.asarray(loaded.image), np.asarray(expected)), (path.name, draft)
+            assert loaded.size == full_size, (path.name, draft)
+        assert loaded.data == path.read_bytes()
+        assert (loaded.stat.st_size, loaded.stat.st_mtime_ns) == (path.stat().st_size, path.stat().st_mtime_ns)
+    assert read_image(tmp_path / "photo-640.jpg", draft_size=(64, 64)).image.size == (160, 120)  # 1/4 scale
+
+
+def test_read_image_fails_with_load_images_reasons(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture\n")
+    cut = tmp_path / "cut.jpg"
+    write_cut(cut, noise(), "JPEG")
+    big = tmp_path / "big.png"
+    Image.new("RGB", (100, 100)).save(big)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for path, options in ((empty, {}), (text, {}), (cut, {}), (big, {"max_pixels": 5000}), (folder, {}),
+                          (tmp_path / "missing.png", {}), (cut, {"draft_size": (8, 8)})):
+        with pytest.raises(ImageLoadError) as info:
+            read_image(path, **options)
+        assert info.value.path == path and info.value.reason == load_error(path, **options).reason
+    with pytest.raises(ValueError):
+        read_image(big, draft_size=(0, 10))
 
 
 # --------------------------------------------------------------------------------------------

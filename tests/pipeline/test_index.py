@@ -1,18 +1,29 @@
-"""`zutis index`: failures reported, resume byte-identical, shard + merge = single run, moves."""
+"""`zutis index`: failures reported, resume byte-identical, shard + merge = single run, moves;
+decoding and embedding on several cores give what one image at a time through load_image gives."""
 
+import hashlib
 import json
+import os
 import shutil
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 from zutiscli.artefacts.index_store import IndexReader
 from zutiscli.artefacts.manifest import read_manifest
+from zutiscli.artefacts.index_store import ImageRecord, IndexWriter
+from zutiscli.artefacts.manifest import relative_to, write_manifest
 from zutiscli.cli.app import main
+from zutiscli.data.classes import ClassQuery
+from zutiscli.data.images import load_image
 from zutiscli.errors import ArtefactError, UsageError
 from zutiscli.data.shards import parse_shard, shard_from_environment, shard_of
-from zutiscli.pipeline.index import IndexConfig, build_index, default_pretrained, merge_indices
+from zutiscli.pipeline.index import IndexConfig, _ImageFiles, build_index, default_pretrained, merge_indices
+from zutiscli.pipeline.retrieve import RetrieveConfig, read_archives, retrieve
 from zutiscli.pipeline.synth import SynthConfig, write_synth
+from zutiscli.shapes.world import scene_sample
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +235,106 @@ def test_torchrun_ranks_take_disjoint_slices(tmp_path, pile, tiny_checkpoint):
     assert [p.name for p in parts] == ["shard-0-of-2", "shard-1-of-2"]
     single = build_index(_config([pile], tiny_checkpoint), tmp_path / "single").path
     assert _same(_table(merge_indices(parts, tmp_path / "merged")), _table(single))
+
+
+# ---- decoding on several cores: the same tensors, embeddings and retrieved lists ------------------
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Shapes-world scenes as a user's files: JPEGs of several sizes (decoded at 1/2, 1/4 and 1/8
+    for the 32-pixel tiny model), JPEGs turned by EXIF orientation 6 and 3, and PNGs (one with alpha)."""
+    root = tmp_path_factory.mktemp("photos")
+    scenes = [scene_sample(7, number, size=640).image for number in range(14)]
+    for number, (width, height) in enumerate([(160, 120), (200, 150), (97, 131), (640, 480), (320, 240),
+                                              (90, 70), (250, 400), (640, 360), (128, 128), (300, 200)]):
+        Image.fromarray(scenes[number][:height, :width]).save(root / f"photo{number:02d}.jpg", quality=90)
+    for number, orientation in ((10, 6), (11, 3)):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(scenes[number][:150, :220]).save(root / f"turned{orientation}.jpg", quality=85, exif=exif.tobytes())
+    Image.fromarray(scenes[12][:100, :140]).save(root / "plain.png")
+    rgba = np.dstack([scenes[13][:90, :90], np.tile(np.arange(90, dtype=np.uint8) * 2, (90, 1))])
+    Image.fromarray(rgba, "RGBA").save(root / "alpha.png")
+    return root
+
+
+def _decoded_one_at_a_time(backbone, paths):
+    """What `zutis index` computed before decoding went to read_image: per file its tensor (load_image
+    with the model's draft size, then the model's transform) and its record fields."""
+    size = backbone.image_size[0]
+    transform = backbone.transform()
+    tensors, fields = [], []
+    for path in paths:
+        tensors.append(transform(load_image(path, draft_size=(size, size))))
+        with Image.open(path) as header:
+            width, height = header.size
+            if header.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                width, height = height, width
+        stat = path.stat()
+        fields.append({"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "width": width, "height": height,
+                       "hash": hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()})
+    return tensors, fields
+
+
+def test_decoding_workers_give_the_tensors_and_records_of_load_image(photos, tiny_backbone):
+    paths = sorted(photos.iterdir())
+    tensors, fields = _decoded_one_at_a_time(tiny_backbone, paths)
+    dataset = _ImageFiles(paths, tiny_backbone.transform(), tiny_backbone.image_size[0], None)
+    for item, path in enumerate(paths):
+        number, tensor, meta = dataset[item]
+        assert number == item and torch.equal(tensor, tensors[item]), path.name
+        assert meta == fields[item], path.name
+    turned = fields[paths.index(photos / "turned6.jpg")]
+    assert (turned["width"], turned["height"]) == (150, 220)  # stored 220 x 150, shown turned
+    assert tuple(tensors[0].shape) == (3, 32, 32)
+
+
+def test_index_on_several_cores_retrieves_what_one_image_at_a_time_does(tmp_path, photos, tiny_backbone,
+                                                                         tiny_checkpoint):
+    paths = sorted(photos.iterdir())
+    built = build_index(_config([photos], tiny_checkpoint, workers=2, threads=2, batch_size=4), tmp_path / "index")
+    assert (built.extra["workers"], built.extra["threads"]) == (2, 2) and built.embedded == len(paths)
+    # the reference index: each file through load_image, all embedded in one forward pass, one thread
+    tensors, fields = _decoded_one_at_a_time(tiny_backbone, paths)
+    with torch.inference_mode():
+        embeddings = tiny_backbone.encode_images(torch.stack(tensors)).numpy()
+    reference = tmp_path / "reference"
+    IndexWriter(reference).write_chunk([ImageRecord(path=relative_to(reference, p), **f) for p, f in zip(paths, fields)],
+                                       embeddings, [])
+    write_manifest(reference, "zutis.index", model=read_manifest(built.path).model, params={},
+                   summary={"images": len(paths), "rows": len(paths), "failed": 0, "dim": 32, "complete": True,
+                            "faiss": None})
+    assert sorted(IndexReader(built.path).records(), key=lambda r: r.path) == IndexReader(reference).records()
+    assert _same(_table(built.path), _table(reference))
+
+    names = ("red circle", "blue square", "green star", "a triangle")
+    queries = tuple(ClassQuery(name, name) for name in names)
+    archives = [read_archives(retrieve(RetrieveConfig(indices=(index,), classes=queries, k=6, prompts="names",
+                                                      device="cpu"), tmp_path / f"archives-{index.name}"))
+                for index in (built.path, reference)]
+    for name in names:
+        ours, theirs = archives[0][name], archives[1][name]
+        assert [hit.path for hit in ours] == [hit.path for hit in theirs], name
+        assert np.allclose([hit.score for hit in ours], [hit.score for hit in theirs], rtol=0, atol=1e-3), name
+
+
+def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    config = IndexConfig(sources=["pile"])
+    assert (config.decode_workers(), config.model_threads("cpu"), config.model_threads("cuda")) == (3, 3, 0)
+    assert (config.decode_workers(cores=16), config.model_threads("cpu", cores=16)) == (8, 16)  # decoders: at most 8
+    given = IndexConfig(sources=["pile"], workers=0, threads=5)
+    assert (given.decode_workers(), given.model_threads("cpu"), given.model_threads("cuda")) == (0, 5, 0)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks of this machine share its cores
+    assert (config.decode_workers(), config.model_threads("cpu")) == (1, 1)
+    assert (given.decode_workers(), given.model_threads("cpu")) == (0, 5)
+    with pytest.raises(UsageError, match="--threads must be >= 1"):
+        IndexConfig(sources=["pile"], threads=0).validate()
+
+
+def test_a_run_records_its_workers_and_threads_and_leaves_torch_as_it_was(tmp_path, pile, tiny_checkpoint):
+    before = torch.get_num_threads()
+    result = build_index(_config([pile], tiny_checkpoint, workers=1, threads=3), tmp_path / "index")
+    summary = read_manifest(result.path).summary
+    assert (summary["workers"], summary["threads"]) == (1, 3) and summary["embed_cpu_seconds"] > 0
+    assert torch.get_num_threads() == before

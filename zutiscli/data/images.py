@@ -3,11 +3,14 @@
 This module is imported by DataLoader worker processes, so it depends on PIL and numpy only
 (never torch).
 
-Two entry points:
+Entry points:
 
 * :func:`load_image` opens one file and returns a fully decoded ``PIL.Image.Image`` in mode
   ``"RGB"`` (``uint8``, 3 channels, ``(width, height)`` after EXIF orientation), or raises
   :class:`~zutiscli.errors.ImageLoadError` with a reason the user can act on.
+* :func:`read_image` decodes the same way from one read of the file and also returns what a
+  caller that records the file wants without opening it again: its bytes (to hash), its ``stat``
+  and the displayed size at full resolution (also when a JPEG was decoded at a reduced scale).
 * :func:`discover_images` turns command-line sources (files, directories, glob patterns, and
   an optional list file) into a sorted, de-duplicated list of paths.
 
@@ -75,8 +78,10 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "DiscoveredImages",
+    "LoadedImage",
     "discover_images",
     "load_image",
+    "read_image",
     "to_rgb",
 ]
 
@@ -144,15 +149,90 @@ def load_image(
             corrupt, larger than ``max_pixels``, or of a pixel mode that cannot become RGB.
         ValueError: ``max_pixels`` or ``draft_size`` is not positive.
     """
+    _check_arguments(max_pixels, draft_size)
+    file = Path(path)
+    _check_is_readable_file(file)
+    return _open_and_decode(file, file, max_pixels, draft_size)[0]
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """One image file as :func:`read_image` returns it.
+
+    Attributes:
+        image: ``PIL.Image.Image`` in mode ``"RGB"`` (``uint8``), EXIF orientation applied; for a
+            JPEG read with ``draft_size`` it may be smaller than ``size`` (by 1/2, 1/4 or 1/8).
+        size: ``(width, height)`` in pixels of the displayed (EXIF-rotated) image at full
+            resolution, whatever scale it was decoded at.
+        data: the file's bytes, as read (e.g. to hash them).
+        stat: the file's ``os.stat_result``, taken from the open file that ``data`` was read from
+            (``st_size`` in bytes, ``st_mtime_ns`` in nanoseconds).
+    """
+
+    image: Image.Image
+    size: tuple[int, int]
+    data: bytes
+    stat: os.stat_result
+
+
+def read_image(
+    path: str | Path,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> LoadedImage:
+    """Read one image file once and decode it exactly as :func:`load_image` does.
+
+    The file is opened once: its bytes are read into memory and decoded from there, and its
+    header (size, EXIF orientation) is parsed once, so a caller that also hashes the file and
+    records its full-resolution size does not open it again.
+
+    Args:
+        path: The image file.
+        max_pixels: As for :func:`load_image` (pixels of the stored image; ``None``: any size).
+        draft_size: As for :func:`load_image` (``(width, height)`` in pixels, displayed
+            orientation; JPEG only).
+
+    Returns:
+        A :class:`LoadedImage`: ``image`` is pixel for pixel what :func:`load_image` returns
+        for the same arguments.
+
+    Raises:
+        ImageLoadError: As :func:`load_image`, with the same reasons.
+        ValueError: ``max_pixels`` or ``draft_size`` is not positive.
+    """
+    _check_arguments(max_pixels, draft_size)
+    file = Path(path)
+    _check_is_readable_file(file)
+    try:
+        with open(file, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            data = handle.read()
+    except OSError as exc:
+        raise ImageLoadError(file, f"cannot be read: {exc.strerror or exc}") from exc
+    if not data:  # emptied since it was checked
+        raise ImageLoadError(file, "is empty (0 bytes)")
+    image, size = _open_and_decode(file, io.BytesIO(data), max_pixels, draft_size)
+    return LoadedImage(image, size, data, info)
+
+
+def _check_arguments(max_pixels: int | None, draft_size: tuple[int, int] | None) -> None:
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive or None, not {max_pixels}")
     if draft_size is not None and (len(draft_size) != 2 or min(draft_size) <= 0):
         raise ValueError(f"draft_size must be two positive sizes (w, h), not {draft_size}")
 
-    file = Path(path)
-    _check_is_readable_file(file)
+
+def _open_and_decode(
+    file: Path,
+    source: Path | io.BytesIO,
+    max_pixels: int | None,
+    draft_size: tuple[int, int] | None,
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Open ``source`` (``file`` itself or its bytes) with PIL and :func:`_decode` it; PIL's errors
+    become :class:`ImageLoadError` naming ``file``."""
     try:
-        with Image.open(file) as img:
+        with Image.open(source) as img:
             return _decode(file, img, max_pixels, draft_size)
     except Image.DecompressionBombError as exc:
         # Not raised by Image.open (its check is off), but some plugins have their own limits.
@@ -190,9 +270,12 @@ def _decode(
     img: Image.Image,
     max_pixels: int | None,
     draft_size: tuple[int, int] | None,
-) -> Image.Image:
-    """Check the size, decode and convert an opened (not yet loaded) image."""
-    width, height = img.size
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Check the size, decode and convert an opened (not yet loaded) image.
+
+    Returns the RGB image and the displayed ``(width, height)`` at full resolution, in pixels.
+    """
+    width, height = img.size  # as stored, at full resolution
     if max_pixels is not None and width * height > max_pixels:
         raise ImageLoadError(
             file,
@@ -215,12 +298,15 @@ def _decode(
             raise ImageLoadError(file, f"cannot be read: {exc.strerror or exc}") from exc
         raise ImageLoadError(file, f"is truncated or corrupt: {_detail(exc)}") from exc
 
+    # After load(): a PNG may keep its EXIF after the pixel data, and PIL reads it there.
+    orientation = _orientation(img)
+    full_size = (height, width) if orientation in _SWAPPED_ORIENTATIONS else (width, height)
     oriented = img
-    if _orientation(img) in range(2, 9):
+    if orientation in range(2, 9):
         oriented = ImageOps.exif_transpose(img)
 
     try:
-        return to_rgb(oriented)  # always a new image, not tied to the file about to be closed
+        return to_rgb(oriented), full_size  # always a new image, not tied to the file about to be closed
     except ValueError as exc:
         raise ImageLoadError(
             file, f"has pixel mode {img.mode!r}, which zutis cannot convert to RGB"

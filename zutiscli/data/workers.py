@@ -19,10 +19,14 @@ pools) starts them through this module, so that a user meets the same command li
 Process pools (``multiprocessing``, ``concurrent.futures``) pickle a worker's exception and raise
 it in the parent themselves; :class:`~zutiscli.errors.ZutisError` pickles with its attributes, so
 they need only the initialiser.
+
+:func:`available_cores` says how many cores this process may run on, which default worker and
+thread counts start from.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import traceback
@@ -30,7 +34,15 @@ from typing import Any, Callable, Iterator
 
 from zutiscli.errors import ZutisError
 
-__all__ = ["CarriedError", "WorkerTraceback", "quiet_worker", "worker_loader"]
+__all__ = ["CarriedError", "WorkerTraceback", "available_cores", "quiet_worker", "worker_loader"]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. as ``taskset`` or a cluster
+    scheduler set it), else the machine's count; at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def quiet_worker(*_: Any) -> None:

@@ -3,6 +3,12 @@
 The stage discovers images, keeps those of its shard, skips those already embedded (same path,
 size and modification time), decodes and preprocesses the rest in DataLoader workers while the
 model runs, and commits embeddings chunk by chunk (see :mod:`zutiscli.artefacts.index_store`).
+Each file is read once (:func:`zutiscli.data.images.read_image`); a JPEG is decoded at the smallest
+DCT scale that keeps both sides at least the model's input size. On CPU the model runs on
+``threads`` threads, each embedding a slice of every batch on one core
+(:mod:`zutiscli.engine.ordered_forward`), and decoders and model threads, one of each per core
+unless given, share the cores as the work demands; so a small model (where decoding is the slower
+part) and a large one (where the model is) both keep every core busy.
 A killed run leaves a valid, partial index; rerunning the same command finishes it, and rerunning
 with more images appends only what is new. A run that finishes writes the index's image table
 (``table/``, the records of every committed chunk in memory-mapped columns), even when it had
@@ -19,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +62,7 @@ from zutiscli.data.images import discover_images
 from zutiscli.data.shards import (check_shard, distinct_directories, shard_dir_name, shard_entries,  # noqa: F401
                                   shard_from_environment, shard_of)
 from zutiscli.data.workers import worker_loader
+from zutiscli.engine.ordered_forward import forward_in_order
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
@@ -68,7 +76,14 @@ from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 # ---- decoding in DataLoader workers ---------------------------------------------------------
 class _ImageFiles(torch.utils.data.Dataset):
-    """Reads, fingerprints, decodes and preprocesses one image; failures are returned, not raised."""
+    """Reads, fingerprints, decodes and preprocesses one image; failures are returned, not raised.
+
+    An item is ``(number, tensor, meta)``: ``tensor`` is ``transform``'s output (``(3, S, S)``
+    float32 for a CLIP transform) and ``meta`` holds ``bytes``, ``mtime_ns``, ``hash`` (blake2b,
+    16 hex digits) and the full-resolution displayed ``width`` and ``height`` in pixels; or
+    ``(number, None, reason)``. The file is read once; a JPEG is decoded at the smallest DCT
+    scale (1/2, 1/4, 1/8) that keeps both sides >= ``draft`` pixels.
+    """
 
     def __init__(self, paths: list[Path], transform: Callable[[Any], torch.Tensor], draft: int, max_pixels: int | None):
         self.paths = paths
@@ -80,36 +95,21 @@ class _ImageFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, item: int) -> tuple[int, torch.Tensor | None, dict[str, Any] | str]:
-        from zutiscli.data.images import ImageLoadError, load_image
+        from zutiscli.data.images import ImageLoadError, read_image
 
         path = self.paths[item]
         try:
-            stat = path.stat()
-            with open(path, "rb") as handle:
-                digest = hashlib.blake2b(handle.read(), digest_size=8).hexdigest()
-            image = load_image(path, max_pixels=self.max_pixels, draft_size=(self.draft, self.draft))
-            meta = {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns, "hash": digest}
-            meta["width"], meta["height"] = _original_size(path, image)
-            return item, self.transform(image), meta
+            loaded = read_image(path, max_pixels=self.max_pixels, draft_size=(self.draft, self.draft))
+            meta = {"bytes": loaded.stat.st_size, "mtime_ns": loaded.stat.st_mtime_ns,
+                    "hash": hashlib.blake2b(loaded.data, digest_size=8).hexdigest(),
+                    "width": loaded.size[0], "height": loaded.size[1]}
+            return item, self.transform(loaded.image), meta
         except ImageLoadError as exc:
             return item, None, exc.reason
         except OSError as exc:
             return item, None, f"cannot be read: {exc.strerror or exc}"
         except Exception as exc:  # noqa: BLE001 - a broken file must not stop a 2.6M-image job
             return item, None, f"cannot be decoded: {type(exc).__name__}: {exc}"
-
-
-def _original_size(path: Path, image: Any) -> tuple[int, int]:
-    """Displayed (EXIF-rotated) size at full resolution, even when the JPEG was decoded in draft mode."""
-    from PIL import Image
-
-    with Image.open(path) as header:
-        width, height = header.size
-        try:
-            orientation = header.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - unreadable EXIF: sizes as stored
-            orientation = 1
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def _collate(batch: list[tuple[int, torch.Tensor | None, Any]]):
@@ -119,17 +119,27 @@ def _collate(batch: list[tuple[int, torch.Tensor | None, Any]]):
     return [i for i, _, _ in good], tensor, [m for _, _, m in good], bad
 
 
-def _default_workers(device: torch.device) -> int:
-    cores = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, cores)
-    return max(1, min(8, cores - 1))
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process's threads and by its child processes
+    that have ended (DataLoader workers are, once their loader is exhausted)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows: this process only
+        return time.process_time()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 # ---- the stage ------------------------------------------------------------------------------
 @dataclass
 class IndexResult:
-    """What one run did: the directory, counts and timing (seconds, images per second)."""
+    """What one run did: the directory, counts and timing (seconds, images per second).
+
+    ``extra`` (also in the manifest's summary): ``seconds`` (the whole run), ``embed_seconds`` (the
+    embedding loop, wall), ``embed_cpu_seconds`` (CPU seconds of the loop: this process's threads
+    and the decoding workers), ``workers``, ``threads`` (model threads; 0: in the calling thread,
+    on CUDA), ``device``, ``shard``.
+    """
 
     path: Path
     embedded: int
@@ -347,7 +357,9 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
     work |= {"already_indexed": len(listing) - len(todo), "images_to_embed": len(todo),
              "chunks": -(-len(todo) // config.chunk_size)}
     params = {"batch_size": config.batch_size, "chunk_size": config.chunk_size, "faiss": config.faiss,
-              "workers": _default_workers(device) if config.workers is None else config.workers}
+              "workers": config.decode_workers()}
+    if device.type == "cpu":
+        params["threads"] = config.model_threads(device.type)
     if shard is not None:
         params["shard"] = f"{shard[0]}/{shard[1]}"
     problems = shard_entries(found.problems, shard)
@@ -402,7 +414,8 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
 
     inputs = _input_refs(out, config, listing)
     extra = {"shard": list(shard) if shard else None}
-    workers = _default_workers(device) if config.workers is None else config.workers
+    workers = config.decode_workers()
+    threads = config.model_threads(device.type)
     dataset = _ImageFiles(todo, backbone.transform(), backbone.image_size[0], config.max_pixels)
     loader = worker_loader(
         dataset,
@@ -436,15 +449,17 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
             _write_index_manifest(out, model_record, config, inputs, tally.summary(False, None, extra))
         pending_records, pending_embeddings, pending_failures = [], [], []
 
-    loop_start = time.perf_counter()
-    with torch.inference_mode():
-        for items, tensor, metas, bad in loader:
+    def embed(tensor: torch.Tensor) -> np.ndarray:  # (b, 3, S, S) -> (b, D) float16, in any thread
+        return backbone.encode_images(tensor.to(device, non_blocking=True)).cpu().numpy().astype(np.float16)
+
+    loop_start, loop_cpu = time.perf_counter(), _cpu_seconds()
+    batches = (((items, metas, bad), tensor) for items, tensor, metas, bad in loader)
+    with closing(forward_in_order(batches, embed, threads)) as embedded_batches:
+        for (items, metas, bad), embeddings in embedded_batches:
             for item, reason in bad:
                 pending_failures.append(FailedImage(relative_to(out, todo[item]), reason))
                 failed += 1
-            if tensor is not None:
-                tensor = tensor.to(device, non_blocking=True)
-                embeddings = backbone.encode_images(tensor).cpu().numpy().astype(np.float16)
+            if embeddings is not None:
                 for item, meta in zip(items, metas):
                     pending_records.append(ImageRecord(path=relative_to(out, todo[item]), **meta))
                 pending_embeddings.append(embeddings)
@@ -455,6 +470,7 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
                 commit()
         commit()
     embed_seconds = time.perf_counter() - loop_start
+    embed_cpu_seconds = _cpu_seconds() - loop_cpu
 
     failures = tally.failures()
     listed = write_failed_summary(out, failures)
@@ -466,7 +482,8 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
         write_image_table(IndexReader(out, manifest=_provisional_manifest(out)))
         build_faiss_index(out, config.faiss, config.faiss_train_size, config.seed)
     seconds = time.perf_counter() - start
-    extra |= {"seconds": round(seconds, 3), "embed_seconds": round(embed_seconds, 3), "workers": workers,
+    extra |= {"seconds": round(seconds, 3), "embed_seconds": round(embed_seconds, 3),
+              "embed_cpu_seconds": round(embed_cpu_seconds, 3), "workers": workers, "threads": threads,
               "device": str(device)}
     _write_index_manifest(out, model_record, config, inputs, tally.summary(True, faiss_factory, extra))
     return IndexResult(out, embedded, skipped, failed, len(listing), seconds, extra)

@@ -6,12 +6,14 @@ runs the stage.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
 from zutiscli.config_fields import device_option, not_an_option, option, precision_option
 from zutiscli.data.limits import DEFAULT_MAX_PIXELS
 from zutiscli.data.shards import check_shard, parse_shard
+from zutiscli.data.workers import available_cores
 from zutiscli.errors import UsageError
 
 DEFAULT_MODEL = "ViT-L-14-336"
@@ -27,9 +29,12 @@ class IndexConfig:
     model: str = option(DEFAULT_MODEL, "open_clip model name (the paper retrieves with ViT-L-14-336).", kind="model")
     pretrained: str | None = option(
         None, "Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)
-    batch_size: int = option(64, "Images per forward pass.")
+    batch_size: int = option(64, "Images per batch (on CPU, --threads threads share each batch's forward pass).")
     workers: int | None = option(
-        None, "Decoding processes (default: cores - 1 on CPU, up to 8).", show_default=False)
+        None, "Decoding processes (default: one per core, up to 8).", show_default=False)
+    threads: int | None = option(
+        None, "Threads running the model on CPU, each on one core and its slice of every batch (default: one "
+        "per core; unused on CUDA).", show_default=False)
     device: str = device_option()
     precision: str = precision_option()
     faiss: str = option("Flat", "faiss factory string; Flat = exact search (no index file), e.g. IVF4096,PQ64.")
@@ -50,5 +55,37 @@ class IndexConfig:
             raise UsageError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1 (got {self.threads})")
         if self.shard is not None:
             check_shard(self.shard)
+
+    def decode_workers(self, cores: int | None = None) -> int:
+        """Processes decoding images: ``workers``, else one per core of this process
+        (:func:`cores_per_process`, or ``cores``), at most 8. On CPU the decoders and the model
+        threads then share the cores as the work demands: a decoder with no free batch slot sleeps,
+        and so does a model thread with no decoded batch."""
+        if self.workers is not None:
+            return self.workers
+        return min(8, cores_per_process() if cores is None else cores)
+
+    def model_threads(self, device_type: str, cores: int | None = None) -> int:
+        """Threads running the model (:func:`zutiscli.engine.ordered_forward.forward_in_order`):
+        ``0`` on CUDA (the forward pass runs in the calling thread, as the GPU does the work);
+        on CPU ``threads``, else one per core of this process (:func:`cores_per_process`, or
+        ``cores``)."""
+        if device_type != "cpu":
+            return 0
+        if self.threads is not None:
+            return self.threads
+        return cores_per_process() if cores is None else cores
+
+
+def cores_per_process() -> int:
+    """The cores this process may use (:func:`~zutiscli.data.workers.available_cores`), shared out
+    among the processes that torchrun starts on this machine (``LOCAL_WORLD_SIZE``); at least 1."""
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(1, available_cores() // ranks)
