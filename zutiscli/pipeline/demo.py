@@ -46,7 +46,6 @@ Units: image sides in pixels, times in seconds, metrics as fractions.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ from typing import Any, Callable
 import numpy as np
 
 from zutiscli.artefacts.lock import holding_locks
+from zutiscli.data.workers import available_cores
 from zutiscli.pipeline.demo_config import FAST, DemoConfig, preset  # noqa: F401 - exported here too
 
 Log = Callable[[str], None]
@@ -149,7 +149,7 @@ PAPER_INFERENCE: dict[str, Any] = dict(inference="paper")
 def _generation_workers(config: DemoConfig) -> int:
     """Processes writing the synthetic images and the copy-paste scenes (nothing else runs meanwhile):
     the CPUs this process may use, up to 4; none with one CPU or ``--workers 0``."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = available_cores()
     return 0 if cpus < 2 or config.workers == 0 else min(cpus, 4)
 
 

@@ -6,7 +6,6 @@ runs the stage (and exports :class:`PredictConfig` too).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -16,6 +15,7 @@ from zutiscli.engine import inference
 from zutiscli.engine.inference import NMS_METHODS, REFINERS, SEMANTIC_SOURCES, SOURCES
 from zutiscli.errors import UsageError
 from zutiscli.data.shards import check_shard, parse_shard
+from zutiscli.data.workers import available_cores
 
 if TYPE_CHECKING:
     from zutiscli.data.classes import ClassQuery
@@ -192,5 +192,5 @@ class PredictConfig:
         images or more, none for fewer (starting a process costs more than it saves)."""
         if self.loader_workers is not None:
             return self.loader_workers
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = available_cores()
         return max(0, min(4, cpus - 1)) if images >= 16 else 0
