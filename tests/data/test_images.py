@@ -339,7 +339,8 @@ def noise(size: int = 64) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
 
 
-def test_error_reasons_are_distinct(tmp_path: Path) -> None:
+def unreadable_files(tmp_path: Path) -> dict[str, tuple[Path, dict]]:
+    """Files no image loader may accept, by kind: ``(path, the loader's keyword options)``."""
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     text = tmp_path / "notes.jpg"
@@ -348,21 +349,16 @@ def test_error_reasons_are_distinct(tmp_path: Path) -> None:
     write_cut(cut_jpeg, noise(), "JPEG")
     cut_png = tmp_path / "cut.png"
     write_cut(cut_png, noise(), "PNG")
-    missing = tmp_path / "missing.png"
     folder = tmp_path / "folder"
     folder.mkdir()
     big = tmp_path / "big.png"
     Image.new("RGB", (100, 100)).save(big)
+    return {"empty": (empty, {}), "text": (text, {}), "cut_jpeg": (cut_jpeg, {}), "cut_png": (cut_png, {}),
+            "missing": (tmp_path / "missing.png", {}), "folder": (folder, {}), "big": (big, {"max_pixels": 5000})}
 
-    reasons = {
-        "empty": load_error(empty).reason,
-        "text": load_error(text).reason,
-        "cut_jpeg": load_error(cut_jpeg).reason,
-        "cut_png": load_error(cut_png).reason,
-        "missing": load_error(missing).reason,
-        "folder": load_error(folder).reason,
-        "big": load_error(big, max_pixels=5000).reason,
-    }
+
+def test_error_reasons_are_distinct(tmp_path: Path) -> None:
+    reasons = {kind: load_error(path, **options).reason for kind, (path, options) in unreadable_files(tmp_path).items()}
     assert reasons["empty"] == "is empty (0 bytes)"
     assert reasons["text"] == "is not an image PIL can read"
     assert reasons["cut_jpeg"].startswith("is truncated or corrupt")
@@ -464,18 +460,9 @@ def test_read_image_gives_load_images_pixels_bytes_stat_and_full_size(tmp_path: 
 
 
 def test_read_image_fails_with_load_images_reasons(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.jpg"
-    empty.write_bytes(b"")
-    text = tmp_path / "notes.jpg"
-    text.write_text("this is not a picture\n")
-    cut = tmp_path / "cut.jpg"
-    write_cut(cut, noise(), "JPEG")
-    big = tmp_path / "big.png"
-    Image.new("RGB", (100, 100)).save(big)
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    for path, options in ((empty, {}), (text, {}), (cut, {}), (big, {"max_pixels": 5000}), (folder, {}),
-                          (tmp_path / "missing.png", {}), (cut, {"draft_size": (8, 8)})):
+    files = unreadable_files(tmp_path)
+    big = files["big"][0]
+    for path, options in [*files.values(), (files["cut_jpeg"][0], {"draft_size": (8, 8)})]:
         with pytest.raises(ImageLoadError) as info:
             read_image(path, **options)
         assert info.value.path == path and info.value.reason == load_error(path, **options).reason
