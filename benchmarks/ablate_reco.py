@@ -54,13 +54,21 @@ def _evaluate(zs, pred: Path, scenes: Path, out: Path) -> dict:
     return zs.evaluate(pred, scenes / "instances.json", out, gt_semantic=str(scenes / "semantic")).metrics
 
 
-def _reco(zs, references: Path, scenes: Path, out: Path, classes: str = SHAPES, **options) -> dict:
+def _scored(zs, scenes: Path, out: Path, **predict_options) -> dict:
+    """``zutis predict`` of the scenes' shapes into ``out/predict`` (made again if a run was
+    interrupted), scored into ``out/evaluate``; both reused when the metrics are there."""
     if not (out / "evaluate" / "metrics.json").is_file():
-        if (out / "predict").exists():  # an interrupted prediction is made again
+        if (out / "predict").exists():
             shutil.rmtree(out / "predict")
-        zs.predict(scenes / "images", classes, out / "predict", method="reco", references=str(references),
-                   vis=False, **options)
+        zs.predict(scenes / "images", SHAPES, out / "predict", vis=False, **predict_options)
     return _evaluate(zs, out / "predict", scenes, out / "evaluate")
+
+
+def _cosegmented(zs, archives: Path, out: Path, **options) -> Path:
+    """``zutis cosegment`` of ``archives`` into ``out``, unless ``out`` holds finished references."""
+    if not (out / "references.json").is_file():
+        zs.cosegment(archives, out, **options)
+    return out
 
 
 def _shape_iou(metrics: dict) -> float:
@@ -104,9 +112,7 @@ def main() -> int:
 
     def refs(name: str, **options) -> Path:
         if name not in references:
-            where = out / "references" / name
-            finished = (where / "references.json").is_file()
-            references[name] = where if finished else zs.cosegment(demo / "archives", where, **options).path
+            references[name] = _cosegmented(zs, demo / "archives", out / "references" / name, **options)
         return references[name]
 
     variants = [
@@ -126,7 +132,8 @@ def main() -> int:
         cells = []
         for split, scenes in splits.items():
             slug = label.split(" (")[0].replace(" ", "-").replace("'", "")
-            cells += _cells(_reco(zs, reference, scenes, out / "predict" / slug / split, **options))
+            cells += _cells(_scored(zs, scenes, out / "predict" / slug / split, method="reco",
+                                    references=str(reference), **options))
         rows.append((label, *cells))
         print(f"{label}: {cells}", flush=True)
 
@@ -157,12 +164,7 @@ def main() -> int:
             zs.train(labels, run, config_file="demo", model="shapes-clip", pretrained=_pretrained(demo), seed=0)
         cells = []
         for split, scenes in splits.items():
-            where = root / "predict" / split
-            if not (where / "evaluate" / "metrics.json").is_file():
-                if (where / "predict").exists():
-                    shutil.rmtree(where / "predict")
-                zs.predict(scenes / "images", SHAPES, where / "predict", checkpoint=str(run), vis=False)
-            cells += _cells(_evaluate(zs, where / "predict", scenes, where / "evaluate"))
+            cells += _cells(_scored(zs, scenes, root / "predict" / split, checkpoint=str(run)))
         print(f"\n| ReCo+ ({args.recoplus:,} scenes, the demo's model and recipe) | " +
               " | ".join(f"{v:.1f}" for v in cells) + " |")
 
@@ -171,24 +173,21 @@ def main() -> int:
         if not (pile / "instances.json").is_file():
             zs.synth("scenes", args.context_scenes, pile, stuff=True, seed=11)
         index = out / "context" / "index"
-        if not (index / "index.done").is_file():
+        manifest = index / "manifest.json"
+        if not manifest.is_file() or not json.loads(manifest.read_text())["summary"].get("complete"):
             zs.index(pile / "images", index, model="shapes-clip", pretrained=_pretrained(demo))
-            (index / "index.done").write_text("")
         archives = out / "context" / "archives"
         if not (archives / "archives.json").is_file():
             zs.retrieve([demo / "index", index], f"{SHAPES},{STUFF}", archives, k=50)
-        plain, suppressed = out / "references" / "context-none", out / "references" / "context-stuff"
-        if not (plain / "references.json").is_file():
-            zs.cosegment(archives, plain)
-        if not (suppressed / "references.json").is_file():
-            zs.cosegment(archives, suppressed, context=STUFF)
+        plain = _cosegmented(zs, archives, out / "references" / "context-none")
+        suppressed = _cosegmented(zs, archives, out / "references" / "context-stuff", context=STUFF)
         print("\n| over named stuff: shapes' mean IoU | test | shift |\n|---|---|---|")
         for label, reference, options in (("without context", plain, {}),
                                           ("the six materials as context", suppressed, {"context": STUFF})):
             cells = []
             for split, scenes in (("test", demo / "stuff" / "scenes"), ("shift", demo / "stuff" / "shift" / "scenes")):
-                metrics = _reco(zs, reference, scenes, out / "stuff" / label.split()[0] / split,
-                                background_threshold=threshold, **options)
+                metrics = _scored(zs, scenes, out / "stuff" / label.split()[0] / split, method="reco",
+                                  references=str(reference), background_threshold=threshold, **options)
                 cells.append(100 * _shape_iou(metrics))
             print(f"| {label} | {cells[0]:.1f} | {cells[1]:.1f} |")
     print(f"\n({time.perf_counter() - started:.0f} s; outputs under {out})")
