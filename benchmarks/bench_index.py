@@ -114,19 +114,25 @@ def cpu_per_item(functions: dict[str, Callable[[Path], object]], items: list[Pat
     return best
 
 
-def model_cpu(backbone, tensors: torch.Tensor, slice_size: int) -> float:
-    """CPU seconds per image of the model with one torch thread, on slices of ``slice_size``."""
+@contextmanager
+def torch_threads(count: int):
+    """torch's intra-op threads set to ``count`` inside the block, restored after it."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
-        with torch.inference_mode():
-            backbone.encode_images(tensors[:slice_size])  # warm-up
-            start = time.process_time()
-            for first in range(0, len(tensors), slice_size):
-                backbone.encode_images(tensors[first:first + slice_size])
-            return (time.process_time() - start) / len(tensors)
+        yield
     finally:
         torch.set_num_threads(previous)
+
+
+def model_cpu(backbone, tensors: torch.Tensor, slice_size: int) -> float:
+    """CPU seconds per image of the model with one torch thread, on slices of ``slice_size``."""
+    with torch_threads(1), torch.inference_mode():
+        backbone.encode_images(tensors[:slice_size])  # warm-up
+        start = time.process_time()
+        for first in range(0, len(tensors), slice_size):
+            backbone.encode_images(tensors[first:first + slice_size])
+        return (time.process_time() - start) / len(tensors)
 
 
 _SHARED: dict = {}  # what forked decoding processes read (set before they start)
@@ -161,13 +167,8 @@ def model_cpu_all_cores(backbone, tensors: torch.Tensor, slice_size: int, cores:
                 backbone.encode_images(part)
             return time.thread_time() - start
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with ThreadPoolExecutor(cores) as pool:
-            seconds = list(pool.map(share, range(cores)))
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(1), ThreadPoolExecutor(cores) as pool:
+        seconds = list(pool.map(share, range(cores)))
     return sum(seconds) / len(tensors)
 
 
@@ -179,11 +180,9 @@ def ceiling(backbone, tensors: torch.Tensor, batch_size: int, threads: int, intr
     def embed(tensor: torch.Tensor) -> np.ndarray:
         return backbone.encode_images(tensor.to(device)).cpu().numpy()
 
-    previous = torch.get_num_threads()
     if intra_op is not None:
-        torch.set_num_threads(intra_op)
         threads = 0
-    try:
+    with torch_threads(torch.get_num_threads() if intra_op is None else intra_op):
         batches = [(first, tensors[first:first + batch_size]) for first in range(0, len(tensors), batch_size)]
         for _ in forward_in_order(batches[:1], embed, threads):  # warm-up
             pass
@@ -196,8 +195,6 @@ def ceiling(backbone, tensors: torch.Tensor, batch_size: int, threads: int, intr
                 torch.cuda.synchronize()
             rates.append(len(tensors) / (time.perf_counter() - start))
         return max(rates)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def end_to_end(config: IndexConfig, repeats: int, label: str) -> tuple[float, float]:
