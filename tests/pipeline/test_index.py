@@ -288,11 +288,14 @@ def test_decoding_workers_give_the_tensors_and_records_of_load_image(photos, tin
     assert tuple(tensors[0].shape) == (3, 32, 32)
 
 
+@pytest.mark.parametrize("decode_in", ["threads", "processes"])
 def test_index_on_several_cores_retrieves_what_one_image_at_a_time_does(tmp_path, photos, tiny_backbone,
-                                                                         tiny_checkpoint):
+                                                                         tiny_checkpoint, decode_in):
     paths = sorted(photos.iterdir())
-    built = build_index(_config([photos], tiny_checkpoint, workers=2, threads=2, batch_size=4), tmp_path / "index")
-    assert (built.extra["workers"], built.extra["threads"]) == (2, 2) and built.embedded == len(paths)
+    built = build_index(_config([photos], tiny_checkpoint, workers=2, threads=2, batch_size=4, decode_in=decode_in),
+                        tmp_path / "index")
+    assert (built.extra["workers"], built.extra["threads"], built.extra["decode_in"]) == (2, 2, decode_in)
+    assert built.embedded == len(paths)
     # the reference index: each file through load_image, all embedded in one forward pass, one thread
     tensors, fields = _decoded_one_at_a_time(tiny_backbone, paths)
     with torch.inference_mode():
@@ -321,13 +324,18 @@ def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkey
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     config = IndexConfig(sources=["pile"])
-    assert (config.decode_workers(), config.model_threads("cpu"), config.model_threads("cuda")) == (3, 3, 0)
-    assert (config.decode_workers(cores=16), config.model_threads("cpu", cores=16)) == (8, 16)  # decoders: at most 8
+    assert (config.decode_workers("cpu"), config.model_threads("cpu"), config.model_threads("cuda")) == (3, 3, 0)
+    assert (config.decode_threads("cpu"), config.decode_threads("cuda")) == (True, False)
+    # decoding threads follow the cores; processes (the CUDA default) stop at 8
+    assert (config.decode_workers("cpu", cores=16), config.model_threads("cpu", cores=16)) == (16, 16)
+    assert config.decode_workers("cuda", cores=16) == 8
+    assert IndexConfig(sources=["pile"], decode_in="processes").decode_workers("cpu", cores=16) == 8
+    assert IndexConfig(sources=["pile"], decode_in="threads").decode_threads("cuda")
     given = IndexConfig(sources=["pile"], workers=0, threads=5)
-    assert (given.decode_workers(), given.model_threads("cpu"), given.model_threads("cuda")) == (0, 5, 0)
+    assert (given.decode_workers("cpu"), given.model_threads("cpu"), given.model_threads("cuda")) == (0, 5, 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks of this machine share its cores
-    assert (config.decode_workers(), config.model_threads("cpu")) == (1, 1)
-    assert (given.decode_workers(), given.model_threads("cpu")) == (0, 5)
+    assert (config.decode_workers("cpu"), config.model_threads("cpu")) == (1, 1)
+    assert (given.decode_workers("cpu"), given.model_threads("cpu")) == (0, 5)
     with pytest.raises(UsageError, match="--threads must be >= 1"):
         IndexConfig(sources=["pile"], threads=0).validate()
 

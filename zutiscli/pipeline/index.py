@@ -1,8 +1,9 @@
 """`zutis index`: embed an image collection once with CLIP, resumably, at any scale.
 
 The stage discovers images, keeps those of its shard, skips those already embedded (same path,
-size and modification time), decodes and preprocesses the rest in DataLoader workers while the
-model runs, and commits embeddings chunk by chunk (see :mod:`zutiscli.artefacts.index_store`).
+size and modification time), decodes and preprocesses the rest while the model runs (in threads of
+this process on CPU, :mod:`zutiscli.data.thread_batches`; in DataLoader worker processes on CUDA),
+and commits embeddings chunk by chunk (see :mod:`zutiscli.artefacts.index_store`).
 Each file is read once (:func:`zutiscli.data.images.read_image`); a JPEG is decoded at the smallest
 DCT scale that keeps both sides at least the model's input size. On CPU the model runs on
 ``threads`` threads, each embedding a slice of every batch on one core
@@ -25,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -61,6 +62,7 @@ from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.images import discover_images
 from zutiscli.data.shards import (check_shard, distinct_directories, shard_dir_name, shard_entries,  # noqa: F401
                                   shard_from_environment, shard_of)
+from zutiscli.data.thread_batches import thread_batches
 from zutiscli.data.workers import worker_loader
 from zutiscli.engine.ordered_forward import forward_in_order
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
@@ -74,7 +76,7 @@ from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
 
 
-# ---- decoding in DataLoader workers ---------------------------------------------------------
+# ---- decoding, in threads or DataLoader workers -----------------------------------------------
 class _ImageFiles(torch.utils.data.Dataset):
     """Reads, fingerprints, decodes and preprocesses one image; failures are returned, not raised.
 
@@ -137,8 +139,9 @@ class IndexResult:
 
     ``extra`` (also in the manifest's summary): ``seconds`` (the whole run), ``embed_seconds`` (the
     embedding loop, wall), ``embed_cpu_seconds`` (CPU seconds of the loop: this process's threads
-    and the decoding workers), ``workers``, ``threads`` (model threads; 0: in the calling thread,
-    on CUDA), ``device``, ``shard``.
+    and the decoding workers), ``workers`` (decoding threads or processes), ``decode_in``
+    (``threads`` or ``processes``), ``threads`` (model threads; 0: in the calling thread, on CUDA),
+    ``device``, ``shard``.
     """
 
     path: Path
@@ -357,7 +360,8 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
     work |= {"already_indexed": len(listing) - len(todo), "images_to_embed": len(todo),
              "chunks": -(-len(todo) // config.chunk_size)}
     params = {"batch_size": config.batch_size, "chunk_size": config.chunk_size, "faiss": config.faiss,
-              "workers": config.decode_workers()}
+              "workers": config.decode_workers(device.type),
+              "decode_in": "threads" if config.decode_threads(device.type) else "processes"}
     if device.type == "cpu":
         params["threads"] = config.model_threads(device.type)
     if shard is not None:
@@ -414,19 +418,17 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
 
     inputs = _input_refs(out, config, listing)
     extra = {"shard": list(shard) if shard else None}
-    workers = config.decode_workers()
+    workers = config.decode_workers(device.type)
     threads = config.model_threads(device.type)
+    in_threads = config.decode_threads(device.type)
     dataset = _ImageFiles(todo, backbone.transform(), backbone.image_size[0], config.max_pixels)
-    loader = worker_loader(
-        dataset,
-        workers if len(todo) > config.batch_size else 0,
-        batch_size=config.batch_size,
-        shuffle=False,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if workers and len(todo) > config.batch_size else None,
-    )
+    decoders = workers if len(todo) > config.batch_size else 0
+    if in_threads:
+        loader = thread_batches(dataset, decoders, config.batch_size, _collate, ahead=4 * decoders or None)
+    else:
+        loader = worker_loader(dataset, decoders, batch_size=config.batch_size, shuffle=False, collate_fn=_collate,
+                               pin_memory=device.type == "cuda", persistent_workers=False,
+                               prefetch_factor=4 if decoders else None)
     writer = IndexWriter(out)
     pending_records: list[ImageRecord] = []
     pending_embeddings: list[np.ndarray] = []
@@ -454,7 +456,8 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
 
     loop_start, loop_cpu = time.perf_counter(), _cpu_seconds()
     batches = (((items, metas, bad), tensor) for items, tensor, metas, bad in loader)
-    with closing(forward_in_order(batches, embed, threads)) as embedded_batches:
+    with closing(forward_in_order(batches, embed, threads)) as embedded_batches, \
+            closing(loader) if in_threads else nullcontext():  # decoding threads stop with the loop
         for (items, metas, bad), embeddings in embedded_batches:
             for item, reason in bad:
                 pending_failures.append(FailedImage(relative_to(out, todo[item]), reason))
@@ -484,7 +487,7 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     seconds = time.perf_counter() - start
     extra |= {"seconds": round(seconds, 3), "embed_seconds": round(embed_seconds, 3),
               "embed_cpu_seconds": round(embed_cpu_seconds, 3), "workers": workers, "threads": threads,
-              "device": str(device)}
+              "decode_in": "threads" if in_threads else "processes", "device": str(device)}
     _write_index_manifest(out, model_record, config, inputs, tally.summary(True, faiss_factory, extra))
     return IndexResult(out, embedded, skipped, failed, len(listing), seconds, extra)
 

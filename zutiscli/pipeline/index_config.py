@@ -17,6 +17,11 @@ from zutiscli.data.workers import available_cores
 from zutiscli.errors import UsageError
 
 DEFAULT_MODEL = "ViT-L-14-336"
+#: Where ``zutis index`` decodes images: ``auto`` is threads on CPU, processes on CUDA.
+DECODE_IN = ("auto", "threads", "processes")
+#: Decoding processes at most, unless ``--workers`` says otherwise (each holds a copy of the
+#: loader's state); threads share the process and follow the cores.
+MAX_DECODE_PROCESSES = 8
 
 
 @dataclass
@@ -31,7 +36,11 @@ class IndexConfig:
         None, "Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)
     batch_size: int = option(64, "Images per batch (on CPU, --threads threads share each batch's forward pass).")
     workers: int | None = option(
-        None, "Decoding processes (default: one per core, up to 8).", show_default=False)
+        None, "Decoding threads or processes, see --decode-in (default: one per core; processes at most 8).",
+        show_default=False)
+    decode_in: str = option(
+        "auto", "Decode in threads of this process (auto on CPU: no worker processes, nothing passed through "
+        "shared memory) or in worker processes (auto on CUDA, where many cores feed one GPU).", choices=DECODE_IN)
     threads: int | None = option(
         None, "Threads running the model on CPU, each on one core and its slice of every batch (default: one "
         "per core; unused on CUDA).", show_default=False)
@@ -60,14 +69,22 @@ class IndexConfig:
         if self.shard is not None:
             check_shard(self.shard)
 
-    def decode_workers(self, cores: int | None = None) -> int:
-        """Processes decoding images: ``workers``, else one per core of this process
-        (:func:`cores_per_process`, or ``cores``), at most 8. On CPU the decoders and the model
-        threads then share the cores as the work demands: a decoder with no free batch slot sleeps,
-        and so does a model thread with no decoded batch."""
+    def decode_threads(self, device_type: str) -> bool:
+        """Whether images are decoded in threads of this process (else in worker processes):
+        ``decode_in``, where ``auto`` means threads on CPU and processes on CUDA."""
+        if self.decode_in == "auto":
+            return device_type == "cpu"
+        return self.decode_in == "threads"
+
+    def decode_workers(self, device_type: str = "cpu", cores: int | None = None) -> int:
+        """Threads or processes decoding images: ``workers``, else one per core of this process
+        (:func:`cores_per_process`, or ``cores``), processes at most :data:`MAX_DECODE_PROCESSES`.
+        On CPU the decoders and the model threads then share the cores as the work demands: a
+        decoder with no free batch slot sleeps, and so does a model thread with no decoded batch."""
         if self.workers is not None:
             return self.workers
-        return min(8, cores_per_process() if cores is None else cores)
+        count = cores_per_process() if cores is None else cores
+        return count if self.decode_threads(device_type) else min(MAX_DECODE_PROCESSES, count)
 
     def model_threads(self, device_type: str, cores: int | None = None) -> int:
         """Threads running the model (:func:`zutiscli.engine.ordered_forward.forward_in_order`):
