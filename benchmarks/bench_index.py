@@ -46,6 +46,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -197,22 +198,64 @@ def ceiling(backbone, tensors: torch.Tensor, batch_size: int, threads: int, intr
         return max(rates)
 
 
-def end_to_end(config: IndexConfig, repeats: int, label: str) -> tuple[float, float]:
-    """Run ``build_index`` ``repeats`` times; print and return the median of its loop's wall
-    images/s and of its CPU seconds per image (main process and decoding workers)."""
-    rates, cpu = [], []
-    for _ in range(repeats):
-        out = Path(tempfile.mkdtemp()) / "index"
+def stage_run(config: IndexConfig) -> dict:
+    """One ``build_index`` run: its loop's wall images/s (``rate``), CPU seconds per image (``cpu``:
+    main process and decoding workers), the cores it kept busy, and what it chose."""
+    out = Path(tempfile.mkdtemp()) / "index"
+    try:
         result = build_index(config, out)
-        rates.append(result.images_per_second)
-        cpu.append(result.extra["embed_cpu_seconds"] / max(1, result.embedded))
-        busy = result.extra["embed_cpu_seconds"] / max(1e-9, result.extra["embed_seconds"])
+    finally:
         shutil.rmtree(out.parent, ignore_errors=True)
-    rate, seconds = statistics.median(rates), statistics.median(cpu)
-    print(f"{label:24s} {rate:8.1f} images/s   (workers {result.extra['workers']}, threads "
-          f"{result.extra['threads'] or 'inline'}; runs {', '.join(f'{r:.1f}' for r in rates)}; "
-          f"CPU {seconds * 1000:.3f} ms/image, {busy:.2f} cores busy in the last run)")
-    return rate, seconds
+    extra = result.extra
+    return {"rate": result.images_per_second, "cpu": extra["embed_cpu_seconds"] / max(1, result.embedded),
+            "busy": extra["embed_cpu_seconds"] / max(1e-9, extra["embed_seconds"]), "workers": extra["workers"],
+            "threads": extra["threads"], "decode_in": extra["decode_in"]}
+
+
+def describe_runs(label: str, runs: list[dict]) -> str:
+    """One line: the median rate and CPU per image of ``runs``, every rate, and what the stage chose."""
+    last = runs[-1]
+    rates = ", ".join(f"{run['rate']:.1f}" for run in runs)
+    return (f"{label:26s} {statistics.median(r['rate'] for r in runs):8.1f} images/s   ({last['workers']} decoding "
+            f"{last['decode_in']}, model threads {last['threads'] or 'inline'}; runs "
+            f"{rates}; CPU "
+            f"{statistics.median(r['cpu'] for r in runs) * 1000:.3f} ms/image, "
+            f"{statistics.median(r['busy'] for r in runs):.2f} cores busy)")
+
+
+def stage_split(config: IndexConfig) -> dict[str, float]:
+    """One ``build_index`` run decoding in threads, with the CPU time of each kind of work inside it
+    measured per thread (``time.thread_time``): decoding (an image read, hashed, decoded and
+    preprocessed), the model (a slice's forward pass), and the main thread (records, chunk commits,
+    hand-offs). Seconds per image."""
+    import zutiscli.engine.ordered_forward as ordered_forward
+    import zutiscli.pipeline.index as index_module
+
+    spent = {"decode": 0.0, "model": 0.0}
+    lock = threading.Lock()
+
+    def timed(kind: str, function: Callable) -> Callable:
+        def run(*args):
+            start = time.thread_time()
+            try:
+                return function(*args)
+            finally:
+                with lock:
+                    spent[kind] += time.thread_time() - start
+        return run
+
+    read, forward = index_module._ImageFiles.__getitem__, ordered_forward._run
+    index_module._ImageFiles.__getitem__ = timed("decode", read)
+    ordered_forward._run = timed("model", forward)
+    out = Path(tempfile.mkdtemp()) / "index"
+    try:
+        main_start = time.thread_time()
+        result = build_index(replace(config, decode_in="threads"), out)
+        spent["main thread"] = time.thread_time() - main_start
+    finally:
+        index_module._ImageFiles.__getitem__, ordered_forward._run = read, forward
+        shutil.rmtree(out.parent, ignore_errors=True)
+    return {kind: seconds / max(1, result.embedded) for kind, seconds in spent.items()}
 
 
 @contextmanager
@@ -233,13 +276,18 @@ def main() -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch (zutis index: --batch-size)")
-    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: as zutis index)")
+    parser.add_argument("--workers", type=int, default=None, help="decoding threads or processes (default: as zutis index)")
     parser.add_argument("--threads", type=int, default=None, help="model threads on CPU (default: as zutis index)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "zutis-bench-index-jpegs")
-    parser.add_argument("--repeats", type=int, default=1, help="end-to-end runs; the median is reported")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds of (t_decode, t_model, each variant of the stage); medians are reported")
     parser.add_argument("--decode-rounds", type=int, default=3, help="passes of each decoding path; the best is kept")
     parser.add_argument("--compare-previous", action="store_true",
                         help="also run the stage with the previous choice of workers and threads")
+    parser.add_argument("--split", action="store_true",
+                        help="also run the stage once more with each kind of work's CPU time measured inside it")
+    parser.add_argument("--compare-processes", action="store_true",
+                        help="also run the stage decoding in worker processes (the CUDA default) instead of threads")
     args = parser.parse_args()
 
     paths = make_images(args.dir, args.images)
@@ -253,10 +301,11 @@ def main() -> int:
                          batch_size=args.batch_size, workers=args.workers, threads=args.threads,
                          device=args.device, precision=args.precision, chunk_size=1024)
     cores = available_cores()
-    workers, threads = config.decode_workers(), config.model_threads(device.type)
+    workers, threads = config.decode_workers(device.type), config.model_threads(device.type)
+    decode_in = "threads" if config.decode_threads(device.type) else "processes"
     size = backbone.image_size[0]
     print(f"{len(paths)} JPEGs 640x480 | {args.model} {precision_name(dtype)} on {device} ({size} px) | "
-          f"batch {args.batch_size} | {cores} cores | {workers} decoding workers, "
+          f"batch {args.batch_size} | {cores} cores | {workers} decoding {decode_in}, "
           f"{threads or 'inline'} model threads")
 
     # decoding: CPU per image, one thread, the chosen path and the previous one
@@ -264,13 +313,13 @@ def main() -> int:
     chosen = _ImageFiles(paths, transform, size, None)
     previous = PreviousDecoding(transform, size)
     number = {path: item for item, path in enumerate(paths)}
-    torch_threads = torch.get_num_threads()
+    intra_op_before = torch.get_num_threads()
     torch.set_num_threads(1)
     times = cpu_per_item({"previous": previous, "chosen": lambda path: chosen[number[path]]}, paths,
                          args.decode_rounds)
     tensors = torch.stack([chosen[item][1] for item in range(len(paths))])
     difference = max(float((previous(path) - tensors[item]).abs().max()) for item, path in enumerate(paths[:50]))
-    torch.set_num_threads(torch_threads)
+    torch.set_num_threads(intra_op_before)
     t_decode = times["chosen"]
     print("decode, CPU per image (one thread):")
     print(f"  before: stat, read + hash, reopen to decode, reopen for size  {times['previous'] * 1000:7.3f} ms")
@@ -279,38 +328,75 @@ def main() -> int:
 
     # the model: CPU per image on one thread, then the ceiling
     slice_size = -(-args.batch_size // max(1, threads))
-    t_model = model_cpu(backbone, tensors.to(device), slice_size) if device.type == "cpu" else float("nan")
-    if device.type == "cpu":
-        print(f"model, CPU per image (one thread, slices of {slice_size})      {t_model * 1000:7.3f} ms")
-        stage_way = ceiling(backbone, tensors, args.batch_size, threads, None)
-        torch_way = ceiling(backbone, tensors, args.batch_size, threads, intra_op=cores)
-        model_ceiling = max(stage_way, torch_way)
-        bound = cores / (t_decode + t_model)
-        busy_decode = decode_cpu_all_cores(chosen, cores)
-        busy_model = model_cpu_all_cores(backbone, tensors, slice_size, cores)
-        busy_bound = cores / (busy_decode + busy_model)
-        print(f"(a) model ceiling        {model_ceiling:8.1f} images/s   (slices on {threads} threads {stage_way:.1f}, "
-              f"whole batches on {cores} torch threads {torch_way:.1f})")
-        print(f"(b) bound N / (t_decode + t_model), N = {cores}   {bound:8.1f} images/s   (t measured one at a time)")
-        print(f"(b') the same, t measured on {cores} cores at once: t_decode {busy_decode * 1000:.3f} ms, t_model "
-              f"{busy_model * 1000:.3f} ms -> {busy_bound:.1f} images/s")
-    else:
+    if device.type != "cpu":
         model_ceiling = ceiling(backbone, tensors, args.batch_size, 0, None)
-        bound = float("nan")
         print(f"(a) model ceiling        {model_ceiling:8.1f} images/s")
+        runs = [stage_run(config) for _ in range(args.repeats)]
+        print(describe_runs("zutis index (e2e)", runs))
+        e2e = statistics.median(r["rate"] for r in runs)
+        print(f"ratio e2e / (a)          {e2e / model_ceiling:8.2f}   target >= 0.95 where the model dominates")
+        shutil.rmtree(weights.parent, ignore_errors=True)
+        return 0
 
-    e2e, e2e_cpu = end_to_end(config, args.repeats, "zutis index (e2e)")
+    stage_way = ceiling(backbone, tensors, args.batch_size, threads, None)
+    torch_way = ceiling(backbone, tensors, args.batch_size, threads, intra_op=cores)
+    model_ceiling = max(stage_way, torch_way)
+    busy_decode = decode_cpu_all_cores(chosen, cores)
+    busy_model = model_cpu_all_cores(backbone, tensors, slice_size, cores)
+    busy_bound = cores / (busy_decode + busy_model)
+    print(f"(a) model ceiling        {model_ceiling:8.1f} images/s   (slices on {threads} threads {stage_way:.1f}, "
+          f"whole batches on {cores} torch threads {torch_way:.1f})")
+    print(f"(b') bound with t measured on {cores} cores at once: t_decode {busy_decode * 1000:.3f} ms, t_model "
+          f"{busy_model * 1000:.3f} ms -> {busy_bound:.1f} images/s")
+
+    # rounds: the bound's t_decode and t_model and each variant of the stage, one after the other, so
+    # that a change of load touches them alike; each round's ratio uses that round's bound
+    variants = {"zutis index (e2e)": config}
+    if args.compare_processes:
+        variants["decoding in processes"] = replace(config, decode_in="processes")
+    if args.compare_previous:
+        variants["previous choice"] = replace(
+            config, decode_in="processes", workers=max(1, min(8, cores - 1)) if args.workers is None else args.workers)
+    runs: dict[str, list[dict]] = {label: [] for label in variants}
+    bounds, decodes, models = [], [], []
+    for _ in range(args.repeats):
+        with torch_threads(1):
+            decodes.append(cpu_per_item({"chosen": lambda path: chosen[number[path]]}, paths, 1)["chosen"])
+        models.append(model_cpu(backbone, tensors, slice_size))
+        bounds.append(cores / (decodes[-1] + models[-1]))
+        for label, variant in variants.items():
+            if label == "previous choice":
+                with inline_model():
+                    runs[label].append(stage_run(variant))
+            else:
+                runs[label].append(stage_run(variant))
+    t_model, t_decode = statistics.median(models), statistics.median(decodes)
+    print(f"model, CPU per image (one thread, slices of {slice_size})      {t_model * 1000:7.3f} ms   (median of "
+          f"{args.repeats} rounds; decoding {t_decode * 1000:.3f} ms)")
+    print(f"(b) bound N / (t_decode + t_model), N = {cores}   {statistics.median(bounds):8.1f} images/s   (median; rounds "
+          f"{', '.join(f'{b:.1f}' for b in bounds)})")
+    for label in variants:
+        print(describe_runs(label, runs[label]))
+    ours = runs["zutis index (e2e)"]
+    ratios = [run["rate"] / bound for run, bound in zip(ours, bounds)]
+    e2e = statistics.median(run["rate"] for run in ours)
+    e2e_cpu = statistics.median(run["cpu"] for run in ours)
     print(f"ratio e2e / (a)          {e2e / model_ceiling:8.2f}   target >= 0.95 where the model dominates")
-    if device.type == "cpu":
-        print(f"ratio e2e / (b)          {e2e / bound:8.2f}   target >= 0.95   (e2e / (b') {e2e / busy_bound:.2f})")
-        print(f"work share               {(t_decode + t_model) / e2e_cpu:8.2f}   (t_decode + t_model) / e2e CPU per image "
-              f"(with (b')'s t: {(busy_decode + busy_model) / e2e_cpu:.2f})")
-        if args.compare_previous:
-            previous_config = replace(config, workers=max(1, min(8, cores - 1)) if args.workers is None else args.workers)
-            with inline_model():
-                old, old_cpu = end_to_end(previous_config, args.repeats, "previous choice (e2e)")
-            print(f"ratio e2e / previous     {e2e / old:8.2f}   (previous: {old / bound:.2f} x (b), work share "
-                  f"{(t_decode + t_model) / old_cpu:.2f})")
+    print(f"ratio e2e / (b)          {statistics.median(ratios):8.2f}   target >= 0.95   (median of the rounds' ratios "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}; e2e / (b') {e2e / busy_bound:.2f})")
+    print(f"work share               {(t_decode + t_model) / e2e_cpu:8.2f}   (t_decode + t_model) / e2e CPU per image "
+          f"(with (b')'s t: {(busy_decode + busy_model) / e2e_cpu:.2f})")
+    if args.split:
+        split = stage_split(config)
+        print(f"inside the stage, CPU per image: decoding {split['decode'] * 1000:.3f} ms ({split['decode'] / t_decode:.2f} "
+              f"x alone), model {split['model'] * 1000:.3f} ms ({split['model'] / t_model:.2f} x alone), main thread "
+              f"{split['main thread'] * 1000:.3f} ms (records, commits, hand-offs; it also waits)")
+    for label in list(variants)[1:]:
+        theirs = [run["rate"] for run in runs[label]]
+        per_round = [run["rate"] / other for run, other in zip(ours, theirs)]
+        print(f"ratio e2e / {label:22s} {statistics.median(per_round):5.2f}   (median of the rounds; theirs "
+              f"{statistics.median(r / b for r, b in zip(theirs, bounds)):.2f} x (b), work share "
+              f"{(t_decode + t_model) / statistics.median(run['cpu'] for run in runs[label]):.2f})")
     shutil.rmtree(weights.parent, ignore_errors=True)
     return 0
 
