@@ -27,6 +27,30 @@ def make_pseudolabels(root, count=30, seed=4, size=64):
     return out
 
 
+#: The manifest ``model`` record of the builtin shapes-world CLIP.
+SHAPES_CLIP = {"name": "shapes-clip", "pretrained": "builtin"}
+
+
+def unnamed_pseudolabels(out, pile, model=SHAPES_CLIP):
+    """The pile's true masks as an unnamed pseudo-label directory (one category, "object"), as `zutis
+    pseudolabel` writes over a plain image folder; its manifest records ``model``."""
+    truth = load_coco(pile / "hidden" / "instances.json")
+    out.mkdir(parents=True)
+    builder = CocoBuilder(["object"])
+    images = {image["id"]: image for image in truth["images"]}
+    ids: dict[int, int] = {}
+    for ann in truth["annotations"]:
+        image = images[ann["image_id"]]
+        if image["id"] not in ids:
+            ids[image["id"]] = builder.add_image(relative_to(out, pile / image["file_name"]), image["width"],
+                                                 image["height"])
+        builder.add_mask(ids[image["id"]], "object", ann["segmentation"], score=0.9)
+    builder.write(out / PSEUDOLABELS_NAME)
+    write_manifest(out, "zutis.pseudolabels", model=model, params={"method": "spectral"},
+                   summary={"images": len(ids), "masks": len(builder.annotations)})
+    return out
+
+
 #: A ZUTIS model small enough to train in seconds on the tiny CLIP (``zutis-tiny``).
 TINY_ZUTIS = dict(model="zutis-tiny", num_queries=6, decoder_layers=1, decoder_heads=2, decoder_ffn=32, mlp_hidden=16,
                   iterations=3, batch_size=2, crop=48, workers=0, device="cpu", precision="fp32",

@@ -50,8 +50,8 @@ def test_import_is_light_and_lists_the_api():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     torch_loaded, api_loaded, names, exported, synth_callable, shapes = json.loads(out.stdout)
     assert not torch_loaded and not api_loaded
-    api = {"synth", "index", "retrieve", "cosegment", "pseudolabel", "copypaste", "train", "predict", "evaluate",
-           "compare", "Predictor", "Segmentation"}
+    api = {"synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "predict",
+           "evaluate", "compare", "Predictor", "Segmentation"}
     assert api <= set(names) and api <= set(exported)
     # the shapes-world subpackage and the API function `synth` do not share a name
     assert synth_callable and shapes == 6
@@ -182,7 +182,7 @@ def test_signatures_carry_the_config_defaults():
     from zutiscli.pipeline.retrieve import RetrieveConfig
 
     checks = [(zs.synth, SynthConfig, {"kind", "count"}), (zs.index, IndexConfig, {"sources"}),
-              (zs.retrieve, RetrieveConfig, {"indices", "classes"}), (zs.pseudolabel, PseudolabelConfig, {"archives"}),
+              (zs.retrieve, RetrieveConfig, {"indices", "classes"}), (zs.pseudolabel, PseudolabelConfig, {"inputs"}),
               (zs.copypaste, CopyPasteConfig, {"scale_range", "canvas_scale"}), (zs.train, TrainConfig, {"source"}),
               (zs.predict, PredictConfig, {"inputs", "classes"}), (zs.evaluate, EvaluateConfig, {"pred", "gt"})]
     for function, config, positional in checks:

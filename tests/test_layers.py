@@ -112,6 +112,7 @@ def test_every_stage_has_one_signature_shape():
     import inspect
 
     from zutiscli.data.datasets import prepare_dataset
+    from zutiscli.pipeline.cluster import cluster
     from zutiscli.pipeline.copypaste import copypaste
     from zutiscli.pipeline.demo import run_demo
     from zutiscli.pipeline.evaluate import evaluate
@@ -123,7 +124,7 @@ def test_every_stage_has_one_signature_shape():
     from zutiscli.pipeline.train import train
 
     keyword = inspect.Parameter.KEYWORD_ONLY
-    for stage in (write_synth, build_index, retrieve, run_pseudolabel, copypaste, train, predict, evaluate,
+    for stage in (write_synth, build_index, retrieve, run_pseudolabel, cluster, copypaste, train, predict, evaluate,
                   prepare_dataset, run_demo):
         parameters = list(inspect.signature(stage).parameters.values())
         assert [p.name for p in parameters[:2]] == ["config", "output"], stage.__name__

@@ -9,7 +9,8 @@ function                                  options (keyword only)      returns
 ``index(images, output)``                 :class:`IndexConfig`        :class:`IndexResult`
 ``retrieve(index, classes, output)``      :class:`RetrieveConfig`     ``Path`` of the archives
 ``cosegment(archives, output)``           :class:`CosegmentConfig`    :class:`CosegmentResult`
-``pseudolabel(archives, output)``         :class:`PseudolabelConfig`  :class:`PseudolabelResult`
+``pseudolabel(inputs, output)``           :class:`PseudolabelConfig`  :class:`PseudolabelResult`
+``cluster(pseudolabels, output, k=)``     :class:`ClusterConfig`      :class:`ClusterResult`
 ``copypaste(pseudolabels, output, n=)``   :class:`CopyPasteConfig`    ``Path`` of the dataset
 ``train(dataset, output)``                :class:`TrainConfig`        :class:`TrainResult`
 ``predict(images, classes, output)``      :class:`PredictConfig`      :class:`PredictResult`
@@ -48,6 +49,7 @@ from zutiscli.data.classes import ClassQuery, _bad_character, _check_unique, _cl
 from zutiscli.data.copypaste import CopyPasteConfig
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste import copypaste as run_copypaste
+from zutiscli.pipeline.cluster_config import ClusterConfig
 from zutiscli.pipeline.compare_config import CompareConfig, RunSpec
 from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, CopyPasteDatasetConfig
 from zutiscli.pipeline.cosegment_config import CosegmentConfig
@@ -59,8 +61,8 @@ from zutiscli.pipeline.retrieve import RetrieveConfig
 from zutiscli.pipeline.synth import SynthConfig
 from zutiscli.pipeline.train import TrainConfig, TrainResult
 
-__all__ = ["synth", "index", "retrieve", "cosegment", "pseudolabel", "copypaste", "train", "predict", "evaluate",
-           "compare", "Predictor", "Segmentation"]
+__all__ = ["synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "predict",
+           "evaluate", "compare", "Predictor", "Segmentation"]
 
 PathLike = str | os.PathLike
 ClassesLike = str | ClassQuery | Sequence[str | ClassQuery]
@@ -251,13 +253,15 @@ def retrieve(index, classes=None, output=None, **options):
     return run_retrieve(config, output, progress=callbacks["progress"], warn=callbacks["warn"], log=callbacks["log"])
 
 
-@_signature(("archives", _REQUIRED), ("output", None),
-            options=_field_options(PseudolabelConfig, exclude=("archives",)) + _keywords(progress=None, log=None))
-def pseudolabel(archives, output=None, **options):
-    """Find and name the object in every archive image (``zutis pseudolabel``); resumable.
+@_signature(("inputs", _REQUIRED), ("output", None),
+            options=_field_options(PseudolabelConfig, exclude=("inputs",)) + _keywords(progress=None, log=None))
+def pseudolabel(inputs, output=None, **options):
+    """Find the objects in every archive image and name them after it, or in every image of a pile,
+    unnamed (``zutis pseudolabel``); resumable.
 
     Args:
-        archives: archives directory written by :func:`retrieve`.
+        inputs: an archives directory written by :func:`retrieve`, an index written by
+            :func:`index`, or image files, directories and globs (a path or a list of them).
         output: pseudo-label directory (rerun with the same one to resume); ``None`` = a new
             ``runs/pseudolabel/N``.
         **options: fields of :class:`zutiscli.pipeline.pseudolabel.PseudolabelConfig`
@@ -272,7 +276,9 @@ def pseudolabel(archives, output=None, **options):
 
     opts = _options(pseudolabel, options, "pseudolabel")
     progress, log = opts.pop("progress", None), opts.pop("log", None)
-    return run_pseudolabel(PseudolabelConfig(archives=os.fspath(archives), **opts), output, progress=progress, log=log)
+    given = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
+    return run_pseudolabel(PseudolabelConfig(inputs=tuple(map(os.fspath, given)), **opts), output,
+                           progress=progress, log=log)
 
 
 @_signature(("archives", _REQUIRED), ("output", None),
@@ -297,6 +303,33 @@ def cosegment(archives, output=None, **options):
     progress, log = opts.pop("progress", None), opts.pop("log", None)
     _split_lists(opts, "context")
     return run_cosegment(CosegmentConfig(archives=os.fspath(archives), **opts), output, progress=progress, log=log)
+
+
+@_signature(("pseudolabels", _REQUIRED), ("output", None),
+            options=_field_options(ClusterConfig, exclude=("pseudolabels",)) + _keywords(progress=None, log=None))
+def cluster(pseudolabels, output=None, **options):
+    """Group the masks of a pseudo-label directory into ``k`` pseudo-classes (``zutis cluster``).
+
+    Args:
+        pseudolabels: pseudo-label directory written by :func:`pseudolabel` (named by archives or
+            unnamed).
+        output: clusters directory (absent or empty); ``None`` = a new ``runs/cluster/N``.
+        **options: ``k`` (clusters, required); fields of
+            :class:`zutiscli.pipeline.cluster_config.ClusterConfig` (``features`` ``"clip"`` or
+            ``"cls"``, ``model``, ``pretrained``, ``features_from``, ``restarts``, ``iterations``,
+            ``seed``, ``ground_truth`` (a COCO instances JSON), ``contact``, ``batch_size``,
+            ``workers``, ``device``, ...); and ``progress(masks done, total)``, ``log``.
+
+    Returns:
+        :class:`zutiscli.pipeline.cluster.ClusterResult` (``.path``, per-cluster sizes, and with
+        ground truth ``.purity`` and ``.nmi``); :func:`zutiscli.artefacts.clusters.read_clusters`
+        reads the directory back.
+    """
+    from zutiscli.pipeline.cluster import cluster as run_cluster
+
+    opts = _options(cluster, options, "cluster")
+    progress, log = opts.pop("progress", None), opts.pop("log", None)
+    return run_cluster(ClusterConfig(pseudolabels=os.fspath(pseudolabels), **opts), output, progress=progress, log=log)
 
 
 _SCENE_DEFAULTS = CopyPasteConfig()

@@ -37,7 +37,7 @@ TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers",
 EXPECTED_LEAVES = {
     "demo", "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
     "retrieve", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
-    "evaluate run", "evaluate prepare", "completions", "man", "cosegment", "compare",
+    "evaluate run", "evaluate prepare", "completions", "man", "cosegment", "compare", "cluster",
 }
 
 #: Per leaf command: (arguments, expected exit status, fragment of the error line). Placeholders:
@@ -106,9 +106,10 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
     ],
     "pseudolabel run": [
         ([], 2, "Missing argument"),
-        (["{missing}", "-o", "{out}"], 1, "no such directory"),
-        (["{index}", "-o", "{out}"], 1, "zutis.index artefact"),
+        (["{missing}", "-o", "{out}"], 1, "no such file or directory"),
+        (["{index}", "{archives}", "-o", "{out}"], 2, "a zutis directory is read alone"),
         (["{pseudo}", "-o", "{out}"], 1, "zutis.pseudolabels artefact"),
+        (["{scenes}/images", "-o", "{out}"], 2, "image files record no model: give --model"),
         (["{archives}", "--method", "magic", "-o", "{out}"], 2, "--method"),
         (["{archives}", "--method", "onnx", "-o", "{out}"], 2, "--saliency-model"),
         (["{archives}", "--pretrained", "{missing}.pt", "-o", "{out}"], 1, "no such checkpoint file"),
@@ -234,6 +235,26 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{archives}", "--model", "timm:vit_small_patch16_224", "-o", "{out}"], 2, "pass --pretrained FILE"),
         (["{archives}", "-o", "{pile}"], 1, "finished artefact"),
     ],
+    "cluster": [
+        ([], 2, "Missing argument"),
+        (["{pseudo}", "-o", "{out}"], 2, "Missing option '-k'"),
+        (["{missing}", "-k", "2", "-o", "{out}"], 1, "no such directory"),
+        (["{index}", "-k", "2", "-o", "{out}"], 1, "zutis.index artefact"),
+        (["{pseudo}", "-k", "1", "-o", "{out}"], 2, "-k must be >= 2"),
+        (["{pseudo}", "-k", "999", "--model", "zutis-tiny", "--pretrained", "{weights}", "-o", "{out}"], 2,
+         "fewer than the clusters asked for; give -k"),
+        (["{pseudo}", "-k", "2", "-o", "{out}"], 2, "records no model that embeds images"),
+        (["{pseudo}", "-k", "2", "--model", "dino-vits16", "-o", "{out}"], 2, "no CLIP image embedding"),
+        (["{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{missing}.pt", "-o", "{out}"], 1,
+         "no such checkpoint file"),
+        (["{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{weights}", "--ground-truth", "{text}",
+          "-o", "{out}"], 1, "is not valid JSON"),
+        (["{pseudo}", "-k", "2", "--features-from", "{index}", "-o", "{out}"], 1, "zutis.index artefact"),
+        (["{pseudo}", "-k", "2", "--features-from", "{index}", "--model", "zutis-tiny", "-o", "{out}"], 2,
+         "leave out --model"),
+        (["{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{weights}", "-o", "{pile}"], 1,
+         "finished artefact"),
+    ],
     "compare": [
         ([], 2, "Missing argument"),
         (["{scenes}", "-o", "{out}"], 2, "give the methods"),
@@ -258,6 +279,8 @@ BASE: dict[str, list[str]] = {
     "predict run": ["{scenes}/images", "--checkpoint", "{run}", "--no-vis", "-o", "{out}"],
     "evaluate run": ["{pred}", "--gt", "{scenes}", "-o", "{out}"],
     "cosegment": ["{archives}", "-k", "2", "--preview", "0", "-o", "{out}"],
+    "cluster": ["{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{weights}", "--contact", "0",
+                "-o", "{out}"],
     "compare": ["{scenes}", "--run", "maskclip", "--model", "zutis-tiny", "--pretrained", "{weights}", "--picture",
                 "0", "-o", "{out}"],
 }

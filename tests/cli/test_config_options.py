@@ -18,6 +18,7 @@ from zutiscli.errors import UsageError
 from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
 from zutiscli.data.prepare_config import PrepareConfig
 from zutiscli.pipeline.demo_config import COMMAND_DEFAULTS as DEMO_DEFAULTS, FAST, DemoConfig
+from zutiscli.pipeline.cluster_config import ClusterConfig
 from zutiscli.pipeline.evaluate_config import EvaluateConfig
 from zutiscli.pipeline.index_config import IndexConfig
 from zutiscli.pipeline.predict_config import PredictConfig
@@ -42,6 +43,7 @@ CONVERTED = [
     ("evaluate run", EvaluateConfig, set(), {}),
     ("evaluate prepare", PrepareConfig, set(), {}),
     ("pseudolabel run", PseudolabelConfig, set(), {}),
+    ("cluster", ClusterConfig, set(), {}),
     ("train", TrainConfig, set(), {}),
     ("demo", DemoConfig, set(), DEMO_DEFAULTS),
 ]
@@ -137,7 +139,7 @@ def test_config_modules_import_neither_torch_nor_numpy():
 
     modules = ["zutiscli.pipeline.predict_config", "zutiscli.pipeline.evaluate_config", "zutiscli.data.prepare_config",
                "zutiscli.pipeline.pseudolabel_config", "zutiscli.pipeline.train_config",
-               "zutiscli.pipeline.demo_config"]
+               "zutiscli.pipeline.demo_config", "zutiscli.pipeline.cluster_config"]
     code = ("import sys\n" + "".join(f"import {name}\n" for name in modules)
             + "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -22,6 +22,8 @@ DRY_RUNS = {
     "pseudolabel sharded": (["pseudolabel", "{archives}", "--size", "32", "--shard", "1/2", "-o", "{out}"],
                             {"already_processed": 0}),
     "copypaste": (["copypaste", "{pseudo}", "-n", "7", "--size", "32"], {"scenes": 7}),
+    "cluster": (["cluster", "{pseudo}", "-k", "3", "--model", "zutis-tiny", "--pretrained", "{weights}"],
+                {"clusters": 3, "images_to_decode": 6}),
     "train": (["train", "{pseudo}", *TINY_TRAIN, "--iterations", "5"], {"iterations_to_run": 5, "scenes": 10}),
     "train on a dataset": (["train", "{dataset}", *TINY_TRAIN], {"iterations_to_run": 1}),
     "train resumed": (["train", "--resume", "{run}", "--iterations", "4"],

@@ -34,7 +34,7 @@ JSON_TABLE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
     "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "cosegment", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
+    "retrieve", "cosegment", "pseudolabel run", "pseudolabel merge", "cluster", "copypaste", "train", "predict run", "predict merge",
     "evaluate run", "evaluate prepare", "compare", "completions", "man", "demo",
 ]
 
@@ -211,6 +211,7 @@ JSON_RUNS = {
     "evaluate prepare": "evaluate prepare voc2012 --root VOCdevkit/VOC2012 -o json/voc",
     "man": "man -o json/man",
     "cosegment": "cosegment data/archives -k 4 --preview 0 -o json/references",
+    "cluster": "cluster data/pseudo -k 2 --contact 0 -o json/clusters",
     "compare": "compare data/scenes --run maskclip --model shapes-clip --pretrained builtin --picture 0 -o json/compare",
 }
 

@@ -248,8 +248,13 @@ def world(indexed, runs, tmp_path_factory) -> dict[str, Path]:
                     vis=False)
     pred = predict(PredictConfig(**settings), root / "pred").path
     shards = [predict(PredictConfig(**settings, shard=(i, 2)), root / "shards").path for i in range(2)]
+    from zutiscli.pipeline.cluster import ClusterConfig, cluster
+
+    clusters = cluster(ClusterConfig(pseudolabels=str(pseudo), k=2, model="zutis-tiny",
+                                     pretrained=str(indexed["weights"]), device="cpu", precision="fp32", contact=0,
+                                     workers=0), root / "clusters").path
     return {"root": root, "index": indexed["index"], "archives": archives, "pseudo": pseudo, "scenes": scenes,
-            "pred": pred, "shard0": shards[0], "shard1": shards[1], "weights": indexed["weights"]}
+            "pred": pred, "shard0": shards[0], "shard1": shards[1], "weights": indexed["weights"], "clusters": clusters}
 
 
 #: Per artefact, the commands that read its manifest ({out} a fresh output directory, {name} a path of world).
@@ -259,7 +264,10 @@ READERS = {
               ["index", "merge", "{index}", "-o", "{out}"]],
     "archives": [["pseudolabel", "run", "{archives}", "--size", "32", "--refine", "none", "--device", "cpu", "-o",
                   "{out}"]],
-    "pseudo": [["copypaste", "{pseudo}", "-n", "1", "--size", "32", "-o", "{out}"]],
+    "pseudo": [["copypaste", "{pseudo}", "-n", "1", "--size", "32", "-o", "{out}"],
+               ["cluster", "{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{weights}", "--contact",
+                "0", "--device", "cpu", "-o", "{out}"]],
+    "clusters": [["cluster", "{pseudo}", "-k", "2", "--features-from", "{clusters}", "--contact", "1", "-o", "{out}"]],
     "pred": [["evaluate", "run", "{pred}", "--gt", "{scenes}", "-o", "{out}"]],
     "shard1": [["predict", "merge", "{shard0}", "{shard1}", "-o", "{out}"]],
 }

@@ -348,3 +348,19 @@ def test_zutis_cache_dir_is_passed_to_open_clip(monkeypatch, tmp_path):
     assert seen["lookup"] == expected and seen["download"] == expected
     monkeypatch.delenv("ZUTIS_CACHE_DIR")
     assert clip.model_cache_dir() is None and clip.model_cache_dir("/x") == "/x"
+
+
+def test_cls_token_is_what_clip_projects_into_its_image_embedding(tiny_backbone):
+    images = _images((32, 32), batch=2)
+    with torch.no_grad():
+        cls = tiny_backbone.cls_tokens(images)
+        pooled = tiny_backbone.model.encode_image(images)
+    assert cls.shape == (2, tiny_backbone.width) and cls.dtype == torch.float32
+    assert torch.allclose(tiny_backbone.project(cls), pooled, atol=1e-6)
+    assert tiny_backbone.cls_tokens(_images((48, 40), batch=1)).shape == (1, tiny_backbone.width)  # any size
+
+
+def test_cls_token_of_a_tower_that_averages_its_patches_is_refused():
+    averaging = load_backbone(ModelSpec("shapes-clip", "none"))
+    with pytest.raises(ModelError, match="pools its patch tokens \\(avg\\).*--features clip"):
+        averaging.cls_tokens(_images((64, 64), batch=1))

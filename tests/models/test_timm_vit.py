@@ -80,3 +80,13 @@ def test_errors(tmp_path, dino_file):
     path, _ = dino_file
     with pytest.raises(ModelError, match="does not fit"):
         load_timm_vit("dino-vits8", str(path), depth=3, embed_dim=48, num_heads=3)
+
+
+def test_cls_token_is_timm_s_after_the_final_norm(dino_file):
+    _, backbone = dino_file
+    images = _images((32, 40))
+    with torch.no_grad():
+        cls = backbone.cls_tokens(images)
+        expected = backbone.model.forward_features(images)[:, 0]
+    assert cls.shape == (2, 48) and cls.dtype == torch.float32
+    assert torch.allclose(cls, expected, atol=1e-6)

@@ -81,3 +81,25 @@ def test_colour_jittered_turns_hues_keeps_shapes_and_repeats_with_the_seed() -> 
                        crops)
     with pytest.raises(ValueError, match="hue"):
         colour_jittered(crops, torch.Generator(), hue=0.7)
+
+
+def test_masked_square_image_is_the_whole_image_squared_with_the_outside_painted() -> None:
+    from zutiscli.ops.crops import masked_square_images
+
+    image, mask = scene()  # 40 x 60: padded to 60 x 60 (10 rows of fill above and below)
+    empty = torch.zeros_like(mask)
+    out = masked_square_images(image, torch.cat([mask, empty]), 60, fill=FILL)
+    assert out.shape == (2, 3, 60, 60) and out.dtype == torch.float32
+    red = torch.tensor([1.0, 0.0, 0.0])[:, None, None]
+    fill = torch.tensor(FILL)[:, None, None]
+    # at the input's own scale the square sits where it was, 10 rows down; everything else is fill
+    torch.testing.assert_close(out[0, :, 20:30, 30:40], red.expand(3, 10, 10))
+    expected = fill.expand(3, 60, 60).clone()
+    expected[:, 20:30, 30:40] = red
+    torch.testing.assert_close(out[0], expected)
+    torch.testing.assert_close(out[1], fill.expand(3, 60, 60))  # an empty mask: fill only
+    small = masked_square_images(image, mask, 30, fill=FILL)  # halved: a 5 px red square, antialiased edges
+    torch.testing.assert_close(small[0, :, 11:14, 16:19], red.expand(3, 3, 3))
+    assert masked_square_images(image, mask[:0], 8).shape == (0, 3, 8, 8)
+    with pytest.raises(ValueError, match="masks must be"):
+        masked_square_images(image, mask[:, :10], 8)

@@ -60,7 +60,7 @@ def quality(out, truth):
 
 
 def small(archives, **overrides):
-    values = dict(archives=str(archives), size=96, device="cpu")
+    values = dict(inputs=str(archives), size=96, device="cpu")
     values.update(overrides)
     return PseudolabelConfig(**values)
 
@@ -132,14 +132,14 @@ def test_previews_and_cli(world, tmp_path, capsys):
 def test_bad_options(world, tmp_path, capsys):
     archives, _ = world
     with pytest.raises(UsageError):
-        PseudolabelConfig(archives=str(archives), method="magic").validate()
+        PseudolabelConfig(inputs=str(archives), method="magic").validate()
     with pytest.raises(UsageError, match="--saliency-model"):
-        PseudolabelConfig(archives=str(archives), method="onnx").validate()
+        PseudolabelConfig(inputs=str(archives), method="onnx").validate()
     with pytest.raises(UsageError, match="local weights"):
         run_pseudolabel(small(archives, model="dino-vits8"), tmp_path / "x")
     with pytest.raises(SystemExit) as exit_info:
         main(["pseudolabel", str(tmp_path / "missing")])
-    assert exit_info.value.code == 1 and "no such directory" in capsys.readouterr().err
+    assert exit_info.value.code == 1 and "missing: no such file or directory" in capsys.readouterr().err
 
 
 def test_onnx_saliency_network(tmp_path):
@@ -166,7 +166,7 @@ def test_onnx_saliency_network(tmp_path):
     (archives / "archives.json").write_text(json.dumps({"k": 1, "indices": [], "classes": {"square": {
         "phrase": "square", "images": [{"path": "../square.png", "score": 1.0, "index": 0, "row": 0}]}}}))
     write_manifest(archives, "zutis.archives", model={"name": "zutis-tiny", "pretrained": "none"})
-    config = PseudolabelConfig(archives=str(archives), method="onnx", saliency_model=str(tmp_path / "bright.onnx"),
+    config = PseudolabelConfig(inputs=str(archives), method="onnx", saliency_model=str(tmp_path / "bright.onnx"),
                                onnx_size=64, onnx_mean=(0.0, 0.0, 0.0), onnx_std=(1.0, 1.0, 1.0), refine="none")
     result = run_pseudolabel(config, tmp_path / "out")
     objects = load_pseudolabels(result.path).objects
@@ -175,7 +175,7 @@ def test_onnx_saliency_network(tmp_path):
     assert len(objects) == 1 and mask_iou(decode_mask(objects[0].rle), truth) > 0.9
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(ZutisError, match="onnxruntime cannot load it"):
-        run_pseudolabel(PseudolabelConfig(archives=str(archives), method="onnx",
+        run_pseudolabel(PseudolabelConfig(inputs=str(archives), method="onnx",
                                           saliency_model=str(tmp_path / "junk.onnx")), tmp_path / "junk")
 
 
@@ -226,7 +226,7 @@ def test_methods_come_from_the_registry(world, tmp_path, monkeypatch):
     objects = load_pseudolabels(result.path).objects
     assert objects and all(obj.score == 0.5 for obj in objects)
     with pytest.raises(UsageError, match="centre"):
-        PseudolabelConfig(archives=str(world[0]), method="magic").validate()
+        PseudolabelConfig(inputs=str(world[0]), method="magic").validate()
 
 
 def _content(directory):
@@ -386,6 +386,6 @@ def test_merge_command_and_its_dry_run(sharded, tmp_path, capsys):
 
 
 def test_shard_as_text():
-    assert PseudolabelConfig(archives="a", shard="1/4").shard == (1, 4)
+    assert PseudolabelConfig(inputs=("a",), shard="1/4").shard == (1, 4)
     with pytest.raises(UsageError, match="--shard"):
-        PseudolabelConfig(archives="a", shard="4/4")
+        PseudolabelConfig(inputs=("a",), shard="4/4")

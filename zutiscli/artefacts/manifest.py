@@ -35,6 +35,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "zutis.archives": (1, "zutis retrieve"),
     "zutis.references": (1, "zutis cosegment"),
     "zutis.pseudolabels": (1, "zutis pseudolabel"),
+    "zutis.clusters": (1, "zutis cluster"),
     "zutis.dataset": (1, "zutis copypaste"),
     "zutis.run": (1, "zutis train"),
     "zutis.predictions": (1, "zutis predict"),
@@ -81,6 +82,9 @@ FIELDS: dict[str, dict[str, str]] = {
     "zutis.pseudolabels": {
         "params.method": "a string", "params.shard": "a shard [I, N] (0 <= I < N) or null",
         "summary.images": "an integer", "summary.masks": "an integer",
+    },
+    "zutis.clusters": {
+        "params.features": "a string", "summary.k": "an integer", "summary.masks": "an integer",
     },
     "zutis.predictions": {
         "model.checkpoint": "a string or null",

@@ -1,4 +1,6 @@
-"""The pseudo-label artefact: one or more named object masks per archive image.
+"""The pseudo-label artefact: one or more object masks per image, named by the image's archive, or
+unnamed for a pile of images (one category, ``object``; ``params.source`` in the manifest says which:
+``archives``, ``index`` or ``images``).
 
 Layout of a pseudo-label directory (kind ``zutis.pseudolabels``)::
 
@@ -14,8 +16,9 @@ Layout of a pseudo-label directory (kind ``zutis.pseudolabels``)::
                         "masks": [], "failed": reason}; one row per distinct image
 
 Canonical order (the same however the work was split, so a merged sharded run equals the unsharded
-one): images by archive (the categories' order), then by rank in the archive; an image in several
-archives has one image record per archive. Annotations by image, then by area (largest first).
+one): images by archive (the categories' order), then by rank in the archive (a pile: by absolute
+path); an image in several archives has one image record per archive. Annotations by image, then
+by area (largest first).
 Image and annotation ids count from 1 in that order; ``empty.jsonl`` and ``failed.jsonl`` follow
 the same image order.
 
@@ -73,13 +76,16 @@ def write_part(directory: str | Path, number: int, rows: Iterable[dict[str, Any]
 
 @dataclass(frozen=True)
 class PseudoObject:
-    """One object mask of the pool: its image (absolute path), RLE, class index (0-based), score."""
+    """One object mask of the pool: its image (absolute path), RLE, class index (0-based), score,
+    image id, and its annotation's id in ``pseudolabels.json`` (its position from 1 where the
+    annotation has no integer id)."""
 
     image: Path
     rle: dict[str, Any]
     class_index: int
     score: float | None
     image_id: int
+    annotation_id: int = 0
 
 
 @dataclass
@@ -147,14 +153,16 @@ def load_pseudolabels(directory: str | Path, *, check_masks: bool = True) -> Pse
             raise ArtefactError(f"{file}: annotation {annotations[position].get('id')}: field 'segmentation' "
                                 f"{problem}; {remedy}")
     objects = []
-    for ann in annotations:
+    for position, ann in enumerate(annotations, 1):
         image = images[ann["image_id"]]
+        ann_id = ann.get("id")
         objects.append(PseudoObject(
             image=resolve_relative(directory, image["file_name"]),
             rle=ann["segmentation"],
             class_index=int(ann["category_id"]) - 1,
             score=ann.get("score"),
             image_id=int(ann["image_id"]),
+            annotation_id=ann_id if isinstance(ann_id, int) and not isinstance(ann_id, bool) else position,
         ))
     return PseudoLabels(directory, manifest, [c["name"] for c in categories], objects)
 

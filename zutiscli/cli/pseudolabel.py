@@ -1,5 +1,5 @@
-"""`zutis pseudolabel`: one or more named object masks per archive image (training-free mask discovery);
-`zutis pseudolabel merge`: join the shards of a sharded run."""
+"""`zutis pseudolabel`: object masks in every archive image, named by the archive, or in every image of
+a pile, unnamed (training-free mask discovery); `zutis pseudolabel merge`: join the shards of a sharded run."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from zutiscli.pipeline.pseudolabel_config import PseudolabelConfig
 
 
 app = group_with_default("pseudolabel", "run", (
-        "Find the object in every archive image and name it after its archive (resumable, shardable). "
-        "`zutis pseudolabel ARCHIVES` runs; `zutis pseudolabel merge SHARDS... -o DIR` joins shards."
+        "Find the objects in every archive image and name them after its archive, or in every image of a "
+        "pile, unnamed (resumable, shardable). `zutis pseudolabel INPUT...` runs; `zutis pseudolabel merge "
+        "SHARDS... -o DIR` joins shards."
     ))
 
 
@@ -40,14 +41,21 @@ def _print_per_class(reporter: Reporter, per_class: dict[str, dict[str, Any]]) -
 @app.command("run")
 @from_config(PseudolabelConfig, into="options")
 def pseudolabel(
-    archives: Annotated[Path, typer.Argument(help="Archives directory written by `zutis retrieve`.")],
+    inputs: Annotated[List[Path], typer.Argument(
+        help="Archives directory (`zutis retrieve`: masks named by their archive), an index (`zutis index`), or "
+             "image files, directories and globs (masks unnamed; `zutis cluster` groups them).",
+        metavar="INPUT...")],
     options: ConfigValues = None,
     output: OutputOpt = None,
     dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Find the object in every archive image and name it after its archive (resumable, shardable with --shard).
+    """Find the objects in every archive image and name them after its archive, or in every image of a pile,
+    unnamed (resumable, shardable with --shard).
+
+    Archives name the masks; a pile (image files, directories, an index) leaves them unnamed, for
+    `zutis cluster` (e.g. zutis pseudolabel photos/ --method maskcut --model dino-vits8 --pretrained dino.pth).
 
     Example: zutis pseudolabel data/archives --method spectral --size 64 -o data/pseudo
     """
@@ -56,7 +64,7 @@ def pseudolabel(
     from zutiscli.pipeline.pseudolabel import plan_pseudolabel, run_pseudolabel
 
     reporter = Reporter(json_mode, quiet)
-    config = PseudolabelConfig(archives=str(archives), **options)
+    config = PseudolabelConfig(inputs=tuple(map(str, inputs)), **options)
     config.validate()
     if dry_run:
         print_dry_run(reporter, plan_pseudolabel(config, output))

@@ -505,6 +505,22 @@ class ClipBackbone(torch.nn.Module):
         x = self.model.visual.ln_post(x[:, 1:])
         return x.reshape(x.shape[0], gh, gw, -1)
 
+    def cls_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The [CLS] token of the last layer after the final layer norm, before CLIP's projection:
+        ``(B, width)`` float32, not normalised; input ``(B, 3, H, W)`` normalised, any size.
+
+        Raises :class:`ModelError` for a tower that pools its patch tokens instead (its [CLS] token
+        was never trained to describe the image).
+        """
+        visual = self.model.visual
+        pool = getattr(visual, "pool_type", "tok")
+        if pool != "tok" or getattr(visual, "final_ln_after_pool", False):
+            raise ModelError(f"model {self.spec.name} pools its patch tokens ({pool}), so its [CLS] token does "
+                             f"not describe the image; use its image embedding instead (--features clip)")
+        x, _ = self._embed(images)
+        x = visual.transformer(x)
+        return visual.ln_post(x[:, 0]).float()
+
     def last_block_features(self, images: torch.Tensor) -> "LastBlockFeatures":
         """Tokens, queries, keys, values and [CLS] attention of the last block (see :class:`LastBlockFeatures`)."""
         from zutiscli.models.features import LastBlockFeatures

@@ -85,6 +85,18 @@ class TimmViTBackbone(torch.nn.Module):
         x = self.model.norm(self.model.blocks(x))
         return x[:, self.prefix_tokens:].reshape(x.shape[0], *grid, -1)
 
+    def cls_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The [CLS] token after the final norm (DINO's image representation): ``(B, width)``
+        float32, not normalised; input ``(B, 3, H, W)`` normalised, any size.
+
+        Raises :class:`ModelError` for a ViT without a [CLS] token.
+        """
+        if getattr(self.model, "cls_token", None) is None:
+            raise ModelError(f"model {self.name} has no [CLS] token; use --features clip with a CLIP model")
+        x, _ = self._embed(images)
+        x = self.model.norm(self.model.blocks(x))
+        return x[:, 0].float()
+
     def last_block_features(self, images: torch.Tensor) -> LastBlockFeatures:
         """Tokens, queries, keys, values and [CLS] attention of the last block."""
         x, grid = self._embed(images)

@@ -1,6 +1,7 @@
 """Square crops around object masks, the pixels outside each mask painted over: what a CLIP image
 encoder is shown to name one object of a scene (mask-crop classification, as in ZegFormer, OVSeg
-and MaskCLIP+'s proposal classification).
+and MaskCLIP+'s proposal classification); or the whole image with the pixels outside each mask
+painted over (:func:`masked_square_images`, MaskDistill's masked image).
 
 Images are ``(3, H, W)`` float tensors (any range: colours are not rescaled); masks ``(N, H, W)``
 bool; sizes in pixels.
@@ -13,7 +14,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["colour_jittered", "masked_square_crops"]
+__all__ = ["colour_jittered", "masked_square_crops", "masked_square_images"]
 
 _CHUNK = 16
 
@@ -86,6 +87,57 @@ def masked_square_crops(
         for start in range(0, count, _CHUNK)
     ]
     return torch.cat(crops) + colour
+
+
+def masked_square_images(
+    image: torch.Tensor,
+    masks: torch.Tensor,
+    size: int,
+    *,
+    fill: Sequence[float] = (0.0, 0.0, 0.0),
+) -> torch.Tensor:
+    """The whole image once per mask, the pixels outside the mask painted over, padded to a square
+    and resized to ``size`` (MaskDistill's "masked image", whose [CLS] token names the object).
+
+    The image is centred in a square of side ``max(H, W)`` whose margins take the colour ``fill``,
+    as do the pixels outside each mask; image and masks are resized bilinearly with antialiasing,
+    so a mask's edge blends into ``fill`` over about one output pixel. An empty mask gives ``fill``
+    only.
+
+    Args:
+        image: ``(3, H, W)`` float.
+        masks: ``(N, H, W)`` bool (or anything whose non-zeros mark the object), same ``H, W``.
+        size: side of the returned images, pixels.
+        fill: ``(3,)`` colour of the painted-over pixels, in the units of ``image``.
+
+    Returns:
+        ``(N, 3, size, size)`` float, on the image's device, in its dtype.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got shape {tuple(image.shape)}")
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
+        raise ValueError(f"masks must be (N, H, W) with the image's size, got {tuple(masks.shape)} for "
+                         f"an image of {tuple(image.shape)}")
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    count, height, width = masks.shape
+    dtype = image.dtype if image.is_floating_point() else torch.float32
+    colour = torch.tensor(list(fill), dtype=dtype, device=image.device).view(1, 3, 1, 1)
+    if count == 0:
+        return torch.zeros(0, 3, size, size, dtype=dtype, device=image.device)
+    side = max(height, width)
+    top, left = (side - height) // 2, (side - width) // 2
+    padding = (left, side - width - left, top, side - height - top)  # F.pad: last dim first
+
+    def square(batch: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, C, size, size), zero margins
+        padded = F.pad(batch, padding)
+        return F.interpolate(padded, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    # (image - fill) * mask is zero outside the mask and in the margins: resized, then fill added back.
+    base = square(image.to(dtype)[None] - colour)  # (1, 3, size, size)
+    weights = torch.cat([square(masks[start:start + _CHUNK, None].to(device=image.device, dtype=dtype))
+                         for start in range(0, count, _CHUNK)])  # (N, 1, size, size)
+    return base * weights + colour
 
 
 def colour_jittered(

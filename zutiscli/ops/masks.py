@@ -99,6 +99,25 @@ def segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str,
     }
 
 
+def rle_iou_matrix(first: Sequence[dict[str, Any]], second: Sequence[dict[str, Any]]) -> np.ndarray:
+    """IoU of every pair of two lists of RLEs of one image size, by the module's rule.
+
+    Args:
+        first: M RLEs (compressed or uncompressed).
+        second: G RLEs of the same ``size`` as ``first``'s.
+
+    Returns:
+        ``(M, G)`` float64 (no crowd semantics: plain IoU).
+    """
+    if not len(first) or not len(second):
+        return np.zeros((len(first), len(second)), dtype=np.float64)
+    sizes = {tuple(rle["size"]) for rle in [*first, *second]}
+    if len(sizes) != 1:
+        raise ValueError(f"rle_iou_matrix: the masks are of several sizes: {sorted(sizes)}")
+    iou = mask_utils.iou([_as_pycoco(r) for r in first], [_as_pycoco(r) for r in second], [0] * len(second))
+    return np.asarray(iou, dtype=np.float64).reshape(len(first), len(second))
+
+
 def rle_area(rle: dict[str, Any]) -> int:
     """Foreground pixel count of an RLE."""
     return int(mask_utils.area(_as_pycoco(rle)))

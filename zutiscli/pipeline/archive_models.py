@@ -11,17 +11,22 @@ from zutiscli.errors import ArtefactError, UsageError
 
 
 def archive_model(archives_dir: Path) -> dict[str, Any]:
-    """The ``model`` record (``{"name", "pretrained", ...}``) of a ``zutis.archives`` directory's manifest."""
-    return dict(read_manifest(archives_dir, "zutis.archives").model or {})
+    """The ``model`` record (``{"name", "pretrained", ...}``) of a ``zutis.archives`` (or
+    ``zutis.index``) directory's manifest."""
+    return dict(read_manifest(archives_dir, ("zutis.archives", "zutis.index")).model or {})
 
 
-def feature_model(model: str | None, pretrained: str | None, archives_dir: Path) -> tuple[str, str]:
-    """``(name, pretrained)`` of the ViT a stage reads features from: ``model``, else the archives' model.
+def feature_model(model: str | None, pretrained: str | None, archives_dir: Path | None) -> tuple[str, str]:
+    """``(name, pretrained)`` of the ViT a stage reads features from: ``model``, else the archives'
+    (or index's) model; with no such directory (plain image files), ``model`` is required.
 
     ``model`` without ``pretrained`` takes that model's usual weights (a timm ViT has none: a
     :class:`UsageError` asks for a file); neither takes the archives' model and weights.
     """
-    recorded = archive_model(archives_dir)
+    if archives_dir is None and not model:
+        raise UsageError("image files record no model: give --model (and --pretrained) for the features, e.g. "
+                         "--model dino-vits8 --pretrained FILE, or --model shapes-clip --pretrained builtin")
+    recorded = archive_model(archives_dir) if archives_dir is not None else {}
     name = model or recorded.get("name")
     if not name:
         raise ArtefactError(f"{archives_dir / MANIFEST_NAME}: records no model (field 'model.name'), so the "
@@ -37,11 +42,15 @@ def feature_model(model: str | None, pretrained: str | None, archives_dir: Path)
     return name, pretrained or recorded.get("pretrained", "none")
 
 
-def named_by_archives(model: str | None, pretrained: str | None, archives_dir: Path):
+def named_by_archives(model: str | None, pretrained: str | None, archives_dir: Path | None):
     """A context in which errors about a model or weights the archives name (not given as options)
-    blame the archives' manifest."""
+    blame the archives' manifest (no directory: nothing to blame but the options)."""
+    from contextlib import nullcontext
+
     from zutiscli.models.clip import named_by
 
+    if archives_dir is None:
+        return nullcontext()
     return named_by(archives_dir / MANIFEST_NAME,
                     model=None if model else "its field 'model.name' names model",
                     weights=None if model or pretrained else "its field 'model.pretrained' names weights")

@@ -171,7 +171,7 @@ def _pipeline_to_dataset(stages: _Stages, config: DemoConfig, out: Path, index: 
                               contact_sheet=True, contact_count=48, device=config.device),
                out / "archives", warn=stages.log)
     stages.run("pseudolabel" + suffix, run_pseudolabel,
-               PseudolabelConfig(archives=str(out / "archives"), method=config.method, model=config.model,
+               PseudolabelConfig(inputs=(str(out / "archives"),), method=config.method, model=config.model,
                                  pretrained=config.pretrained, size=config.pseudo_size, fill_holes=config.fill_holes,
                                  device=config.device, preview=12, seed=config.seed),
                out / "pseudolabels")

@@ -1,4 +1,6 @@
-"""`zutis pseudolabel`: named object masks for every archive image, by training-free mask discovery.
+"""`zutis pseudolabel`: object masks for every archive image (named by its archive), or for every
+image of a pile (an index, image files or directories: masks unnamed, for ``zutis cluster``), by
+training-free mask discovery. What the inputs become is :mod:`zutiscli.pipeline.pseudolabel_inputs`.
 
 Methods are plug-ins (:mod:`zutiscli.methods.pseudolabel`, one module each, ``--method NAME``):
 ``spectral`` (default, SelfMask's spectral voting), ``attention`` (MaskDistill), ``maskcut``
@@ -39,7 +41,15 @@ import torch.nn.functional as F
 
 from zutiscli.artefacts.atomic import atomic_write_text
 from zutiscli.artefacts.coco import CocoBuilder
-from zutiscli.artefacts.manifest import MANIFEST_NAME, read_manifest, relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.archives import read_archives
+from zutiscli.artefacts.manifest import (
+    MANIFEST_NAME,
+    InputRef,
+    read_manifest,
+    relative_to,
+    resolve_relative,
+    write_manifest,
+)
 from zutiscli.artefacts.pseudolabels import (
     EMPTY_NAME,
     FAILED_NAME,
@@ -59,6 +69,7 @@ from zutiscli.pipeline.archive_models import feature_model, named_by_archives
 from zutiscli.pipeline.failures import check_failures
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 from zutiscli.pipeline.pseudolabel_config import REFINERS, PseudolabelConfig  # noqa: F401 - exported here too
+from zutiscli.pipeline.pseudolabel_inputs import PseudolabelInputs, pile, read_inputs
 
 #: Manifest params that may differ between the shards of one run (they change no mask).
 SHARD_FREE_PARAMS = ("shard", "workers", "chunk_size", "device")
@@ -228,14 +239,10 @@ def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) ->
 
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
-    from zutiscli.artefacts.archives import read_archives
-
     config.validate()
-    archives_dir = Path(config.archives)
-    archives = read_archives(archives_dir)
+    inputs = read_inputs(config.inputs)
+    archives = inputs.archives
     every = _unique_images(archives)
-    if not every:
-        raise ZutisError(f"{archives_dir}: the archives hold no images")
     shard = _resolve_shard(config)
     unique = _in_shard(every, shard)
     out, state = _check_output(output, shard)
@@ -247,9 +254,9 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     else:
         from zutiscli.models.backbones import describe_backbone
 
-        name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
+        name, pretrained = feature_model(config.model, config.pretrained, inputs.model_dir)
         dtype = resolve_precision(config.precision, device)
-        with named_by_archives(config.model, config.pretrained, archives_dir):
+        with named_by_archives(config.model, config.pretrained, inputs.model_dir):
             model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
         record = describe_backbone(name, pretrained)
     model["device"] = str(device)
@@ -260,8 +267,10 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
             if previous.params.get("method") != config.method or previous.model != record:
                 raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
         done = len(_done(read_parts(out), out, unique))
-    reads = [input_entry(archives_dir, "zutis.archives", classes=len(archives), images=len(every))]
-    params = {"method": config.method, "size": config.input_size, "refine": config.refine,
+    path, kind = inputs.describe()
+    counts = {"classes": len(archives)} if inputs.named else {}
+    reads = [input_entry(path, kind, **counts, images=len(every))]
+    params = {"source": inputs.source, "method": config.method, "size": config.input_size, "refine": config.refine,
               "components": config.component_mode, "workers": config.workers}
     params |= {name: getattr(config, name) for name in labeller.options}  # what this method reads
     work = {"already_processed": done, "images_to_process": len(unique) - done}
@@ -282,16 +291,16 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     stops with :class:`ZutisError` and writes no manifest, when some do ``warn`` gets one line
     (:func:`zutiscli.pipeline.failures.check_failures`).
     """
-    from zutiscli.artefacts.archives import read_archives
-
     config.validate()
     say = log or (lambda message: None)
     start = time.perf_counter()
-    archives_dir = Path(config.archives)
-    archives = read_archives(archives_dir)
+    inputs = read_inputs(config.inputs)
+    archives = inputs.archives
     every = _unique_images(archives)
-    if not every:
-        raise ZutisError(f"{archives_dir}: the archives hold no images")
+    if inputs.problems and warn is not None:
+        entry, reason = inputs.problems[0]
+        warn(f"{len(inputs.problems)} listed entr{'y' if len(inputs.problems) == 1 else 'ies'} could not be read "
+             f"and {'was' if len(inputs.problems) == 1 else 'were'} skipped (e.g. {entry}: {reason})")
     shard = _resolve_shard(config)
     unique = _in_shard(every, shard)
     _check_output(output, shard)
@@ -308,9 +317,9 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     else:
         from zutiscli.models.backbones import describe_backbone, load_dense_backbone
 
-        name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
+        name, pretrained = feature_model(config.model, config.pretrained, inputs.model_dir)
         dtype = resolve_precision(config.precision, device)
-        with named_by_archives(config.model, config.pretrained, archives_dir):
+        with named_by_archives(config.model, config.pretrained, inputs.model_dir):
             backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
         model_record = describe_backbone(name, pretrained)
         patch = backbone.patch_size
@@ -408,7 +417,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    return _finish(config, out, archives, archives_dir, model_record, start, shard, warn)
+    return _finish(config, out, inputs, model_record, start, shard, warn)
 
 
 def _assemble(out: Path, archives: dict[str, list], results: dict[str, dict[str, Any]], method: str,
@@ -466,20 +475,23 @@ def _summary(processed: int, per_class: dict[str, dict[str, int]], masks: int, s
     }
 
 
-def _finish(config: PseudolabelConfig, out: Path, archives: dict[str, list], archives_dir: Path,
-            model_record: dict[str, Any], start: float, shard: tuple[int, int] | None,
+def _finish(config: PseudolabelConfig, out: Path, inputs: PseudolabelInputs, model_record: dict[str, Any],
+            start: float, shard: tuple[int, int] | None,
             warn: Callable[[str], None] | None = None) -> PseudolabelResult:
+    archives = inputs.archives
     results = read_parts(out)
     per_class, total_masks = _assemble(out, archives, results, config.method, config.preview, config.seed)
     entries = [(hit.path, results[rel]) for hits in archives.values() for hit in hits
                if (rel := relative_to(out, hit.path)) in results]  # as failed.jsonl counts them: once per archive
     failures = [(str(path), row["failed"]) for path, row in entries if row.get("failed")]
-    check_failures(failures, len(entries), out / FAILED_NAME, what="archive images", warn=warn)
+    check_failures(failures, len(entries), out / FAILED_NAME, what="archive images" if inputs.named else "images",
+                   warn=warn)
     seconds = time.perf_counter() - start
     summary = _summary(len(results), per_class, total_masks, seconds)
-    params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "archives"}
+    params = {"source": inputs.source}
+    params |= {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "inputs"}
     params["shard"] = list(shard) if shard is not None else None
-    write_manifest(out, "zutis.pseudolabels", model=model_record, inputs=[archives_dir], params=params,
+    write_manifest(out, "zutis.pseudolabels", model=model_record, inputs=inputs.refs(out), params=params,
                    summary=summary)
     return PseudolabelResult(out, len(results), len(results), total_masks, summary["empty"], summary["failed"],
                              seconds, per_class, shard)
@@ -530,6 +542,11 @@ class _Shards:
     manifests: list[Any]
     count: int
     archives_dir: Path
+
+    @property
+    def named(self) -> bool:
+        """Whether the shards hold pseudo-labels of archives (else of a pile of images)."""
+        return self.manifests[0].params.get("source", "archives") == "archives"
 
 
 def _check_shards(shards: list[str | Path]) -> _Shards:
@@ -593,16 +610,15 @@ def _check_shards(shards: list[str | Path]) -> _Shards:
 
 def plan_merge_pseudolabels(shards: list[str | Path], output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel merge`` would do (``--dry-run``): the checks of a real merge, nothing written."""
-    from zutiscli.artefacts.archives import read_archives
-
     checked = _check_shards(list(shards))
-    archives = read_archives(checked.archives_dir)
     out, state = check_output_dir(output, "pseudolabel")
     reads = [input_entry(d, f"zutis.pseudolabels, shard {m.params['shard'][0]}/{m.params['shard'][1]}",
                          images=m.summary.get("images"), masks=m.summary.get("masks"))
              for d, m in zip(checked.directories, checked.manifests)]
-    reads.append(input_entry(checked.archives_dir, "zutis.archives", classes=len(archives),
-                             images=len(_unique_images(archives))))
+    if checked.named:
+        archives = read_archives(checked.archives_dir)
+        reads.append(input_entry(checked.archives_dir, "zutis.archives", classes=len(archives),
+                                 images=len(_unique_images(archives))))
     params = {"method": checked.manifests[0].params.get("method"), "shards": checked.count}
     work = {"images": sum(int(m.summary.get("images", 0)) for m in checked.manifests),
             "masks": sum(int(m.summary.get("masks", 0)) for m in checked.manifests)}
@@ -615,6 +631,9 @@ def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = Non
                        log: Callable[[str], None] | None = None) -> PseudolabelResult:
     """Join the ``N`` shard directories of one sharded run into one pseudo-label directory.
 
+    Shards of a pile (an index or image files: no archives) hold its images between them; the
+    merged pile is their union, in the pile's canonical order (:func:`pile`).
+
     The result equals what the unsharded run writes: the same images, annotations, ids and order
     in ``pseudolabels.json`` (the canonical order of :mod:`zutiscli.artefacts.pseudolabels`), the
     same ``empty.jsonl``/``failed.jsonl`` and previews, and the same manifest params with
@@ -622,23 +641,25 @@ def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = Non
     again for the class order and ranks, so they must still be where the shards' manifests say.
     Refusals are listed in :func:`_check_shards`. Returns the summary (``result.path``).
     """
-    from zutiscli.artefacts.archives import read_archives
-
     say = log or (lambda message: None)
     start = time.perf_counter()
     checked = _check_shards(list(shards))
     check_output_dir(output, "pseudolabel")  # refused before the shards' rows are read
-    archives = read_archives(checked.archives_dir)
-    unique = _unique_images(archives)
     found: dict[Path, dict[str, Any]] = {}
     for directory in checked.directories:
         for path, row in read_parts(directory).items():
             found.setdefault(resolve_relative(directory, path), row)
-    absent = [path for path in unique if path not in found]
-    if absent:
-        raise ArtefactError(f"{absent[0]}: this archive image is in none of the shards ({len(absent)} such); "
-                            f"were the shards run with the archives at another path? rerun them from "
-                            f"{checked.archives_dir}")
+    if checked.named:
+        archives = read_archives(checked.archives_dir)
+        unique = _unique_images(archives)
+        absent = [path for path in unique if path not in found]
+        if absent:
+            raise ArtefactError(f"{absent[0]}: this archive image is in none of the shards ({len(absent)} such); "
+                                f"were the shards run with the archives at another path? rerun them from "
+                                f"{checked.archives_dir}")
+    else:
+        archives = pile(list(found))
+        unique = _unique_images(archives)
     out = prepare_output_dir(output, "pseudolabel")
     rows: dict[str, dict[str, Any]] = {}
     for path, row in found.items():
@@ -653,8 +674,10 @@ def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = Non
                                  int(params.get("seed") or 0))
     seconds = time.perf_counter() - start
     summary = _summary(len(rows), per_class, masks, seconds) | {"merged_from": checked.count}
-    write_manifest(out, "zutis.pseudolabels", model=reference.model, inputs=[checked.archives_dir], params=params,
-                   summary=summary)
+    inputs = [checked.archives_dir] if checked.named else [
+        InputRef(relative_to(out, resolve_relative(reference.root, ref.path)), ref.fingerprint, ref.kind)
+        for ref in reference.inputs]
+    write_manifest(out, "zutis.pseudolabels", model=reference.model, inputs=inputs, params=params, summary=summary)
     say(f"merged {checked.count} shards: {len(rows)} images")
     return PseudolabelResult(out, len(rows), len(rows), masks, summary["empty"], summary["failed"], seconds,
                              per_class)

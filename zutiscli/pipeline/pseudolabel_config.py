@@ -32,14 +32,19 @@ def _size_help() -> str:
 class PseudolabelConfig:
     """Options of ``zutis pseudolabel`` (sizes in pixels; fractions of the image area).
 
+    ``inputs``: one archives directory (masks named by their archives), one index, or image files,
+    directories and globs (a pile: masks unnamed); see :mod:`zutiscli.pipeline.pseudolabel_inputs`.
+
     ``shard``: ``(i, n)`` or ``"i/n"`` to process slice i of n (0-based); None = the environment's
     (SLURM array, torchrun), else the whole run.
     """
 
-    archives: str = not_an_option("", "the command's ARCHIVES argument")
+    inputs: tuple[str, ...] = not_an_option(
+        (), "the command's INPUT arguments: an archives directory, an index, or image files, directories and globs")
     method: str = option("spectral", "Mask discovery method.", choices=labeller_names())
     model: str | None = option(
-        None, "ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' model).",
+        None, "ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' or index's "
+        "model; required for image files).",
         kind="model", show_default=False)
     pretrained: str | None = option(None, "Weights of --model (a local file for timm/DINO).", show_default=False)
     size: int | None = option(None, _size_help(), show_default=False)
@@ -71,6 +76,9 @@ class PseudolabelConfig:
         show_default=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.inputs, (str, bytes)) or hasattr(self.inputs, "__fspath__"):
+            self.inputs = (str(self.inputs),)  # one path, as the Python API may give it
+        self.inputs = tuple(str(entry) for entry in self.inputs)
         if isinstance(self.shard, str):  # "I/N", as the command line and the Python API take it
             self.shard = parse_shard(self.shard)
 

@@ -1,0 +1,492 @@
+"""`zutis cluster`: the masks of a pseudo-label directory grouped into ``k`` pseudo-classes.
+
+MaskDistill (Van Gansbeke et al. 2022) and U2Seg (Niu et al. 2024) name class-agnostic object masks
+by clustering: one feature per mask, k-means over all of them, each cluster a pseudo-class. Here:
+
+1. each mask's feature (:mod:`zutiscli.engine.mask_features`), L2-normalised: ``clip`` (default)
+   = the CLIP image embedding of a square crop around the mask, the outside painted in the model's
+   mean colour (zeros after its normalisation); ``cls`` = a ViT's [CLS] token of the whole image,
+   the outside of the mask painted the same way (MaskDistill's masked image);
+2. the features rounded to float16 (as ``features.npy`` stores them) and renormalised, so that
+   ``--features-from`` clusters exactly what a first run clustered;
+3. spherical k-means (:func:`zutiscli.ops.kmeans.spherical_kmeans`, faiss): per mask its cluster
+   and cosine distance to the centroid; the same seed gives the same clusters, whatever
+   ``--workers`` and the machine's cores;
+4. with ``--ground-truth``, each mask's class (:mod:`zutiscli.engine.mask_truth`) and the
+   clusters' purity and NMI (:mod:`zutiscli.ops.cluster_quality`).
+
+The categories of the pseudo-labels (archive classes, or the single "object" of an unnamed pile)
+play no part in the clustering; they are recorded per mask for reporting.
+
+Writes a ``zutis.clusters`` directory (:mod:`zutiscli.artefacts.clusters`). Everything is computed
+before the output directory is created: a run that fails leaves nothing, one killed while writing
+leaves no manifest (readers refuse the directory; a rerun into it starts afresh).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from zutiscli.artefacts.clusters import KIND, ClusteredMask, ClusterInfo
+from zutiscli.artefacts.lock import holding_locks
+from zutiscli.artefacts.manifest import MANIFEST_NAME
+from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.pipeline.cluster_config import DEFAULT_FEATURES, MATCH_IOU, ClusterConfig
+
+__all__ = ["ClusterConfig", "ClusterResult", "cluster", "plan_cluster"]
+
+Log = Callable[[str], None]
+
+#: Input side of a model that does not say its own (timm ViTs).
+FALLBACK_SIZE = 224
+#: Side of a contact sheet's tiles, pixels.
+TILE = 96
+
+
+@dataclass
+class ClusterResult:
+    """What a run wrote: the directory, the clusters, masks clustered, images that could not be read,
+    and with ground truth the purity, NMI and the number of masks matched to an instance."""
+
+    path: Path
+    k: int
+    masks: int
+    features: str
+    clusters: list[ClusterInfo]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    purity: float | None = None
+    nmi: float | None = None
+    matched: int | None = None
+    seconds: float = 0.0
+
+
+# ---- inputs -----------------------------------------------------------------------------------
+def _pseudolabels(config: ClusterConfig) -> Any:
+    """The pseudo-labels, refused when they hold no mask or fewer than ``k``."""
+    from zutiscli.artefacts.pseudolabels import PSEUDOLABELS_NAME, load_pseudolabels
+
+    directory = Path(config.pseudolabels)
+    labels = load_pseudolabels(directory)
+    if not labels.objects:
+        raise ZutisError(f"{directory / PSEUDOLABELS_NAME}: holds no masks, so there is nothing to cluster; "
+                         f"pseudo-label images in which objects are found first (zutis pseudolabel)")
+    _check_k(config.k, len(labels.objects), directory / PSEUDOLABELS_NAME)
+    return labels
+
+
+def _check_k(k: int, masks: int, where: Path | str, what: str = "masks") -> None:
+    if k > masks:
+        raise UsageError(f"-k {k}: {where} holds {masks} {what}, fewer than the clusters asked for; give -k {masks} "
+                         f"or less")
+
+
+def _embedding_model(config: ClusterConfig, labels: Any, kind: str) -> tuple[str, str]:
+    """``(name, pretrained)`` of the model that embeds the masks: ``--model``, else the pseudo-labels'."""
+    from zutiscli.models.timm_vit import is_timm_name
+
+    manifest = labels.directory / MANIFEST_NAME
+    if config.model:
+        if kind == "clip" and is_timm_name(config.model):
+            raise UsageError(f"--model {config.model}: a timm ViT has no CLIP image embedding; give a CLIP model or "
+                             f"--features cls")
+        if config.pretrained is not None:
+            return config.model, config.pretrained
+        if is_timm_name(config.model):
+            raise UsageError(f"--model {config.model}: timm ViTs load local weights; pass --pretrained FILE")
+        from zutiscli.pipeline.index import default_pretrained
+
+        return config.model, default_pretrained(config.model)
+    recorded = dict(labels.manifest.model or {})
+    name = recorded.get("name")
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{manifest}: records no model that embeds images (field 'model.name'), so the masks' "
+                         f"features need one: give --model and --pretrained (e.g. --model ViT-B-16 --pretrained "
+                         f"openai)")
+    if kind == "clip" and is_timm_name(name):
+        raise UsageError(f"{manifest}: the pseudo-labels' model {name} is a timm ViT, not a CLIP; give --model "
+                         f"(e.g. ViT-B-16 --pretrained openai) or --features cls")
+    return name, config.pretrained or str(recorded.get("pretrained", "none"))
+
+
+def _named_by_pseudolabels(config: ClusterConfig, labels: Any):
+    """Errors about a model or weights that the pseudo-labels' manifest named blame that file."""
+    from zutiscli.models.clip import named_by
+
+    return named_by(labels.directory / MANIFEST_NAME,
+                    model=None if config.model else "its field 'model.name' names model",
+                    weights=None if config.model or config.pretrained else "its field 'model.pretrained' names weights")
+
+
+def _feature_source(config: ClusterConfig, labels: Any) -> Any:
+    """The earlier clusters directory of ``--features-from``, checked to hold features of these pseudo-labels."""
+    from zutiscli.artefacts.clusters import read_clusters
+    from zutiscli.artefacts.manifest import fingerprint
+
+    source = read_clusters(config.features_from)
+    ours = fingerprint(labels.directory)
+    made_from = [ref for ref in source.manifest.inputs if ref.kind == "zutis.pseudolabels"]
+    if not made_from or made_from[0].fingerprint != ours:
+        raise ArtefactError(f"--features-from {config.features_from}: its features are of other pseudo-labels "
+                         f"({made_from[0].path if made_from else 'none recorded'}), not of {labels.directory}; give a "
+                         f"clusters directory made from {labels.directory}")
+    if config.features is not None and config.features != source.features:
+        raise UsageError(f"--features {config.features}: --features-from {config.features_from} holds "
+                         f"{source.features} features; leave out --features or embed the masks again")
+    return source
+
+
+def _input_size(backbone: Any, kind: str, config: ClusterConfig) -> int:
+    """The side of the views: CLIP's own input for clip features; ``--size`` or the model's for cls."""
+    own = getattr(backbone, "image_size", None)
+    if own is None:
+        img_size = getattr(getattr(getattr(backbone, "model", None), "patch_embed", None), "img_size", None)
+        own = img_size if img_size is not None else (FALLBACK_SIZE, FALLBACK_SIZE)
+    own_side = int(own[0]) if isinstance(own, (tuple, list)) else int(own)
+    if kind == "clip":
+        if config.size is not None and config.size != own_side:
+            raise UsageError(f"--size {config.size}: CLIP's image embedding takes its own input size ({own_side} px); "
+                             f"--size sets the input of --features cls")
+        return own_side
+    size = config.size or own_side
+    patch = int(getattr(backbone, "patch_size", 1) or 1)
+    return max(patch, size // patch * patch)
+
+
+# ---- features -----------------------------------------------------------------------------------
+def _embed(config: ClusterConfig, labels: Any, kind: str, say: Log,
+           progress: Callable[[int, int], None] | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """Embed every mask: ``(MaskFeatures, model record, view settings {size, margin, fill})``."""
+    import torch
+
+    from zutiscli.engine.mask_features import embed_masks, group_by_image
+    from zutiscli.models.backbones import describe_backbone, load_dense_backbone
+    from zutiscli.models.device import resolve_device, resolve_precision
+
+    name, pretrained = _embedding_model(config, labels, kind)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    with _named_by_pseudolabels(config, labels):
+        if kind == "clip":
+            from zutiscli.models.clip import ModelSpec, load_backbone
+
+            backbone = load_backbone(ModelSpec(name, pretrained), device=device, dtype=dtype)
+        else:
+            backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
+    size = _input_size(backbone, kind, config)
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        pixels = backbone.normalise(pixels.to(device))
+        return backbone.encode_images(pixels) if kind == "clip" else backbone.cls_tokens(pixels)
+
+    with torch.no_grad():
+        encode(torch.zeros(1, 3, size, size))  # a model that cannot give the feature says so before any decoding
+    fill = [float(v) for v in backbone.mean]
+    groups = group_by_image([obj.image for obj in labels.objects], [obj.rle for obj in labels.objects])
+    workers = _workers(config)
+    say(f"embedding {len(labels.objects)} masks of {len(groups)} images ({kind} features of {name}, {size} px)")
+    found = embed_masks(groups, encode, size=size, view="crop" if kind == "clip" else "image", fill=fill,
+                        margin=config.margin, batch_size=config.batch_size, workers=workers, progress=progress)
+    record = describe_backbone(name, pretrained)
+    return found, record, {"size": size, "margin": config.margin, "fill": [round(v, 6) for v in fill]}
+
+
+def _workers(config: ClusterConfig) -> int:
+    from zutiscli.pipeline.index_config import cores_per_process
+
+    return config.workers if config.workers is not None else min(8, cores_per_process())
+
+
+def _first(items: list[Any]) -> Any:
+    """The one item of a batch of one (:func:`zutiscli.data.thread_batches.thread_batches`)."""
+    return items[0]
+
+
+def _view_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """``{size, margin, fill}`` of an earlier run's manifest params (what its contact sheets reuse);
+    values of the wrong type fall back to None, 0.2 and grey."""
+    size, margin, fill = params.get("size"), params.get("margin"), params.get("fill")
+    good_fill = isinstance(fill, list) and len(fill) == 3 and all(isinstance(v, (int, float)) for v in fill)
+    return {"size": size if isinstance(size, int) else None,
+            "margin": float(margin) if isinstance(margin, (int, float)) and margin >= 0 else 0.2,
+            "fill": [float(v) for v in fill] if good_fill else [0.5, 0.5, 0.5]}
+
+
+def _rounded(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(float16 features as stored, the float32 unit vectors clustered)``: the stored values
+    renormalised, so a rerun from ``features.npy`` clusters the very same vectors."""
+    stored = np.asarray(features).astype(np.float16)
+    vectors = stored.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return stored, vectors / np.where(norms > 0, norms, 1)
+
+
+# ---- contact sheets -----------------------------------------------------------------------------
+class _Sheets:
+    """Cluster -> its contact sheet ``(H, W, 3)`` uint8: the masks nearest its centroid, as crops."""
+
+    def __init__(self, members: list[np.ndarray], titles: list[str], paths: Sequence[Path],
+                 rles: Sequence[dict[str, Any]], distance: np.ndarray, settings: dict[str, Any]):
+        self.members, self.titles, self.paths, self.rles = members, titles, paths, rles
+        self.distance, self.settings = distance, settings
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, cluster: int) -> tuple[int, np.ndarray]:
+        import torch
+
+        from zutiscli.data.images import load_image
+        from zutiscli.errors import ImageLoadError
+        from zutiscli.ops.contact_sheet import tile_sheet
+        from zutiscli.ops.crops import masked_square_crops
+        from zutiscli.ops.masks import decode_mask
+
+        chosen = self.members[cluster]
+        fill = self.settings["fill"]
+        tiles = np.full((len(chosen), TILE, TILE, 3), 90, dtype=np.uint8)
+        by_image: dict[Path, list[int]] = {}
+        for slot, position in enumerate(chosen):
+            by_image.setdefault(Path(self.paths[position]), []).append(slot)
+        for path, slots in by_image.items():
+            try:
+                image = load_image(path)
+            except ImageLoadError:
+                continue  # a grey tile: the image went away since it was embedded
+            pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div_(255)
+            masks = torch.from_numpy(np.stack([decode_mask(self.rles[chosen[s]]) for s in slots]))
+            if masks.shape[1:] != pixels.shape[1:]:
+                continue
+            crops = masked_square_crops(pixels, masks, TILE, margin=self.settings["margin"], fill=fill)
+            tiles[slots] = (crops.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        captions = [f"{self.distance[p]:.3f}" for p in chosen]
+        return cluster, tile_sheet(tiles, self.titles[cluster], columns=8, captions=captions)
+
+
+def _nearest_members(assignment: np.ndarray, distance: np.ndarray, k: int, count: int) -> list[np.ndarray]:
+    """Per cluster, the positions of its ``count`` masks nearest the centroid (ties: earlier mask first)."""
+    order = np.lexsort((np.arange(len(distance)), distance))
+    members: list[list[int]] = [[] for _ in range(k)]
+    for position in order:
+        group = members[assignment[position]]
+        if len(group) < count:
+            group.append(int(position))
+    return [np.asarray(group, dtype=np.int64) for group in members]
+
+
+def _titles(k: int, sizes: np.ndarray, infos: list[ClusterInfo]) -> list[str]:
+    titles = []
+    for cluster in range(k):
+        title = f"cluster {cluster}: {int(sizes[cluster])} mask{'s' if sizes[cluster] != 1 else ''}"
+        info = infos[cluster]
+        if info.majority is not None and info.share is not None:
+            title += f", {info.share:.0%} of {info.matched} matched are {info.majority}"
+        titles.append(title + " (nearest the centroid first, cosine distance)")
+    return titles
+
+
+# ---- the stage ----------------------------------------------------------------------------------
+def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any:
+    """What ``zutis cluster`` would do (``--dry-run``): the checks of a real run, no weights loaded,
+    nothing written."""
+    from zutiscli.models.device import precision_name, resolve_device, resolve_precision
+    from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
+
+    config.validate()
+    labels = _pseudolabels(config)
+    writes = output_plan(output, "cluster")
+    images = len({obj.image for obj in labels.objects})
+    reads = [input_entry(labels.directory, "zutis.pseudolabels", images=images, masks=len(labels.objects),
+                         categories=len(labels.classes))]
+    if config.features_from:
+        source = _feature_source(config, labels)
+        kind, model = source.features, dict(source.manifest.model or {})
+        reads.append(input_entry(source.path, "zutis.clusters", masks=len(source.masks)))
+        work = {"masks_to_embed": 0, "masks_reused": len(source.masks)}
+        _check_k(config.k, len(source.masks), source.path, "masks with features")
+    else:
+        kind = config.features or DEFAULT_FEATURES
+        name, pretrained = _embedding_model(config, labels, kind)
+        dtype = resolve_precision(config.precision, resolve_device(config.device))
+        with _named_by_pseudolabels(config, labels):
+            model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
+        work = {"masks_to_embed": len(labels.objects), "images_to_decode": images}
+    if config.ground_truth:
+        from zutiscli.engine.mask_truth import truth_labels
+
+        truth = truth_labels(config.ground_truth, [o.image for o in labels.objects], [o.rle for o in labels.objects],
+                             MATCH_IOU)
+        reads.append(input_entry(config.ground_truth, "COCO instances", images_paired=truth.images_paired,
+                                 classes=len(truth.classes)))
+        work["masks_matched_to_ground_truth"] = int((truth.labels >= 0).sum())
+    params = {"k": config.k, "features": kind, "restarts": config.restarts, "iterations": config.iterations,
+              "seed": config.seed, "contact": config.contact}
+    work["clusters"] = config.k
+    return Plan("cluster", reads, writes, model, params, work)
+
+
+@dataclass
+class _Features:
+    """The masks' features, embedded now or reused: what the rest of a run needs of them.
+
+    ``positions``: ``(M,)`` int64, the pseudo-label object of each row; ``stored``: ``(M, D)`` float16
+    as written; ``vectors``: the float32 unit rows clustered; ``settings``: the views' size, margin
+    and fill; ``failed``: unreadable images of this run, ``failed_count`` with a reused run's."""
+
+    kind: str
+    positions: np.ndarray
+    stored: np.ndarray
+    vectors: np.ndarray
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed_count: int = 0
+    source: Path | None = None
+
+
+def _reused_features(config: ClusterConfig, labels: Any, say: Log) -> _Features:
+    """The features of ``--features-from``, their rows matched to the pseudo-labels by annotation id."""
+    source = _feature_source(config, labels)
+    position_of = {obj.annotation_id: number for number, obj in enumerate(labels.objects)}
+    missing = [m.annotation_id for m in source.masks if m.annotation_id not in position_of]
+    if missing:
+        raise ArtefactError(f"--features-from {source.path}: annotation {missing[0]} is not in {labels.directory}; "
+                            f"embed the masks again (leave out --features-from)")
+    positions = np.array([position_of[m.annotation_id] for m in source.masks], dtype=np.int64)
+    stored, vectors = _rounded(source.load_features())
+    failed = source.manifest.summary.get("failed")
+    say(f"reusing the {source.features} features of {len(positions)} masks from {source.path}")
+    return _Features(source.features, positions, stored, vectors, dict(source.manifest.model or {}),
+                     _view_settings(source.manifest.params), [], failed if isinstance(failed, int) else 0, source.path)
+
+
+def _new_features(config: ClusterConfig, labels: Any, say: Log,
+                  progress: Callable[[int, int], None] | None) -> _Features:
+    """Every mask embedded now; a :class:`ZutisError` when no image could be read."""
+    kind = config.features or DEFAULT_FEATURES
+    found, model, settings = _embed(config, labels, kind, say, progress)
+    if not len(found.positions):
+        example = f"e.g. {found.failed[0][0]}: {found.failed[0][1]}" if found.failed else "no masks"
+        raise ZutisError(f"none of the {len({o.image for o in labels.objects})} images of {labels.directory} could "
+                         f"be read ({example}); nothing was written")
+    stored, vectors = _rounded(found.features)
+    return _Features(kind, found.positions, stored, vectors, model, settings, found.failed, len(found.failed))
+
+
+def _quality(assignment: np.ndarray, sizes: np.ndarray, truth: Any, positions: np.ndarray
+             ) -> tuple[list[ClusterInfo], dict[str, Any], list[str | None]]:
+    """Per cluster its size (and with ground truth its majority class); purity, NMI and matched
+    counts (empty without ground truth); each mask's ground-truth class or ``None``."""
+    from zutiscli.ops.cluster_quality import cluster_majority, contingency_table, normalized_mutual_info, purity
+
+    k = len(sizes)
+    if truth is None:
+        return [ClusterInfo(cluster=c, size=int(sizes[c])) for c in range(k)], {}, [None] * len(positions)
+    labels = truth.labels[positions]
+    table = contingency_table(assignment, labels, k, len(truth.classes))
+    majority, share, matched = cluster_majority(table)
+    infos = [ClusterInfo(cluster=c, size=int(sizes[c]),
+                         majority=truth.classes[majority[c]] if majority[c] >= 0 else None,
+                         share=None if np.isnan(share[c]) else float(share[c]), matched=int(matched[c]))
+             for c in range(k)]
+    quality = {"purity": purity(table), "nmi": normalized_mutual_info(table), "matched": int(matched.sum()),
+               "unmatched": int((labels < 0).sum())}
+    return infos, quality, [truth.classes[label] if label >= 0 else None for label in labels.tolist()]
+
+
+def _contact_sheets(out: Path, config: ClusterConfig, labels: Any, features: _Features, result: Any,
+                    infos: list[ClusterInfo]) -> list[ClusterInfo]:
+    """Draw each non-empty cluster's contact sheet into ``out``; the infos with their paths."""
+    from zutiscli.artefacts.clusters import write_contact_sheet
+    from zutiscli.data.thread_batches import thread_batches
+
+    k = len(infos)
+    members = _nearest_members(result.assignment, result.distance, k, config.contact)
+    objects = [labels.objects[p] for p in features.positions]
+    sheets = _Sheets(members, _titles(k, result.sizes, infos), [o.image for o in objects], [o.rle for o in objects],
+                     result.distance, features.settings)
+    contact: dict[int, str] = {}
+    for number, sheet in thread_batches(sheets, _workers(config), 1, _first):
+        if len(members[number]):
+            contact[number] = write_contact_sheet(out, number, k, sheet)
+    return [ClusterInfo(i.cluster, i.size, i.majority, i.share, i.matched, contact.get(i.cluster)) for i in infos]
+
+
+def _params(config: ClusterConfig, out: Path, features: _Features) -> dict[str, Any]:
+    """The manifest's ``params``: what decided the clusters (paths relative to the artefact)."""
+    from zutiscli.artefacts.manifest import relative_to
+    from zutiscli.ops.kmeans import KMEANS_THREADS
+
+    return {"k": config.k, "features": features.kind, **features.settings, "restarts": config.restarts,
+            "iterations": config.iterations, "seed": config.seed,
+            "kmeans": {"spherical": True, "max_points_per_centroid": 256, "threads": KMEANS_THREADS},
+            "contact": config.contact, "match_iou": MATCH_IOU, "batch_size": config.batch_size,
+            "precision": config.precision,
+            "ground_truth": relative_to(out, config.ground_truth) if config.ground_truth else None,
+            "features_from": relative_to(out, features.source) if features.source else None}
+
+
+@holding_locks
+def cluster(config: ClusterConfig, output: str | Path | None = None, *,
+            progress: Callable[[int, int], None] | None = None, log: Log | None = None) -> ClusterResult:
+    """Run ``zutis cluster``; returns what it wrote (the directory is ``result.path``).
+
+    ``progress(done, total)`` counts masks embedded. Masks whose image cannot be read are left out
+    (listed in the result, counted in the manifest); when fewer than ``k`` masks remain the run
+    stops with a :class:`UsageError`, having written nothing.
+    """
+    from zutiscli.artefacts.clusters import write_clusters
+    from zutiscli.artefacts.manifest import write_manifest
+    from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+    from zutiscli.ops.kmeans import spherical_kmeans
+
+    config.validate()
+    say = log or (lambda message: None)
+    started = time.perf_counter()
+    labels = _pseudolabels(config)
+    check_output_dir(output, "cluster")  # refused now, not after the embedding; created only at the end
+    objects = labels.objects
+    truth = None
+    if config.ground_truth:
+        from zutiscli.engine.mask_truth import truth_labels
+
+        truth = truth_labels(config.ground_truth, [o.image for o in objects], [o.rle for o in objects], MATCH_IOU)
+        say(f"ground truth: {truth.images_paired} of {truth.images} images paired, "
+            f"{int((truth.labels >= 0).sum())} of {len(objects)} masks matched to an instance")
+    features = (_reused_features(config, labels, say) if config.features_from
+                else _new_features(config, labels, say, progress))
+    _check_k(config.k, len(features.positions), labels.directory, "masks whose image could be read")
+
+    say(f"k-means: {config.k} clusters of {len(features.positions)} masks ({config.restarts} restarts, "
+        f"{config.iterations} iterations, seed {config.seed})")
+    result = spherical_kmeans(features.vectors, config.k, iterations=config.iterations, restarts=config.restarts,
+                              seed=config.seed)
+    infos, quality, truth_of = _quality(result.assignment, result.sizes, truth, features.positions)
+
+    out = prepare_output_dir(output, "cluster")
+    if config.contact:
+        infos = _contact_sheets(out, config, labels, features, result, infos)
+    masks = []
+    for row, position in enumerate(features.positions.tolist()):
+        obj = objects[position]
+        category = labels.classes[obj.class_index] if 0 <= obj.class_index < len(labels.classes) else None
+        masks.append(ClusteredMask(image=obj.image, annotation_id=obj.annotation_id,
+                                   cluster=int(result.assignment[row]), distance=float(result.distance[row]),
+                                   category=category, truth=truth_of[row]))
+    write_clusters(out, features_kind=features.kind, masks=masks, clusters=infos, centroids=result.centroids,
+                   features=features.stored, ground_truth=truth is not None)
+    inputs = [labels.directory, *([features.source] if features.source else []),
+              *([Path(config.ground_truth)] if config.ground_truth else [])]
+    seconds = round(time.perf_counter() - started, 2)
+    summary = {"k": config.k, "masks": len(masks), "images": len({str(m.image) for m in masks}),
+               "failed": features.failed_count, "sizes": [int(s) for s in result.sizes],
+               "mean_similarity": round(result.similarity, 6)}
+    summary |= {key: (round(value, 6) if isinstance(value, float) else value) for key, value in quality.items()}
+    write_manifest(out, KIND, model=features.model, inputs=inputs, params=_params(config, out, features),
+                   summary=summary | {"seconds": seconds})
+    return ClusterResult(out, config.k, len(masks), features.kind, infos, features.failed, quality.get("purity"),
+                         quality.get("nmi"), quality.get("matched"), seconds)
