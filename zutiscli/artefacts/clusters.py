@@ -29,7 +29,7 @@ Every file is written atomically and the manifest last: a directory without one 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -242,3 +242,35 @@ def read_clusters(directory: str | Path) -> Clusters:
         raise ArtefactError(f"{centroids_file}: holds {centroids.dtype} {centroids.shape}, not float32 ({k}, {dim}); "
                             f"{_REMEDY}")
     return Clusters(root, manifest, k, kind, masks, clusters, centroids)
+
+
+def cluster_names(k: int) -> list[str]:
+    """The class names of ``k`` clusters when they are trained on and predicted: ``cluster-00`` ...
+    (as many digits as ``k - 1`` needs, at least two), the order of the cluster ids."""
+    digits = max(2, len(str(max(0, k - 1))))
+    return [f"cluster-{number:0{digits}d}" for number in range(k)]
+
+
+def cluster_labels(clusters: Clusters):
+    """The clustered masks as pseudo-labels whose classes are the clusters (:func:`cluster_names`):
+    the masks of the pseudo-label directory the clusters were made from, each of class its
+    cluster; masks left out of the clusters (unreadable images) are left out here too.
+
+    Returns :class:`zutiscli.artefacts.pseudolabels.PseudoLabels` (``directory`` the pseudo-labels').
+    Raises :class:`ArtefactError` when that directory is gone or its masks no longer match.
+    """
+    from zutiscli.artefacts.pseudolabels import PseudoLabels, load_pseudolabels
+
+    sources = [ref for ref in clusters.manifest.inputs if ref.kind == "zutis.pseudolabels"]
+    if not sources:
+        raise ArtefactError(f"{clusters.path / 'manifest.json'}: names no pseudo-label directory among its inputs; "
+                            f"{_REMEDY}")
+    pseudo = resolve_relative(clusters.path, sources[0].path)
+    labels = load_pseudolabels(pseudo)
+    cluster_of = {mask.annotation_id: mask.cluster for mask in clusters.masks}
+    objects = [replace(obj, class_index=cluster_of[obj.annotation_id]) for obj in labels.objects
+               if obj.annotation_id in cluster_of]
+    if len(objects) != len(cluster_of):
+        raise ArtefactError(f"{pseudo}: holds other masks than {clusters.path} clustered ({len(objects)} of "
+                            f"{len(cluster_of)} found); cluster these pseudo-labels again")
+    return PseudoLabels(labels.directory, labels.manifest, cluster_names(clusters.k), objects)

@@ -31,7 +31,7 @@ from zutiscli.errors import UsageError
 from zutiscli.ops.masks import decode_mask
 
 #: The artefact kinds a run trains on.
-SOURCE_KINDS = ("zutis.pseudolabels", "zutis.dataset", "zutis.synth", "zutis.predictions")
+SOURCE_KINDS = ("zutis.pseudolabels", "zutis.clusters", "zutis.dataset", "zutis.synth", "zutis.predictions")
 
 
 class IterationBatches(torch.utils.data.Sampler):
@@ -140,12 +140,22 @@ def training_scenes(source: str, paste: CopyPasteConfig, size: int, seed: int, t
     directory gives its scenes at ``size`` pixels, in a fresh ``seed``-ed order every epoch.
     """
     manifest = source_manifest(source)
-    if manifest.kind == "zutis.pseudolabels":
-        labels = load_pseudolabels(source)
+    if manifest.kind in ("zutis.pseudolabels", "zutis.clusters"):
+        labels = object_labels(source, manifest)
         pool = ObjectPool(labels)
         return CopyPasteDataset(pool, paste, seed, total_items), labels.classes, manifest.kind
     coco, classes = labelled_scenes(source, manifest)
     return DiskScenes(Path(source), size, seed, coco), classes, manifest.kind
+
+
+def object_labels(source: str, manifest: Manifest):
+    """The objects copy-paste draws from: a pseudo-label directory's, or a clusters directory's
+    masks with their clusters as classes (:func:`zutiscli.artefacts.clusters.cluster_labels`)."""
+    if manifest.kind == "zutis.clusters":
+        from zutiscli.artefacts.clusters import cluster_labels, read_clusters
+
+        return cluster_labels(read_clusters(source))
+    return load_pseudolabels(source)
 
 
 def labelled_scenes(source: str, manifest: Manifest) -> tuple[dict[str, Any], list[str]]:

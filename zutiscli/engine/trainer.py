@@ -190,6 +190,8 @@ class Trainer:
         self.model, self.classes, self.config = model, classes, config
         self.info, self.device, self.amp = info, device, amp
         self.text = model.text_embeddings(classes).to(device)
+        # a learned class bank (training on clusters): its rows change every step, so they are read anew
+        self.learned_classes = bool(model.config.class_bank_learned and model.class_bank is not None)
         self.optimiser = torch.optim.AdamW(
             [{"params": model.encoder_parameters(), "lr": config.lr * config.encoder_lr_mult, "name": "encoder"},
              {"params": model.head_parameters(), "lr": config.lr, "name": "heads"}],
@@ -274,7 +276,8 @@ class Trainer:
         semantic = semantic.to(self.device, non_blocking=True)
         masks = [m.to(self.device, non_blocking=True) for m in masks]
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            outputs = self.network(images, self.text)
+            text = self.model.text_embeddings(self.classes).to(self.device) if self.learned_classes else self.text
+            outputs = self.network(images, text)
         losses = zutis_loss(outputs, semantic, masks, self.config.lambda_mask)
         self.optimiser.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()

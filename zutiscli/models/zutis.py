@@ -52,6 +52,10 @@ class ZutisConfig:
     # logits; with them, a query can take one instance and leave the other.
     positional_values: bool = False
     background: str = BACKGROUND
+    # Classes with no text (the clusters of `zutis cluster`): their names, whose embeddings are rows
+    # of the model's class bank instead of text embeddings; learned in training, or fixed.
+    class_bank: list[str] = field(default_factory=list)
+    class_bank_learned: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +100,10 @@ def _check_config(values: dict[str, Any], where: str) -> None:
         elif isinstance(default, str):
             if not isinstance(value, str):
                 fail(name, "a string")
+        elif name == "class_bank":
+            if not isinstance(value, list) or not all(isinstance(entry, str) and entry for entry in value) \
+                    or len(set(value)) != len(value):
+                fail(name, "a list of distinct class names")
         elif name == "backbone":
             if not isinstance(value, dict):
                 fail(name, "a dict with the backbone's name and pretrained weights")
@@ -124,6 +132,11 @@ class ZutisModel(nn.Module):
         self.query_mlp = MLP(width, config.mlp_hidden, width, layers=3)
         self.value_positions = nn.Linear(width, width) if config.positional_values else None
         self._text_cache: dict[tuple[str, ...], torch.Tensor] = {}
+        bank = torch.zeros(len(config.class_bank), dim) if config.class_bank else None
+        if bank is not None and config.class_bank_learned:
+            self.class_bank = nn.Parameter(bank)
+        else:  # fixed rows (or none): saved with the weights, never trained
+            self.register_buffer("class_bank", bank)
         # the crop classifier's adapter fitted for this model's base CLIP (zutiscli.models.crop_classifier),
         # set by `zutis train` and by loading a checkpoint that holds one; not a parameter of the network
         self.crop_adapter: CropAdapter | None = None
@@ -139,8 +152,35 @@ class ZutisModel(nn.Module):
         return [p for p in self.parameters() if p.requires_grad and id(p) not in encoder]
 
     # ---- text -------------------------------------------------------------------------------
+    def set_class_bank(self, vectors: torch.Tensor) -> None:
+        """Set the class bank's rows (``(B, D)`` float, one per name of ``config.class_bank``, e.g.
+        the clusters' centroids in CLIP's image-embedding space); they are L2-normalised."""
+        if self.class_bank is None or tuple(vectors.shape) != tuple(self.class_bank.shape):
+            raise ValueError(f"class bank rows of shape {tuple(vectors.shape)} do not fit "
+                             f"{None if self.class_bank is None else tuple(self.class_bank.shape)}")
+        with torch.no_grad():
+            self.class_bank.copy_(F.normalize(vectors.float(), dim=-1))
+
     def text_embeddings(self, classes: list[str]) -> torch.Tensor:
-        """``(1 + C, D)`` float32 embeddings of ``[background] + classes`` (bare names), cached."""
+        """``(1 + C, D)`` float32 embeddings of ``[background] + classes``: a name of the class bank
+        (``config.class_bank``) gets its row, L2-normalised (carrying gradients when the bank is
+        learned); any other name its text embedding (bare name, cached)."""
+        bank = {name: row for row, name in enumerate(self.config.class_bank)}
+        if self.class_bank is None or not any(name in bank for name in classes):
+            return self._text(list(classes))
+        text = self._text([name for name in classes if name not in bank])  # background first
+        rows, position = [text[0]], 1
+        normalised = F.normalize(self.class_bank.float(), dim=-1)
+        for name in classes:
+            if name in bank:
+                rows.append(normalised[bank[name]].to(text.device))
+            else:
+                rows.append(text[position])
+                position += 1
+        return torch.stack(rows)
+
+    def _text(self, classes: list[str]) -> torch.Tensor:
+        """``(1 + C, D)`` float32 text embeddings of ``[background] + classes`` (bare names), cached."""
         key = (self.config.background, *classes)
         if key not in self._text_cache:
             was_training = self.backbone.model.training

@@ -31,16 +31,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from zutiscli.artefacts.checkpoint import check_weights_fit, load_checkpoint
 from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import write_manifest
-from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.artefacts.runs import CHECKPOINT, METRICS, refuse_unfinished_run, resume_checkpoint_path
 from zutiscli.data.copypaste import ObjectPool
-from zutiscli.data.scenes import labelled_scenes, scene_loader, source_manifest, training_scenes
+from zutiscli.data.scenes import labelled_scenes, object_labels, scene_loader, source_manifest, training_scenes
 from zutiscli.engine.crop_adapter import fit_on_scenes
 from zutiscli.pipeline.held_out import HeldOut, drop_stale_evals, evaluate_model, held_out_set, last_eval
 from zutiscli.engine.trainer import DistInfo, Progress, Trainer, amp_dtype, barrier, broadcast, init_distributed
@@ -69,8 +69,8 @@ class TrainResult:
 def _source_plan(config: TrainConfig) -> tuple[dict[str, Any], list[str]]:
     """The :attr:`Plan.reads` entry of a training source, checked as a run checks it, and its classes."""
     manifest = source_manifest(config.source)
-    if manifest.kind == "zutis.pseudolabels":
-        labels = load_pseudolabels(config.source)
+    if manifest.kind in ("zutis.pseudolabels", "zutis.clusters"):
+        labels = object_labels(config.source, manifest)
         pool = ObjectPool(labels)
         return input_entry(config.source, manifest.kind, classes=len(labels.classes), objects=len(labels.objects),
                            images=len(pool.image_objects)), list(labels.classes)
@@ -175,9 +175,18 @@ def train(
         backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
     if checkpoint is not None:
         adapter = _saved_adapter(checkpoint, Path(resume) / CHECKPOINT)
+    elif kind == "zutis.clusters":  # the adapter names crops by their classes' text, which clusters have not
+        adapter = None
+        if config.crop_adapter_scenes:
+            say("clusters have no class names to fit the crop adapter on: none is fitted")
     else:  # fitted before the decoder is initialised, drawing no random number the training draws
         adapter = _fitted_adapter(config, backbone, dataset, classes, info, say)
-    model = ZutisModel(backbone, config.zutis(pretrained)).to(device)
+    model_config = config.zutis(pretrained)
+    if kind == "zutis.clusters":
+        model_config.class_bank, model_config.class_bank_learned = list(classes), config.classifier == "learned"
+    model = ZutisModel(backbone, model_config).to(device)
+    if kind == "zutis.clusters" and checkpoint is None:
+        model.set_class_bank(cluster_classifier(config, pretrained, len(classes), backbone.embed_dim).to(device))
     model.crop_adapter = adapter
     trainer = Trainer(model, classes, config, info, device, amp)
     if checkpoint is not None:
@@ -279,6 +288,30 @@ def _pretrained(config: TrainConfig, checkpoint: dict[str, Any] | None) -> str:
     from zutiscli.pipeline.index import default_pretrained
 
     return config.pretrained or default_pretrained(config.model)
+
+
+def cluster_classifier(config: TrainConfig, pretrained: str, count: int, dim: int) -> torch.Tensor:
+    """``(count, dim)`` first rows of the class bank of a run on clusters: the clusters' centroids
+    when they are CLIP image embeddings of the model being trained (``--classifier centroids``, or
+    the start of ``learned``), else, for ``learned`` only, seeded random rows.
+
+    Raises :class:`UsageError` for ``centroids`` of other features or of another model.
+    """
+    from zutiscli.artefacts.clusters import read_clusters
+    from zutiscli.artefacts.manifest import same_model
+
+    clusters = read_clusters(config.source)
+    usable = clusters.features == "clip" and clusters.centroids.shape == (count, dim) and same_model(
+        clusters.manifest.model or {}, {"name": config.model, "pretrained": pretrained})
+    if usable:
+        return torch.from_numpy(np.ascontiguousarray(clusters.centroids, dtype=np.float32))
+    if config.classifier == "centroids":
+        made = clusters.manifest.model or {}
+        raise UsageError(f"{config.source}: its centroids are {clusters.features} features of "
+                         f"{made.get('name')}/{made.get('pretrained')}, not CLIP image embeddings of "
+                         f"{config.model}/{pretrained}; train with that CLIP, or with --classifier learned")
+    generator = torch.Generator().manual_seed(config.seed)
+    return torch.randn(count, dim, generator=generator)
 
 
 def _fitted_adapter(config: TrainConfig, backbone: Any, dataset: Any, classes: list[str], info: DistInfo,

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 _PASTE = CopyPasteConfig()
 
 
+#: Class embeddings of a run on clusters: the centroids as they are, or learned from them.
+CLASSIFIERS = ("centroids", "learned")
+
+
 @dataclass
 class TrainConfig:
     """Every option of ``zutis train`` (saved in the run directory and in checkpoints)."""
@@ -72,6 +76,10 @@ class TrainConfig:
     crop_adapter_views: int = option(
         3, "Fit the crop adapter on this many recoloured views of each crop (any hue, or grey), so that it does not "
         "learn the colours CLIP left out of the archives as 'not this class' (0 = the crops as they are).")
+    classifier: str = option(
+        "centroids", "Training on clusters (`zutis cluster`): each cluster's class embedding is its centroid, fixed "
+        "(MaskDistill's CLIP-space classifier; the clusters must be CLIP features of --model), or learned from it "
+        "(from random rows for other features).", choices=CLASSIFIERS)
     seed: int = option(0, "Seed of the scene stream and the initialisation.")
     workers: int | None = option(None, "Data workers (default: cores - 1, up to 8).", show_default=False)
     device: str = device_option()
@@ -130,6 +138,8 @@ class TrainConfig:
         if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
             given = "--eval-every" if self.eval_every else "--eval-classes"
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
+        if self.classifier not in CLASSIFIERS:
+            raise UsageError(f"--classifier must be {' or '.join(CLASSIFIERS)} (got {self.classifier!r})")
         check_recipe(self.inference, where="inference")
         self.copypaste().validate()
 
