@@ -19,6 +19,15 @@ __all__ = ["colour_jittered", "masked_square_crops", "masked_square_images"]
 _CHUNK = 16
 
 
+def _check_image_and_masks(image: torch.Tensor, masks: torch.Tensor) -> None:
+    """``ValueError`` unless ``image`` is ``(3, H, W)`` and ``masks`` ``(N, H, W)`` of the same size."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"image must be (3, H, W), got shape {tuple(image.shape)}")
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
+        raise ValueError(f"masks must be (N, H, W) with the image's size, got {tuple(masks.shape)} for "
+                         f"an image of {tuple(image.shape)}")
+
+
 def masked_square_crops(
     image: torch.Tensor,
     masks: torch.Tensor,
@@ -44,11 +53,7 @@ def masked_square_crops(
     Returns:
         ``(N, 3, size, size)`` float, on the image's device, in its dtype.
     """
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W), got shape {tuple(image.shape)}")
-    if masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
-        raise ValueError(f"masks must be (N, H, W) with the image's size, got {tuple(masks.shape)} for "
-                         f"an image of {tuple(image.shape)}")
+    _check_image_and_masks(image, masks)
     if size < 1 or margin < 0:
         raise ValueError(f"size must be >= 1 and margin >= 0, got {size} and {margin}")
     count, height, width = masks.shape
@@ -113,11 +118,7 @@ def masked_square_images(
     Returns:
         ``(N, 3, size, size)`` float, on the image's device, in its dtype.
     """
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"image must be (3, H, W), got shape {tuple(image.shape)}")
-    if masks.ndim != 3 or masks.shape[1:] != image.shape[1:]:
-        raise ValueError(f"masks must be (N, H, W) with the image's size, got {tuple(masks.shape)} for "
-                         f"an image of {tuple(image.shape)}")
+    _check_image_and_masks(image, masks)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
     count, height, width = masks.shape
