@@ -278,7 +278,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             text = self.model.text_embeddings(self.classes).to(self.device) if self.learned_classes else self.text
             outputs = self.network(images, text)
-        losses = zutis_loss(outputs, semantic, masks, self.config.lambda_mask)
+        losses = zutis_loss(outputs, semantic, masks, self.config.lambda_mask, self.config.hard_pixels)
         self.optimiser.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimiser)

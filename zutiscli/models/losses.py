@@ -6,6 +6,8 @@ batch split across data-parallel workers averages to exactly the loss of the who
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -14,14 +16,22 @@ from zutiscli.ops.matching import matched_mask_loss
 IGNORE_INDEX = 255
 
 
-def semantic_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def semantic_loss(logits: torch.Tensor, targets: torch.Tensor, hard_fraction: float = 1.0) -> torch.Tensor:
     """``logits (B, K, h, w)`` upsampled bilinearly to ``targets (B, H, W)`` (255 = ignore); mean CE.
 
     Cross-entropy is averaged over the valid pixels of each image, then over images (an image
-    with no valid pixel contributes zero).
+    with no valid pixel contributes zero). With ``hard_fraction < 1`` (MaskDistill's hard-pixel
+    mining, 0.2) it is the mean over the ``ceil(hard_fraction * n)`` largest per-pixel losses of
+    the batch's ``n`` valid pixels instead (on each process of a data-parallel run: its share).
     """
     upsampled = F.interpolate(logits.float(), size=targets.shape[-2:], mode="bilinear", align_corners=False)
     per_pixel = F.cross_entropy(upsampled, targets.long(), ignore_index=IGNORE_INDEX, reduction="none")
+    if hard_fraction < 1:
+        losses = per_pixel[targets != IGNORE_INDEX]
+        if losses.numel() == 0:
+            return per_pixel.sum() * 0.0
+        count = max(1, math.ceil(hard_fraction * losses.numel()))
+        return losses.topk(count, sorted=False).values.mean()
     valid = (targets != IGNORE_INDEX).flatten(1)
     counts = valid.sum(1).clamp(min=1)
     return ((per_pixel.flatten(1) * valid).sum(1) / counts).mean()
@@ -64,8 +74,9 @@ def mask_loss(mask_logits: torch.Tensor, instances: list[torch.Tensor]) -> dict[
 
 
 def zutis_loss(outputs: dict[str, torch.Tensor], semantic: torch.Tensor, instances: list[torch.Tensor],
-               lambda_mask: float = 1.0) -> dict[str, torch.Tensor]:
-    """Total = CE + ``lambda_mask`` x mask loss; returns every term (``loss`` is the total)."""
-    ce = semantic_loss(outputs["semantic_logits"], semantic)
+               lambda_mask: float = 1.0, hard_fraction: float = 1.0) -> dict[str, torch.Tensor]:
+    """Total = CE + ``lambda_mask`` x mask loss; returns every term (``loss`` is the total).
+    ``hard_fraction``: the CE's hard-pixel mining (:func:`semantic_loss`)."""
+    ce = semantic_loss(outputs["semantic_logits"], semantic, hard_fraction)
     masks = mask_loss(outputs["mask_logits"], instances)
     return {"loss": ce + lambda_mask * masks["mask"], "ce": ce, **masks}

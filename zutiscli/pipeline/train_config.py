@@ -57,6 +57,9 @@ class TrainConfig:
     poly_power: float = option(0.9, "Poly schedule power.")
     min_lr: float = option(1e-6, "Poly schedule floor.")
     lambda_mask: float = option(1.0, "Weight of the mask loss.")
+    hard_pixels: float = option(
+        1.0, "Semantic loss on this fraction of each batch's pixels, the hardest (MaskDistill's hard-pixel mining: "
+        "0.2; 1 = every pixel, the paper's).")
     max_objects: int = option(_PASTE.max_objects, "Most archive images per copy-paste scene.")
     same_class_prob: float = option(_PASTE.same_class_prob, "Chance that a scene draws from one archive.")
     scale_min: float = option(_PASTE.scale_range[0], "Smallest pasted object (fraction of the side).")
@@ -138,6 +141,8 @@ class TrainConfig:
         if (self.eval_every or self.eval_classes is not None) and not self.evaluates:
             given = "--eval-every" if self.eval_every else "--eval-classes"
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
+        if not 0 < self.hard_pixels <= 1:
+            raise UsageError(f"--hard-pixels must lie in (0, 1] (got {self.hard_pixels})")
         if self.classifier not in CLASSIFIERS:
             raise UsageError(f"--classifier must be {' or '.join(CLASSIFIERS)} (got {self.classifier!r})")
         check_recipe(self.inference, where="inference")
