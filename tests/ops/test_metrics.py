@@ -204,3 +204,19 @@ def test_pq_needs_same_class_and_iou_above_half():
 def test_rgb_to_id():
     rgb = np.array([[[1, 2, 3]]], dtype=np.uint8)
     assert M.rgb_to_id(rgb)[0, 0] == 1 + 2 * 256 + 3 * 65536
+
+
+def test_panoptic_cluster_votes_count_the_segments_pq_matches_whatever_their_class():
+    gt = np.zeros((4, 8), dtype=np.int64)
+    gt[:, :4] = 1  # class 0
+    gt[:, 4:] = 2  # class 1
+    gt[0, :] = 3   # a crowd segment of class 1 over the top row
+    pred = np.zeros((4, 8), dtype=np.int64)
+    pred[1:, :4] = 10  # cluster 2 on the class-0 segment: IoU 1
+    pred[1:, 4:7] = 11  # cluster 0 on most of the class-1 segment: IoU 9/12 > 0.5
+    pred[1:, 7] = 12   # cluster 1: a sliver, IoU 3/12
+    pred[0, :] = 13    # cluster 1 on the crowd: never a vote
+    votes = M.panoptic_cluster_votes(gt, M.Segments([1, 2, 3], [0, 1, 1], [False, False, True]),
+                                     pred, M.Segments([10, 11, 12, 13], [2, 0, 1, 1]), 3, 2)
+    assert votes.tolist() == [[0, 0, 1], [1, 0, 0]]  # classes x clusters
+    assert M.hungarian_mapping(votes).tolist() == [1, -1, 0]

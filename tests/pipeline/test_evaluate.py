@@ -520,3 +520,35 @@ def test_prepare_cub2011(tmp_path):
     assert labels.sum() == 16 and labels[0, 0] == 0
     everything = prepare_dataset(PrepareConfig("cub2011", str(tmp_path), split="all"), tmp_path / "gt2")
     assert everything.images == 2
+
+
+def test_panoptic_quality_of_cluster_ids_equals_that_of_their_classes(scenes, tmp_path):
+    """PQ with --match hungarian on renamed (permuted) clusters equals PQ by name on the same segments."""
+    gt_json = tmp_path / "gt" / "panoptic_scenes.json"
+    gt_json.parent.mkdir()
+    gt_json.write_text(json.dumps(make_panoptic(scenes, tmp_path / "gt" / "panoptic_scenes")))
+    named = make_prediction(scenes, tmp_path / "named", drop=0.3, shift=3, seed=4, panoptic=True)
+    for png in (named / "panoptic").glob("*.png"):  # imperfect segments: some match, some do not
+        Image.fromarray(np.roll(np.asarray(Image.open(png)), 2, axis=0)).save(png)
+    by_name = evaluate(EvaluateConfig(pred=str(named), gt=str(gt_json)), tmp_path / "m-names").metrics["panoptic"]
+
+    clustered = tmp_path / "clustered"
+    shutil.copytree(named, clustered)
+    panoptic = json.loads((clustered / "panoptic.json").read_text())
+    order = [5, 2, 6, 0, 3, 1, 4]  # the category at position k becomes cluster order[k], id order[k] + 1
+    new_id = {c["id"]: order[k] + 1 for k, c in enumerate(panoptic["categories"])}
+    truth = {f"cluster-{order[k]}": c["name"] for k, c in enumerate(panoptic["categories"])}
+    panoptic["categories"] = [{"id": new_id[c["id"]], "name": f"cluster-{new_id[c['id']] - 1}",
+                               "isthing": c.get("isthing", 1)} for c in panoptic["categories"]]
+    for annotation in panoptic["annotations"]:
+        for segment in annotation["segments_info"]:
+            segment["category_id"] = new_id[segment["category_id"]]
+    (clustered / "panoptic.json").write_text(json.dumps(panoptic))
+    for match in ("hungarian", "majority"):
+        ours = evaluate(EvaluateConfig(pred=str(clustered), gt=str(gt_json), match=match, tasks=("panoptic",)),
+                        tmp_path / f"m-{match}").metrics["panoptic"]
+        assert ours["cluster_mapping"]["mapping"] == truth, match
+        for key in ("PQ", "SQ", "RQ"):
+            assert ours[key] == pytest.approx(by_name[key], abs=1e-12), (match, key)
+        assert ours["per_class"] == by_name["per_class"]
+    assert 0.2 < by_name["PQ"] < 0.95  # imperfect, so matching has work to do

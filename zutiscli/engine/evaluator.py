@@ -40,7 +40,7 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -508,6 +508,30 @@ def _panoptic_ids(path: Path) -> np.ndarray:
         raise ArtefactError(f"{path}: cannot be read as a panoptic PNG ({exc})") from None
 
 
+def _panoptic_pairs(pred: Prediction, truth: GroundTruth, matched: ImageMatch, pred_anns: dict[int, Any],
+                    gt_anns: dict[int, Any]) -> Iterator[tuple[tuple[np.ndarray, list], tuple[np.ndarray, list]]]:
+    """``((gt_map, gt_segments_info), (pred_map, pred_segments_info))`` of each matched image that
+    both sides have a panoptic annotation for; a predicted map is the one in memory, else its PNG."""
+    assert truth.panoptic_dir is not None
+    for p, g in matched.pairs:
+        in_memory = p.panoptic is not None
+        pa = {"segments_info": p.segments or []} if in_memory else pred_anns.get(p.id)
+        ga = gt_anns.get(g.id)
+        if pa is None or ga is None:
+            continue
+        gt_map = _panoptic_ids(truth.panoptic_dir / ga["file_name"])
+        if in_memory:
+            pred_map = np.asarray(p.panoptic).astype(np.int64)
+            where: Any = f"the panoptic map of {p.stem} (in memory)"
+        else:
+            assert pred.panoptic_dir is not None
+            where = pred.panoptic_dir / pa["file_name"]
+            pred_map = _panoptic_ids(where)
+        if gt_map.shape != pred_map.shape:
+            raise ArtefactError(f"{where}: size differs from its ground truth {truth.panoptic_dir / ga['file_name']}")
+        yield (gt_map, ga.get("segments_info", [])), (pred_map, pa.get("segments_info", []))
+
+
 def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch, config: ScoreOptions,
                       warnings: list[str], progress: Progress | None, log: Log) -> dict[str, Any]:
     """PQ / SQ / RQ (all, things, stuff) over the matched images.
@@ -524,34 +548,37 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
         pred_cats = sorted(pred.panoptic.get("categories", []), key=lambda c: int(c["id"]))
     else:
         pred_cats = [{"id": i + 1, "name": name} for i, name in enumerate(pred.names or [])]
-    if config.match != "names":
-        raise UsageError("panoptic evaluation matches classes by name only; drop --match or --task panoptic")
-    to_gt = match_names([_norm(c["name"]) for c in pred_cats], [_norm(c["name"]) for c in gt_cats],
-                        config.class_map, what="panoptic classes")
-    pred_index = {int(c["id"]): t for c, t in zip(pred_cats, to_gt)}
     gt_anns = {int(a["image_id"]): a for a in truth.panoptic["annotations"]}
     pred_anns = {int(a["image_id"]): a for a in (pred.panoptic or {}).get("annotations", [])}
+    notes: dict[str, Any] = {}
+    if config.match == "names":
+        to_gt = match_names([_norm(c["name"]) for c in pred_cats], [_norm(c["name"]) for c in gt_cats],
+                            config.class_map, what="panoptic classes")
+        pred_index = {int(c["id"]): t for c, t in zip(pred_cats, to_gt)}
+    else:  # cluster ids: mapped to classes by the segments PQ would match, whatever their class
+        clusters = {int(c["id"]): k for k, c in enumerate(pred_cats)}
+        votes = np.zeros((len(gt_cats), len(pred_cats)), dtype=np.int64)
+        for maps in _panoptic_pairs(pred, truth, matched, pred_anns, gt_anns):
+            (gt_map, gseg), (pred_map, pseg) = maps
+            pseg = [s for s in pseg if int(s["category_id"]) in clusters]
+            votes += M.panoptic_cluster_votes(
+                gt_map, M.Segments([s["id"] for s in gseg], [gt_index[int(s["category_id"])] for s in gseg],
+                                   [bool(s.get("iscrowd", 0)) for s in gseg]),
+                pred_map, M.Segments([s["id"] for s in pseg], [clusters[int(s["category_id"])] for s in pseg]),
+                len(pred_cats), len(gt_cats))
+        mapping = M.hungarian_mapping(votes) if config.match == "hungarian" else M.majority_mapping(votes)
+        mapping[votes.sum(axis=0) == 0] = -1
+        pred_index = {int(c["id"]): int(m) for c, m in zip(pred_cats, mapping) if m >= 0}
+        notes["cluster_mapping"] = {
+            "mode": config.match, "clusters": len(pred_cats), "mapped_clusters": len(pred_index),
+            "mapping": {_norm(c["name"]): (_norm(gt_cats[m]["name"]) if m >= 0 else None)
+                        for c, m in zip(pred_cats, mapping)}}
     stats = np.zeros((4, len(gt_cats)), dtype=np.float64)
     done = 0
     log(f"panoptic: {len(matched.pairs)} images")
-    for number, (p, g) in enumerate(matched.pairs, start=1):
-        in_memory = p.panoptic is not None
-        pa = {"segments_info": p.segments or []} if in_memory else pred_anns.get(p.id)
-        ga = gt_anns.get(g.id)
-        if pa is None or ga is None:
-            continue
-        gt_map = _panoptic_ids(truth.panoptic_dir / ga["file_name"])
-        if in_memory:
-            pred_map = np.asarray(p.panoptic).astype(np.int64)
-            where: Any = f"the panoptic map of {p.stem} (in memory)"
-        else:
-            assert pred.panoptic_dir is not None
-            where = pred.panoptic_dir / pa["file_name"]
-            pred_map = _panoptic_ids(where)
-        if gt_map.shape != pred_map.shape:
-            raise ArtefactError(f"{where}: size differs from its ground truth {truth.panoptic_dir / ga['file_name']}")
-        gseg = ga.get("segments_info", [])
-        pseg = [s for s in pa.get("segments_info", []) if int(s["category_id"]) in pred_index]
+    pairs = _panoptic_pairs(pred, truth, matched, pred_anns, gt_anns)
+    for number, ((gt_map, gseg), (pred_map, pseg)) in enumerate(pairs, start=1):
+        pseg = [s for s in pseg if int(s["category_id"]) in pred_index]
         gt_segments = M.Segments([s["id"] for s in gseg], [gt_index[int(s["category_id"])] for s in gseg],
                                  [bool(s.get("iscrowd", 0)) for s in gseg])
         pred_segments = M.Segments([s["id"] for s in pseg], [pred_index[int(s["category_id"])] for s in pseg])
@@ -561,7 +588,7 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
             progress(number, len(matched.pairs))
     summary = M.panoptic_quality(stats, isthing)
     per = summary.pop("per_class")
-    out: dict[str, Any] = {"images": done}
+    out: dict[str, Any] = {"images": done, **notes}
     for group in ("all", "things", "stuff"):
         out[group] = {k: (M._num(v) if k != "n" else v) for k, v in summary[group].items()}
     out["PQ"], out["SQ"], out["RQ"] = out["all"]["PQ"], out["all"]["SQ"], out["all"]["RQ"]

@@ -485,6 +485,40 @@ def panoptic_stats(
     return stats
 
 
+def panoptic_cluster_votes(
+    gt_map: np.ndarray,
+    gt_segments: Segments,
+    pred_map: np.ndarray,
+    pred_segments: Segments,
+    num_clusters: int,
+    num_classes: int,
+) -> np.ndarray:
+    """``(C, K)`` int64 votes of ONE image: ``[c, k]`` counts the predicted segments of cluster
+    ``k`` (``pred_segments.classes`` are cluster indices) that match a non-crowd GT segment of class
+    ``c`` as PQ matches segments, class-agnostically (IoU > 0.5, the predicted pixels on VOID left
+    out of the union; at most one match per segment, as IoU > 0.5 implies). Summed over images,
+    the table :func:`hungarian_mapping` and :func:`majority_mapping` take to map clusters to
+    classes for PQ."""
+    gt_map = np.asarray(gt_map, dtype=np.int64)
+    pred_map = np.asarray(pred_map, dtype=np.int64)
+    if gt_map.shape != pred_map.shape:
+        raise ValueError(f"ground truth {gt_map.shape} and prediction {pred_map.shape} differ in shape")
+    votes = np.zeros((num_classes, num_clusters), dtype=np.int64)
+    gt_code = _dense_codes(gt_map, gt_segments.ids)
+    pred_code = _dense_codes(pred_map, pred_segments.ids)
+    n_gt, n_pred = gt_segments.ids.size + 1, pred_segments.ids.size + 1
+    joint = np.bincount((gt_code * n_pred + pred_code).reshape(-1), minlength=n_gt * n_pred).reshape(n_gt, n_pred)
+    gt_area, pred_area = joint.sum(axis=1), joint.sum(axis=0)
+    for g, q in zip(*np.nonzero(joint[1:, 1:])):
+        if gt_segments.iscrowd[g]:
+            continue
+        intersection = joint[g + 1, q + 1]
+        union = pred_area[q + 1] + gt_area[g + 1] - intersection - joint[0, q + 1]
+        if union > 0 and intersection / union > 0.5:
+            votes[gt_segments.classes[g], pred_segments.classes[q]] += 1
+    return votes
+
+
 def _dense_codes(id_map: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Map segment ids to 1..S in listed order; VOID (0) and unlisted ids to 0."""
     ids = np.asarray(ids, dtype=np.int64)
