@@ -238,30 +238,21 @@ class _Sheets:
         return len(self.members)
 
     def __getitem__(self, cluster: int) -> tuple[int, np.ndarray]:
-        import torch
-
-        from zutiscli.data.images import load_image
+        from zutiscli.engine.mask_features import image_views
         from zutiscli.errors import ImageLoadError
         from zutiscli.ops.contact_sheet import tile_sheet
-        from zutiscli.ops.crops import masked_square_crops
-        from zutiscli.ops.masks import decode_mask
 
         chosen = self.members[cluster]
-        fill = self.settings["fill"]
         tiles = np.full((len(chosen), TILE, TILE, 3), 90, dtype=np.uint8)
         by_image: dict[Path, list[int]] = {}
         for slot, position in enumerate(chosen):
             by_image.setdefault(Path(self.paths[position]), []).append(slot)
         for path, slots in by_image.items():
             try:
-                image = load_image(path)
+                crops = image_views(path, [self.rles[chosen[s]] for s in slots], TILE, "crop", self.settings["fill"],
+                                    self.settings["margin"])
             except ImageLoadError:
-                continue  # a grey tile: the image went away since it was embedded
-            pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float().div_(255)
-            masks = torch.from_numpy(np.stack([decode_mask(self.rles[chosen[s]]) for s in slots]))
-            if masks.shape[1:] != pixels.shape[1:]:
-                continue
-            crops = masked_square_crops(pixels, masks, TILE, margin=self.settings["margin"], fill=fill)
+                continue  # a grey tile: the image went away (or changed) since it was embedded
             tiles[slots] = (crops.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         captions = [f"{self.distance[p]:.3f}" for p in chosen]
         return cluster, tile_sheet(tiles, self.titles[cluster], columns=8, captions=captions)
