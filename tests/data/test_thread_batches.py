@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from zutiscli.data.thread_batches import thread_batches
+from zutiscli.data.thread_batches import thread_batches, thread_items
 
 
 class Recording:
@@ -64,3 +64,8 @@ def test_closing_stops_the_reading_threads():
 def test_bad_arguments_are_refused(threads, batch_size, ahead):
     with pytest.raises(ValueError):
         next(thread_batches(Recording(8), threads, batch_size, list, ahead=ahead))
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_items_come_one_by_one_in_order(threads):
+    assert list(thread_items(Recording(7), threads)) == [10 * i for i in range(7)]

@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Sequence
 
-__all__ = ["thread_batches"]
+__all__ = ["thread_batches", "thread_items"]
 
 
 def thread_batches(
@@ -75,3 +75,13 @@ def thread_batches(
             yield waiting.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def thread_items(dataset: Sequence[Any], threads: int, ahead: int | None = None) -> Iterator[Any]:
+    """``dataset[0], dataset[1], ...`` in order, each read in one of ``threads`` threads (0: in the
+    calling thread), ``ahead`` items in front of the consumer: :func:`thread_batches` of one item."""
+    return thread_batches(dataset, threads, 1, _only, ahead)
+
+
+def _only(items: list[Any]) -> Any:
+    return items[0]

@@ -7,7 +7,7 @@ A mask's *view* is what the encoder sees of it (:mod:`zutiscli.ops.crops`):
   masked image, for a [CLS] token).
 
 Images are decoded, and their views cut, in ``workers`` threads of this process
-(:func:`zutiscli.data.thread_batches.thread_batches`), in order; the views are then embedded
+(:func:`zutiscli.data.thread_batches.thread_items`), in order; the views are then embedded
 ``batch_size`` at a time, always the same views together whatever the number of workers, so the
 features do not depend on it.
 """
@@ -105,10 +105,6 @@ class _Views:
             return index, None, exc.reason
 
 
-def _first(items: list[Any]) -> Any:
-    return items[0]
-
-
 @torch.no_grad()
 def embed_masks(
     groups: Sequence[ImageMasks],
@@ -142,7 +138,7 @@ def embed_masks(
     Raises:
         ZutisError: the encoder gave a non-finite feature.
     """
-    from zutiscli.data.thread_batches import thread_batches
+    from zutiscli.data.thread_batches import thread_items
 
     total = sum(len(group.positions) for group in groups)
     pending: list[torch.Tensor] = []  # views cut, not yet embedded (fewer than batch_size)
@@ -164,7 +160,7 @@ def embed_masks(
         if progress is not None:
             progress(done, total)
 
-    for index, views, reason in thread_batches(_Views(groups, size, view, fill, margin), workers, 1, _first):
+    for index, views, reason in thread_items(_Views(groups, size, view, fill, margin), workers):
         group = groups[index]
         if views is None:
             failed.append((str(group.path), str(reason)))

@@ -201,11 +201,6 @@ def _workers(config: ClusterConfig) -> int:
     return config.workers if config.workers is not None else min(8, cores_per_process())
 
 
-def _first(items: list[Any]) -> Any:
-    """The one item of a batch of one (:func:`zutiscli.data.thread_batches.thread_batches`)."""
-    return items[0]
-
-
 def _view_settings(params: dict[str, Any]) -> dict[str, Any]:
     """``{size, margin, fill}`` of an earlier run's manifest params (what its contact sheets reuse);
     values of the wrong type fall back to None, 0.2 and grey."""
@@ -393,7 +388,7 @@ def _contact_sheets(out: Path, config: ClusterConfig, labels: Any, features: _Fe
                     infos: list[ClusterInfo]) -> list[ClusterInfo]:
     """Draw each non-empty cluster's contact sheet into ``out``; the infos with their paths."""
     from zutiscli.artefacts.clusters import write_contact_sheet
-    from zutiscli.data.thread_batches import thread_batches
+    from zutiscli.data.thread_batches import thread_items
 
     k = len(infos)
     members = _nearest_members(result.assignment, result.distance, k, config.contact)
@@ -401,7 +396,7 @@ def _contact_sheets(out: Path, config: ClusterConfig, labels: Any, features: _Fe
     sheets = _Sheets(members, _titles(k, result.sizes, infos), [o.image for o in objects], [o.rle for o in objects],
                      result.distance, features.settings)
     contact: dict[int, str] = {}
-    for number, sheet in thread_batches(sheets, _workers(config), 1, _first):
+    for number, sheet in thread_items(sheets, _workers(config)):
         if len(members[number]):
             contact[number] = write_contact_sheet(out, number, k, sheet)
     return [ClusterInfo(i.cluster, i.size, i.majority, i.share, i.matched, contact.get(i.cluster)) for i in infos]
