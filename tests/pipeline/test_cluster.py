@@ -99,6 +99,10 @@ def test_features_from_clusters_again_without_a_model(shapes, first, tmp_path, m
     def refuse(*args, **kwargs):
         raise AssertionError("--features-from loaded a model")
 
+    # zs.cluster's first call imports the API and the stages it names (train among them), which bind
+    # load_backbone at import: imported now, they keep the real one after the patch is undone
+    import zutiscli.api  # noqa: F401
+
     monkeypatch.setattr("zutiscli.models.clip.load_backbone", refuse)
     same = zs.cluster(shapes["named"], tmp_path / "same", k=6, features_from=str(first.path), contact=0)
     assert _placed(same.path) == _placed(first.path)
