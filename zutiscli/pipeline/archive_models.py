@@ -32,25 +32,34 @@ def feature_model(model: str | None, pretrained: str | None, archives_dir: Path 
         raise ArtefactError(f"{archives_dir / MANIFEST_NAME}: records no model (field 'model.name'), so the "
                             f"features are not known; give --model and --pretrained")
     if model and pretrained is None:
-        from zutiscli.models.timm_vit import is_timm_name
-
-        if is_timm_name(model):
-            raise UsageError(f"--model {model}: timm ViTs load local weights; pass --pretrained FILE")
-        from zutiscli.pipeline.index import default_pretrained
-
-        return name, default_pretrained(model)
+        return given_model(model, None)
     return name, pretrained or recorded.get("pretrained", "none")
 
 
-def named_by_archives(model: str | None, pretrained: str | None, archives_dir: Path | None):
-    """A context in which errors about a model or weights the archives name (not given as options)
-    blame the archives' manifest (no directory: nothing to blame but the options)."""
+def given_model(model: str, pretrained: str | None) -> tuple[str, str]:
+    """``(model, weights)`` of a model named by ``--model``: ``pretrained``, else that model's usual
+    weights (a timm ViT has none: a :class:`UsageError` asks for a file)."""
+    if pretrained is not None:
+        return model, pretrained
+    from zutiscli.models.timm_vit import is_timm_name
+
+    if is_timm_name(model):
+        raise UsageError(f"--model {model}: timm ViTs load local weights; pass --pretrained FILE")
+    from zutiscli.pipeline.index import default_pretrained
+
+    return model, default_pretrained(model)
+
+
+def named_by_manifest(model: str | None, pretrained: str | None, directory: Path | None):
+    """A context in which errors about a model or weights that a directory's manifest names (the
+    archives', an index's, pseudo-labels'; not given as options) blame that manifest (no
+    directory: nothing to blame but the options)."""
     from contextlib import nullcontext
 
     from zutiscli.models.clip import named_by
 
-    if archives_dir is None:
+    if directory is None:
         return nullcontext()
-    return named_by(archives_dir / MANIFEST_NAME,
+    return named_by(directory / MANIFEST_NAME,
                     model=None if model else "its field 'model.name' names model",
                     weights=None if model or pretrained else "its field 'model.pretrained' names weights")

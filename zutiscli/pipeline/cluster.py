@@ -36,6 +36,7 @@ from zutiscli.artefacts.clusters import KIND, ClusteredMask, ClusterInfo
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import MANIFEST_NAME
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
+from zutiscli.pipeline.archive_models import given_model, named_by_manifest
 from zutiscli.pipeline.cluster_config import DEFAULT_FEATURES, MATCH_IOU, ClusterConfig
 
 __all__ = ["ClusterConfig", "ClusterResult", "cluster", "plan_cluster"]
@@ -94,13 +95,7 @@ def _embedding_model(config: ClusterConfig, labels: Any, kind: str) -> tuple[str
         if kind == "clip" and is_timm_name(config.model):
             raise UsageError(f"--model {config.model}: a timm ViT has no CLIP image embedding; give a CLIP model or "
                              f"--features cls")
-        if config.pretrained is not None:
-            return config.model, config.pretrained
-        if is_timm_name(config.model):
-            raise UsageError(f"--model {config.model}: timm ViTs load local weights; pass --pretrained FILE")
-        from zutiscli.pipeline.index import default_pretrained
-
-        return config.model, default_pretrained(config.model)
+        return given_model(config.model, config.pretrained)
     recorded = dict(labels.manifest.model or {})
     name = recorded.get("name")
     if not isinstance(name, str) or not name:
@@ -111,15 +106,6 @@ def _embedding_model(config: ClusterConfig, labels: Any, kind: str) -> tuple[str
         raise UsageError(f"{manifest}: the pseudo-labels' model {name} is a timm ViT, not a CLIP; give --model "
                          f"(e.g. ViT-B-16 --pretrained openai) or --features cls")
     return name, config.pretrained or str(recorded.get("pretrained", "none"))
-
-
-def _named_by_pseudolabels(config: ClusterConfig, labels: Any):
-    """Errors about a model or weights that the pseudo-labels' manifest named blame that file."""
-    from zutiscli.models.clip import named_by
-
-    return named_by(labels.directory / MANIFEST_NAME,
-                    model=None if config.model else "its field 'model.name' names model",
-                    weights=None if config.model or config.pretrained else "its field 'model.pretrained' names weights")
 
 
 def _feature_source(config: ClusterConfig, labels: Any) -> Any:
@@ -170,7 +156,7 @@ def _embed(config: ClusterConfig, labels: Any, kind: str, say: Log,
     name, pretrained = _embedding_model(config, labels, kind)
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
-    with _named_by_pseudolabels(config, labels):
+    with named_by_manifest(config.model, config.pretrained, labels.directory):
         if kind == "clip":
             from zutiscli.models.clip import ModelSpec, load_backbone
 
@@ -298,7 +284,7 @@ def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any
         kind = config.features or DEFAULT_FEATURES
         name, pretrained = _embedding_model(config, labels, kind)
         dtype = resolve_precision(config.precision, resolve_device(config.device))
-        with _named_by_pseudolabels(config, labels):
+        with named_by_manifest(config.model, config.pretrained, labels.directory):
             model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
         work = {"masks_to_embed": len(labels.objects), "images_to_decode": images}
     if config.ground_truth:

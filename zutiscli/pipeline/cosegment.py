@@ -230,7 +230,7 @@ def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) ->
     nothing written."""
     from zutiscli.artefacts.archives import read_archives
     from zutiscli.models.device import precision_name, resolve_device, resolve_precision
-    from zutiscli.pipeline.archive_models import archive_model, feature_model, named_by_archives
+    from zutiscli.pipeline.archive_models import archive_model, feature_model, named_by_manifest
     from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 
     config.validate()
@@ -239,7 +239,7 @@ def plan_cosegment(config: CosegmentConfig, output: str | Path | None = None) ->
     _checked_classes(config, archives, archives_dir)
     name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
     dtype = resolve_precision(config.precision, resolve_device(config.device))
-    with named_by_archives(config.model, config.pretrained, archives_dir):
+    with named_by_manifest(config.model, config.pretrained, archives_dir):
         model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
     recorded = archive_model(archives_dir)
     gate = f"{recorded.get('name')} ({recorded.get('pretrained')}), the archives' CLIP" if config.text_gate else "off"
@@ -269,7 +269,7 @@ def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
     from zutiscli.data.images import ImageLoadError
     from zutiscli.models.backbones import describe_backbone, load_dense_backbone
     from zutiscli.models.device import resolve_device, resolve_precision
-    from zutiscli.pipeline.archive_models import archive_model, feature_model, named_by_archives
+    from zutiscli.pipeline.archive_models import archive_model, feature_model, named_by_manifest
 
     config.validate()
     say = log or (lambda message: None)
@@ -283,7 +283,7 @@ def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     name, pretrained = feature_model(config.model, config.pretrained, archives_dir)
-    with named_by_archives(config.model, config.pretrained, archives_dir):
+    with named_by_manifest(config.model, config.pretrained, archives_dir):
         encoder = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
     encoder_record = describe_backbone(name, pretrained)
     clip = None
@@ -300,7 +300,7 @@ def cosegment(config: CosegmentConfig, output: str | Path | None = None, *,
         if clip_record == encoder_record and hasattr(encoder, "maskclip_embeddings"):
             clip = encoder
         else:
-            with named_by_archives(None, None, archives_dir):
+            with named_by_manifest(None, None, archives_dir):
                 clip = load_backbone(spec, device=device, dtype=dtype)
     image_size = getattr(encoder, "image_size", None)
     size = config.size or (int(image_size[0]) if image_size else FALLBACK_SIZE)

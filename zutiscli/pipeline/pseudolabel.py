@@ -65,7 +65,7 @@ from zutiscli.data.workers import quiet_worker, worker_loader
 from zutiscli.errors import ArtefactError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
-from zutiscli.pipeline.archive_models import feature_model, named_by_archives
+from zutiscli.pipeline.archive_models import feature_model, named_by_manifest
 from zutiscli.pipeline.failures import check_failures
 from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 from zutiscli.pipeline.pseudolabel_config import REFINERS, PseudolabelConfig  # noqa: F401 - exported here too
@@ -256,7 +256,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
 
         name, pretrained = feature_model(config.model, config.pretrained, inputs.model_dir)
         dtype = resolve_precision(config.precision, device)
-        with named_by_archives(config.model, config.pretrained, inputs.model_dir):
+        with named_by_manifest(config.model, config.pretrained, inputs.model_dir):
             model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
         record = describe_backbone(name, pretrained)
     model["device"] = str(device)
@@ -319,7 +319,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
 
         name, pretrained = feature_model(config.model, config.pretrained, inputs.model_dir)
         dtype = resolve_precision(config.precision, device)
-        with named_by_archives(config.model, config.pretrained, inputs.model_dir):
+        with named_by_manifest(config.model, config.pretrained, inputs.model_dir):
             backbone = load_dense_backbone(name, pretrained, device=device, dtype=dtype)
         model_record = describe_backbone(name, pretrained)
         patch = backbone.patch_size
