@@ -280,6 +280,14 @@ def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch 
     return _match_instance_clusters(results, cluster_of, truth, config, notes)
 
 
+def _voted_mapping(votes: np.ndarray, mode: str) -> np.ndarray:
+    """``(K,)`` class index of each cluster (-1: none) from ``(C, K)`` votes, one-to-one (``hungarian``)
+    or many-to-one (``majority``); a cluster nothing voted for gets no class."""
+    mapping = M.hungarian_mapping(votes) if mode == "hungarian" else M.majority_mapping(votes)
+    mapping[votes.sum(axis=0) == 0] = -1
+    return mapping
+
+
 def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int], truth: GroundTruth,
                              config: ScoreOptions, notes: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """U2Seg many-to-one (majority) or one-to-one (hungarian) matching of cluster ids to classes."""
@@ -310,8 +318,7 @@ def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int
         ground.append((np.array([cat_index[int(a["category_id"])] for a in anns], dtype=np.int64), gt_regions))
     votes = M.cluster_votes(detections, ground, len(clusters), len(cats),
                             min_score=config.match_score, min_iou=config.match_iou)
-    mapping = M.hungarian_mapping(votes) if config.match == "hungarian" else M.majority_mapping(votes)
-    mapping[votes.sum(axis=0) == 0] = -1
+    mapping = _voted_mapping(votes, config.match)
     out = []
     for r, cluster in zip(results, cluster_of):
         target = mapping[cluster_index[cluster]]
@@ -566,8 +573,7 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
                                    [bool(s.get("iscrowd", 0)) for s in gseg]),
                 pred_map, M.Segments([s["id"] for s in pseg], [clusters[int(s["category_id"])] for s in pseg]),
                 len(pred_cats), len(gt_cats))
-        mapping = M.hungarian_mapping(votes) if config.match == "hungarian" else M.majority_mapping(votes)
-        mapping[votes.sum(axis=0) == 0] = -1
+        mapping = _voted_mapping(votes, config.match)
         pred_index = {int(c["id"]): int(m) for c, m in zip(pred_cats, mapping) if m >= 0}
         notes["cluster_mapping"] = {
             "mode": config.match, "clusters": len(pred_cats), "mapped_clusters": len(pred_index),
