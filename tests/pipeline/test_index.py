@@ -338,6 +338,8 @@ def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkey
     assert (given.decode_workers("cpu"), given.model_threads("cpu")) == (0, 5)
     with pytest.raises(UsageError, match="--threads must be >= 1"):
         IndexConfig(sources=["pile"], threads=0).validate()
+    with pytest.raises(UsageError, match="--decode-in must be auto, threads, processes"):
+        IndexConfig(sources=["pile"], decode_in="forks").validate()
 
 
 def test_a_run_records_its_workers_and_threads_and_leaves_torch_as_it_was(tmp_path, pile, tiny_checkpoint):

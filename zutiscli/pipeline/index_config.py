@@ -64,6 +64,8 @@ class IndexConfig:
             raise UsageError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.decode_in not in DECODE_IN:
+            raise UsageError(f"--decode-in must be {', '.join(DECODE_IN)} (got {self.decode_in!r})")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1 (got {self.threads})")
         if self.shard is not None:
