@@ -1,5 +1,7 @@
 """What several test modules build: small artefacts made from the shapes world's ground truth."""
 
+import pytest
+
 from zutiscli.artefacts.coco import CocoBuilder, load_coco
 from zutiscli.artefacts.manifest import relative_to, write_manifest
 from zutiscli.artefacts.pseudolabels import PSEUDOLABELS_NAME
@@ -65,3 +67,13 @@ def train_tiny(root, weights, **changes):
     pseudo = make_pseudolabels(root, count=16)
     config = TrainConfig(source=str(pseudo), pretrained=str(weights), **(TINY_ZUTIS | changes))
     return train(config, root / "run")
+
+
+def run_cli(capsys, *args):
+    """Run the command line with ``args`` (any objects, passed as strings); ``(exit status, stdout, stderr)``."""
+    from zutiscli.cli.app import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err

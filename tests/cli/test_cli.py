@@ -9,12 +9,7 @@ import pytest
 from zutiscli import __version__
 from zutiscli.cli.app import main
 
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from helpers import run_cli as run  # noqa: E402
 
 
 def test_version(capsys):

@@ -16,7 +16,7 @@ import pytest
 import torch
 import typer
 
-from zutiscli.cli.app import app, main
+from zutiscli.cli.app import app
 from zutiscli.data.classes import ClassQuery
 from zutiscli.data.copypaste import CopyPasteConfig
 from zutiscli.pipeline.copypaste import write_dataset
@@ -26,7 +26,7 @@ from zutiscli.pipeline.retrieve import RetrieveConfig, retrieve
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig, train
 
-from helpers import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels, run_cli as run  # noqa: E402
 
 #: Options of a tiny ZUTIS model and a one-iteration run (placeholders filled by ``fill``).
 TINY_TRAIN = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--num-queries", "4", "--decoder-layers", "1",
@@ -372,13 +372,6 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
             for p in sorted(root.rglob("*"))}
 
 
-def run(capsys, args: list[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(args)
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
 def assert_error(code: int, out: str, err: str, expected: int, fragment: str, args: list[str]) -> None:
     """A user mistake: the expected status, nothing on stdout, one `error:` line last, no traceback."""
     where = f"zutis {' '.join(args)}\n{err}"
@@ -396,7 +389,7 @@ def check_case(capsys, world, tmp_path, words: str, args: list[str], expected: i
     out = tmp_path / "out"
     before = snapshot(world["root"])
     argv = [*words.split(), *fill(args, world, out)]
-    code, stdout, err = run(capsys, argv)
+    code, stdout, err = run(capsys, *argv)
     assert_error(code, stdout, err, expected, fragment, argv)
     assert not (out / "manifest.json").exists(), f"{argv}: half-written output"
     assert not out.exists() or not any(out.iterdir()), f"{argv}: files left in the output directory"
@@ -432,7 +425,7 @@ def test_error_cases(words, world, tmp_path, monkeypatch, capsys):
 def test_unknown_option_is_a_usage_error(words, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = [*words.split(), "--no-such-option"]
-    code, out, err = run(capsys, argv)
+    code, out, err = run(capsys, *argv)
     assert_error(code, out, err, 2, "No such option: --no-such-option", argv)
     assert not (tmp_path / "runs").exists()
 
@@ -440,7 +433,7 @@ def test_unknown_option_is_a_usage_error(words, tmp_path, monkeypatch, capsys):
 @pytest.mark.parametrize("words", group_commands())
 def test_a_group_without_a_command_is_a_usage_error_with_help_on_stderr(words, capsys):
     argv = words.split()
-    code, out, err = run(capsys, argv)
+    code, out, err = run(capsys, *argv)
     assert_error(code, out, err, 2, "missing a command", argv)
     assert "Usage:" in err and f"zutis {words}".strip() + " --help" in err
 
@@ -461,7 +454,7 @@ def test_class_lists(words, world, tmp_path, monkeypatch, capsys):
         check_case(capsys, world, tmp_path, words, [*BASE[words], "--classes", classes], 2, "--classes")
     good = GOOD_CLASS_MAP if renames else "circle,star" if words == "compare" else GOOD_CLASSES  # compare: GT names
     argv = [*words.split(), *fill([*BASE[words], "--classes", good, "--json"], world, tmp_path / "out")]
-    code, out, err = run(capsys, argv)
+    code, out, err = run(capsys, *argv)
     assert code == 0, f"{argv}\n{err}"
     assert "--classes" not in err and "error" not in err
     document = json.loads(out)
@@ -475,7 +468,7 @@ def test_resuming_a_finished_run_does_not_extend_it_to_the_default_iterations(wo
 
     run_dir = tmp_path / "run"
     shutil.copytree(world["run"], run_dir)
-    code, out, err = run(capsys, ["train", "--resume", str(run_dir), "--json", "--device", "cpu", "--stop-grad"])
+    code, out, err = run(capsys, *["train", "--resume", str(run_dir), "--json", "--device", "cpu", "--stop-grad"])
     assert code == 0, err
     assert json.loads(out)["iteration"] == 1
     assert "--device, --stop-grad ignored with --resume" in err  # each flag as typed
@@ -487,13 +480,13 @@ def test_predict_reads_no_model_for_an_unusable_output(world, tmp_path, capsys):
     (taken / "keep.txt").write_text("mine")
     argv = ["predict", str(world["scenes"] / "images"), "--classes", "circle", "--checkpoint", str(world["text"]),
             "-o", str(taken)]
-    code, out, err = run(capsys, argv)
+    code, out, err = run(capsys, *argv)
     assert_error(code, out, err, 1, "not empty", argv)  # the output is refused before the checkpoint is read
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 
 
 def test_evaluate_refuses_its_output_before_scoring(world, capsys):
     argv = ["evaluate", str(world["pred"]), "--gt", str(world["scenes"]), "-o", str(world["pile"])]
-    code, out, err = run(capsys, argv)
+    code, out, err = run(capsys, *argv)
     assert_error(code, out, err, 1, "finished artefact", argv)
     assert len([line for line in err.splitlines() if line.strip()]) == 1  # no scoring logs before it

@@ -6,17 +6,9 @@ import json
 
 import pytest
 
-from zutiscli.cli.app import main
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
-from helpers import unnamed_pseudolabels  # noqa: E402
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from helpers import unnamed_pseudolabels, run_cli as run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from zutiscli.cli.app import main
 from zutiscli.cli.shell import roff_argument, roff_escape
+
+from helpers import run_cli as run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 REGENERATE = "tools/regenerate_shell_files.sh"
 SCRIPTS = {"bash": "zutis.bash", "zsh": "_zutis", "fish": "zutis.fish"}
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 def complete(capsys, monkeypatch, shell, words, cword):

@@ -17,7 +17,6 @@ from zutiscli.artefacts.groundtruth import load_ground_truth
 from zutiscli.artefacts.labelmap import read_label_map, read_label_png, write_label_map, write_label_png
 from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
 from zutiscli.artefacts.predictions import PredImage, Prediction
-from zutiscli.cli.app import main
 from zutiscli.data.datasets import PrepareConfig, prepare_dataset
 from zutiscli.engine.evaluator import AP_NAMES, headline, score
 from zutiscli.errors import ZutisError
@@ -25,12 +24,7 @@ from zutiscli.ops.masks import decode_mask, encode_mask, rle_area, rle_bbox
 from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
+from helpers import run_cli as run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from PIL import Image
 from zutiscli.artefacts import index_store
 from zutiscli.artefacts.index_store import ImageRecord, IndexReader, IndexWriter, write_image_table
 from zutiscli.artefacts.manifest import read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.cli.app import main
 from zutiscli.data.classes import ClassQuery
 from zutiscli.data.images import load_image
 from zutiscli.errors import ArtefactError, ModelError, UsageError
@@ -24,15 +23,10 @@ from zutiscli.models.clip import ModelSpec, load_backbone, save_weights
 from zutiscli.pipeline.retrieve import RetrieveConfig, encode_classes, read_archives, retrieve
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
+from helpers import run_cli as run  # noqa: E402
+
 DIM = 32  # zutis-tiny's embedding size
 NAMES = ("cat", "dog", "bird", "fish", "horse")
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
 
 
 @pytest.fixture(scope="session")
