@@ -9,7 +9,8 @@ import pytest
 from zutiscli.artefacts.rundir import check_output_dir
 from zutiscli.errors import ArtefactError
 
-from test_cli_errors import TINY_INDEX, TINY_TRAIN, fill, run, snapshot, world  # noqa: F401 - world is a fixture
+from helpers import run_cli as run  # noqa: E402
+from test_cli_errors import TINY_INDEX, TINY_TRAIN, fill, snapshot, world  # noqa: F401 - world is a fixture
 
 #: Per command: arguments of a dry run, and (in the JSON document) the work estimate it must show.
 DRY_RUNS = {
@@ -54,13 +55,13 @@ def test_dry_run_counts_and_writes_nothing(name, world, tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     args, expected = DRY_RUNS[name]
     before = snapshot(world["root"]), snapshot(tmp_path)
-    code, out, err = run(capsys, [*fill(args, world, tmp_path / "out"), "--dry-run", "--json"])
+    code, out, err = run(capsys, *[*fill(args, world, tmp_path / "out"), "--dry-run", "--json"])
     assert code == 0, err
     document = json.loads(out)
     assert document["dry_run"] is True and document["command"] == args[0]
     assert document["reads"] and document["writes"]["path"]
     assert {key: document["work"][key] for key in expected} == expected
-    code, text, err = run(capsys, [*fill(args, world, tmp_path / "out"), "--dry-run"])
+    code, text, err = run(capsys, *[*fill(args, world, tmp_path / "out"), "--dry-run"])
     assert code == 0, err
     assert text.startswith(f"dry run of zutis {args[0]}:") and "nothing was written" in text
     for key, value in expected.items():  # the human report shows the same counts
@@ -71,18 +72,18 @@ def test_dry_run_counts_and_writes_nothing(name, world, tmp_path, monkeypatch, c
 def test_predict_plan_names_the_crop_classifier_weights(world, tmp_path, monkeypatch, capsys, no_weights):
     monkeypatch.chdir(tmp_path)
     args = ["predict", "{scenes}/images", "--classes", "circle", "--checkpoint", "{run}", "--crop-weight", "0.5"]
-    code, out, err = run(capsys, [*fill(args, world, tmp_path / "out"), "--dry-run", "--json"])
+    code, out, err = run(capsys, *[*fill(args, world, tmp_path / "out"), "--dry-run", "--json"])
     assert code == 0, err
     crop = json.loads(out)["model"]["crop_classifier"]
     assert crop["name"] == "zutis-tiny" and crop["weights"] == str(world["weights"])  # the run's own CLIP
-    code, out, err = run(capsys, [*fill([*args, "--crop-pretrained", "{missing}.pt"], world, tmp_path / "out"),
+    code, out, err = run(capsys, *[*fill([*args, "--crop-pretrained", "{missing}.pt"], world, tmp_path / "out"),
                                   "--dry-run"])
     assert code == 1 and "crop classifier (--crop-model/--crop-pretrained): " in err and "no such checkpoint file" in err
 
 
 def test_human_report_names_inputs_model_and_output(world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, fill(["index", "{pile}/images", *TINY_INDEX, "--dry-run"], world, tmp_path))
+    code, out, err = run(capsys, *fill(["index", "{pile}/images", *TINY_INDEX, "--dry-run"], world, tmp_path))
     assert code == 0, err
     lines = out.splitlines()
     assert any(line.startswith("  read ") and "4 images" in line for line in lines)
@@ -112,7 +113,7 @@ def test_dry_run_refuses_what_a_real_run_refuses(args, expected, fragment, world
                                                   no_weights):
     monkeypatch.chdir(tmp_path)
     before = snapshot(world["root"])
-    code, out, err = run(capsys, [*fill(args, world, tmp_path / "out"), "--dry-run"])
+    code, out, err = run(capsys, *[*fill(args, world, tmp_path / "out"), "--dry-run"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == expected and out == "", err
     assert lines[-1].startswith("error:") and fragment in lines[-1], err
