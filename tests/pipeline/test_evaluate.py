@@ -546,3 +546,90 @@ def test_panoptic_quality_of_cluster_ids_equals_that_of_their_classes(scenes, tm
             assert ours[key] == pytest.approx(by_name[key], abs=1e-12), (match, key)
         assert ours["per_class"] == by_name["per_class"]
     assert 0.2 < by_name["PQ"] < 0.95  # imperfect, so matching has work to do
+
+
+def _permuted_clusters(scenes: Path, out: Path, permutation: np.ndarray) -> Path:
+    """The scenes' semantic ground truth written as cluster ids: class c becomes label permutation[c]."""
+    out.mkdir()
+    for png in (scenes / "semantic").glob("*.png"):
+        write_label_png(out / png.name, permutation[read_label_png(png)].astype(np.uint8))
+    return out
+
+
+def test_a_written_cluster_mapping_scores_a_second_evaluation_without_matching_again(scenes, tmp_path):
+    permutation = np.array([3, 0, 6, 1, 5, 2, 4])
+    clusters = _permuted_clusters(scenes, tmp_path / "clusters", permutation)
+    first = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes), match="hungarian"), tmp_path / "a")
+    written = json.loads((tmp_path / "a" / "cluster_mapping.json").read_text())
+    assert written["kind"] == "zutis.cluster_mapping" and written["mode"] == "hungarian"
+    assert written["tasks"]["semantic"] == first.metrics["semantic"]["cluster_mapping"]["mapping"]
+    assert written["tasks"]["semantic"]["3"] == "background"
+    again = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes), mapping=str(tmp_path / "a")), tmp_path / "b")
+    block = again.metrics["semantic"]
+    assert block["mIoU"] == 1.0 and block["cluster_mapping"]["given"] and block["cluster_mapping"]["mode"] == "hungarian"
+    # a mapping that swaps two clusters is applied as given: matching again would have undone the swap
+    swapped = dict(written, tasks={"semantic": dict(written["tasks"]["semantic"], **{"0": "triangle", "1": "circle"})})
+    (tmp_path / "swapped.json").write_text(json.dumps(swapped))
+    wrong = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes), mapping=str(tmp_path / "swapped.json")),
+                     tmp_path / "c").metrics["semantic"]
+    assert written["tasks"]["semantic"]["0"] == "circle" and written["tasks"]["semantic"]["1"] == "triangle"
+    assert wrong["per_class_iou"]["circle"] == 0.0 and wrong["per_class_iou"]["triangle"] == 0.0
+    assert wrong["per_class_iou"]["square"] == 1.0
+    # a metrics.json holds the same mapping
+    from_metrics = evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes),
+                                           mapping=str(tmp_path / "a" / "metrics.json")), tmp_path / "d")
+    assert from_metrics.metrics["semantic"]["mIoU"] == 1.0
+
+
+def test_named_clusters_are_keyed_by_name_and_instance_and_panoptic_mappings_are_reused(scenes, tmp_path):
+    data = _gt(scenes)
+    results = []
+    for ann in data["annotations"]:
+        for cluster in (100 + ann["category_id"], 200 + ann["category_id"]):
+            results.append({"image_id": ann["image_id"], "category_id": cluster, "segmentation": ann["segmentation"],
+                            "bbox": ann["bbox"], "score": 0.9 if cluster < 200 else 0.95})
+    (tmp_path / "clusters.json").write_text(json.dumps(results))
+    config = dict(pred=str(tmp_path / "clusters.json"), gt=str(scenes / "instances.json"))
+    first = evaluate(EvaluateConfig(**config, match="majority"), tmp_path / "m").metrics["instance"]
+    again = evaluate(EvaluateConfig(**config, mapping=str(tmp_path / "m")), tmp_path / "m2").metrics["instance"]
+    assert again["cluster_mapping"]["mapping"] == first["cluster_mapping"]["mapping"]
+    assert again["segm"]["class_aware"]["AP"] == first["segm"]["class_aware"]["AP"] == 1.0
+    assert again["cluster_mapping"]["given"] and again["cluster_mapping"]["mode"] == "majority"
+
+    gt_json = tmp_path / "gt" / "panoptic_scenes.json"
+    gt_json.parent.mkdir()
+    gt_json.write_text(json.dumps(make_panoptic(scenes, tmp_path / "gt" / "panoptic_scenes")))
+    named = make_prediction(scenes, tmp_path / "named", panoptic=True)
+    panoptic = json.loads((named / "panoptic.json").read_text())
+    truth = {f"cluster-{c['id']}": c["name"] for c in panoptic["categories"]}
+    for category in panoptic["categories"]:
+        category["name"] = f"cluster-{category['id']}"
+    (named / "panoptic.json").write_text(json.dumps(panoptic))
+    found = evaluate(EvaluateConfig(pred=str(named), gt=str(gt_json), match="hungarian", tasks=("panoptic",)),
+                     tmp_path / "p").metrics["panoptic"]
+    assert found["cluster_mapping"]["mapping"] == truth
+    reused = evaluate(EvaluateConfig(pred=str(named), gt=str(gt_json), tasks=("panoptic",), mapping=str(tmp_path / "p")),
+                      tmp_path / "p2").metrics["panoptic"]
+    assert reused["PQ"] == found["PQ"] == 1.0 and reused["cluster_mapping"]["given"]
+
+
+def test_a_zutis_prediction_names_its_clusters_in_the_mapping(scenes, tmp_path):
+    pred = make_prediction(scenes, tmp_path / "pred", names=[f"cluster-{i:02d}" for i in range(6)])
+    metrics = evaluate(EvaluateConfig(pred=str(pred), gt=str(scenes), match="hungarian", tasks=("semantic",)),
+                       tmp_path / "m").metrics["semantic"]
+    assert metrics["cluster_mapping"]["mapping"]["background"] == "background"
+    assert metrics["cluster_mapping"]["mapping"]["cluster-00"] == "circle"
+
+
+def test_bad_mappings_are_refused_in_one_line(scenes, tmp_path, capsys):
+    clusters = _permuted_clusters(scenes, tmp_path / "clusters", np.array([3, 0, 6, 1, 5, 2, 4]))
+    evaluate(EvaluateConfig(pred=str(clusters), gt=str(scenes)), tmp_path / "by-name")
+    foreign = {"kind": "zutis.cluster_mapping", "mode": "hungarian", "tasks": {"semantic": {"0": "zebra"}}}
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    (tmp_path / "instance-only.json").write_text(json.dumps(dict(foreign, tasks={"instance": {"1": "circle"}})))
+    for mapping, words in ((tmp_path / "by-name", "maps no clusters"), (tmp_path / "nowhere", "no such file"),
+                           (tmp_path / "foreign.json", "'zebra'"), (tmp_path / "instance-only.json", "not semantic")):
+        code, out, err = run(capsys, "evaluate", clusters, "--gt", scenes, "--task", "semantic", "--mapping", mapping,
+                             "-o", tmp_path / "out", "--quiet")
+        assert code != 0 and words in err and len(err.strip().splitlines()) == 1, (mapping, err)
+        assert not (tmp_path / "out").exists()

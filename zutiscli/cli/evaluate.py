@@ -98,7 +98,7 @@ def run(
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score predictions against ground truth; writes metrics.json (+ manifest).
+    """Score predictions against ground truth; writes metrics.json (+ manifest; cluster_mapping.json with --match).
 
     Example: zutis evaluate preds --gt data/scenes -o runs/metrics
     """
@@ -115,6 +115,8 @@ def run(
         for table in _tables(result.metrics):
             reporter.console.print(table)
         reporter.log(f"evaluated in {result.seconds:.1f} s; metrics in {result.path / 'metrics.json'}")
+        if (result.path / "cluster_mapping.json").is_file():
+            reporter.log(f"cluster mapping in {result.path / 'cluster_mapping.json'} (reuse it: --mapping {result.path})")
     reporter.result(result.metrics, path=result.path)
 
 

@@ -16,6 +16,8 @@ scipy ``linear_sum_assignment`` maximising overlap: semantic pixels, or instance
 ``match="majority"`` (many-to-one: semantic clusters to their majority class; instance clusters
 as U2Seg does: detections with score >= 0.6 vote for the class of every GT instance they overlap
 with box IoU > 0.7, each cluster takes its majority class, clusters without votes are dropped).
+PQ maps clusters by the segments PQ itself would match, class-agnostically. ``mapping`` (a
+``cluster_mapping.json`` of an earlier evaluation) maps them as it says instead, per task.
 
 Metrics (fractions in [0, 1] in ``metrics.json``; see :mod:`zutiscli.ops.metrics`)
 -----------------------------------------------------------------------------------
@@ -72,6 +74,7 @@ class ScoreOptions(Protocol):
     match_score: float
     match_iou: float
     match_iou_type: str
+    mapping: str | None  # a cluster_mapping.json (or its evaluate directory) to map clusters with
     iou_types: Sequence[str]
     max_dets: Sequence[int]
     backend: str
@@ -235,8 +238,8 @@ def _agnostic(gt: dict[str, Any], results: list[dict[str, Any]]) -> tuple[dict[s
     return merged, [dict(r, category_id=1) for r in results]
 
 
-def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch | None,
-                      config: ScoreOptions, warnings: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch | None, config: ScoreOptions,
+                      warnings: list[str], given: Given | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Predicted instances with the ground truth's image and category ids; plus matching notes."""
     assert truth.instances is not None and pred.results is not None
     gt_cats = truth.instances["categories"]
@@ -277,7 +280,7 @@ def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch 
                 out.append(dict(r, category_id=category))
             return out, notes
         cluster_of = [int(r["category_id"]) for r in results]
-    return _match_instance_clusters(results, cluster_of, truth, config, notes)
+    return _match_instance_clusters(results, cluster_of, truth, config, notes, pred, given)
 
 
 def _voted_mapping(votes: np.ndarray, mode: str) -> np.ndarray:
@@ -288,8 +291,35 @@ def _voted_mapping(votes: np.ndarray, mode: str) -> np.ndarray:
     return mapping
 
 
+#: A mapping given to :func:`score` (``--mapping``): cluster -> ground-truth class name, None for none.
+Given = dict[str, "str | None"]
+
+
+def _given_mapping(given: Given, clusters: Sequence[str], classes: Sequence[str], task: str) -> np.ndarray:
+    """``(K,)`` index into ``classes`` of each of ``clusters`` under a given mapping (-1: no class, also
+    for a cluster the mapping does not know); raises one line for a class the ground truth lacks."""
+    index = {_norm(name).casefold(): i for i, name in enumerate(classes)}
+    out = np.full(len(clusters), -1, dtype=np.int64)
+    for k, cluster in enumerate(clusters):
+        target = given.get(cluster)
+        if target is None:
+            continue
+        if _norm(target).casefold() not in index:
+            raise ZutisError(f"--mapping: maps {task} cluster {cluster!r} to {target!r}, which the ground truth does "
+                             f"not name ({', '.join(list(classes)[:12])}); was the mapping made on another dataset?")
+        out[k] = index[_norm(target).casefold()]
+    return out
+
+
+def _cluster_label(pred: Prediction, category: int) -> str:
+    """How ``cluster_mapping`` names a predicted category id: its name, or the id as text."""
+    names = pred.names or []
+    return names[category - 1] if 1 <= category <= len(names) else str(category)
+
+
 def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int], truth: GroundTruth,
-                             config: ScoreOptions, notes: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                             config: ScoreOptions, notes: dict[str, Any], pred: Prediction,
+                             given: Given | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """U2Seg many-to-one (majority) or one-to-one (hungarian) matching of cluster ids to classes."""
     assert truth.instances is not None
     cats = truth.instances["categories"]
@@ -304,7 +334,7 @@ def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int
     for i, r in enumerate(results):
         det_by_image.setdefault(int(r["image_id"]), []).append(i)
     detections, ground = [], []
-    for image_id, indices in det_by_image.items():
+    for image_id, indices in (det_by_image.items() if given is None else ()):
         anns = gt_by_image.get(image_id, [])
         img = images[image_id]
         if config.match_iou_type == "bbox":
@@ -316,9 +346,13 @@ def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int
         detections.append((np.array([cluster_index[cluster_of[i]] for i in indices]),
                            np.array([results[i].get("score", 1.0) for i in indices]), det_regions))
         ground.append((np.array([cat_index[int(a["category_id"])] for a in anns], dtype=np.int64), gt_regions))
-    votes = M.cluster_votes(detections, ground, len(clusters), len(cats),
-                            min_score=config.match_score, min_iou=config.match_iou)
-    mapping = _voted_mapping(votes, config.match)
+    labels = [_cluster_label(pred, c) for c in clusters]
+    if given is None:
+        votes = M.cluster_votes(detections, ground, len(clusters), len(cats),
+                                min_score=config.match_score, min_iou=config.match_iou)
+        mapping = _voted_mapping(votes, config.match)
+    else:
+        mapping = _given_mapping(given, labels, [c["name"] for c in cats], "instance")
     out = []
     for r, cluster in zip(results, cluster_of):
         target = mapping[cluster_index[cluster]]
@@ -326,18 +360,19 @@ def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int
             out.append(dict(r, category_id=int(cats[target]["id"])))
     notes["cluster_mapping"] = {
         "mode": config.match, "min_score": config.match_score, "min_iou": config.match_iou,
-        "iou_type": config.match_iou_type, "clusters": len(clusters),
+        "iou_type": config.match_iou_type, "given": given is not None, "clusters": len(clusters),
         "mapped_clusters": int((mapping >= 0).sum()), "kept_detections": len(out), "detections": len(results),
-        "mapping": {str(c): (_norm(cats[m]["name"]) if m >= 0 else None) for c, m in zip(clusters, mapping)},
+        "mapping": {label: (_norm(cats[m]["name"]) if m >= 0 else None) for label, m in zip(labels, mapping)},
     }
     return out, notes
 
 
 def evaluate_instances(pred: Prediction, truth: GroundTruth, matched: ImageMatch | None,
-                       config: ScoreOptions, warnings: list[str], log: Log) -> dict[str, Any]:
-    """COCOeval with and without categories, for each IoU type."""
+                       config: ScoreOptions, warnings: list[str], log: Log, given: Given | None = None) -> dict[str, Any]:
+    """COCOeval with and without categories, for each IoU type (cluster ids mapped by ``given``
+    when it is given, else matched as ``config.match`` says)."""
     assert truth.instances is not None
-    results, notes = _instance_results(pred, truth, matched, config, warnings)
+    results, notes = _instance_results(pred, truth, matched, config, warnings, given)
     if pred.results_in_gt_space:
         image_ids = [int(img["id"]) for img in truth.instances["images"]]
     else:
@@ -430,8 +465,16 @@ def _pred_lut(pred: Prediction, truth: GroundTruth, config: ScoreOptions) -> tup
     return lut, len(gt_names), gt_names
 
 
+def _semantic_cluster_labels(pred: Prediction, count: int) -> list[str]:
+    """How ``cluster_mapping`` names the first ``count`` predicted label values: ``background`` and
+    the prediction's class names where it has them (a ``zutis predict`` directory, a ``classes.txt``),
+    else the values as text."""
+    names = pred.semantic_names or (["background", *pred.names] if pred.names is not None else [])
+    return [names[k] if k < len(names) else str(k) for k in range(count)]
+
+
 def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch, config: ScoreOptions,
-                      warnings: list[str], progress: Progress | None, log: Log) -> dict[str, Any]:
+                      warnings: list[str], progress: Progress | None, log: Log, given: Given | None = None) -> dict[str, Any]:
     """Confusion-matrix mIoU, accuracies, per-class IoU and size buckets over the matched images."""
     lut, fixed_p, gt_names = _pred_lut(pred, truth, config)
     fixed_g = len(gt_names) if gt_names else None
@@ -478,13 +521,17 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     out: dict[str, Any] = {"images": len(pairs) - missing_gt, "ground_truth": truth.semantic_from}
     if config.match != "names":
         clusters = conf[:, :-1]
-        mapping = M.hungarian_mapping(clusters) if config.match == "hungarian" else M.majority_mapping(clusters)
+        names_now = gt_names or [str(i) for i in range(conf.shape[0])]
+        labels = _semantic_cluster_labels(pred, clusters.shape[1])
+        if given is None:
+            mapping = M.hungarian_mapping(clusters) if config.match == "hungarian" else M.majority_mapping(clusters)
+        else:
+            mapping = _given_mapping(given, labels, names_now, "semantic")
         conf = M.remap_confusion(conf, mapping)
         buckets = M.remap_confusion(buckets, mapping)
-        names_now = gt_names or [str(i) for i in range(conf.shape[0])]
-        out["cluster_mapping"] = {"mode": config.match, "clusters": int(clusters.shape[1]),
-                                  "mapping": {str(k): (names_now[m] if 0 <= m < len(names_now) else None)
-                                              for k, m in enumerate(mapping)}}
+        out["cluster_mapping"] = {"mode": config.match, "given": given is not None, "clusters": int(clusters.shape[1]),
+                                  "mapping": {label: (names_now[m] if 0 <= m < len(names_now) else None)
+                                              for label, m in zip(labels, mapping)}}
     elif conf.shape[1] - 1 != conf.shape[0]:
         # bare label directories without names on either side: align P with G
         g = max(conf.shape[0], conf.shape[1] - 1)
@@ -540,7 +587,7 @@ def _panoptic_pairs(pred: Prediction, truth: GroundTruth, matched: ImageMatch, p
 
 
 def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch, config: ScoreOptions,
-                      warnings: list[str], progress: Progress | None, log: Log) -> dict[str, Any]:
+                      warnings: list[str], progress: Progress | None, log: Log, given: Given | None = None) -> dict[str, Any]:
     """PQ / SQ / RQ (all, things, stuff) over the matched images.
 
     A predicted image's panoptic map is the one it holds in memory, else its PNG in
@@ -565,7 +612,7 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     else:  # cluster ids: mapped to classes by the segments PQ would match, whatever their class
         clusters = {int(c["id"]): k for k, c in enumerate(pred_cats)}
         votes = np.zeros((len(gt_cats), len(pred_cats)), dtype=np.int64)
-        for maps in _panoptic_pairs(pred, truth, matched, pred_anns, gt_anns):
+        for maps in (_panoptic_pairs(pred, truth, matched, pred_anns, gt_anns) if given is None else ()):
             (gt_map, gseg), (pred_map, pseg) = maps
             pseg = [s for s in pseg if int(s["category_id"]) in clusters]
             votes += M.panoptic_cluster_votes(
@@ -573,10 +620,15 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
                                    [bool(s.get("iscrowd", 0)) for s in gseg]),
                 pred_map, M.Segments([s["id"] for s in pseg], [clusters[int(s["category_id"])] for s in pseg]),
                 len(pred_cats), len(gt_cats))
-        mapping = _voted_mapping(votes, config.match)
+        if given is None:
+            mapping = _voted_mapping(votes, config.match)
+        else:
+            mapping = _given_mapping(given, [_norm(c["name"]) for c in pred_cats], [c["name"] for c in gt_cats],
+                                     "panoptic")
         pred_index = {int(c["id"]): int(m) for c, m in zip(pred_cats, mapping) if m >= 0}
         notes["cluster_mapping"] = {
-            "mode": config.match, "clusters": len(pred_cats), "mapped_clusters": len(pred_index),
+            "mode": config.match, "given": given is not None, "clusters": len(pred_cats),
+            "mapped_clusters": len(pred_index),
             "mapping": {_norm(c["name"]): (_norm(gt_cats[m]["name"]) if m >= 0 else None)
                         for c, m in zip(pred_cats, mapping)}}
     stats = np.zeros((4, len(gt_cats)), dtype=np.float64)
@@ -621,6 +673,22 @@ def _possible_tasks(pred: Prediction, truth: GroundTruth) -> dict[str, str | Non
     }
 
 
+def _read_given(config: ScoreOptions, tasks: Sequence[str]) -> tuple[str, dict[str, Given]] | None:
+    """``(mode, task -> mapping)`` of ``config.mapping`` (``--mapping``), None when none is given;
+    refuses, in one line, a mapping without one of ``tasks``."""
+    from zutiscli.artefacts.cluster_mapping import read_cluster_mapping
+
+    where = getattr(config, "mapping", None)
+    if not where:
+        return None
+    mode, maps = read_cluster_mapping(where)
+    missing = [task for task in tasks if task not in maps]
+    if missing:
+        raise UsageError(f"--mapping {where}: maps clusters for {', '.join(maps)} only, not {', '.join(missing)}; "
+                         f"score --task {','.join(t for t in tasks if t in maps) or 'semantic'} with it")
+    return (mode if mode in MATCH_MODES and mode != "names" else "hungarian"), maps
+
+
 def score(prediction: Prediction, truth: GroundTruth, config: ScoreOptions, *, progress: Progress | None = None,
           log: Log | None = None) -> dict[str, Any]:
     """Score ``prediction`` against ``truth``; the metrics of ``metrics.json``, nothing written.
@@ -659,6 +727,10 @@ def score(prediction: Prediction, truth: GroundTruth, config: ScoreOptions, *, p
         if not tasks:
             reasons = "; ".join(f"{t}: {why}" for t, why in possible.items())
             raise ZutisError(f"nothing to evaluate between {config.pred} and {config.gt} ({reasons})")
+    given = _read_given(config, tasks)
+    if given is not None and config.match == "names":  # a given mapping scores cluster ids
+        config = dataclasses.replace(config, match=given[0])  # type: ignore[type-var]
+    maps = given[1] if given is not None else {}
     warnings: list[str] = []
     metrics: dict[str, Any] = {"tasks": tasks}
     matched: ImageMatch | None = None
@@ -675,13 +747,16 @@ def score(prediction: Prediction, truth: GroundTruth, config: ScoreOptions, *, p
         metrics["images"] = {"matched": len(matched.pairs), "by_path": matched.by_path, "by_stem": matched.by_stem,
                              "predicted_only": matched.pred_only, "ground_truth_only": matched.gt_only}
     if "instance" in tasks:
-        metrics["instance"] = evaluate_instances(prediction, truth, matched, config, warnings, say)
+        metrics["instance"] = evaluate_instances(prediction, truth, matched, config, warnings, say,
+                                                 maps.get("instance"))
     if "semantic" in tasks:
         assert matched is not None
-        metrics["semantic"] = evaluate_semantic(prediction, truth, matched, config, warnings, progress, say)
+        metrics["semantic"] = evaluate_semantic(prediction, truth, matched, config, warnings, progress, say,
+                                                maps.get("semantic"))
     if "panoptic" in tasks:
         assert matched is not None
-        metrics["panoptic"] = evaluate_panoptic(prediction, truth, matched, config, warnings, progress, say)
+        metrics["panoptic"] = evaluate_panoptic(prediction, truth, matched, config, warnings, progress, say,
+                                                maps.get("panoptic"))
     metrics["warnings"] = warnings
     metrics["seconds"] = round(time.perf_counter() - start, 3)
     return metrics

@@ -6,7 +6,9 @@ ground truth (:func:`zutiscli.artefacts.groundtruth.load_ground_truth`: a COCO i
 panoptic JSON, a ``zutis evaluate prepare`` or ``zutis synth scenes`` directory, a directory of
 label PNGs), scores one against the other (:func:`zutiscli.engine.evaluator.score`: how images
 and classes are matched, and every metric, are described there), and writes ``metrics.json``
-(fractions in [0, 1]) and its manifest (kind ``zutis.metrics``).
+(fractions in [0, 1]) and its manifest (kind ``zutis.metrics``); cluster ids matched to classes
+(``--match hungarian|majority``) also write ``cluster_mapping.json``, which ``--mapping`` reuses
+(:mod:`zutiscli.artefacts.cluster_mapping`).
 
 ``zutis evaluate prepare`` turns a user's copy of a benchmark into such a ground truth
 (:func:`prepare_dataset`).
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from zutiscli.artefacts.atomic import atomic_write_json
+from zutiscli.artefacts.cluster_mapping import cluster_mapping_document, write_cluster_mapping
 from zutiscli.artefacts.groundtruth import load_ground_truth
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import write_manifest
@@ -63,6 +66,9 @@ def evaluate(config: EvaluateConfig, output: str | Path | None = None, *, progre
     warnings, tasks = metrics["warnings"], metrics["tasks"]
     out = prepare_output_dir(output, "evaluate")
     atomic_write_json(out / "metrics.json", metrics)
+    document = cluster_mapping_document(metrics, str(config.pred), str(config.gt))
+    if document is not None:
+        write_cluster_mapping(out, document)
     inputs = [Path(config.pred), *truth.inputs]
     params = {k: v for k, v in vars(config).items()}
     params["tasks"] = tasks

@@ -98,6 +98,10 @@ class EvaluateConfig:
     match_score: float = option(0.6, "Instance cluster matching: only detections scoring at least this vote (U2Seg: 0.6).")
     match_iou: float = option(0.7, "Instance cluster matching: a vote needs IoU above this with a GT instance (U2Seg: 0.7).")
     match_iou_type: str = option("bbox", "IoU of boxes (U2Seg) or masks for the vote.", choices=tuple(sorted(IOU_TYPES)))
+    mapping: str | None = option(
+        None, "Score cluster ids with the mapping an earlier evaluation wrote (its output directory or "
+        "cluster_mapping.json) instead of matching again, e.g. one found on the validation split.", kind="path",
+        show_default=False)
     iou_types: Sequence[str] = option(IOU_TYPES, "COCOeval IoU types.", flag="--iou-type", metavar=join_commas(IOU_TYPES),
                                       parse=split_commas, text=join_commas)
     max_dets: Sequence[int] = option(MAX_DETS, "COCOeval maxDets (AP uses the last).", metavar=join_commas(MAX_DETS),
