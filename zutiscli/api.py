@@ -427,7 +427,8 @@ def predict(images=None, classes=None, output=None, **options):
         images: an image file, directory or glob, or a list of them; ``None`` with
             ``from_list=FILE``.
         classes: ``"cat,dog"``, ``["cat", "dog"]`` or :class:`ClassQuery` items; or ``None``
-            with ``classes_file=FILE``.
+            with ``classes_file=FILE``; ``None`` alone: a ZUTIS checkpoint's own classes (a model
+            trained on clusters: its clusters).
         output: predictions directory (absent or empty); ``None`` = a new ``runs/predict/N``.
         **options: fields of :class:`zutiscli.pipeline.predict.PredictConfig` (``checkpoint``,
             ``method``, ``task``, ``device``, ``precision``, ``max_size`` in pixels,
@@ -444,7 +445,14 @@ def predict(images=None, classes=None, output=None, **options):
 
     opts = _options(predict, options, "predict")
     _split_lists(opts, "stuff", "context")
-    queries = with_stuff(_class_queries(classes, opts.pop("classes_file", None)), opts.get("stuff", ()))
+    classes_file = opts.pop("classes_file", None)
+    if classes is None and classes_file is None:  # a ZUTIS checkpoint's own classes (or clusters)
+        from zutiscli.pipeline.predict import classes_to_segment
+
+        given = classes_to_segment(None, None, opts.get("method", PredictConfig.method), opts.get("checkpoint"))
+    else:
+        given = _class_queries(classes, classes_file)
+    queries = with_stuff(given, opts.get("stuff", ()))
     progress, log = opts.pop("progress", None), opts.pop("log", None)
     config = PredictConfig(inputs=_paths(images), classes=queries, **opts)
     if not config.inputs and not config.from_list:

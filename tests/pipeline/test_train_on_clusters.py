@@ -16,7 +16,7 @@ from zutiscli.models.zutis import ZutisConfig, ZutisModel
 from zutiscli.pipeline.cluster import ClusterConfig, cluster
 from zutiscli.pipeline.train import TrainConfig, train
 
-from helpers import make_pseudolabels  # noqa: E402
+from helpers import make_pseudolabels, run_cli  # noqa: E402
 
 TINY = dict(num_queries=6, decoder_layers=2, decoder_heads=2, decoder_ffn=32, mlp_hidden=16)
 
@@ -80,7 +80,8 @@ def test_a_learned_bank_takes_gradients(tiny_backbone):
     assert model.class_bank.grad is not None and model.class_bank.grad.abs().sum() > 0
 
 
-def test_training_on_clusters_keeps_the_centroids_and_predicts_cluster_ids(clustered, tiny_checkpoint, tmp_path):
+def test_training_on_clusters_keeps_the_centroids_and_predicts_cluster_ids(clustered, tiny_checkpoint, tmp_path,
+                                                                            capsys):
     import zutiscli as zs
 
     _, clusters_dir = clustered
@@ -96,6 +97,14 @@ def test_training_on_clusters_keeps_the_centroids_and_predicts_cluster_ids(clust
     categories = json.loads((predicted.path / "images.json").read_text())["categories"]
     assert [c["name"] for c in categories] == cluster_names(4)
     assert len(list((predicted.path / "semantic").glob("*.png"))) == len(images)
+    # with no classes given, the model's own clusters are segmented: the same prediction
+    default = zs.predict(images, None, tmp_path / "pred-default", checkpoint=run.path, device="cpu", vis=False)
+    assert json.loads((default.path / "images.json").read_text())["categories"] == categories
+    assert (default.path / "predictions.json").read_bytes() == (predicted.path / "predictions.json").read_bytes()
+    code, out, err = run_cli(capsys, "predict", *map(str, images), "--checkpoint", run.path, "--device", "cpu",
+                             "--no-vis", "-o", tmp_path / "pred-cli", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "pred-cli" / "predictions.json").read_bytes() == (predicted.path / "predictions.json").read_bytes()
 
 
 def test_a_learned_classifier_moves_from_the_centroids(clustered, tiny_checkpoint, tmp_path):

@@ -33,7 +33,7 @@ app = group_with_default("predict", "run", (
 @from_config(PredictConfig, into="options")
 def predict(
     images: Annotated[Optional[List[str]], typer.Argument(help="Image files, directories or globs.", show_default=False)] = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names (any: the text encoder is open-vocabulary).", show_default=False, autocompletion=complete_class_names)] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names (any: the text encoder is open-vocabulary; default for a zutis --checkpoint: the classes or clusters it was trained on).", show_default=False, autocompletion=complete_class_names)] = None,
     classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (name or name<TAB>phrase).", show_default=False)] = None,
     options: ConfigValues = None,
     output: OutputOpt = None,
@@ -47,12 +47,14 @@ def predict(
     """
     from rich.markup import escape
 
-    from zutiscli.data.classes import parse_classes, with_stuff
+    from zutiscli.data.classes import with_stuff
     from zutiscli.errors import UsageError
-    from zutiscli.pipeline.predict import plan_predict, predict as run_predict
+    from zutiscli.pipeline.predict import classes_to_segment, plan_predict, predict as run_predict
 
     reporter = Reporter(json_mode, quiet)
-    queries = with_stuff(parse_classes(classes, classes_file), options.get("stuff", ()))
+    trained = classes_to_segment(classes, classes_file, options.get("method", PredictConfig.method),
+                                 options.get("checkpoint"))
+    queries = with_stuff(trained, options.get("stuff", ()))
     config = PredictConfig(inputs=list(images or []), classes=queries, **options)
     if not config.inputs and not config.from_list:
         raise UsageError("give the images to segment (files, directories, globs) or --from-list FILE")

@@ -105,6 +105,25 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     return Plan("predict", reads, writes, model, params, work, notes)
 
 
+def classes_to_segment(classes: str | None, classes_file: str | Path | None, method: str,
+                       checkpoint: str | None) -> list[Any]:
+    """The classes of ``--classes`` or ``--classes-file``; with neither, for a ZUTIS checkpoint given
+    (``checkpoint`` or ``$ZUTIS_CHECKPOINT``), the classes it was trained for (a model trained on
+    clusters: its clusters, ``cluster-00``, ...)."""
+    import os
+
+    from zutiscli.data.classes import ClassQuery, parse_classes
+
+    given = checkpoint is not None or os.environ.get("ZUTIS_CHECKPOINT")
+    if classes is None and classes_file is None and method == "zutis" and given:
+        from zutiscli.artefacts.checkpoint import load_checkpoint
+        from zutiscli.artefacts.runs import resolve_checkpoint
+
+        trained = load_checkpoint(resolve_checkpoint(checkpoint), mmap=True).get("classes") or []
+        return [ClassQuery(str(name), str(name)) for name in trained]
+    return parse_classes(classes, classes_file)
+
+
 @holding_locks
 def predict(config: PredictConfig, output: str | Path | None = None, *,
             progress: Callable[[int, int], None] | None = None,
