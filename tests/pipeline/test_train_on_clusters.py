@@ -11,6 +11,7 @@ import torch
 
 from zutiscli.artefacts.checkpoint import load_checkpoint
 from zutiscli.artefacts.clusters import cluster_labels, cluster_names, read_clusters
+from zutiscli.engine.evaluator import headline
 from zutiscli.errors import UsageError
 from zutiscli.models.zutis import ZutisConfig, ZutisModel
 from zutiscli.pipeline.cluster import ClusterConfig, cluster
@@ -80,12 +81,17 @@ def test_a_learned_bank_takes_gradients(tiny_backbone):
     assert model.class_bank.grad is not None and model.class_bank.grad.abs().sum() > 0
 
 
-def test_training_on_clusters_keeps_the_centroids_and_predicts_cluster_ids(clustered, tiny_checkpoint, tmp_path,
-                                                                            capsys):
+@pytest.fixture(scope="module")
+def cluster_run(clustered, tiny_checkpoint, tmp_path_factory):
+    """The tiny model trained 3 iterations on the 4 clusters (centroids as its classifier)."""
+    return train(small(clustered[1], tiny_checkpoint), tmp_path_factory.mktemp("cluster-run") / "run")
+
+
+def test_training_on_clusters_keeps_the_centroids_and_predicts_cluster_ids(clustered, cluster_run, tmp_path, capsys):
     import zutiscli as zs
 
     _, clusters_dir = clustered
-    run = train(small(clusters_dir, tiny_checkpoint), tmp_path / "run")
+    run = cluster_run
     saved = load_checkpoint(run.path / "model.pt")
     assert saved["classes"] == cluster_names(4)
     assert saved["config"]["class_bank"] == cluster_names(4) and not saved["config"]["class_bank_learned"]
@@ -122,3 +128,21 @@ def test_centroids_of_another_model_are_refused_before_training(clustered, tmp_p
     assert not (tmp_path / "other" / "model.pt").exists()
     run = train(small(clusters_dir, "none", classifier="learned", iterations=1, checkpoint_every=1), tmp_path / "ok")
     assert (run.path / "model.pt").is_file()
+
+
+def test_compare_scores_a_cluster_run_as_evaluate_does_with_the_same_matching(cluster_run, tiny_checkpoint, tmp_path):
+    import zutiscli as zs
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+    scenes = write_synth(SynthConfig("scenes", 3, seed=5, size=64, panoptic=True, workers=0), tmp_path / "scenes")
+    compared = zs.compare(scenes, [f"found=zutis:{cluster_run.path}"], tmp_path / "cmp", match="majority",
+                          match_score=0.0, device="cpu", picture=2)
+    row = compared.rows["found"]
+    assert row["method"] == "zutis (clusters, majority)"
+    predicted = zs.predict(scenes / "images", None, tmp_path / "pred", checkpoint=cluster_run.path, device="cpu",
+                           vis=False)
+    evaluated = zs.evaluate(predicted.path, scenes, tmp_path / "ev", match="majority", match_score=0.0)
+    expected = headline(evaluated.metrics)
+    for key in ("mIoU", "pixel_accuracy", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ"):
+        assert row["metrics"][key] == pytest.approx(expected[key], abs=1e-4), key
+    assert (tmp_path / "cmp" / "compare.png").is_file()

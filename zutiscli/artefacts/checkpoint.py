@@ -36,6 +36,15 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
+def trained_classes(path: str | Path) -> tuple[list[str], bool]:
+    """``(classes, clusters)`` of a checkpoint: the class names it was trained on, and whether they
+    are clusters (a class bank: ``zutis train CLUSTERS``) rather than names for the text encoder.
+    Reads the file memory-mapped, so only these few values are paid for."""
+    data = load_checkpoint(path, mmap=True)
+    classes = [str(name) for name in data.get("classes") or []]
+    return classes, bool((data.get("config") or {}).get("class_bank"))
+
+
 def _load_failure(exc: BaseException) -> str:
     """The telling line of a torch.load failure (torch prefaces it with a paragraph about its defaults)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]

@@ -2,7 +2,9 @@
 
 Each ``--run`` (``maskclip``, ``reco:REFERENCES``, ``zutis:RUN``, optionally ``LABEL=`` in front)
 is predicted in memory by ``zutis predict``'s engine (task ``all``: semantic maps, instances and
-panoptic segments) and scored by ``zutis evaluate``'s scoring against one ground truth. Writes::
+panoptic segments) and scored by ``zutis evaluate``'s scoring against one ground truth. A ZUTIS run
+trained on clusters (``zutis train CLUSTERS``) segments its own clusters, matched to the classes
+by ``--match`` (and shown in compare.png as the classes they were matched to). Writes::
 
     compare.json   per run: method, source, headline metrics (mIoU, pixel accuracy, mask AP, AP50,
                    class-agnostic AP, PQ and its things / stuff split where scored), seconds per image
@@ -69,12 +71,26 @@ def _classes(config: CompareConfig, truth: Any) -> list[Any]:
     return queries
 
 
-def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: list[Any]) -> Any:
+def _cluster_classes(run: RunSpec) -> list[Any] | None:
+    """The clusters of a ZUTIS run trained on clusters (its classes), None for any other run."""
+    from zutiscli.artefacts.checkpoint import trained_classes
+    from zutiscli.artefacts.runs import resolve_checkpoint
+    from zutiscli.data.classes import ClassQuery
+
+    if run.method != "zutis":
+        return None
+    classes, clusters = trained_classes(resolve_checkpoint(run.argument))
+    return [ClassQuery(name, name) for name in classes] if clusters else None
+
+
+def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: list[Any],
+                    clusters: list[Any] | None = None) -> Any:
+    """How ``run`` predicts: ``classes`` (and the stuff), or a cluster model's ``clusters`` alone."""
     from zutiscli.pipeline.predict import PredictConfig
 
-    options: dict[str, Any] = dict(inputs=[str(images)], classes=tuple(classes), method=run.method,
-                                   stuff=tuple(config.stuff), task="all", vis=False, device=config.device,
-                                   precision=config.precision)
+    options: dict[str, Any] = dict(inputs=[str(images)], classes=tuple(clusters or classes), method=run.method,
+                                   stuff=() if clusters else tuple(config.stuff), task="all", vis=False,
+                                   device=config.device, precision=config.precision)
     if run.method == "zutis":
         options["checkpoint"] = run.argument
     elif run.method == "reco":
@@ -116,7 +132,8 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
     images, gt = _scenes_and_truth(config)
     truth = load_ground_truth(gt)
     classes = _classes(config, truth)
-    predict_configs = [_predict_config(config, run, images, classes) for run in config.runs]
+    clusters = [_cluster_classes(run) for run in config.runs]
+    predict_configs = [_predict_config(config, run, images, classes, found) for run, found in zip(config.runs, clusters)]
     from zutiscli.methods.predict import get
 
     for predict_config in predict_configs:  # every run's options and weights checked before the first runs
@@ -125,15 +142,19 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
     out = prepare_output_dir(output, "compare")
     rows: dict[str, dict[str, Any]] = {}
     predictions = []
-    for number, (run, predict_config) in enumerate(zip(config.runs, predict_configs), start=1):
+    for number, (run, predict_config, found) in enumerate(zip(config.runs, predict_configs, clusters), start=1):
         say(f"[{number}/{len(config.runs)}] {run.label}")
         start = time.perf_counter()
         prediction = predict_in_memory(predict_config, log=say)
         seconds = time.perf_counter() - start
-        metrics = score(prediction, truth, EvaluateConfig(pred=run.label, gt=str(gt)))
+        matching = dict(match=config.match, match_score=config.match_score) if found else {}
+        metrics = score(prediction, truth, EvaluateConfig(pred=run.label, gt=str(gt), **matching))
+        if found:
+            prediction = _as_matched_classes(prediction, metrics, [q.name for q in classes])
         atomic_write_json(out / "runs" / str(number) / "metrics.json", metrics)
         glance = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline(metrics).items()}
-        rows[run.label] = {"method": run.method, "source": run.argument, "metrics": glance,
+        rows[run.label] = {"method": run.method + (f" (clusters, {config.match})" if found else ""),
+                           "source": run.argument, "metrics": glance,
                            "seconds": round(seconds, 2),
                            "seconds_per_image": round(seconds / max(1, len(prediction.images)), 4)}
         predictions.append(prediction)
@@ -150,10 +171,34 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
     write_manifest(out, "zutis.comparison", inputs=[p for p in (images, gt) if p.exists()],
                    params={"runs": [run.label for run in config.runs], "classes": names, "stuff": list(config.stuff),
                            "model": config.model, "pretrained": config.pretrained,
-                           "background_threshold": config.background_threshold, "device": config.device,
-                           "precision": config.precision},
+                           "background_threshold": config.background_threshold, "match": config.match,
+                           "match_score": config.match_score, "device": config.device, "precision": config.precision},
                    summary={"runs": {label: row["metrics"] for label, row in rows.items()}})
     return CompareResult(out, rows, table)
+
+
+def _as_matched_classes(prediction: Any, metrics: dict[str, Any], names: list[str]) -> Any:
+    """A cluster run's prediction with its semantic maps relabelled as the classes (``1 + index in
+    names``; 0 background or no class) its clusters were matched to, for the picture."""
+    import dataclasses
+
+    mapping = ((metrics.get("semantic") or {}).get("cluster_mapping") or {}).get("mapping")
+    if not mapping:
+        return prediction
+    folded = [name.casefold() for name in names]
+    labels = ["background", *(prediction.names or [])]
+    table = np.zeros(len(labels), dtype=np.int64)
+    for value, label in enumerate(labels):
+        target = (mapping.get(label) or "").casefold()
+        table[value] = folded.index(target) + 1 if target in folded else 0
+    images = []
+    for image in prediction.images:
+        if isinstance(image.semantic, np.ndarray):
+            semantic = image.semantic
+            image = dataclasses.replace(image, semantic=np.where(
+                semantic < 0, semantic, table[np.clip(semantic, 0, len(table) - 1)]))
+        images.append(image)
+    return dataclasses.replace(prediction, images=images)
 
 
 def _gt_labels(truth: Any, image: Any, names: list[str]) -> np.ndarray | None:

@@ -46,7 +46,8 @@ class CompareConfig:
 
     Each run is predicted in memory with ``zutis predict``'s engine (task ``all``, the method's own
     inference: a ZUTIS run's recipe, ReCo's and MaskCLIP's defaults) and scored with ``zutis
-    evaluate``'s scoring against one ground truth.
+    evaluate``'s scoring against one ground truth: by class name, or for a model trained on
+    clusters, its clusters matched to the classes as ``match`` says.
     """
 
     images: str = not_an_option("", "the command's SCENES argument")
@@ -63,6 +64,12 @@ class CompareConfig:
     model: str = option("ViT-B-16", "maskclip: open_clip model name.", kind="model")
     pretrained: str | None = option(None, "maskclip: weights (tag, file, builtin).", show_default=False)
     background_threshold: float = option(0.9, "reco: background where no class holds this share of the maps.")
+    match: str = option(
+        "hungarian", "Runs of a model trained on clusters (`zutis train CLUSTERS`) predict cluster ids: how they "
+        "meet the ground truth's classes, one-to-one or many-to-one (U2Seg), as `zutis evaluate --match`.",
+        choices=("hungarian", "majority"))
+    match_score: float = option(
+        0.6, "Cluster runs: only detections scoring at least this vote for an instance class (U2Seg: 0.6).")
     picture: int = option(6, "Scenes shown in compare.png (0 = no picture).")
     device: str = device_option()
     precision: str = precision_option("fp32")
@@ -76,5 +83,9 @@ class CompareConfig:
                              f"label them apart with LABEL=METHOD:...")
         if self.picture < 0:
             raise UsageError(f"--picture must be >= 0 (got {self.picture})")
+        if self.match not in ("hungarian", "majority"):
+            raise UsageError(f"--match {self.match!r} is not hungarian or majority")
+        if not 0.0 <= self.match_score <= 1.0:
+            raise UsageError(f"--match-score must lie in [0, 1] (got {self.match_score})")
         if not 0.0 <= self.background_threshold <= 1.0:
             raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")

@@ -116,11 +116,10 @@ def classes_to_segment(classes: str | None, classes_file: str | Path | None, met
 
     given = checkpoint is not None or os.environ.get("ZUTIS_CHECKPOINT")
     if classes is None and classes_file is None and method == "zutis" and given:
-        from zutiscli.artefacts.checkpoint import load_checkpoint
+        from zutiscli.artefacts.checkpoint import trained_classes
         from zutiscli.artefacts.runs import resolve_checkpoint
 
-        trained = load_checkpoint(resolve_checkpoint(checkpoint), mmap=True).get("classes") or []
-        return [ClassQuery(str(name), str(name)) for name in trained]
+        return [ClassQuery(name, name) for name in trained_classes(resolve_checkpoint(checkpoint))[0]]
     return parse_classes(classes, classes_file)
 
 
