@@ -478,9 +478,14 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     """Confusion-matrix mIoU, accuracies, per-class IoU and size buckets over the matched images."""
     lut, fixed_p, gt_names = _pred_lut(pred, truth, config)
     fixed_g = len(gt_names) if gt_names else None
+    named_clusters = None
     if config.match != "names":
         fixed_p = None
+        named_clusters = len(pred.semantic_names) if pred.semantic_names else \
+            len(pred.names) + 1 if pred.names is not None else None
     acc = ConfusionSum(fixed_g, fixed_p)
+    if named_clusters:  # every cluster the prediction names has a column, predicted here or not
+        acc._grow(acc.conf.shape[0], named_clusters)
     pairs = [(p, g) for p, g in matched.pairs if p.semantic is not None]
     index_of: dict[int, int] = {}
     anns_by_image: dict[int, list[dict[str, Any]]] = {}
@@ -525,6 +530,7 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
         labels = _semantic_cluster_labels(pred, clusters.shape[1])
         if given is None:
             mapping = M.hungarian_mapping(clusters) if config.match == "hungarian" else M.majority_mapping(clusters)
+            mapping[clusters.sum(axis=0) == 0] = -1  # a cluster never predicted here is matched to nothing
         else:
             mapping = _given_mapping(given, labels, names_now, "semantic")
         conf = M.remap_confusion(conf, mapping)
