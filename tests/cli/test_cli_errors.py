@@ -49,6 +49,10 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["--pretrained", "{missing}.pt"], 1, "no such checkpoint file"),
         (["--iterations", "0"], 2, "--iterations"),
         (["--zero-shot-class", "dragon"], 2, "--zero-shot-class"),
+        (["--discover", "--ablation"], 2, "separate runs"),
+        (["--discover", "--discover-k", "1,6"], 2, "distinct cluster counts >= 2"),
+        (["--discover", "--discover-k", "6,6"], 2, "distinct cluster counts >= 2"),
+        (["--discover", "--discover-k", "six"], 2, "whole numbers"),
     ],
     "synth pile": [
         (["-n", "0", "-o", "{out}"], 2, "-n"),

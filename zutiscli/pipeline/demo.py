@@ -69,10 +69,11 @@ class DemoResult:
     metrics: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
     stage_quality: dict[str, Any] = field(default_factory=dict)
+    picture: Path | None = None  # the picture to open first, when not summary.png
 
     @property
     def summary_picture(self) -> Path:
-        return self.path / "summary.png"
+        return self.picture or self.path / "summary.png"
 
 
 class _Stages:
@@ -213,8 +214,6 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     ``log(message)`` receives one line per stage; ``progress(stage, done, total)`` the progress of
     the stage running.
     """
-    from zutiscli.artefacts.atomic import atomic_write_json
-    from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.models.clip import ModelSpec, load_backbone
     from zutiscli.pipeline.compare import CompareConfig, RunSpec, compare
@@ -243,6 +242,8 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
                          SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,
                                      min_objects=config.min_objects, max_objects=config.max_objects, split="shift",
                                      workers=_generation_workers(config)), out / "shift" / "scenes")
+    if config.discover:
+        return _discover(stages, config, out, pile, scenes, shifted)
     index = stages.run("index", build_index, IndexConfig(
         sources=[str(pile / "images")], model=config.model, pretrained=config.pretrained, device=config.device,
         precision="fp32", workers=0, batch_size=256), out / "index").path
@@ -293,6 +294,15 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     stuff = None if stuff_section is None else (*stuff_section, headlines[f"maskclip, {NAMED_STUFF}"])
     write_summary_picture(out / "summary.png", scenes, out / "predict", classes, headlines["zutis"],
                           shift=(shifted, out / "shift" / "predict", headlines[f"zutis, {SHIFT}"]), stuff=stuff)
+    return _finish(out, config, stages, headlines, quality)
+
+
+def _finish(out: Path, config: DemoConfig, stages: _Stages, headlines: dict[str, Any], quality: dict[str, Any],
+            picture: Path | None = None) -> DemoResult:
+    """Write ``metrics.json`` and the demo's manifest; the result."""
+    from zutiscli.artefacts.atomic import atomic_write_json
+    from zutiscli.artefacts.manifest import write_manifest
+
     seconds = dict(stages.seconds)
     report = {"config": asdict(config), "headline": headlines, "stage_quality": quality, "seconds": seconds,
               "total_seconds": round(sum(seconds.values()), 2)}
@@ -300,7 +310,35 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     write_manifest(out, "zutis.demo", model={"name": config.model, "pretrained": config.pretrained},
                    inputs=[], params=asdict(config),
                    summary={"headline": headlines, "total_seconds": report["total_seconds"]})
-    return DemoResult(out, headlines, seconds, quality)
+    return DemoResult(out, headlines, seconds, quality, picture=picture)
+
+
+def _discover(stages: _Stages, config: DemoConfig, out: Path, pile: Path, scenes: Path, shifted: Path) -> DemoResult:
+    """``--discover``: the chain with no names (:mod:`zutiscli.pipeline.demo_discover`) beside MaskCLIP
+    with the names, on both splits; ``zutis compare`` of them all on the test split."""
+    from zutiscli.pipeline.compare import CompareConfig, RunSpec, compare
+    from zutiscli.pipeline.demo_discover import describe_cluster_quality, run_discovery
+    from zutiscli.shapes.world import SHAPES
+
+    classes = list(SHAPES)
+    maskclip = dict(method="maskclip", model=config.model, pretrained=config.pretrained, device=config.device,
+                    precision="fp32", components=True)
+    metrics: dict[str, Any] = {}
+    metrics["maskclip"] = _predict_and_evaluate(stages, "maskclip baseline", out / "baseline", scenes, classes,
+                                                **maskclip)
+    metrics[f"maskclip, {SHIFT}"] = _predict_and_evaluate(stages, f"maskclip baseline, {SHIFT}",
+                                                          out / "shift" / "baseline", shifted, classes, **maskclip)
+    found, clusters, runs = run_discovery(stages, config, out, pile, [("", scenes), (f", {SHIFT}", shifted)])
+    metrics.update(found)
+    stages.log("    " + describe_cluster_quality(clusters))
+    compared = stages.run("compare", compare, CompareConfig(
+        images=str(scenes), runs=(RunSpec("maskclip", "maskclip", None),
+                                  *(RunSpec(f"discovery, k {k}", "zutis", str(run)) for k, run in runs)),
+        model=config.model, pretrained=config.pretrained, match="hungarian",
+        match_score=config.discover_match_score, device=config.device), out / "compare")
+    stages.log(compared.table)
+    headlines = {name: _headline(m) for name, m in metrics.items()}
+    return _finish(out, config, stages, headlines, {"clusters": clusters}, picture=compared.path / "compare.png")
 
 
 def measure_stage_quality(pile: Path, archives: Path, pseudolabels: Path) -> dict[str, Any]:
@@ -313,7 +351,12 @@ def measure_stage_quality(pile: Path, archives: Path, pseudolabels: Path) -> dic
 
 
 def describe_stage_quality(quality: dict[str, Any]) -> str:
-    """One line: mean and worst retrieval precision and pseudo-mask IoU over the classes."""
+    """One line: mean and worst retrieval precision and pseudo-mask IoU over the classes (with
+    ``--discover``: the clusters' purity and NMI)."""
+    if "clusters" in quality:
+        from zutiscli.pipeline.demo_discover import describe_cluster_quality
+
+        return describe_cluster_quality(quality["clusters"])
     precision = quality["retrieval_precision"]
     ious = {name: values["mean_iou"] for name, values in quality["pseudolabels"].items()}
     parts = []

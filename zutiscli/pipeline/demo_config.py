@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from zutiscli.config_fields import device_option, not_an_option, option, option_fields
+from zutiscli.config_fields import device_option, join_commas, not_an_option, option, option_fields, split_commas
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.train_config import TrainConfig, load_recipe
 
@@ -40,6 +40,15 @@ class DemoConfig:
         False, "Also reproduce the paper's findings: no NMS, no stop-gradient (also at the paper's temperature 1), "
         "zero-shot to an untrained shape and to colour-shape names; and, beyond the paper, the crop adapter left "
         "out and the same model trained on ground-truth scenes, the bound of the chain.")
+    discover: bool = option(
+        False, "Run the chain with no class names instead (MaskDistill, U2Seg): masks in every pile image, "
+        "clustered at each --discover-k (purity against the pile's hidden ground truth), a model trained on each "
+        "clustering (the demo-fast recipe; a 1,200-image pile), scored on both splits by Hungarian and majority "
+        "matching, beside MaskCLIP with the names.")
+    discover_k: tuple[int, ...] = option(
+        (6, 12, 36), "--discover: the cluster counts swept (the world has 6 shapes; U2Seg sweeps 300, 800, 2911 "
+        "on COCO's 80 classes).", metavar="K,K,...", parse=lambda text: tuple(_integers(text, "--discover-k")),
+        text=join_commas)
     pretrained: str = option("builtin", "shapes-clip weights: builtin (shipped) or a file from `zutis synth train-clip`.")
     iterations: int | None = option(None, "Training iterations (default: the recipe's).", show_default=False)
     pile: int = option(3000, "Unlabelled images to index (default: the recipe's).", show_default=False)
@@ -69,6 +78,9 @@ class DemoConfig:
     photometric: bool = not_an_option(False, "set from Python only: copy-paste's photometric augmentation")
     model: str = not_an_option("shapes-clip", "set from Python only")
     eval_seed: int = not_an_option(1, "set from Python only: seed of the held-out scenes")
+    discover_match_score: float = not_an_option(
+        0.0, "set from Python only: --discover's instance vote threshold (U2Seg's 0.6 is for its detector's scores; "
+        "the demo's short-trained models score 0.2-0.5, docs/discovery.md)")
     reco_threshold: float = not_an_option(
         0.3, "set from Python only: ReCo's background threshold, chosen on validation scenes (docs/reco.md)")
 
@@ -86,6 +98,12 @@ class DemoConfig:
             raise UsageError(f"--stuff-scenes must be >= 0 (got {self.stuff_scenes})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.discover:
+            if self.ablation:
+                raise UsageError("--discover and --ablation are separate runs of the demo; give one of them")
+            if not self.discover_k or min(self.discover_k) < 2 or len(set(self.discover_k)) < len(self.discover_k):
+                raise UsageError(f"--discover-k needs distinct cluster counts >= 2 (got "
+                                 f"{join_commas(self.discover_k) or 'none'})")
 
     def training(self, source: str | Path = "", **changes: Any) -> TrainConfig:
         """The :class:`~zutiscli.pipeline.train.TrainConfig` of the demo's training on ``source``.
@@ -106,8 +124,19 @@ class DemoConfig:
         return TrainConfig.from_dict(values, where=f"the demo's recipe {self.recipe!r}")
 
 
+def _integers(text: str, flag: str) -> list[int]:
+    try:
+        return [int(value) for value in split_commas(text)]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 6,12,36") from None
+
+
 #: What ``--fast`` changes.
 FAST = {"pile": 1200, "scenes": 100, "k": 100, "stuff_scenes": 50, "copypaste": 1200, "recipe": "demo-fast"}
+
+#: What ``--discover`` changes (before ``--fast``): a model per cluster count, each trained with the
+#: ``demo-fast`` recipe, and pseudo-labels over a pile of ``--fast``'s size (7-8 minutes on 2 cores).
+DISCOVER = {"pile": 1200, "recipe": "demo-fast"}
 
 #: The defaults of ``zutis demo`` that differ from :class:`DemoConfig`'s: the options ``--fast``
 #: presets are not given by default (None: the preset's value, see :func:`preset`).
@@ -115,12 +144,13 @@ COMMAND_DEFAULTS: dict[str, Any] = {field.name: None for field, _, _ in option_f
 
 
 def preset(fast: bool, **overrides: Any) -> DemoConfig:
-    """The default recipe, or the ``--fast`` one, with ``overrides`` (None values ignored) applied.
+    """The default recipe, or the ``--fast`` one (and with ``discover`` the ``--discover`` one:
+    :data:`DISCOVER`), with ``overrides`` (None values ignored) applied.
 
     An override that is not a :class:`DemoConfig` field but a ``zutis train`` option (``crop``,
     ``batch_size``, ...) goes to ``training_options``.
     """
-    values: dict[str, Any] = dict(FAST) if fast else {}
+    values: dict[str, Any] = {**(DISCOVER if overrides.get("discover") else {}), **(FAST if fast else {})}
     demo = {f.name for f in fields(DemoConfig)}
     training = {f.name for f in fields(TrainConfig)}
     options: dict[str, Any] = {}
