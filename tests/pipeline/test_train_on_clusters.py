@@ -146,3 +146,45 @@ def test_compare_scores_a_cluster_run_as_evaluate_does_with_the_same_matching(cl
     for key in ("mIoU", "pixel_accuracy", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ"):
         assert row["metrics"][key] == pytest.approx(expected[key], abs=1e-4), key
     assert (tmp_path / "cmp" / "compare.png").is_file()
+
+
+def test_kept_scores_take_the_threshold_and_the_best_fraction():
+    from zutiscli.pipeline.pseudolabel_predictions import kept_scores
+
+    scores = np.array([0.2, 0.9, 0.5, 0.95, 0.5, 0.1])
+    assert kept_scores(scores, 0.7, None).tolist() == [False, True, False, True, False, False]
+    assert kept_scores(scores, 0.0, 0.5).tolist() == [False, True, True, True, False, False]  # ties: the first
+    assert kept_scores(scores, 0.3, 1.0).tolist() == [False, True, True, True, True, False]
+    assert not kept_scores(scores, 0.99, 0.5).any()
+
+
+def test_confident_predictions_of_a_cluster_model_are_the_next_rounds_clusters(clustered, cluster_run, tiny_checkpoint,
+                                                                               tmp_path, capsys):
+    import zutiscli as zs
+    from zutiscli.artefacts.manifest import read_manifest
+    from zutiscli.artefacts.pseudolabels import load_pseudolabels
+
+    images = sorted((clustered[0].parent / "pile" / "images").iterdir())[:4]
+    predicted = zs.predict(images, None, tmp_path / "pred", checkpoint=cluster_run.path, device="cpu", vis=False,
+                           score_threshold=0.0, mask_threshold=0.2)
+    results = json.loads((predicted.path / "predictions.json").read_text())
+    assert results, "the tiny model predicts instances"
+    remined = zs.pseudolabel(predicted.path, tmp_path / "remined", min_score=0.0, top_fraction=0.5)
+    labels = load_pseudolabels(remined.path)
+    assert labels.classes == cluster_names(4)
+    assert len(labels.objects) == int(np.ceil(0.5 * len(results)))
+    best = sorted((r["score"] for r in results), reverse=True)[len(labels.objects) - 1]
+    assert min(o.score for o in labels.objects) >= best
+    assert read_manifest(remined.path).params["source"] == "predictions"
+    bank = np.load(remined.path / "class_bank.npy")
+    saved = load_checkpoint(cluster_run.path / "model.pt")
+    assert np.array_equal(bank, saved["model"]["class_bank"].numpy())  # the model's clusters, in category order
+    # the next round trains on them with the same classifier
+    run = train(small(remined.path, tiny_checkpoint), tmp_path / "round-2")
+    again = load_checkpoint(run.path / "model.pt")
+    assert again["classes"] == cluster_names(4) and again["config"]["class_bank"] == cluster_names(4)
+    assert np.allclose(again["model"]["class_bank"].numpy(), bank, atol=1e-6)
+    # a threshold nothing reaches: one line, nothing written
+    code, out, err = run_cli(capsys, "pseudolabel", predicted.path, "--min-score", "1.0", "-o", tmp_path / "none")
+    assert code == 1 and "no instance scores >= 1.0" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "none").exists()

@@ -67,9 +67,10 @@ from zutiscli.models.device import precision_name, resolve_device, resolve_preci
 from zutiscli.ops.masks import encode_mask
 from zutiscli.pipeline.archive_models import feature_model, named_by_manifest
 from zutiscli.pipeline.failures import check_failures
-from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
+from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 from zutiscli.pipeline.pseudolabel_config import REFINERS, PseudolabelConfig  # noqa: F401 - exported here too
 from zutiscli.pipeline.pseudolabel_inputs import PseudolabelInputs, pile, read_inputs
+from zutiscli.pipeline.pseudolabel_predictions import predictions_input, pseudolabels_from_predictions
 
 #: Manifest params that may differ between the shards of one run (they change no mask).
 SHARD_FREE_PARAMS = ("shard", "workers", "chunk_size", "device")
@@ -240,6 +241,12 @@ def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) ->
 def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis pseudolabel`` would do (``--dry-run``): the checks of a real run, no weights loaded, nothing written."""
     config.validate()
+    predicted = predictions_input(config.inputs)
+    if predicted is not None:
+        return Plan("pseudolabel", [input_entry(predicted, "zutis.predictions")],
+                    output_plan(output, "pseudolabel"), None,
+                    {"source": "predictions", "min_score": config.min_score, "top_fraction": config.top_fraction},
+                    {}, ["the instances scoring >= --min-score become the pseudo-labels, named by their class"])
     inputs = read_inputs(config.inputs)
     archives = inputs.archives
     every = _unique_images(archives)
@@ -293,6 +300,9 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     """
     config.validate()
     say = log or (lambda message: None)
+    predicted = predictions_input(config.inputs)
+    if predicted is not None:  # re-mining: a model's confident predictions, no discovery to run
+        return pseudolabels_from_predictions(config, predicted, output, log=say)
     start = time.perf_counter()
     inputs = read_inputs(config.inputs)
     archives = inputs.archives

@@ -34,6 +34,8 @@ class PseudolabelConfig:
 
     ``inputs``: one archives directory (masks named by their archives), one index, or image files,
     directories and globs (a pile: masks unnamed); see :mod:`zutiscli.pipeline.pseudolabel_inputs`.
+    Or one ``zutis predict`` directory: its confident instances become the pseudo-labels, named by
+    their predicted class (re-mining, self-training; :mod:`zutiscli.pipeline.pseudolabel_predictions`).
 
     ``shard``: ``(i, n)`` or ``"i/n"`` to process slice i of n (0-based); None = the environment's
     (SLURM array, torchrun), else the whole run.
@@ -59,6 +61,12 @@ class PseudolabelConfig:
         choices=COMPONENTS, show_default=False)
     fill_holes: bool = option(True, "Fill holes inside masks.", flag="--fill-holes/--keep-holes")
     min_area: float = option(0.005, "Drop masks below this fraction of the image.")
+    min_score: float = option(
+        0.7, "From predictions: keep the instances scoring at least this (U2Seg's self-training: 0.7; MaskDistill's "
+        "re-mining: 0.9).")
+    top_fraction: float | None = option(
+        None, "From predictions: keep only this fraction of the instances, the best scoring (for models whose scores "
+        "never reach --min-score's scale; use with --min-score 0).", show_default=False)
     saliency_model: str | None = option(
         None, "onnx: single-channel saliency network (.onnx).", kind="path", show_default=False)
     onnx_size: int = option(320, "onnx: square input side.")
@@ -95,6 +103,10 @@ class PseudolabelConfig:
             raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
         if not 0 < self.top_k <= 1:
             raise UsageError(f"--top-k must lie in (0, 1] (got {self.top_k})")
+        if not 0 <= self.min_score <= 1:
+            raise UsageError(f"--min-score must lie in [0, 1] (got {self.min_score})")
+        if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
+            raise UsageError(f"--top-fraction must lie in (0, 1] (got {self.top_fraction})")
         if self.max_objects < 1:
             raise UsageError(f"--max-objects must be >= 1 (got {self.max_objects})")
         if not 0 <= self.min_area < 1:

@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from zutiscli.artefacts.checkpoint import check_weights_fit, load_checkpoint
+from zutiscli.artefacts.class_bank import SourceBank, source_class_bank
 from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
@@ -170,23 +170,24 @@ def train(
     pretrained = _pretrained(config, checkpoint)
     dataset, classes, kind = training_scenes(config.source, config.copypaste(), config.crop, config.seed,
                                              config.iterations * config.batch_size)
+    bank = source_class_bank(config.source)  # clusters (or pseudo-labels re-mined from a model on clusters)
     with named_by(Path(resume) / CHECKPOINT, model="its recipe names model", weights="its recipe names weights") \
             if checkpoint is not None else contextlib.nullcontext():
         backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
     if checkpoint is not None:
         adapter = _saved_adapter(checkpoint, Path(resume) / CHECKPOINT)
-    elif kind == "zutis.clusters":  # the adapter names crops by their classes' text, which clusters have not
+    elif bank is not None:  # the adapter names crops by their classes' text, which clusters have not
         adapter = None
         if config.crop_adapter_scenes:
             say("clusters have no class names to fit the crop adapter on: none is fitted")
     else:  # fitted before the decoder is initialised, drawing no random number the training draws
         adapter = _fitted_adapter(config, backbone, dataset, classes, info, say)
     model_config = config.zutis(pretrained)
-    if kind == "zutis.clusters":
+    if bank is not None:
         model_config.class_bank, model_config.class_bank_learned = list(classes), config.classifier == "learned"
     model = ZutisModel(backbone, model_config).to(device)
-    if kind == "zutis.clusters" and checkpoint is None:
-        model.set_class_bank(cluster_classifier(config, pretrained, len(classes), backbone.embed_dim).to(device))
+    if bank is not None and checkpoint is None:
+        model.set_class_bank(cluster_classifier(config, pretrained, bank, len(classes), backbone.embed_dim).to(device))
     model.crop_adapter = adapter
     trainer = Trainer(model, classes, config, info, device, amp)
     if checkpoint is not None:
@@ -290,25 +291,23 @@ def _pretrained(config: TrainConfig, checkpoint: dict[str, Any] | None) -> str:
     return config.pretrained or default_pretrained(config.model)
 
 
-def cluster_classifier(config: TrainConfig, pretrained: str, count: int, dim: int) -> torch.Tensor:
-    """``(count, dim)`` first rows of the class bank of a run on clusters: the clusters' centroids
-    when they are CLIP image embeddings of the model being trained (``--classifier centroids``, or
-    the start of ``learned``), else, for ``learned`` only, seeded random rows.
+def cluster_classifier(config: TrainConfig, pretrained: str, bank: SourceBank, count: int, dim: int) -> torch.Tensor:
+    """``(count, dim)`` first rows of the class bank of a run on clusters: the source's ``bank`` (the
+    clusters' centroids, or the class bank re-mined pseudo-labels carry) when it holds CLIP image
+    embeddings of the model being trained (``--classifier centroids``, or the start of ``learned``),
+    else, for ``learned`` only, seeded random rows.
 
     Raises :class:`UsageError` for ``centroids`` of other features or of another model.
     """
-    from zutiscli.artefacts.clusters import read_clusters
     from zutiscli.artefacts.manifest import same_model
 
-    clusters = read_clusters(config.source)
-    usable = clusters.features == "clip" and clusters.centroids.shape == (count, dim) and same_model(
-        clusters.manifest.model or {}, {"name": config.model, "pretrained": pretrained})
+    usable = bank.features == "clip" and bank.rows.shape == (count, dim) and same_model(
+        bank.model, {"name": config.model, "pretrained": pretrained})
     if usable:
-        return torch.from_numpy(np.ascontiguousarray(clusters.centroids, dtype=np.float32))
+        return torch.from_numpy(bank.rows)
     if config.classifier == "centroids":
-        made = clusters.manifest.model or {}
-        raise UsageError(f"{config.source}: its centroids are {clusters.features} features of "
-                         f"{made.get('name')}/{made.get('pretrained')}, not CLIP image embeddings of "
+        raise UsageError(f"{config.source}: its centroids are {bank.features} features of "
+                         f"{bank.model.get('name')}/{bank.model.get('pretrained')}, not CLIP image embeddings of "
                          f"{config.model}/{pretrained}; train with that CLIP, or with --classifier learned")
     generator = torch.Generator().manual_seed(config.seed)
     return torch.randn(count, dim, generator=generator)
