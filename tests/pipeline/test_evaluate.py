@@ -633,3 +633,20 @@ def test_bad_mappings_are_refused_in_one_line(scenes, tmp_path, capsys):
                              "-o", tmp_path / "out", "--quiet")
         assert code != 0 and words in err and len(err.strip().splitlines()) == 1, (mapping, err)
         assert not (tmp_path / "out").exists()
+
+
+def test_class_agnostic_ap_of_clusters_counts_every_detection_matched_or_not(scenes, tmp_path):
+    data = _gt(scenes)
+    results = []
+    for ann in data["annotations"]:  # two clusters per class: Hungarian (one-to-one) leaves one unmatched
+        cluster = (100 if ann["id"] % 2 else 200) + ann["category_id"]
+        results.append({"image_id": ann["image_id"], "category_id": cluster, "segmentation": ann["segmentation"],
+                        "bbox": ann["bbox"], "score": 0.9})
+    (tmp_path / "clusters.json").write_text(json.dumps(results))
+    config = dict(pred=str(tmp_path / "clusters.json"), gt=str(scenes / "instances.json"), match_score=0.0)
+    one = evaluate(EvaluateConfig(**config, match="hungarian"), tmp_path / "h").metrics["instance"]
+    many = evaluate(EvaluateConfig(**config, match="majority"), tmp_path / "m").metrics["instance"]
+    assert one["cluster_mapping"]["kept_detections"] < many["cluster_mapping"]["kept_detections"] == len(results)
+    assert one["segm"]["class_aware"]["AP"] < many["segm"]["class_aware"]["AP"] == 1.0
+    for metrics in (one, many):  # every object was found: the matching does not change that
+        assert metrics["segm"]["class_agnostic"]["AP"] == 1.0

@@ -23,7 +23,8 @@ Metrics (fractions in [0, 1] in ``metrics.json``; see :mod:`zutiscli.ops.metrics
 -----------------------------------------------------------------------------------
 - instance: pycocotools ``COCOeval`` for ``segm`` and ``bbox``, ``maxDets [1, 10, 100]``, with
   categories (``useCats=1``) and class-agnostic (all categories merged into one, as CutLER and
-  MaskDistill report): AP, AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l, and AP per class.
+  MaskDistill report; for cluster ids every detection, its cluster matched to a class or not): AP,
+  AP50, AP75, APs/m/l, AR1/10/100, ARs/m/l, and AP per class.
 - semantic: confusion-matrix mIoU (nanmean over classes present in GT or prediction; background
   is a class), pixel accuracy, mean accuracy, per-class IoU, ImageNet-S size-bucket mIoU, and
   where each class's pixels went (``main_confusions``; the full ``confusion`` matrix of pixel
@@ -239,8 +240,11 @@ def _agnostic(gt: dict[str, Any], results: list[dict[str, Any]]) -> tuple[dict[s
 
 
 def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch | None, config: ScoreOptions,
-                      warnings: list[str], given: Given | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Predicted instances with the ground truth's image and category ids; plus matching notes."""
+                      warnings: list[str], given: Given | None = None
+                      ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """``(scored, every, notes)``: the predicted instances with the ground truth's image and category
+    ids; the instances to score class-agnostically (cluster ids: every detection, whether its cluster
+    was matched to a class or not; else the scored ones); the matching notes."""
     assert truth.instances is not None and pred.results is not None
     gt_cats = truth.instances["categories"]
     notes: dict[str, Any] = {}
@@ -250,7 +254,7 @@ def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch 
         if len(results) < len(pred.results):
             warnings.append(f"{len(pred.results) - len(results)} result(s) refer to images not in the ground truth; skipped")
         if config.match == "names":
-            return results, notes
+            return results, results, notes
         cluster_of = [int(r["category_id"]) for r in results]
     else:
         assert matched is not None
@@ -278,9 +282,10 @@ def _instance_results(pred: Prediction, truth: GroundTruth, matched: ImageMatch 
                     raise ArtefactError(f"{pred.source}: a prediction has category_id {r['category_id']}, "
                                         f"outside its {len(names)} classes")
                 out.append(dict(r, category_id=category))
-            return out, notes
+            return out, out, notes
         cluster_of = [int(r["category_id"]) for r in results]
-    return _match_instance_clusters(results, cluster_of, truth, config, notes, pred, given)
+    mapped, notes = _match_instance_clusters(results, cluster_of, truth, config, notes, pred, given)
+    return mapped, results, notes
 
 
 def _voted_mapping(votes: np.ndarray, mode: str) -> np.ndarray:
@@ -372,7 +377,7 @@ def evaluate_instances(pred: Prediction, truth: GroundTruth, matched: ImageMatch
     """COCOeval with and without categories, for each IoU type (cluster ids mapped by ``given``
     when it is given, else matched as ``config.match`` says)."""
     assert truth.instances is not None
-    results, notes = _instance_results(pred, truth, matched, config, warnings, given)
+    results, every, notes = _instance_results(pred, truth, matched, config, warnings, given)
     if pred.results_in_gt_space:
         image_ids = [int(img["id"]) for img in truth.instances["images"]]
     else:
@@ -383,7 +388,7 @@ def evaluate_instances(pred: Prediction, truth: GroundTruth, matched: ImageMatch
     out: dict[str, Any] = {"images": len(image_ids), "detections": len(results),
                            "ground_truth_instances": sum(1 for a in gt["annotations"] if int(a["image_id"]) in set(image_ids))}
     out.update(notes)
-    agnostic_inputs = _agnostic(gt, results) if config.agnostic else None
+    agnostic_inputs = _agnostic(gt, every) if config.agnostic else None
     for iou_type in config.iou_types:
         log(f"COCOeval {iou_type} ({len(results)} detections, {len(image_ids)} images)")
         aware = coco_evaluate(gt, results, iou_type, image_ids=image_ids, max_dets=config.max_dets,
