@@ -54,6 +54,11 @@ def test_every_k_is_scored_by_both_matchings_on_both_splits(discovered) -> None:
                 mapping = json.loads((out / "discover" / place / f"evaluate-{match}" / "cluster_mapping.json")
                                      .read_text())
                 assert mapping["mode"] == match and len(mapping["tasks"]["semantic"]) == k + 1
+        reused = headline[f"discovery, k {k} (hungarian, the test split's mapping), shift split"]
+        given = json.loads((out / "discover" / f"k{k}" / "shift" / "evaluate-test-mapping" / "metrics.json")
+                           .read_text())["semantic"]["cluster_mapping"]
+        found = json.loads((out / "discover" / f"k{k}" / "evaluate-hungarian" / "cluster_mapping.json").read_text())
+        assert given["given"] and given["mapping"] == found["tasks"]["semantic"] and 0.0 <= reused["mIoU"] <= 1.0
         quality = payload["stage_quality"]["clusters"][str(k)]
         assert 0.0 < quality["purity"] <= 1.0 and 0.0 <= quality["nmi"] <= 1.0
     assert {"maskclip", "maskclip, shift split"} <= set(headline)

@@ -9,7 +9,8 @@ The same pile and held-out scenes (both splits) as ``zutis demo``, then, under `
     kK/train/          zutis train kK/clusters          the model, its classes the K clusters
     kK/predict/        zutis predict (no --classes)     its clusters on the test scenes
     kK/evaluate-hungarian/, kK/evaluate-majority/       zutis evaluate --match ...
-    kK/shift/...       the same on the shift split
+    kK/shift/...       the same on the shift split, and evaluate-test-mapping/: scored with the
+                       test split's Hungarian mapping (do the clusters mean the same shapes there?)
 
 The scores match clusters to the shapes on each split itself, as STEGO, MaskDistill and U2Seg
 score (Hungarian one-to-one; U2Seg's majority vote, many-to-one). Names are used nowhere before
@@ -69,7 +70,19 @@ def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, splits
         for suffix, scenes in splits:
             place = where / "shift" if suffix else where
             metrics.update(_predict_and_score(stages, config, k, suffix, place, scenes, run))
+        for suffix, scenes in splits[1:]:  # do the clusters mean the same shapes on the other split?
+            metrics[discovery_label(k, "hungarian, the test split's mapping", suffix)] = _score_with_mapping(
+                stages, k, suffix, where / "shift", scenes, where / "evaluate-hungarian")
     return metrics, quality, runs
+
+
+def _score_with_mapping(stages: Any, k: int, suffix: str, place: Path, scenes: Path, mapping: Path) -> dict[str, Any]:
+    """Score ``place/predict`` with the cluster mapping found on another split (``zutis evaluate --mapping``)."""
+    from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
+
+    return stages.run(f"evaluate (k {k}, the test split's mapping{suffix})", evaluate, EvaluateConfig(
+        pred=str(place / "predict"), gt=str(scenes / "instances.json"), gt_semantic=str(scenes / "semantic"),
+        mapping=str(mapping)), place / "evaluate-test-mapping").metrics
 
 
 def _predict_and_score(stages: Any, config: DemoConfig, k: int, suffix: str, place: Path, scenes: Path,
