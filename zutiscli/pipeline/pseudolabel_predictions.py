@@ -14,6 +14,7 @@ round trains on the same clusters with the same classifier
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,11 @@ def predictions_input(inputs: tuple[str, ...]) -> Path | None:
     if len(inputs) != 1 or not (Path(inputs[0]) / MANIFEST_NAME).is_file():
         return None
     directory = Path(inputs[0])
-    return directory if read_manifest(directory).kind == "zutis.predictions" else None
+    try:  # a glance at the kind; any other artefact is read (and refused) as the other sources are
+        kind = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8")).get("kind")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return directory if kind == "zutis.predictions" else None
 
 
 def kept_scores(scores: np.ndarray, min_score: float, top_fraction: float | None) -> np.ndarray:
