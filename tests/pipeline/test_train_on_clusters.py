@@ -188,3 +188,15 @@ def test_confident_predictions_of_a_cluster_model_are_the_next_rounds_clusters(c
     code, out, err = run_cli(capsys, "pseudolabel", predicted.path, "--min-score", "1.0", "-o", tmp_path / "none")
     assert code == 1 and "no instance scores >= 1.0" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "none").exists()
+
+
+def test_copypaste_writes_scenes_of_clusters(clustered, tmp_path):
+    from zutiscli.pipeline.copypaste import CopyPasteConfig, write_dataset
+
+    _, clusters_dir = clustered
+    out = write_dataset(clusters_dir, 3, CopyPasteConfig(size=48, max_objects=2), 0, tmp_path / "scenes", workers=0)
+    coco = json.loads((out / "instances.json").read_text())
+    assert [c["name"] for c in coco["categories"]] == cluster_names(4)
+    assert len(coco["images"]) == 3 and coco["annotations"]
+    by_id = {mask.annotation_id: mask.cluster for mask in read_clusters(clusters_dir).masks}
+    assert {a["category_id"] - 1 for a in coco["annotations"]} <= set(by_id.values())

@@ -18,7 +18,7 @@ from zutiscli.pipeline.copypaste_config import CopyPasteDatasetConfig
 @from_config(CopyPasteConfig, into="scene")
 @from_config(CopyPasteDatasetConfig, into="writing", only=("image_format", "workers"))
 def copypaste(
-    pseudo_dir: Annotated[Path, typer.Argument(help="Pseudo-label directory written by `zutis pseudolabel`.")],
+    pseudo_dir: Annotated[Path, typer.Argument(help="Pseudo-label directory written by `zutis pseudolabel`, or clusters of `zutis cluster` (the clusters are the classes).")],
     dataset: ConfigValues = None,
     scene: ConfigValues = None,
     writing: ConfigValues = None,
