@@ -40,6 +40,10 @@ and the same model trained on ground-truth scenes instead of the chain's pseudo-
 (``ablation/supervised``), the upper bound of what the chain can reach with this model and budget;
 and ReCo+ (``ablation/recoplus``): the same model trained on ReCo's predictions over unlabelled scenes.
 
+``--discover`` runs the chain with no class names instead, on the same pile and scenes
+(:mod:`zutiscli.pipeline.demo_discover`: ``discover/``), beside MaskCLIP (``baseline/``), and ends with
+``compare/`` of them; its picture is ``compare/compare.png``.
+
 Units: image sides in pixels, times in seconds, metrics as fractions.
 """
 
@@ -256,8 +260,7 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     metrics["zutis, paper's inference"] = _predict_zutis(stages, config, "zutis, paper's inference",
                                                          out / "paper-inference", scenes, classes, run.path,
                                                          **PAPER_INFERENCE)
-    maskclip = dict(method="maskclip", model=config.model, pretrained=config.pretrained, device=config.device,
-                    precision="fp32", components=True)
+    maskclip = _maskclip_options(config)
     metrics["maskclip"] = _predict_and_evaluate(stages, "maskclip baseline", out / "baseline", scenes, classes,
                                                 **maskclip)
     references = stages.run("cosegment", cosegment, CosegmentConfig(archives=str(out / "archives"), preview=8,
@@ -297,6 +300,12 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     return _finish(out, config, stages, headlines, quality)
 
 
+def _maskclip_options(config: DemoConfig) -> dict[str, Any]:
+    """``zutis predict`` options of the training-free MaskCLIP baseline with the demo's CLIP."""
+    return dict(method="maskclip", model=config.model, pretrained=config.pretrained, device=config.device,
+                precision="fp32", components=True)
+
+
 def _finish(out: Path, config: DemoConfig, stages: _Stages, headlines: dict[str, Any], quality: dict[str, Any],
             picture: Path | None = None) -> DemoResult:
     """Write ``metrics.json`` and the demo's manifest; the result."""
@@ -321,8 +330,7 @@ def _discover(stages: _Stages, config: DemoConfig, out: Path, pile: Path, scenes
     from zutiscli.shapes.world import SHAPES
 
     classes = list(SHAPES)
-    maskclip = dict(method="maskclip", model=config.model, pretrained=config.pretrained, device=config.device,
-                    precision="fp32", components=True)
+    maskclip = _maskclip_options(config)
     metrics: dict[str, Any] = {}
     metrics["maskclip"] = _predict_and_evaluate(stages, "maskclip baseline", out / "baseline", scenes, classes,
                                                 **maskclip)
