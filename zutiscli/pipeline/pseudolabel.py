@@ -302,7 +302,9 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     say = log or (lambda message: None)
     predicted = predictions_input(config.inputs)
     if predicted is not None:  # re-mining: a model's confident predictions, no discovery to run
-        return pseudolabels_from_predictions(config, predicted, output, log=say)
+        done = pseudolabels_from_predictions(config, predicted, output, log=say)
+        return PseudolabelResult(done.path, done.images, done.images, done.masks, done.empty, 0, done.seconds,
+                                 done.per_class)
     start = time.perf_counter()
     inputs = read_inputs(config.inputs)
     archives = inputs.archives

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -71,17 +72,29 @@ def _class_bank(record: dict[str, Any], names: list[str], where: Path) -> np.nda
     return np.stack([rows[bank.index(name)] for name in names]).astype(np.float32)
 
 
+@dataclass
+class Remined:
+    """What :func:`pseudolabels_from_predictions` wrote: the directory, the predicted images, the
+    masks kept, the images left with none, seconds, and per class its images and masks."""
+
+    path: Path
+    images: int
+    masks: int
+    empty: int
+    seconds: float
+    per_class: dict[str, dict[str, int]]
+
+
 def pseudolabels_from_predictions(config: Any, directory: Path, output: str | Path | None,
-                                  log: Callable[[str], None] | None = None) -> Any:
+                                  log: Callable[[str], None] | None = None) -> Remined:
     """Write the confident instances of the predictions ``directory`` as pseudo-labels (see the
-    module docstring); the :class:`~zutiscli.pipeline.pseudolabel.PseudolabelResult`."""
+    module docstring); ``config`` has ``min_score`` and ``top_fraction``."""
     from zutiscli.artefacts.atomic import atomic_path
     from zutiscli.artefacts.coco import CocoBuilder
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.predictions import load_prediction
     from zutiscli.artefacts.pseudolabels import PSEUDOLABELS_NAME
     from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-    from zutiscli.pipeline.pseudolabel import PseudolabelResult
 
     say = log or (lambda message: None)
     start = time.perf_counter()
@@ -132,4 +145,4 @@ def pseudolabels_from_predictions(config: Any, directory: Path, output: str | Pa
                "lowest_kept_score": round(float(scores[keep].min()), 4), "class_bank": bank is not None}
     params = {"source": "predictions", "min_score": config.min_score, "top_fraction": config.top_fraction}
     write_manifest(out, "zutis.pseudolabels", model=model, inputs=[directory], params=params, summary=summary)
-    return PseudolabelResult(out, len(images), len(images), masks, summary["empty"], 0, seconds, per_class)
+    return Remined(out, len(images), masks, summary["empty"], seconds, per_class)
