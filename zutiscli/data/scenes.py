@@ -148,14 +148,15 @@ def training_scenes(source: str, paste: CopyPasteConfig, size: int, seed: int, t
     return DiskScenes(Path(source), size, seed, coco), classes, manifest.kind
 
 
-def object_labels(source: str, manifest: Manifest):
+def object_labels(source: str | Path, manifest: Manifest, *, check_masks: bool = True):
     """The objects copy-paste draws from: a pseudo-label directory's, or a clusters directory's
-    masks with their clusters as classes (:func:`zutiscli.artefacts.clusters.cluster_labels`)."""
+    masks with their clusters as classes (:func:`zutiscli.artefacts.clusters.cluster_labels`).
+    ``check_masks``: as :func:`zutiscli.artefacts.pseudolabels.load_pseudolabels` takes it."""
     if manifest.kind == "zutis.clusters":
         from zutiscli.artefacts.clusters import cluster_labels, read_clusters
 
         return cluster_labels(read_clusters(source))
-    return load_pseudolabels(source)
+    return load_pseudolabels(source, check_masks=check_masks)
 
 
 def labelled_scenes(source: str, manifest: Manifest) -> tuple[dict[str, Any], list[str]]:

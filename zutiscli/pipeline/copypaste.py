@@ -25,7 +25,6 @@ from zutiscli.artefacts.coco import CocoBuilder
 from zutiscli.artefacts.labelmap import write_label_png
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import read_manifest, write_manifest
-from zutiscli.artefacts.pseudolabels import load_pseudolabels
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool, scene_rng, synthesize
 from zutiscli.data.workers import quiet_worker
@@ -37,14 +36,16 @@ from zutiscli.pipeline.plan import Plan, input_entry, output_plan
 _worker_state: dict = {}
 
 
-def _objects(source: str | Path, *, check_masks: bool = True):
-    """The objects to paste: a pseudo-label directory's, or a clusters directory's masks with their
-    clusters as classes (:func:`zutiscli.artefacts.clusters.cluster_labels`)."""
-    if read_manifest(source, ("zutis.pseudolabels", "zutis.clusters")).kind == "zutis.clusters":
-        from zutiscli.artefacts.clusters import cluster_labels, read_clusters
+#: What copy-paste takes its objects from: pseudo-labels, or clusters (the clusters are the classes).
+OBJECT_SOURCES = ("zutis.pseudolabels", "zutis.clusters")
 
-        return cluster_labels(read_clusters(source))
-    return load_pseudolabels(source, check_masks=check_masks)
+
+def _objects(source: str | Path, *, check_masks: bool = True):
+    """The objects to paste and the source's manifest kind (:func:`zutiscli.data.scenes.object_labels`)."""
+    from zutiscli.data.scenes import object_labels
+
+    manifest = read_manifest(source, OBJECT_SOURCES)
+    return object_labels(source, manifest, check_masks=check_masks), manifest.kind
 
 
 def _init_worker(pseudo_dir: str, config: CopyPasteConfig, seed: int, out: str, image_format: str) -> None:
@@ -53,7 +54,7 @@ def _init_worker(pseudo_dir: str, config: CopyPasteConfig, seed: int, out: str, 
     # A scene is many small tensor ops: one thread each is fastest, and several worker
     # processes with several threads each would oversubscribe the cores.
     torch.set_num_threads(1)
-    labels = _objects(pseudo_dir, check_masks=False)  # the parent process checked them
+    labels, _ = _objects(pseudo_dir, check_masks=False)  # the parent process checked them
     _worker_state.update(pool=ObjectPool(labels), config=config, seed=seed, out=Path(out), image_format=image_format)
 
 
@@ -95,10 +96,10 @@ def plan_dataset(
 ) -> Plan:
     """What ``zutis copypaste`` would do (``--dry-run``): the checks of a real run, nothing written."""
     _check_options(config, count, image_format)
-    labels = _objects(pseudo_dir)
+    labels, kind = _objects(pseudo_dir)
     pool = ObjectPool(labels)
     writes = output_plan(output, "copypaste")
-    reads = [input_entry(pseudo_dir, read_manifest(pseudo_dir).kind, classes=len(labels.classes),
+    reads = [input_entry(pseudo_dir, kind, classes=len(labels.classes),
                          classes_with_objects=len(pool.nonempty), images=len(pool.image_objects),
                          objects=len(labels.objects))]
     params = {"size": config.size, "max_objects": config.max_objects, "seed": seed, "format": image_format,
@@ -136,7 +137,7 @@ def write_dataset(
     """Synthesise ``count`` scenes into ``output`` (default ``runs/copypaste/N``); returns the directory."""
     _check_options(config, count, image_format)
     start = time.perf_counter()
-    labels = _objects(pseudo_dir)
+    labels, _ = _objects(pseudo_dir)
     ObjectPool(labels)  # refuses an empty pool before anything is written
     out = prepare_output_dir(output, "copypaste")
     (out / "images").mkdir(exist_ok=True)
