@@ -325,36 +325,15 @@ def _cluster_label(pred: Prediction, category: int) -> str:
 def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int], truth: GroundTruth,
                              config: ScoreOptions, notes: dict[str, Any], pred: Prediction,
                              given: Given | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """U2Seg many-to-one (majority) or one-to-one (hungarian) matching of cluster ids to classes."""
+    """U2Seg many-to-one (majority) or one-to-one (hungarian) matching of cluster ids to classes, or the
+    mapping ``given`` (``--mapping``); the detections with their class, and the notes."""
     assert truth.instances is not None
     cats = truth.instances["categories"]
-    cat_index = {int(c["id"]): i for i, c in enumerate(cats)}
     clusters = sorted(set(cluster_of))
     cluster_index = {c: i for i, c in enumerate(clusters)}
-    images = {int(img["id"]): img for img in truth.instances["images"]}
-    gt_by_image: dict[int, list[dict[str, Any]]] = {}
-    for ann in truth.instances["annotations"]:
-        gt_by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    det_by_image: dict[int, list[int]] = {}
-    for i, r in enumerate(results):
-        det_by_image.setdefault(int(r["image_id"]), []).append(i)
-    detections, ground = [], []
-    for image_id, indices in (det_by_image.items() if given is None else ()):
-        anns = gt_by_image.get(image_id, [])
-        img = images[image_id]
-        if config.match_iou_type == "bbox":
-            det_regions: Any = np.array([results[i]["bbox"] for i in indices], dtype=np.float64).reshape(-1, 4)
-            gt_regions: Any = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        else:
-            det_regions = [segmentation_to_rle(results[i]["segmentation"], img["height"], img["width"]) for i in indices]
-            gt_regions = [segmentation_to_rle(a["segmentation"], img["height"], img["width"]) for a in anns]
-        detections.append((np.array([cluster_index[cluster_of[i]] for i in indices]),
-                           np.array([results[i].get("score", 1.0) for i in indices]), det_regions))
-        ground.append((np.array([cat_index[int(a["category_id"])] for a in anns], dtype=np.int64), gt_regions))
     labels = [_cluster_label(pred, c) for c in clusters]
     if given is None:
-        votes = M.cluster_votes(detections, ground, len(clusters), len(cats),
-                                min_score=config.match_score, min_iou=config.match_iou)
+        votes = _instance_votes(results, [cluster_index[c] for c in cluster_of], len(clusters), truth, config)
         mapping = _voted_mapping(votes, config.match)
     else:
         mapping = _given_mapping(given, labels, [c["name"] for c in cats], "instance")
@@ -370,6 +349,37 @@ def _match_instance_clusters(results: list[dict[str, Any]], cluster_of: list[int
         "mapping": {label: (_norm(cats[m]["name"]) if m >= 0 else None) for label, m in zip(labels, mapping)},
     }
     return out, notes
+
+
+def _instance_votes(results: list[dict[str, Any]], cluster_of: list[int], count: int, truth: GroundTruth,
+                    config: ScoreOptions) -> np.ndarray:
+    """``(C, K)`` U2Seg votes of the detections ``results`` (``cluster_of``: each one's cluster index
+    in ``[0, count)``) for the ground truth's instance classes (:func:`zutiscli.ops.metrics.cluster_votes`)."""
+    assert truth.instances is not None
+    cats = truth.instances["categories"]
+    cat_index = {int(c["id"]): i for i, c in enumerate(cats)}
+    images = {int(img["id"]): img for img in truth.instances["images"]}
+    gt_by_image: dict[int, list[dict[str, Any]]] = {}
+    for ann in truth.instances["annotations"]:
+        gt_by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    det_by_image: dict[int, list[int]] = {}
+    for i, r in enumerate(results):
+        det_by_image.setdefault(int(r["image_id"]), []).append(i)
+    detections, ground = [], []
+    for image_id, indices in det_by_image.items():
+        anns = gt_by_image.get(image_id, [])
+        img = images[image_id]
+        if config.match_iou_type == "bbox":
+            det_regions: Any = np.array([results[i]["bbox"] for i in indices], dtype=np.float64).reshape(-1, 4)
+            gt_regions: Any = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        else:
+            det_regions = [segmentation_to_rle(results[i]["segmentation"], img["height"], img["width"]) for i in indices]
+            gt_regions = [segmentation_to_rle(a["segmentation"], img["height"], img["width"]) for a in anns]
+        detections.append((np.array([cluster_of[i] for i in indices]),
+                           np.array([results[i].get("score", 1.0) for i in indices]), det_regions))
+        ground.append((np.array([cat_index[int(a["category_id"])] for a in anns], dtype=np.int64), gt_regions))
+    return M.cluster_votes(detections, ground, count, len(cats), min_score=config.match_score,
+                           min_iou=config.match_iou)
 
 
 def evaluate_instances(pred: Prediction, truth: GroundTruth, matched: ImageMatch | None,
@@ -470,12 +480,10 @@ def _pred_lut(pred: Prediction, truth: GroundTruth, config: ScoreOptions) -> tup
     return lut, len(gt_names), gt_names
 
 
-def _semantic_cluster_labels(pred: Prediction, count: int) -> list[str]:
-    """How ``cluster_mapping`` names the first ``count`` predicted label values: ``background`` and
-    the prediction's class names where it has them (a ``zutis predict`` directory, a ``classes.txt``),
-    else the values as text."""
-    names = pred.semantic_names or (["background", *pred.names] if pred.names is not None else [])
-    return [names[k] if k < len(names) else str(k) for k in range(count)]
+def _semantic_cluster_names(pred: Prediction) -> list[str]:
+    """The names of the predicted label values, ``background`` first, where the prediction has them
+    (a ``zutis predict`` directory, a ``classes.txt``); else none."""
+    return list(pred.semantic_names or (["background", *pred.names] if pred.names is not None else []))
 
 
 def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch, config: ScoreOptions,
@@ -483,14 +491,12 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     """Confusion-matrix mIoU, accuracies, per-class IoU and size buckets over the matched images."""
     lut, fixed_p, gt_names = _pred_lut(pred, truth, config)
     fixed_g = len(gt_names) if gt_names else None
-    named_clusters = None
+    cluster_names = _semantic_cluster_names(pred) if config.match != "names" else []
     if config.match != "names":
         fixed_p = None
-        named_clusters = len(pred.semantic_names) if pred.semantic_names else \
-            len(pred.names) + 1 if pred.names is not None else None
     acc = ConfusionSum(fixed_g, fixed_p)
-    if named_clusters:  # every cluster the prediction names has a column, predicted here or not
-        acc._grow(acc.conf.shape[0], named_clusters)
+    if cluster_names:  # every cluster the prediction names has a column, predicted here or not
+        acc._grow(acc.conf.shape[0], len(cluster_names))
     pairs = [(p, g) for p, g in matched.pairs if p.semantic is not None]
     index_of: dict[int, int] = {}
     anns_by_image: dict[int, list[dict[str, Any]]] = {}
@@ -532,10 +538,9 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     if config.match != "names":
         clusters = conf[:, :-1]
         names_now = gt_names or [str(i) for i in range(conf.shape[0])]
-        labels = _semantic_cluster_labels(pred, clusters.shape[1])
-        if given is None:
-            mapping = M.hungarian_mapping(clusters) if config.match == "hungarian" else M.majority_mapping(clusters)
-            mapping[clusters.sum(axis=0) == 0] = -1  # a cluster never predicted here is matched to nothing
+        labels = [cluster_names[k] if k < len(cluster_names) else str(k) for k in range(clusters.shape[1])]
+        if given is None:  # a cluster never predicted here is matched to nothing
+            mapping = _voted_mapping(clusters, config.match)
         else:
             mapping = _given_mapping(given, labels, names_now, "semantic")
         conf = M.remap_confusion(conf, mapping)
@@ -621,17 +626,16 @@ def evaluate_panoptic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
                             config.class_map, what="panoptic classes")
         pred_index = {int(c["id"]): t for c, t in zip(pred_cats, to_gt)}
     else:  # cluster ids: mapped to classes by the segments PQ would match, whatever their class
-        clusters = {int(c["id"]): k for k, c in enumerate(pred_cats)}
-        votes = np.zeros((len(gt_cats), len(pred_cats)), dtype=np.int64)
-        for maps in (_panoptic_pairs(pred, truth, matched, pred_anns, gt_anns) if given is None else ()):
-            (gt_map, gseg), (pred_map, pseg) = maps
-            pseg = [s for s in pseg if int(s["category_id"]) in clusters]
-            votes += M.panoptic_cluster_votes(
-                gt_map, M.Segments([s["id"] for s in gseg], [gt_index[int(s["category_id"])] for s in gseg],
-                                   [bool(s.get("iscrowd", 0)) for s in gseg]),
-                pred_map, M.Segments([s["id"] for s in pseg], [clusters[int(s["category_id"])] for s in pseg]),
-                len(pred_cats), len(gt_cats))
         if given is None:
+            clusters = {int(c["id"]): k for k, c in enumerate(pred_cats)}
+            votes = np.zeros((len(gt_cats), len(pred_cats)), dtype=np.int64)
+            for (gt_map, gseg), (pred_map, pseg) in _panoptic_pairs(pred, truth, matched, pred_anns, gt_anns):
+                pseg = [s for s in pseg if int(s["category_id"]) in clusters]
+                votes += M.panoptic_cluster_votes(
+                    gt_map, M.Segments([s["id"] for s in gseg], [gt_index[int(s["category_id"])] for s in gseg],
+                                       [bool(s.get("iscrowd", 0)) for s in gseg]),
+                    pred_map, M.Segments([s["id"] for s in pseg], [clusters[int(s["category_id"])] for s in pseg]),
+                    len(pred_cats), len(gt_cats))
             mapping = _voted_mapping(votes, config.match)
         else:
             mapping = _given_mapping(given, [_norm(c["name"]) for c in pred_cats], [c["name"] for c in gt_cats],
