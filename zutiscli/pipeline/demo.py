@@ -59,7 +59,7 @@ import numpy as np
 
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.data.workers import available_cores
-from zutiscli.pipeline.demo_config import FAST, DemoConfig, preset  # noqa: F401 - exported here too
+from zutiscli.pipeline.demo_config import FAST, SHIFT, DemoConfig, preset  # noqa: F401 - exported here too
 
 Log = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -139,9 +139,6 @@ def _predict_zutis(stages: _Stages, config: DemoConfig, label: str, out: Path, s
     values: dict[str, Any] = dict(checkpoint=str(run), device=config.device, precision="fp32") | options
     return _predict_and_evaluate(stages, label, out, scenes, classes, **values)
 
-
-#: How the demo's metrics name the scenes of the shift split (``zutis synth scenes --split shift``).
-SHIFT = "shift split"
 
 #: How the demo's metrics name the scenes over named stuff (``zutis synth scenes --stuff --panoptic``).
 NAMED_STUFF = "named stuff"
@@ -336,7 +333,7 @@ def _discover(stages: _Stages, config: DemoConfig, out: Path, pile: Path, scenes
                                                 **maskclip)
     metrics[f"maskclip, {SHIFT}"] = _predict_and_evaluate(stages, f"maskclip baseline, {SHIFT}",
                                                           out / "shift" / "baseline", shifted, classes, **maskclip)
-    found, clusters, runs = run_discovery(stages, config, out, pile, [("", scenes), (f", {SHIFT}", shifted)])
+    found, clusters, runs = run_discovery(stages, config, out, pile, scenes, shifted)
     metrics.update(found)
     stages.log("    " + describe_cluster_quality(clusters))
     compared = stages.run("compare", compare, CompareConfig(

@@ -131,6 +131,9 @@ def _integers(text: str, flag: str) -> list[int]:
         raise UsageError(f"{flag} {text!r}: give whole numbers separated by commas, e.g. 6,12,36") from None
 
 
+#: How the demo's metrics name the scenes of the shift split (``zutis synth scenes --split shift``).
+SHIFT = "shift split"
+
 #: What ``--fast`` changes.
 FAST = {"pile": 1200, "scenes": 100, "k": 100, "stuff_scenes": 50, "copypaste": 1200, "recipe": "demo-fast"}
 

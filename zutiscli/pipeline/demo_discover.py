@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zutiscli.pipeline.demo_config import DemoConfig
+from zutiscli.pipeline.demo_config import SHIFT, DemoConfig
 
 #: How the demo matches clusters to classes, each scored.
 MATCHES = ("hungarian", "majority")
@@ -33,10 +33,10 @@ def discovery_label(k: int, match: str, suffix: str = "") -> str:
     return f"discovery, k {k} ({match}){suffix}"
 
 
-def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, splits: list[tuple[str, Path]]
+def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, scenes: Path, shifted: Path
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Any], list[tuple[int, Path]]]:
     """Pseudo-label the pile, then for each of ``config.discover_k``: cluster, train, predict and
-    score on each of ``splits`` (``(metrics suffix, scenes directory)``).
+    score on the test ``scenes`` and on the ``shifted`` ones (also with the test split's mapping).
 
     Returns ``(metrics per variant, cluster quality per k, [(k, training run)])``.
     """
@@ -44,6 +44,7 @@ def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, splits
     from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
     from zutiscli.pipeline.train import train
 
+    shift = f", {SHIFT}"
     root = out / "discover"
     pseudo = stages.run("pseudolabel (the pile, no names)", run_pseudolabel, PseudolabelConfig(
         inputs=(str(pile / "images"),), method=config.method, model=config.model, pretrained=config.pretrained,
@@ -67,12 +68,11 @@ def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, splits
                    f"masks on a hidden object)")
         run = stages.run(f"train (k {k})", train, config.training(found.path), where / "train", log=stages.log).path
         runs.append((k, run))
-        for suffix, scenes in splits:
-            place = where / "shift" if suffix else where
-            metrics.update(_predict_and_score(stages, config, k, suffix, place, scenes, run))
-        for suffix, scenes in splits[1:]:  # do the clusters mean the same shapes on the other split?
-            metrics[discovery_label(k, "hungarian, the test split's mapping", suffix)] = _score_with_mapping(
-                stages, k, suffix, where / "shift", scenes, where / "evaluate-hungarian")
+        metrics.update(_predict_and_score(stages, config, k, "", where, scenes, run))
+        metrics.update(_predict_and_score(stages, config, k, shift, where / "shift", shifted, run))
+        # do the clusters mean the same shapes on the other split?
+        metrics[discovery_label(k, "hungarian, the test split's mapping", shift)] = _score_with_mapping(
+            stages, k, shift, where / "shift", shifted, where / "evaluate-hungarian")
     return metrics, quality, runs
 
 
