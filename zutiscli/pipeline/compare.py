@@ -182,6 +182,8 @@ def _as_matched_classes(prediction: Any, metrics: dict[str, Any], names: list[st
     names``; 0 background or no class) its clusters were matched to, for the picture."""
     import dataclasses
 
+    from zutiscli.ops.metrics import remap_labels
+
     mapping = ((metrics.get("semantic") or {}).get("cluster_mapping") or {}).get("mapping")
     if not mapping:
         return prediction
@@ -191,13 +193,8 @@ def _as_matched_classes(prediction: Any, metrics: dict[str, Any], names: list[st
     for value, label in enumerate(labels):
         target = (mapping.get(label) or "").casefold()
         table[value] = folded.index(target) + 1 if target in folded else 0
-    images = []
-    for image in prediction.images:
-        if isinstance(image.semantic, np.ndarray):
-            semantic = image.semantic
-            image = dataclasses.replace(image, semantic=np.where(
-                semantic < 0, semantic, table[np.clip(semantic, 0, len(table) - 1)]))
-        images.append(image)
+    images = [dataclasses.replace(image, semantic=remap_labels(image.semantic, table, fill=-1))
+              if isinstance(image.semantic, np.ndarray) else image for image in prediction.images]
     return dataclasses.replace(prediction, images=images)
 
 
