@@ -73,3 +73,12 @@ def test_compare_holds_the_clusters_beside_maskclip(discovered) -> None:
         assert row["method"] == "zutis (clusters, hungarian)"
         assert row["metrics"]["mIoU"] == pytest.approx(payload["headline"][f"discovery, k {k} (hungarian)"]["mIoU"],
                                                        abs=1e-4)
+
+
+def test_more_clusters_than_the_pile_has_masks_stop_before_any_training(tmp_path) -> None:
+    out = tmp_path / "run"
+    done = zutis("demo", "--discover", "--discover-k", "3,100", "--pile", "20", "--scenes", "4", "--iterations", "5",
+                 "-q", "-o", str(out))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "--discover-k 100: the pile gave" in done.stderr
+    assert not (out / "discover" / "k3").exists() and not (out / "manifest.json").exists()

@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from zutiscli.errors import UsageError
 from zutiscli.pipeline.demo_config import SHIFT, DemoConfig
 
 #: How the demo matches clusters to classes, each scored.
@@ -46,10 +47,15 @@ def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, scenes
 
     shift = f", {SHIFT}"
     root = out / "discover"
-    pseudo = stages.run("pseudolabel (the pile, no names)", run_pseudolabel, PseudolabelConfig(
+    found_masks = stages.run("pseudolabel (the pile, no names)", run_pseudolabel, PseudolabelConfig(
         inputs=(str(pile / "images"),), method=config.method, model=config.model, pretrained=config.pretrained,
         size=config.pseudo_size, fill_holes=config.fill_holes, device=config.device, preview=12, seed=config.seed),
-        root / "pseudolabels").path
+        root / "pseudolabels")
+    pseudo = found_masks.path
+    if max(config.discover_k) > found_masks.masks:  # before any k is clustered and trained
+        raise UsageError(f"--discover-k {max(config.discover_k)}: the pile gave {found_masks.masks} masks "
+                         f"({pseudo}), fewer than the clusters asked for; give cluster counts of at most "
+                         f"{found_masks.masks}, or a larger --pile")
     metrics: dict[str, dict[str, Any]] = {}
     quality: dict[str, Any] = {}
     runs: list[tuple[int, Path]] = []
