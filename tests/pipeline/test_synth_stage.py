@@ -95,3 +95,18 @@ def test_train_clip_command_writes_loadable_weights(tmp_path, capsys):
     backbone = load_backbone(ModelSpec("shapes-clip", str(out / "shapes-clip.pt")))
     assert backbone.encode_text(["red circle"]).shape[0] == 1
     assert torch.isfinite(backbone.encode_images(torch.zeros(1, 3, 64, 64))).all()
+
+
+def test_a_pile_over_stuff_hides_its_semantic_maps_beside_its_instances(tmp_path):
+    from zutiscli.pipeline.synth import semantic_classes
+    from zutiscli.shapes.world import pile_sample
+
+    out = write_synth(SynthConfig("pile", 3, seed=2, stuff=True), tmp_path / "pile")
+    hidden = out / "hidden"
+    assert not (out / "semantic").exists() and not (out / "classes.txt").exists()
+    assert (hidden / "classes.txt").read_text().split() == semantic_classes(True)
+    coco = json.loads((hidden / "instances.json").read_text())
+    for number, image in enumerate(coco["images"]):
+        labels = read_label_png(hidden / image["semantic"])
+        assert np.array_equal(labels, semantic_map(pile_sample(2, number, labels.shape[0], stuff=True)))
+        assert labels.min() >= 1  # every pixel is an object or named stuff

@@ -82,6 +82,20 @@ def test_scenes_over_stuff_keep_the_same_objects_and_label_the_rest():
     assert np.array_equal(scene_sample(3, 0, 64, stuff=True).image, scene_sample(3, 0, 64, stuff=True).image)
 
 
+def test_piles_over_stuff_keep_the_same_objects_on_both_splits():
+    from zutiscli.shapes.world import pile_sample
+
+    for split in ("train", "shift"):
+        for index in range(4):
+            plain = pile_sample(3, index, 64, split=split)
+            over = pile_sample(3, index, 64, split=split, stuff=True)
+            assert plain.objects == over.objects and np.array_equal(plain.masks, over.masks)
+            assert plain.stuff is None and over.stuff.shape == (64, 64) and over.stuff.min() >= 1
+            assert not np.array_equal(plain.image, over.image)
+    # the pile's stuff is not the scenes' of the same seed and index
+    assert not np.array_equal(pile_sample(3, 0, 64, stuff=True).stuff, scene_sample(3, 0, 64, stuff=True).stuff)
+
+
 def test_captions_over_stuff_name_only_what_is_there():
     from zutiscli.shapes.stuff import _NOUN, _UNDER, STUFF as NAMES
     from zutiscli.shapes.world import caption_sample

@@ -54,7 +54,7 @@ STUFF_SEGMENT = 1000
 
 def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "pile":
-        return pile_sample(config.seed, index, config.image_size, split=config.split)
+        return pile_sample(config.seed, index, config.image_size, split=config.split, stuff=config.stuff)
     if config.kind == "scenes":
         return scene_sample(config.seed, index, config.image_size, config.min_objects, config.max_objects,
                             stuff=config.stuff, split=config.split)
@@ -131,8 +131,9 @@ def _write_sample(config: SynthConfig, images_dir: Path, semantic_dir: Path, dig
     name = f"{index:0{digits}d}"
     _save_image(sample.image, images_dir / f"{name}.{config.image_format}", config)
     segments = None
-    if config.kind == "scenes":
+    if config.kind == "scenes" or (config.kind == "pile" and config.stuff):
         write_label_png(semantic_dir / f"{name}.png", semantic_map(sample))
+    if config.kind == "scenes":
         if config.panoptic:
             ids, segments = panoptic_map(sample)
             with atomic_path(semantic_dir.parent / PANOPTIC_DIR / f"{name}.png", fsync=False) as tmp:
@@ -173,8 +174,11 @@ def write_synth(
     out = prepare_output_dir(output, "synth")
     images_dir = out / "images"
     images_dir.mkdir(exist_ok=True)
-    if config.kind == "scenes":
-        (out / "semantic").mkdir(exist_ok=True)
+    # a pile's semantic maps are hidden ground truth, beside its instances (`zutis cluster --ground-truth`)
+    truth_dir = out / "hidden" if config.kind == "pile" else out
+    semantic_maps = config.kind == "scenes" or (config.kind == "pile" and config.stuff)
+    if semantic_maps:
+        (truth_dir / "semantic").mkdir(parents=True, exist_ok=True)
     panoptic: dict[str, Any] | None = None
     if config.panoptic:
         (out / PANOPTIC_DIR).mkdir(exist_ok=True)
@@ -188,10 +192,10 @@ def write_synth(
     digits = max(6, len(str(config.count - 1)))
     objects = 0
     suffix = "." + config.image_format
-    for index, written in enumerate(_written_samples(config, images_dir, out / "semantic", digits)):
+    for index, written in enumerate(_written_samples(config, images_dir, truth_dir / "semantic", digits)):
         name = f"{index:0{digits}d}"
         file_name = f"{name}{suffix}"
-        extra = {"semantic": f"semantic/{name}.png"} if config.kind == "scenes" else {}
+        extra = {"semantic": f"semantic/{name}.png"} if semantic_maps else {}
         image_id = coco.add_image(f"images/{file_name}", written.width, written.height, **extra)
         for obj, rle in zip(written.objects, written.rles):
             coco.add_mask(image_id, obj.shape, rle, colour=obj.colour, colour_shape=f"{obj.colour} {obj.shape}")
@@ -213,8 +217,8 @@ def write_synth(
         atomic_write_text(out / "captions.jsonl", "\n".join(captions) + "\n")
     if panoptic is not None:
         atomic_write_json(out / f"{PANOPTIC_DIR}.json", panoptic, indent=None)
-    if config.stuff:  # names the semantic labels beyond the shapes (`zutis evaluate` reads it)
-        atomic_write_text(out / CLASSES_FILE, "\n".join(semantic_classes(True)) + "\n")
+    if config.stuff and config.kind != "pairs":  # names the semantic labels beyond the shapes (`zutis evaluate` reads it)
+        atomic_write_text(truth_dir / CLASSES_FILE, "\n".join(semantic_classes(True)) + "\n")
     params = asdict(config) | {"size": config.image_size}
     params.pop("workers")
     write_manifest(

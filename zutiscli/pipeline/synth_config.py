@@ -48,7 +48,7 @@ class SynthConfig:
     image_format: str = option("png", "Image file format.", flag="--format", choices=tuple(FORMATS))
     panoptic: bool = option(False, "Also write COCO panoptic ground truth: panoptic.json and panoptic/*.png.")
     stuff: bool = option(False, "Draw the objects over named stuff (sky, grass, water, sand, brick, wood): "
-                                "labelled in the scenes' ground truth, named in the pairs' captions.")
+                                "labelled in the scenes' ground truth and the pile's hidden one, named in the pairs' captions.")
     split: str = option("train", "train, or shift: the same objects over backgrounds, stuff looks and lighting "
                                  "no training uses (to measure robustness).", choices=SPLITS)
     jpeg_quality: int = not_an_option(90, "Python API only: quality of jpg images")
@@ -75,8 +75,6 @@ class SynthConfig:
             raise UsageError(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
         if self.split == "shift" and self.kind == "pairs":
             raise UsageError("--split shift: pairs train shapes-clip, and the shift split is never trained on")
-        if self.stuff and self.kind == "pile":
-            raise UsageError("--stuff: scenes and pairs are drawn over named stuff, not the pile")
         if self.image_format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
 

@@ -396,7 +396,7 @@ def _shifted(seed: int, kind: int, index: int, split: str) -> np.random.Generato
     return _rng(seed, _KIND_SHIFT * 16 + kind, index) if split == "shift" else None
 
 
-def pile_sample(seed: int, index: int, size: int = 64, split: str = "train") -> Sample:
+def pile_sample(seed: int, index: int, size: int = 64, split: str = "train", stuff: bool = False) -> Sample:
     """An unlabelled, ImageNet-like image of the shapes world.
 
     About 80% of images hold one object (70% of those large and near the centre, the rest small
@@ -407,16 +407,25 @@ def pile_sample(seed: int, index: int, size: int = 64, split: str = "train") -> 
         seed, index: non-negative ints; the sample is a pure function of them (and ``size``).
         size: image side in pixels (>= 16).
         split: ``"train"`` or ``"shift"`` (the same objects over held-out backgrounds, relit).
+        stuff: draw the objects over named stuff (:func:`zutiscli.shapes.stuff.stuff_background`);
+            the objects are the same as without it.
 
     Returns:
-        A :class:`Sample` with ``caption=None``; ``objects``/``masks`` are the hidden ground truth.
+        A :class:`Sample` with ``caption=None``; ``objects``/``masks`` (and with ``stuff=True`` the
+        ``stuff`` labels) are the hidden ground truth.
     """
     _check_size(size)
     _check_split(split)
     rng = _rng(seed, _KIND_PILE, index)
-    background = _background(rng, size)
+    background = _background(rng, size)  # drawn in every case: the objects do not depend on the background
     shift = _shifted(seed, _KIND_PILE, index, split)
-    if shift is not None:
+    stuff_labels = None
+    if stuff:
+        from zutiscli.shapes.stuff import stuff_background
+
+        background, stuff_labels = stuff_background(_rng(seed, _KIND_STUFF * 16 + _KIND_PILE, index), size,
+                                                    shift is not None)
+    elif shift is not None:
         from zutiscli.shapes.shift import shift_background
 
         background = shift_background(shift, size)
@@ -426,7 +435,7 @@ def pile_sample(seed: int, index: int, size: int = 64, split: str = "train") -> 
         from zutiscli.shapes.shift import relight
 
         image = relight(shift, image)
-    return Sample(image, list(layout.objects), layout.masks(), None)
+    return Sample(image, list(layout.objects), layout.masks(), None, stuff_labels)
 
 
 def scene_sample(
