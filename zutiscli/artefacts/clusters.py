@@ -13,6 +13,16 @@ Layout::
     centroids.npy    (K, D) float32, unit rows: cluster i's centroid
     features.npy     (N, D) float16, row n the feature of masks[n] (unit length before rounding)
     contact/cluster-XX.jpg   the masks nearest each centroid, masked crops tiled
+    stuff_centroids.npy      (S, E) float32, unit rows: stuff cluster j's centroid (with --stuff-k)
+    contact/stuff-XX.jpg     the images with most patches of stuff cluster j, the rest darkened
+
+With ``zutis cluster --stuff-k S``, ``clusters.json`` also holds ``"stuff": {"k": S, "features":
+"tokens", "layer": L, "dim": E, "model": {"name", "pretrained"}, "samples", "per_image", "cover",
+"ground_truth": bool, "clusters": [{"cluster", "size", "majority", "share", "matched", "contact"},
+...]}``: clusters of a frozen CLIP's patch tokens after ``L`` blocks, of the patches no mask covers
+(:mod:`zutiscli.engine.stuff_features`), each a pseudo-class of stuff named ``stuff-XX``
+(:func:`stuff_names`); ``size`` counts its patches, ``majority`` is the ground-truth label (thing
+or stuff) most of them lie on.
 
 Per mask: ``image`` is its image's path relative to this directory, ``annotation_id`` the id of its
 annotation in the pseudo-labels' ``pseudolabels.json``, ``cluster`` in ``[0, K)``, ``distance`` its
@@ -42,6 +52,7 @@ from zutiscli.errors import ArtefactError
 KIND = "zutis.clusters"
 CLUSTERS_NAME = "clusters.json"
 CENTROIDS_NAME = "centroids.npy"
+STUFF_CENTROIDS_NAME = "stuff_centroids.npy"
 FEATURES_NAME = "features.npy"
 CONTACT_DIR = "contact"
 
@@ -74,6 +85,34 @@ class ClusterInfo:
     contact: str | None = None
 
 
+@dataclass(frozen=True)
+class StuffClusters:
+    """The stuff clusters of a clusters directory.
+
+    Attributes:
+        k: number of stuff clusters.
+        model: ``{"name", "pretrained"}`` of the CLIP whose patch tokens were clustered.
+        layer: the blocks of its image tower run before the tokens were taken.
+        clusters: one :class:`ClusterInfo` per stuff cluster (``size`` counts patches).
+        centroids: ``(k, E)`` float32, unit rows.
+        samples: patches clustered; ``per_image``: most drawn from one image; ``cover``: most of a
+            patch under a mask.
+    """
+
+    k: int
+    model: dict[str, str]
+    layer: int
+    clusters: list[ClusterInfo]
+    centroids: np.ndarray
+    samples: int
+    per_image: int
+    cover: float
+
+    @property
+    def names(self) -> list[str]:
+        return stuff_names(self.k)
+
+
 @dataclass
 class Clusters:
     """A read ``zutis.clusters`` directory.
@@ -86,6 +125,7 @@ class Clusters:
         masks: the clustered masks, in the order of the rows of ``features.npy``.
         clusters: one :class:`ClusterInfo` per cluster, in cluster order.
         centroids: ``(k, D)`` float32.
+        stuff: the stuff clusters, or ``None`` (made without ``--stuff-k``).
     """
 
     path: Path
@@ -95,6 +135,7 @@ class Clusters:
     masks: list[ClusteredMask]
     clusters: list[ClusterInfo]
     centroids: np.ndarray
+    stuff: StuffClusters | None = None
 
     @property
     def assignment(self) -> np.ndarray:
@@ -116,18 +157,19 @@ class Clusters:
         return features
 
 
-def contact_name(cluster: int, k: int) -> str:
-    """``contact/cluster-XX.jpg``: the contact sheet of ``cluster``, numbered with as many digits as
-    ``k - 1`` has (at least two), so the sheets sort in cluster order."""
-    digits = max(2, len(str(max(k - 1, 0))))
-    return f"{CONTACT_DIR}/cluster-{cluster:0{digits}d}.jpg"
+def contact_name(cluster: int, k: int, prefix: str = "cluster") -> str:
+    """``contact/cluster-XX.jpg`` (``contact/stuff-XX.jpg`` for ``prefix="stuff"``): the contact sheet
+    of ``cluster``, numbered with as many digits as ``k - 1`` has (at least two), so the sheets sort
+    in cluster order."""
+    return f"{CONTACT_DIR}/{_number_name(prefix, cluster, k)}.jpg"
 
 
-def write_contact_sheet(directory: str | Path, cluster: int, k: int, sheet: np.ndarray) -> str:
+def write_contact_sheet(directory: str | Path, cluster: int, k: int, sheet: np.ndarray, prefix: str = "cluster"
+                        ) -> str:
     """Write ``sheet`` (``(H, W, 3)`` uint8) as the cluster's JPEG atomically; returns its relative path."""
     from PIL import Image
 
-    name = contact_name(cluster, k)
+    name = contact_name(cluster, k, prefix)
     with atomic_path(Path(directory) / name, fsync=False) as tmp:
         Image.fromarray(sheet).save(tmp, format="JPEG", quality=88)
     return name
@@ -139,11 +181,16 @@ def _save_array(path: Path, array: np.ndarray) -> None:
             np.save(handle, array, allow_pickle=False)
 
 
+def _info_record(c: ClusterInfo) -> dict[str, Any]:
+    return {"cluster": c.cluster, "size": c.size, "majority": c.majority,
+            "share": None if c.share is None else round(float(c.share), 6), "matched": c.matched, "contact": c.contact}
+
+
 def write_clusters(directory: str | Path, *, features_kind: str, masks: list[ClusteredMask],
                    clusters: list[ClusterInfo], centroids: np.ndarray, features: np.ndarray,
-                   ground_truth: bool) -> None:
-    """Write ``clusters.json``, ``centroids.npy`` and ``features.npy`` (atomic each); the manifest is
-    the caller's, last.
+                   ground_truth: bool, stuff: StuffClusters | None = None, stuff_truth: bool = False) -> None:
+    """Write ``clusters.json``, ``centroids.npy`` and ``features.npy`` (and ``stuff_centroids.npy``
+    with ``stuff``) atomically each; the manifest is the caller's, last.
 
     Args:
         directory: the clusters directory (image paths are written relative to it).
@@ -153,6 +200,7 @@ def write_clusters(directory: str | Path, *, features_kind: str, masks: list[Clu
         centroids: ``(K, D)`` float, written as float32.
         features: ``(N, D)`` float, written as float16.
         ground_truth: whether ``truth`` and the majorities were computed.
+        stuff: the stuff clusters, if any; ``stuff_truth``: whether their majorities were computed.
     """
     directory = Path(directory)
     centroids = np.asarray(centroids, dtype=np.float32)
@@ -163,13 +211,22 @@ def write_clusters(directory: str | Path, *, features_kind: str, masks: list[Clu
         raise ValueError(f"features {features.shape} do not fit {len(masks)} masks of dimension {centroids.shape[1]}")
     document = {
         "k": len(clusters), "features": features_kind, "dim": int(centroids.shape[1]), "ground_truth": ground_truth,
-        "clusters": [{"cluster": c.cluster, "size": c.size, "majority": c.majority,
-                      "share": None if c.share is None else round(float(c.share), 6), "matched": c.matched,
-                      "contact": c.contact} for c in clusters],
+        "clusters": [_info_record(c) for c in clusters],
         "masks": [{"image": relative_to(directory, m.image), "annotation_id": m.annotation_id, "cluster": m.cluster,
                    "distance": round(float(m.distance), 6), "category": m.category, "truth": m.truth}
                   for m in masks],
     }
+    if stuff is not None:
+        stuff_centroids = np.asarray(stuff.centroids, dtype=np.float32)
+        if stuff_centroids.shape[0] != stuff.k or len(stuff.clusters) != stuff.k:
+            raise ValueError(f"{stuff.k} stuff clusters for {len(stuff.clusters)} infos and centroids of shape "
+                             f"{stuff_centroids.shape}")
+        document["stuff"] = {"k": stuff.k, "features": "tokens", "layer": stuff.layer,
+                             "dim": int(stuff_centroids.shape[1]),
+                             "model": dict(stuff.model), "samples": stuff.samples, "per_image": stuff.per_image,
+                             "cover": stuff.cover, "ground_truth": stuff_truth,
+                             "clusters": [_info_record(c) for c in stuff.clusters]}
+        _save_array(directory / STUFF_CENTROIDS_NAME, stuff_centroids)
     _save_array(directory / CENTROIDS_NAME, centroids)
     _save_array(directory / FEATURES_NAME, features)
     atomic_write_json(directory / CLUSTERS_NAME, document, indent=None)
@@ -211,16 +268,7 @@ def read_clusters(directory: str | Path) -> Clusters:
         raise ArtefactError(f"{file}: fields 'clusters' and 'masks' must be lists; {_REMEDY}")
     if k < 1 or len(entries) != k:
         raise ArtefactError(f"{file}: field 'k' is {k} but {len(entries)} clusters are listed; {_REMEDY}")
-    clusters = []
-    for position, entry in enumerate(entries):
-        where = f"clusters[{position}]"
-        share = _field(file, where, entry, "share", (int, float), nullable=True)
-        clusters.append(ClusterInfo(
-            cluster=_field(file, where, entry, "cluster", (int,)), size=_field(file, where, entry, "size", (int,)),
-            majority=_field(file, where, entry, "majority", (str,), nullable=True),
-            share=None if share is None else float(share),
-            matched=_field(file, where, entry, "matched", (int,)),
-            contact=_field(file, where, entry, "contact", (str,), nullable=True)))
+    clusters = _infos(file, "clusters", entries)
     masks = []
     for position, row in enumerate(rows):
         where = f"masks[{position}]"
@@ -233,22 +281,76 @@ def read_clusters(directory: str | Path) -> Clusters:
             distance=float(_field(file, where, row, "distance", (int, float))),
             category=_field(file, where, row, "category", (str,), nullable=True),
             truth=_field(file, where, row, "truth", (str,), nullable=True)))
-    centroids_file = root / CENTROIDS_NAME
+    centroids = _load_centroids(root / CENTROIDS_NAME, k, dim)
+    stuff = _read_stuff(root, file, data.get("stuff"))
+    return Clusters(root, manifest, k, kind, masks, clusters, centroids, stuff)
+
+
+def _infos(file: Path, where: str, entries: list[Any]) -> list[ClusterInfo]:
+    infos = []
+    for position, entry in enumerate(entries):
+        at = f"{where}[{position}]"
+        share = _field(file, at, entry, "share", (int, float), nullable=True)
+        infos.append(ClusterInfo(
+            cluster=_field(file, at, entry, "cluster", (int,)), size=_field(file, at, entry, "size", (int,)),
+            majority=_field(file, at, entry, "majority", (str,), nullable=True),
+            share=None if share is None else float(share),
+            matched=_field(file, at, entry, "matched", (int,)),
+            contact=_field(file, at, entry, "contact", (str,), nullable=True)))
+    return infos
+
+
+def _load_centroids(file: Path, k: int, dim: int) -> np.ndarray:
     try:
-        centroids = np.load(centroids_file, allow_pickle=False)
+        centroids = np.load(file, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise ArtefactError(f"{centroids_file}: cannot be read ({exc}); {_REMEDY}") from None
+        raise ArtefactError(f"{file}: cannot be read ({exc}); {_REMEDY}") from None
     if centroids.dtype != np.float32 or centroids.shape != (k, dim):
-        raise ArtefactError(f"{centroids_file}: holds {centroids.dtype} {centroids.shape}, not float32 ({k}, {dim}); "
-                            f"{_REMEDY}")
-    return Clusters(root, manifest, k, kind, masks, clusters, centroids)
+        raise ArtefactError(f"{file}: holds {centroids.dtype} {centroids.shape}, not float32 ({k}, {dim}); {_REMEDY}")
+    return centroids
+
+
+def _read_stuff(root: Path, file: Path, record: Any) -> StuffClusters | None:
+    """The ``"stuff"`` section of ``clusters.json`` (``None`` when absent) with its centroids."""
+    if record is None:
+        return None
+    where = "stuff"
+    k = _field(file, where, record, "k", (int,))
+    dim = _field(file, where, record, "dim", (int,))
+    model = record.get("model") if isinstance(record, dict) else None
+    if not isinstance(model, dict) or not all(isinstance(model.get(key), str) for key in ("name", "pretrained")):
+        raise ArtefactError(f"{file}: stuff: field 'model' is {model!r}, not {{'name', 'pretrained'}}; {_REMEDY}")
+    entries = record.get("clusters")
+    if not isinstance(entries, list) or k < 1 or len(entries) != k:
+        raise ArtefactError(f"{file}: stuff: field 'k' is {k} but {entries if not isinstance(entries, list) else len(entries)} "
+                            f"clusters are listed; {_REMEDY}")
+    return StuffClusters(k, {"name": model["name"], "pretrained": model["pretrained"]},
+                         _field(file, where, record, "layer", (int,)),
+                         _infos(file, "stuff.clusters", entries),
+                         _load_centroids(root / STUFF_CENTROIDS_NAME, k, dim),
+                         _field(file, where, record, "samples", (int,)), _field(file, where, record, "per_image", (int,)),
+                         float(_field(file, where, record, "cover", (int, float))))
 
 
 def cluster_names(k: int) -> list[str]:
     """The class names of ``k`` clusters when they are trained on and predicted: ``cluster-00`` ...
     (as many digits as ``k - 1`` needs, at least two), the order of the cluster ids."""
-    digits = max(2, len(str(max(0, k - 1))))
-    return [f"cluster-{number:0{digits}d}" for number in range(k)]
+    return _numbered("cluster", k)
+
+
+def stuff_names(k: int) -> list[str]:
+    """The class names of ``k`` stuff clusters: ``stuff-00`` ... (as many digits as ``k - 1`` needs,
+    at least two), the order of the stuff cluster ids."""
+    return _numbered("stuff", k)
+
+
+def _numbered(prefix: str, k: int) -> list[str]:
+    return [_number_name(prefix, number, k) for number in range(k)]
+
+
+def _number_name(prefix: str, number: int, k: int) -> str:
+    """``prefix-XX``: ``number`` with as many digits as ``k - 1`` has (at least two)."""
+    return f"{prefix}-{number:0{max(2, len(str(max(0, k - 1))))}d}"
 
 
 def cluster_labels(clusters: Clusters):

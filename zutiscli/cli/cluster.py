@@ -15,22 +15,22 @@ from zutiscli.pipeline.cluster_config import ClusterConfig
 TABLE_ROWS = 30
 
 
-def _table(reporter: Reporter, result: Any) -> None:
+def _table(reporter: Reporter, clusters: list[Any], title: str, purity: float | None, nmi: float | None,
+           unit: str = "masks") -> None:
     """The clusters, largest first: size, and with ground truth the majority class and its share."""
     from rich.table import Table
 
-    truth = result.purity is not None or any(info.matched for info in result.clusters)
-    title = f"{result.k} clusters of {result.masks} masks"
+    truth = purity is not None or any(info.matched for info in clusters)
     if truth:
-        title += f": purity {_score(result.purity)}, NMI {_score(result.nmi)}"
+        title += f": purity {_score(purity)}, NMI {_score(nmi)}"
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("cluster", justify="right")
-    table.add_column("masks", justify="right")
+    table.add_column(unit, justify="right")
     if truth:
         table.add_column("majority class")
         table.add_column("share", justify="right")
         table.add_column("matched", justify="right")
-    shown = sorted(result.clusters, key=lambda info: (-info.size, info.cluster))
+    shown = sorted(clusters, key=lambda info: (-info.size, info.cluster))
     for info in shown[:TABLE_ROWS]:
         row = [str(info.cluster), f"{info.size:,}"]
         if truth:
@@ -76,12 +76,23 @@ def cluster(
         reporter.warn(escape(f"{len(result.failed)} image(s) could not be read and their masks were left out, e.g. "
                              f"{result.failed[0][0]}: {result.failed[0][1]}"))
     if not reporter.quiet and not reporter.json_mode:
-        _table(reporter, result)
+        _table(reporter, result.clusters, f"{result.k} clusters of {result.masks} masks", result.purity, result.nmi)
+        if result.stuff is not None:
+            _table(reporter, result.stuff.clusters, f"{result.stuff.k} stuff clusters of {result.stuff.samples} "
+                   "patches", result.stuff_purity, result.stuff_nmi, unit="patches")
     line = f"{result.k} clusters of {result.masks} masks ({result.features} features) in {result.seconds:.1f} s"
     if result.purity is not None:
         line += f"; purity {_score(result.purity)}, NMI {_score(result.nmi)} over {result.matched} matched masks"
+    stuff = None
+    if result.stuff is not None:
+        line += f"; {result.stuff.k} stuff clusters of {result.stuff.samples} patches"
+        if result.stuff_purity is not None:
+            line += f" (purity {_score(result.stuff_purity)}, NMI {_score(result.stuff_nmi)})"
+        stuff = {"k": result.stuff.k, "patches": result.stuff.samples,
+                 "sizes": [info.size for info in result.stuff.clusters], "purity": result.stuff_purity,
+                 "nmi": result.stuff_nmi}
     reporter.log(line)
     reporter.result({"k": result.k, "masks": result.masks, "features": result.features,
                      "sizes": [info.size for info in result.clusters], "failed": len(result.failed),
                      "purity": result.purity, "nmi": result.nmi, "matched": result.matched,
-                     "seconds": result.seconds}, path=result.path)
+                     "seconds": result.seconds, "stuff": stuff}, path=result.path)

@@ -133,3 +133,52 @@ def truth_labels(gt_file: str | Path, paths: Sequence[Path], rles: Sequence[dict
                          f"{len(by_image)} pseudo-labelled images (paired by relative path or file name{sizes}); "
                          f"give the ground truth of the same images")
     return TruthLabels(labels, classes, len(by_image), paired)
+
+
+def stuff_truth_labels(gt_file: str | Path, paths: Sequence[Path], grids: Sequence[tuple[int, int]],
+                       image: np.ndarray, cell: np.ndarray, share: float = 0.5) -> TruthLabels | None:
+    """The ground-truth class of each stuff sample (a patch ``cell[i]`` of image ``paths[image[i]]``,
+    on that image's patch grid ``grids[image[i]]``), from the semantic maps a COCO instances JSON
+    names (field ``semantic`` of its images, a label PNG relative to the JSON's folder) and the
+    label names of the ``classes.txt`` beside it (label ``i`` = line ``i``).
+
+    A sample takes the label covering at least ``share`` of its patch (-1 otherwise, or when its
+    image is not paired); ``classes`` are the names of the labels, background included. ``None``
+    when the ground truth has no semantic maps or no names for them (a pile drawn without stuff).
+    """
+    from zutiscli.artefacts.groundtruth import CLASSES_FILE, read_names_file
+    from zutiscli.artefacts.labelmap import read_label_png
+    from zutiscli.engine.stuff_features import cell_shares
+
+    gt_file = Path(gt_file)
+    names_file = gt_file.parent / CLASSES_FILE
+    data = load_coco(gt_file)
+    if not names_file.is_file() or not any(isinstance(r.get("semantic"), str) for r in data["images"]):
+        return None
+    classes = read_names_file(names_file)
+    pairs = _ImagePairs(gt_file, data["images"])
+    labels = np.full(len(cell), -1, dtype=np.int64)
+    rows_of: dict[int, list[int]] = {}
+    for row, owner in enumerate(image.tolist()):
+        rows_of.setdefault(owner, []).append(row)
+    paired = 0
+    for owner, rows in rows_of.items():
+        record = pairs.find(Path(paths[owner]))
+        if record is None or not isinstance(record.get("semantic"), str):
+            continue
+        semantic_file = gt_file.parent / record["semantic"]
+        try:
+            semantic = read_label_png(semantic_file)
+        except (OSError, ValueError) as exc:
+            raise ArtefactError(f"{semantic_file}: cannot be read as a label map ({exc}); give the ground truth "
+                                f"`zutis synth` wrote") from None
+        paired += 1
+        present = [int(v) for v in np.unique(semantic) if 0 <= v < len(classes)]
+        shares = np.stack([cell_shares(semantic == value, grids[owner]).reshape(-1) for value in present])
+        best = shares.argmax(0)
+        chosen = cell[rows]
+        winner = np.asarray(present, dtype=np.int64)[best[chosen]]
+        labels[rows] = np.where(shares[best[chosen], chosen] >= share, winner, -1)
+    if paired == 0:
+        return None
+    return TruthLabels(labels, classes, len(rows_of), paired)

@@ -505,6 +505,29 @@ class ClipBackbone(torch.nn.Module):
         x = self.model.visual.ln_post(x[:, 1:])
         return x.reshape(x.shape[0], gh, gw, -1)
 
+    @property
+    def depth(self) -> int:
+        """Blocks of the image tower (a ViT's transformer layers)."""
+        self._require_vit()
+        return len(self.model.visual.transformer.resblocks)
+
+    def block_tokens(self, images: torch.Tensor, blocks: int) -> torch.Tensor:
+        """Patch tokens after the first ``blocks`` blocks of the image tower (0: the patch embedding with
+        its positions and pre-norm): ``(B, H // p, W // p, width)`` in the model dtype, not normalised;
+        input ``(B, 3, H, W)`` normalised. The stuff features of ``zutis cluster --stuff-k``."""
+        if not 0 <= blocks <= self.depth:
+            raise ValueError(f"blocks must lie in [0, {self.depth}], got {blocks}")
+        x, (gh, gw) = self._embed(images)
+        transformer = self.model.visual.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in transformer.resblocks[:blocks]:
+            x = block(x)
+        if not batch_first:
+            x = x.transpose(0, 1)
+        return x[:, 1:].reshape(x.shape[0], gh, gw, -1)
+
     def cls_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The [CLS] token of the last layer after the final layer norm, before CLIP's projection:
         ``(B, width)`` float32, not normalised; input ``(B, 3, H, W)`` normalised, any size.

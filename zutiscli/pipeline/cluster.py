@@ -64,6 +64,9 @@ class ClusterResult:
     nmi: float | None = None
     matched: int | None = None
     seconds: float = 0.0
+    stuff: Any = None  # zutiscli.artefacts.clusters.StuffClusters, with --stuff-k
+    stuff_purity: float | None = None
+    stuff_nmi: float | None = None
 
 
 # ---- inputs -----------------------------------------------------------------------------------
@@ -298,6 +301,15 @@ def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any
     params = {"k": config.k, "features": kind, "restarts": config.restarts, "iterations": config.iterations,
               "seed": config.seed, "contact": config.contact}
     work["clusters"] = config.k
+    if config.stuff_k:
+        from zutiscli.pipeline.cluster_stuff import stuff_model
+
+        name, pretrained = stuff_model(config, labels)
+        with named_by_manifest(config.model, config.pretrained, labels.directory):
+            model = dict(model) | {"stuff": weights_plan(name, pretrained)}
+        params |= {"stuff_k": config.stuff_k, "stuff_patches": config.stuff_patches, "stuff_layer": config.stuff_layer}
+        work["stuff_clusters"] = config.stuff_k
+        work["images_to_decode_for_stuff"] = images
     return Plan("cluster", reads, writes, model, params, work)
 
 
@@ -396,7 +408,8 @@ def _params(config: ClusterConfig, out: Path, features: _Features) -> dict[str, 
     return {"k": config.k, "features": features.kind, **features.settings, "restarts": config.restarts,
             "iterations": config.iterations, "seed": config.seed,
             "kmeans": {"spherical": True, "max_points_per_centroid": 256, "threads": KMEANS_THREADS},
-            "contact": config.contact, "match_iou": MATCH_IOU, "batch_size": config.batch_size,
+            "contact": config.contact, "match_iou": MATCH_IOU, "stuff_k": config.stuff_k,
+            "stuff_patches": config.stuff_patches, "stuff_layer": config.stuff_layer, "batch_size": config.batch_size,
             "precision": config.precision,
             "ground_truth": relative_to(out, config.ground_truth) if config.ground_truth else None,
             "features_from": relative_to(out, features.source) if features.source else None}
@@ -438,10 +451,20 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
     result = spherical_kmeans(features.vectors, config.k, iterations=config.iterations, restarts=config.restarts,
                               seed=config.seed)
     infos, quality, truth_of = _quality(result.assignment, result.sizes, truth, features.positions)
+    stuff = None
+    if config.stuff_k:
+        from zutiscli.pipeline.cluster_stuff import find_stuff
+
+        stuff = find_stuff(config, labels, say, None)
 
     out = prepare_output_dir(output, "cluster")
     if config.contact:
         infos = _contact_sheets(out, config, labels, features, result, infos)
+    stuff_clusters = stuff.clusters if stuff is not None else None
+    if stuff is not None and config.contact:
+        from zutiscli.pipeline.cluster_stuff import stuff_contact_sheets
+
+        stuff_clusters = stuff_contact_sheets(out, config, stuff)
     masks = []
     for row, position in enumerate(features.positions.tolist()):
         obj = objects[position]
@@ -450,7 +473,8 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
                                    cluster=int(result.assignment[row]), distance=float(result.distance[row]),
                                    category=category, truth=truth_of[row]))
     write_clusters(out, features_kind=features.kind, masks=masks, clusters=infos, centroids=result.centroids,
-                   features=features.stored, ground_truth=truth is not None)
+                   features=features.stored, ground_truth=truth is not None, stuff=stuff_clusters,
+                   stuff_truth=bool(stuff is not None and stuff.quality))
     inputs = [labels.directory, *([features.source] if features.source else []),
               *([Path(config.ground_truth)] if config.ground_truth else [])]
     seconds = round(time.perf_counter() - started, 2)
@@ -458,7 +482,13 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
                "failed": features.failed_count, "sizes": [int(s) for s in result.sizes],
                "mean_similarity": round(result.similarity, 6)}
     summary |= {key: (round(value, 6) if isinstance(value, float) else value) for key, value in quality.items()}
+    if stuff is not None:
+        summary["stuff"] = {"k": config.stuff_k, "patches": stuff.clusters.samples,
+                            "sizes": [c.size for c in stuff.clusters.clusters], "model": stuff.clusters.model,
+                            "failed": len(stuff.samples.failed)} | {
+            key: (round(value, 6) if isinstance(value, float) else value) for key, value in stuff.quality.items()}
     write_manifest(out, KIND, model=features.model, inputs=inputs, params=_params(config, out, features),
                    summary=summary | {"seconds": seconds})
     return ClusterResult(out, config.k, len(masks), features.kind, infos, features.failed, quality.get("purity"),
-                         quality.get("nmi"), quality.get("matched"), seconds)
+                         quality.get("nmi"), quality.get("matched"), seconds, stuff_clusters,
+                         stuff.quality.get("purity") if stuff else None, stuff.quality.get("nmi") if stuff else None)

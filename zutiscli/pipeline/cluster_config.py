@@ -58,6 +58,15 @@ class ClusterConfig:
         None, "COCO instances JSON of the same images (file_name matched by relative path or name): each mask "
         f"takes the class of the instance it overlaps best (IoU >= {MATCH_IOU}); the clusters' purity and NMI "
         "are reported.", kind="path", metavar="COCO_JSON", show_default=False)
+    stuff_k: int = option(
+        0, "Also cluster the stuff: a CLIP's patch tokens outside every mask, k-means into this many stuff "
+        "clusters (U2Seg's stuff, without STEGO's trained head; 0 = none). A model trained on the clusters labels "
+        "what no thing claims with them (zutis predict --task semantic|panoptic).")
+    stuff_patches: int = option(64, "Most patches sampled from one image for --stuff-k.")
+    stuff_layer: int | None = option(
+        None, "Blocks of the CLIP image tower run before its patch tokens become the stuff features (0 = the patch "
+        "embedding). Default: half its depth; lower layers separate one renderer's textures better and transfer "
+        "worse (docs/discovery.md).", show_default=False)
     contact: int = option(16, "Masks nearest each centroid on its contact sheet contact/cluster-XX.jpg (0 = none).")
     batch_size: int = option(64, "Masks per forward pass.", short="-b")
     workers: int | None = option(
@@ -71,6 +80,12 @@ class ClusterConfig:
             raise UsageError(f"-k must be >= 2: one cluster groups nothing (got {self.k})")
         if self.features is not None and self.features not in FEATURES:
             raise UsageError(f"--features {self.features!r} is not {' or '.join(FEATURES)}")
+        if self.stuff_k < 0 or self.stuff_k == 1:
+            raise UsageError(f"--stuff-k must be 0 (no stuff) or >= 2 (got {self.stuff_k})")
+        if self.stuff_layer is not None and self.stuff_layer < 0:
+            raise UsageError(f"--stuff-layer must be >= 0 (got {self.stuff_layer})")
+        if self.stuff_patches < 1:
+            raise UsageError(f"--stuff-patches must be >= 1 (got {self.stuff_patches})")
         if self.restarts < 1 or self.iterations < 1:
             raise UsageError(f"--restarts and --iterations must be >= 1 (got {self.restarts} and {self.iterations})")
         if self.size is not None and self.size < 16:

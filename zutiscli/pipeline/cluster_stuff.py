@@ -1,0 +1,163 @@
+"""The stuff step of ``zutis cluster --stuff-k S``: the pile's background grouped into ``S`` stuff clusters.
+
+U2Seg gives every pixel that no discovered object covers a "stuff" label from STEGO (k-means of
+DINO's dense features through a trained head). Here, without the head: a frozen CLIP's patch
+tokens after ``--stuff-layer`` blocks (default half its depth), of the patches outside every
+discovered mask (:mod:`zutiscli.engine.stuff_features`), spherical k-means into ``S`` clusters (the seed, restarts
+and iterations of the masks' k-means), and with ground truth that has semantic maps (``zutis synth
+pile --stuff``) each cluster's majority label and the clusters' purity and NMI over the patches.
+The centroids travel with a model trained on the clusters, and ``zutis predict`` labels each pixel
+no thing claims with its nearest one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from zutiscli.errors import UsageError, ZutisError
+
+Log = Callable[[str], None]
+
+#: Side of a stuff contact sheet's tiles, pixels; the patches of other clusters are darkened to this share.
+TILE = 96
+DARKEN = 0.25
+
+
+@dataclass
+class StuffFound:
+    """The stuff of a run before anything is written: the clusters (contact sheets not yet drawn),
+    the samples they were made of, the images sampled, and with ground truth the quality."""
+
+    clusters: Any  # zutiscli.artefacts.clusters.StuffClusters
+    samples: Any  # zutiscli.engine.stuff_features.StuffSamples
+    assignment: np.ndarray
+    images: list[Path]
+    quality: dict[str, Any]
+
+
+def stuff_model(config: Any, labels: Any) -> tuple[str, str]:
+    """``(name, pretrained)`` of the CLIP whose dense embeddings are clustered: ``--model`` when it is
+    a CLIP, else the pseudo-labels' model; a :class:`UsageError` when neither is a CLIP."""
+    from zutiscli.models.timm_vit import is_timm_name
+    from zutiscli.pipeline.archive_models import given_model
+
+    if config.model and not is_timm_name(config.model):
+        return given_model(config.model, config.pretrained)
+    recorded = dict(labels.manifest.model or {})
+    name = recorded.get("name")
+    if isinstance(name, str) and name and not is_timm_name(name):
+        # --pretrained goes with --model; without --model it replaces the recorded weights, as for the masks
+        given = config.pretrained if not config.model else None
+        return name, given or str(recorded.get("pretrained", "none"))
+    raise UsageError(f"--stuff-k {config.stuff_k}: stuff is clustered in a CLIP's patch tokens, and "
+                     f"{config.model or name or 'no model'} is not a CLIP; pseudo-label with a CLIP or leave out "
+                     f"--stuff-k")
+
+
+def stuff_layer(config: Any, backbone: Any) -> int:
+    """The blocks run before the stuff features are taken: ``--stuff-layer``, else half the tower's depth."""
+    if config.stuff_layer is None:
+        return backbone.depth // 2
+    if config.stuff_layer > backbone.depth:
+        raise UsageError(f"--stuff-layer {config.stuff_layer}: the image tower has {backbone.depth} blocks; give "
+                         f"0..{backbone.depth}")
+    return config.stuff_layer
+
+
+def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int], None] | None) -> StuffFound:
+    """Sample, embed and cluster the stuff of the pseudo-labelled images (nothing written)."""
+    import torch
+
+    from zutiscli.artefacts.clusters import ClusterInfo, StuffClusters
+    from zutiscli.engine.stuff_features import STUFF_COVER, StuffImage, stuff_samples
+    from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.models.device import resolve_device, resolve_precision
+    from zutiscli.ops.kmeans import spherical_kmeans
+    from zutiscli.pipeline.archive_models import named_by_manifest
+    from zutiscli.pipeline.cluster import _check_k, _quality, _workers
+
+    name, pretrained = stuff_model(config, labels)
+    device = resolve_device(config.device)
+    dtype = resolve_precision(config.precision, device)
+    with named_by_manifest(config.model, config.pretrained, labels.directory):
+        backbone = load_backbone(ModelSpec(name, pretrained), device=device, dtype=dtype)
+    masks: dict[Path, list[dict[str, Any]]] = {}
+    for obj in labels.objects:
+        masks.setdefault(Path(obj.image), []).append(obj.rle)
+    images = [StuffImage(path, tuple(rles)) for path, rles in masks.items()]
+
+    layer = stuff_layer(config, backbone)
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        return backbone.block_tokens(backbone.normalise(pixels.to(device, dtype)), layer)
+
+    say(f"stuff: the patches outside the masks of {len(images)} images (at most {config.stuff_patches} each), "
+        f"{name}'s tokens after {layer} of its {backbone.depth} blocks")
+    samples = stuff_samples(images, encode, patch=backbone.patch_size, per_image=config.stuff_patches,
+                            cover=STUFF_COVER, seed=config.seed, batch_size=config.batch_size,
+                            workers=_workers(config), progress=progress)
+    if not len(samples.features):
+        raise ZutisError(f"{labels.directory}: no patch outside the masks could be sampled (every image unreadable "
+                         f"or covered by its masks); leave out --stuff-k")
+    _check_k(config.stuff_k, len(samples.features), labels.directory, "patches outside the masks")
+    say(f"k-means: {config.stuff_k} stuff clusters of {len(samples.features)} patches")
+    result = spherical_kmeans(samples.features, config.stuff_k, iterations=config.iterations,
+                              restarts=config.restarts, seed=config.seed)
+    truth = None
+    if config.ground_truth:
+        from zutiscli.engine.mask_truth import stuff_truth_labels
+
+        truth = stuff_truth_labels(config.ground_truth, [image.path for image in images], samples.grids,
+                                   samples.image, samples.cell)
+        if truth is None:
+            say(f"stuff: {config.ground_truth} has no semantic maps with named labels; stuff purity not measured")
+    infos, quality, _ = _quality(result.assignment, result.sizes, truth, np.arange(len(samples.features)))
+    clusters = StuffClusters(config.stuff_k, {"name": name, "pretrained": pretrained}, layer,
+                             [ClusterInfo(i.cluster, i.size, i.majority, i.share, i.matched) for i in infos],
+                             result.centroids, len(samples.features), config.stuff_patches, STUFF_COVER)
+    return StuffFound(clusters, samples, result.assignment, [image.path for image in images], quality)
+
+
+def stuff_contact_sheets(out: Path, config: Any, found: StuffFound) -> Any:
+    """Draw each stuff cluster's sheet (the ``config.contact`` images with most of its patches, the
+    others' patches darkened); the stuff clusters with their sheets' paths."""
+    from dataclasses import replace
+
+    from zutiscli.artefacts.clusters import write_contact_sheet
+    from zutiscli.data.images import load_image
+    from zutiscli.errors import ImageLoadError
+    from zutiscli.ops.contact_sheet import tile_sheet
+
+    samples, k = found.samples, found.clusters.k
+    infos = []
+    for cluster, info in enumerate(found.clusters.clusters):
+        mine = found.assignment == cluster
+        counts = np.bincount(samples.image[mine], minlength=len(found.images))
+        chosen = [int(i) for i in np.argsort(-counts, kind="stable")[:config.contact] if counts[i] > 0]
+        if not chosen:
+            infos.append(info)
+            continue
+        tiles = np.full((len(chosen), TILE, TILE, 3), 90, dtype=np.uint8)
+        for slot, image in enumerate(chosen):
+            try:
+                rgb = load_image(found.images[image]).convert("RGB").resize((TILE, TILE))
+            except ImageLoadError:
+                continue  # a grey tile: the image went away since it was embedded
+            rows, columns = samples.grids[image]
+            grid = np.zeros(rows * columns, dtype=bool)
+            grid[samples.cell[mine & (samples.image == image)]] = True
+            cell_of = np.arange(TILE)
+            keep = grid.reshape(rows, columns)[(cell_of * rows // TILE)[:, None], (cell_of * columns // TILE)[None, :]]
+            pixels = np.asarray(rgb, dtype=np.float32)
+            pixels[~keep] *= DARKEN
+            tiles[slot] = pixels.round().astype(np.uint8)
+        title = f"stuff {cluster}: {info.size} patches"
+        if info.majority is not None and info.share is not None:
+            title += f", {info.share:.0%} of {info.matched} matched lie on {info.majority}"
+        sheet = tile_sheet(tiles, title, columns=8, captions=[f"{int(counts[i])} patches" for i in chosen])
+        infos.append(replace(info, contact=write_contact_sheet(out, cluster, k, sheet, prefix="stuff")))
+    return replace(found.clusters, clusters=infos)
