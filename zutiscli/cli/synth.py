@@ -41,7 +41,7 @@ def _run(kind: str, options: dict, output, json_mode: bool, quiet: bool) -> None
 
 
 @app.command("pile")
-@from_config(SynthConfig, into="options", exclude=(*_SCENES_ONLY, "stuff"), defaults=command_defaults("pile"))
+@from_config(SynthConfig, into="options", exclude=_SCENES_ONLY, defaults=command_defaults("pile"))
 def pile(
     options: ConfigValues = None,
     output: OutputOpt = None,
