@@ -446,10 +446,11 @@ def predict(images=None, classes=None, output=None, **options):
     opts = _options(predict, options, "predict")
     _split_lists(opts, "stuff", "context")
     classes_file = opts.pop("classes_file", None)
-    if classes is None and classes_file is None:  # a ZUTIS checkpoint's own classes (or clusters)
+    if classes is None and classes_file is None:  # a ZUTIS checkpoint's own classes (or clusters, and its stuff)
         from zutiscli.pipeline.predict import classes_to_segment
 
-        given = classes_to_segment(None, None, opts.get("method", PredictConfig.method), opts.get("checkpoint"))
+        given, opts["stuff"] = classes_to_segment(None, None, opts.get("method", PredictConfig.method),
+                                                  opts.get("checkpoint"), opts.get("stuff", ()))
     else:
         given = _class_queries(classes, classes_file)
     queries = with_stuff(given, opts.get("stuff", ()))

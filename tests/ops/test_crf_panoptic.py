@@ -181,3 +181,20 @@ def test_instances_without_some_labels_keep_the_rest_in_order() -> None:
     kept = found.without({5})
     assert kept.labels.tolist() == [1, 2] and kept.quality.tolist() == [0.0, 2.0] and kept.masks.shape == (2, 4, 4)
     assert found.without(set()) is found and len(found.without({1, 2, 5})) == 0
+
+
+def test_fill_stuff_puts_things_first_and_drops_stuff_lying_mostly_under_things() -> None:
+    from zutiscli.ops.panoptic import fill_stuff
+
+    things = np.zeros((4, 10), np.int64)
+    things[:, :3] = 2  # a thing over the left 12 pixels
+    stuff = np.full((4, 10), 7, np.int64)  # stuff 7 everywhere but ...
+    stuff[:, :3] = 8  # ... stuff 8 lies wholly under the thing: dropped (nothing of it shows anyway)
+    stuff[0, 3] = 8  # one more pixel of 8 outside: 12 of 13 covered (92%) -> dropped, that pixel stays 0
+    stuff[1:, 3] = 9  # stuff 9: 3 pixels, none covered -> kept
+    out = fill_stuff(things, stuff)
+    assert (out[:, :3] == 2).all() and out[0, 3] == 0 and (out[1:, 3] == 9).all() and (out[:, 4:] == 7).all()
+    # at exactly the threshold it is dropped, just below it is kept
+    stuff[0, 3], stuff[:, :3] = 8, 7  # 8: 1 pixel, none covered; 7 covers 12 things + 24 free of 36 -> 33%
+    assert fill_stuff(things, stuff)[0, 3] == 8
+    assert fill_stuff(things, stuff, max_covered=1 / 3)[0, 5] == 0 and fill_stuff(things, stuff, max_covered=0.34)[0, 5] == 7

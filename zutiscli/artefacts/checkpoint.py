@@ -36,13 +36,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     return Path(path)
 
 
-def trained_classes(path: str | Path) -> tuple[list[str], bool]:
-    """``(classes, clusters)`` of a checkpoint: the class names it was trained on, and whether they
-    are clusters (a class bank: ``zutis train CLUSTERS``) rather than names for the text encoder.
-    Reads the file memory-mapped, so only these few values are paid for."""
+def trained_classes(path: str | Path) -> tuple[list[str], bool, list[str]]:
+    """``(classes, clusters, stuff)`` of a checkpoint: the class names it was trained on, whether they
+    are clusters (a class bank: ``zutis train CLUSTERS``) rather than names for the text encoder, and
+    the stuff clusters that travel with it (``stuff-00``, ...; empty without). Reads the file
+    memory-mapped, so only these few values are paid for."""
     data = load_checkpoint(path, mmap=True)
     classes = [str(name) for name in data.get("classes") or []]
-    return classes, bool((data.get("config") or {}).get("class_bank"))
+    probe = data.get("stuff_probe")
+    stuff = [str(name) for name in probe.get("names") or []] if isinstance(probe, dict) else []
+    return classes, bool((data.get("config") or {}).get("class_bank")), stuff
 
 
 def _load_failure(exc: BaseException) -> str:

@@ -52,10 +52,10 @@ def predict(
     from zutiscli.pipeline.predict import classes_to_segment, plan_predict, predict as run_predict
 
     reporter = Reporter(json_mode, quiet)
-    trained = classes_to_segment(classes, classes_file, options.get("method", PredictConfig.method),
-                                 options.get("checkpoint"))
-    queries = with_stuff(trained, options.get("stuff", ()))
-    config = PredictConfig(inputs=list(images or []), classes=queries, **options)
+    trained, stuff = classes_to_segment(classes, classes_file, options.get("method", PredictConfig.method),
+                                        options.get("checkpoint"), options.pop("stuff", ()))
+    queries = with_stuff(trained, stuff)
+    config = PredictConfig(inputs=list(images or []), classes=queries, stuff=stuff, **options)
     if not config.inputs and not config.from_list:
         raise UsageError("give the images to segment (files, directories, globs) or --from-list FILE")
     config.validate()

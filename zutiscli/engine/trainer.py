@@ -234,8 +234,11 @@ class Trainer:
                 drop_after(self.run_dir, self.iteration)
 
     def _adapter_record(self) -> dict[str, Any]:
+        """What travels with the weights besides them: the crop adapter and the stuff probe, where set."""
         adapter = getattr(self.model, "crop_adapter", None)
-        return {"crop_adapter": adapter.to_dict()} if adapter is not None else {}
+        probe = getattr(self.model, "stuff_probe", None)
+        return ({"crop_adapter": adapter.to_dict()} if adapter is not None else {}) | (
+            {"stuff_probe": probe.to_dict()} if probe is not None else {})
 
     def save(self, path: str = CHECKPOINT) -> None:
         """Rank 0 saves everything a ``--resume`` needs to ``run_dir / path``."""

@@ -140,6 +140,8 @@ class ZutisModel(nn.Module):
         # the crop classifier's adapter fitted for this model's base CLIP (zutiscli.models.crop_classifier),
         # set by `zutis train` and by loading a checkpoint that holds one; not a parameter of the network
         self.crop_adapter: CropAdapter | None = None
+        # stuff clusters that travel with a model trained on clusters (zutiscli.models.stuff_probe); not a parameter
+        self.stuff_probe: Any = None
 
     # ---- parameter groups -------------------------------------------------------------------
     def encoder_parameters(self) -> list[nn.Parameter]:

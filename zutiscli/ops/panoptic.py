@@ -14,8 +14,11 @@ import numpy as np
 
 from zutiscli.ops.arrays import to_numpy as _to_numpy
 
-__all__ = ["merge_panoptic", "semantic_from_instances", "panoptic_to_rgb", "rgb_to_panoptic"]
+__all__ = ["STUFF_MAX_COVERED", "fill_stuff", "merge_panoptic", "semantic_from_instances", "panoptic_to_rgb",
+           "rgb_to_panoptic"]
 
+#: U2Seg drops a stuff class from an image when things cover this share of its pixels or more.
+STUFF_MAX_COVERED = 0.7
 
 
 
@@ -109,6 +112,31 @@ def merge_panoptic(
                 {"id": segment_id, "category_id": int(label), "isthing": False, "area": int(count)}
             )
     return segment_map, segments
+
+
+def fill_stuff(things: Any, stuff: Any, *, max_covered: float = STUFF_MAX_COVERED) -> np.ndarray:
+    """Things first, then stuff, as U2Seg merges its things with STEGO's stuff.
+
+    Every pixel with a thing label keeps it; every other pixel takes its stuff label, unless things
+    cover ``max_covered`` or more of that stuff label's pixels in the image (a stuff class that lies
+    mostly under objects describes them, not the background): its pixels stay 0.
+
+    Args:
+        things: ``(H, W)`` int class map, 0 where no thing is.
+        stuff: ``(H, W)`` int stuff class of every pixel (things' pixels included).
+        max_covered: share of a stuff class's pixels under things at which it is dropped.
+
+    Returns:
+        ``(H, W)`` int64 class map.
+    """
+    things = _to_numpy(things).astype(np.int64)
+    stuff = _to_numpy(stuff).astype(np.int64)
+    if things.shape != stuff.shape or things.ndim != 2:
+        raise ValueError(f"things {things.shape} and stuff {stuff.shape} must be one (H, W)")
+    labels, inverse, counts = np.unique(stuff, return_inverse=True, return_counts=True)
+    covered = np.bincount(inverse.reshape(-1), weights=(things > 0).reshape(-1), minlength=len(labels))
+    kept = np.where(covered < max_covered * counts, labels, 0)
+    return np.where(things > 0, things, kept[inverse.reshape(stuff.shape)])
 
 
 def semantic_from_instances(instances: Any, size: tuple[int, int], *, overlap_threshold: float = 0.5) -> np.ndarray:

@@ -38,6 +38,7 @@ from zutiscli.artefacts.manifest import MANIFEST_NAME
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.archive_models import given_model, named_by_manifest
 from zutiscli.pipeline.cluster_config import DEFAULT_FEATURES, MATCH_IOU, ClusterConfig
+from zutiscli.pipeline.cluster_steps import check_k, cluster_quality, decode_workers
 
 __all__ = ["ClusterConfig", "ClusterResult", "cluster", "plan_cluster"]
 
@@ -79,14 +80,8 @@ def _pseudolabels(config: ClusterConfig) -> Any:
     if not labels.objects:
         raise ZutisError(f"{directory / PSEUDOLABELS_NAME}: holds no masks, so there is nothing to cluster; "
                          f"pseudo-label images in which objects are found first (zutis pseudolabel)")
-    _check_k(config.k, len(labels.objects), directory / PSEUDOLABELS_NAME)
+    check_k(config.k, len(labels.objects), directory / PSEUDOLABELS_NAME)
     return labels
-
-
-def _check_k(k: int, masks: int, where: Path | str, what: str = "masks") -> None:
-    if k > masks:
-        raise UsageError(f"-k {k}: {where} holds {masks} {what}, fewer than the clusters asked for; give -k {masks} "
-                         f"or less")
 
 
 def _embedding_model(config: ClusterConfig, labels: Any, kind: str) -> tuple[str, str]:
@@ -176,18 +171,12 @@ def _embed(config: ClusterConfig, labels: Any, kind: str, say: Log,
         encode(torch.zeros(1, 3, size, size))  # a model that cannot give the feature says so before any decoding
     fill = [float(v) for v in backbone.mean]
     groups = group_by_image([obj.image for obj in labels.objects], [obj.rle for obj in labels.objects])
-    workers = _workers(config)
+    workers = decode_workers(config)
     say(f"embedding {len(labels.objects)} masks of {len(groups)} images ({kind} features of {name}, {size} px)")
     found = embed_masks(groups, encode, size=size, view="crop" if kind == "clip" else "image", fill=fill,
                         margin=config.margin, batch_size=config.batch_size, workers=workers, progress=progress)
     record = describe_backbone(name, pretrained)
     return found, record, {"size": size, "margin": config.margin, "fill": [round(v, 6) for v in fill]}
-
-
-def _workers(config: ClusterConfig) -> int:
-    from zutiscli.pipeline.index_config import cores_per_process
-
-    return config.workers if config.workers is not None else min(8, cores_per_process())
 
 
 def _view_settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +271,7 @@ def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any
         kind, model = source.features, dict(source.manifest.model or {})
         reads.append(input_entry(source.path, "zutis.clusters", masks=len(source.masks)))
         work = {"masks_to_embed": 0, "masks_reused": len(source.masks)}
-        _check_k(config.k, len(source.masks), source.path, "masks with features")
+        check_k(config.k, len(source.masks), source.path, "masks with features")
     else:
         kind = config.features or DEFAULT_FEATURES
         name, pretrained = _embedding_model(config, labels, kind)
@@ -361,27 +350,6 @@ def _new_features(config: ClusterConfig, labels: Any, say: Log,
     return _Features(kind, found.positions, stored, vectors, model, settings, found.failed, len(found.failed))
 
 
-def _quality(assignment: np.ndarray, sizes: np.ndarray, truth: Any, positions: np.ndarray
-             ) -> tuple[list[ClusterInfo], dict[str, Any], list[str | None]]:
-    """Per cluster its size (and with ground truth its majority class); purity, NMI and matched
-    counts (empty without ground truth); each mask's ground-truth class or ``None``."""
-    from zutiscli.ops.cluster_quality import cluster_majority, contingency_table, normalized_mutual_info, purity
-
-    k = len(sizes)
-    if truth is None:
-        return [ClusterInfo(cluster=c, size=int(sizes[c])) for c in range(k)], {}, [None] * len(positions)
-    labels = truth.labels[positions]
-    table = contingency_table(assignment, labels, k, len(truth.classes))
-    majority, share, matched = cluster_majority(table)
-    infos = [ClusterInfo(cluster=c, size=int(sizes[c]),
-                         majority=truth.classes[majority[c]] if majority[c] >= 0 else None,
-                         share=None if np.isnan(share[c]) else float(share[c]), matched=int(matched[c]))
-             for c in range(k)]
-    quality = {"purity": purity(table), "nmi": normalized_mutual_info(table), "matched": int(matched.sum()),
-               "unmatched": int((labels < 0).sum())}
-    return infos, quality, [truth.classes[label] if label >= 0 else None for label in labels.tolist()]
-
-
 def _contact_sheets(out: Path, config: ClusterConfig, labels: Any, features: _Features, result: Any,
                     infos: list[ClusterInfo]) -> list[ClusterInfo]:
     """Draw each non-empty cluster's contact sheet into ``out``; the infos with their paths."""
@@ -394,7 +362,7 @@ def _contact_sheets(out: Path, config: ClusterConfig, labels: Any, features: _Fe
     sheets = _Sheets(members, _titles(k, result.sizes, infos), [o.image for o in objects], [o.rle for o in objects],
                      result.distance, features.settings)
     contact: dict[int, str] = {}
-    for number, sheet in thread_items(sheets, _workers(config)):
+    for number, sheet in thread_items(sheets, decode_workers(config)):
         if len(members[number]):
             contact[number] = write_contact_sheet(out, number, k, sheet)
     return [ClusterInfo(i.cluster, i.size, i.majority, i.share, i.matched, contact.get(i.cluster)) for i in infos]
@@ -444,13 +412,13 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
             f"{int((truth.labels >= 0).sum())} of {len(objects)} masks matched to an instance")
     features = (_reused_features(config, labels, say) if config.features_from
                 else _new_features(config, labels, say, progress))
-    _check_k(config.k, len(features.positions), labels.directory, "masks whose image could be read")
+    check_k(config.k, len(features.positions), labels.directory, "masks whose image could be read")
 
     say(f"k-means: {config.k} clusters of {len(features.positions)} masks ({config.restarts} restarts, "
         f"{config.iterations} iterations, seed {config.seed})")
     result = spherical_kmeans(features.vectors, config.k, iterations=config.iterations, restarts=config.restarts,
                               seed=config.seed)
-    infos, quality, truth_of = _quality(result.assignment, result.sizes, truth, features.positions)
+    infos, quality, truth_of = cluster_quality(result.assignment, result.sizes, truth, features.positions)
     stuff = None
     if config.stuff_k:
         from zutiscli.pipeline.cluster_stuff import find_stuff

@@ -78,7 +78,7 @@ def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int]
     from zutiscli.models.device import resolve_device, resolve_precision
     from zutiscli.ops.kmeans import spherical_kmeans
     from zutiscli.pipeline.archive_models import named_by_manifest
-    from zutiscli.pipeline.cluster import _check_k, _quality, _workers
+    from zutiscli.pipeline.cluster_steps import check_k, cluster_quality, decode_workers
 
     name, pretrained = stuff_model(config, labels)
     device = resolve_device(config.device)
@@ -99,11 +99,11 @@ def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int]
         f"{name}'s tokens after {layer} of its {backbone.depth} blocks")
     samples = stuff_samples(images, encode, patch=backbone.patch_size, per_image=config.stuff_patches,
                             cover=STUFF_COVER, seed=config.seed, batch_size=config.batch_size,
-                            workers=_workers(config), progress=progress)
+                            workers=decode_workers(config), progress=progress)
     if not len(samples.features):
         raise ZutisError(f"{labels.directory}: no patch outside the masks could be sampled (every image unreadable "
                          f"or covered by its masks); leave out --stuff-k")
-    _check_k(config.stuff_k, len(samples.features), labels.directory, "patches outside the masks")
+    check_k(config.stuff_k, len(samples.features), labels.directory, "patches outside the masks")
     say(f"k-means: {config.stuff_k} stuff clusters of {len(samples.features)} patches")
     result = spherical_kmeans(samples.features, config.stuff_k, iterations=config.iterations,
                               restarts=config.restarts, seed=config.seed)
@@ -115,7 +115,7 @@ def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int]
                                    samples.image, samples.cell)
         if truth is None:
             say(f"stuff: {config.ground_truth} has no semantic maps with named labels; stuff purity not measured")
-    infos, quality, _ = _quality(result.assignment, result.sizes, truth, np.arange(len(samples.features)))
+    infos, quality, _ = cluster_quality(result.assignment, result.sizes, truth, np.arange(len(samples.features)))
     clusters = StuffClusters(config.stuff_k, {"name": name, "pretrained": pretrained}, layer,
                              [ClusterInfo(i.cluster, i.size, i.majority, i.share, i.matched) for i in infos],
                              result.centroids, len(samples.features), config.stuff_patches, STUFF_COVER)

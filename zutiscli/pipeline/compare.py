@@ -71,26 +71,27 @@ def _classes(config: CompareConfig, truth: Any) -> list[Any]:
     return queries
 
 
-def _cluster_classes(run: RunSpec) -> list[Any] | None:
-    """The clusters of a ZUTIS run trained on clusters (its classes), None for any other run."""
+def _cluster_classes(run: RunSpec) -> tuple[list[Any], tuple[str, ...]] | None:
+    """The clusters of a ZUTIS run trained on clusters (its classes, then its stuff clusters) and the
+    names of its stuff clusters; None for any other run."""
     from zutiscli.artefacts.checkpoint import trained_classes
     from zutiscli.artefacts.runs import resolve_checkpoint
     from zutiscli.data.classes import ClassQuery
 
     if run.method != "zutis":
         return None
-    classes, clusters = trained_classes(resolve_checkpoint(run.argument))
-    return [ClassQuery(name, name) for name in classes] if clusters else None
+    classes, clusters, stuff = trained_classes(resolve_checkpoint(run.argument))
+    return ([ClassQuery(name, name) for name in classes + stuff], tuple(stuff)) if clusters else None
 
 
 def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: list[Any],
-                    clusters: list[Any] | None = None) -> Any:
-    """How ``run`` predicts: ``classes`` (and the stuff), or a cluster model's ``clusters`` alone."""
+                    clusters: tuple[list[Any], tuple[str, ...]] | None = None) -> Any:
+    """How ``run`` predicts: ``classes`` (and the stuff), or a cluster model's clusters (and its stuff clusters)."""
     from zutiscli.pipeline.predict import PredictConfig
 
-    options: dict[str, Any] = dict(inputs=[str(images)], classes=tuple(clusters or classes), method=run.method,
-                                   stuff=() if clusters else tuple(config.stuff), task="all", vis=False,
-                                   device=config.device, precision=config.precision)
+    options: dict[str, Any] = dict(inputs=[str(images)], classes=tuple(clusters[0] if clusters else classes),
+                                   method=run.method, stuff=clusters[1] if clusters else tuple(config.stuff),
+                                   task="all", vis=False, device=config.device, precision=config.precision)
     if run.method == "zutis":
         options["checkpoint"] = run.argument
     elif run.method == "reco":

@@ -95,12 +95,13 @@ def _predict_and_score(stages: Any, config: DemoConfig, k: int, suffix: str, pla
                        run: Path) -> dict[str, dict[str, Any]]:
     """Predict ``run``'s clusters on ``scenes`` into ``place/predict``; score with each of :data:`MATCHES`."""
     from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
+    from zutiscli.data.classes import with_stuff
     from zutiscli.pipeline.predict import PredictConfig, classes_to_segment, predict
 
-    clusters = tuple(classes_to_segment(None, None, "zutis", str(run)))
+    clusters, stuff = classes_to_segment(None, None, "zutis", str(run))
     stages.run(f"predict (k {k}{suffix})", predict, PredictConfig(
-        inputs=[str(scenes / "images")], classes=clusters, checkpoint=str(run), device=config.device,
-        precision="fp32"), place / "predict", log=None)
+        inputs=[str(scenes / "images")], classes=tuple(with_stuff(clusters, stuff)), stuff=stuff, checkpoint=str(run),
+        device=config.device, precision="fp32"), place / "predict", log=None)
     metrics = {}
     for match in MATCHES:
         result = stages.run(f"evaluate (k {k}, {match}{suffix})", evaluate, EvaluateConfig(

@@ -106,10 +106,11 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 
 
 def classes_to_segment(classes: str | None, classes_file: str | Path | None, method: str,
-                       checkpoint: str | None) -> list[Any]:
-    """The classes of ``--classes`` or ``--classes-file``; with neither, for a ZUTIS checkpoint given
-    (``checkpoint`` or ``$ZUTIS_CHECKPOINT``), the classes it was trained for (a model trained on
-    clusters: its clusters, ``cluster-00``, ...)."""
+                       checkpoint: str | None, stuff: Sequence[str] = ()) -> tuple[list[Any], tuple[str, ...]]:
+    """``(classes, stuff)`` to segment: those of ``--classes`` or ``--classes-file`` and ``--stuff``;
+    with neither list, for a ZUTIS checkpoint given (``checkpoint`` or ``$ZUTIS_CHECKPOINT``), the
+    classes it was trained for (a model trained on clusters: its clusters, ``cluster-00``, ...) and,
+    unless ``stuff`` is given, the stuff clusters that travel with it (``stuff-00``, ...)."""
     import os
 
     from zutiscli.data.classes import ClassQuery, parse_classes
@@ -119,8 +120,9 @@ def classes_to_segment(classes: str | None, classes_file: str | Path | None, met
         from zutiscli.artefacts.checkpoint import trained_classes
         from zutiscli.artefacts.runs import resolve_checkpoint
 
-        return [ClassQuery(name, name) for name in trained_classes(resolve_checkpoint(checkpoint))[0]]
-    return parse_classes(classes, classes_file)
+        trained, _, own_stuff = trained_classes(resolve_checkpoint(checkpoint))
+        return [ClassQuery(name, name) for name in trained], tuple(stuff) or tuple(own_stuff)
+    return parse_classes(classes, classes_file), tuple(stuff)
 
 
 @holding_locks

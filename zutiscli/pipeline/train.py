@@ -36,7 +36,7 @@ import torch
 from zutiscli.artefacts.checkpoint import check_weights_fit, load_checkpoint
 from zutiscli.artefacts.class_bank import SourceBank, source_class_bank
 from zutiscli.artefacts.lock import holding_locks, lock_directory
-from zutiscli.artefacts.manifest import write_manifest
+from zutiscli.artefacts.manifest import read_manifest, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.artefacts.runs import CHECKPOINT, METRICS, refuse_unfinished_run, resume_checkpoint_path
 from zutiscli.data.copypaste import ObjectPool
@@ -189,6 +189,7 @@ def train(
     if bank is not None and checkpoint is None:
         model.set_class_bank(cluster_classifier(config, pretrained, bank, len(classes), backbone.embed_dim).to(device))
     model.crop_adapter = adapter
+    model.stuff_probe = _stuff_probe(config.source, checkpoint, Path(resume) / CHECKPOINT if resume else None)
     trainer = Trainer(model, classes, config, info, device, amp)
     if checkpoint is not None:
         _resume(trainer, checkpoint, Path(resume) / CHECKPOINT)
@@ -328,6 +329,22 @@ def _new_run_dir(output: str | Path | None, info: DistInfo) -> Path:
         refuse_unfinished_run(output)
     run_dir = prepare_output_dir(output, "train") if info.main else None
     return Path(broadcast(str(run_dir) if run_dir else None, info))
+
+
+def _stuff_probe(source: str, checkpoint: dict[str, Any] | None, where: Path | None) -> Any:
+    """The stuff clusters that go with the model: a resumed run's, else the source's (clusters made
+    with ``--stuff-k``); ``None`` for any other source."""
+    from zutiscli.models.stuff_probe import StuffProbe
+
+    if checkpoint is not None:
+        saved = checkpoint.get("stuff_probe")
+        return StuffProbe.from_dict(saved, where=str(where)) if saved is not None else None
+    if read_manifest(source).kind != "zutis.clusters":
+        return None
+    from zutiscli.artefacts.clusters import read_clusters
+
+    stuff = read_clusters(source).stuff
+    return StuffProbe.from_clusters(stuff) if stuff is not None else None
 
 
 def _saved_adapter(checkpoint: dict[str, Any], where: Path) -> CropAdapter | None:

@@ -32,10 +32,13 @@ class RawPrediction:
     Attributes:
         dense: ``(h, w, D)`` float32 dense embeddings in the text space, on the patch grid.
         mask_logits: ``(Q, h', w')`` float32 query mask logits (ZUTIS: ``h' = 2h``), or ``None``.
+        stuff: ``(h'', w'', S)`` float32 cosine similarity to the stuff centroids of a model's stuff
+            probe (on the probe's patch grid), or ``None``.
     """
 
     dense: "torch.Tensor"
     mask_logits: "torch.Tensor | None"
+    stuff: "torch.Tensor | None" = None
 
 
 class Predictor(ABC):

@@ -99,6 +99,10 @@ def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torc
     if data.get("crop_adapter") is not None:
         adapter = CropAdapter.from_dict(data["crop_adapter"], where=str(path))
         model.crop_adapter = dataclasses.replace(adapter, weight=adapter.weight.clone())  # off the mapped file
+    if data.get("stuff_probe") is not None:
+        from zutiscli.models.stuff_probe import StuffProbe
+
+        model.stuff_probe = StuffProbe.from_dict(data["stuff_probe"], where=str(path))
     model.to(device=device).eval()
     model.backbone.model.to(dtype=dtype)
     for param in model.parameters():
@@ -112,17 +116,30 @@ def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torc
 
 
 class ZutisPredictor(Predictor):
-    """A trained ZUTIS model with a class list."""
+    """A trained ZUTIS model with a class list.
+
+    Classes named by the model's stuff probe (``stuff-00``, ... of a model trained on clusters with
+    stuff clusters) are not classified by the model: the pixels no thing claims take the nearest of
+    them in the probe's frozen CLIP features (:func:`zutiscli.ops.panoptic.fill_stuff`). Every other
+    class (``things``) is the model's, as usual.
+    """
 
     method = "zutis"
 
     def __init__(self, model: Any, classes: Sequence[ClassQuery], *, crf: CrfOptions = CrfOptions(),
                  recipe: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
-                 inputs: list[Any] | None = None):
+                 inputs: list[Any] | None = None, stuff_scorer: Any = None):
         self.model = model
         self.backbone = model.backbone
         self.patch = model.backbone.patch_size
-        self.text = model.text_embeddings([q.phrase for q in classes]).to(self.backbone.device)
+        probe = getattr(model, "stuff_probe", None)
+        named = set(probe.names) if probe is not None else set()
+        self.things = [q for q in classes if q.name not in named]
+        # class-list id (1-based) of each thing label (1..T), 0 for background; and of each probe stuff column
+        self.thing_ids = np.array([0] + [i for i, q in enumerate(classes, 1) if q.name not in named], np.int64)
+        self.stuff_ids = np.array([i for i, q in enumerate(classes, 1) if q.name in named], np.int64)
+        self.stuff_scorer = stuff_scorer
+        self.text = model.text_embeddings([q.phrase for q in self.things]).to(self.backbone.device)
         self.recipe = dict(recipe or {})
         self.record = record or {}
         self.inputs = inputs or []
@@ -130,11 +147,12 @@ class ZutisPredictor(Predictor):
         self._dense = DenseSemantic(crf)
 
     def forward(self, images: torch.Tensor) -> list[RawPrediction]:
+        stuff = self.stuff_scorer(images) if self.stuff_scorer is not None else [None] * len(images)
         images = self.backbone.normalise(images.to(self.backbone.device, self.backbone.dtype))
         tokens = self.backbone.dense_tokens(images)
         dense = self.model.dense_embeddings(tokens)
         masks = self.model.mask_logits(tokens)[-1]
-        return [RawPrediction(d.float(), m.float()) for d, m in zip(dense, masks)]
+        return [RawPrediction(d.float(), m.float(), s) for d, m, s in zip(dense, masks, stuff)]
 
     def postprocess(self, raw: RawPrediction, image: np.ndarray, settings: Any, *, semantic: bool,
                     instances: bool) -> tuple[np.ndarray | None, Any]:
@@ -158,6 +176,27 @@ class ZutisPredictor(Predictor):
             from zutiscli.ops.panoptic import semantic_from_instances
 
             labels = semantic_from_instances(found, (height, width))
+        if len(self.stuff_ids):  # the things' labels are not the class list's
+            labels, found = self._in_class_list(labels, found, raw, (height, width))
+        return labels, found
+
+    def _in_class_list(self, labels: np.ndarray | None, found: Any, raw: RawPrediction,
+                       size: tuple[int, int]) -> tuple[np.ndarray | None, Any]:
+        """Thing labels (1..T) as class-list ids; with stuff columns, the rest of the semantic map
+        filled with the nearest stuff (things first, U2Seg's merge)."""
+        if found is not None and len(found.labels):
+            found = dataclasses.replace(found, labels=self.thing_ids[found.labels])
+        if labels is None:
+            return None, found
+        labels = self.thing_ids[labels]
+        if raw.stuff is not None and len(self.stuff_ids):
+            import torch.nn.functional as F
+
+            from zutiscli.ops.panoptic import fill_stuff
+
+            similarity = F.interpolate(raw.stuff.permute(2, 0, 1)[None].float(), size=size, mode="bilinear",
+                                       align_corners=False)[0]
+            labels = fill_stuff(labels, self.stuff_ids[similarity.argmax(0).cpu().numpy()])
         return labels, found
 
     def prepare(self, settings: Any, config: Any, device: torch.device, dtype: torch.dtype,
@@ -186,9 +225,18 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
         recipe = {}
         record = {"checkpoint": None, "in_memory": True, "backbone": model.config.backbone}
         inputs = []
-    predictor = ZutisPredictor(model, config.classes, crf=CrfOptions.of(config), recipe=recipe, record=record,
-                               inputs=inputs)
-    return predictor
+    probe = getattr(model, "stuff_probe", None)
+    scorer = None
+    # the probe's rows of the stuff classes asked for, in the class list's order (the predictor's stuff columns)
+    wanted = [probe.names.index(q.name) for q in config.classes if q.name in probe.names] if probe is not None else []
+    if wanted and config.tasks & {"semantic", "panoptic"}:
+        from zutiscli.models.stuff_probe import StuffScorer
+
+        scorer = StuffScorer(probe, wanted, device, dtype)
+        record["stuff_probe"] = {"model": probe.model, "pretrained": probe.pretrained, "layer": probe.layer,
+                                 "classes": [probe.names[row] for row in wanted]}
+    return ZutisPredictor(model, config.classes, crf=CrfOptions.of(config), recipe=recipe, record=record,
+                          inputs=inputs, stuff_scorer=scorer)
 
 
 def attach_crop_classifier(predictor: ZutisPredictor, config: Any, settings: Any, device: torch.device,
@@ -216,7 +264,7 @@ def attach_crop_classifier(predictor: ZutisPredictor, config: Any, settings: Any
         adapter = None
     if adapter is not None and log is not None:
         _note_unfitted_names(adapter, config.classes, log)
-    predictor.crop_classifier = CropClassifier(backbone, config.classes,
+    predictor.crop_classifier = CropClassifier(backbone, predictor.things,
                                                adapter=None if adapter is None else adapter.weight.to(device))
     predictor.record["crop_classifier"] = backbone.spec.describe()
     predictor.record["crop_adapter"] = model.crop_adapter.summary() if adapter is not None else None
