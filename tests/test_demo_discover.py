@@ -18,6 +18,7 @@ from test_demo import zutis  # noqa: E402
 pytestmark = pytest.mark.slow
 
 KS = (3, 5)
+STUFF_NAMES = [f"stuff-{i:02d}" for i in range(6)]  # --discover-stuff-k's default 6
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,8 @@ def test_no_name_reaches_the_chain_before_scoring(discovered) -> None:
         assert read_manifest(where / "clusters").kind == "zutis.clusters"
         assert read_manifest(where / "train").kind == "zutis.run"
         categories = json.loads((where / "predict" / "images.json").read_text())["categories"]
-        assert [c["name"] for c in categories] == [f"cluster-{i:02d}" for i in range(k)]
+        # the model's clusters, then the stuff clusters that travel with it
+        assert [c["name"] for c in categories] == [f"cluster-{i:02d}" for i in range(k)] + STUFF_NAMES
     assert Path(payload["summary_picture"]) == out / "compare" / "compare.png"
 
 
@@ -53,7 +55,9 @@ def test_every_k_is_scored_by_both_matchings_on_both_splits(discovered) -> None:
                 assert 0.0 <= values["mIoU"] <= 1.0 and "mask_AP" in values
                 mapping = json.loads((out / "discover" / place / f"evaluate-{match}" / "cluster_mapping.json")
                                      .read_text())
-                assert mapping["mode"] == match and len(mapping["tasks"]["semantic"]) == k + 1
+                assert mapping["mode"] == match and len(mapping["tasks"]["semantic"]) == k + 1 + len(STUFF_NAMES)
+                # scored over things and stuff against the scenes' panoptic truth
+                assert {"PQ", "PQ_things", "PQ_stuff"} <= set(values) and 0.0 <= values["PQ_stuff"] <= 1.0
         reused = headline[f"discovery, k {k} (hungarian, the test split's mapping), shift split"]
         given = json.loads((out / "discover" / f"k{k}" / "shift" / "evaluate-test-mapping" / "metrics.json")
                            .read_text())["semantic"]["cluster_mapping"]
@@ -61,7 +65,9 @@ def test_every_k_is_scored_by_both_matchings_on_both_splits(discovered) -> None:
         assert given["given"] and given["mapping"] == found["tasks"]["semantic"] and 0.0 <= reused["mIoU"] <= 1.0
         quality = payload["stage_quality"]["clusters"][str(k)]
         assert 0.0 < quality["purity"] <= 1.0 and 0.0 <= quality["nmi"] <= 1.0
+        assert quality["stuff"]["k"] == 6 and 0.0 < quality["stuff"]["purity"] <= 1.0
     assert {"maskclip", "maskclip, shift split"} <= set(headline)
+    assert "PQ_stuff" in headline["maskclip"]  # MaskCLIP named the stuff too
 
 
 def test_compare_holds_the_clusters_beside_maskclip(discovered) -> None:

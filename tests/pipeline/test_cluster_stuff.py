@@ -109,3 +109,24 @@ def test_bad_stuff_options_are_refused_with_nothing_written(pile, tmp_path, chan
     with pytest.raises(UsageError, match=message):
         cluster(ClusterConfig(pseudolabels=str(pile["pseudo"]), k=3, **(FAST | change)), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_features_from_reuses_the_stuff_clusters_of_the_same_options(pile, first, tmp_path, monkeypatch):
+    import zutiscli.pipeline.cluster_stuff as step
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the stuff was computed again")
+
+    monkeypatch.setattr(step, "find_stuff", refuse)
+    again = cluster(ClusterConfig(pseudolabels=str(pile["pseudo"]), k=4, stuff_k=6, features_from=str(first.path),
+                                  ground_truth=str(pile["gt"]), **{**FAST, "contact": 4, "model": None,
+                                                                   "pretrained": None}), tmp_path / "again")
+    assert (again.path / "stuff_centroids.npy").read_bytes() == (first.path / "stuff_centroids.npy").read_bytes()
+    assert again.stuff_purity == pytest.approx(first.stuff_purity, abs=1e-6)
+    for info in again.stuff.clusters:
+        assert (again.path / info.contact).read_bytes() == (first.path / info.contact).read_bytes()
+    # other stuff options: computed anew
+    monkeypatch.undo()
+    other = cluster(ClusterConfig(pseudolabels=str(pile["pseudo"]), k=4, stuff_k=5, features_from=str(first.path),
+                                  **{**FAST, "model": None, "pretrained": None}), tmp_path / "other")
+    assert other.stuff.k == 5 and all(info.contact is None for info in other.stuff.clusters)

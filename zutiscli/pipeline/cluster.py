@@ -421,18 +421,24 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
     infos, quality, truth_of = cluster_quality(result.assignment, result.sizes, truth, features.positions)
     stuff = None
     if config.stuff_k:
-        from zutiscli.pipeline.cluster_stuff import find_stuff
+        from zutiscli.pipeline.cluster_stuff import find_stuff, reused_stuff
 
-        stuff = find_stuff(config, labels, say, None)
+        if features.source is not None:
+            from zutiscli.artefacts.clusters import read_clusters
+
+            stuff = reused_stuff(config, labels, read_clusters(features.source))
+            if stuff is not None:
+                say(f"reusing the {config.stuff_k} stuff clusters of {features.source}")
+        stuff = stuff or find_stuff(config, labels, say, None)
 
     out = prepare_output_dir(output, "cluster")
     if config.contact:
         infos = _contact_sheets(out, config, labels, features, result, infos)
-    stuff_clusters = stuff.clusters if stuff is not None else None
-    if stuff is not None and config.contact:
-        from zutiscli.pipeline.cluster_stuff import stuff_contact_sheets
+    stuff_clusters = None
+    if stuff is not None:
+        from zutiscli.pipeline.cluster_stuff import stuff_contact_sheets, without_sheets
 
-        stuff_clusters = stuff_contact_sheets(out, config, stuff)
+        stuff_clusters = stuff_contact_sheets(out, config, stuff) if config.contact else without_sheets(stuff.clusters)
     masks = []
     for row, position in enumerate(features.positions.tolist()):
         obj = objects[position]
@@ -453,7 +459,7 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
     if stuff is not None:
         summary["stuff"] = {"k": config.stuff_k, "patches": stuff.clusters.samples,
                             "sizes": [c.size for c in stuff.clusters.clusters], "model": stuff.clusters.model,
-                            "failed": len(stuff.samples.failed)} | {
+                            "failed": stuff.failed} | {
             key: (round(value, 6) if isinstance(value, float) else value) for key, value in stuff.quality.items()}
     write_manifest(out, KIND, model=features.model, inputs=inputs, params=_params(config, out, features),
                    summary=summary | {"seconds": seconds})

@@ -30,13 +30,34 @@ DARKEN = 0.25
 @dataclass
 class StuffFound:
     """The stuff of a run before anything is written: the clusters (contact sheets not yet drawn),
-    the samples they were made of, the images sampled, and with ground truth the quality."""
+    the samples they were made of, the images sampled, and with ground truth the quality; or the
+    stuff of an earlier run reused whole (``reused_from``: its directory; no samples)."""
 
     clusters: Any  # zutiscli.artefacts.clusters.StuffClusters
-    samples: Any  # zutiscli.engine.stuff_features.StuffSamples
-    assignment: np.ndarray
+    samples: Any  # zutiscli.engine.stuff_features.StuffSamples, or None when reused
+    assignment: np.ndarray | None
     images: list[Path]
     quality: dict[str, Any]
+    failed: int = 0
+    reused_from: Path | None = None
+
+
+#: The options that decide the stuff clusters: a ``--features-from`` run made with the same ones has them.
+_DECIDING = ("stuff_k", "stuff_patches", "stuff_layer", "seed", "restarts", "iterations")
+
+
+def reused_stuff(config: Any, labels: Any, source: Any) -> StuffFound | None:
+    """The stuff clusters of ``--features-from``'s run when it made them from the same pseudo-labels
+    with the same deciding options and model (they do not depend on ``-k``), else ``None``."""
+    params = source.manifest.params
+    if source.stuff is None or any(params.get(name) != getattr(config, name) for name in _DECIDING):
+        return None
+    name, pretrained = stuff_model(config, labels)
+    if source.stuff.model != {"name": name, "pretrained": pretrained}:
+        return None
+    summary = dict(source.manifest.summary.get("stuff") or {})
+    quality = {key: summary[key] for key in ("purity", "nmi", "matched", "unmatched") if key in summary}
+    return StuffFound(source.stuff, None, None, [], quality, int(summary.get("failed", 0)), source.path)
 
 
 def stuff_model(config: Any, labels: Any) -> tuple[str, str]:
@@ -119,7 +140,8 @@ def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int]
     clusters = StuffClusters(config.stuff_k, {"name": name, "pretrained": pretrained}, layer,
                              [ClusterInfo(i.cluster, i.size, i.majority, i.share, i.matched) for i in infos],
                              result.centroids, len(samples.features), config.stuff_patches, STUFF_COVER)
-    return StuffFound(clusters, samples, result.assignment, [image.path for image in images], quality)
+    return StuffFound(clusters, samples, result.assignment, [image.path for image in images], quality,
+                      len(samples.failed))
 
 
 def stuff_contact_sheets(out: Path, config: Any, found: StuffFound) -> Any:
@@ -132,6 +154,14 @@ def stuff_contact_sheets(out: Path, config: Any, found: StuffFound) -> Any:
     from zutiscli.errors import ImageLoadError
     from zutiscli.ops.contact_sheet import tile_sheet
 
+    if found.reused_from is not None:  # the earlier run's sheets, copied
+        import shutil
+
+        (out / "contact").mkdir(exist_ok=True)
+        for info in found.clusters.clusters:
+            if info.contact is not None:
+                shutil.copyfile(found.reused_from / info.contact, out / info.contact)
+        return found.clusters
     samples, k = found.samples, found.clusters.k
     infos = []
     for cluster, info in enumerate(found.clusters.clusters):
@@ -161,3 +191,10 @@ def stuff_contact_sheets(out: Path, config: Any, found: StuffFound) -> Any:
         sheet = tile_sheet(tiles, title, columns=8, captions=[f"{int(counts[i])} patches" for i in chosen])
         infos.append(replace(info, contact=write_contact_sheet(out, cluster, k, sheet, prefix="stuff")))
     return replace(found.clusters, clusters=infos)
+
+
+def without_sheets(clusters: Any) -> Any:
+    """The stuff clusters with no contact sheet named (``--contact 0``, or reused ones not copied)."""
+    from dataclasses import replace
+
+    return replace(clusters, clusters=[replace(info, contact=None) for info in clusters.clusters])

@@ -231,18 +231,21 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     stages = _Stages(say, progress)
     classes = list(SHAPES)
 
-    pile = stages.run("synth pile", write_synth, SynthConfig("pile", config.pile, seed=config.seed,
-                                                             size=config.pile_size, workers=_generation_workers(config)),
-                      out / "pile")
-    scenes = stages.run("synth scenes", write_synth,
+    stuff = config.discover and config.discover_stuff_k > 0  # --discover's world of things and named stuff
+    over = " (over named stuff)" if stuff else ""
+    pile = stages.run("synth pile" + over, write_synth, SynthConfig(
+        "pile", config.pile, seed=config.seed, size=config.pile_size, stuff=stuff,
+        workers=_generation_workers(config)), out / "pile")
+    scenes = stages.run("synth scenes" + over, write_synth,
                         SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,
-                                    min_objects=config.min_objects, max_objects=config.max_objects,
-                                    workers=_generation_workers(config)), out / "scenes")
+                                    min_objects=config.min_objects, max_objects=config.max_objects, stuff=stuff,
+                                    panoptic=stuff, workers=_generation_workers(config)), out / "scenes")
     # the same objects over backgrounds, stuff looks and lighting that no training uses
-    shifted = stages.run("synth scenes (shift split)", write_synth,
+    shifted = stages.run("synth scenes (shift split)" + over, write_synth,
                          SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,
                                      min_objects=config.min_objects, max_objects=config.max_objects, split="shift",
-                                     workers=_generation_workers(config)), out / "shift" / "scenes")
+                                     stuff=stuff, panoptic=stuff, workers=_generation_workers(config)),
+                         out / "shift" / "scenes")
     if config.discover:
         return _discover(stages, config, out, pile, scenes, shifted)
     index = stages.run("index", build_index, IndexConfig(
@@ -326,20 +329,24 @@ def _discover(stages: _Stages, config: DemoConfig, out: Path, pile: Path, scenes
     from zutiscli.pipeline.demo_discover import describe_cluster_quality, run_discovery
     from zutiscli.shapes.world import SHAPES
 
+    from zutiscli.shapes.stuff import STUFF
+
     classes = list(SHAPES)
-    maskclip = _maskclip_options(config)
+    # over named stuff: MaskCLIP with the shape and stuff names, scored with PQ against the scenes' panoptic truth
+    stuff = tuple(STUFF) if config.discover_stuff_k else ()
+    maskclip = _maskclip_options(config) | ({"stuff": stuff} if stuff else {})
     metrics: dict[str, Any] = {}
-    metrics["maskclip"] = _predict_and_evaluate(stages, "maskclip baseline", out / "baseline", scenes, classes,
-                                                **maskclip)
-    metrics[f"maskclip, {SHIFT}"] = _predict_and_evaluate(stages, f"maskclip baseline, {SHIFT}",
-                                                          out / "shift" / "baseline", shifted, classes, **maskclip)
+    for label, where, held_out in (("maskclip", out / "baseline", scenes),
+                                   (f"maskclip, {SHIFT}", out / "shift" / "baseline", shifted)):
+        metrics[label] = _predict_and_evaluate(stages, label.replace("maskclip", "maskclip baseline"), where,
+                                               held_out, [*classes, *stuff], gt=held_out if stuff else None, **maskclip)
     found, clusters, runs = run_discovery(stages, config, out, pile, scenes, shifted)
     metrics.update(found)
     stages.log("    " + describe_cluster_quality(clusters))
     compared = stages.run("compare", compare, CompareConfig(
         images=str(scenes), runs=(RunSpec("maskclip", "maskclip", None),
                                   *(RunSpec(f"discovery, k {k}", "zutis", str(run)) for k, run in runs)),
-        model=config.model, pretrained=config.pretrained, match="hungarian",
+        stuff=stuff, model=config.model, pretrained=config.pretrained, match="hungarian",
         match_score=config.discover_match_score, device=config.device), out / "compare")
     stages.log(compared.table)
     headlines = {name: _headline(m) for name, m in metrics.items()}

@@ -12,6 +12,11 @@ The same pile and held-out scenes (both splits) as ``zutis demo``, then, under `
     kK/shift/...       the same on the shift split, and evaluate-test-mapping/: scored with the
                        test split's Hungarian mapping (do the clusters mean the same shapes there?)
 
+With ``--discover-stuff-k S`` (default 6) the pile and both splits' scenes are drawn over named
+stuff, each clustering also makes ``S`` stuff clusters of the patches outside the masks (``zutis
+cluster --stuff-k``), the models carry them, and the scores include PQ over things and stuff
+(the scenes' panoptic truth); MaskCLIP is given the shape and the stuff names.
+
 The scores match clusters to the shapes on each split itself, as STEGO, MaskDistill and U2Seg
 score (Hungarian one-to-one; U2Seg's majority vote, many-to-one). Names are used nowhere before
 that matching.
@@ -65,13 +70,19 @@ def run_discovery(stages: Any, config: DemoConfig, out: Path, pile: Path, scenes
         model = dict(model=config.model, pretrained=config.pretrained) if embedded is None else \
             dict(features_from=str(embedded))
         found = stages.run(f"cluster (k {k})", cluster, ClusterConfig(
-            pseudolabels=str(pseudo), k=k, **model, seed=config.seed,
+            pseudolabels=str(pseudo), k=k, **model, seed=config.seed, stuff_k=config.discover_stuff_k,
             ground_truth=str(pile / "hidden" / "instances.json"), contact=8, device=config.device, precision="fp32"),
             where / "clusters")
         embedded = embedded or found.path
         quality[str(k)] = {"purity": found.purity, "nmi": found.nmi, "masks": found.masks, "matched": found.matched}
-        stages.log(f"    k {k}: purity {found.purity:.3f}, NMI {found.nmi:.3f} ({found.matched} of {found.masks} "
-                   f"masks on a hidden object)")
+        line = f"    k {k}: purity {found.purity:.3f}, NMI {found.nmi:.3f} ({found.matched} of {found.masks} masks on " \
+               f"a hidden object)"
+        if found.stuff is not None:
+            quality[str(k)]["stuff"] = {"k": found.stuff.k, "purity": found.stuff_purity, "nmi": found.stuff_nmi,
+                                        "patches": found.stuff.samples}
+            if found.stuff_purity is not None:
+                line += f"; {found.stuff.k} stuff clusters: purity {found.stuff_purity:.3f}, NMI {found.stuff_nmi:.3f}"
+        stages.log(line)
         run = stages.run(f"train (k {k})", train, config.training(found.path), where / "train", log=stages.log).path
         runs.append((k, run))
         metrics.update(_predict_and_score(stages, config, k, "", where, scenes, run))
@@ -87,8 +98,16 @@ def _score_with_mapping(stages: Any, k: int, suffix: str, place: Path, scenes: P
     from zutiscli.pipeline.evaluate import EvaluateConfig, evaluate
 
     return stages.run(f"evaluate (k {k}, the test split's mapping{suffix})", evaluate, EvaluateConfig(
-        pred=str(place / "predict"), gt=str(scenes / "instances.json"), gt_semantic=str(scenes / "semantic"),
-        mapping=str(mapping)), place / "evaluate-test-mapping").metrics
+        pred=str(place / "predict"), **_truth(scenes), mapping=str(mapping)), place / "evaluate-test-mapping").metrics
+
+
+def _truth(scenes: Path) -> dict[str, Any]:
+    """``zutis evaluate``'s ground truth of the scenes ``pred`` is scored against: the scenes directory
+    (instances, semantic maps and panoptic truth) when they were drawn over named stuff, else their
+    instances and semantic maps."""
+    if (scenes / "panoptic.json").is_file():
+        return {"gt": str(scenes)}
+    return {"gt": str(scenes / "instances.json"), "gt_semantic": str(scenes / "semantic")}
 
 
 def _predict_and_score(stages: Any, config: DemoConfig, k: int, suffix: str, place: Path, scenes: Path,
@@ -105,8 +124,8 @@ def _predict_and_score(stages: Any, config: DemoConfig, k: int, suffix: str, pla
     metrics = {}
     for match in MATCHES:
         result = stages.run(f"evaluate (k {k}, {match}{suffix})", evaluate, EvaluateConfig(
-            pred=str(place / "predict"), gt=str(scenes / "instances.json"), gt_semantic=str(scenes / "semantic"),
-            match=match, match_score=config.discover_match_score), place / f"evaluate-{match}")
+            pred=str(place / "predict"), **_truth(scenes), match=match, match_score=config.discover_match_score),
+            place / f"evaluate-{match}")
         metrics[discovery_label(k, match, suffix)] = result.metrics
     return metrics
 
