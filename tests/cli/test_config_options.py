@@ -34,7 +34,7 @@ SCENES_ONLY = {"min_objects", "max_objects", "panoptic"}
 CONVERTED = [
     ("index build", IndexConfig, set(), {}),
     ("retrieve", RetrieveConfig, set(), {}),
-    ("synth pile", SynthConfig, SCENES_ONLY | {"stuff"}, command_defaults("pile")),
+    ("synth pile", SynthConfig, SCENES_ONLY, command_defaults("pile")),
     ("synth scenes", SynthConfig, set(), command_defaults("scenes")),
     ("synth pairs", SynthConfig, SCENES_ONLY | {"split"}, command_defaults("pairs")),
     ("copypaste", CopyPasteConfig, set(), {}),
