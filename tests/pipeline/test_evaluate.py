@@ -215,6 +215,34 @@ def test_semantic_confusions_say_where_a_class_went(scenes, tmp_path):
     assert pixels.shape == (7, 8) and pixels[1, 1] == 0 and pixels[1, 2] > 0 and pixels[:, 7].sum() == 0
 
 
+def test_bias_measures_of_a_perfect_and_of_a_centre_only_prediction(scenes, tmp_path):
+    from pycocotools import mask as mask_utils
+
+    from zutiscli.ops.bias import object_distance
+
+    pred = make_prediction(scenes, tmp_path / "pred")
+    config = EvaluateConfig(pred=str(pred), gt=str(scenes), tasks=["semantic"])
+    bias = evaluate(config, tmp_path / "m").metrics["semantic"]["bias"]
+    assert bias["class_preference"] == {"score": 1.0, "largest_confusions": []}
+    space = bias["space_preference"]
+    assert space["score"] == pytest.approx(0.0, abs=1e-12)
+    assert all(b["mIoU"] is None or b["mIoU"] == pytest.approx(1.0) for b in space["bins"])
+    truth = json.loads((scenes / "instances.json").read_text())
+    assert sum(b["objects"] for b in space["bins"]) == len(truth["annotations"])
+    # objects away from the centre written as background: centred objects fare better, the score falls below 0
+    images = {img["id"]: img for img in truth["images"]}
+    for ann in truth["annotations"]:
+        mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+        if object_distance(mask) >= 0.4:
+            png = pred / "semantic" / (Path(images[ann["image_id"]]["file_name"]).stem + ".png")
+            labels = read_label_png(png)
+            labels[mask] = 0
+            write_label_png(png, labels)
+    space = evaluate(config, tmp_path / "m2").metrics["semantic"]["bias"]["space_preference"]
+    assert space["score"] < 0 and space["bins"][0]["mIoU"] == pytest.approx(1.0)
+    assert space["bins"][-1]["mIoU"] in (0.0, None)
+
+
 def test_moved_ground_truth_is_matched_by_stem(scenes, tmp_path):
     pred = make_prediction(scenes, tmp_path / "pred")
     moved = tmp_path / "elsewhere"

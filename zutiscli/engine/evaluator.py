@@ -54,6 +54,8 @@ from zutiscli.artefacts.predictions import Prediction, PredImage
 from zutiscli.engine.evaluator_choices import BACKENDS, IOU_TYPES, MATCH_MODES, TASKS  # noqa: F401 - exported
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.ops import metrics as M
+from zutiscli.ops.bias import DISTANCE_BINS, class_preference, distance_bin, object_distance, object_overlap, \
+    space_preference
 from zutiscli.ops.masks import segmentation_to_rle
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -486,6 +488,47 @@ def _semantic_cluster_names(pred: Prediction) -> list[str]:
     return list(pred.semantic_names or (["background", *pred.names] if pred.names is not None else []))
 
 
+class _SpaceBias:
+    """ReCLIP++'s space preference (:mod:`zutiscli.ops.bias`): per ground-truth instance, its centroid's
+    distance from the image centre and its IoU with the pixels predicted as its class, summed per
+    distance bin and class. Needs instances whose categories are named like the semantic classes."""
+
+    def __init__(self, truth: GroundTruth, gt_names: Sequence[str] | None):
+        self.index: dict[int, int] = {}
+        self.anns: dict[int, list[dict[str, Any]]] = {}
+        if truth.instances is not None and gt_names:
+            position = {name: i for i, name in enumerate(gt_names)}
+            self.index = {int(c["id"]): position[c["name"]] for c in truth.instances["categories"]
+                          if c.get("name") in position}
+            for ann in truth.instances["annotations"]:
+                if not ann.get("iscrowd", 0) and int(ann["category_id"]) in self.index:
+                    self.anns.setdefault(int(ann["image_id"]), []).append(ann)
+        classes = len(gt_names or ())
+        self.intersection = np.zeros((DISTANCE_BINS, classes))
+        self.union = np.zeros((DISTANCE_BINS, classes))
+        self.objects = np.zeros(DISTANCE_BINS, dtype=np.int64)
+
+    def add(self, image_id: int, predicted: np.ndarray, truth: np.ndarray) -> None:
+        """Add the objects of ground-truth image ``image_id`` against its ``(H, W)`` predicted labels
+        and ground-truth labels (class indices)."""
+        from pycocotools import mask as mask_utils
+
+        height, width = predicted.shape
+        for ann in self.anns.get(int(image_id), []):
+            mask = mask_utils.decode(segmentation_to_rle(ann["segmentation"], height, width)).astype(bool)
+            if not mask.any():
+                continue
+            label = self.index[int(ann["category_id"])]
+            where = distance_bin(object_distance(mask))
+            inter, union = object_overlap(mask, predicted, label, truth)
+            self.intersection[where, label] += inter
+            self.union[where, label] += union
+            self.objects[where] += 1
+
+    def result(self) -> dict[str, Any] | None:
+        return space_preference(self.intersection, self.union, self.objects) if self.objects.any() else None
+
+
 def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch, config: ScoreOptions,
                       warnings: list[str], progress: Progress | None, log: Log, given: Given | None = None) -> dict[str, Any]:
     """Confusion-matrix mIoU, accuracies, per-class IoU and size buckets over the matched images."""
@@ -505,6 +548,7 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
         index_of = {int(c["id"]): i + 1 for i, c in enumerate(truth.instances["categories"])}
         for ann in truth.instances["annotations"]:
             anns_by_image.setdefault(int(ann["image_id"]), []).append(ann)
+    space = _SpaceBias(truth, gt_names) if config.match == "names" else None
     missing_gt = 0
     log(f"semantic: {len(pairs)} images, ground truth from {truth.semantic_from}")
     for number, (p, g) in enumerate(pairs, start=1):
@@ -529,6 +573,8 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
                 raise ArtefactError(f"{where}: is {predicted.shape[1]}x{predicted.shape[0]} but its ground truth "
                                     f"{g.semantic} is {labels.shape[1]}x{labels.shape[0]}")
         acc.add(labels, predicted)
+        if space is not None:
+            space.add(g.id, predicted, labels)
         if progress is not None:
             progress(number, len(pairs))
     if missing_gt:
@@ -559,6 +605,8 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
     out.update(scores.to_json(names))
     out["size_buckets"] = {k: M._num(v) for k, v in M.bucket_miou(buckets).items()}
     out["main_confusions"] = M.main_confusions(conf, names)
+    out["bias"] = {"class_preference": class_preference(conf, names),
+                   "space_preference": space.result() if space is not None else None}
     if conf.shape[0] <= MAX_CONFUSION_CLASSES:
         out["confusion"] = {"classes": names + ["unlabelled"], "rows": "ground truth",
                             "columns": "predicted", "pixels": conf.tolist()}
