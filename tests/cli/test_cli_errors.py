@@ -37,7 +37,7 @@ TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers",
 EXPECTED_LEAVES = {
     "demo", "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
     "retrieve", "pseudolabel run", "pseudolabel merge", "copypaste", "train", "predict run", "predict merge",
-    "evaluate run", "evaluate prepare", "completions", "man", "cosegment", "compare", "cluster",
+    "evaluate run", "evaluate prepare", "completions", "man", "cosegment", "compare", "cluster", "hypotheses",
 }
 
 #: Per leaf command: (arguments, expected exit status, fragment of the error line). Placeholders:
@@ -259,6 +259,21 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{weights}", "-o", "{pile}"], 1,
          "finished artefact"),
     ],
+    "hypotheses": [
+        ([], 2, "Missing argument"),
+        (["{scenes}/images", "--classes", "circle", "-o", "{out}"], 2, "at least two classes"),
+        (["{missing}", "--classes", "circle,star", "-o", "{out}"], 1, "no such file or directory"),
+        (["{scenes}/images", "--classes", "circle,star", "--window", "2", "-o", "{out}"], 2, "--window must lie in"),
+        (["{scenes}/images", "--classes", "circle,star", "--threshold", "1", "-o", "{out}"], 2, "--threshold must lie"),
+        (["{scenes}/images", "--classes", "circle,star", "--mode", "image", "--model", "zutis-tiny", "--pretrained",
+          "{weights}", "-o", "{out}"], 2, "--mode image keeps"),
+        (["{scenes}/images", "--classes", "circle,star", "--model", "zutis-tiny", "--pretrained", "{missing}.pt",
+          "-o", "{out}"], 1, "no such checkpoint file"),
+        (["{scenes}/images", "--classes", "circle,star", "--model", "zutis-tiny", "--pretrained", "{weights}",
+          "--ground-truth", "{text}", "-o", "{out}"], 1, "is not valid JSON"),
+        (["{scenes}/images", "--classes", "circle,star", "--model", "zutis-tiny", "--pretrained", "{weights}",
+          "-o", "{pile}"], 1, "finished artefact"),
+    ],
     "compare": [
         ([], 2, "Missing argument"),
         (["{scenes}", "-o", "{out}"], 2, "give the methods"),
@@ -285,6 +300,8 @@ BASE: dict[str, list[str]] = {
     "cosegment": ["{archives}", "-k", "2", "--preview", "0", "-o", "{out}"],
     "cluster": ["{pseudo}", "-k", "2", "--model", "zutis-tiny", "--pretrained", "{weights}", "--contact", "0",
                 "-o", "{out}"],
+    "hypotheses": ["{scenes}/images", "--classes", "circle,star", "--model", "zutis-tiny", "--pretrained", "{weights}",
+                   "--window", "1/2", "-o", "{out}"],
     "compare": ["{scenes}", "--run", "maskclip", "--model", "zutis-tiny", "--pretrained", "{weights}", "--picture",
                 "0", "-o", "{out}"],
 }

@@ -34,7 +34,7 @@ JSON_TABLE = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 #: Leaf commands in the order their examples run: each example reads what an earlier one wrote.
 PIPELINE_ORDER = [
     "synth pile", "synth scenes", "synth pairs", "synth train-clip", "index build", "index merge",
-    "retrieve", "cosegment", "pseudolabel run", "pseudolabel merge", "cluster", "copypaste", "train", "predict run", "predict merge",
+    "retrieve", "cosegment", "pseudolabel run", "pseudolabel merge", "cluster", "hypotheses", "copypaste", "train", "predict run", "predict merge",
     "evaluate run", "evaluate prepare", "compare", "completions", "man", "demo",
 ]
 

@@ -36,6 +36,7 @@ KINDS: dict[str, tuple[int, str]] = {
     "zutis.references": (1, "zutis cosegment"),
     "zutis.pseudolabels": (1, "zutis pseudolabel"),
     "zutis.clusters": (1, "zutis cluster"),
+    "zutis.hypotheses": (1, "zutis hypotheses"),
     "zutis.dataset": (1, "zutis copypaste"),
     "zutis.run": (1, "zutis train"),
     "zutis.predictions": (1, "zutis predict"),
@@ -90,6 +91,7 @@ FIELDS: dict[str, dict[str, str]] = {
         "model.checkpoint": "a string or null",
         "params.shard": "a shard [I, N] (0 <= I < N) or null", "summary.failed": "an integer",
     },
+    "zutis.hypotheses": {"params.classes": "a list of strings"},
     "zutis.synth": {"params.kind": "a string", "summary.classes": "a list of strings"},
     "zutis.dataset": {"summary.classes": "a list of strings"},
 }

@@ -64,8 +64,8 @@ def _kinds(name: str) -> tuple[type, ...]:
 
 def _register_commands() -> None:
     """The subcommands: the demo, then the stages in pipeline order (that is the order of `zutis --help`)."""
-    from zutiscli.cli import (cluster, compare, copypaste, cosegment, demo, evaluate, index, predict, pseudolabel,
-                              retrieve, synth, train)
+    from zutiscli.cli import (cluster, compare, copypaste, cosegment, demo, evaluate, hypotheses, index, predict,
+                              pseudolabel, retrieve, synth, train)
 
     app.command("demo")(demo.demo)
     app.add_typer(synth.app, name="synth")
@@ -74,6 +74,7 @@ def _register_commands() -> None:
     app.command("cosegment")(cosegment.cosegment)
     app.add_typer(pseudolabel.app, name="pseudolabel")
     app.command("cluster")(cluster.cluster)
+    app.command("hypotheses")(hypotheses.hypotheses)
     app.command("copypaste")(copypaste.copypaste)
     app.command("train")(train.train)
     app.add_typer(predict.app, name="predict")

@@ -182,3 +182,44 @@ def stuff_truth_labels(gt_file: str | Path, paths: Sequence[Path], grids: Sequen
     if paired == 0:
         return None
     return TruthLabels(labels, classes, len(rows_of), paired)
+
+
+#: A named semantic label is in an image when it covers at least this share of its pixels.
+LABEL_PRESENT = 0.005
+
+
+def image_classes(gt_file: str | Path, paths: Sequence[Path]) -> list[set[str] | None]:
+    """The class names each image holds according to a COCO instances JSON: its instances'
+    categories, and with semantic maps named by a ``classes.txt`` beside the JSON the labels other
+    than background covering at least :data:`LABEL_PRESENT` of it. ``None`` for an image the JSON
+    does not have (paired as in :func:`truth_labels`); a :class:`UsageError` when it has none of them.
+    """
+    from zutiscli.artefacts.groundtruth import CLASSES_FILE, read_names_file
+    from zutiscli.artefacts.labelmap import read_label_png
+
+    gt_file = Path(gt_file)
+    data = load_coco(gt_file)
+    names = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"]}
+    label_names = read_names_file(gt_file.parent / CLASSES_FILE) if (gt_file.parent / CLASSES_FILE).is_file() else None
+    present: dict[Any, set[str]] = {}
+    for ann in data["annotations"]:
+        if not ann.get("iscrowd", 0):
+            present.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
+    pairs = _ImagePairs(gt_file, data["images"])
+    found: list[set[str] | None] = []
+    for path in paths:
+        record = pairs.find(Path(path))
+        if record is None:
+            found.append(None)
+            continue
+        classes = set(present.get(record["id"], set()))
+        if label_names is not None and isinstance(record.get("semantic"), str):
+            labels = read_label_png(gt_file.parent / record["semantic"])
+            counts = np.bincount(labels.reshape(-1), minlength=len(label_names))
+            classes |= {label_names[v] for v in np.flatnonzero(counts >= LABEL_PRESENT * labels.size)
+                        if v < len(label_names) and label_names[v] != "background"}
+        found.append(classes)
+    if all(item is None for item in found):
+        raise UsageError(f"--ground-truth {gt_file}: none of its {len(data['images'])} images is one of the {len(paths)} "
+                         f"images (paired by relative path or file name); give the ground truth of the same images")
+    return found
