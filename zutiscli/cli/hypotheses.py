@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
-from zutiscli.cli.options import JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter, complete_class_names
+from zutiscli.cli.options import (ClassesFileOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter,
+                                  complete_class_names)
 from zutiscli.pipeline.hypotheses_config import HypothesesConfig
 
 
@@ -16,7 +16,7 @@ from zutiscli.pipeline.hypotheses_config import HypothesesConfig
 def hypotheses(
     images: Annotated[List[str], typer.Argument(help="Image files, directories or globs.", show_default=False)],
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names.", show_default=False, autocompletion=complete_class_names)] = None,
-    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (name or name<TAB>phrase).", show_default=False)] = None,
+    classes_file: ClassesFileOpt = None,
     options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,

@@ -50,6 +50,8 @@ def check_device(ctx: typer.Context, value: str) -> str:
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+ClassesFileOpt = Annotated[Optional[Path], typer.Option(
+    "--classes-file", help="One class per line (name or name<TAB>phrase).", show_default=False)]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar=DEVICE_CHOICES, callback=check_device, help=DEVICE_HELP)]
 DryRunOpt = Annotated[

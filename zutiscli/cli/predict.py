@@ -10,6 +10,7 @@ import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import (
+    ClassesFileOpt,
     DryRunOpt,
     JsonOpt,
     OutputOpt,
@@ -34,7 +35,7 @@ app = group_with_default("predict", "run", (
 def predict(
     images: Annotated[Optional[List[str]], typer.Argument(help="Image files, directories or globs.", show_default=False)] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class names (any: the text encoder is open-vocabulary; default for a zutis --checkpoint: the classes or clusters it was trained on).", show_default=False, autocompletion=complete_class_names)] = None,
-    classes_file: Annotated[Optional[Path], typer.Option("--classes-file", help="One class per line (name or name<TAB>phrase).", show_default=False)] = None,
+    classes_file: ClassesFileOpt = None,
     options: ConfigValues = None,
     output: OutputOpt = None,
     dry_run: DryRunOpt = False,
