@@ -11,7 +11,6 @@ from PIL import Image
 
 from zutiscli.artefacts.hypotheses import read_hypotheses
 from zutiscli.data.classes import parse_classes
-from zutiscli.errors import UsageError, ZutisError
 from zutiscli.ops.windows import sliding_windows, voted_classes
 from zutiscli.pipeline.hypotheses import HypothesesConfig, hypotheses, hypothesis_quality
 from zutiscli.shapes.world import pile_sample
