@@ -32,6 +32,9 @@ from helpers import make_pseudolabels, run_cli as run  # noqa: E402
 TINY_TRAIN = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--num-queries", "4", "--decoder-layers", "1",
               "--decoder-heads", "2", "--decoder-ffn", "16", "--mlp-hidden", "8", "--iterations", "1",
               "--batch-size", "2", "--crop", "32", "--workers", "0", "--precision", "fp32", "--crop-adapter-scenes", "2"]
+#: Options of a one-iteration ReCLIP++ rectification run on zutis-tiny.
+TINY_RECLIP = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--window", "1/2", "--iterations", "1",
+               "--batch-size", "1", "--crop", "32", "--workers", "0", "--precision", "fp32"]
 TINY_INDEX = ["--model", "zutis-tiny", "--pretrained", "{weights}", "--workers", "0", "--precision", "fp32"]
 
 EXPECTED_LEAVES = {
@@ -156,6 +159,15 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["{pseudo}", "--iterations", "0", "-o", "{out}"], 2, "--iterations"),
         (["{pseudo}", "--model", "ViT-B-61", "-o", "{out}"], 1, "not an open_clip model name"),
         (["{pseudo}", *TINY_TRAIN, "-o", "{pile}"], 1, "finished artefact"),
+        (["{pseudo}", "--bias", "add", "-o", "{out}"], 2, "option(s) of --method reclip"),
+        (["--method", "reclip", "{empty}", "--classes", "a,b", *TINY_RECLIP, "-o", "{out}"], 1, "no images found"),
+        (["--method", "reclip", "{scenes}/images", *TINY_RECLIP, "-o", "{out}"], 2, "needs --classes"),
+        (["--method", "reclip", "{scenes}/images", "--classes", "a,b", "--num-queries", "3", *TINY_RECLIP,
+          "-o", "{out}"], 2, "option(s) of ZUTIS training"),
+        (["--method", "reclip", "{scenes}/images", "--classes", "a,b", *TINY_RECLIP, "--window", "2", "-o", "{out}"],
+         2, "--window"),
+        (["--method", "reclip", "{scenes}/images", "--classes", "a,b", *TINY_RECLIP, "--threshold", "0.9",
+          "-o", "{out}"], 1, "no image hypothesises any class"),
     ],
     "predict merge": [
         ([], 2, "Missing argument"),
@@ -304,6 +316,11 @@ BASE: dict[str, list[str]] = {
                    "--window", "1/2", "-o", "{out}"],
     "compare": ["{scenes}", "--run", "maskclip", "--model", "zutis-tiny", "--pretrained", "{weights}", "--picture",
                 "0", "-o", "{out}"],
+}
+
+#: Valid arguments where --classes belongs to another way of running the command than BASE's.
+CLASS_BASE: dict[str, list[str]] = {
+    "train": ["--method", "reclip", "{scenes}/images", *TINY_RECLIP, "-o", "{out}"],
 }
 
 #: Class lists that are mistakes (usage errors), and one that must be accepted.
@@ -471,10 +488,11 @@ def test_devices_this_machine_lacks(words, world, tmp_path, monkeypatch, capsys)
 def test_class_lists(words, world, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     renames = words == "evaluate run"
+    base = CLASS_BASE.get(words, BASE[words])
     for classes in BAD_CLASS_MAPS if renames else BAD_CLASSES:
-        check_case(capsys, world, tmp_path, words, [*BASE[words], "--classes", classes], 2, "--classes")
+        check_case(capsys, world, tmp_path, words, [*base, "--classes", classes], 2, "--classes")
     good = GOOD_CLASS_MAP if renames else "circle,star" if words == "compare" else GOOD_CLASSES  # compare: GT names
-    argv = [*words.split(), *fill([*BASE[words], "--classes", good, "--json"], world, tmp_path / "out")]
+    argv = [*words.split(), *fill([*base, "--classes", good, "--json"], world, tmp_path / "out")]
     code, out, err = run(capsys, *argv)
     assert code == 0, f"{argv}\n{err}"
     assert "--classes" not in err and "error" not in err

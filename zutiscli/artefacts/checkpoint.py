@@ -3,6 +3,7 @@
 A checkpoint is a dict of plain values and tensors only::
 
     {"format": "zutis.checkpoint", "schema": 1, "created_by": "zutis 0.1.0",
+     "method": "zutis" (or absent) | "reclip" (ReCLIP++'s rectifier: its config, its learned weights),
      "config": ZutisConfig as a dict (backbone spec included), "classes": [training class names],
      "model": state dict, "iteration": int,
      # training checkpoints (checkpoints/last.pt) add, for an exact --resume:
@@ -95,6 +96,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
             raise ArtefactError(f"{path}: its field {key!r} is {type(data[key]).__name__}, not {expected}; the file "
                                 f"is damaged or was not written by `zutis train`")
     return data
+
+
+def check_method(data: dict[str, Any], path: str | Path, method: str) -> None:
+    """An :class:`ArtefactError` unless checkpoint ``data`` was trained by ``method`` (``"method"``;
+    ZUTIS when it names none: the checkpoints written before there were others)."""
+    own = data.get("method", "zutis")
+    if own != method:
+        raise ArtefactError(f"{path}: a checkpoint of --method {own}, not of --method {method}; predict with "
+                            f"--method {own}, or give a checkpoint that --method {method} trained")
 
 
 def _is_state(value: Any) -> bool:

@@ -15,7 +15,7 @@ from zutiscli.pipeline.compare_config import CompareConfig
 @from_config(CompareConfig, into="options")
 def compare(
     scenes: Annotated[Path, typer.Argument(help="A `zutis synth scenes` directory (images and ground truth), or images with --gt.")],
-    run: Annotated[Optional[List[str]], typer.Option("--run", help="A method to run, repeatable: maskclip, reco:REFERENCES, zutis:RUN; LABEL= in front names its row.", show_default=False)] = None,
+    run: Annotated[Optional[List[str]], typer.Option("--run", help="A method to run, repeatable: maskclip, reco:REFERENCES, zutis:RUN, reclip:RUN; LABEL= in front names its row.", show_default=False)] = None,
     options: ConfigValues = None,
     output: OutputOpt = None,
     json_mode: JsonOpt = False,

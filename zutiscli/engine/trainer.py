@@ -1,4 +1,4 @@
-"""The ZUTIS trainer: one process's share of a run, from one CPU to many GPUs under ``torchrun``.
+"""The trainer: one process's share of a run, from one CPU to many GPUs under ``torchrun``.
 
 :func:`init_distributed` joins the process group that ``torchrun`` describes (NCCL on GPUs, gloo
 on CPUs; nothing to join in a single process). A :class:`Trainer` holds what a run changes as it
@@ -10,6 +10,10 @@ until the last iteration, the time budget, or a signal (SIGINT / SIGTERM: checkp
 
 Learning rates follow the poly schedule by iteration (:func:`poly_lr`), each parameter group from
 its own base: ``lr`` for the heads, ``lr x encoder_lr_mult`` for the CLIP image encoder.
+
+:class:`Trainer` trains ZUTIS; a method trains otherwise by overriding its few method hooks (the
+optimiser, a batch's losses, what the checkpoints hold of the model, the learning rates it logs):
+ReCLIP++'s rectification is :class:`zutiscli.engine.reclip_trainer.ReclipTrainer`.
 """
 
 from __future__ import annotations
@@ -189,14 +193,7 @@ class Trainer:
                  amp: torch.dtype | None):
         self.model, self.classes, self.config = model, classes, config
         self.info, self.device, self.amp = info, device, amp
-        self.text = model.text_embeddings(classes).to(device)
-        # a learned class bank (training on clusters): its rows change every step, so they are read anew
-        self.learned_classes = bool(model.config.class_bank_learned and model.class_bank is not None)
-        self.optimiser = torch.optim.AdamW(
-            [{"params": model.encoder_parameters(), "lr": config.lr * config.encoder_lr_mult, "name": "encoder"},
-             {"params": model.head_parameters(), "lr": config.lr, "name": "heads"}],
-            lr=config.lr, weight_decay=config.weight_decay,
-        )
+        self.optimiser = self.make_optimiser()
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
         self.network: torch.nn.Module = model
         self.run_dir: Path | None = None
@@ -205,6 +202,49 @@ class Trainer:
         self.eval_seconds = 0.0
         self.started = time.perf_counter()
         self._window = (self.started, 0)  # (start, iterations) of the it/s measured for the log
+
+    # -- what a method defines (here: ZUTIS) -----------------------------------------------------
+    def make_optimiser(self) -> torch.optim.Optimizer:
+        """The optimiser over the model's trainable parameters, one named group per learning rate."""
+        model, config = self.model, self.config
+        self.text = model.text_embeddings(self.classes).to(self.device)
+        # a learned class bank (training on clusters): its rows change every step, so they are read anew
+        self.learned_classes = bool(model.config.class_bank_learned and model.class_bank is not None)
+        return torch.optim.AdamW(
+            [{"params": model.encoder_parameters(), "lr": config.lr * config.encoder_lr_mult, "name": "encoder"},
+             {"params": model.head_parameters(), "lr": config.lr, "name": "heads"}],
+            lr=config.lr, weight_decay=config.weight_decay,
+        )
+
+    def base_lr(self, group: dict[str, Any]) -> float:
+        """The unscheduled learning rate of an optimiser parameter group."""
+        return self.config.lr * (self.config.encoder_lr_mult if group["name"] == "encoder" else 1.0)
+
+    def losses(self, batch: Any) -> dict[str, torch.Tensor] | None:
+        """One batch's loss terms (``"loss"`` is optimised), or ``None`` when it has nothing to learn from."""
+        images, semantic, masks, _ = batch
+        images = self.model.backbone.normalise(images.to(self.device, non_blocking=True))
+        semantic = semantic.to(self.device, non_blocking=True)
+        masks = [m.to(self.device, non_blocking=True) for m in masks]
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            text = self.model.text_embeddings(self.classes).to(self.device) if self.learned_classes else self.text
+            outputs = self.network(images, text)
+        return zutis_loss(outputs, semantic, masks, self.config.lambda_mask, self.config.hard_pixels)
+
+    def model_record(self) -> dict[str, Any]:
+        """What ``model.pt`` and the checkpoints hold of the model: config, classes, weights and what
+        travels with them (the crop adapter and the stuff probe, where set)."""
+        model = self.model
+        adapter = getattr(model, "crop_adapter", None)
+        probe = getattr(model, "stuff_probe", None)
+        return {"config": model.config.to_dict(), "classes": self.classes, "model": model.state_dict(),
+                **({"crop_adapter": adapter.to_dict()} if adapter is not None else {}),
+                **({"stuff_probe": probe.to_dict()} if probe is not None else {})}
+
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rates ``metrics.jsonl`` logs."""
+        groups = self.optimiser.param_groups
+        return {"lr": groups[1]["lr"], "encoder_lr": groups[0]["lr"]}
 
     # -- state ------------------------------------------------------------------------------
     def resume(self, checkpoint: dict[str, Any]) -> None:
@@ -233,60 +273,46 @@ class Trainer:
             if drop_after is not None:
                 drop_after(self.run_dir, self.iteration)
 
-    def _adapter_record(self) -> dict[str, Any]:
-        """What travels with the weights besides them: the crop adapter and the stuff probe, where set."""
-        adapter = getattr(self.model, "crop_adapter", None)
-        probe = getattr(self.model, "stuff_probe", None)
-        return ({"crop_adapter": adapter.to_dict()} if adapter is not None else {}) | (
-            {"stuff_probe": probe.to_dict()} if probe is not None else {})
-
     def save(self, path: str = CHECKPOINT) -> None:
         """Rank 0 saves everything a ``--resume`` needs to ``run_dir / path``."""
         if not self.info.main:
             return
-        model = self.model
         save_checkpoint(self.run_dir / path, {
-            "config": model.config.to_dict(), "classes": self.classes, "model": model.state_dict(),
-            "iteration": self.iteration, "optimizer": self.optimiser.state_dict(), "scaler": self.scaler.state_dict(),
-            "rng": rng_state(), "train_config": asdict(self.config), "inference": dict(self.config.inference),
-            **self._adapter_record(),
+            **self.model_record(), "iteration": self.iteration, "optimizer": self.optimiser.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "train_config": asdict(self.config),
+            "inference": dict(getattr(self.config, "inference", {})),
         })
 
     def save_final(self) -> None:
         """Rank 0 saves the model for ``zutis predict`` (``model.pt``: weights, classes, inference settings)."""
         if not self.info.main:
             return
-        model = self.model
-        save_checkpoint(self.run_dir / FINAL, {"config": model.config.to_dict(), "classes": self.classes,
-                                               "model": model.state_dict(), "iteration": self.iteration,
-                                               "inference": dict(self.config.inference), **self._adapter_record()})
+        save_checkpoint(self.run_dir / FINAL, {**self.model_record(), "iteration": self.iteration,
+                                               "inference": dict(getattr(self.config, "inference", {}))})
 
     # -- one step ---------------------------------------------------------------------------
     def set_learning_rates(self) -> None:
         """Each parameter group's poly-scheduled learning rate at the current iteration."""
         config = self.config
         for group in self.optimiser.param_groups:
-            base = config.lr * (config.encoder_lr_mult if group["name"] == "encoder" else 1.0)
-            group["lr"] = poly_lr(base, self.iteration, config.iterations, config.poly_power, config.min_lr)
+            group["lr"] = poly_lr(self.base_lr(group), self.iteration, config.iterations, config.poly_power,
+                                  config.min_lr)
 
-    def step(self, images: torch.Tensor, semantic: torch.Tensor, masks: list[torch.Tensor]) -> dict[str, float]:
-        """One optimiser step on a batch (images in [0, 1]); returns the loss terms and advances the iteration.
+    def step(self, batch: Any) -> dict[str, float]:
+        """One optimiser step on a batch; returns the loss terms and advances the iteration (a batch
+        with nothing to learn from advances it without a step).
 
         A loss that is not finite saves the state to ``checkpoints/diverged.pt`` and raises.
         """
         self.set_learning_rates()
-        images = self.model.backbone.normalise(images.to(self.device, non_blocking=True))
-        semantic = semantic.to(self.device, non_blocking=True)
-        masks = [m.to(self.device, non_blocking=True) for m in masks]
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            text = self.model.text_embeddings(self.classes).to(self.device) if self.learned_classes else self.text
-            outputs = self.network(images, text)
-        losses = zutis_loss(outputs, semantic, masks, self.config.lambda_mask, self.config.hard_pixels)
+        losses = self.losses(batch)
+        self.iteration += 1
+        if losses is None:
+            return self.last
         self.optimiser.zero_grad(set_to_none=True)
         self.scaler.scale(losses["loss"]).backward()
         self.scaler.step(self.optimiser)
         self.scaler.update()
-        self.iteration += 1
         self.last = {k: float(v.detach()) for k, v in losses.items()}
         if not math.isfinite(self.last["loss"]):
             self.save(DIVERGED)
@@ -307,8 +333,8 @@ class Trainer:
         self.started = time.perf_counter()
         self._window = (self.started, 0)
         with StopFlag() as stop:
-            for images, semantic, masks, _ in batches:
-                self.step(images, semantic, masks)
+            for batch in batches:
+                self.step(batch)
                 self._window = (self._window[0], self._window[1] + 1)
                 if self.info.main and (self.iteration % config.log_every == 0 or self.iteration == config.iterations):
                     self.log_metrics()
@@ -338,10 +364,8 @@ class Trainer:
         window_start, window_iterations = self._window
         rate = window_iterations / max(now - window_start, 1e-9)
         self._window = (now, 0)
-        groups = self.optimiser.param_groups
         append_metrics(self.run_dir / METRICS, {
-            "iteration": self.iteration, **{k: round(v, 6) for k, v in self.last.items()},
-            "lr": groups[1]["lr"], "encoder_lr": groups[0]["lr"],
+            "iteration": self.iteration, **{k: round(v, 6) for k, v in self.last.items()}, **self.learning_rates(),
             "it_per_s": round(rate, 4), "seconds": round(now - self.started, 2)})
 
     def _evaluate(self, evaluate: Callable[[int], Any]) -> None:

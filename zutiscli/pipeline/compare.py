@@ -1,6 +1,6 @@
 """`zutis compare`: every method on the same images, scored the same way, in one table and one picture.
 
-Each ``--run`` (``maskclip``, ``reco:REFERENCES``, ``zutis:RUN``, optionally ``LABEL=`` in front)
+Each ``--run`` (``maskclip``, ``reco:REFERENCES``, ``zutis:RUN``, ``reclip:RUN``, optionally ``LABEL=`` in front)
 is predicted in memory by ``zutis predict``'s engine (task ``all``: semantic maps, instances and
 panoptic segments) and scored by ``zutis evaluate``'s scoring against one ground truth. A ZUTIS run
 trained on clusters (``zutis train CLUSTERS``) segments its own clusters, matched to the classes
@@ -24,7 +24,7 @@ import numpy as np
 
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.errors import UsageError
-from zutiscli.pipeline.compare_config import CompareConfig, RunSpec  # noqa: F401 - exported here too
+from zutiscli.pipeline.compare_config import RUN_ARGUMENTS, CompareConfig, RunSpec  # noqa: F401 - exported here too
 
 #: The columns of the table, in order (those no run has are left out).
 COLUMNS = ("mIoU", "pixel_accuracy", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ", "PQ_things", "PQ_stuff")
@@ -92,7 +92,7 @@ def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: 
     options: dict[str, Any] = dict(inputs=[str(images)], classes=tuple(clusters[0] if clusters else classes),
                                    method=run.method, stuff=clusters[1] if clusters else tuple(config.stuff),
                                    task="all", vis=False, device=config.device, precision=config.precision)
-    if run.method == "zutis":
+    if RUN_ARGUMENTS[run.method] == "checkpoint":
         options["checkpoint"] = run.argument
     elif run.method == "reco":
         options.update(references=run.argument, background_threshold=config.background_threshold)

@@ -13,12 +13,12 @@ from zutiscli.config_fields import device_option, join_commas, not_an_option, op
 from zutiscli.errors import UsageError
 
 #: ``--run`` methods and what their argument names.
-RUN_ARGUMENTS = {"maskclip": None, "reco": "references", "zutis": "checkpoint"}
+RUN_ARGUMENTS = {"maskclip": None, "reco": "references", "zutis": "checkpoint", "reclip": "checkpoint"}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One ``--run``: ``[LABEL=]METHOD[:ARGUMENT]`` (``zutis:RUN``, ``reco:REFERENCES``, ``maskclip``)."""
+    """One ``--run``: ``[LABEL=]METHOD[:ARGUMENT]`` (``zutis:RUN``, ``reclip:RUN``, ``reco:REFERENCES``, ``maskclip``)."""
 
     label: str
     method: str

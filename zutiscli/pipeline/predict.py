@@ -108,7 +108,7 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 def classes_to_segment(classes: str | None, classes_file: str | Path | None, method: str,
                        checkpoint: str | None, stuff: Sequence[str] = ()) -> tuple[list[Any], tuple[str, ...]]:
     """``(classes, stuff)`` to segment: those of ``--classes`` or ``--classes-file`` and ``--stuff``;
-    with neither list, for a ZUTIS checkpoint given (``checkpoint`` or ``$ZUTIS_CHECKPOINT``), the
+    with neither list, for a ZUTIS or ReCLIP++ checkpoint given (``checkpoint`` or ``$ZUTIS_CHECKPOINT``), the
     classes it was trained for (a model trained on clusters: its clusters, ``cluster-00``, ...) and,
     unless ``stuff`` is given, the stuff clusters that travel with it (``stuff-00``, ...)."""
     import os
@@ -116,7 +116,7 @@ def classes_to_segment(classes: str | None, classes_file: str | Path | None, met
     from zutiscli.data.classes import ClassQuery, parse_classes
 
     given = checkpoint is not None or os.environ.get("ZUTIS_CHECKPOINT")
-    if classes is None and classes_file is None and method == "zutis" and given:
+    if classes is None and classes_file is None and method in ("zutis", "reclip") and given:
         from zutiscli.artefacts.checkpoint import trained_classes
         from zutiscli.artefacts.runs import resolve_checkpoint
 

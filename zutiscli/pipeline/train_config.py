@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 _PASTE = CopyPasteConfig()
 
 
+#: What ``zutis train`` trains (``--method``).
+TRAINERS = ("zutis", "reclip")
+
 #: Class embeddings of a run on clusters: the centroids as they are, or learned from them.
 CLASSIFIERS = ("centroids", "learned")
 
@@ -34,6 +37,11 @@ class TrainConfig:
     """Every option of ``zutis train`` (saved in the run directory and in checkpoints)."""
 
     source: str = not_an_option("", "the command's SOURCE argument")
+    method: str = option(
+        "zutis", "zutis: the ZUTIS segmenter on pseudo-labels, clusters or scenes; reclip: ReCLIP++'s rectification "
+        "of a frozen CLIP on unlabelled images (SOURCE: images with --classes, or `zutis hypotheses`), with its own "
+        "options (listed apart) and its own defaults for the others (the paper's SGD recipe; --dry-run shows them).",
+        choices=TRAINERS)
     model: str = option("ViT-B-16", "open_clip ViT of the image encoder.", kind="model")
     pretrained: str | None = option(
         None, "Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)
@@ -143,6 +151,8 @@ class TrainConfig:
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
         if not 0 < self.hard_pixels <= 1:
             raise UsageError(f"--hard-pixels must lie in (0, 1] (got {self.hard_pixels})")
+        if self.method not in TRAINERS:
+            raise UsageError(f"--method must be {' or '.join(TRAINERS)} (got {self.method!r})")
         if self.classifier not in CLASSIFIERS:
             raise UsageError(f"--classifier must be {' or '.join(CLASSIFIERS)} (got {self.classifier!r})")
         check_recipe(self.inference, where="inference")

@@ -34,11 +34,14 @@ class RawPrediction:
         mask_logits: ``(Q, h', w')`` float32 query mask logits (ZUTIS: ``h' = 2h``), or ``None``.
         stuff: ``(h'', w'', S)`` float32 cosine similarity to the stuff centroids of a model's stuff
             probe (on the probe's patch grid), or ``None``.
+        logits: ``(1 + K, h, w)`` float32 class logits on the patch grid, for a method that scores
+            classes otherwise than by ``dense`` against the text (ReCLIP++'s rectified logits), or ``None``.
     """
 
     dense: "torch.Tensor"
     mask_logits: "torch.Tensor | None"
     stuff: "torch.Tensor | None" = None
+    logits: "torch.Tensor | None" = None
 
 
 class Predictor(ABC):
@@ -123,6 +126,8 @@ def register(method: PredictMethod) -> PredictMethod:
 register(PredictMethod("zutis", "a trained ZUTIS model (--checkpoint)", "zutiscli.methods.predict.zutis", True))
 register(PredictMethod("maskclip", "the training-free MaskCLIP baseline (CLIP weights alone)",
                        "zutiscli.methods.predict.maskclip", False))
+register(PredictMethod("reclip", "ReCLIP++'s rectified CLIP, trained by `zutis train --method reclip` (--checkpoint)",
+                       "zutiscli.methods.predict.reclip", True))
 register(PredictMethod("reco", "training-free ReCo: similarity to co-segmented references (--references)",
                        "zutiscli.methods.predict.reco", False))
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from zutiscli.artefacts.checkpoint import load_checkpoint
+from zutiscli.artefacts.checkpoint import check_method, load_checkpoint
 from zutiscli.artefacts.runs import CONFIG, resolve_checkpoint
 from zutiscli.data.classes import ClassQuery
 from zutiscli.errors import ArtefactError, ModelError, UsageError
@@ -88,6 +88,7 @@ def load_zutis(path: str | Path, device: torch.device, dtype: torch.dtype = torc
     from zutiscli.models.zutis import ZutisConfig, ZutisModel
 
     data = load_checkpoint(path, mmap=True)
+    check_method(data, path, "zutis")
     config = ZutisConfig.from_dict(data["config"], where=str(path))
     with parameters_left_uninitialised():  # every parameter is overwritten by the strict load below
         with named_by(path, model="its config names backbone", weights="its config names weights"):
