@@ -157,3 +157,39 @@ def test_bad_input_is_one_line_and_writes_nothing(scenes, tmp_path, capsys, args
 def test_reclip_options_are_refused_for_zutis(scenes, tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", str(scenes), "--bias", "add", "-o", tmp_path / "out")
     assert code != 0 and "--bias: option(s) of --method reclip" in err and not (tmp_path / "out").exists()
+
+
+def test_distillation_trains_the_students_tower_only(scenes, run, tmp_path, capsys):
+    """--teacher: the student inherits the teacher's Query head, bias and decoder unchanged, learns
+    CLIP's image tower (positional embedding excepted), logs the three loss terms, and predicts."""
+    code, _, err = run_cli(capsys, "train", "--method", "reclip", "--teacher", run, *FAST[4:], "--iterations", "2",
+                           "--batch-size", "2", "--crop", "64", "--log-every", "1", "-o", tmp_path / "d", "-q")
+    assert code == 0, err
+    student, teacher = load_checkpoint(tmp_path / "d" / FINAL), load_checkpoint(run / FINAL)
+    assert student["config"]["student"] and student["teacher"] == str(run)
+    for key, value in teacher["model"].items():
+        assert torch.equal(student["model"][key], value), key  # inherited and frozen
+    from zutiscli.models.clip import ModelSpec, load_backbone
+
+    clip = load_backbone(ModelSpec("shapes-clip", "builtin")).model.visual.state_dict()
+    tower = {key[len("tower."):]: value for key, value in student["model"].items() if key.startswith("tower.")}
+    assert tower.keys() == clip.keys()
+    assert torch.equal(tower["positional_embedding"], clip["positional_embedding"])
+    assert not torch.equal(tower["conv1.weight"], clip["conv1.weight"])
+    line = json.loads((tmp_path / "d" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss", "mask", "feat", "text"} <= set(line)
+    assert line["loss"] == pytest.approx(line["mask"] + 0.5 * line["feat"] + 0.5 * line["text"], abs=1e-5)
+    image = sorted((scenes / "images").iterdir())[0]
+    code, _, err = run_cli(capsys, "predict", image, "--method", "reclip", "--checkpoint", tmp_path / "d", "--task",
+                           "semantic", "--device", "cpu", "-o", tmp_path / "p", "-q")
+    assert code == 0, err
+    assert read_manifest(tmp_path / "p").model["student"] is True
+
+
+def test_a_student_is_no_teacher(run, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--method", "reclip", "--teacher", run, *FAST[4:], *SMALL,
+                           "-o", tmp_path / "d")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--method", "reclip", "--teacher", tmp_path / "d", *FAST[4:], *SMALL,
+                           "-o", tmp_path / "e")
+    assert code != 0 and "a distilled student" in err and not (tmp_path / "e").exists()

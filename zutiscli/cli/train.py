@@ -154,10 +154,10 @@ def _train_reclip(ctx: typer.Context, source: Optional[Path], values: dict[str, 
         config = ReclipTrainConfig.from_dict({"iterations": chosen["iterations"]}, where="options") \
             if "iterations" in chosen else None
     else:
-        if source is None:
+        if source is None and not chosen.get("teacher"):
             raise UsageError("give the images (with --classes) or the `zutis hypotheses` directory to train on "
                              "(or --resume RUN_DIR)")
-        config = ReclipTrainConfig.from_dict(chosen | {"source": str(source)}, where="options")
+        config = ReclipTrainConfig.from_dict(chosen | {"source": str(source or "")}, where="options")
     if dry_run:
         print_dry_run(reporter, plan_reclip(config, output=output, resume=resume))
         return

@@ -47,6 +47,9 @@ class RectifierConfig:
         gumbel_scale: the decoder's logits are multiplied by this before the Gumbel-Softmax (the
             official code's 100).
         gumbel_tau: the Gumbel-Softmax temperature ``tau_1``.
+        student: a distilled student (Sec. III-E): CLIP's image tower learns (its positional
+            embedding excepted, so the bias logits stay the teacher's) and is saved as ``tower``;
+            the Query head, bias and decoder are the teacher's, frozen.
     """
 
     backbone: dict[str, Any] = field(default_factory=lambda: {"name": "ViT-B-16", "pretrained": "openai"})
@@ -56,6 +59,7 @@ class RectifierConfig:
     decoder: bool = True
     gumbel_scale: float = 100.0
     gumbel_tau: float = 1.0
+    student: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +186,19 @@ class Rectifier(torch.nn.Module):
                                                torch.nn.BatchNorm2d(count))
             torch.nn.init.kaiming_normal_(self.decoder[0].weight, mode="fan_out", nonlinearity="relu")
         self.scale = float(backbone.model.logit_scale.exp())
+        if config.student:
+            self.tower = backbone.model.visual  # the student's image tower: learned and saved
+            for param in self.parameters():
+                param.requires_grad_(False)
+            for name, param in self.tower.named_parameters():
+                param.requires_grad_(name != "positional_embedding")
+
+    def train(self, mode: bool = True) -> "Rectifier":
+        """A student's inherited decoder keeps the teacher's batch-norm statistics (eval mode)."""
+        super().train(mode)
+        if self.config.student and self.config.decoder:
+            self.decoder.eval()
+        return self
 
     @property
     def backbone(self) -> Any:
@@ -189,8 +206,8 @@ class Rectifier(torch.nn.Module):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` normalised images -> MaskCLIP's dense features ``Z`` ``(B, D, h, w)`` float32,
-        L2-normalised (no gradients: CLIP is frozen)."""
-        with torch.no_grad():
+        L2-normalised (no gradients unless this is a student: CLIP is frozen)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.student):
             return self.backbone.maskclip_embeddings(images).permute(0, 3, 1, 2).float().contiguous()
 
     def bias_logits(self, grid: tuple[int, int]) -> torch.Tensor | None:

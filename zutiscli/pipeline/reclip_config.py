@@ -40,6 +40,13 @@ class ReclipTrainConfig:
         True, "Count \"background\" among every image's hypothesised classes, so that its mask too must look like "
         "its text (off: the official code's, which trains on object classes only and scores none of the background).",
         flag="--background/--no-background", panel=PANEL)
+    teacher: str | None = option(
+        None, "Distil this rectification run (ReCLIP++'s second stage): a student (CLIP's image tower, learning) "
+        "inherits its Query head, bias and decoder, frozen; SOURCE defaults to the teacher's hypotheses.",
+        metavar="RUN", kind="path", show_default=False, panel=PANEL)
+    feat_weight: float = option(0.5, "Distillation: weight of the L1 to CLIP's features (alpha).", panel=PANEL)
+    text_weight: float = option(0.5, "Distillation: weight of the contrastive loss on the student's masks (beta).",
+                                panel=PANEL)
     bias: str = option(
         "subtract", "How the learned bias logits meet CLIP's: subtract (ReCLIP++), add (its Table V ablation), none "
         "(no Reference prompt, no positional term).", choices=_BIAS_MODES, panel=PANEL)
@@ -100,6 +107,9 @@ class ReclipTrainConfig:
             raise UsageError(f"--window must lie in (0, 1] (got {self.window:g})")
         if not 0 <= self.threshold < 1:
             raise UsageError(f"--threshold must lie in [0, 1) (got {self.threshold:g})")
+        for name in ("feat_weight", "text_weight"):
+            if not getattr(self, name) >= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
         if self.bias not in _BIAS_MODES:
             raise UsageError(f"--bias must be one of {', '.join(_BIAS_MODES)} (got {self.bias!r})")
         if self.max_minutes is not None and self.max_minutes <= 0:

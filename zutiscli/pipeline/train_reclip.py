@@ -30,7 +30,7 @@ from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import read_manifest, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir
 from zutiscli.artefacts.runs import CHECKPOINT, refuse_unfinished_run, resume_checkpoint_path
-from zutiscli.engine.reclip_trainer import METHOD, ReclipTrainer
+from zutiscli.engine.reclip_trainer import METHOD, ReclipDistilTrainer, ReclipTrainer
 from zutiscli.engine.trainer import Progress, amp_dtype, barrier, broadcast, init_distributed
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
@@ -182,7 +182,12 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
     if checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
         lock_directory(resume)
     config.validate()
+    teacher_path = _teacher_checkpoint(config)
+    if teacher_path is not None and not config.source:
+        config.source = _teacher_hypotheses(teacher_path)
     from_hypotheses = is_hypotheses(config.source)
+    if teacher_path is not None:
+        _check_teacher_source(config, teacher_path, from_hypotheses)
     if checkpoint is None and not from_hypotheses:
         _image_folder(config)  # refused before anything is written
         phrases_asked = [q.phrase for q in _queries(config)]
@@ -196,11 +201,18 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
     if checkpoint is None and info.main:
         refuse_unfinished_run(output)
         check_output_dir(output, "train")
+    teacher, teacher_classes = (None, None)
+    if teacher_path is not None:
+        from zutiscli.methods.predict.reclip import load_rectifier
+
+        teacher, teacher_classes = load_rectifier(teacher_path, device)
+        config.model, config.pretrained = teacher.config.backbone["name"], teacher.config.backbone["pretrained"]
     pretrained = _pretrained(config, checkpoint)
     with named_by(Path(resume) / CHECKPOINT, model="its recipe names model", weights="its recipe names weights") \
             if checkpoint is not None else contextlib.nullcontext():
         backbone = load_backbone(ModelSpec(config.model, pretrained), device=device, dtype=torch.float32)
-    context_tokens = _context_tokens(config, backbone, phrases_asked) if checkpoint is None else None
+    context_tokens = _context_tokens(config, backbone, phrases_asked) if checkpoint is None and teacher is None \
+        else None
     run_dir = Path(resume) if checkpoint is not None else _new_run_dir(output, info)
     try:
         if from_hypotheses:
@@ -217,11 +229,17 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
         chosen = [[0, *channels] for channels in chosen]
     if checkpoint is not None:
         model_config = RectifierConfig.from_dict(checkpoint["config"], where=str(Path(resume) / CHECKPOINT))
+    elif teacher is not None:
+        model_config = RectifierConfig(**(teacher.config.to_dict() | {"student": True}))
     else:
         model_config = rectifier_config(config, pretrained, context_tokens)
     torch.manual_seed(config.seed)  # the same initial weights whether or not hypotheses were made first
-    model = Rectifier(backbone, model_config, phrases).to(device)
-    trainer = ReclipTrainer(model, names, config, info, device, amp)
+    if teacher is None:
+        model = Rectifier(backbone, model_config, phrases).to(device)
+        trainer = ReclipTrainer(model, names, config, info, device, amp)
+    else:
+        model = _student(backbone, model_config, teacher, device)
+        trainer = ReclipDistilTrainer(model, teacher, names, config, info, device, amp)
     if checkpoint is not None:
         _resume(trainer, checkpoint, Path(resume) / CHECKPOINT, _optimiser_misfit)
     say(f"{len(paths)} images with hypotheses ({left_out} without left out), {len(names)} classes, "
@@ -250,6 +268,57 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
                                 "processes": info.world, "device": str(device), "last_eval": None})
     barrier(info)
     return TrainResult(run_dir, trainer.iteration, stopped, seconds, rate, trainer.last, info.main)
+
+
+def _teacher_checkpoint(config: ReclipTrainConfig) -> Path | None:
+    """The teacher's ``model.pt`` (``--teacher``: a rectification run or its file), or ``None``."""
+    if not config.teacher:
+        return None
+    from zutiscli.artefacts.checkpoint import check_method
+    from zutiscli.artefacts.runs import resolve_checkpoint
+
+    path = resolve_checkpoint(config.teacher)
+    data = load_checkpoint(path, mmap=True)
+    check_method(data, path, METHOD)
+    if (data.get("config") or {}).get("student"):
+        raise UsageError(f"--teacher {config.teacher}: a distilled student; distil from a rectification run")
+    return path
+
+
+def _check_teacher_source(config: ReclipTrainConfig, teacher: Path, from_hypotheses: bool) -> None:
+    """A distillation's SOURCE: hypotheses of the teacher's classes, in its order."""
+    if not from_hypotheses:
+        raise UsageError(f"{config.source}: with --teacher, give a `zutis hypotheses` directory of the teacher's "
+                         f"classes as SOURCE, or none (the teacher's own hypotheses)")
+    names = training_images(Path(config.source))[0]
+    trained = [str(c) for c in load_checkpoint(teacher, mmap=True)["classes"]]
+    if names != trained:
+        raise UsageError(f"{config.source}: hypotheses of {', '.join(names)}, but the teacher was trained for "
+                         f"{', '.join(trained)}; distil on hypotheses of the teacher's classes")
+
+
+def _teacher_hypotheses(teacher: Path) -> str:
+    """The hypotheses the teacher's run trained on (its manifest says where)."""
+    try:
+        where = read_manifest(teacher.parent, "zutis.run").summary.get("hypotheses")
+    except ArtefactError:
+        where = None
+    if not where or not is_hypotheses(where):
+        raise UsageError(f"--teacher {teacher}: its run's hypotheses cannot be found; give SOURCE (a `zutis "
+                         f"hypotheses` directory of the teacher's classes)")
+    return str(where)
+
+
+def _student(backbone: Any, config: Any, teacher: Any, device: Any) -> Any:
+    """A student rectifier over ``backbone`` (learning) with the teacher's Query head, bias and decoder."""
+    from zutiscli.models.reclip import Rectifier
+
+    backbone.model.visual.train()
+    model = Rectifier(backbone, config, teacher.phrases, query=teacher.query).to(device)
+    missing, unexpected = model.load_state_dict(teacher.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("tower.") for key in missing):
+        raise ArtefactError("the teacher's weights do not fit its own architecture; the file is damaged")
+    return model
 
 
 def _resume(trainer: ReclipTrainer, checkpoint: dict[str, Any], path: Path, misfit: Callable[..., Any]) -> None:

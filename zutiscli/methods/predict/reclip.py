@@ -122,7 +122,8 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
     rectifier, trained = load_rectifier(checkpoint, device, dtype)
     record = {"checkpoint": str(checkpoint.resolve()), "trained_classes": trained,
               "backbone": rectifier.config.backbone, "method": "reclip", "bias": rectifier.config.bias,
-              "position": rectifier.config.position, "decoder": rectifier.config.decoder}
+              "position": rectifier.config.position, "decoder": rectifier.config.decoder,
+              "student": rectifier.config.student}
     return ReclipPredictor(rectifier, order, crf=CrfOptions.of(config), components=config.components, record=record,
                            inputs=[checkpoint])
 
