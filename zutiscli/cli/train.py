@@ -26,7 +26,7 @@ def _named(names: set[str]) -> str:
 @from_config(ReclipTrainConfig, into="reclip_options")
 def train(
     ctx: typer.Context,
-    source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste), clusters (`zutis cluster`: the clusters are the classes, see --classifier), copy-paste dataset, `zutis synth scenes` (ground-truth supervision), or `zutis predict` output (its semantic maps and instances as labels: ReCo+).", show_default=False)] = None,
+    source: Annotated[Optional[Path], typer.Argument(help="Pseudo-label directory (online copy-paste), clusters (`zutis cluster`: the clusters are the classes, see --classifier), copy-paste dataset, `zutis synth scenes` (ground-truth supervision), or `zutis predict` output (its semantic maps and instances as labels: ReCo+). With --method reclip: an image folder (with --classes) or a `zutis hypotheses` directory.", show_default=False)] = None,
     config_file: Annotated[Optional[Path], typer.Option("--config", metavar="FILE|NAME", help="Recipe of option values: a .yaml/.toml file, or a recipe shipped with zutis (official = the paper's, demo, demo-fast); flags given here override it.", show_default=False)] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory exactly where it stopped.", show_default=False)] = None,
     options: ConfigValues = None,
