@@ -85,12 +85,16 @@ def train(
         config = TrainConfig.from_dict(values, where=where)
         if not config.source:
             raise UsageError("give the pseudo-label or dataset directory to train on (or --resume RUN_DIR)")
-    if dry_run:
-        print_dry_run(reporter, plan_training(config, output=output, resume=resume))
-        return
+    _execute(reporter, dry_run, plan_training, run_training, config, output, resume)
 
-    result = _run(reporter, lambda progress: run_training(config, output=output, resume=resume, progress=progress,
-                                                           log=reporter.log))
+
+def _execute(reporter: Reporter, dry_run: bool, plan: Any, run: Any, config: Any, output: Any, resume: Any) -> None:
+    """Print ``plan``'s dry run, or ``run`` the training with a progress bar and report it."""
+    if dry_run:
+        print_dry_run(reporter, plan(config, output=output, resume=resume))
+        return
+    result = _run(reporter, lambda progress: run(config, output=output, resume=resume, progress=progress,
+                                                  log=reporter.log))
     _report(reporter, result)
 
 
@@ -158,9 +162,4 @@ def _train_reclip(ctx: typer.Context, source: Optional[Path], values: dict[str, 
             raise UsageError("give the images (with --classes) or the `zutis hypotheses` directory to train on "
                              "(or --resume RUN_DIR)")
         config = ReclipTrainConfig.from_dict(chosen | {"source": str(source or "")}, where="options")
-    if dry_run:
-        print_dry_run(reporter, plan_reclip(config, output=output, resume=resume))
-        return
-    result = _run(reporter, lambda progress: train_reclip(config, output=output, resume=resume, progress=progress,
-                                                          log=reporter.log))
-    _report(reporter, result)
+    _execute(reporter, dry_run, plan_reclip, train_reclip, config, output, resume)

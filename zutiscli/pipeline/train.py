@@ -159,14 +159,7 @@ def train(
         lock_directory(resume)  # one writer per run; clears what a killed writer left half-written
     config.validate()
     held_out = held_out_set(config.eval_images, config.eval_gt, config.eval_classes)  # fails before anything loads
-    info, device = init_distributed(config.device)
-    if config.batch_size % info.world:
-        raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {info.world} processes")
-    amp = amp_dtype(config.precision, device)
-    torch.manual_seed(config.seed)
-    if checkpoint is None and info.main:
-        refuse_unfinished_run(output)
-        check_output_dir(output, "train")  # refuse an unusable -o before the data and the model load
+    info, device, amp = start_processes(config, output, checkpoint is None)
     pretrained = _pretrained(config, checkpoint)
     dataset, classes, kind = training_scenes(config.source, config.copypaste(), config.crop, config.seed,
                                              config.iterations * config.batch_size)
@@ -226,6 +219,20 @@ def train(
     return TrainResult(run_dir, trainer.iteration, stopped, seconds, rate, trainer.last, info.main)
 
 
+def start_processes(config: Any, output: str | Path | None, new_run: bool) -> tuple[DistInfo, torch.device, Any]:
+    """This process's place in the run, its device and autocast dtype, the random seed set; a new
+    run's ``-o`` refused (by rank 0) before the data and the model load."""
+    info, device = init_distributed(config.device)
+    if config.batch_size % info.world:
+        raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {info.world} processes")
+    amp = amp_dtype(config.precision, device)
+    torch.manual_seed(config.seed)
+    if new_run and info.main:
+        refuse_unfinished_run(output)
+        check_output_dir(output, "train")
+    return info, device, amp
+
+
 def _recipe(config: TrainConfig | None, resume: str | Path | None) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The recipe of the run and, when resuming, the checkpoint it continues from.
 
@@ -235,25 +242,39 @@ def _recipe(config: TrainConfig | None, resume: str | Path | None) -> tuple[Trai
         if config is None:
             raise UsageError("give a training config, or a run directory to resume")
         return config, None
-    run_dir = Path(resume)
-    checkpoint = load_checkpoint(resume_checkpoint_path(run_dir))
-    lacking = [key for key in ("train_config", "optimizer", "rng", "iteration") if key not in checkpoint]
-    if lacking:
-        raise ArtefactError(f"{run_dir / CHECKPOINT}: has no {lacking[0]!r}, so it is not a training checkpoint "
-                            f"(a model.pt, say); resume from the checkpoint the run wrote, or start a new run")
-    ZutisConfig.from_dict(checkpoint["config"], where=str(run_dir / CHECKPOINT))  # checked before its fields are read
-    saved = TrainConfig.from_dict(checkpoint["train_config"], where=str(run_dir / CHECKPOINT))
+    checkpoint, where = training_checkpoint(resume)
+    ZutisConfig.from_dict(checkpoint["config"], where=where)  # checked before its fields are read
+    saved = TrainConfig.from_dict(checkpoint["train_config"], where=where)
     if config is not None and config.iterations > saved.iterations:
         saved.iterations = config.iterations  # a resumed run may be extended
     return saved, checkpoint
 
 
+def training_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], str]:
+    """The checkpoint a run directory resumes from, and its path for messages; refused when it is
+    not a training checkpoint (a ``model.pt`` put in its place, say)."""
+    path = resume_checkpoint_path(run_dir)
+    checkpoint = load_checkpoint(path)
+    lacking = [key for key in ("train_config", "optimizer", "rng", "iteration") if key not in checkpoint]
+    if lacking:
+        raise ArtefactError(f"{Path(run_dir) / CHECKPOINT}: has no {lacking[0]!r}, so it is not a training checkpoint "
+                            f"(a model.pt, say); resume from the checkpoint the run wrote, or start a new run")
+    return checkpoint, str(Path(run_dir) / CHECKPOINT)
+
+
 def _resume(trainer: Trainer, checkpoint: dict[str, Any], path: Path) -> None:
+    """Continue ``trainer`` from ``checkpoint`` (:func:`resume_trainer`), naming the config fields
+    that differ when the weights do not fit."""
+    saved = ZutisConfig.from_dict(checkpoint["config"], where=str(path))
+    resume_trainer(trainer, checkpoint, path, saved.differences(trainer.model.config, "the weights' config",
+                                                                "the recipe"))
+
+
+def resume_trainer(trainer: Trainer, checkpoint: dict[str, Any], path: Path, differences: list[str] | None = None
+                   ) -> None:
     """Continue ``trainer`` from ``checkpoint``; state that does not fit the run's model (a checkpoint
     of another run put in its place, say) is one error naming the file and what differs."""
     remedy = "resume a run only from the checkpoint it wrote itself, or start a new run"
-    saved = ZutisConfig.from_dict(checkpoint["config"], where=str(path))
-    differences = saved.differences(trainer.model.config, "the weights' config", "the recipe")
     check_weights_fit(trainer.model, checkpoint["model"], path, model_from="its training recipe",
                       differences=differences, remedy=remedy)
     problem = _optimiser_misfit(trainer.optimiser, checkpoint["optimizer"])

@@ -25,13 +25,12 @@ from typing import Any, Callable
 
 import torch
 
-from zutiscli.artefacts.checkpoint import check_weights_fit, load_checkpoint
+from zutiscli.artefacts.checkpoint import load_checkpoint
 from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import read_manifest, write_manifest
-from zutiscli.artefacts.rundir import check_output_dir
 from zutiscli.artefacts.runs import CHECKPOINT, refuse_unfinished_run, resume_checkpoint_path
 from zutiscli.engine.reclip_trainer import METHOD, ReclipDistilTrainer, ReclipTrainer
-from zutiscli.engine.trainer import Progress, amp_dtype, barrier, broadcast, init_distributed
+from zutiscli.engine.trainer import Progress, barrier, broadcast
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 from zutiscli.pipeline.reclip_config import ReclipTrainConfig
@@ -119,17 +118,16 @@ def training_images(directory: Path) -> tuple[list[str], list[str], list[Path], 
 
 def _recipe(config: ReclipTrainConfig | None, resume: str | Path | None
             ) -> tuple[ReclipTrainConfig, dict[str, Any] | None]:
+    """The recipe of the run and, when resuming, the checkpoint it continues from (a larger
+    ``config.iterations`` extends a resumed run)."""
+    from zutiscli.pipeline.train import training_checkpoint
+
     if resume is None:
         if config is None:
             raise UsageError("give a training config, or a run directory to resume")
         return config, None
-    run_dir = Path(resume)
-    checkpoint = load_checkpoint(resume_checkpoint_path(run_dir))
-    lacking = [key for key in ("train_config", "optimizer", "rng", "iteration") if key not in checkpoint]
-    if lacking:
-        raise ArtefactError(f"{run_dir / CHECKPOINT}: has no {lacking[0]!r}, so it is not a training checkpoint; "
-                            f"resume from the checkpoint the run wrote, or start a new run")
-    saved = ReclipTrainConfig.from_dict(checkpoint["train_config"], where=str(run_dir / CHECKPOINT))
+    checkpoint, where = training_checkpoint(resume)
+    saved = ReclipTrainConfig.from_dict(checkpoint["train_config"], where=where)
     if config is not None and config.iterations > saved.iterations:
         saved.iterations = config.iterations
     return saved, checkpoint
@@ -175,7 +173,7 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
     from zutiscli.data.hypothesis_crops import HypothesisCrops, crop_loader
     from zutiscli.models.clip import ModelSpec, load_backbone, named_by
     from zutiscli.models.reclip import Rectifier, RectifierConfig
-    from zutiscli.pipeline.train import TrainResult, _new_run_dir, _optimiser_misfit
+    from zutiscli.pipeline.train import TrainResult, _new_run_dir, resume_trainer, start_processes
 
     say = log or (lambda message: None)
     config, checkpoint = _recipe(config, resume)
@@ -193,14 +191,7 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
         phrases_asked = [q.phrase for q in _queries(config)]
     elif checkpoint is None:
         phrases_asked = training_images(Path(config.source))[1]
-    info, device = init_distributed(config.device)
-    if config.batch_size % info.world:
-        raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {info.world} processes")
-    amp = amp_dtype(config.precision, device)
-    torch.manual_seed(config.seed)
-    if checkpoint is None and info.main:
-        refuse_unfinished_run(output)
-        check_output_dir(output, "train")
+    info, device, amp = start_processes(config, output, checkpoint is None)
     teacher, teacher_classes = (None, None)
     if teacher_path is not None:
         from zutiscli.methods.predict.reclip import load_rectifier
@@ -241,7 +232,7 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
         model = _student(backbone, model_config, teacher, device)
         trainer = ReclipDistilTrainer(model, teacher, names, config, info, device, amp)
     if checkpoint is not None:
-        _resume(trainer, checkpoint, Path(resume) / CHECKPOINT, _optimiser_misfit)
+        resume_trainer(trainer, checkpoint, Path(resume) / CHECKPOINT)
     say(f"{len(paths)} images with hypotheses ({left_out} without left out), {len(names)} classes, "
         f"{model_config.context_tokens} context tokens")
     start = trainer.iteration
@@ -319,19 +310,6 @@ def _student(backbone: Any, config: Any, teacher: Any, device: Any) -> Any:
     if unexpected or any(not key.startswith("tower.") for key in missing):
         raise ArtefactError("the teacher's weights do not fit its own architecture; the file is damaged")
     return model
-
-
-def _resume(trainer: ReclipTrainer, checkpoint: dict[str, Any], path: Path, misfit: Callable[..., Any]) -> None:
-    remedy = "resume a run only from the checkpoint it wrote itself, or start a new run"
-    check_weights_fit(trainer.model, checkpoint["model"], path, model_from="its training recipe", remedy=remedy)
-    problem = misfit(trainer.optimiser, checkpoint["optimizer"])
-    if problem:
-        raise ArtefactError(f"{path}: its optimiser state does not fit the model: {problem}; {remedy}")
-    try:
-        trainer.resume(checkpoint)
-    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as exc:
-        raise ArtefactError(f"{path}: its optimiser or random-generator state cannot be restored "
-                            f"({str(exc).splitlines()[0][:160]}); {remedy}") from None
 
 
 def plan_reclip(config: ReclipTrainConfig | None, output: str | Path | None = None,
