@@ -193,3 +193,19 @@ def test_a_student_is_no_teacher(run, tmp_path, capsys):
     code, _, err = run_cli(capsys, "train", "--method", "reclip", "--teacher", tmp_path / "d", *FAST[4:], *SMALL,
                            "-o", tmp_path / "e")
     assert code != 0 and "a distilled student" in err and not (tmp_path / "e").exists()
+
+
+def test_two_process_ddp_runs_on_gloo(run, tmp_path):
+    """Under torchrun (gloo on CPUs) two processes split each batch and rank 0 writes the run. (Not
+    equal to one process: each rank draws its own Gumbel noise and batch-norm statistics.)"""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--module",
+               "zutiscli", "train", "--method", "reclip", str(run / "hypotheses"), *FAST, *SMALL,
+               "-o", str(tmp_path / "ddp"), "--quiet"]
+    result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = read_manifest(tmp_path / "ddp", "zutis.run")
+    assert manifest.summary["processes"] == 2 and manifest.summary["iterations"] == 4
