@@ -63,6 +63,8 @@ def main() -> None:
         "rec-noposition": ["--no-position"],
         "rec-nobias": ["--bias", "none"],
         "rec-nobackground": ["--no-background"],
+        "rec-nodecoder-add": ["--no-mask-decoder", "--bias", "add"],
+        "rec-nodecoder-noposition": ["--no-mask-decoder", "--no-position"],
     }
     for name, extra in variants.items():
         timed(name, "train", "--method", "reclip", work / "hyp", *common, *extra)
@@ -76,7 +78,8 @@ def main() -> None:
     runs += [arg for name in [*variants, "rec-wholeimage", "distil", "distil-nofeat", "distil-notext", "distil-maskonly"]
              for arg in ("--run", f"{name}=reclip:{work / name}")]
     for split, scenes in (("test", demo / "scenes"), ("shift", demo / "shift" / "scenes")):
-        timed(f"compare-{split}", "compare", scenes, *runs, *CLIP, "--classes", SHAPES, "--picture", "8")
+        timed(f"compare-{split}", "compare", scenes, *runs, *CLIP, "--classes", SHAPES, "--picture", "8",
+              "--background-threshold", "0.3")  # ReCo's, as `zutis demo` runs it
     print(f"# {time.perf_counter() - clock:.0f} s; steps: {json.dumps(steps)}")
     for name in ("hyp", "hyp-image"):
         summary = json.loads((work / name / "manifest.json").read_text())["summary"]

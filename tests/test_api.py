@@ -21,6 +21,9 @@ from zutiscli.pipeline.predict import PredictConfig, predict
 from zutiscli.pipeline.retrieve import read_archives
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.pipeline.train import TrainConfig
+from zutiscli.pipeline.hypotheses_config import HypothesesConfig
+from zutiscli.pipeline.reclip_config import ReclipTrainConfig
+from zutiscli.artefacts.manifest import read_manifest
 
 from helpers import train_tiny  # noqa: E402
 
@@ -50,8 +53,8 @@ def test_import_is_light_and_lists_the_api():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     torch_loaded, api_loaded, names, exported, synth_callable, shapes = json.loads(out.stdout)
     assert not torch_loaded and not api_loaded
-    api = {"synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "predict",
-           "evaluate", "compare", "Predictor", "Segmentation"}
+    api = {"synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "hypotheses",
+           "train_reclip", "predict", "evaluate", "compare", "Predictor", "Segmentation"}
     assert api <= set(names) and api <= set(exported)
     # the shapes-world subpackage and the API function `synth` do not share a name
     assert synth_callable and shapes == 6
@@ -184,7 +187,8 @@ def test_signatures_carry_the_config_defaults():
     checks = [(zs.synth, SynthConfig, {"kind", "count"}), (zs.index, IndexConfig, {"sources"}),
               (zs.retrieve, RetrieveConfig, {"indices", "classes"}), (zs.pseudolabel, PseudolabelConfig, {"inputs"}),
               (zs.copypaste, CopyPasteConfig, {"scale_range", "canvas_scale"}), (zs.train, TrainConfig, {"source"}),
-              (zs.predict, PredictConfig, {"inputs", "classes"}), (zs.evaluate, EvaluateConfig, {"pred", "gt"})]
+              (zs.predict, PredictConfig, {"inputs", "classes"}), (zs.evaluate, EvaluateConfig, {"pred", "gt"}),
+              (zs.hypotheses, HypothesesConfig, {"inputs", "classes"}), (zs.train_reclip, ReclipTrainConfig, {"source"})]
     for function, config, positional in checks:
         parameters = inspect.signature(function).parameters
         for field in dataclasses.fields(config):
@@ -199,6 +203,22 @@ def test_signatures_carry_the_config_defaults():
     predictor = inspect.signature(zs.Predictor).parameters
     assert list(predictor)[:2] == ["checkpoint", "classes"]
     assert predictor["device"].default == "auto" and predictor["precision"].default == "fp32"
+
+
+def test_hypotheses_then_reclip_then_predict(tmp_path):
+    """ReCLIP++ from Python: hypotheses, a rectification run, its prediction of its own classes; the
+    ZUTIS trainer refuses the method instead of training ZUTIS."""
+    scenes = zs.synth("scenes", 4, tmp_path / "scenes", size=64, seed=2)
+    clip = dict(model="shapes-clip", pretrained="builtin", device="cpu")
+    found = zs.hypotheses(scenes / "images", ["circle", "square", "star"], tmp_path / "hyp", window=0.5, **clip)
+    assert len(found.images) == 4
+    run = zs.train_reclip(found.path, tmp_path / "rec", iterations=2, batch_size=2, crop=64, workers=0,
+                          precision="fp32", **clip)
+    assert run.iteration == 2
+    preds = zs.predict(scenes / "images", None, tmp_path / "pred", method="reclip", checkpoint=run.path, device="cpu")
+    assert read_manifest(preds.path).params["classes"] == ["circle", "square", "star"]
+    with pytest.raises(UsageError, match="train_reclip"):
+        zs.train(found.path, tmp_path / "bad", method="reclip")
 
 
 def test_synth_and_index_run_end_to_end(tiny_checkpoint, tmp_path):

@@ -17,8 +17,8 @@ import importlib as _importlib
 
 from zutiscli._version import __version__
 
-_API = ("synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "predict",
-        "evaluate", "compare", "Predictor", "Segmentation")
+_API = ("synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "hypotheses",
+        "train_reclip", "predict", "evaluate", "compare", "Predictor", "Segmentation")
 
 __all__ = ["__version__", *_API]
 

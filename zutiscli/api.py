@@ -13,6 +13,8 @@ function                                  options (keyword only)      returns
 ``cluster(pseudolabels, output, k=)``     :class:`ClusterConfig`      :class:`ClusterResult`
 ``copypaste(pseudolabels, output, n=)``   :class:`CopyPasteConfig`    ``Path`` of the dataset
 ``train(dataset, output)``                :class:`TrainConfig`        :class:`TrainResult`
+``hypotheses(images, classes, output)``   :class:`HypothesesConfig`   :class:`HypothesesResult`
+``train_reclip(source, output)``          :class:`ReclipTrainConfig`  :class:`TrainResult`
 ``predict(images, classes, output)``      :class:`PredictConfig`      :class:`PredictResult`
 ``evaluate(pred, gt, output)``            :class:`EvaluateConfig`     :class:`EvaluateResult`
 ``compare(scenes, runs, output)``         :class:`CompareConfig`      :class:`CompareResult`
@@ -59,10 +61,12 @@ from zutiscli.pipeline.predict import PredictConfig, PredictResult
 from zutiscli.pipeline.pseudolabel import PseudolabelConfig, PseudolabelResult
 from zutiscli.pipeline.retrieve import RetrieveConfig
 from zutiscli.pipeline.synth import SynthConfig
+from zutiscli.pipeline.hypotheses_config import HypothesesConfig
+from zutiscli.pipeline.reclip_config import ReclipTrainConfig
 from zutiscli.pipeline.train import TrainConfig, TrainResult
 
-__all__ = ["synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "predict",
-           "evaluate", "compare", "Predictor", "Segmentation"]
+__all__ = ["synth", "index", "retrieve", "cosegment", "pseudolabel", "cluster", "copypaste", "train", "hypotheses",
+           "train_reclip", "predict", "evaluate", "compare", "Predictor", "Segmentation"]
 
 PathLike = str | os.PathLike
 ClassesLike = str | ClassQuery | Sequence[str | ClassQuery]
@@ -413,6 +417,65 @@ def train(dataset=None, output=None, **options):
     if not config.source:
         raise UsageError("give the pseudo-label or dataset directory (or resume=RUN_DIR)")
     return run_training(config, output=output, resume=resume, progress=progress, log=log)
+
+
+@_signature(("images", None), ("classes", None), ("output", None),
+            options=_field_options(HypothesesConfig, exclude=("inputs", "classes"))
+            + _keywords(classes_file=None, progress=None, log=None))
+def hypotheses(images=None, classes=None, output=None, **options):
+    """ReCLIP++'s label hypotheses of unlabelled images (``zutis hypotheses``): the classes each holds.
+
+    Args:
+        images: image files, directories or globs (one or a list).
+        classes: ``"a,b"``, a list of names, or :class:`ClassQuery` objects; or ``classes_file=``.
+        output: the hypotheses directory; ``None`` = a new ``runs/hypotheses/N``.
+        **options: fields of :class:`zutiscli.pipeline.hypotheses_config.HypothesesConfig` (``window``,
+            ``threshold``, ``mode``, ``model``, ``pretrained``, ``ground_truth``, ...); ``progress(done,
+            total)``, ``log(message)``.
+
+    Returns:
+        :class:`zutiscli.pipeline.hypotheses.HypothesesResult` (``.path``, ``.images``, ``.quality``).
+    """
+    from zutiscli.pipeline.hypotheses import hypotheses as run_hypotheses
+
+    opts = _options(hypotheses, options, "hypotheses")
+    classes_file, progress, log = opts.pop("classes_file", None), opts.pop("progress", None), opts.pop("log", None)
+    config = HypothesesConfig(inputs=tuple(_paths(images)), classes=tuple(_class_queries(classes, classes_file)), **opts)
+    config.validate()
+    return run_hypotheses(config, output, progress=progress, log=log)
+
+
+@_signature(("source", None), ("output", None),
+            options=_field_options(ReclipTrainConfig, exclude=("source",)) + _keywords(resume=None, progress=None,
+                                                                                     log=None))
+def train_reclip(source=None, output=None, **options):
+    """Train ReCLIP++'s rectified CLIP (``zutis train --method reclip``), or distil one (``teacher=RUN``).
+
+    Args:
+        source: a :func:`hypotheses` directory, or an image folder with ``classes="a,b"``; ``None``
+            when resuming, or distilling on the teacher's hypotheses.
+        output: run directory; ``None`` = a new ``runs/train/N``.
+        **options: fields of :class:`zutiscli.pipeline.reclip_config.ReclipTrainConfig` with their
+            ReCLIP++ defaults (``lr=0.01``, ``bias``, ``mask_decoder``, ``teacher``, ...); ``resume``
+            (a run directory), ``progress(iteration, total, losses)``, ``log(message)``.
+
+    Returns:
+        :class:`zutiscli.pipeline.train.TrainResult` (``.path`` holds ``model.pt`` for
+        ``predict(..., method="reclip", checkpoint=...)``).
+    """
+    from zutiscli.pipeline.train_reclip import train_reclip as run_reclip
+
+    opts = _options(train_reclip, options, "train_reclip")
+    resume, progress, log = opts.pop("resume", None), opts.pop("progress", None), opts.pop("log", None)
+    if isinstance(opts.get("classes"), (list, tuple)):
+        opts["classes"] = ",".join(opts["classes"])
+    if resume is not None:
+        extend = {"iterations": opts["iterations"]} if "iterations" in opts else None
+        config = ReclipTrainConfig.from_dict(extend, where="options") if extend else None
+    else:
+        config = ReclipTrainConfig.from_dict(opts | {"source": os.fspath(source) if source is not None else ""},
+                                             where="options")
+    return run_reclip(config, output=output, resume=resume, progress=progress, log=log)
 
 
 @_signature(("images", None), ("classes", None), ("output", None),

@@ -154,6 +154,9 @@ def train(
     what happens beside the steps (the crop adapter, evaluations); both on rank 0 only.
     """
     say = log or (lambda message: None)
+    if config is not None and config.method != "zutis" and resume is None:
+        raise UsageError(f"method {config.method!r} trains with zutiscli.pipeline.train_reclip.train_reclip "
+                         f"(the Python API: zutiscli.train_reclip)")
     config, checkpoint = _recipe(config, resume)
     if checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:
         lock_directory(resume)  # one writer per run; clears what a killed writer left half-written
