@@ -42,7 +42,8 @@ class ReclipTrainConfig:
         flag="--background/--no-background", panel=PANEL)
     teacher: str | None = option(
         None, "Distil this rectification run (ReCLIP++'s second stage): a student (CLIP's image tower, learning) "
-        "inherits its Query head, bias and decoder, frozen; SOURCE defaults to the teacher's hypotheses.",
+        "inherits its CLIP and its Query head, bias and decoder, frozen; SOURCE defaults to the teacher's "
+        "hypotheses.",
         metavar="RUN", kind="path", show_default=False, panel=PANEL)
     feat_weight: float = option(0.5, "Distillation: weight of the L1 to CLIP's features (alpha).", panel=PANEL)
     text_weight: float = option(0.5, "Distillation: weight of the contrastive loss on the student's masks (beta).",

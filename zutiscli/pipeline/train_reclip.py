@@ -255,7 +255,8 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
                                 "iterations_per_second": round(rate, 4) if seconds > 0 else None,
                                 "classes": names, "final": {k: round(v, 6) for k, v in trainer.last.items()},
                                 "images": len(paths), "images_without_hypotheses": left_out,
-                                "hypotheses": str(source_hypotheses), "context_tokens": model_config.context_tokens,
+                                "hypotheses": str(source_hypotheses.resolve()),
+                                "context_tokens": model_config.context_tokens,
                                 "processes": info.world, "device": str(device), "last_eval": None})
     barrier(info)
     return TrainResult(run_dir, trainer.iteration, stopped, seconds, rate, trainer.last, info.main)
