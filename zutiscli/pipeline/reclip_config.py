@@ -59,7 +59,7 @@ class ReclipTrainConfig:
         flag="--mask-decoder/--no-mask-decoder", panel=PANEL)
     context_tokens: int | None = option(
         None, "Learned word embeddings of the Reference prompt (default: as many as the text context holds beside "
-        "the longest class name, 73 for CLIP ViT-B/16).", show_default=False, panel=PANEL)
+        "the longest class name: 74 for one-token names in CLIP's 77; the paper: 73).", show_default=False, panel=PANEL)
     momentum: float = option(0.9, "SGD momentum.", panel=PANEL)
     gumbel_scale: float = option(100.0, "Decoder logits x this before the Gumbel-Softmax.", panel=PANEL)
     gumbel_tau: float = option(1.0, "Gumbel-Softmax temperature.", panel=PANEL)
