@@ -123,3 +123,20 @@ def test_a_text_tower_without_clips_transformer_is_refused():
 
     with pytest.raises(ModelError, match="text transformer"):
         ReferenceEncoder(Other(), None, ["a", "b"], 2)
+
+
+def test_bias_logits_are_kept_while_not_learning_and_follow_changed_weights(shapes_clip):
+    """Without gradients the bias is computed once per grid (not CLIP's text encoder per batch), and
+    a change of its weights (an optimiser step, a loaded state) is seen; while learning it carries
+    gradients."""
+    model = Rectifier(shapes_clip, config(), ["circle", "square"])
+    with torch.no_grad():
+        first = model.bias_logits((5, 7))
+        assert model.bias_logits((5, 7)) is first and torch.equal(first, model._bias_logits((5, 7)))
+        assert model.bias_logits((4, 4)).shape == (3, 4, 4)
+        model.position.bias.add_(1.0)
+        changed = model.bias_logits((5, 7))
+        assert not torch.equal(changed, first) and torch.equal(changed, model._bias_logits((5, 7)))
+        model.reference.context.mul_(2.0)
+        assert torch.equal(model.bias_logits((5, 7)), model._bias_logits((5, 7)))
+    assert model.bias_logits((5, 7)).requires_grad

@@ -211,9 +211,27 @@ class Rectifier(torch.nn.Module):
             return self.backbone.maskclip_embeddings(images).permute(0, 3, 1, 2).float().contiguous()
 
     def bias_logits(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        """``M_b`` ``(C, h, w)`` float32 for a patch grid, or ``None`` without a bias."""
+        """``M_b`` ``(C, h, w)`` float32 for a patch grid, or ``None`` without a bias.
+
+        While the bias is not learning (prediction, a teacher, a student's inherited bias) it is
+        computed once per grid and kept until its weights change, instead of running CLIP's text
+        encoder on every batch.
+        """
         if self.config.bias == "none":
             return None
+        learned = [*self.reference.parameters(),
+                   *(self.position.parameters() if self.config.position else [self.constant])]
+        if torch.is_grad_enabled() and any(param.requires_grad for param in learned):
+            return self._bias_logits(grid)
+        key = (tuple(grid), torch.is_autocast_enabled(self.query.device.type),
+               tuple((param.device, param.data_ptr(), param._version) for param in learned))
+        cached = getattr(self, "_bias_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                self._bias_cache = cached = (key, self._bias_logits(grid))
+        return cached[1]
+
+    def _bias_logits(self, grid: tuple[int, int]) -> torch.Tensor:
         reference = self.reference()
         reference = reference / reference.norm()
         if self.config.position:
