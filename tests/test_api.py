@@ -219,6 +219,8 @@ def test_hypotheses_then_reclip_then_predict(tmp_path):
     assert read_manifest(preds.path).params["classes"] == ["circle", "square", "star"]
     with pytest.raises(UsageError, match="train_reclip"):
         zs.train(found.path, tmp_path / "bad", method="reclip")
+    with pytest.raises(UsageError, match="train_reclip"):  # nor does it resume a ReCLIP++ run as ZUTIS
+        zs.train(resume=run.path)
 
 
 def test_synth_and_index_run_end_to_end(tiny_checkpoint, tmp_path):

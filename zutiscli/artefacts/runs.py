@@ -88,3 +88,12 @@ def resume_checkpoint_path(run_dir: str | Path) -> Path:
                                 f"to train on it, give it as the source: `zutis train {run_dir}`")
     raise ArtefactError(f"--resume {run_dir}: has no {CHECKPOINT}, so there is nothing to resume; "
                         f"start a new run with `zutis train SOURCE`")
+
+
+def run_method(run_dir: str | Path) -> str:
+    """The method a training run trains (its checkpoint's ``"method"``; ZUTIS when it names none),
+    read memory-mapped."""
+    from zutiscli.artefacts.checkpoint import load_checkpoint
+
+    method = load_checkpoint(resume_checkpoint_path(run_dir), mmap=True).get("method", "zutis")
+    return method if isinstance(method, str) else "zutis"

@@ -56,13 +56,13 @@ def train(
 
     method = values.get("method", options["method"]) if not explicit("method") else options["method"]
     if resume is not None:
-        from zutiscli.pipeline.train_reclip import run_method
+        from zutiscli.artefacts.runs import run_method
 
         method = run_method(resume)
     reclip_given = {name for name in reclip_options if explicit(name)}
     if method == "reclip":
-        return _train_reclip(ctx, source, values, recipe, options, reclip_options, explicit, resume, output,
-                             dry_run, reporter)
+        return _train_reclip(source, values, recipe, options, reclip_options, explicit, resume, output, dry_run,
+                             reporter)
     if reclip_given:
         raise UsageError(f"{_named(reclip_given)}: option(s) of --method reclip, not of ZUTIS training")
     for name, value in options.items():  # flags given here override the recipe; its values, the defaults
@@ -135,7 +135,7 @@ def _report(reporter: Reporter, result: Any) -> None:
                      "final": {k: round(v, 6) for k, v in result.last.items()}}, path=result.path)
 
 
-def _train_reclip(ctx: typer.Context, source: Optional[Path], values: dict[str, Any], recipe: set[str],
+def _train_reclip(source: Optional[Path], values: dict[str, Any], recipe: set[str],
                   options: dict[str, Any], reclip_options: dict[str, Any], explicit: Any, resume: Optional[Path],
                   output: Optional[Path], dry_run: bool, reporter: Reporter) -> None:
     """``zutis train --method reclip``: its options are its own and the shared ones given (flags beat the

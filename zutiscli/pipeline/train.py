@@ -38,7 +38,7 @@ from zutiscli.artefacts.class_bank import SourceBank, source_class_bank
 from zutiscli.artefacts.lock import holding_locks, lock_directory
 from zutiscli.artefacts.manifest import read_manifest, write_manifest
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-from zutiscli.artefacts.runs import CHECKPOINT, METRICS, refuse_unfinished_run, resume_checkpoint_path
+from zutiscli.artefacts.runs import CHECKPOINT, METRICS, refuse_unfinished_run, resume_checkpoint_path, run_method
 from zutiscli.data.copypaste import ObjectPool
 from zutiscli.data.scenes import labelled_scenes, object_labels, scene_loader, source_manifest, training_scenes
 from zutiscli.engine.crop_adapter import fit_on_scenes
@@ -154,8 +154,9 @@ def train(
     what happens beside the steps (the crop adapter, evaluations); both on rank 0 only.
     """
     say = log or (lambda message: None)
-    if config is not None and config.method != "zutis" and resume is None:
-        raise UsageError(f"method {config.method!r} trains with zutiscli.pipeline.train_reclip.train_reclip "
+    method = run_method(resume) if resume is not None else config.method if config is not None else "zutis"
+    if method != "zutis":
+        raise UsageError(f"method {method!r} trains with zutiscli.pipeline.train_reclip.train_reclip "
                          f"(the Python API: zutiscli.train_reclip)")
     config, checkpoint = _recipe(config, resume)
     if checkpoint is not None and int(os.environ.get("RANK", "0")) == 0:

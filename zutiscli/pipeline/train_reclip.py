@@ -51,13 +51,6 @@ def is_hypotheses(source: str | Path) -> bool:
         return False
 
 
-def run_method(run_dir: str | Path) -> str:
-    """The method a training run trains (its checkpoint's ``"method"``; ZUTIS when it names none)."""
-    checkpoint = load_checkpoint(resume_checkpoint_path(run_dir), mmap=True)
-    method = checkpoint.get("method", "zutis")
-    return method if isinstance(method, str) else "zutis"
-
-
 def _image_folder(config: ReclipTrainConfig) -> list[Path]:
     """The images of an image-folder SOURCE, checked before anything is written."""
     from zutiscli.data.images import discover_images
@@ -183,14 +176,15 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
     teacher_path = _teacher_checkpoint(config)
     if teacher_path is not None and not config.source:
         config.source = _teacher_hypotheses(teacher_path)
-    from_hypotheses = is_hypotheses(config.source)
+    # a hypotheses directory is read once, here; an image folder's hypotheses are made in the run below
+    given = training_images(Path(config.source)) if is_hypotheses(config.source) else None
     if teacher_path is not None:
-        _check_teacher_source(config, teacher_path, from_hypotheses)
-    if checkpoint is None and not from_hypotheses:
+        _check_teacher_source(config, teacher_path, given)
+    if checkpoint is None and given is None:
         _image_folder(config)  # refused before anything is written
         phrases_asked = [q.phrase for q in _queries(config)]
     elif checkpoint is None:
-        phrases_asked = training_images(Path(config.source))[1]
+        phrases_asked = given[1]
     info, device, amp = start_processes(config, output, checkpoint is None)
     teacher, teacher_classes = (None, None)
     if teacher_path is not None:
@@ -206,16 +200,17 @@ def train_reclip(config: ReclipTrainConfig | None, output: str | Path | None = N
         else None
     run_dir = Path(resume) if checkpoint is not None else _new_run_dir(output, info)
     try:
-        if from_hypotheses:
+        if given is not None:
             source_hypotheses = Path(config.source)
         else:
             made = _make_hypotheses(config, pretrained, run_dir, say) if info.main else None
             source_hypotheses = Path(broadcast(str(made) if made else None, info))
-        names, phrases, paths, chosen, left_out = training_images(source_hypotheses)
+            given = training_images(source_hypotheses)
     except ZutisError:
         if checkpoint is None and info.main:  # a new run that cannot start leaves nothing behind
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+    names, phrases, paths, chosen, left_out = given
     if config.background:
         chosen = [[0, *channels] for channels in chosen]
     if checkpoint is not None:
@@ -277,12 +272,13 @@ def _teacher_checkpoint(config: ReclipTrainConfig) -> Path | None:
     return path
 
 
-def _check_teacher_source(config: ReclipTrainConfig, teacher: Path, from_hypotheses: bool) -> None:
-    """A distillation's SOURCE: hypotheses of the teacher's classes, in its order."""
-    if not from_hypotheses:
+def _check_teacher_source(config: ReclipTrainConfig, teacher: Path, given: tuple | None) -> None:
+    """A distillation's SOURCE (``given``: its :func:`training_images`): hypotheses of the teacher's
+    classes, in its order."""
+    if given is None:
         raise UsageError(f"{config.source}: with --teacher, give a `zutis hypotheses` directory of the teacher's "
                          f"classes as SOURCE, or none (the teacher's own hypotheses)")
-    names = training_images(Path(config.source))[0]
+    names = given[0]
     trained = [str(c) for c in load_checkpoint(teacher, mmap=True)["classes"]]
     if names != trained:
         raise UsageError(f"{config.source}: hypotheses of {', '.join(names)}, but the teacher was trained for "

@@ -35,7 +35,9 @@ def load_rectifier(path: str | Path, device: Any, dtype: torch.dtype = torch.flo
     phrases = data.get("phrases") or data["classes"]
     query = data["model"].get("query")
     if query is None or query.ndim != 2 or query.shape[0] != len(data["classes"]) + 1:
-        raise_damaged(path)
+        from zutiscli.errors import ArtefactError
+
+        raise ArtefactError(f"{path}: its Query features do not match its classes; the file is damaged or was edited")
     with named_by(path, model="its config names backbone", weights="its config names weights"):
         backbone = load_backbone(ModelSpec(config.backbone["name"], config.backbone["pretrained"]), device=device,
                                  dtype=dtype)
@@ -47,12 +49,6 @@ def load_rectifier(path: str | Path, device: Any, dtype: torch.dtype = torch.flo
     for param in model.parameters():
         param.requires_grad_(False)
     return model, [str(name) for name in data["classes"]]
-
-
-def raise_damaged(path: str | Path) -> None:
-    from zutiscli.errors import ArtefactError
-
-    raise ArtefactError(f"{path}: its Query features do not match its classes; the file is damaged or was edited")
 
 
 class ReclipPredictor(Predictor):
