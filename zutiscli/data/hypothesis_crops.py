@@ -34,6 +34,7 @@ class HypothesisCrops(torch.utils.data.Dataset):
             raise ValueError("one hypothesis per image, and at least one image")
         self.paths, self.hypotheses = list(paths), [list(h) for h in hypotheses]
         self.crop, self.resize, self.seed = crop, resize, seed
+        self._order: tuple[int, torch.Tensor | None] = (-1, None)  # (epoch, its permutation)
 
     def __len__(self) -> int:  # samples are numbered without end; the sampler says which
         return 2 ** 62
@@ -41,8 +42,10 @@ class HypothesisCrops(torch.utils.data.Dataset):
     def image_of(self, number: int) -> int:
         """The image index of sample ``number``."""
         epoch, place = divmod(number, len(self.paths))
-        order = torch.randperm(len(self.paths), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
-        return int(order[place])
+        if self._order[0] != epoch:  # drawn once per epoch (in each worker), not once per sample
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = (epoch, torch.randperm(len(self.paths), generator=generator))
+        return int(self._order[1][place])
 
     def __getitem__(self, number: int) -> tuple[torch.Tensor, list[int]]:
         from zutiscli.data.images import load_image

@@ -493,16 +493,14 @@ class _SpaceBias:
     distance from the image centre and its IoU with the pixels predicted as its class, summed per
     distance bin and class. Needs instances whose categories are named like the semantic classes."""
 
-    def __init__(self, truth: GroundTruth, gt_names: Sequence[str] | None):
+    def __init__(self, truth: GroundTruth, gt_names: Sequence[str] | None,
+                 anns_by_image: dict[int, list[dict[str, Any]]]):
         self.index: dict[int, int] = {}
-        self.anns: dict[int, list[dict[str, Any]]] = {}
+        self.anns = anns_by_image
         if truth.instances is not None and gt_names:
             position = {name: i for i, name in enumerate(gt_names)}
             self.index = {int(c["id"]): position[c["name"]] for c in truth.instances["categories"]
                           if c.get("name") in position}
-            for ann in truth.instances["annotations"]:
-                if not ann.get("iscrowd", 0) and int(ann["category_id"]) in self.index:
-                    self.anns.setdefault(int(ann["image_id"]), []).append(ann)
         classes = len(gt_names or ())
         self.intersection = np.zeros((DISTANCE_BINS, classes))
         self.union = np.zeros((DISTANCE_BINS, classes))
@@ -515,6 +513,8 @@ class _SpaceBias:
 
         height, width = predicted.shape
         for ann in self.anns.get(int(image_id), []):
+            if ann.get("iscrowd", 0) or int(ann["category_id"]) not in self.index:
+                continue
             mask = mask_utils.decode(segmentation_to_rle(ann["segmentation"], height, width)).astype(bool)
             if not mask.any():
                 continue
@@ -542,13 +542,14 @@ def evaluate_semantic(pred: Prediction, truth: GroundTruth, matched: ImageMatch,
         acc._grow(acc.conf.shape[0], len(cluster_names))
     pairs = [(p, g) for p, g in matched.pairs if p.semantic is not None]
     index_of: dict[int, int] = {}
-    anns_by_image: dict[int, list[dict[str, Any]]] = {}
+    anns_by_image: dict[int, list[dict[str, Any]]] = {}  # the semantic truth's, and the space bias's objects
+    if truth.instances is not None:
+        for ann in truth.instances["annotations"]:
+            anns_by_image.setdefault(int(ann["image_id"]), []).append(ann)
     if truth.semantic_from == "instances":
         assert truth.instances is not None
         index_of = {int(c["id"]): i + 1 for i, c in enumerate(truth.instances["categories"])}
-        for ann in truth.instances["annotations"]:
-            anns_by_image.setdefault(int(ann["image_id"]), []).append(ann)
-    space = _SpaceBias(truth, gt_names) if config.match == "names" else None
+    space = _SpaceBias(truth, gt_names, anns_by_image) if config.match == "names" else None
     missing_gt = 0
     log(f"semantic: {len(pairs)} images, ground truth from {truth.semantic_from}")
     for number, (p, g) in enumerate(pairs, start=1):
