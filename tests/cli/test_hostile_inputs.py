@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import zutiscli
 from zutiscli.artefacts.archives import ARCHIVES_NAME, archives_text
@@ -136,6 +138,46 @@ def test_ctrl_c_with_workers_running_is_reported_once(world, tmp_path):
     assert lines_of(stderr) == ["error: interrupted"]
     assert not (out / "manifest.json").exists()
 
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the run's worker processes in /proc")
+def test_ctrl_c_while_index_workers_embed_is_reported_once_and_the_rerun_finishes(world, tmp_path):
+    # 240 names of one large PNG (no reduced-scale decoding for PNG): a few seconds of work for the
+    # two worker processes, which decode and embed
+    images = tmp_path / "images"
+    images.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(images / "00000.png", compress_level=1)
+    for number in range(1, 240):
+        os.link(images / "00000.png", images / f"{number:05d}.png")
+    out = tmp_path / "index"
+    command = [sys.executable, "-m", "zutiscli", "index", str(images), "--model", "zutis-tiny", "--pretrained",
+               str(world["weights"]), "--precision", "fp32", "--device", "cpu", "--workers", "2",
+               "--decode-in", "processes", "--batch-size", "8", "--chunk-size", "16", "-o", str(out), "-q"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=this_checkout(), start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline and len(children.read_text().split()) < 2:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert lines_of(stderr) == ["error: interrupted"]
+    assert not json.loads((out / "manifest.json").read_text())["summary"]["complete"]
+    done = subprocess.run([*command[:-1], "--json"], capture_output=True, text=True, env=this_checkout(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["skipped"] > 0 and report["skipped"] + report["embedded"] == 240, report
 
 # ---- stages whose inputs all, or mostly, fail -----------------------------------------------------
 

@@ -20,7 +20,8 @@ from zutiscli.data.classes import ClassQuery
 from zutiscli.data.images import load_image
 from zutiscli.errors import ArtefactError, UsageError
 from zutiscli.data.shards import parse_shard, shard_from_environment, shard_of
-from zutiscli.pipeline.index import IndexConfig, _ImageFiles, build_index, default_pretrained, merge_indices
+from zutiscli.pipeline import index_config
+from zutiscli.pipeline.index import IndexConfig, _ImageFiles, _slice_bounds, build_index, default_pretrained, merge_indices
 from zutiscli.pipeline.retrieve import RetrieveConfig, read_archives, retrieve
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.shapes.world import scene_sample
@@ -324,22 +325,42 @@ def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkey
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     config = IndexConfig(sources=["pile"])
-    assert (config.decode_workers("cpu"), config.model_threads("cpu"), config.model_threads("cuda")) == (3, 3, 0)
-    assert (config.decode_threads("cpu"), config.decode_threads("cuda")) == (True, False)
-    # decoding threads follow the cores; processes (the CUDA default) stop at 8
-    assert (config.decode_workers("cpu", cores=16), config.model_threads("cpu", cores=16)) == (16, 16)
-    assert config.decode_workers("cuda", cores=16) == 8
-    assert IndexConfig(sources=["pile"], decode_in="processes").decode_workers("cpu", cores=16) == 8
-    assert IndexConfig(sources=["pile"], decode_in="threads").decode_threads("cuda")
+    # CPU default: one worker process per core, each decoding and embedding on one torch thread
+    assert (config.decode_threads("cpu"), config.decode_threads("cuda")) == (False, False)
+    assert (config.decode_workers("cpu"), config.model_threads("cpu"), config.model_threads("cuda")) == (3, 1, 0)
+    assert (config.decode_workers("cpu", cores=16), config.model_threads("cpu", cores=16)) == (16, 1)
+    assert config.decode_workers("cuda", cores=16) == 8  # processes feeding a GPU stop at 8
+    assert config.model_threads("cpu", workers=0) == 3  # one batch or less is embedded here, on every core
+    assert IndexConfig(sources=["pile"], workers=1).model_threads("cpu", cores=4) == 4  # the cores shared out
+    assert IndexConfig(sources=["pile"], workers=3).model_threads("cpu", cores=4) == 1
+    # threads: decoders and model threads, one of each per core
+    threads = IndexConfig(sources=["pile"], decode_in="threads")
+    assert (threads.decode_threads("cpu"), threads.decode_threads("cuda")) == (True, True)
+    assert (threads.decode_workers("cpu", cores=16), threads.model_threads("cpu", cores=16)) == (16, 16)
     given = IndexConfig(sources=["pile"], workers=0, threads=5)
     assert (given.decode_workers("cpu"), given.model_threads("cpu"), given.model_threads("cuda")) == (0, 5, 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks of this machine share its cores
     assert (config.decode_workers("cpu"), config.model_threads("cpu")) == (1, 1)
+    assert (threads.decode_workers("cpu"), threads.model_threads("cpu")) == (1, 1)
     assert (given.decode_workers("cpu"), given.model_threads("cpu")) == (0, 5)
+    # where processes cannot be forked, auto decodes in threads on CPU
+    monkeypatch.setattr(index_config, "can_fork", lambda: False)
+    assert (config.decode_threads("cpu"), config.decode_threads("cuda")) == (True, False)
     with pytest.raises(UsageError, match="--threads must be >= 1"):
         IndexConfig(sources=["pile"], threads=0).validate()
     with pytest.raises(UsageError, match="--decode-in must be auto, threads, processes"):
         IndexConfig(sources=["pile"], decode_in="forks").validate()
+
+
+@pytest.mark.parametrize("count, workers, size", [(100, 2, 16), (2000, 2, 16), (5, 2, 16), (64, 4, 8), (1, 3, 2),
+                                                  (97, 3, 32), (33, 1, 32)])
+def test_slices_cover_the_images_once_and_end_on_every_worker_together(count, workers, size):
+    bounds = _slice_bounds(count, workers, size)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == count and (sizes >= 0).all()
+    assert sizes.max() <= size and sizes.max() - sizes.min() <= 1
+    assert len(sizes) % workers == 0  # taken in turns, the last round has a slice for every worker
+    assert len(sizes) == workers * -(-count // (workers * size))  # and no more slices than needed
 
 
 def test_a_run_records_its_workers_and_threads_and_leaves_torch_as_it_was(tmp_path, pile, tiny_checkpoint):

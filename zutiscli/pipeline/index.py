@@ -1,15 +1,23 @@
 """`zutis index`: embed an image collection once with CLIP, resumably, at any scale.
 
 The stage discovers images, keeps those of its shard, skips those already embedded (same path,
-size and modification time), decodes and preprocesses the rest while the model runs (in threads of
-this process on CPU, :mod:`zutiscli.data.thread_batches`; in DataLoader worker processes on CUDA),
-and commits embeddings chunk by chunk (see :mod:`zutiscli.artefacts.index_store`).
-Each file is read once (:func:`zutiscli.data.images.read_image`); a JPEG is decoded at the smallest
-DCT scale that keeps both sides at least the model's input size. On CPU the model runs on
-``threads`` threads, each embedding a slice of every batch on one core
-(:mod:`zutiscli.engine.ordered_forward`), and decoders and model threads, one of each per core
-unless given, share the cores as the work demands; so a small model (where decoding is the slower
-part) and a large one (where the model is) both keep every core busy.
+size and modification time), decodes, preprocesses and embeds the rest, and commits embeddings
+chunk by chunk (see :mod:`zutiscli.artefacts.index_store`). Each file is read once
+(:func:`zutiscli.data.images.read_image`); a JPEG is decoded at the smallest DCT scale that keeps
+both sides at least the model's input size.
+
+Where the work runs (``decode_in``, :class:`~zutiscli.pipeline.index_config.IndexConfig`):
+
+* CPU, ``processes`` (the default where processes can be forked): one worker process per core,
+  each decoding *and* embedding slices of the images on its core (:class:`_EmbeddedSlices`) and
+  sending back only embeddings and file records. No core ever waits for another's output, no
+  decoded pixels cross between processes, and Python's global interpreter lock is not shared, so
+  the stage runs at the bound of the cores, N / (CPU time of decoding + of the model per image),
+  whether decoding or the model is the larger part.
+* CPU, ``threads``: decoding threads of this process (:mod:`zutiscli.data.thread_batches`) and
+  ``threads`` model threads, each embedding a slice of every batch on one core
+  (:mod:`zutiscli.engine.ordered_forward`); no worker process is started.
+* CUDA: DataLoader worker processes decode and the model runs in this process, on the device.
 A killed run leaves a valid, partial index; rerunning the same command finishes it, and rerunning
 with more images appends only what is new. A run that finishes writes the index's image table
 (``table/``, the records of every committed chunk in memory-mapped columns), even when it had
@@ -27,7 +35,7 @@ import hashlib
 import os
 import time
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -114,6 +122,47 @@ class _ImageFiles(torch.utils.data.Dataset):
             return item, None, f"cannot be decoded: {type(exc).__name__}: {exc}"
 
 
+class _EmbeddedSlices(torch.utils.data.Dataset):
+    """Slices of the images, each decoded and embedded in one worker process (CPU, ``decode_in``
+    ``processes``): item ``k`` holds the images ``bounds[k]:bounds[k + 1]`` of ``files``.
+
+    An item is ``(items, embeddings, metas, bad)`` as :func:`_collate` gives them, with
+    ``embeddings`` the ``(n, D)`` float16 array of ``embed`` (``None`` where no image of the slice
+    could be read). Only these cross back to the main process (a few hundred bytes per image,
+    pickled: no shared memory). ``threads``: torch's intra-op threads in the worker.
+    """
+
+    def __init__(self, files: _ImageFiles, bounds: list[int], embed: Callable[[torch.Tensor], np.ndarray], threads: int):
+        self.files = files
+        self.bounds = bounds
+        self.embed = embed
+        self.threads = threads
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __getitem__(self, item: int):
+        if torch.get_num_threads() != self.threads:  # the worker starts with one (quiet_worker)
+            torch.set_num_threads(self.threads)
+        items, tensor, metas, bad = _collate([self.files[i] for i in range(self.bounds[item], self.bounds[item + 1])])
+        with torch.inference_mode():
+            return items, None if tensor is None else self.embed(tensor), metas, bad
+
+
+def _slice_bounds(count: int, workers: int, size: int) -> list[int]:
+    """Bounds of slices of ``count`` images, each of at most ``size`` (>= 1), for ``workers``
+    processes that take slices in turn: the number of slices is a multiple of ``workers`` and their
+    sizes differ by at most one, so the last round ends on every worker at about the same time
+    (100 images, 2 workers, size 16: 8 slices of 12 or 13, not 6 of 16 and one of 4)."""
+    rounds = -(-count // (workers * size))
+    slices = max(1, rounds * workers)
+    return [count * k // slices for k in range(slices + 1)]
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
 def _collate(batch: list[tuple[int, torch.Tensor | None, Any]]):
     good = [(i, t, m) for i, t, m in batch if t is not None]
     bad = [(i, m) for i, t, m in batch if t is None]
@@ -139,9 +188,9 @@ class IndexResult:
 
     ``extra`` (also in the manifest's summary): ``seconds`` (the whole run), ``embed_seconds`` (the
     embedding loop, wall), ``embed_cpu_seconds`` (CPU seconds of the loop: this process's threads
-    and the decoding workers), ``workers`` (decoding threads or processes), ``decode_in``
-    (``threads`` or ``processes``), ``threads`` (model threads; 0: in the calling thread, on CUDA),
-    ``device``, ``shard``.
+    and the worker processes), ``workers`` (decoding threads or processes), ``decode_in``
+    (``threads`` or ``processes``), ``threads`` (model threads, or on CPU with worker processes the
+    torch threads of each; 0: in the calling thread, on CUDA), ``device``, ``shard``.
     """
 
     path: Path
@@ -190,7 +239,8 @@ def _precheck_output(output: str | Path | None, shard: tuple[int, int] | None, m
 
 def _write_index_manifest(out: Path, model: dict[str, Any], config: IndexConfig, inputs: list[InputRef],
                           reader_summary: dict[str, Any]) -> None:
-    params = {k: v for k, v in asdict(config).items() if k not in ("sources", "from_list", "device")}
+    # not asdict(config): it would deep-copy every source (a shell glob can pass thousands) at each commit
+    params = {f.name: getattr(config, f.name) for f in fields(config) if f.name not in ("sources", "from_list", "device")}
     write_manifest(out, "zutis.index", model=model, inputs=inputs, params=params, summary=reader_summary)
 
 
@@ -419,16 +469,10 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     inputs = _input_refs(out, config, listing)
     extra = {"shard": list(shard) if shard else None}
     workers = config.decode_workers(device.type)
-    threads = config.model_threads(device.type)
     in_threads = config.decode_threads(device.type)
     dataset = _ImageFiles(todo, backbone.transform(), backbone.image_size[0], config.max_pixels)
-    decoders = workers if len(todo) > config.batch_size else 0
-    if in_threads:
-        loader = thread_batches(dataset, decoders, config.batch_size, _collate, ahead=4 * decoders or None)
-    else:
-        loader = worker_loader(dataset, decoders, batch_size=config.batch_size, shuffle=False, collate_fn=_collate,
-                               pin_memory=device.type == "cuda", persistent_workers=False,
-                               prefetch_factor=4 if decoders else None)
+    decoders = workers if len(todo) > config.batch_size else 0  # one batch or less: decoded here
+    threads = config.model_threads(device.type, workers=decoders)
     writer = IndexWriter(out)
     pending_records: list[ImageRecord] = []
     pending_embeddings: list[np.ndarray] = []
@@ -451,14 +495,12 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
             _write_index_manifest(out, model_record, config, inputs, tally.summary(False, None, extra))
         pending_records, pending_embeddings, pending_failures = [], [], []
 
-    def embed(tensor: torch.Tensor) -> np.ndarray:  # (b, 3, S, S) -> (b, D) float16, in any thread
+    def embed(tensor: torch.Tensor) -> np.ndarray:  # (b, 3, S, S) -> (b, D) float16, in any thread or worker
         return backbone.encode_images(tensor.to(device, non_blocking=True)).cpu().numpy().astype(np.float16)
 
     loop_start, loop_cpu = time.perf_counter(), _cpu_seconds()
-    batches = (((items, metas, bad), tensor) for items, tensor, metas, bad in loader)
-    with closing(forward_in_order(batches, embed, threads)) as embedded_batches, \
-            closing(loader) if in_threads else nullcontext():  # decoding threads stop with the loop
-        for (items, metas, bad), embeddings in embedded_batches:
+    with closing(_embedded(dataset, embed, config.batch_size, decoders, threads, in_threads, device)) as batches:
+        for items, metas, bad, embeddings in batches:
             for item, reason in bad:
                 pending_failures.append(FailedImage(relative_to(out, todo[item]), reason))
                 failed += 1
@@ -490,6 +532,33 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
               "decode_in": "threads" if in_threads else "processes", "device": str(device)}
     _write_index_manifest(out, model_record, config, inputs, tally.summary(True, faiss_factory, extra))
     return IndexResult(out, embedded, skipped, failed, len(listing), seconds, extra)
+
+
+def _embedded(dataset: _ImageFiles, embed: Callable[[torch.Tensor], np.ndarray], batch_size: int, workers: int,
+              threads: int, in_threads: bool, device: torch.device):
+    """``(items, metas, bad, embeddings)`` of consecutive batches of ``dataset``, in order, decoded
+    and embedded where the module's docstring says (``workers`` 0: decoded in the calling thread;
+    ``threads``: model threads, or on CPU with worker processes each worker's torch threads).
+    Closing the generator stops the threads or processes it started."""
+    if workers and not in_threads and device.type == "cpu":
+        bounds = _slice_bounds(len(dataset), workers, -(-batch_size // workers))
+        loader = worker_loader(_EmbeddedSlices(dataset, bounds, embed, threads), workers, batch_size=None,
+                               shuffle=False, collate_fn=_as_is, persistent_workers=False, prefetch_factor=2,
+                               multiprocessing_context="fork")  # the model reaches the workers by forking
+        for items, embeddings, metas, bad in loader:
+            yield items, metas, bad, embeddings
+        return
+    if in_threads:
+        loader = thread_batches(dataset, workers, batch_size, _collate, ahead=4 * workers or None)
+    else:
+        loader = worker_loader(dataset, workers, batch_size=batch_size, shuffle=False, collate_fn=_collate,
+                               pin_memory=device.type == "cuda", persistent_workers=False,
+                               prefetch_factor=4 if workers else None)
+    batches = (((items, metas, bad), tensor) for items, tensor, metas, bad in loader)
+    with closing(forward_in_order(batches, embed, threads)) as forwarded, \
+            closing(loader) if in_threads else nullcontext():  # decoding threads stop with the loop
+        for (items, metas, bad), embeddings in forwarded:
+            yield items, metas, bad, embeddings
 
 
 def _provisional_manifest(out: Path):

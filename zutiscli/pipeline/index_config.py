@@ -17,10 +17,11 @@ from zutiscli.data.workers import available_cores
 from zutiscli.errors import UsageError
 
 DEFAULT_MODEL = "ViT-L-14-336"
-#: Where ``zutis index`` decodes images: ``auto`` is threads on CPU, processes on CUDA.
+#: Where ``zutis index`` decodes images: ``auto`` is processes (on CPU each also running the model)
+#: where processes can be forked, else threads.
 DECODE_IN = ("auto", "threads", "processes")
-#: Decoding processes at most, unless ``--workers`` says otherwise (each holds a copy of the
-#: loader's state); threads share the process and follow the cores.
+#: Decoding processes feeding a GPU at most, unless ``--workers`` says otherwise (each holds a copy
+#: of the loader's state); on CPU, where each process also runs the model, they follow the cores.
 MAX_DECODE_PROCESSES = 8
 
 
@@ -36,14 +37,16 @@ class IndexConfig:
         None, "Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)
     batch_size: int = option(64, "Images per batch (on CPU, --threads threads share each batch's forward pass).")
     workers: int | None = option(
-        None, "Decoding threads or processes, see --decode-in (default: one per core; processes at most 8).",
-        show_default=False)
+        None, "Worker processes (or threads, see --decode-in) decoding the images; on CPU each process also "
+        "runs the model on its images (default: one per core; feeding a GPU, at most 8).", show_default=False)
     decode_in: str = option(
-        "auto", "Decode in threads of this process (auto on CPU: no worker processes, nothing passed through "
-        "shared memory) or in worker processes (auto on CUDA, where many cores feed one GPU).", choices=DECODE_IN)
+        "auto", "Decode in worker processes (auto: on CPU each embeds what it decodes on its own core; on CUDA "
+        "they feed the GPU) or in threads of this process, with --threads model threads (no worker processes; "
+        "auto where processes cannot be forked).", choices=DECODE_IN)
     threads: int | None = option(
-        None, "Threads running the model on CPU, each on one core and its slice of every batch (default: one "
-        "per core; unused on CUDA).", show_default=False)
+        None, "Threads running the model on CPU: torch threads of each worker process (default: the cores "
+        "shared out among the workers), or with decoding threads model threads each embedding a slice of every "
+        "batch on one core (default: one per core). Unused on CUDA.", show_default=False)
     device: str = device_option()
     precision: str = precision_option()
     faiss: str = option("Flat", "faiss factory string; Flat = exact search (no index file), e.g. IVF4096,PQ64.")
@@ -73,31 +76,45 @@ class IndexConfig:
 
     def decode_threads(self, device_type: str) -> bool:
         """Whether images are decoded in threads of this process (else in worker processes):
-        ``decode_in``, where ``auto`` means threads on CPU and processes on CUDA."""
+        ``decode_in``, where ``auto`` means processes, or threads on a CPU where processes cannot be
+        forked (the workers get the model by forking)."""
         if self.decode_in == "auto":
-            return device_type == "cpu"
+            return device_type == "cpu" and not can_fork()
         return self.decode_in == "threads"
 
     def decode_workers(self, device_type: str = "cpu", cores: int | None = None) -> int:
         """Threads or processes decoding images: ``workers``, else one per core of this process
-        (:func:`cores_per_process`, or ``cores``), processes at most :data:`MAX_DECODE_PROCESSES`.
-        On CPU the decoders and the model threads then share the cores as the work demands: a
-        decoder with no free batch slot sleeps, and so does a model thread with no decoded batch."""
+        (:func:`cores_per_process`, or ``cores``); processes feeding a GPU at most
+        :data:`MAX_DECODE_PROCESSES`. On CPU worker processes embed what they decode, and with
+        decoding threads, decoders and model threads share the cores as the work demands."""
         if self.workers is not None:
             return self.workers
         count = cores_per_process() if cores is None else cores
-        return count if self.decode_threads(device_type) else min(MAX_DECODE_PROCESSES, count)
+        return min(MAX_DECODE_PROCESSES, count) if device_type != "cpu" else count
 
-    def model_threads(self, device_type: str, cores: int | None = None) -> int:
-        """Threads running the model (:func:`zutiscli.engine.ordered_forward.forward_in_order`):
-        ``0`` on CUDA (the forward pass runs in the calling thread, as the GPU does the work);
-        on CPU ``threads``, else one per core of this process (:func:`cores_per_process`, or
-        ``cores``)."""
+    def model_threads(self, device_type: str, cores: int | None = None, workers: int | None = None) -> int:
+        """Threads running the model: ``0`` on CUDA (the forward pass runs in the calling thread, as
+        the GPU does the work); on CPU ``threads``, else with decoding threads one per core
+        (:func:`zutiscli.engine.ordered_forward.forward_in_order`), with worker processes the torch
+        threads of each: the cores shared out among the ``workers`` processes (default
+        :meth:`decode_workers`; 0 workers: the model runs here, on every core). ``cores``: default
+        :func:`cores_per_process`."""
         if device_type != "cpu":
             return 0
         if self.threads is not None:
             return self.threads
-        return cores_per_process() if cores is None else cores
+        count = cores_per_process() if cores is None else cores
+        if self.decode_threads(device_type):
+            return count
+        workers = self.decode_workers(device_type, count) if workers is None else workers
+        return max(1, count // max(1, workers))
+
+
+def can_fork() -> bool:
+    """Whether this platform can start worker processes by forking (POSIX; not Windows)."""
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def cores_per_process() -> int:
