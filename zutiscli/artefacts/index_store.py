@@ -186,8 +186,8 @@ class IndexWriter:
         with atomic_path(stem.with_suffix(".npy")) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.ascontiguousarray(embeddings, dtype=np.float16))
-        _write_jsonl(Path(f"{stem}.failed.jsonl"), [asdict(f) for f in failures])
-        _write_jsonl(stem.with_suffix(".jsonl"), [asdict(r) for r in records])
+        _write_jsonl(Path(f"{stem}.failed.jsonl"), [vars(f) for f in failures])
+        _write_jsonl(stem.with_suffix(".jsonl"), [vars(r) for r in records])  # flat records: asdict's copies not needed
         self._next += 1
         return number
 

@@ -204,7 +204,8 @@ def read_json(path: str | Path, what: str, expect: type | None = None) -> Any:
 
 def relative_to(root: str | Path, path: str | Path) -> str:
     """``path`` expressed relative to directory ``root``, in POSIX form (``..`` allowed)."""
-    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(root))).as_posix()
+    relative = os.path.relpath(path, root)  # both made absolute by relpath
+    return relative if os.sep == "/" else Path(relative).as_posix()
 
 
 def resolve_relative(root: str | Path, relative: str) -> Path:
