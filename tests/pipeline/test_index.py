@@ -352,15 +352,17 @@ def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkey
         IndexConfig(sources=["pile"], decode_in="forks").validate()
 
 
-@pytest.mark.parametrize("count, workers, size", [(100, 2, 16), (2000, 2, 16), (5, 2, 16), (64, 4, 8), (1, 3, 2),
-                                                  (97, 3, 32), (33, 1, 32)])
+@pytest.mark.parametrize("count, workers, size", [(100, 2, 16), (2000, 2, 16), (500, 2, 16), (5, 2, 16), (64, 4, 8),
+                                                  (1, 3, 2), (97, 3, 32), (33, 1, 32), (1001, 16, 4), (0, 2, 16)])
 def test_slices_cover_the_images_once_and_end_on_every_worker_together(count, workers, size):
     bounds = _slice_bounds(count, workers, size)
     sizes = np.diff(bounds)
     assert bounds[0] == 0 and bounds[-1] == count and (sizes >= 0).all()
     assert sizes.max() <= size and sizes.max() - sizes.min() <= 1
     assert len(sizes) % workers == 0  # taken in turns, the last round has a slice for every worker
-    assert len(sizes) == workers * -(-count // (workers * size))  # and no more slices than needed
+    assert len(sizes) == workers * max(1, -(-count // (workers * size)))  # and no more slices than needed
+    totals = [sizes[worker::workers].sum() for worker in range(workers)]
+    assert max(totals) - min(totals) <= 1  # every worker ends with the others
 
 
 def test_a_run_records_its_workers_and_threads_and_leaves_torch_as_it_was(tmp_path, pile, tiny_checkpoint):

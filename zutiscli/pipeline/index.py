@@ -151,12 +151,20 @@ class _EmbeddedSlices(torch.utils.data.Dataset):
 
 def _slice_bounds(count: int, workers: int, size: int) -> list[int]:
     """Bounds of slices of ``count`` images, each of at most ``size`` (>= 1), for ``workers``
-    processes that take slices in turn: the number of slices is a multiple of ``workers`` and their
-    sizes differ by at most one, so the last round ends on every worker at about the same time
-    (100 images, 2 workers, size 16: 8 slices of 12 or 13, not 6 of 16 and one of 4)."""
-    rounds = -(-count // (workers * size))
-    slices = max(1, rounds * workers)
-    return [count * k // slices for k in range(slices + 1)]
+    processes that take slices in turn (slice ``k`` goes to worker ``k % workers``).
+
+    As few rounds as ``size`` allows, a slice for every worker in each; each worker's images add up
+    to ``count / workers`` (give or take one) and its slices differ by at most one, so every worker
+    ends at about the same time (100 images, 2 workers, size 16: 2 x 4 slices of 12 or 13 adding up
+    to 50 each; not 6 of 16 and one of 4, nor 48 against 52).
+    """
+    rounds = max(1, -(-count // (workers * size)))
+    shares = [count // workers + (worker < count % workers) for worker in range(workers)]
+    bounds = [0]
+    for round_ in range(rounds):
+        for share in shares:
+            bounds.append(bounds[-1] + share // rounds + (round_ < share % rounds))
+    return bounds
 
 
 def _as_is(item: Any) -> Any:
