@@ -6,8 +6,8 @@ Run by hand (not a test):
     python benchmarks/bench_index.py --images 100 --model ViT-B-16 --precision fp32
 
 It writes (once, cached in --dir) a folder of 640x480 JPEGs from the shapes world, then measures in
-one process, with the decoding workers and model threads `zutis index` chooses (or --workers,
---threads):
+one process, with the worker processes (or decoding and model threads) `zutis index` chooses (or
+--workers, --threads):
 
 - t_decode, CPU time per image of reading, hashing, decoding and preprocessing one image as a
   decoding worker does (one thread, serially), for the path `zutis index` takes
@@ -15,22 +15,23 @@ one process, with the decoding workers and model threads `zutis index` chooses (
   the path it took before (the file stat'ed, read and hashed, opened again to decode, and a third
   time for its size); the two give the same tensors, which is checked;
 - t_model, CPU time per image of the model on pre-decoded tensors, with one torch thread, on the
-  slices of a batch that each model thread of the stage runs;
+  slices the stage cuts each batch into (one per worker process, or per model thread);
 - (b) the bound on N cores, N / (t_decode + t_model): every core busy with nothing but decoding
   and the model (N = the cores this process may use); (b') the same with t_decode and t_model
-  measured on N cores at once (N decoding processes, then N model threads), which counts what
+  measured on N cores at once (N decoding processes, then N model processes), which counts what
   sharing caches, memory and (on virtual machines) physical cores costs;
-- (a) the model ceiling, wall images/s of the model alone on pre-decoded tensors: the better of the
-  stage's way (slices of each batch on its model threads) and torch's (whole batches, N intra-op
-  threads); on CUDA, whole batches;
+- (a) the model ceiling, wall images/s of the model alone on pre-decoded tensors: the best of the
+  stage's slices in N processes, the same slices on N threads, and torch's way (whole batches, N
+  intra-op threads); on CUDA, whole batches;
 - the stage itself (`build_index`, the embedding loop without model loading): wall images/s, and
-  its CPU time per image (main process and decoding workers);
+  its CPU time per image (main process and worker processes);
 - ratios: e2e / (a) and e2e / (b); and the work share (t_decode + t_model) / e2e CPU per image,
   which says how much of the stage's CPU time went to decoding and the model (1.00: no CPU time
   spent elsewhere). Wall throughput needs a quiet machine; the work share holds on a busy one too;
-- with --compare-previous, the stage as it ran before, in the same run: one decoding worker fewer
-  than the cores, the model in the main thread on torch's intra-op threads (decoding already by
-  read_image).
+- with --compare-threads, the stage with decoding threads and model threads in its own process
+  (`--decode-in threads`) in the same rounds; with --split, one more run with the CPU time of
+  decoding, of the model and of the main thread measured inside it; with --compare-decoders, the
+  JPEG decoders at hand (PIL draft, PIL full size, torchvision, simplejpeg where installed).
 
 Targets on CPU: with a model cheaper than or close to decoding (shapes-clip) e2e >= 0.95 x (b);
 with a model that dominates (ViT-B-16) e2e >= 0.95 x (a). Weights are random (--pretrained none):
@@ -46,9 +47,7 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -115,6 +114,48 @@ def cpu_per_item(functions: dict[str, Callable[[Path], object]], items: list[Pat
     return best
 
 
+def jpeg_decoders(paths: list[Path], size: int, rounds: int) -> None:
+    """Print the CPU time per image (one thread, file bytes already in memory) of the JPEG decoders at
+    hand, each giving the RGB pixels the stage resizes: PIL with draft mode (libjpeg-turbo scaling in
+    the DCT domain to the smallest scale keeping both sides >= ``size``: the stage's), PIL in full,
+    torchvision.io.decode_jpeg (libjpeg-turbo, full size: it has no DCT scaling) and, where it is
+    installed (it is not a dependency), simplejpeg at the same DCT scale; and whether each gives the
+    stage's pixels (the full-size decoders cannot: they see 4-16x as many pixels before the resize)."""
+    import io
+
+    from torchvision.io import decode_jpeg
+
+    blobs = [path.read_bytes() for path in paths]
+
+    def pil(data: bytes, draft: bool) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            if draft:
+                image.draft("RGB", (size, size))
+            return np.asarray(image.convert("RGB"))
+
+    decoders: dict[str, Callable[[bytes], np.ndarray]] = {
+        "PIL, draft (the stage's)": lambda data: pil(data, True),
+        "PIL, full size": lambda data: pil(data, False),
+        "torchvision decode_jpeg, full size": lambda data: decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8)).permute(1, 2, 0).numpy(),
+    }
+    try:
+        import simplejpeg
+
+        decoders["simplejpeg, same DCT scale"] = lambda data: simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=size, min_width=size)
+    except ImportError:
+        print("  (simplejpeg not installed: pip install simplejpeg to measure it too)")
+    with torch_threads(1):
+        times = cpu_per_item(decoders, blobs, rounds)
+    reference = [decoders["PIL, draft (the stage's)"](data) for data in blobs[:50]]
+    for name, decoder in decoders.items():
+        pixels = [decoder(data) for data in blobs[:50]]
+        same = all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(pixels, reference))
+        print(f"  {name:36s} {times[name] * 1000:7.3f} ms   {pixels[0].shape[1]}x{pixels[0].shape[0]} px, "
+              f"{'the same pixels' if same else 'other pixels'}")
+
+
 @contextmanager
 def torch_threads(count: int):
     """torch's intra-op threads set to ``count`` inside the block, restored after it."""
@@ -139,38 +180,66 @@ def model_cpu(backbone, tensors: torch.Tensor, slice_size: int) -> float:
 _SHARED: dict = {}  # what forked decoding processes read (set before they start)
 
 
-def _decode_share(share: range) -> float:
-    dataset = _SHARED["dataset"]
+def _work_share(slices: list[int]) -> tuple[float, float]:
+    """In a forked process: (CPU seconds, wall seconds) of decoding and embedding the slices
+    ``slices`` of ``_SHARED["bounds"]`` in turn, as a worker process of the stage does, one torch thread."""
+    from zutiscli.pipeline.index import _collate
+
+    dataset, backbone, bounds = _SHARED["dataset"], _SHARED["backbone"], _SHARED["bounds"]
     torch.set_num_threads(1)
-    start = time.process_time()
-    for item in share:
-        dataset[item]
-    return time.process_time() - start
+    start, wall = time.process_time(), time.perf_counter()
+    with torch.inference_mode():
+        for number in slices:
+            _, tensor, _, _ = _collate([dataset[item] for item in range(bounds[number], bounds[number + 1])])
+            backbone.encode_images(tensor).numpy().astype(np.float16)
+    return time.process_time() - start, time.perf_counter() - wall
 
 
-def decode_cpu_all_cores(dataset, cores: int) -> float:
-    """CPU seconds per image of decoding with ``cores`` processes at once, each on its share."""
-    _SHARED["dataset"] = dataset
+def work_all_cores(dataset, backbone, slice_size: int, cores: int) -> tuple[float, float]:
+    """The stage's work with nothing else: ``cores`` forked processes at once, each decoding and
+    embedding its share of the slices in turn (one torch thread), nothing sent back. Returns CPU
+    seconds per image and wall images/s (process start left out)."""
+    from zutiscli.pipeline.index import _slice_bounds
+
+    _SHARED.update(dataset=dataset, backbone=backbone, bounds=_slice_bounds(len(dataset), cores, slice_size))
+    shares = [list(range(first, len(_SHARED["bounds"]) - 1, cores)) for first in range(cores)]
     with multiprocessing.get_context("fork").Pool(cores) as pool:
-        seconds = pool.map(_decode_share, [range(first, len(dataset), cores) for first in range(cores)])
-    return sum(seconds) / len(dataset)
+        pool.map(_noop, range(cores))  # started before the clock
+        results = pool.map(_work_share, shares, chunksize=1)
+    return sum(cpu for cpu, _ in results) / len(dataset), len(dataset) / max(wall for _, wall in results)
 
 
-def model_cpu_all_cores(backbone, tensors: torch.Tensor, slice_size: int, cores: int) -> float:
-    """CPU seconds per image of the model with ``cores`` threads at once (one torch thread each),
-    each on its share of the slices."""
-    slices = [tensors[first:first + slice_size] for first in range(0, len(tensors), slice_size)]
+def _model_share(share: list[int]) -> tuple[float, float]:
+    """In a forked process: (CPU seconds, wall seconds) of the model on the slices ``share`` of
+    ``_SHARED["slices"]``, one torch thread."""
+    backbone, slices = _SHARED["backbone"], _SHARED["slices"]
+    torch.set_num_threads(1)
+    with torch.inference_mode():
+        backbone.encode_images(slices[share[0]] if share else slices[0])  # warm-up
+        start, wall = time.process_time(), time.perf_counter()
+        for number in share:
+            backbone.encode_images(slices[number])
+        return time.process_time() - start, time.perf_counter() - wall
 
-    def share(number: int) -> float:
-        with torch.inference_mode():
-            start = time.thread_time()
-            for part in slices[number::cores]:
-                backbone.encode_images(part)
-            return time.thread_time() - start
 
-    with torch_threads(1), ThreadPoolExecutor(cores) as pool:
-        seconds = list(pool.map(share, range(cores)))
-    return sum(seconds) / len(tensors)
+def model_all_cores(backbone, tensors: torch.Tensor, slice_size: int, cores: int) -> tuple[float, float]:
+    """The model in ``cores`` forked processes at once, one torch thread each, each on its share of
+    the stage's slices (at most ``slice_size`` images): (CPU seconds per image, wall images/s from
+    the first slice to the last process's end, warm-up and process start left out)."""
+    from zutiscli.pipeline.index import _slice_bounds
+
+    bounds = _slice_bounds(len(tensors), cores, slice_size)  # as the stage cuts them: every process ends together
+    _SHARED["backbone"] = backbone
+    _SHARED["slices"] = [tensors[first:last] for first, last in zip(bounds, bounds[1:])]
+    shares = [list(range(first, len(_SHARED["slices"]), cores)) for first in range(cores)]
+    with multiprocessing.get_context("fork").Pool(cores) as pool:
+        pool.map(_noop, range(cores))  # started before the clock
+        results = pool.map(_model_share, shares, chunksize=1)
+    return sum(cpu for cpu, _ in results) / len(tensors), len(tensors) / max(wall for _, wall in results)
+
+
+def _noop(_: int) -> None:
+    return None
 
 
 def ceiling(backbone, tensors: torch.Tensor, batch_size: int, threads: int, intra_op: int | None) -> float:
@@ -224,15 +293,15 @@ def describe_runs(label: str, runs: list[dict]) -> str:
 
 
 def stage_split(config: IndexConfig) -> dict[str, float]:
-    """One ``build_index`` run decoding in threads, with the CPU time of each kind of work inside it
-    measured per thread (``time.thread_time``): decoding (an image read, hashed, decoded and
-    preprocessed), the model (a slice's forward pass), and the main thread (records, chunk commits,
-    hand-offs). Seconds per image."""
+    """One ``build_index`` run with the CPU time of each kind of work inside it measured per thread
+    (``time.thread_time``), in this process and in its worker processes alike (the totals are
+    shared memory the forked workers add to): decoding (an image read, hashed, decoded and
+    preprocessed), the model (a slice's forward pass), and the main thread during the loop (starting
+    the workers, taking their results, records, chunk commits but the last). Seconds per image."""
     import zutiscli.engine.ordered_forward as ordered_forward
     import zutiscli.pipeline.index as index_module
 
-    spent = {"decode": 0.0, "model": 0.0}
-    lock = threading.Lock()
+    totals = {kind: multiprocessing.get_context("fork").Value("d", 0.0) for kind in ("decode", "model")}
 
     def timed(kind: str, function: Callable) -> Callable:
         def run(*args):
@@ -240,33 +309,38 @@ def stage_split(config: IndexConfig) -> dict[str, float]:
             try:
                 return function(*args)
             finally:
-                with lock:
-                    spent[kind] += time.thread_time() - start
+                with totals[kind].get_lock():
+                    totals[kind].value += time.thread_time() - start
         return run
 
-    read, forward = index_module._ImageFiles.__getitem__, ordered_forward._run
+    def slices_timing(self, files, bounds, embed, threads):
+        made(self, files, bounds, timed("model", embed), threads)
+
+    main_thread = [0.0]
+
+    def loop_timing(*args):  # the main thread from the loop's start to its last batch
+        start = time.thread_time()
+        try:
+            yield from embedded(*args)
+        finally:
+            main_thread[0] = time.thread_time() - start
+
+    read, forward, made = index_module._ImageFiles.__getitem__, ordered_forward._run, index_module._EmbeddedSlices.__init__
+    embedded = index_module._embedded
     index_module._ImageFiles.__getitem__ = timed("decode", read)
     ordered_forward._run = timed("model", forward)
+    index_module._EmbeddedSlices.__init__ = slices_timing
+    index_module._embedded = loop_timing
     out = Path(tempfile.mkdtemp()) / "index"
     try:
-        main_start = time.thread_time()
-        result = build_index(replace(config, decode_in="threads"), out)
-        spent["main thread"] = time.thread_time() - main_start
+        result = build_index(config, out)
     finally:
         index_module._ImageFiles.__getitem__, ordered_forward._run = read, forward
+        index_module._EmbeddedSlices.__init__, index_module._embedded = made, embedded
         shutil.rmtree(out.parent, ignore_errors=True)
-    return {kind: seconds / max(1, result.embedded) for kind, seconds in spent.items()}
-
-
-@contextmanager
-def inline_model():
-    """The stage's model in the main thread on torch's own intra-op threads, as before model threads."""
-    chosen = IndexConfig.model_threads
-    IndexConfig.model_threads = lambda self, device_type, cores=None: 0
-    try:
-        yield
-    finally:
-        IndexConfig.model_threads = chosen
+    count = max(1, result.embedded)
+    return {"decode": totals["decode"].value / count, "model": totals["model"].value / count,
+            "main thread": main_thread[0] / count}
 
 
 def main() -> int:
@@ -282,12 +356,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3,
                         help="rounds of (t_decode, t_model, each variant of the stage); medians are reported")
     parser.add_argument("--decode-rounds", type=int, default=3, help="passes of each decoding path; the best is kept")
-    parser.add_argument("--compare-previous", action="store_true",
-                        help="also run the stage with the previous choice of workers and threads")
+    parser.add_argument("--compare-decoders", action="store_true",
+                        help="also time the JPEG decoders at hand (PIL draft, PIL full, torchvision, simplejpeg)")
     parser.add_argument("--split", action="store_true",
                         help="also run the stage once more with each kind of work's CPU time measured inside it")
-    parser.add_argument("--compare-processes", action="store_true",
-                        help="also run the stage decoding in worker processes (the CUDA default) instead of threads")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="also run the stage with decoding threads and model threads (--decode-in threads)")
     args = parser.parse_args()
 
     paths = make_images(args.dir, args.images)
@@ -297,7 +371,9 @@ def main() -> int:
     backbone = load_backbone(ModelSpec(args.model, "none"), device=device, dtype=dtype)
     weights = Path(tempfile.mkdtemp()) / "weights.pt"
     save_weights(backbone, weights)
-    config = IndexConfig(sources=[str(path) for path in paths], model=args.model, pretrained=str(weights),
+    listing = weights.parent / "images.txt"  # one input, as a cluster job's --from-list
+    listing.write_text("".join(f"{path.resolve()}\n" for path in paths), encoding="utf-8")
+    config = IndexConfig(from_list=str(listing), model=args.model, pretrained=str(weights),
                          batch_size=args.batch_size, workers=args.workers, threads=args.threads,
                          device=args.device, precision=args.precision, chunk_size=1024)
     cores = available_cores()
@@ -325,9 +401,14 @@ def main() -> int:
     print(f"  before: stat, read + hash, reopen to decode, reopen for size  {times['previous'] * 1000:7.3f} ms")
     print(f"  read_image: one read, JPEG draft decode, resize               {t_decode * 1000:7.3f} ms   "
           f"({times['previous'] / t_decode:.2f}x less; tensors max |difference| {difference:.1e})")
+    if args.compare_decoders:
+        print("JPEG decoders, CPU per image (one thread, bytes in memory; decoding only):")
+        jpeg_decoders(paths, size, args.decode_rounds)
 
     # the model: CPU per image on one thread, then the ceiling
-    slice_size = -(-args.batch_size // max(1, threads))
+    # the stage cuts each batch in one slice per worker process (or per model thread)
+    in_processes = decode_in == "processes" and device.type == "cpu"
+    slice_size = -(-args.batch_size // max(1, workers if in_processes else threads))
     if device.type != "cpu":
         model_ceiling = ceiling(backbone, tensors, args.batch_size, 0, None)
         print(f"(a) model ceiling        {model_ceiling:8.1f} images/s")
@@ -338,59 +419,59 @@ def main() -> int:
         shutil.rmtree(weights.parent, ignore_errors=True)
         return 0
 
-    stage_way = ceiling(backbone, tensors, args.batch_size, threads, None)
-    torch_way = ceiling(backbone, tensors, args.batch_size, threads, intra_op=cores)
-    model_ceiling = max(stage_way, torch_way)
-    busy_decode = decode_cpu_all_cores(chosen, cores)
-    busy_model = model_cpu_all_cores(backbone, tensors, slice_size, cores)
-    busy_bound = cores / (busy_decode + busy_model)
-    print(f"(a) model ceiling        {model_ceiling:8.1f} images/s   (slices on {threads} threads {stage_way:.1f}, "
-          f"whole batches on {cores} torch threads {torch_way:.1f})")
-    print(f"(b') bound with t measured on {cores} cores at once: t_decode {busy_decode * 1000:.3f} ms, t_model "
-          f"{busy_model * 1000:.3f} ms -> {busy_bound:.1f} images/s")
+    thread_way = ceiling(backbone, tensors, args.batch_size, cores, None)
+    torch_way = ceiling(backbone, tensors, args.batch_size, cores, intra_op=cores)
+    _, process_way = model_all_cores(backbone, tensors, slice_size, cores)
+    model_ceiling = max(thread_way, torch_way, process_way)
+    print(f"(a) model ceiling        {model_ceiling:8.1f} images/s   (slices of {slice_size} in {cores} processes "
+          f"{process_way:.1f}, on {cores} threads {thread_way:.1f}; whole batches on {cores} torch threads "
+          f"{torch_way:.1f})")
 
     # rounds: the bound's t_decode and t_model and each variant of the stage, one after the other, so
     # that a change of load touches them alike; each round's ratio uses that round's bound
     variants = {"zutis index (e2e)": config}
-    if args.compare_processes:
-        variants["decoding in processes"] = replace(config, decode_in="processes")
-    if args.compare_previous:
-        variants["previous choice"] = replace(
-            config, decode_in="processes", workers=max(1, min(8, cores - 1)) if args.workers is None else args.workers)
+    if args.compare_threads:
+        variants["decoding threads"] = replace(config, decode_in="threads")
     runs: dict[str, list[dict]] = {label: [] for label in variants}
-    bounds, decodes, models = [], [], []
+    bounds, decodes, models, busy, busy_walls = [], [], [], [], []
     for _ in range(args.repeats):
         with torch_threads(1):
             decodes.append(cpu_per_item({"chosen": lambda path: chosen[number[path]]}, paths, 1)["chosen"])
         models.append(model_cpu(backbone, tensors, slice_size))
         bounds.append(cores / (decodes[-1] + models[-1]))
+        cpu, wall = work_all_cores(chosen, backbone, slice_size, cores)
+        busy.append(cpu)
+        busy_walls.append(wall)
         for label, variant in variants.items():
-            if label == "previous choice":
-                with inline_model():
-                    runs[label].append(stage_run(variant))
-            else:
-                runs[label].append(stage_run(variant))
-    t_model, t_decode = statistics.median(models), statistics.median(decodes)
+            runs[label].append(stage_run(variant))
+    t_model, t_decode, t_busy = statistics.median(models), statistics.median(decodes), statistics.median(busy)
+    busy_bounds = [cores / t for t in busy]
     print(f"model, CPU per image (one thread, slices of {slice_size})      {t_model * 1000:7.3f} ms   (median of "
           f"{args.repeats} rounds; decoding {t_decode * 1000:.3f} ms)")
     print(f"(b) bound N / (t_decode + t_model), N = {cores}   {statistics.median(bounds):8.1f} images/s   (median; rounds "
           f"{', '.join(f'{b:.1f}' for b in bounds)})")
+    print(f"(b') bound N / t, t measured with {cores} cores at once, each decoding and embedding its slices in turn and "
+          f"nothing else: t {t_busy * 1000:.3f} ms ({t_busy / (t_decode + t_model):.2f} x t_decode + t_model) -> "
+          f"{statistics.median(busy_bounds):.1f} images/s (that work's wall rate {statistics.median(busy_walls):.1f})")
     for label in variants:
         print(describe_runs(label, runs[label]))
     ours = runs["zutis index (e2e)"]
     ratios = [run["rate"] / bound for run, bound in zip(ours, bounds)]
+    busy_ratios = [run["rate"] / bound for run, bound in zip(ours, busy_bounds)]
     e2e = statistics.median(run["rate"] for run in ours)
     e2e_cpu = statistics.median(run["cpu"] for run in ours)
     print(f"ratio e2e / (a)          {e2e / model_ceiling:8.2f}   target >= 0.95 where the model dominates")
     print(f"ratio e2e / (b)          {statistics.median(ratios):8.2f}   target >= 0.95   (median of the rounds' ratios "
-          f"{', '.join(f'{r:.2f}' for r in ratios)}; e2e / (b') {e2e / busy_bound:.2f})")
+          f"{', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"ratio e2e / (b')         {statistics.median(busy_ratios):8.2f}   (rounds "
+          f"{', '.join(f'{r:.2f}' for r in busy_ratios)})")
     print(f"work share               {(t_decode + t_model) / e2e_cpu:8.2f}   (t_decode + t_model) / e2e CPU per image "
-          f"(with (b')'s t: {(busy_decode + busy_model) / e2e_cpu:.2f})")
+          f"(with (b')'s t: {t_busy / e2e_cpu:.2f})")
     if args.split:
         split = stage_split(config)
         print(f"inside the stage, CPU per image: decoding {split['decode'] * 1000:.3f} ms ({split['decode'] / t_decode:.2f} "
               f"x alone), model {split['model'] * 1000:.3f} ms ({split['model'] / t_model:.2f} x alone), main thread "
-              f"{split['main thread'] * 1000:.3f} ms (records, commits, hand-offs; it also waits)")
+              f"{split['main thread'] * 1000:.3f} ms (starting workers, taking results, records, commits)")
     for label in list(variants)[1:]:
         theirs = [run["rate"] for run in runs[label]]
         per_round = [run["rate"] / other for run, other in zip(ours, theirs)]
