@@ -155,7 +155,10 @@ def _environment_error(exc: OSError) -> str | None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Run the command line; exits with 0 (success), 1 (error), 2 (usage error), 130 (Ctrl-C) or 143 (SIGTERM)."""
     _catch_sigterm()
-    command = typer.main.get_command(app)
+    try:  # building the command takes a moment, in which Ctrl-C or SIGTERM may come
+        command = typer.main.get_command(app)
+    except KeyboardInterrupt:
+        _interrupted()
     invoke = command.invoke
 
     def invoke_keeping_interrupts(ctx):  # Click would print a blank line and turn Ctrl-C into Abort
