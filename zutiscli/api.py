@@ -566,7 +566,7 @@ def evaluate(pred, gt, output=None, **options):
 
 
 @_signature(("scenes", _REQUIRED), ("runs", _REQUIRED), ("output", None),
-            options=_field_options(CompareConfig, exclude=("images", "runs")) + _keywords(log=None))
+            options=_field_options(CompareConfig, exclude=("images", "runs")) + _keywords(log=None, warn=None))
 def compare(scenes, runs, output=None, **options):
     """Every method on the same scenes, scored alike: one table and one picture (``zutis compare``).
 
@@ -577,20 +577,21 @@ def compare(scenes, runs, output=None, **options):
         output: comparison directory (absent or empty); ``None`` = a new ``runs/compare/N``.
         **options: fields of :class:`zutiscli.pipeline.compare.CompareConfig` (``gt``,
             ``classes``, ``stuff``, ``model``, ``pretrained``, ``background_threshold``,
-            ``picture``, ``device``, ...); and ``log``.
+            ``picture``, ``device``, ...); and ``log`` and ``warn`` (a run that labels every pixel
+            background; default :func:`warnings.warn`).
 
     Returns:
         :class:`zutiscli.pipeline.compare.CompareResult` (``.path``, ``.rows`` per run label:
-        metrics as fractions and seconds per image, ``.table``).
+        metrics as fractions and seconds per image, a ``"warning"`` where there is one, ``.table``).
     """
     from zutiscli.pipeline.compare import compare as run_compare
 
     opts = _options(compare, options, "compare")
-    log = opts.pop("log", None)
+    log, warn = opts.pop("log", None), opts.pop("warn", None)
     if isinstance(opts.get("stuff"), str):
         opts["stuff"] = split_commas(opts["stuff"])
     specs = tuple(RunSpec.parse(os.fspath(run)) for run in ([runs] if isinstance(runs, (str, os.PathLike)) else runs))
-    return run_compare(CompareConfig(images=os.fspath(scenes), runs=specs, **opts), output, log=log)
+    return run_compare(CompareConfig(images=os.fspath(scenes), runs=specs, **opts), output, log=log, warn=warn)
 
 
 # ---- in-memory prediction -------------------------------------------------------------------

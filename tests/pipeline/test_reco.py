@@ -320,6 +320,15 @@ def test_the_python_api_takes_the_commands_forms(world, references, tmp_path) ->
     result = zs.compare(scenes, ["maskclip", f"ReCo=reco:{references}"], tmp_path / "cmp", model="shapes-clip",
                         pretrained="builtin", classes="circle,star,ring", background_threshold=0.4, picture=0)
     assert list(result.rows) == ["maskclip", "ReCo"] and "mIoU" in result.rows["ReCo"]["metrics"]
+    assert not any("warning" in row for row in result.rows.values())
+    # a threshold no class reaches: every pixel background, said once and kept in the row
+    said: list[str] = []
+    result = zs.compare(scenes, [f"ReCo=reco:{references}"], tmp_path / "cmp-all-background", model="shapes-clip",
+                        pretrained="builtin", classes="circle,star,ring", background_threshold=1.0, picture=0,
+                        warn=said.append)
+    assert said == ["ReCo labelled every pixel of every image background; lower --background-threshold (now 1: no "
+                    "class held that share of ReCo's maps anywhere)"]
+    assert result.rows["ReCo"]["warning"] == "every pixel of every image labelled background"
     with pytest.raises(UsageError, match="not one of"):
         zs.compare(scenes, "sam", tmp_path / "bad")
 

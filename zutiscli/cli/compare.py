@@ -25,11 +25,13 @@ def compare(
 
     Example: zutis compare data/scenes --run maskclip --run zutis:runs/train/demo --model shapes-clip --pretrained builtin -o runs/compare
     """
+    from rich.markup import escape
+
     from zutiscli.pipeline.compare import compare as run_compare
     from zutiscli.pipeline.compare_config import RunSpec
 
     reporter = Reporter(json_mode, quiet)
     config = CompareConfig(images=str(scenes), runs=tuple(RunSpec.parse(text) for text in run or ()), **options)
     config.validate()
-    result = run_compare(config, output, log=reporter.log)
+    result = run_compare(config, output, log=reporter.log, warn=lambda message: reporter.warn(escape(message)))
     reporter.result({"runs": result.rows}, path=result.path, text=result.table)

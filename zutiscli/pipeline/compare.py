@@ -116,10 +116,13 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
 @holding_locks
 def compare(config: CompareConfig, output: str | Path | None = None, *,
             progress: Callable[[int, int], None] | None = None,
-            log: Callable[[str], None] | None = None) -> CompareResult:
+            log: Callable[[str], None] | None = None,
+            warn: Callable[[str], None] | None = None) -> CompareResult:
     """Run ``zutis compare``; returns the directory, the rows and the text table.
 
-    ``progress(done, total)`` counts the runs."""
+    ``progress(done, total)`` counts the runs. A run that labels every pixel of every image
+    background gets a ``"warning"`` in its row and one line to ``warn`` (default:
+    :func:`warnings.warn`): its scores say nothing of its method."""
     from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
     from zutiscli.artefacts.groundtruth import load_ground_truth
     from zutiscli.artefacts.manifest import write_manifest
@@ -158,6 +161,11 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
                            "source": run.argument, "metrics": glance,
                            "seconds": round(seconds, 2),
                            "seconds_per_image": round(seconds / max(1, len(prediction.images)), 4)}
+        if _background_only(prediction):
+            hint = (f"; lower --background-threshold (now {config.background_threshold:g}: no class held that "
+                    f"share of ReCo's maps anywhere)" if run.method == "reco" else "")
+            rows[run.label]["warning"] = "every pixel of every image labelled background"
+            _warn(warn, f"{run.label} labelled every pixel of every image background{hint}")
         predictions.append(prediction)
         if progress is not None:
             progress(number, len(config.runs))
@@ -176,6 +184,21 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
                            "match_score": config.match_score, "device": config.device, "precision": config.precision},
                    summary={"runs": {label: row["metrics"] for label, row in rows.items()}})
     return CompareResult(out, rows, table)
+
+
+def _background_only(prediction: Any) -> bool:
+    """Whether ``prediction`` has semantic maps and they hold nothing but background (0; -1: no class)."""
+    maps = [image.semantic for image in prediction.images if isinstance(image.semantic, np.ndarray)]
+    return bool(maps) and all(int(semantic.max(initial=0)) <= 0 for semantic in maps)
+
+
+def _warn(warn: Callable[[str], None] | None, message: str) -> None:
+    if warn is not None:
+        warn(message)
+    else:
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
 
 
 def _as_matched_classes(prediction: Any, metrics: dict[str, Any], names: list[str]) -> Any:
