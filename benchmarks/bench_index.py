@@ -313,8 +313,8 @@ def stage_split(config: IndexConfig) -> dict[str, float]:
                     totals[kind].value += time.thread_time() - start
         return run
 
-    def slices_timing(self, files, bounds, embed, threads):
-        made(self, files, bounds, timed("model", embed), threads)
+    def slices_timing(self, files, bounds, embed):
+        made(self, files, bounds, timed("model", embed))
 
     main_thread = [0.0]
 

@@ -289,13 +289,18 @@ def test_decoding_workers_give_the_tensors_and_records_of_load_image(photos, tin
     assert tuple(tensors[0].shape) == (3, 32, 32)
 
 
-@pytest.mark.parametrize("decode_in", ["threads", "processes"])
+@pytest.mark.parametrize("decode_in, threads", [("threads", 2), ("processes", 1)])
 def test_index_on_several_cores_retrieves_what_one_image_at_a_time_does(tmp_path, photos, tiny_backbone,
-                                                                         tiny_checkpoint, decode_in):
+                                                                         tiny_checkpoint, decode_in, threads):
     paths = sorted(photos.iterdir())
-    built = build_index(_config([photos], tiny_checkpoint, workers=2, threads=2, batch_size=4, decode_in=decode_in),
-                        tmp_path / "index")
-    assert (built.extra["workers"], built.extra["threads"], built.extra["decode_in"]) == (2, 2, decode_in)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    with torch.inference_mode():  # this process uses OpenMP with several threads before the workers fork
+        torch.nn.functional.conv2d(torch.rand(8, 3, 64, 64), torch.rand(64, 3, 8, 8))
+    torch.set_num_threads(before)
+    built = build_index(_config([photos], tiny_checkpoint, workers=2, batch_size=4, decode_in=decode_in,
+                                threads=None if decode_in == "processes" else threads), tmp_path / "index")
+    assert (built.extra["workers"], built.extra["threads"], built.extra["decode_in"]) == (2, threads, decode_in)
     assert built.embedded == len(paths)
     # the reference index: each file through load_image, all embedded in one forward pass, one thread
     tensors, fields = _decoded_one_at_a_time(tiny_backbone, paths)
@@ -331,13 +336,14 @@ def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkey
     assert (config.decode_workers("cpu", cores=16), config.model_threads("cpu", cores=16)) == (16, 1)
     assert config.decode_workers("cuda", cores=16) == 8  # processes feeding a GPU stop at 8
     assert config.model_threads("cpu", workers=0) == 3  # one batch or less is embedded here, on every core
-    assert IndexConfig(sources=["pile"], workers=1).model_threads("cpu", cores=4) == 4  # the cores shared out
-    assert IndexConfig(sources=["pile"], workers=3).model_threads("cpu", cores=4) == 1
-    # threads: decoders and model threads, one of each per core
+    # fewer workers than cores: still one thread each (OpenMP cannot start more in a forked process)
+    assert IndexConfig(sources=["pile"], workers=1).model_threads("cpu", cores=4) == 1
+    # threads: decoders and model threads, one of each per core; giving --threads chooses them
     threads = IndexConfig(sources=["pile"], decode_in="threads")
     assert (threads.decode_threads("cpu"), threads.decode_threads("cuda")) == (True, True)
     assert (threads.decode_workers("cpu", cores=16), threads.model_threads("cpu", cores=16)) == (16, 16)
     given = IndexConfig(sources=["pile"], workers=0, threads=5)
+    assert (given.decode_threads("cpu"), given.decode_threads("cuda")) == (True, False)
     assert (given.decode_workers("cpu"), given.model_threads("cpu"), given.model_threads("cuda")) == (0, 5, 0)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two ranks of this machine share its cores
     assert (config.decode_workers("cpu"), config.model_threads("cpu")) == (1, 1)
@@ -350,6 +356,9 @@ def test_decoding_workers_and_model_threads_follow_the_cores_unless_given(monkey
         IndexConfig(sources=["pile"], threads=0).validate()
     with pytest.raises(UsageError, match="--decode-in must be auto, threads, processes"):
         IndexConfig(sources=["pile"], decode_in="forks").validate()
+    with pytest.raises(UsageError, match="--threads 2 needs --decode-in threads: a worker process runs the model on one"):
+        IndexConfig(sources=["pile"], decode_in="processes", threads=2).validate()
+    IndexConfig(sources=["pile"], decode_in="processes", threads=1).validate()
 
 
 @pytest.mark.parametrize("count, workers, size", [(100, 2, 16), (2000, 2, 16), (500, 2, 16), (5, 2, 16), (64, 4, 8),

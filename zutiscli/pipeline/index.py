@@ -8,16 +8,17 @@ both sides at least the model's input size.
 
 Where the work runs (``decode_in``, :class:`~zutiscli.pipeline.index_config.IndexConfig`):
 
-* CPU, ``processes`` (the default where processes can be forked): one worker process per core,
-  each decoding *and* embedding slices of the images on its core (:class:`_EmbeddedSlices`) and
-  sending back only embeddings and file records. No core ever waits for another's output, no
-  decoded pixels cross between processes, and Python's global interpreter lock is not shared, so
-  the stage runs at the bound of the cores, N / (CPU time of decoding + of the model per image),
-  whether decoding or the model is the larger part.
+* CPU, ``processes`` (the default where processes can be forked and ``threads`` is not given): one
+  worker process per core, each decoding *and* embedding slices of the images on its core and on
+  one torch thread (:class:`_EmbeddedSlices`), and sending back only embeddings and file records.
+  No core ever waits for another's output, no decoded pixels cross between processes, and Python's
+  global interpreter lock is not shared, so the stage runs near the bound of the cores, N / (CPU
+  time of decoding + of the model per image), whether decoding or the model is the larger part.
 * CPU, ``threads``: decoding threads of this process (:mod:`zutiscli.data.thread_batches`) and
   ``threads`` model threads, each embedding a slice of every batch on one core
   (:mod:`zutiscli.engine.ordered_forward`); no worker process is started.
 * CUDA: DataLoader worker processes decode and the model runs in this process, on the device.
+
 A killed run leaves a valid, partial index; rerunning the same command finishes it, and rerunning
 with more images appends only what is new. A run that finishes writes the index's image table
 (``table/``, the records of every committed chunk in memory-mapped columns), even when it had
@@ -129,21 +130,19 @@ class _EmbeddedSlices(torch.utils.data.Dataset):
     An item is ``(items, embeddings, metas, bad)`` as :func:`_collate` gives them, with
     ``embeddings`` the ``(n, D)`` float16 array of ``embed`` (``None`` where no image of the slice
     could be read). Only these cross back to the main process (a few hundred bytes per image,
-    pickled: no shared memory). ``threads``: torch's intra-op threads in the worker.
+    pickled: no shared memory). A worker runs torch on one thread (:func:`~zutiscli.data.workers.
+    quiet_worker`): GNU OpenMP cannot start more in a forked process once its parent has used it.
     """
 
-    def __init__(self, files: _ImageFiles, bounds: list[int], embed: Callable[[torch.Tensor], np.ndarray], threads: int):
+    def __init__(self, files: _ImageFiles, bounds: list[int], embed: Callable[[torch.Tensor], np.ndarray]):
         self.files = files
         self.bounds = bounds
         self.embed = embed
-        self.threads = threads
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
 
     def __getitem__(self, item: int):
-        if torch.get_num_threads() != self.threads:  # the worker starts with one (quiet_worker)
-            torch.set_num_threads(self.threads)
         items, tensor, metas, bad = _collate([self.files[i] for i in range(self.bounds[item], self.bounds[item + 1])])
         with torch.inference_mode():
             return items, None if tensor is None else self.embed(tensor), metas, bad
@@ -197,8 +196,8 @@ class IndexResult:
     ``extra`` (also in the manifest's summary): ``seconds`` (the whole run), ``embed_seconds`` (the
     embedding loop, wall), ``embed_cpu_seconds`` (CPU seconds of the loop: this process's threads
     and the worker processes), ``workers`` (decoding threads or processes), ``decode_in``
-    (``threads`` or ``processes``), ``threads`` (model threads, or on CPU with worker processes the
-    torch threads of each; 0: in the calling thread, on CUDA), ``device``, ``shard``.
+    (``threads`` or ``processes``), ``threads`` (model threads, 1 in each worker process on CPU; 0:
+    in the calling thread, on CUDA), ``device``, ``shard``.
     """
 
     path: Path
@@ -546,11 +545,11 @@ def _embedded(dataset: _ImageFiles, embed: Callable[[torch.Tensor], np.ndarray],
               threads: int, in_threads: bool, device: torch.device):
     """``(items, metas, bad, embeddings)`` of consecutive batches of ``dataset``, in order, decoded
     and embedded where the module's docstring says (``workers`` 0: decoded in the calling thread;
-    ``threads``: model threads, or on CPU with worker processes each worker's torch threads).
+    ``threads``: model threads; worker processes run one torch thread each).
     Closing the generator stops the threads or processes it started."""
     if workers and not in_threads and device.type == "cpu":
         bounds = _slice_bounds(len(dataset), workers, -(-batch_size // workers))
-        loader = worker_loader(_EmbeddedSlices(dataset, bounds, embed, threads), workers, batch_size=None,
+        loader = worker_loader(_EmbeddedSlices(dataset, bounds, embed), workers, batch_size=None,
                                shuffle=False, collate_fn=_as_is, persistent_workers=False, prefetch_factor=2,
                                multiprocessing_context="fork")  # the model reaches the workers by forking
         for items, embeddings, metas, bad in loader:

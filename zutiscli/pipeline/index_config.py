@@ -40,13 +40,14 @@ class IndexConfig:
         None, "Worker processes (or threads, see --decode-in) decoding the images; on CPU each process also "
         "runs the model on its images (default: one per core; feeding a GPU, at most 8).", show_default=False)
     decode_in: str = option(
-        "auto", "Decode in worker processes (auto: on CPU each embeds what it decodes on its own core; on CUDA "
-        "they feed the GPU) or in threads of this process, with --threads model threads (no worker processes; "
-        "auto where processes cannot be forked).", choices=DECODE_IN)
+        "auto", "Decode in worker processes (on CPU each embeds what it decodes on its own core, one torch thread; "
+        "on CUDA they feed the GPU) or in threads of this process, with --threads model threads (no worker "
+        "processes). auto: processes, or threads on CPU where --threads is given or processes cannot be forked.",
+        choices=DECODE_IN)
     threads: int | None = option(
-        None, "Threads running the model on CPU: torch threads of each worker process (default: the cores "
-        "shared out among the workers), or with decoding threads model threads each embedding a slice of every "
-        "batch on one core (default: one per core). Unused on CUDA.", show_default=False)
+        None, "Model threads on CPU with decoding threads, each embedding a slice of every batch on one core "
+        "(default: one per core; giving it chooses decoding threads). Worker processes run one torch thread "
+        "each: set --workers. Unused on CUDA.", show_default=False)
     device: str = device_option()
     precision: str = precision_option()
     faiss: str = option("Flat", "faiss factory string; Flat = exact search (no index file), e.g. IVF4096,PQ64.")
@@ -71,15 +72,19 @@ class IndexConfig:
             raise UsageError(f"--decode-in must be {', '.join(DECODE_IN)} (got {self.decode_in!r})")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1 (got {self.threads})")
+        if self.decode_in == "processes" and self.threads not in (None, 1):
+            raise UsageError(f"--threads {self.threads} needs --decode-in threads: a worker process runs the model on "
+                             f"one torch thread (OpenMP cannot start more in a forked process); set --workers instead")
         if self.shard is not None:
             check_shard(self.shard)
 
     def decode_threads(self, device_type: str) -> bool:
         """Whether images are decoded in threads of this process (else in worker processes):
-        ``decode_in``, where ``auto`` means processes, or threads on a CPU where processes cannot be
-        forked (the workers get the model by forking)."""
+        ``decode_in``, where ``auto`` means processes, or threads on a CPU where ``threads`` is given
+        (model threads are the threads way's) or processes cannot be forked (the workers get the
+        model by forking)."""
         if self.decode_in == "auto":
-            return device_type == "cpu" and not can_fork()
+            return device_type == "cpu" and (self.threads is not None or not can_fork())
         return self.decode_in == "threads"
 
     def decode_workers(self, device_type: str = "cpu", cores: int | None = None) -> int:
@@ -94,20 +99,19 @@ class IndexConfig:
 
     def model_threads(self, device_type: str, cores: int | None = None, workers: int | None = None) -> int:
         """Threads running the model: ``0`` on CUDA (the forward pass runs in the calling thread, as
-        the GPU does the work); on CPU ``threads``, else with decoding threads one per core
-        (:func:`zutiscli.engine.ordered_forward.forward_in_order`), with worker processes the torch
-        threads of each: the cores shared out among the ``workers`` processes (default
-        :meth:`decode_workers`; 0 workers: the model runs here, on every core). ``cores``: default
-        :func:`cores_per_process`."""
+        the GPU does the work); on CPU with decoding threads ``threads``, else one per core
+        (:func:`zutiscli.engine.ordered_forward.forward_in_order`); with worker processes 1, the
+        torch threads of each (GNU OpenMP, torch's, cannot start a team of threads in a process
+        forked from one that used it: the worker would hang), or with ``workers`` 0 (the images
+        embedded in this process) one per core. ``cores``: default :func:`cores_per_process`;
+        ``workers``: default :meth:`decode_workers`."""
         if device_type != "cpu":
             return 0
-        if self.threads is not None:
-            return self.threads
         count = cores_per_process() if cores is None else cores
         if self.decode_threads(device_type):
-            return count
+            return self.threads if self.threads is not None else count
         workers = self.decode_workers(device_type, count) if workers is None else workers
-        return max(1, count // max(1, workers))
+        return 1 if workers else count
 
 
 def can_fork() -> bool:
