@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator
 
 from zutiscli.errors import ZutisError
 
-__all__ = ["CarriedError", "WorkerTraceback", "available_cores", "quiet_worker", "worker_loader"]
+__all__ = ["CarriedError", "WorkerTraceback", "as_is", "available_cores", "quiet_worker", "worker_loader"]
 
 
 def available_cores() -> int:
@@ -193,6 +193,12 @@ class _Loader:
             if isinstance(item, CarriedError):
                 item.reraise()
             yield item
+
+
+def as_is(item: Any) -> Any:
+    """A DataLoader collate that hands each item over unchanged (with ``batch_size=None`` torch's
+    default would turn numpy arrays into tensors)."""
+    return item
 
 
 def worker_loader(dataset: Any, workers: int, **options: Any) -> Any:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zutiscli.data.workers import worker_loader
+from zutiscli.data.workers import as_is, worker_loader
 from zutiscli.engine.inference import InferenceSettings
 
 
@@ -114,10 +114,6 @@ class _Decoded(torch.utils.data.Dataset):
         if not self.always_input and model_size(*rgb.shape[:2], self.max_size, self.patch) == rgb.shape[:2]:
             return number, path, rgb, None, None
         return number, path, rgb, resize_for_model(rgb, self.max_size, self.patch), None
-
-
-def _as_is(item: Any) -> Any:
-    return item
 
 
 class _Writer:
@@ -220,7 +216,7 @@ class PredictEngine:
         device = getattr(getattr(self.predictor, "text", None), "device", torch.device("cpu"))
         dataset = _Decoded(paths, max_pixels, self.max_size, self.predictor.patch, always_input=device.type == "cuda")
         loader = worker_loader(
-            dataset, workers, batch_size=None, shuffle=False, collate_fn=_as_is, pin_memory=device.type == "cuda",
+            dataset, workers, batch_size=None, shuffle=False, collate_fn=as_is, pin_memory=device.type == "cuda",
             prefetch_factor=2 * max(1, batch_size) if workers else None)
         writer = _Writer(sink, timing)
         pending: list[tuple[int, Path, np.ndarray, torch.Tensor]] = []

@@ -72,7 +72,7 @@ from zutiscli.data.images import discover_images
 from zutiscli.data.shards import (check_shard, distinct_directories, shard_dir_name, shard_entries,  # noqa: F401
                                   shard_from_environment, shard_of)
 from zutiscli.data.thread_batches import thread_batches
-from zutiscli.data.workers import worker_loader
+from zutiscli.data.workers import as_is, worker_loader
 from zutiscli.engine.ordered_forward import forward_in_order
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.models.clip import ModelSpec, load_backbone
@@ -164,10 +164,6 @@ def _slice_bounds(count: int, workers: int, size: int) -> list[int]:
         for share in shares:
             bounds.append(bounds[-1] + share // rounds + (round_ < share % rounds))
     return bounds
-
-
-def _as_is(item: Any) -> Any:
-    return item
 
 
 def _collate(batch: list[tuple[int, torch.Tensor | None, Any]]):
@@ -550,7 +546,7 @@ def _embedded(dataset: _ImageFiles, embed: Callable[[torch.Tensor], np.ndarray],
     if workers and not in_threads and device.type == "cpu":
         bounds = _slice_bounds(len(dataset), workers, -(-batch_size // workers))
         loader = worker_loader(_EmbeddedSlices(dataset, bounds, embed), workers, batch_size=None,
-                               shuffle=False, collate_fn=_as_is, persistent_workers=False, prefetch_factor=2,
+                               shuffle=False, collate_fn=as_is, persistent_workers=False, prefetch_factor=2,
                                multiprocessing_context="fork")  # the model reaches the workers by forking
         for items, embeddings, metas, bad in loader:
             yield items, metas, bad, embeddings

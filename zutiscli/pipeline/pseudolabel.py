@@ -61,7 +61,7 @@ from zutiscli.artefacts.pseudolabels import (
 from zutiscli.artefacts.lock import content, holding_locks
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
-from zutiscli.data.workers import quiet_worker, worker_loader
+from zutiscli.data.workers import as_is, quiet_worker, worker_loader
 from zutiscli.errors import ArtefactError, ZutisError
 from zutiscli.models.device import precision_name, resolve_device, resolve_precision
 from zutiscli.ops.masks import encode_mask
@@ -127,11 +127,6 @@ def _work(item: tuple[int, np.ndarray, dict | None, np.ndarray | None, Pseudolab
 
 
 # ---- model side -----------------------------------------------------------------------------
-def _as_is(item: Any) -> Any:
-    """DataLoader collate that hands items over unchanged (numpy images stay numpy)."""
-    return item
-
-
 class _Images(torch.utils.data.Dataset):
     """Decodes an archive image and resizes it for the backbone (short side or square)."""
 
@@ -350,7 +345,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     # A saliency-network method resizes images itself: the loader only decodes (16 px tensors, unused).
     dataset = _Images(todo, config.input_size if labeller.needs == "features" else 16,
                       square=labeller.square_input, patch=patch)
-    loader = worker_loader(dataset, 1 if len(todo) > 1 else 0, batch_size=None, shuffle=False, collate_fn=_as_is)
+    loader = worker_loader(dataset, 1 if len(todo) > 1 else 0, batch_size=None, shuffle=False, collate_fn=as_is)
     pool = futures.ProcessPoolExecutor(config.workers, initializer=quiet_worker) if config.workers > 0 else None
     sizes: dict[int, dict[str, int]] = {}
     pending: dict[int, dict[str, Any]] = {}
