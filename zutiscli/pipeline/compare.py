@@ -25,6 +25,7 @@ import numpy as np
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.compare_config import RUN_ARGUMENTS, CompareConfig, RunSpec  # noqa: F401 - exported here too
+from zutiscli.pipeline.failures import send_warning
 
 #: The columns of the table, in order (those no run has are left out).
 COLUMNS = ("mIoU", "pixel_accuracy", "mask_AP", "mask_AP50", "mask_AP_agnostic", "PQ", "PQ_things", "PQ_stuff")
@@ -165,7 +166,7 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
             hint = (f"; lower --background-threshold (now {config.background_threshold:g}: no class held that "
                     f"share of ReCo's maps anywhere)" if run.method == "reco" else "")
             rows[run.label]["warning"] = "every pixel of every image labelled background"
-            _warn(warn, f"{run.label} labelled every pixel of every image background{hint}")
+            send_warning(warn, f"{run.label} labelled every pixel of every image background{hint}", stacklevel=2)
         predictions.append(prediction)
         if progress is not None:
             progress(number, len(config.runs))
@@ -190,15 +191,6 @@ def _background_only(prediction: Any) -> bool:
     """Whether ``prediction`` has semantic maps and they hold nothing but background (0; -1: no class)."""
     maps = [image.semantic for image in prediction.images if isinstance(image.semantic, np.ndarray)]
     return bool(maps) and all(int(semantic.max(initial=0)) <= 0 for semantic in maps)
-
-
-def _warn(warn: Callable[[str], None] | None, message: str) -> None:
-    if warn is not None:
-        warn(message)
-    else:
-        import warnings
-
-        warnings.warn(message, stacklevel=3)
 
 
 def _as_matched_classes(prediction: Any, metrics: dict[str, Any], names: list[str]) -> Any:

@@ -72,8 +72,13 @@ def check_failures(failures: Sequence[tuple[str, str]], total: int, listing: str
                              f"nothing was written")
         raise ZutisError(f"none of the {len(failures):,} {what} could be read (first: {path}: {reason}); "
                          f"the list is in {listing}; nothing was finished: fix the files or their paths and rerun")
-    message = summary(failures, total, listing, what)
+    send_warning(warn, summary(failures, total, listing, what), stacklevel=2)
+
+
+def send_warning(warn: Callable[[str], None] | None, message: str, stacklevel: int = 1) -> None:
+    """Give a stage's warning to ``warn`` (the command line's one ``warning:`` line), else to
+    :func:`warnings.warn` with ``stacklevel`` counted from the caller of this function."""
     if warn is not None:
         warn(message)
     else:
-        warnings.warn(message, stacklevel=2)
+        warnings.warn(message, stacklevel=stacklevel + 1)

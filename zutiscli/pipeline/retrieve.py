@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -55,6 +54,7 @@ from zutiscli.data.classes import ClassQuery, safe_filenames
 from zutiscli.errors import ArtefactError, ModelError, UsageError
 from zutiscli.ops import knn
 from zutiscli.artefacts.archives import ARCHIVES_NAME, ArchiveHit, archives_text, read_archives  # noqa: F401
+from zutiscli.pipeline.failures import send_warning
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
 from zutiscli.pipeline.retrieve_config import PROMPT_MODES, RetrieveConfig  # noqa: F401 - the stage's options
 
@@ -421,10 +421,7 @@ def retrieve(
 
     def say_warning(message: str) -> None:
         notes.append(message)
-        if warn is not None:
-            warn(message)
-        else:
-            warnings.warn(message, stacklevel=3)
+        send_warning(warn, message, stacklevel=3)
 
     say = log or (lambda message: None)
     check_output_dir(output, "retrieve")  # refuse an unusable -o before minutes of text encoding, create nothing yet
