@@ -17,8 +17,8 @@ from zutiscli.data.workers import available_cores
 from zutiscli.errors import UsageError
 
 DEFAULT_MODEL = "ViT-L-14-336"
-#: Where ``zutis index`` decodes images: ``auto`` is processes (on CPU each also running the model)
-#: where processes can be forked, else threads.
+#: Where ``zutis index`` decodes images: ``auto`` is processes (on CPU each also running the model),
+#: or threads on a CPU where ``--threads`` is given or processes cannot be forked.
 DECODE_IN = ("auto", "threads", "processes")
 #: Decoding processes feeding a GPU at most, unless ``--workers`` says otherwise (each holds a copy
 #: of the loader's state); on CPU, where each process also runs the model, they follow the cores.
@@ -35,7 +35,8 @@ class IndexConfig:
     model: str = option(DEFAULT_MODEL, "open_clip model name (the paper retrieves with ViT-L-14-336).", kind="model")
     pretrained: str | None = option(
         None, "Tag, checkpoint file, builtin or none (default: shipped weights, else openai).", show_default=False)
-    batch_size: int = option(64, "Images per batch (on CPU, --threads threads share each batch's forward pass).")
+    batch_size: int = option(64, "Images per batch (on CPU the worker processes, or --threads model threads, "
+                                 "each embed a slice of every batch).")
     workers: int | None = option(
         None, "Worker processes (or threads, see --decode-in) decoding the images; on CPU each process also "
         "runs the model on its images (default: one per core; feeding a GPU, at most 8).", show_default=False)
