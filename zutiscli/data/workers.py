@@ -34,7 +34,8 @@ from typing import Any, Callable, Iterator
 
 from zutiscli.errors import ZutisError
 
-__all__ = ["CarriedError", "WorkerTraceback", "as_is", "available_cores", "quiet_worker", "worker_loader"]
+__all__ = ["CarriedError", "WorkerTraceback", "as_is", "available_cores", "cores_per_process", "loader_processes",
+           "quiet_worker", "worker_loader"]
 
 
 def available_cores() -> int:
@@ -43,6 +44,22 @@ def available_cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def cores_per_process() -> int:
+    """The cores this process may use (:func:`available_cores`), shared out among the processes that
+    torchrun starts on this machine (``LOCAL_WORLD_SIZE``); at least 1."""
+    try:
+        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        ranks = 1
+    return max(1, available_cores() // ranks)
+
+
+def loader_processes(workers: int | None) -> int:
+    """Data-loading processes of a training run: ``workers`` when given, else one per core of this
+    process's share (:func:`cores_per_process`) but one (the training loop's), in 1..8."""
+    return workers if workers is not None else max(1, min(8, cores_per_process() - 1))
 
 
 def quiet_worker(*_: Any) -> None:

@@ -22,7 +22,7 @@ def check_k(k: int, masks: int, where: Path | str, what: str = "masks") -> None:
 
 def decode_workers(config: Any) -> int:
     """Threads decoding images: ``--workers``, else one per core, at most 8."""
-    from zutiscli.pipeline.index_config import cores_per_process
+    from zutiscli.data.workers import cores_per_process
 
     return config.workers if config.workers is not None else min(8, cores_per_process())
 

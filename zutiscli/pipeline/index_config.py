@@ -6,14 +6,13 @@ runs the stage.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Sequence
 
 from zutiscli.config_fields import device_option, not_an_option, option, precision_option
 from zutiscli.data.limits import DEFAULT_MAX_PIXELS
 from zutiscli.data.shards import check_shard, parse_shard
-from zutiscli.data.workers import available_cores
+from zutiscli.data.workers import cores_per_process
 from zutiscli.errors import UsageError
 
 DEFAULT_MODEL = "ViT-L-14-336"
@@ -122,11 +121,3 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
-def cores_per_process() -> int:
-    """The cores this process may use (:func:`~zutiscli.data.workers.available_cores`), shared out
-    among the processes that torchrun starts on this machine (``LOCAL_WORLD_SIZE``); at least 1."""
-    try:
-        ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        ranks = 1
-    return max(1, available_cores() // ranks)

@@ -87,10 +87,10 @@ class ReclipTrainConfig:
 
     @property
     def loader_workers(self) -> int:
-        """Data-loading processes: ``workers``, or by default one per CPU but one, in 1..8."""
-        import os
+        """Data-loading processes (:func:`~zutiscli.data.workers.loader_processes`)."""
+        from zutiscli.data.workers import loader_processes
 
-        return self.workers if self.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+        return loader_processes(self.workers)
 
     def validate(self) -> None:
         for name in ("iterations", "batch_size", "crop", "checkpoint_every", "log_every"):

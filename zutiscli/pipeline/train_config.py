@@ -8,7 +8,6 @@ copy-paste options of online training take their defaults from
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +91,7 @@ class TrainConfig:
         "(MaskDistill's CLIP-space classifier; the clusters must be CLIP features of --model), or learned from it "
         "(from random rows for other features).", choices=CLASSIFIERS)
     seed: int = option(0, "Seed of the scene stream and the initialisation.")
-    workers: int | None = option(None, "Data workers (default: cores - 1, up to 8).", show_default=False)
+    workers: int | None = option(None, "Data-loading processes (default: the cores this process may use, shared among torchrun's ranks, but one; 1 to 8).", show_default=False)
     device: str = device_option()
     precision: str = option(
         "auto", "Autocast precision; auto = fp16 on CUDA, bf16 on CPUs with bf16 units (AMX, AVX512-BF16), else fp32.",
@@ -121,8 +120,10 @@ class TrainConfig:
 
     @property
     def loader_workers(self) -> int:
-        """Data-loading processes: ``workers``, or by default one per CPU but one, in 1..8."""
-        return self.workers if self.workers is not None else max(1, min(8, (os.cpu_count() or 2) - 1))
+        """Data-loading processes (:func:`~zutiscli.data.workers.loader_processes`)."""
+        from zutiscli.data.workers import loader_processes
+
+        return loader_processes(self.workers)
 
     def validate(self) -> None:
         positive = ("iterations", "batch_size", "crop", "num_queries", "decoder_layers", "decoder_heads",
