@@ -31,12 +31,10 @@ The copy-paste stage reads only this directory, so any mask source that writes t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from zutiscli.artefacts.atomic import atomic_write_text
 from zutiscli.artefacts.coco import load_coco
 from zutiscli.artefacts.manifest import Manifest, read_manifest, resolve_relative
 from zutiscli.errors import ArtefactError
@@ -44,34 +42,6 @@ from zutiscli.errors import ArtefactError
 PSEUDOLABELS_NAME = "pseudolabels.json"
 EMPTY_NAME = "empty.jsonl"
 FAILED_NAME = "failed.jsonl"
-PARTS_DIR = "parts"
-
-
-def read_parts(directory: str | Path) -> dict[str, dict[str, Any]]:
-    """The committed per-image rows of a pseudo-label directory: image path (relative) -> row.
-
-    A later row for the same path wins. Raises :class:`ArtefactError`, naming the file, on a
-    row that is not JSON.
-    """
-    done: dict[str, dict[str, Any]] = {}
-    parts = Path(directory) / PARTS_DIR
-    if parts.is_dir():
-        for part in sorted(parts.glob("*.jsonl")):
-            for number, line in enumerate(part.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                        done[row["path"]] = row
-                    except (ValueError, KeyError, TypeError):
-                        raise ArtefactError(f"{part}: line {number} is not a pseudo-label row; "
-                                            f"delete the file and rerun to redo its images") from None
-    return done
-
-
-def write_part(directory: str | Path, number: int, rows: Iterable[dict[str, Any]]) -> Path:
-    """Commit rows atomically as ``parts/<number>.jsonl`` (the directory must exist)."""
-    text = "".join(json.dumps(row) + "\n" for row in rows)
-    return atomic_write_text(Path(directory) / PARTS_DIR / f"{number:06d}.jsonl", text)
 
 
 @dataclass(frozen=True)

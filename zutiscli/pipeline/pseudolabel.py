@@ -50,14 +50,8 @@ from zutiscli.artefacts.manifest import (
     resolve_relative,
     write_manifest,
 )
-from zutiscli.artefacts.pseudolabels import (
-    EMPTY_NAME,
-    FAILED_NAME,
-    PARTS_DIR,
-    PSEUDOLABELS_NAME,
-    read_parts,
-    write_part,
-)
+from zutiscli.artefacts.parts import PARTS_DIR, count_parts, read_parts, write_part
+from zutiscli.artefacts.pseudolabels import EMPTY_NAME, FAILED_NAME, PSEUDOLABELS_NAME
 from zutiscli.artefacts.lock import content, holding_locks
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
@@ -268,7 +262,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
             previous = read_manifest(out, "zutis.pseudolabels")
             if previous.params.get("method") != config.method or previous.model != record:
                 raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
-        done = len(_done(read_parts(out), out, unique))
+        done = len(_done(read_parts(out, "pseudo-label row"), out, unique))
     path, kind = inputs.describe()
     counts = {"classes": len(archives)} if inputs.named else {}
     reads = [input_entry(path, kind, **counts, images=len(every))]
@@ -337,7 +331,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         if previous.params.get("method") != config.method or previous.model != model_record:
             raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
     (out / PARTS_DIR).mkdir(exist_ok=True)
-    done = _done(read_parts(out), out, unique)
+    done = _done(read_parts(out, "pseudo-label row"), out, unique)
     todo = [p for p in unique if p not in done]
     if len(todo) < len(unique):
         say(f"{len(unique) - len(todo)} image(s) already processed; {len(todo)} to go")
@@ -350,7 +344,7 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
     sizes: dict[int, dict[str, int]] = {}
     pending: dict[int, dict[str, Any]] = {}
     in_flight: set[futures.Future] = set()
-    state = {"next": 0, "part": len(list((out / PARTS_DIR).glob("*.jsonl"))), "completed": 0}
+    state = {"next": 0, "part": count_parts(out), "completed": 0}
     buffer: list[dict[str, Any]] = []
 
     def commit(force: bool = False) -> None:
@@ -486,7 +480,7 @@ def _finish(config: PseudolabelConfig, out: Path, inputs: PseudolabelInputs, mod
             start: float, shard: tuple[int, int] | None,
             warn: Callable[[str], None] | None = None) -> PseudolabelResult:
     archives = inputs.archives
-    results = read_parts(out)
+    results = read_parts(out, "pseudo-label row")
     per_class, total_masks = _assemble(out, archives, results, config.method, config.preview, config.seed)
     entries = [(hit.path, results[rel]) for hits in archives.values() for hit in hits
                if (rel := relative_to(out, hit.path)) in results]  # as failed.jsonl counts them: once per archive

@@ -1,0 +1,26 @@
+"""Committed parts of a resumable stage: what a kill in the middle of a commit leaves is not a part."""
+
+from __future__ import annotations
+
+import pytest
+
+from zutiscli.artefacts.parts import PARTS_DIR, count_parts, read_parts, write_part
+from zutiscli.errors import ArtefactError
+
+
+def test_rows_are_read_back_by_path_the_later_winning_and_a_kills_temporary_ignored(tmp_path):
+    (tmp_path / PARTS_DIR).mkdir()
+    write_part(tmp_path, 0, [{"path": "a.png", "n": 1}, {"path": "b.png", "n": 1}])
+    write_part(tmp_path, 1, [{"path": "a.png", "n": 2}])
+    # an atomic write killed before its rename: half a row, under a temporary name ending in .jsonl
+    (tmp_path / PARTS_DIR / ".000002.jsonl.k3x9q2ab.tmp.jsonl").write_text('{"path": "c.png", "n"')
+    assert read_parts(tmp_path) == {"a.png": {"path": "a.png", "n": 2}, "b.png": {"path": "b.png", "n": 1}}
+    assert count_parts(tmp_path) == 2
+    assert read_parts(tmp_path / "absent") == {} and count_parts(tmp_path / "absent") == 0
+
+
+def test_a_broken_part_is_named(tmp_path):
+    (tmp_path / PARTS_DIR).mkdir()
+    (tmp_path / PARTS_DIR / "000000.jsonl").write_text('{"path": "a.png"}\nnot json\n')
+    with pytest.raises(ArtefactError, match=r"000000.jsonl: line 2 is not a predictions row; delete the file"):
+        read_parts(tmp_path, "predictions row")

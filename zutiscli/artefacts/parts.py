@@ -1,0 +1,54 @@
+"""Committed parts of a resumable stage's results: ``DIR/parts/NNNNNN.jsonl``, one JSON row per input.
+
+A resumable stage (``zutis pseudolabel``, ``zutis predict``) commits its per-image rows in chunks as
+it goes, each chunk one file written atomically (whole or absent after a kill), and assembles its
+artefact from them at the end; a rerun into the same directory skips the inputs that have a row.
+Every row has a ``"path"`` (the input, relative to the directory); the rest is the stage's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from zutiscli.artefacts.atomic import atomic_write_text
+from zutiscli.artefacts.lock import is_temporary
+from zutiscli.errors import ArtefactError
+
+PARTS_DIR = "parts"
+
+__all__ = ["PARTS_DIR", "count_parts", "read_parts", "write_part"]
+
+
+def _parts(directory: str | Path) -> list[Path]:
+    """The committed parts, by name (an atomic write's temporary that a kill left is none)."""
+    return sorted(p for p in (Path(directory) / PARTS_DIR).glob("*.jsonl") if not is_temporary(p.name))
+
+
+def read_parts(directory: str | Path, what: str = "row") -> dict[str, dict[str, Any]]:
+    """The committed rows of ``directory``: input path (relative) -> row; a later row for the same
+    path wins. Raises :class:`ArtefactError`, naming the file, on a line that is not such a row
+    (``what`` names the row in the message)."""
+    done: dict[str, dict[str, Any]] = {}
+    for part in _parts(directory):
+        for number, line in enumerate(part.read_text(encoding="utf-8").splitlines(), 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    done[row["path"]] = row
+                except (ValueError, KeyError, TypeError):
+                    raise ArtefactError(f"{part}: line {number} is not a {what}; "
+                                        f"delete the file and rerun to redo its images") from None
+    return done
+
+
+def count_parts(directory: str | Path) -> int:
+    """How many parts ``directory`` holds (the next part's number)."""
+    return len(_parts(directory))
+
+
+def write_part(directory: str | Path, number: int, rows: Iterable[dict[str, Any]]) -> Path:
+    """Commit rows atomically as ``parts/<number>.jsonl`` (the folder must exist)."""
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    return atomic_write_text(Path(directory) / PARTS_DIR / f"{number:06d}.jsonl", text)
