@@ -663,7 +663,7 @@ ImageLike = Any  # a path (str or os.PathLike), a PIL image, or an (H, W, 3) uin
 # PredictConfig fields a Predictor takes: the model's device and precision, the input size and
 # every post-processing option. The rest name files, the output, or other methods' options.
 _NOT_PREDICTOR_OPTIONS = ("inputs", "from_list", "classes", "method", "checkpoint", "model", "pretrained", "task",
-                          "workers", "components", "vis", "batch_size", "loader_workers", "shard")
+                          "workers", "components", "vis", "batch_size", "chunk_size", "loader_workers", "shard")
 
 
 class Predictor:

@@ -224,6 +224,24 @@ def test_predictions_killed_before_their_manifest_are_made_again_by_the_rerun(wo
     assert "unfinished output of `zutis predict`" in line, line  # another stage never empties it
 
 
+def test_predictions_killed_after_a_commit_are_finished_by_the_rerun(world, tmp_path):
+    whole, out = tmp_path / "whole", tmp_path / "pred"
+    args = ["predict", *fill(["{scenes}/images", "--classes", "circle,star", "--checkpoint", "{run}", "--no-vis",
+                              "--chunk-size", "1"], world, out)]
+    succeeded(zutis(*args, "-o", str(whole)))
+    killed_before("000001.jsonl", 1, *args, "-o", str(out))  # the first image committed, the second not
+    assert sorted(p.name for p in (out / "parts").glob("0*.jsonl")) == ["000000.jsonl"]  # and a temporary
+    done = zutis(*args, "-o", str(out), "--json")
+    succeeded(done)
+    assert "1 image(s) already segmented" in " ".join(done.stderr.split()), done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    images = json.loads((whole / "manifest.json").read_text())["summary"]["images"]
+    assert images >= 2 and manifest["summary"]["resumed"] == 1 and manifest["summary"]["images"] == images
+    for name in ("predictions.json", "images.json"):
+        assert json.loads((out / name).read_text()) == json.loads((whole / name).read_text()), name
+    assert leftovers(out) == [] and not (out / "parts").exists()
+
+
 # ---- full disks and read-only file systems -----------------------------------------------------
 
 def _namespaces_work() -> bool:

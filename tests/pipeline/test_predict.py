@@ -12,7 +12,7 @@ from zutiscli.cli.app import main
 from zutiscli.data.classes import ClassQuery
 from zutiscli.errors import UsageError
 from zutiscli.artefacts.runs import resolve_checkpoint
-from zutiscli.pipeline.predict import PredictConfig, predict
+from zutiscli.pipeline.predict import PredictConfig, plan_predict, predict
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 
 from helpers import train_tiny  # noqa: E402
@@ -208,3 +208,59 @@ def test_names_the_crop_adapter_was_not_fitted_on_are_pointed_out_once(trained, 
     notes = [line for line in logged if "crop adapter was fitted on" in line]
     assert len(notes) == 1 and "2 of the 3 names" in notes[0] and "(hexagon, red star)" in notes[0]
     assert "--no-crop-adapter" in notes[0]
+
+
+class _Stopped(Exception):
+    """Stands for a kill in the middle of a run."""
+
+
+def test_an_interrupted_run_is_finished_by_the_rerun_as_if_never_stopped(trained, tmp_path, monkeypatch):
+    from zutiscli.artefacts.lock import UNFINISHED_NAME
+    from zutiscli.artefacts.prediction_writer import PredictionsWriter
+    from zutiscli.errors import ArtefactError
+    from zutiscli.pipeline.synth import SynthConfig, write_synth
+
+    run, scenes = trained
+    config = PredictConfig(inputs=[str(scenes / "images")], classes=queries("circle", "star"), checkpoint=str(run),
+                           device="cpu", task="all", score_threshold=0.0, chunk_size=1)
+    whole = predict(config, tmp_path / "whole").path
+    add, seen = PredictionsWriter.add, []
+
+    def stopped_at_the_third(self, item):
+        if len(seen) == 2:
+            raise _Stopped
+        seen.append(item.path)
+        add(self, item)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(PredictionsWriter, "add", stopped_at_the_third)
+    with pytest.raises(_Stopped):
+        predict(config, out)
+    assert len(list((out / "parts").glob("*.jsonl"))) == 2 and not (out / "manifest.json").exists()
+    plan = plan_predict(config, out)  # --dry-run
+    assert plan.writes["state"] == "existing" and plan.work == {"already_segmented": 2, "images_to_segment": 1}
+    with pytest.raises(ArtefactError, match="unfinished output of `zutis predict`"):  # other stages keep off it
+        write_synth(SynthConfig("pile", 2, seed=1, size=32), out)
+    with pytest.raises(ArtefactError, match="interrupted `zutis predict` run with another classes"):
+        predict(PredictConfig(**(vars(config) | {"classes": queries("circle")})), out)
+
+    def counted(self, item):
+        seen.append(item.path)
+        add(self, item)
+
+    seen.clear()
+    monkeypatch.setattr(PredictionsWriter, "add", counted)
+    logs = []
+    result = predict(PredictConfig(**(vars(config) | {"batch_size": 2, "chunk_size": 5})), out, log=logs.append)
+    assert [p.name for p in seen] == ["000002.png"]  # only what the interrupted run had not committed
+    assert any("2 image(s) already segmented" in line for line in logs), logs
+    for name in ("predictions.json", "images.json", "panoptic.json"):
+        assert json.loads((out / name).read_text()) == json.loads((whole / name).read_text()), name
+    for name in ("semantic/000000.png", "semantic/000002.png", "panoptic/000001.png"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert [(i.image_id, i.path.name) for i in result.images] == [(1, "000000.png"), (2, "000001.png"),
+                                                                  (3, "000002.png")]
+    assert read_manifest(out, "zutis.predictions").summary["resumed"] == 2
+    assert not (out / "parts").exists() and not (out / UNFINISHED_NAME).exists()
+    with pytest.raises(ArtefactError, match="is a finished artefact"):
+        predict(config, out)

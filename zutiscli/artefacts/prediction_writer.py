@@ -10,6 +10,15 @@ could not be read: ``{"path", "reason"}`` a line, paths relative to the director
 
 The directory is created with the first image written: no readable image, no artefact (only
 ``failed.jsonl``, when there are several failures to list; see :func:`zutiscli.pipeline.predict.predict`).
+
+While a run goes, it is resumable: every ``chunk_size`` images, once their label PNGs are on disk,
+their records are committed as ``parts/NNNNNN.jsonl`` (:mod:`zutiscli.artefacts.parts`; a row per
+image: ``path``, its ``record`` in ``images.json`` without the id, its COCO ``results`` and
+panoptic ``segments`` without image ids, and its ``counts`` and ``semantic_classes``), beside
+``parts/run.json``, what decides the outputs (model and settings). A rerun that finds the same
+``run.json`` skips the committed images (:func:`committed_rows`); the JSON files are assembled at
+the end, image ids ``1..N`` in input order as in a run never interrupted, and ``parts/`` removed.
+Until the manifest is written the directory is marked unfinished, so other stages refuse it.
 """
 
 from __future__ import annotations
@@ -24,8 +33,11 @@ import numpy as np
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
-from zutiscli.artefacts.manifest import relative_to, write_manifest
+from zutiscli.artefacts.lock import mark_unfinished, restart_unfinished
+from zutiscli.artefacts.manifest import read_json, relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.parts import PARTS_DIR, count_parts, read_parts, write_part
 from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.errors import ArtefactError
 
 KIND = "zutis.predictions"
 RESULTS_NAME = "predictions.json"
@@ -33,6 +45,9 @@ IMAGES_NAME = "images.json"
 PANOPTIC_NAME = "panoptic.json"
 FAILED_NAME = "failed.jsonl"
 FOLDERS = ("semantic", "panoptic", "vis")
+RUN_NAME = "run.json"  # in PARTS_DIR: what decides a resumable run's outputs
+#: What a killed run of ``zutis predict`` may have written (a rerun resumes in such a directory).
+OWN_ENTRIES = frozenset({*FOLDERS, PARTS_DIR, FAILED_NAME, RESULTS_NAME, IMAGES_NAME, PANOPTIC_NAME, "shard.json"})
 
 
 @dataclass
@@ -43,6 +58,27 @@ class ImageResult:
     image_id: int
     counts: dict[str, int] = field(default_factory=dict)
     semantic_classes: list[str] = field(default_factory=list)
+
+
+def committed_rows(out: Path, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The rows an interrupted run into ``out`` committed (input path relative to ``out`` -> row),
+    when it was run with ``identity`` (what decides the outputs: model and settings, as JSON);
+    none when it committed nothing. Raises :class:`ArtefactError` naming the first setting that
+    differs, so that a rerun never mixes the outputs of two settings."""
+    run_file = out / PARTS_DIR / RUN_NAME
+    if not run_file.is_file():
+        return {}
+    recorded = read_json(run_file, "the settings of an interrupted `zutis predict` run")
+    ours = json.loads(json.dumps(identity, default=str))
+    if recorded != ours:
+        keys = sorted(set(ours) | set(recorded if isinstance(recorded, dict) else {}))
+        differs = next((k for k in keys if not isinstance(recorded, dict) or recorded.get(k) != ours.get(k)), "model")
+        if differs == "params":
+            a, b = recorded.get("params") or {}, ours["params"]
+            differs = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), differs)
+        raise ArtefactError(f"{out}: holds an interrupted `zutis predict` run with another {differs}; rerun it with "
+                            f"the same settings to finish it, or choose a new -o directory (or remove it)")
+    return read_parts(out, "predictions row")
 
 
 def write_failed_list(out: Path, failures: Sequence[tuple[str | Path, str]]) -> Path:
@@ -113,10 +149,15 @@ class _Flusher:
     def add(self, path: Path) -> None:
         self.pending.append(self.executor.submit(_fsync_file, path))
 
+    def flush(self) -> None:
+        """Return when every file added so far is on disk; raises the first error."""
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
     def wait(self) -> None:
         try:
-            for future in self.pending:
-                future.result()
+            self.flush()
         finally:
             self.executor.shutdown()
 
@@ -129,29 +170,55 @@ class PredictionsWriter:
         names: the class names, in order (category ids ``1..K``).
         tasks: any of ``semantic``, ``instance``, ``panoptic``.
         vis: write overlays.
-        stems: the file stem of each input image, by input position.
+        stems: the file stem of each image of the listing, by position in the listing.
         stuff: the ids (1-based) of the classes that are stuff (panoptic stuff segments).
+        order: the listing position of each image the engine is given (``item.number`` -> position;
+            default: the same), when a resumed run segments only part of the listing.
+        committed: rows an interrupted run committed (:func:`committed_rows`), by listing position.
+        identity: what decides the outputs (model and settings), written to ``parts/run.json``.
+        chunk_size: images between two commits of the rows.
+        restart: empty the (existing) directory first: what a killed run left before its first commit.
     """
 
     def __init__(self, output: str | Path | None, names: Sequence[str], tasks: set[str], vis: bool,
-                 stems: Sequence[str], stuff: frozenset[int] = frozenset()):
+                 stems: Sequence[str], stuff: frozenset[int] = frozenset(), *, order: Sequence[int] | None = None,
+                 committed: dict[int, dict[str, Any]] | None = None, identity: dict[str, Any] | None = None,
+                 chunk_size: int = 256, restart: bool = False):
         self.output, self.names, self.tasks, self.vis, self.stems = output, list(names), tasks, vis, list(stems)
         self.stuff = frozenset(stuff)
+        self.order = list(order) if order is not None else None
+        self.identity, self.chunk_size, self.restart = identity, chunk_size, restart
         self.sixteen_bit = len(self.names) >= IGNORE_8BIT  # indices 1..K and 0 stay clear of the 8-bit ignore
         self.path: Path | None = None
-        self.images: list[dict[str, Any]] = []
-        self.results: list[dict[str, Any]] = []
-        self.panoptic: list[dict[str, Any]] = []
-        self.summaries: list[ImageResult] = []
+        self.rows: dict[int, dict[str, Any]] = dict(committed or {})  # listing position -> row
+        self.resumed = len(self.rows)
+        self.given: dict[int, Path] = {}  # listing position -> the path as given, for this run's images
+        self.uncommitted: list[dict[str, Any]] = []
+        self.images: list[dict[str, Any]] = []  # set by finish(), as images.json lists them
+        self.summaries: list[ImageResult] = []  # set by finish()
         self.failures: list[tuple[str, str]] = []
-        self.numbers: list[int] = []  # input position of each image written, in order
-        self._flusher: _Flusher | None = None  # the label and panoptic PNGs, fsynced before the manifest
+        self.numbers: list[int] = []  # set by finish(): the listing position of each image, in id order
+        self._flusher: _Flusher | None = None  # the label and panoptic PNGs, fsynced before their rows commit
+        self._part = 0
+
+    def _directory(self) -> Path:
+        """The run's directory, created and locked, marked unfinished until the manifest is written."""
+        out = prepare_output_dir(self.output, "predict", resumable=True)
+        if self.restart:
+            restart_unfinished(out)
+            self.restart = False
+        mark_unfinished(out, "predict")
+        return out
 
     def _open(self) -> Path:
-        out = prepare_output_dir(self.output, "predict")
+        out = self._directory()
         for folder in FOLDERS:
             if folder == "vis" and self.vis or folder in self.tasks:
                 (out / folder).mkdir(exist_ok=True)
+        (out / PARTS_DIR).mkdir(exist_ok=True)
+        self._part = count_parts(out)
+        if self.identity is not None:
+            atomic_write_json(out / PARTS_DIR / RUN_NAME, json.loads(json.dumps(self.identity, default=str)))
         return out
 
     def failed(self, path: Path, reason: str) -> None:
@@ -160,7 +227,7 @@ class PredictionsWriter:
     def write_failures(self) -> Path:
         """Write ``failed.jsonl`` (the failures so far) and return it; creates the directory, without
         the artefact's folders, when no image was written."""
-        out = self.path or prepare_output_dir(self.output, "predict")
+        out = self.path or self._directory()
         self.output = out  # a later open() uses this directory, not a new numbered one
         return write_failed_list(out, self.failures)
 
@@ -172,37 +239,53 @@ class PredictionsWriter:
         return self.path
 
     def add(self, item: Any) -> None:
-        """Write one :class:`zutiscli.engine.predict.Segmented` image's files; keep its records."""
+        """Write one :class:`zutiscli.engine.predict.Segmented` image's files; keep its row, and
+        commit the rows every ``chunk_size`` images."""
         out = self.open()
         height, width = item.image.shape[:2]
-        image_id = len(self.images) + 1
-        stem = self.stems[item.number]
-        record: dict[str, Any] = {"id": image_id, "file_name": relative_to(out, item.path), "width": width,
-                                  "height": height, "stem": stem}
-        summary = ImageResult(Path(item.path), image_id)
+        position = self.order[item.number] if self.order is not None else item.number
+        stem = self.stems[position]
+        record: dict[str, Any] = {"file_name": relative_to(out, item.path), "width": width, "height": height,
+                                  "stem": stem}
+        row: dict[str, Any] = {"path": record["file_name"], "record": record, "counts": {}, "semantic_classes": []}
         semantic, instances = item.semantic, item.instances
         if semantic is not None:
             present = np.flatnonzero(np.bincount(semantic.ravel())) if semantic.size else []  # as np.unique, 5x faster
-            summary.semantic_classes = [self.names[v - 1] for v in present if v > 0]
+            row["semantic_classes"] = [self.names[v - 1] for v in present if v > 0]
         if "semantic" in self.tasks:
             self._flusher.add(write_label_map(out / "semantic" / f"{stem}.png", semantic, sixteen_bit=self.sixteen_bit,
                                               fsync=False))
             record["semantic"] = f"semantic/{stem}.png"
         if instances is not None and "instance" in self.tasks:
-            results = coco_results(image_id, instances)
-            self.results.extend(results)
+            results = coco_results(0, instances)
             for result in results:
+                del result["image_id"]  # given at the end, in input order
                 name = self.names[result["category_id"] - 1]
-                summary.counts[name] = summary.counts.get(name, 0) + 1
+                row["counts"][name] = row["counts"].get(name, 0) + 1
+            row["results"] = results
         if "panoptic" in self.tasks:
-            self.panoptic.append(self._panoptic(out, stem, image_id, semantic, instances))
+            row["segments"] = self._panoptic(out, stem, semantic, instances)
         if self.vis:
             self._overlay(out, stem, item.image, semantic, instances)
-        self.images.append(record)
-        self.summaries.append(summary)
-        self.numbers.append(item.number)
+        self.rows[position] = row
+        self.given[position] = Path(item.path)
+        self.uncommitted.append(row)
+        if len(self.uncommitted) >= self.chunk_size:
+            self.commit()
 
-    def _panoptic(self, out: Path, stem: str, image_id: int, semantic: np.ndarray, instances: Any) -> dict[str, Any]:
+    def commit(self) -> None:
+        """Commit the rows not yet committed (``parts/NNNNNN.jsonl``), once their PNGs are on disk."""
+        if not self.uncommitted or self.path is None:
+            return
+        self._flusher.flush()
+        for folder in ("semantic", "panoptic"):
+            if (self.path / folder).is_dir():
+                fsync_dir(self.path / folder)
+        write_part(self.path, self._part, self.uncommitted)
+        self._part += 1
+        self.uncommitted = []
+
+    def _panoptic(self, out: Path, stem: str, semantic: np.ndarray, instances: Any) -> list[dict[str, Any]]:
         from PIL import Image
 
         from zutiscli.ops.panoptic import panoptic_to_rgb
@@ -211,7 +294,7 @@ class PredictionsWriter:
         with atomic_path(out / "panoptic" / f"{stem}.png", fsync=False) as tmp:
             Image.fromarray(panoptic_to_rgb(segment_map)).save(tmp, format="PNG")
         self._flusher.add(out / "panoptic" / f"{stem}.png")
-        return {"image_id": image_id, "file_name": f"{stem}.png", "segments_info": segments}
+        return segments
 
     def _overlay(self, out: Path, stem: str, image: np.ndarray, semantic: np.ndarray | None, instances: Any) -> None:
         from PIL import Image
@@ -227,7 +310,10 @@ class PredictionsWriter:
 
     def finish(self, *, model: dict[str, Any], inputs: list[Any], params: dict[str, Any],
                summary: dict[str, Any]) -> Path:
-        """Write the JSON files and, last, the manifest; returns the directory (which must exist)."""
+        """Write the JSON files and, last, the manifest; returns the directory (which must exist).
+        Images get ids ``1..N`` in listing order, the committed rows of an earlier run among them."""
+        import shutil
+
         assert self.path is not None, "no image was written"
         out = self.path
         assert self._flusher is not None
@@ -235,16 +321,31 @@ class PredictionsWriter:
         for folder in ("semantic", "panoptic"):
             if (out / folder).is_dir():
                 fsync_dir(out / folder)
+        results: list[dict[str, Any]] = []
+        panoptic: list[dict[str, Any]] = []
+        self.images, self.summaries, self.numbers = [], [], sorted(self.rows)
+        for image_id, position in enumerate(self.numbers, start=1):
+            row = self.rows[position]
+            self.images.append({"id": image_id, **row["record"]})
+            results.extend({"image_id": image_id, **result} for result in row.get("results", ()))
+            if "panoptic" in self.tasks:
+                panoptic.append({"image_id": image_id, "file_name": f"{row['record']['stem']}.png",
+                                 "segments_info": row.get("segments", [])})
+            path = self.given.get(position) or resolve_relative(out, row["path"])
+            self.summaries.append(ImageResult(path, image_id, dict(row["counts"]),
+                                              list(row["semantic_classes"])))
         listed = categories(self.names, self.stuff)
         self.write_failures()
-        atomic_write_text(out / RESULTS_NAME, json.dumps(self.results) + "\n")
+        atomic_write_text(out / RESULTS_NAME, json.dumps(results) + "\n")
         atomic_write_json(out / IMAGES_NAME, {"images": self.images, "categories": listed}, indent=None)
         if "panoptic" in self.tasks:
-            atomic_write_json(out / PANOPTIC_NAME, {"images": self.images, "annotations": self.panoptic,
+            atomic_write_json(out / PANOPTIC_NAME, {"images": self.images, "annotations": panoptic,
                                                     "categories": listed}, indent=None)
+        resumed = {"resumed": self.resumed} if self.resumed else {}
         write_manifest(out, KIND, model=model, inputs=inputs, params=params,
                        summary={"images": len(self.images), "failed": len(self.failures),
-                                "instances": len(self.results)} | summary)
+                                "instances": len(results)} | resumed | summary)
+        shutil.rmtree(out / PARTS_DIR, ignore_errors=True)  # the JSON files hold every row now
         return out
 
 

@@ -82,14 +82,14 @@ def check_output_dir(output: str | Path | None, stage: str, *, resumable: bool =
         check_unlocked(out)
         if content(out):
             marked = unfinished_stage(out)
+            if marked not in (None, stage) and not (out / MANIFEST_NAME).is_file():
+                raise ArtefactError(f"{out}: holds the unfinished output of `zutis {marked}`; "
+                                    f"choose a new -o directory or remove it")
             if resumable:
                 state = "existing"
             elif marked == stage and not (out / MANIFEST_NAME).is_file() and (
                     not held_here(out) if _restartable is None else _restartable):
                 state = "unfinished"  # a killed run's: nobody holds it (this process may be writing it)
-            elif marked not in (None, stage) and not (out / MANIFEST_NAME).is_file():
-                raise ArtefactError(f"{out}: holds the unfinished output of `zutis {marked}`; "
-                                    f"choose a new -o directory or remove it")
             else:
                 what = "a finished artefact" if (out / MANIFEST_NAME).is_file() else "not empty"
                 raise ArtefactError(f"{out}: is {what}; choose a new -o directory or remove it")

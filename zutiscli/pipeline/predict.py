@@ -16,19 +16,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zutiscli.artefacts.lock import holding_locks
-from zutiscli.artefacts.manifest import read_json, read_manifest, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.prediction_writer import (FAILED_NAME, FOLDERS, IMAGES_NAME, KIND, PANOPTIC_NAME, RESULTS_NAME,
-                                                  ImageResult, PredictionsWriter, write_failed_list)
+from zutiscli.artefacts.lock import content, holding_locks
+from zutiscli.artefacts.manifest import (MANIFEST_NAME, read_json, read_manifest, relative_to, resolve_relative,
+                                         write_manifest)
+from zutiscli.artefacts.parts import read_parts
+from zutiscli.artefacts.prediction_writer import (FAILED_NAME, FOLDERS, IMAGES_NAME, KIND, OWN_ENTRIES, PANOPTIC_NAME,
+                                                  RESULTS_NAME, ImageResult, PredictionsWriter, committed_rows,
+                                                  write_failed_list)
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
 from zutiscli.data.classes import safe_filenames
 from zutiscli.engine import inference
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.failures import check_failures, summary as failure_summary
-from zutiscli.pipeline.plan import Plan, input_entry, output_plan
+from zutiscli.pipeline.plan import Plan, input_entry
 from zutiscli.pipeline.predict_config import TASKS, PredictConfig  # noqa: F401 - TASKS for importers
 
 SHARD_NAME = "shard.json"
+#: Options that change no output: an interrupted run may be finished with other values.
+RESUME_FREE_PARAMS = ("batch_size", "loader_workers", "chunk_size", "device")
 
 __all__ = ["PredictConfig", "PredictResult", "ImageResult", "predict", "plan_predict", "merge_predictions"]
 
@@ -69,6 +74,31 @@ def _output(output: str | Path | None, shard: tuple[int, int] | None) -> str | P
     return output if shard is None else shard_output(output, shard, "predict")
 
 
+def _check_output(output: str | Path | None) -> tuple[Path, str]:
+    """Where a run writes and its state (:func:`zutiscli.artefacts.rundir.check_output_dir`), creating
+    nothing: an existing directory must be what an interrupted run of ``zutis predict`` left (to be
+    resumed); a finished one, or one holding anything else, is refused."""
+    out, state = check_output_dir(output, "predict", resumable=True)
+    if state == "existing":
+        if (out / MANIFEST_NAME).is_file():
+            raise ArtefactError(f"{out}: is a finished artefact; choose a new -o directory or remove it")
+        foreign = [entry.name for entry in content(out) if entry.name not in OWN_ENTRIES]
+        if foreign:
+            raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis predictions directory; "
+                                f"choose a new -o directory")
+    return out, state
+
+
+def _resumed(out: Path, listing: list[Path], identity: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The rows an interrupted run into ``out`` committed for images of ``listing``, by listing
+    position (:func:`zutiscli.artefacts.prediction_writer.committed_rows`)."""
+    rows = committed_rows(out, identity)
+    if not rows:
+        return {}
+    where = {relative_to(out, path): number for number, path in enumerate(listing)}
+    return {where[path]: row for path, row in rows.items() if path in where}
+
+
 def _problems(found: Any, shard: tuple[int, int] | None) -> list[tuple[str, str]]:
     from zutiscli.data.shards import shard_entries
 
@@ -82,8 +112,8 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
 
     config.validate()
     found, listing, _, shard, _ = _listing(config)
-    out = _output(output, shard)
-    writes = output_plan(out, "predict")
+    out, state = _check_output(_output(output, shard))
+    writes = {"path": str(out), "state": state}
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     sources = [*map(str, config.inputs), *([str(config.from_list)] if config.from_list else [])]
@@ -102,6 +132,10 @@ def plan_predict(config: PredictConfig, output: str | Path | None = None) -> Pla
     if shard is not None:
         params["shard"] = f"{shard[0]}/{shard[1]}"
     work = {"images_to_segment": len(listing)}
+    if state == "existing":  # what an interrupted run committed (its settings are checked once the model loads)
+        where = {relative_to(out, path) for path in listing}
+        done = sum(path in where for path in read_parts(out, "predictions row"))
+        work = {"already_segmented": done, "images_to_segment": len(listing) - done}
     return Plan("predict", reads, writes, model, params, work, notes)
 
 
@@ -145,21 +179,39 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
     config.validate()
     say = log or (lambda message: None)
     found, listing, stems, shard, positions = _listing(config)
-    out = _output(output, shard)
+    target = _output(output, shard)
     if shard is not None:
         say(f"shard {shard[0]}/{shard[1]}: {len(listing)} of {len(found.paths)} images")
-    check_output_dir(out, "predict")  # refuse an unusable -o before loading the model, create nothing yet
+    out, state = _check_output(target)  # refuse an unusable -o before loading the model, create nothing yet
     device = resolve_device(config.device)
     dtype = resolve_precision(config.precision, device)
     engine, settings, origin = open_engine(config, device, dtype, say, model=model)
     names = [q.name for q in config.classes]
-    writer = PredictionsWriter(out, names, config.tasks, config.vis, stems, stuff=config.stuff_ids)
+    params = {k: v for k, v in vars(config).items() if k not in ("classes", "inputs", "from_list", "shard")}
+    params |= {"classes": names, "settings": settings.to_dict(), "settings_from": origin,
+               "shard": list(shard) if shard else None}
+    identity = {"model": engine.predictor.record,
+                "params": {k: v for k, v in params.items() if k not in RESUME_FREE_PARAMS}}
+    try:
+        committed = _resumed(out, listing, identity) if state == "existing" else {}
+    except BaseException:
+        engine.predictor.close()
+        raise
+    order = [number for number in range(len(listing)) if number not in committed]
+    todo = [listing[number] for number in order]
+    if committed:
+        say(f"{out}: {len(committed)} image(s) already segmented by an interrupted run; {len(todo)} to go")
+    writer = PredictionsWriter(target, names, config.tasks, config.vis, stems, stuff=config.stuff_ids, order=order,
+                               committed=committed, identity=identity, chunk_size=config.chunk_size,
+                               restart=state == "existing" and not committed)
     problems = _problems(found, shard)
     for entry, reason in problems:
         writer.failed(entry, reason)
     try:
-        timing = engine.run(listing, writer, batch_size=config.batch_size,
-                            workers=config.decode_workers(len(listing)), max_pixels=config.max_pixels,
+        if committed:
+            writer.open()
+        timing = engine.run(todo, writer, batch_size=config.batch_size,
+                            workers=config.decode_workers(len(todo)), max_pixels=config.max_pixels,
                             progress=progress).as_dict()
     finally:
         engine.predictor.close()
@@ -171,14 +223,12 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
     listed = writer.path / FAILED_NAME if writer.path is not None else \
         writer.write_failures() if len(writer.failures) > 1 else None
     check_failures(writer.failures, len(listing) + len(problems), listed, warn=warn)
-    params = {k: v for k, v in vars(config).items() if k not in ("classes", "inputs", "from_list", "shard")}
-    params |= {"classes": names, "settings": settings.to_dict(), "settings_from": origin,
-               "shard": list(shard) if shard else None}
     if shard is not None:  # where each image stood in the whole listing, for the merge to restore its order
         from zutiscli.artefacts.atomic import atomic_write_json
 
         atomic_write_json(writer.path / SHARD_NAME, {"shard": list(shard), "listed": len(found.paths),
-                                                     "positions": [positions[n] for n in writer.numbers]}, indent=None)
+                                                     "positions": [positions[n] for n in sorted(writer.rows)]},
+                          indent=None)
     path = writer.finish(model=engine.predictor.record, inputs=engine.predictor.inputs, params=params,
                          summary={"timing": {k: round(v, 3) for k, v in timing.items()}})
     return PredictResult(path, writer.summaries, writer.failures, timing)

@@ -125,6 +125,9 @@ class PredictConfig:
     batch_size: int = option(
         1, "Images of one size sent through the model together (1 gives outputs bit-identical to one at a time; "
         "larger is faster on a GPU).", short="-b")
+    chunk_size: int = option(
+        256, "Images segmented between two commits of their results: a killed run loses at most this many; "
+        "rerun the same command to go on.")
     loader_workers: int | None = option(
         None, "Processes decoding images (default: one per CPU but one, up to 4, from 16 images; 0 = this process).",
         show_default=False)
@@ -153,6 +156,8 @@ class PredictConfig:
             raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
+        if self.chunk_size < 1:
+            raise UsageError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
         if self.loader_workers is not None and self.loader_workers < 0:
             raise UsageError(f"--loader-workers must be >= 0 (got {self.loader_workers})")
         if self.shard is not None:
