@@ -241,7 +241,7 @@ def test_an_interrupted_run_is_finished_by_the_rerun_as_if_never_stopped(trained
     assert plan.writes["state"] == "existing" and plan.work == {"already_segmented": 2, "images_to_segment": 1}
     with pytest.raises(ArtefactError, match="unfinished output of `zutis predict`"):  # other stages keep off it
         write_synth(SynthConfig("pile", 2, seed=1, size=32), out)
-    with pytest.raises(ArtefactError, match="interrupted `zutis predict` run with another classes"):
+    with pytest.raises(ArtefactError, match="holds `zutis predict` results made with another classes; rerun with the same settings"):
         predict(PredictConfig(**(vars(config) | {"classes": queries("circle")})), out)
 
     def counted(self, item):

@@ -14,9 +14,9 @@ from zutiscli.artefacts.coco import load_coco
 from zutiscli.artefacts.manifest import read_manifest, relative_to, write_manifest
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, PSEUDOLABELS_NAME, load_pseudolabels
 from zutiscli.cli.app import main
-from zutiscli.errors import UsageError, ZutisError
+from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.ops.masks import decode_mask, mask_iou
-from zutiscli.pipeline.pseudolabel import PseudolabelConfig, run_pseudolabel
+from zutiscli.pipeline.pseudolabel import PseudolabelConfig, plan_pseudolabel, run_pseudolabel
 from zutiscli.pipeline.synth import SynthConfig, write_synth
 from zutiscli.shapes.world import SHAPES
 
@@ -110,7 +110,12 @@ def test_resume_and_workers_give_the_same_result(world, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_pseudolabel(small(archives, chunk_size=4), tmp_path / "cut", progress=crash)
     assert not (tmp_path / "cut" / "manifest.json").exists()
+    # the rows made so far are never mixed with rows of other settings, finished or not
+    with pytest.raises(ArtefactError, match="pseudolabel` results made with another refine; rerun with the same"):
+        run_pseudolabel(small(archives, chunk_size=4, refine="none"), tmp_path / "cut")
     resumed = run_pseudolabel(small(archives, chunk_size=4), tmp_path / "cut").path
+    with pytest.raises(ArtefactError, match="made with another min_area"):
+        plan_pseudolabel(small(archives, chunk_size=4, min_area=0.02), resumed)
     parallel = run_pseudolabel(small(archives, chunk_size=4, workers=2), tmp_path / "parallel").path
     reference = load_coco(whole / PSEUDOLABELS_NAME)
     for other in (resumed, parallel):

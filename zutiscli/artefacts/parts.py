@@ -4,6 +4,8 @@ A resumable stage (``zutis pseudolabel``, ``zutis predict``) commits its per-ima
 it goes, each chunk one file written atomically (whole or absent after a kill), and assembles its
 artefact from them at the end; a rerun into the same directory skips the inputs that have a row.
 Every row has a ``"path"`` (the input, relative to the directory); the rest is the stage's.
+``parts/run.json`` records what decides the rows (model and settings): a rerun with other settings
+is refused (:func:`check_run`) rather than mixing the rows of two settings in one artefact.
 """
 
 from __future__ import annotations
@@ -12,13 +14,45 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from zutiscli.artefacts.atomic import atomic_write_text
+from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
 from zutiscli.artefacts.lock import is_temporary
 from zutiscli.errors import ArtefactError
 
 PARTS_DIR = "parts"
+RUN_NAME = "run.json"  # in PARTS_DIR
 
-__all__ = ["PARTS_DIR", "count_parts", "read_parts", "write_part"]
+__all__ = ["PARTS_DIR", "RUN_NAME", "check_run", "count_parts", "read_parts", "record_run", "write_part"]
+
+
+def _as_json(identity: dict[str, Any]) -> Any:
+    return json.loads(json.dumps(identity, default=str))
+
+
+def check_run(directory: str | Path, identity: dict[str, Any], stage: str) -> bool:
+    """Whether ``directory`` records the settings of its rows (``parts/run.json``); raises
+    :class:`ArtefactError` naming the first setting that differs from ``identity`` (a mapping of
+    JSON values, e.g. ``{"model": ..., "params": {...}}``; nested mappings are compared key by key)."""
+    from zutiscli.artefacts.manifest import read_json
+
+    run_file = Path(directory) / PARTS_DIR / RUN_NAME
+    if not run_file.is_file():
+        return False
+    recorded, ours = read_json(run_file, f"the settings of `zutis {stage}`'s results"), _as_json(identity)
+    if recorded != ours:
+        differs, a, b = "settings", recorded, ours
+        while isinstance(a, dict) and isinstance(b, dict):
+            key = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), None)
+            if key is None:
+                break
+            differs, a, b = key, a.get(key), b.get(key)
+        raise ArtefactError(f"{directory}: holds `zutis {stage}` results made with another {differs}; rerun with the "
+                            f"same settings to finish them, or choose a new -o directory (or remove it)")
+    return True
+
+
+def record_run(directory: str | Path, identity: dict[str, Any]) -> Path:
+    """Write ``parts/run.json`` (the folder must exist): what decides the rows, for :func:`check_run`."""
+    return atomic_write_json(Path(directory) / PARTS_DIR / RUN_NAME, _as_json(identity))
 
 
 def _parts(directory: str | Path) -> list[Path]:

@@ -34,10 +34,9 @@ import numpy as np
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
 from zutiscli.artefacts.lock import mark_unfinished, restart_unfinished
-from zutiscli.artefacts.manifest import read_json, relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.parts import PARTS_DIR, count_parts, read_parts, write_part
+from zutiscli.artefacts.manifest import relative_to, resolve_relative, write_manifest
+from zutiscli.artefacts.parts import PARTS_DIR, check_run, count_parts, read_parts, record_run, write_part
 from zutiscli.artefacts.rundir import prepare_output_dir
-from zutiscli.errors import ArtefactError
 
 KIND = "zutis.predictions"
 RESULTS_NAME = "predictions.json"
@@ -45,7 +44,6 @@ IMAGES_NAME = "images.json"
 PANOPTIC_NAME = "panoptic.json"
 FAILED_NAME = "failed.jsonl"
 FOLDERS = ("semantic", "panoptic", "vis")
-RUN_NAME = "run.json"  # in PARTS_DIR: what decides a resumable run's outputs
 #: What a killed run of ``zutis predict`` may have written (a rerun resumes in such a directory).
 OWN_ENTRIES = frozenset({*FOLDERS, PARTS_DIR, FAILED_NAME, RESULTS_NAME, IMAGES_NAME, PANOPTIC_NAME, "shard.json"})
 
@@ -64,20 +62,9 @@ def committed_rows(out: Path, identity: dict[str, Any]) -> dict[str, dict[str, A
     """The rows an interrupted run into ``out`` committed (input path relative to ``out`` -> row),
     when it was run with ``identity`` (what decides the outputs: model and settings, as JSON);
     none when it committed nothing. Raises :class:`ArtefactError` naming the first setting that
-    differs, so that a rerun never mixes the outputs of two settings."""
-    run_file = out / PARTS_DIR / RUN_NAME
-    if not run_file.is_file():
+    differs (:func:`zutiscli.artefacts.parts.check_run`), so that a rerun never mixes two settings."""
+    if not check_run(out, identity, "predict"):
         return {}
-    recorded = read_json(run_file, "the settings of an interrupted `zutis predict` run")
-    ours = json.loads(json.dumps(identity, default=str))
-    if recorded != ours:
-        keys = sorted(set(ours) | set(recorded if isinstance(recorded, dict) else {}))
-        differs = next((k for k in keys if not isinstance(recorded, dict) or recorded.get(k) != ours.get(k)), "model")
-        if differs == "params":
-            a, b = recorded.get("params") or {}, ours["params"]
-            differs = next((k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)), differs)
-        raise ArtefactError(f"{out}: holds an interrupted `zutis predict` run with another {differs}; rerun it with "
-                            f"the same settings to finish it, or choose a new -o directory (or remove it)")
     return read_parts(out, "predictions row")
 
 
@@ -218,7 +205,7 @@ class PredictionsWriter:
         (out / PARTS_DIR).mkdir(exist_ok=True)
         self._part = count_parts(out)
         if self.identity is not None:
-            atomic_write_json(out / PARTS_DIR / RUN_NAME, json.loads(json.dumps(self.identity, default=str)))
+            record_run(out, self.identity)
         return out
 
     def failed(self, path: Path, reason: str) -> None:

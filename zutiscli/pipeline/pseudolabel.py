@@ -45,12 +45,13 @@ from zutiscli.artefacts.archives import read_archives
 from zutiscli.artefacts.manifest import (
     MANIFEST_NAME,
     InputRef,
+    read_json,
     read_manifest,
     relative_to,
     resolve_relative,
     write_manifest,
 )
-from zutiscli.artefacts.parts import PARTS_DIR, count_parts, read_parts, write_part
+from zutiscli.artefacts.parts import PARTS_DIR, RUN_NAME, check_run, count_parts, read_parts, record_run, write_part
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, FAILED_NAME, PSEUDOLABELS_NAME
 from zutiscli.artefacts.lock import content, holding_locks
 from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
@@ -220,6 +221,20 @@ def _done(rows: dict[str, dict[str, Any]], out: Path, images: list[Path]) -> set
     return {path for path in images if not rows.get(relative_to(out, path), {"failed": True}).get("failed")}
 
 
+def _check_settings(out: Path, config: PseudolabelConfig, inputs: PseudolabelInputs,
+                    model_record: dict[str, Any]) -> dict[str, Any]:
+    """What decides the masks (model and settings; ``parts/run.json``), checked against what the rows
+    already in ``out`` were made with: another method, model or setting is refused, naming it (a
+    directory written before ``run.json`` existed: its manifest's method and model). Returns it."""
+    identity = {"model": model_record, "params": {"source": inputs.source} | {
+        k: v for k, v in asdict(config).items() if k not in ("inputs", "preview", *SHARD_FREE_PARAMS)}}
+    if not check_run(out, identity, "pseudolabel") and (out / MANIFEST_NAME).is_file():
+        previous = read_manifest(out, "zutis.pseudolabels")
+        if previous.params.get("method") != config.method or previous.model != model_record:
+            raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
+    return identity
+
+
 def _prepare_output(output: str | Path | None, shard: tuple[int, int] | None) -> Path:
     """Create the run's directory (``output/shard-i-of-n`` for a shard), checked by :func:`_check_output`."""
     if shard is not None:
@@ -258,10 +273,7 @@ def plan_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None
     model["device"] = str(device)
     done = 0
     if state == "existing":
-        if (out / MANIFEST_NAME).is_file():
-            previous = read_manifest(out, "zutis.pseudolabels")
-            if previous.params.get("method") != config.method or previous.model != record:
-                raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
+        _check_settings(out, config, inputs, record)
         done = len(_done(read_parts(out, "pseudo-label row"), out, unique))
     path, kind = inputs.describe()
     counts = {"classes": len(archives)} if inputs.named else {}
@@ -326,11 +338,9 @@ def run_pseudolabel(config: PseudolabelConfig, output: str | Path | None = None,
         patch = backbone.patch_size
 
     out = _prepare_output(output, shard)
-    if (out / MANIFEST_NAME).is_file():
-        previous = read_manifest(out, "zutis.pseudolabels")
-        if previous.params.get("method") != config.method or previous.model != model_record:
-            raise ZutisError(f"{out}: holds pseudo-labels of another method or model; use a new -o directory")
+    identity = _check_settings(out, config, inputs, model_record)
     (out / PARTS_DIR).mkdir(exist_ok=True)
+    record_run(out, identity)
     done = _done(read_parts(out, "pseudo-label row"), out, unique)
     todo = [p for p in unique if p not in done]
     if len(todo) < len(unique):
@@ -669,6 +679,9 @@ def merge_pseudolabels(shards: list[str | Path], output: str | Path | None = Non
     order = {relative_to(out, path): number for number, path in enumerate(unique)}
     (out / PARTS_DIR).mkdir(exist_ok=True)
     write_part(out, 0, sorted(rows.values(), key=lambda row: order.get(row["path"], len(order))))
+    settings = checked.directories[0] / PARTS_DIR / RUN_NAME  # the shards' settings (checked alike), if recorded
+    if settings.is_file():
+        record_run(out, read_json(settings, "the settings of `zutis pseudolabel`'s results"))
     reference = checked.manifests[0]
     params = dict(reference.params) | {"shard": None}
     per_class, masks = _assemble(out, archives, rows, str(params.get("method")), int(params.get("preview") or 0),
