@@ -264,3 +264,14 @@ def test_an_interrupted_run_is_finished_by_the_rerun_as_if_never_stopped(trained
     assert not (out / "parts").exists() and not (out / UNFINISHED_NAME).exists()
     with pytest.raises(ArtefactError, match="is a finished artefact"):
         predict(config, out)
+    # stopped before its first commit: nothing to keep, so a rerun with other settings starts afresh
+    seen.clear()
+    monkeypatch.setattr(PredictionsWriter, "add", stopped_at_the_third)
+    with pytest.raises(_Stopped):
+        predict(PredictConfig(**(vars(config) | {"chunk_size": 5})), tmp_path / "early")
+    assert (tmp_path / "early" / "parts" / "run.json").is_file() and (tmp_path / "early" / "semantic").is_dir()
+    monkeypatch.setattr(PredictionsWriter, "add", add)
+    fresh = predict(PredictConfig(**(vars(config) | {"classes": queries("circle"), "task": "semantic"})),
+                    tmp_path / "early").path
+    assert sorted(p.name for p in fresh.iterdir()) == ["failed.jsonl", "images.json", "manifest.json",
+                                                       "predictions.json", "semantic", "vis"]

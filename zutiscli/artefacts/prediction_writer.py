@@ -35,8 +35,9 @@ from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_wri
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
 from zutiscli.artefacts.lock import mark_unfinished, restart_unfinished
 from zutiscli.artefacts.manifest import relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.parts import PARTS_DIR, check_run, count_parts, read_parts, record_run, write_part
+from zutiscli.artefacts.parts import PARTS_DIR, RUN_NAME, check_run, count_parts, read_parts, record_run, write_part
 from zutiscli.artefacts.rundir import prepare_output_dir
+from zutiscli.errors import ArtefactError
 
 KIND = "zutis.predictions"
 RESULTS_NAME = "predictions.json"
@@ -61,10 +62,14 @@ class ImageResult:
 def committed_rows(out: Path, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The rows an interrupted run into ``out`` committed (input path relative to ``out`` -> row),
     when it was run with ``identity`` (what decides the outputs: model and settings, as JSON);
-    none when it committed nothing. Raises :class:`ArtefactError` naming the first setting that
-    differs (:func:`zutiscli.artefacts.parts.check_run`), so that a rerun never mixes two settings."""
-    if not check_run(out, identity, "predict"):
+    none when it committed nothing (whatever its settings: the rerun starts afresh). Raises
+    :class:`ArtefactError` naming the first setting that differs
+    (:func:`zutiscli.artefacts.parts.check_run`), so that a rerun never mixes two settings."""
+    if not count_parts(out):
         return {}
+    if not check_run(out, identity, "predict"):
+        raise ArtefactError(f"{out / PARTS_DIR}: holds results without the settings they were made with "
+                            f"({RUN_NAME}); remove {out} or choose a new -o directory")
     return read_parts(out, "predictions row")
 
 
