@@ -35,6 +35,8 @@ DRY_RUNS = {
                                           "--crop-weight", "0.5", "--refine", "bilateral"], {"images_to_segment": 2}),
     "predict maskclip": (["predict", "{scenes}/images", "--classes", "circle", "--method", "maskclip", "--model",
                           "zutis-tiny", "--pretrained", "{weights}"], {"images_to_segment": 2}),
+    "compare": (["compare", "{scenes}", "--run", "maskclip", "--run", "mine=zutis:{run}", "--model", "zutis-tiny",
+                 "--pretrained", "{weights}", "--classes", "circle,star"], {"runs": 2, "images_to_segment": 4}),
 }
 
 
@@ -107,6 +109,8 @@ def test_human_report_names_inputs_model_and_output(world, tmp_path, monkeypatch
     (["train", "--resume", "{pseudo}"], 1, "not a `zutis train` run directory"),
     (["train", "{pseudo}", "--model", "ViT-B-61"], 1, "not an open_clip model name"),
     (["predict", "{scenes}/images", "--classes", "cat", "--checkpoint", "{pseudo}"], 1, "not a `zutis train` run"),
+    (["compare", "{scenes}", "--run", "maskclip", "--run", "zutis:{pseudo}", "--model", "zutis-tiny", "--pretrained",
+      "{weights}"], 1, "not a `zutis train` run"),
     (["predict", "{scenes}/images", "--classes", "cat", "--checkpoint", "{run}", "--device", "tpu"], 2, "--device"),
 ])
 def test_dry_run_refuses_what_a_real_run_refuses(args, expected, fragment, world, tmp_path, monkeypatch, capsys,

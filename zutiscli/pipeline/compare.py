@@ -114,6 +114,52 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _prepared(config: CompareConfig) -> tuple[Path, Path, Any, list[Any], list[Any], list[Any]]:
+    """``(images, ground truth path, truth, classes, each run's clusters or None, each run's
+    PredictConfig)``, every run's options and weights checked (before the first run, or a dry run)."""
+    from zutiscli.artefacts.groundtruth import load_ground_truth
+    from zutiscli.methods.predict import get
+
+    config.validate()
+    images, gt = _scenes_and_truth(config)
+    truth = load_ground_truth(gt)
+    classes = _classes(config, truth)
+    clusters = [_cluster_classes(run) for run in config.runs]
+    predict_configs = [_predict_config(config, run, images, classes, found) for run, found in zip(config.runs, clusters)]
+    for predict_config in predict_configs:
+        predict_config.validate()
+        get(predict_config.method).plan(predict_config)
+    return images, gt, truth, classes, clusters, predict_configs
+
+
+def plan_compare(config: CompareConfig, output: str | Path | None = None) -> Any:
+    """What ``zutis compare`` would do (``--dry-run``): the checks of a real run (every run's options,
+    checkpoint, references and weights; the ground truth and the classes), no weights loaded,
+    nothing written."""
+    from zutiscli.pipeline.plan import Plan, input_entry, output_plan
+    from zutiscli.pipeline.predict import plan_predict
+
+    images, gt, truth, classes, clusters, predict_configs = _prepared(config)
+    writes = output_plan(output, "compare")
+    reads, notes, count = [], [], 0
+    for run, predict_config, found in zip(config.runs, predict_configs, clusters):
+        plan = plan_predict(predict_config)
+        count = plan.work["images_to_segment"]
+        model = plan.model or {}
+        method = run.method + (f" (clusters, {config.match})" if found else "")
+        reads.append(input_entry(run.argument or model.get("name"), f"--run {run.label}", method=method,
+                                 model=model.get("name"), weights=model.get("weights") or model.get("pretrained")))
+        notes.extend(f"{run.label}: {note}" for note in plan.notes)
+    names = [q.name for q in classes]
+    reads[:0] = [input_entry(images, "images", images=count),
+                 input_entry(gt, "ground truth", images=len(truth.images))]
+    params = {"runs": [run.label for run in config.runs], "classes": names, "stuff": list(config.stuff),
+              "match": config.match, "match_score": config.match_score, "picture": config.picture,
+              "device": config.device, "precision": config.precision}
+    work = {"runs": len(config.runs), "images_to_segment": count * len(config.runs)}
+    return Plan("compare", reads, writes, None, params, work, notes)
+
+
 @holding_locks
 def compare(config: CompareConfig, output: str | Path | None = None, *,
             progress: Callable[[int, int], None] | None = None,
@@ -125,25 +171,14 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
     background gets a ``"warning"`` in its row and one line to ``warn`` (default:
     :func:`warnings.warn`): its scores say nothing of its method."""
     from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
-    from zutiscli.artefacts.groundtruth import load_ground_truth
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.engine.evaluator import headline, score
     from zutiscli.pipeline.evaluate import EvaluateConfig
     from zutiscli.pipeline.predict import predict_in_memory
 
-    config.validate()
     say = log or (lambda message: None)
-    images, gt = _scenes_and_truth(config)
-    truth = load_ground_truth(gt)
-    classes = _classes(config, truth)
-    clusters = [_cluster_classes(run) for run in config.runs]
-    predict_configs = [_predict_config(config, run, images, classes, found) for run, found in zip(config.runs, clusters)]
-    from zutiscli.methods.predict import get
-
-    for predict_config in predict_configs:  # every run's options and weights checked before the first runs
-        predict_config.validate()
-        get(predict_config.method).plan(predict_config)
+    images, gt, truth, classes, clusters, predict_configs = _prepared(config)
     out = prepare_output_dir(output, "compare")
     rows: dict[str, dict[str, Any]] = {}
     predictions = []
