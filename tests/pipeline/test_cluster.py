@@ -211,3 +211,46 @@ def test_a_run_that_dies_before_its_manifest_leaves_no_artefact_and_a_rerun_fini
         read_clusters(tmp_path / "out")
     result = cluster(config, tmp_path / "out")  # the same command again starts the directory afresh
     assert read_clusters(result.path).k == 4
+
+
+class _Killed(Exception):
+    """Stands for a kill in the middle of the embedding."""
+
+
+def test_a_run_killed_while_embedding_is_finished_by_the_rerun(shapes, first, tmp_path, capsys):
+    from zutiscli.artefacts.lock import UNFINISHED_NAME
+    from zutiscli.pipeline.cluster import plan_cluster
+
+    named = str(shapes["named"])
+    config = ClusterConfig(pseudolabels=named, k=6, ground_truth=str(shapes["gt"]), chunk_size=10, batch_size=8,
+                           **FAST)
+
+    def killed(done, total):
+        if done >= total // 2:
+            raise _Killed
+
+    out = tmp_path / "out"
+    with pytest.raises(_Killed):
+        cluster(config, out, progress=killed)
+    assert (out / UNFINISHED_NAME).is_file() and not (out / "manifest.json").exists()
+    with pytest.raises(ArtefactError, match="unfinished output of `zutis cluster`"):  # other stages keep off it
+        write_synth(SynthConfig("pile", 2, seed=1, size=32), out)
+    kept = plan_cluster(config, out).work  # --dry-run
+    assert kept["masks_already_embedded"] >= 10 and kept["masks_to_embed"] == first.masks - kept[
+        "masks_already_embedded"]
+    with pytest.raises(ArtefactError, match="`zutis cluster` results made with another margin; rerun with the same"):
+        cluster(ClusterConfig(**(vars(config) | {"margin": 0.3})), out)
+    logs, seen = [], []
+    result = cluster(config, out, progress=lambda done, total: seen.append(total), log=logs.append)
+    assert seen and seen[-1] == first.masks - kept["masks_already_embedded"]  # only the rest was embedded
+    assert any(f"{kept['masks_already_embedded']} masks already embedded" in line for line in logs), logs
+    # what an uninterrupted run clusters (its features rounded as stored; other batches, the same float16)
+    assert np.abs(read_clusters(out).load_features().astype(np.float32) -
+                  read_clusters(first.path).load_features().astype(np.float32)).max() <= 2e-3
+    assert [m.cluster for m in read_clusters(out).masks] == [m.cluster for m in read_clusters(first.path).masks]
+    assert result.purity == pytest.approx(first.purity)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["summary"]["resumed"] == kept["masks_already_embedded"]
+    assert not (out / "parts").exists() and not (out / UNFINISHED_NAME).exists()
+    with pytest.raises(ArtefactError, match="is a finished artefact"):
+        cluster(config, out)

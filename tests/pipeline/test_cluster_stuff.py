@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from zutiscli.artefacts.clusters import read_clusters, stuff_names
+from zutiscli.artefacts.manifest import read_manifest
 from zutiscli.engine.stuff_features import StuffImage, cell_shares, stuff_samples
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.cluster import ClusterConfig, cluster
@@ -105,10 +106,15 @@ def test_the_same_stuff_clusters_whatever_the_workers(pile, first, tmp_path):
     (dict(stuff_k=4, stuff_layer=9), "--stuff-layer 9: the image tower has 4 blocks"),
     (dict(stuff_k=4, stuff_patches=0), "--stuff-patches must be >= 1"),
 ])
-def test_bad_stuff_options_are_refused_with_nothing_written(pile, tmp_path, change, message):
+def test_bad_stuff_options_are_refused_and_leave_no_artefact(pile, tmp_path, change, message):
     with pytest.raises(UsageError, match=message):
         cluster(ClusterConfig(pseudolabels=str(pile["pseudo"]), k=3, **(FAST | change)), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    if message.startswith("--stuff-k must") or message.startswith("--stuff-patches must"):
+        assert not (tmp_path / "out").exists()  # refused by the options alone, before anything
+    else:  # found once the masks are embedded: their features are kept for the rerun, the directory is no artefact
+        assert not (tmp_path / "out" / "manifest.json").exists()
+        done = cluster(ClusterConfig(pseudolabels=str(pile["pseudo"]), k=3, **FAST), tmp_path / "out")
+        assert read_manifest(done.path).summary["resumed"] == done.masks
 
 
 def test_features_from_reuses_the_stuff_clusters_of_the_same_options(pile, first, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_text
 from zutiscli.artefacts.lock import is_temporary
@@ -21,7 +21,8 @@ from zutiscli.errors import ArtefactError
 PARTS_DIR = "parts"
 RUN_NAME = "run.json"  # in PARTS_DIR
 
-__all__ = ["PARTS_DIR", "RUN_NAME", "check_run", "count_parts", "read_parts", "record_run", "write_part"]
+__all__ = ["PARTS_DIR", "RUN_NAME", "check_run", "count_parts", "iter_parts", "read_parts", "record_run",
+           "write_part"]
 
 
 def _as_json(identity: dict[str, Any]) -> Any:
@@ -60,21 +61,29 @@ def _parts(directory: str | Path) -> list[Path]:
     return sorted(p for p in (Path(directory) / PARTS_DIR).glob("*.jsonl") if not is_temporary(p.name))
 
 
-def read_parts(directory: str | Path, what: str = "row") -> dict[str, dict[str, Any]]:
-    """The committed rows of ``directory``: input path (relative) -> row; a later row for the same
-    path wins. Raises :class:`ArtefactError`, naming the file, on a line that is not such a row
-    (``what`` names the row in the message)."""
-    done: dict[str, dict[str, Any]] = {}
+def iter_parts(directory: str | Path, what: str = "row") -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """Each committed part of ``directory`` in order, with its rows. Raises :class:`ArtefactError`,
+    naming the file, on a line that is not such a row (``what`` names the row in the message)."""
     for part in _parts(directory):
+        rows = []
         for number, line in enumerate(part.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
                     row = json.loads(line)
-                    done[row["path"]] = row
+                    if not isinstance(row, dict) or not isinstance(row["path"], str):
+                        raise TypeError
                 except (ValueError, KeyError, TypeError):
                     raise ArtefactError(f"{part}: line {number} is not a {what}; "
                                         f"delete the file and rerun to redo its images") from None
-    return done
+                rows.append(row)
+        yield part, rows
+
+
+def read_parts(directory: str | Path, what: str = "row") -> dict[str, dict[str, Any]]:
+    """The committed rows of ``directory``: input path (relative) -> row; a later row for the same
+    path wins. Raises :class:`ArtefactError`, naming the file, on a line that is not such a row
+    (``what`` names the row in the message)."""
+    return {row["path"]: row for _, rows in iter_parts(directory, what) for row in rows}
 
 
 def count_parts(directory: str | Path) -> int:

@@ -117,6 +117,7 @@ def embed_masks(
     batch_size: int = 64,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    embedded: Callable[[Sequence[int], np.ndarray], None] | None = None,
 ) -> MaskFeatures:
     """Embed every mask of ``groups``, each image decoded once.
 
@@ -131,6 +132,9 @@ def embed_masks(
         batch_size: views per call of ``encode``.
         workers: threads decoding images and cutting views (0: in this thread).
         progress: ``progress(masks done, masks in all)``.
+        embedded: ``embedded(positions, features)`` after each batch: the caller's positions of the
+            masks just embedded and their ``(n, D)`` float32 unit features (e.g. to commit them as
+            the run goes; the batches are the same with it or without).
 
     Returns:
         :class:`MaskFeatures`.
@@ -155,6 +159,8 @@ def embed_masks(
         if not torch.isfinite(features).all():
             raise ZutisError("the model gave non-finite features (NaN or infinity); run with --precision fp32")
         chunks.append(features)
+        if embedded is not None:
+            embedded(positions[done:done + count], features.numpy())
         pending = [rest] if len(rest) else []
         done += count
         if progress is not None:

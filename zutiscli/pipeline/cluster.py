@@ -18,13 +18,16 @@ by clustering: one feature per mask, k-means over all of them, each cluster a ps
 The categories of the pseudo-labels (archive classes, or the single "object" of an unnamed pile)
 play no part in the clustering; they are recorded per mask for reporting.
 
-Writes a ``zutis.clusters`` directory (:mod:`zutiscli.artefacts.clusters`). Everything is computed
-before the output directory is created: a run that fails leaves nothing, one killed while writing
-leaves no manifest (readers refuse the directory; a rerun into it starts afresh).
+Writes a ``zutis.clusters`` directory (:mod:`zutiscli.artefacts.clusters`), created once the
+inputs and options are checked. The embedding is resumable: the masks' features are committed as
+they come (:mod:`zutiscli.pipeline.cluster_parts`), and a rerun of the same command into a killed
+run's directory embeds only the rest (with other settings it is refused, naming the setting).
+Until the manifest is written, last, the directory is marked unfinished: readers refuse it.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +38,7 @@ import numpy as np
 from zutiscli.artefacts.clusters import KIND, ClusteredMask, ClusterInfo
 from zutiscli.artefacts.lock import holding_locks
 from zutiscli.artefacts.manifest import MANIFEST_NAME
+from zutiscli.artefacts.parts import PARTS_DIR
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.archive_models import given_model, named_by_manifest
 from zutiscli.pipeline.cluster_config import DEFAULT_FEATURES, MATCH_IOU, ClusterConfig
@@ -142,12 +146,22 @@ def _input_size(backbone: Any, kind: str, config: ClusterConfig) -> int:
 
 
 # ---- features -----------------------------------------------------------------------------------
-def _embed(config: ClusterConfig, labels: Any, kind: str, say: Log,
-           progress: Callable[[int, int], None] | None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """Embed every mask: ``(MaskFeatures, model record, view settings {size, margin, fill})``."""
+@dataclass
+class _Embedder:
+    """The model that embeds the masks, loaded: ``encode`` views -> features, its manifest ``record``,
+    the views' ``settings`` (size, margin, fill) and its ``name``."""
+
+    encode: Callable[[Any], Any]
+    record: dict[str, Any]
+    settings: dict[str, Any]
+    name: str
+
+
+def _embedder(config: ClusterConfig, labels: Any, kind: str) -> _Embedder:
+    """Load the model that embeds the masks (``--model``, else the pseudo-labels') and check that it
+    gives the feature before any image is decoded."""
     import torch
 
-    from zutiscli.engine.mask_features import embed_masks, group_by_image
     from zutiscli.models.backbones import describe_backbone, load_dense_backbone
     from zutiscli.models.device import resolve_device, resolve_precision
 
@@ -170,13 +184,46 @@ def _embed(config: ClusterConfig, labels: Any, kind: str, say: Log,
     with torch.no_grad():
         encode(torch.zeros(1, 3, size, size))  # a model that cannot give the feature says so before any decoding
     fill = [float(v) for v in backbone.mean]
-    groups = group_by_image([obj.image for obj in labels.objects], [obj.rle for obj in labels.objects])
-    workers = decode_workers(config)
-    say(f"embedding {len(labels.objects)} masks of {len(groups)} images ({kind} features of {name}, {size} px)")
-    found = embed_masks(groups, encode, size=size, view="crop" if kind == "clip" else "image", fill=fill,
-                        margin=config.margin, batch_size=config.batch_size, workers=workers, progress=progress)
-    record = describe_backbone(name, pretrained)
-    return found, record, {"size": size, "margin": config.margin, "fill": [round(v, 6) for v in fill]}
+    return _Embedder(encode, describe_backbone(name, pretrained),
+                     {"size": size, "margin": config.margin, "fill": [round(v, 6) for v in fill]}, name)
+
+
+def _embed(config: ClusterConfig, labels: Any, kind: str, embedder: _Embedder, out: Path, say: Log,
+           progress: Callable[[int, int], None] | None) -> tuple[Any, int]:
+    """Embed every mask not committed by an interrupted run into ``out`` with ``embedder``,
+    committing as it goes: ``(MaskFeatures of all the masks, masks reused)``."""
+    from zutiscli.artefacts.lock import restart_unfinished
+    from zutiscli.artefacts.manifest import fingerprint
+    from zutiscli.artefacts.parts import PARTS_DIR, record_run
+    from zutiscli.engine.mask_features import MaskFeatures, embed_masks, group_by_image
+    from zutiscli.pipeline.cluster_parts import FeatureCommits, committed_features
+
+    identity = {"model": embedder.record, "params": {"pseudolabels": fingerprint(labels.directory), "features": kind,
+                                                     **embedder.settings, "precision": config.precision}}
+    objects = labels.objects
+    position_of = {obj.annotation_id: position for position, obj in enumerate(objects)}
+    committed = committed_features(out, identity, position_of)
+    if not committed:
+        restart_unfinished(out)  # what a killed run left before its first commit (the lock and mark stay)
+    (out / PARTS_DIR).mkdir(exist_ok=True)
+    record_run(out, identity)
+    groups = group_by_image([obj.image for obj in objects], [obj.rle for obj in objects])
+    todo = [group for group in groups if any(position not in committed for position in group.positions)]
+    if committed:
+        say(f"{len(committed)} masks already embedded by an interrupted run into {out}")
+    say(f"embedding {sum(len(g.positions) for g in todo)} masks of {len(todo)} images ({kind} features of "
+        f"{embedder.name}, {embedder.settings['size']} px)")
+    commits = FeatureCommits(out, todo, [obj.annotation_id for obj in objects], config.chunk_size)
+    found = embed_masks(todo, embedder.encode, size=embedder.settings["size"], view="crop" if kind == "clip" else
+                        "image", fill=embedder.settings["fill"], margin=config.margin, batch_size=config.batch_size,
+                        workers=decode_workers(config), progress=progress, embedded=commits)
+    commits.commit()  # the last masks too: what fails after the embedding (k-means, stuff) keeps them all
+    if committed:
+        positions = np.array(sorted(set(committed) | set(found.positions.tolist())), dtype=np.int64)
+        new = {int(p): row for p, row in zip(found.positions, found.features)}
+        features = np.stack([committed[p] if p in committed else new[p] for p in positions.tolist()])
+        found = MaskFeatures(features, positions, found.failed)
+    return found, len(committed)
 
 
 def _view_settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +243,48 @@ def _rounded(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     vectors = stored.astype(np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return stored, vectors / np.where(norms > 0, norms, 1)
+
+
+# ---- the output directory ----------------------------------------------------------------------
+def _check_output(output: str | Path | None) -> tuple[Path, str]:
+    """Where the clusters would go and its state (:func:`zutiscli.artefacts.rundir.check_output_dir`),
+    creating nothing: an existing directory must be what a killed run of ``zutis cluster`` left (to
+    be resumed); a finished one, or one holding anything else, is refused."""
+    from zutiscli.artefacts.clusters import (CENTROIDS_NAME, CLUSTERS_NAME, CONTACT_DIR, FEATURES_NAME,
+                                             STUFF_CENTROIDS_NAME)
+    from zutiscli.artefacts.lock import content
+    from zutiscli.artefacts.parts import PARTS_DIR
+    from zutiscli.artefacts.rundir import check_output_dir
+
+    out, state = check_output_dir(output, "cluster", resumable=True)
+    if state == "existing":
+        if (out / MANIFEST_NAME).is_file():
+            raise ArtefactError(f"{out}: is a finished artefact; choose a new -o directory or remove it")
+        ours = {PARTS_DIR, CLUSTERS_NAME, CENTROIDS_NAME, STUFF_CENTROIDS_NAME, FEATURES_NAME, CONTACT_DIR}
+        foreign = [entry.name for entry in content(out) if entry.name not in ours]
+        if foreign:
+            raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis clusters directory; "
+                                f"choose a new -o directory")
+    return out, state
+
+
+def _open_output(output: str | Path | None) -> Path:
+    """The run's directory (:func:`_check_output`), created and locked, marked unfinished until the
+    manifest is written."""
+    from zutiscli.artefacts.lock import mark_unfinished
+    from zutiscli.artefacts.rundir import prepare_output_dir
+
+    _check_output(output)
+    out = prepare_output_dir(output, "cluster", resumable=True)
+    mark_unfinished(out, "cluster")
+    return out
+
+
+def _committed_masks(out: Path) -> int:
+    """Masks whose features an interrupted run into ``out`` committed (settings not checked: a dry run's count)."""
+    from zutiscli.artefacts.parts import iter_parts
+
+    return sum(len(row.get("ids") or ()) for _, rows in iter_parts(out, "mask-features row") for row in rows)
 
 
 # ---- contact sheets -----------------------------------------------------------------------------
@@ -258,11 +347,12 @@ def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any
     """What ``zutis cluster`` would do (``--dry-run``): the checks of a real run, no weights loaded,
     nothing written."""
     from zutiscli.models.device import precision_name, resolve_device, resolve_precision
-    from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
+    from zutiscli.pipeline.plan import Plan, input_entry, weights_plan
 
     config.validate()
     labels = _pseudolabels(config)
-    writes = output_plan(output, "cluster")
+    out, state = _check_output(output)
+    writes = {"path": str(out), "state": state}
     images = len({obj.image for obj in labels.objects})
     reads = [input_entry(labels.directory, "zutis.pseudolabels", images=images, masks=len(labels.objects),
                          categories=len(labels.classes))]
@@ -278,7 +368,10 @@ def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any
         dtype = resolve_precision(config.precision, resolve_device(config.device))
         with named_by_manifest(config.model, config.pretrained, labels.directory):
             model = weights_plan(name, pretrained) | {"precision": precision_name(dtype)}
-        work = {"masks_to_embed": len(labels.objects), "images_to_decode": images}
+        reused = _committed_masks(out) if state == "existing" else 0
+        work = {"masks_to_embed": len(labels.objects) - reused, "images_to_decode": images}
+        if reused:
+            work["masks_already_embedded"] = reused
     if config.ground_truth:
         from zutiscli.engine.mask_truth import truth_labels
 
@@ -319,6 +412,7 @@ class _Features:
     failed: list[tuple[str, str]] = field(default_factory=list)
     failed_count: int = 0
     source: Path | None = None
+    reused: int = 0  # masks whose features an interrupted run into the directory committed
 
 
 def _reused_features(config: ClusterConfig, labels: Any, say: Log) -> _Features:
@@ -337,17 +431,20 @@ def _reused_features(config: ClusterConfig, labels: Any, say: Log) -> _Features:
                      _view_settings(source.manifest.params), [], failed if isinstance(failed, int) else 0, source.path)
 
 
-def _new_features(config: ClusterConfig, labels: Any, say: Log,
+def _new_features(config: ClusterConfig, labels: Any, embedder: _Embedder, out: Path, say: Log,
                   progress: Callable[[int, int], None] | None) -> _Features:
-    """Every mask embedded now; a :class:`ZutisError` when no image could be read."""
+    """Every mask embedded (or committed by an interrupted run); a :class:`ZutisError` when no image
+    could be read."""
     kind = config.features or DEFAULT_FEATURES
-    found, model, settings = _embed(config, labels, kind, say, progress)
+    found, reused = _embed(config, labels, kind, embedder, out, say, progress)
+    model, settings = embedder.record, embedder.settings
     if not len(found.positions):
         example = f"e.g. {found.failed[0][0]}: {found.failed[0][1]}" if found.failed else "no masks"
         raise ZutisError(f"none of the {len({o.image for o in labels.objects})} images of {labels.directory} could "
-                         f"be read ({example}); nothing was written")
+                         f"be read ({example}); no clusters were made")
     stored, vectors = _rounded(found.features)
-    return _Features(kind, found.positions, stored, vectors, model, settings, found.failed, len(found.failed))
+    return _Features(kind, found.positions, stored, vectors, model, settings, found.failed, len(found.failed),
+                     reused=reused)
 
 
 def _contact_sheets(out: Path, config: ClusterConfig, labels: Any, features: _Features, result: Any,
@@ -394,14 +491,13 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
     """
     from zutiscli.artefacts.clusters import write_clusters
     from zutiscli.artefacts.manifest import write_manifest
-    from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
     from zutiscli.ops.kmeans import spherical_kmeans
 
     config.validate()
     say = log or (lambda message: None)
     started = time.perf_counter()
     labels = _pseudolabels(config)
-    check_output_dir(output, "cluster")  # refused now, not after the embedding; created only at the end
+    _check_output(output)  # refused now, before any model loads
     objects = labels.objects
     truth = None
     if config.ground_truth:
@@ -410,8 +506,17 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
         truth = truth_labels(config.ground_truth, [o.image for o in objects], [o.rle for o in objects], MATCH_IOU)
         say(f"ground truth: {truth.images_paired} of {truth.images} images paired, "
             f"{int((truth.labels >= 0).sum())} of {len(objects)} masks matched to an instance")
-    features = (_reused_features(config, labels, say) if config.features_from
-                else _new_features(config, labels, say, progress))
+    # the features reused, or the model loaded (and shown to give the feature), before the directory is made
+    if config.features_from:
+        from zutiscli.artefacts.lock import restart_unfinished
+
+        features = _reused_features(config, labels, say)
+        out = _open_output(output)
+        restart_unfinished(out)  # nothing of a killed run's is kept when the features come from elsewhere
+    else:
+        embedder = _embedder(config, labels, config.features or DEFAULT_FEATURES)
+        out = _open_output(output)
+        features = _new_features(config, labels, embedder, out, say, progress)
     check_k(config.k, len(features.positions), labels.directory, "masks whose image could be read")
 
     say(f"k-means: {config.k} clusters of {len(features.positions)} masks ({config.restarts} restarts, "
@@ -431,7 +536,6 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
                 say(f"reusing the {config.stuff_k} stuff clusters of {features.source}")
         stuff = stuff or find_stuff(config, labels, say, None)
 
-    out = prepare_output_dir(output, "cluster")
     if config.contact:
         infos = _contact_sheets(out, config, labels, features, result, infos)
     stuff_clusters = None
@@ -461,8 +565,11 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
                             "sizes": [c.size for c in stuff.clusters.clusters], "model": stuff.clusters.model,
                             "failed": stuff.failed} | {
             key: (round(value, 6) if isinstance(value, float) else value) for key, value in stuff.quality.items()}
+    if features.reused:
+        summary["resumed"] = features.reused
     write_manifest(out, KIND, model=features.model, inputs=inputs, params=_params(config, out, features),
                    summary=summary | {"seconds": seconds})
+    shutil.rmtree(out / PARTS_DIR, ignore_errors=True)  # features.npy holds every feature now
     return ClusterResult(out, config.k, len(masks), features.kind, infos, features.failed, quality.get("purity"),
                          quality.get("nmi"), quality.get("matched"), seconds, stuff_clusters,
                          stuff.quality.get("purity") if stuff else None, stuff.quality.get("nmi") if stuff else None)

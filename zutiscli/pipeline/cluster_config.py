@@ -74,6 +74,7 @@ class ClusterConfig:
         "clusters do not depend on it.", show_default=False)
     device: str = device_option()
     precision: str = precision_option()
+    chunk_size: int = not_an_option(4096, "Python API only: masks embedded between two commits of their features")
 
     def validate(self) -> None:
         if self.k < 2:
@@ -94,6 +95,8 @@ class ClusterConfig:
             raise UsageError(f"--margin must be >= 0 (got {self.margin})")
         if self.contact < 0 or self.batch_size < 1:
             raise UsageError(f"--contact must be >= 0 and --batch-size >= 1 (got {self.contact} and {self.batch_size})")
+        if self.chunk_size < 1:
+            raise UsageError(f"chunk_size must be >= 1 (got {self.chunk_size})")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.features_from is not None and (self.model is not None or self.pretrained is not None):

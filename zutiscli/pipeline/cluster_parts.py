@@ -1,0 +1,111 @@
+"""The masks' features of a `zutis cluster` run, committed as the embedding goes, so that a killed
+run's rerun embeds only the rest.
+
+In the clusters directory, while the run goes (removed when its manifest is written)::
+
+    parts/run.json        what decides the features: the pseudo-labels' fingerprint, the model,
+                          the features' kind, view size, margin and fill, the precision
+    parts/NNNNNN.npy      (n, D) float16: the features of the part's masks, in the order of its rows
+    parts/NNNNNN.jsonl    one row per image whose masks are all embedded: {"path" (relative to the
+                          directory), "ids": the pseudo-labels' annotation ids of its masks}
+
+A part's ``.npy`` is written before its ``.jsonl`` (each atomically), so a row is never without
+its features. The features are stored as ``features.npy`` stores them (float16), and the run
+clusters the float16 values in any case (:func:`zutiscli.pipeline.cluster._rounded`): a resumed run
+clusters what an uninterrupted one does, up to the batches the encoder saw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from zutiscli.artefacts.atomic import atomic_path
+from zutiscli.artefacts.manifest import relative_to
+from zutiscli.artefacts.parts import PARTS_DIR, RUN_NAME, check_run, count_parts, iter_parts, write_part
+from zutiscli.errors import ArtefactError
+
+__all__ = ["FeatureCommits", "committed_features"]
+
+
+def committed_features(out: Path, identity: dict[str, Any], position_of: dict[int, int]) -> dict[int, np.ndarray]:
+    """``position -> (D,) float16 feature`` that an interrupted run into ``out`` committed, for the
+    masks (annotation id -> position, ``position_of``) of these pseudo-labels; nothing when it
+    committed nothing. Raises :class:`ArtefactError` when it was run with other
+    settings than ``identity`` (naming the first), or a part is damaged."""
+    if not count_parts(out):
+        return {}
+    if not check_run(out, identity, "cluster"):
+        raise ArtefactError(f"{out / PARTS_DIR}: holds features without the settings they were made with "
+                            f"({RUN_NAME}); remove {out} or choose a new -o directory")
+    features: dict[int, np.ndarray] = {}
+    for part, rows in iter_parts(out, "mask-features row"):
+        try:
+            array = np.load(part.with_suffix(".npy"), allow_pickle=False)
+            ids = [[int(i) for i in row["ids"]] for row in rows]
+            if array.ndim != 2 or len(array) != sum(map(len, ids)):
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ArtefactError(f"{part.with_suffix('.npy')}: does not hold the features of {part.name}'s masks; "
+                                f"delete both files and rerun to embed their images again") from None
+        offset = 0
+        for row, row_ids in zip(rows, ids):
+            for annotation in row_ids:
+                if annotation in position_of:
+                    features[position_of[annotation]] = array[offset]
+                offset += 1
+    return features
+
+
+class FeatureCommits:
+    """``embedded(positions, features)`` for :func:`zutiscli.engine.mask_features.embed_masks`: keeps
+    the features of the masks as they come and commits, every ``chunk`` masks or more, those of the
+    images whose masks are all embedded (one part).
+
+    Args:
+        out: the clusters directory (its ``parts/`` exists).
+        groups: the images still to embed (:func:`zutiscli.engine.mask_features.group_by_image`).
+        annotation_ids: the annotation id of each mask, by position.
+        chunk: masks per part, at least.
+    """
+
+    def __init__(self, out: Path, groups: Sequence[Any], annotation_ids: Sequence[int], chunk: int):
+        self.out, self.chunk, self.annotation_ids = out, chunk, annotation_ids
+        self.image_of = {position: number for number, group in enumerate(groups) for position in group.positions}
+        self.left = [len(group.positions) for group in groups]
+        self.groups = groups
+        self.buffer: dict[int, np.ndarray] = {}
+        self.complete: list[int] = []  # images whose masks are all in the buffer
+        self.waiting = 0  # masks of those images
+        self.part = count_parts(out)
+
+    def __call__(self, positions: Sequence[int], features: np.ndarray) -> None:
+        for position, feature in zip(positions, features):
+            self.buffer[position] = feature.astype(np.float16)
+            number = self.image_of[position]
+            self.left[number] -= 1
+            if not self.left[number]:
+                self.complete.append(number)
+                self.waiting += len(self.groups[number].positions)
+        if self.waiting >= self.chunk:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the complete images' features as one part (nothing when there are none)."""
+        if not self.complete:
+            return
+        rows, rows_features = [], []
+        for number in self.complete:
+            group = self.groups[number]
+            rows.append({"path": relative_to(self.out, group.path),
+                         "ids": [int(self.annotation_ids[p]) for p in group.positions]})
+            rows_features.extend(self.buffer.pop(p) for p in group.positions)
+        name = self.out / PARTS_DIR / f"{self.part:06d}.npy"
+        with atomic_path(name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.stack(rows_features), allow_pickle=False)
+        write_part(self.out, self.part, rows)
+        self.part += 1
+        self.complete, self.waiting = [], 0
