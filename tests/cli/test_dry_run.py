@@ -35,6 +35,8 @@ DRY_RUNS = {
                                           "--crop-weight", "0.5", "--refine", "bilateral"], {"images_to_segment": 2}),
     "predict maskclip": (["predict", "{scenes}/images", "--classes", "circle", "--method", "maskclip", "--model",
                           "zutis-tiny", "--pretrained", "{weights}"], {"images_to_segment": 2}),
+    "hypotheses": (["hypotheses", "{scenes}/images", "--classes", "circle,star", "--model", "zutis-tiny", "--pretrained",
+                    "{weights}", "--window", "1/2"], {"images_to_vote_on": 2}),
     "compare": (["compare", "{scenes}", "--run", "maskclip", "--run", "mine=zutis:{run}", "--model", "zutis-tiny",
                  "--pretrained", "{weights}", "--classes", "circle,star"], {"runs": 2, "images_to_segment": 4}),
 }

@@ -7,8 +7,8 @@ from typing import Annotated, List, Optional
 import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
-from zutiscli.cli.options import (ClassesFileOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter,
-                                  complete_class_names)
+from zutiscli.cli.options import (ClassesFileOpt, DryRunOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter,
+                                  complete_class_names, print_dry_run)
 from zutiscli.pipeline.hypotheses_config import HypothesesConfig
 
 
@@ -19,6 +19,7 @@ def hypotheses(
     classes_file: ClassesFileOpt = None,
     options: ConfigValues = None,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -27,11 +28,14 @@ def hypotheses(
     Example: zutis hypotheses data/pile/images --classes circle,square,star --model shapes-clip --pretrained builtin --window 1/2 --ground-truth data/pile/hidden/instances.json -o data/hypotheses
     """
     from zutiscli.data.classes import parse_classes
-    from zutiscli.pipeline.hypotheses import hypotheses as run_hypotheses
+    from zutiscli.pipeline.hypotheses import hypotheses as run_hypotheses, plan_hypotheses
 
     reporter = Reporter(json_mode, quiet)
     config = HypothesesConfig(inputs=tuple(images), classes=tuple(parse_classes(classes, classes_file)), **options)
     config.validate()
+    if dry_run:
+        print_dry_run(reporter, plan_hypotheses(config, output))
+        return
     with ProgressBar(reporter, "hypotheses", unit="images") as bar:
         result = run_hypotheses(config, output, progress=bar, log=reporter.log)
     line = f"{len(result.images) - result.failed} images, {result.mean_classes:.2f} classes each in {result.seconds:.1f} s"

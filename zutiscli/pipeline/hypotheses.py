@@ -118,22 +118,14 @@ class _Voter:
         return voted_classes(similarity.argmax(1).numpy(), len(self.text), self.config.threshold)[1][:classes]
 
 
-@holding_locks
-def hypotheses(config: HypothesesConfig, output: str | Path | None = None, *,
-               progress: Callable[[int, int], None] | None = None,
-               log: Callable[[str], None] | None = None) -> HypothesesResult:
-    """Run ``zutis hypotheses``; returns what it wrote (the directory is ``result.path``)."""
-    from zutiscli.artefacts.atomic import atomic_write_text
-    from zutiscli.artefacts.manifest import write_manifest
-    from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
-    from zutiscli.data.images import ImageLoadError, discover_images, load_image
-    from zutiscli.models.device import resolve_device, resolve_precision
+def _inputs(config: HypothesesConfig) -> tuple[Any, list[set[str] | None] | None]:
+    """``(images found, each image's true classes or None)``, the options checked; a
+    :class:`ZutisError` when no image is found."""
+    from zutiscli.data.images import discover_images
 
     config.validate()
     if config.mode == "image" and config.threshold == 0:
         raise UsageError("--mode image keeps the classes whose probability exceeds --threshold; give one (e.g. 0.1)")
-    say = log or (lambda message: None)
-    started = time.perf_counter()
     found = discover_images(list(config.inputs))
     if not found.paths:
         why = f" ({found.problems[0][0]}: {found.problems[0][1]})" if found.problems else ""
@@ -143,6 +135,44 @@ def hypotheses(config: HypothesesConfig, output: str | Path | None = None, *,
         from zutiscli.engine.mask_truth import image_classes
 
         truth = image_classes(config.ground_truth, found.paths)
+    return found, truth
+
+
+def plan_hypotheses(config: HypothesesConfig, output: str | Path | None = None) -> Any:
+    """What ``zutis hypotheses`` would do (``--dry-run``): the checks of a real run (options, images,
+    ground truth, the CLIP's weights, the output directory), no weights loaded, nothing written."""
+    from zutiscli.models.clip import default_pretrained
+    from zutiscli.models.device import precision_name, resolve_device, resolve_precision
+    from zutiscli.pipeline.plan import Plan, input_entry, output_plan, weights_plan
+
+    found, truth = _inputs(config)
+    writes = output_plan(output, "hypotheses")
+    dtype = resolve_precision(config.precision, resolve_device(config.device))
+    model = weights_plan(config.model, config.pretrained or default_pretrained(config.model)) | {
+        "precision": precision_name(dtype)}
+    reads = [input_entry(", ".join(config.inputs), "images", images=len(found.paths))]
+    if truth is not None:
+        reads.append(input_entry(config.ground_truth, "COCO instances",
+                                 images_paired=sum(t is not None for t in truth)))
+    params = {"classes": [q.name for q in config.classes], "mode": config.mode, "window": config.window,
+              "threshold": config.threshold, "background": config.background}
+    return Plan("hypotheses", reads, writes, model, params, {"images_to_vote_on": len(found.paths)})
+
+
+@holding_locks
+def hypotheses(config: HypothesesConfig, output: str | Path | None = None, *,
+               progress: Callable[[int, int], None] | None = None,
+               log: Callable[[str], None] | None = None) -> HypothesesResult:
+    """Run ``zutis hypotheses``; returns what it wrote (the directory is ``result.path``)."""
+    from zutiscli.artefacts.atomic import atomic_write_text
+    from zutiscli.artefacts.manifest import write_manifest
+    from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+    from zutiscli.data.images import ImageLoadError, load_image
+    from zutiscli.models.device import resolve_device, resolve_precision
+
+    say = log or (lambda message: None)
+    started = time.perf_counter()
+    found, truth = _inputs(config)
     check_output_dir(output, "hypotheses")
     device = resolve_device(config.device)
     voter = _Voter(config, device, resolve_precision(config.precision, device))
