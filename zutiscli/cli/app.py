@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Annotated, Optional, Sequence
+from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
@@ -112,9 +112,43 @@ class Terminated(KeyboardInterrupt):
 _terminated = threading.Event()
 
 
+#: The interrupt a signal handler put off until the main thread left the import it was in.
+_pending: list[type[BaseException]] = []
+
+
+def _importing(frame: Any) -> bool:
+    """Whether ``frame`` (the main thread's, when a signal came) is inside an import: where a C
+    extension's initialisation may be running Python code (torch's, for one), and an exception
+    raised there aborts the process (pybind11: ``terminate called after throwing ...``)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _raise_when_safe(error: type[BaseException], frame: Any) -> None:
+    """Raise ``error`` in the main thread now, or, inside an import, once the import is over (looked
+    at again every 20 ms with SIGALRM, where the platform has it and no host program handles it)."""
+    if _importing(frame) and hasattr(signal, "SIGALRM") and signal.getsignal(signal.SIGALRM) is _on_alarm:
+        _pending[:] = [error]
+        signal.setitimer(signal.ITIMER_REAL, 0.02)
+        return
+    raise error()
+
+
+def _on_alarm(signum, frame) -> None:
+    if _pending:
+        _raise_when_safe(_pending.pop(), frame)
+
+
 def _on_sigterm(signum, frame) -> None:
     _terminated.set()
-    raise Terminated()
+    _raise_when_safe(Terminated, frame)
+
+
+def _on_sigint(signum, frame) -> None:
+    _raise_when_safe(KeyboardInterrupt, frame)
 
 
 def _interrupted() -> None:
@@ -127,9 +161,16 @@ def _interrupted() -> None:
 
 
 def _catch_sigterm() -> None:
-    """Turn SIGTERM into :class:`Terminated` in the main thread, unless a host program set its own handler."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    """Turn SIGTERM into :class:`Terminated` in the main thread, unless a host program set its own handler;
+    SIGTERM and Ctrl-C that come during an import are raised once it is over (:func:`_raise_when_safe`)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    if hasattr(signal, "SIGALRM") and signal.getsignal(signal.SIGALRM) == signal.SIG_DFL:
+        signal.signal(signal.SIGALRM, _on_alarm)
 
 
 #: OS errors that come from the machine rather than from zutis: told in one line naming the file.
