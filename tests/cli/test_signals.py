@@ -10,8 +10,9 @@ import sys
 import pytest
 
 PROBE = """
-import sys, time
+import signal, sys, time
 from zutiscli.cli.app import _catch_sigterm
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal (a background job starts with it ignored)
 _catch_sigterm()
 sys.path.insert(0, sys.argv[1])
 try:
