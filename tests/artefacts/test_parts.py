@@ -24,3 +24,19 @@ def test_a_broken_part_is_named(tmp_path):
     (tmp_path / PARTS_DIR / "000000.jsonl").write_text('{"path": "a.png"}\nnot json\n')
     with pytest.raises(ArtefactError, match=r"000000.jsonl: line 2 is not a predictions row; delete the file"):
         read_parts(tmp_path, "predictions row")
+
+
+def test_parts_go_on_only_with_the_settings_they_were_made_with(tmp_path):
+    from zutiscli.artefacts.parts import committed_parts, record_run
+
+    ours = {"model": {"name": "m"}, "params": {"size": 64, "refine": "bilateral"}}
+    (tmp_path / PARTS_DIR).mkdir()
+    record_run(tmp_path, ours)
+    assert not committed_parts(tmp_path, {"model": {"name": "other"}}, "predict")  # no part: nothing to keep
+    write_part(tmp_path, 0, [{"path": "a.png"}])
+    assert committed_parts(tmp_path, ours, "predict")
+    with pytest.raises(ArtefactError, match="`zutis predict` results made with another refine; rerun with the same"):
+        committed_parts(tmp_path, {**ours, "params": {"size": 64, "refine": "none"}}, "predict")
+    (tmp_path / PARTS_DIR / "run.json").unlink()
+    with pytest.raises(ArtefactError, match="parts: holds results without the settings they were made with"):
+        committed_parts(tmp_path, ours, "predict")

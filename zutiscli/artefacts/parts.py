@@ -21,8 +21,8 @@ from zutiscli.errors import ArtefactError
 PARTS_DIR = "parts"
 RUN_NAME = "run.json"  # in PARTS_DIR
 
-__all__ = ["PARTS_DIR", "RUN_NAME", "check_run", "count_parts", "iter_parts", "read_parts", "record_run",
-           "write_part"]
+__all__ = ["PARTS_DIR", "RUN_NAME", "check_run", "committed_parts", "count_parts", "iter_parts", "read_parts",
+           "record_run", "write_part"]
 
 
 def _as_json(identity: dict[str, Any]) -> Any:
@@ -48,6 +48,18 @@ def check_run(directory: str | Path, identity: dict[str, Any], stage: str) -> bo
             differs, a, b = key, a.get(key), b.get(key)
         raise ArtefactError(f"{directory}: holds `zutis {stage}` results made with another {differs}; rerun with the "
                             f"same settings to finish them, or choose a new -o directory (or remove it)")
+    return True
+
+
+def committed_parts(directory: str | Path, identity: dict[str, Any], stage: str) -> bool:
+    """Whether ``directory`` holds committed parts to go on from, made with ``identity``; raises
+    :class:`ArtefactError` when they were made with other settings (:func:`check_run`) or their
+    settings are missing. A directory with no part has nothing to keep, whatever its settings."""
+    if not count_parts(directory):
+        return False
+    if not check_run(directory, identity, stage):
+        raise ArtefactError(f"{Path(directory) / PARTS_DIR}: holds results without the settings they were made "
+                            f"with ({RUN_NAME}); remove {directory} or choose a new -o directory")
     return True
 
 

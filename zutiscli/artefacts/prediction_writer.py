@@ -33,11 +33,10 @@ import numpy as np
 
 from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, fsync_dir
 from zutiscli.artefacts.labelmap import IGNORE_8BIT, IGNORE_16BIT, write_label_map
-from zutiscli.artefacts.lock import mark_unfinished, restart_unfinished
+from zutiscli.artefacts.lock import restart_unfinished
 from zutiscli.artefacts.manifest import relative_to, resolve_relative, write_manifest
-from zutiscli.artefacts.parts import PARTS_DIR, RUN_NAME, check_run, count_parts, read_parts, record_run, write_part
+from zutiscli.artefacts.parts import PARTS_DIR, committed_parts, count_parts, read_parts, record_run, write_part
 from zutiscli.artefacts.rundir import prepare_output_dir
-from zutiscli.errors import ArtefactError
 
 KIND = "zutis.predictions"
 RESULTS_NAME = "predictions.json"
@@ -64,13 +63,8 @@ def committed_rows(out: Path, identity: dict[str, Any]) -> dict[str, dict[str, A
     when it was run with ``identity`` (what decides the outputs: model and settings, as JSON);
     none when it committed nothing (whatever its settings: the rerun starts afresh). Raises
     :class:`ArtefactError` naming the first setting that differs
-    (:func:`zutiscli.artefacts.parts.check_run`), so that a rerun never mixes two settings."""
-    if not count_parts(out):
-        return {}
-    if not check_run(out, identity, "predict"):
-        raise ArtefactError(f"{out / PARTS_DIR}: holds results without the settings they were made with "
-                            f"({RUN_NAME}); remove {out} or choose a new -o directory")
-    return read_parts(out, "predictions row")
+    (:func:`zutiscli.artefacts.parts.committed_parts`), so that a rerun never mixes two settings."""
+    return read_parts(out, "predictions row") if committed_parts(out, identity, "predict") else {}
 
 
 def write_failed_list(out: Path, failures: Sequence[tuple[str | Path, str]]) -> Path:
@@ -195,11 +189,10 @@ class PredictionsWriter:
 
     def _directory(self) -> Path:
         """The run's directory, created and locked, marked unfinished until the manifest is written."""
-        out = prepare_output_dir(self.output, "predict", resumable=True)
+        out = prepare_output_dir(self.output, "predict", resumable=True, mark=True)
         if self.restart:
-            restart_unfinished(out)
+            restart_unfinished(out)  # keeps the lock and the mark
             self.restart = False
-        mark_unfinished(out, "predict")
         return out
 
     def _open(self) -> Path:

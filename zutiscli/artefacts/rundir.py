@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Collection
 
 from zutiscli.artefacts.lock import (check_unlocked, content, held_here, lock_directory, mark_unfinished,
                                     restart_unfinished, unfinished_stage)
@@ -106,7 +107,30 @@ def check_output_dir(output: str | Path | None, stage: str, *, resumable: bool =
     return out, "new"
 
 
-def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool = False, lock: bool = True) -> Path:
+def check_resumable_dir(output: str | Path | None, stage: str, own: Collection[str], what: str, *,
+                        finished_kind: str | None = None) -> tuple[Path, str]:
+    """:func:`check_output_dir` for a resumable stage, whose existing directory must be its own: a
+    finished artefact is refused (with ``finished_kind``, one of that kind is taken, its manifest
+    checked), and an unfinished one holding entries other than ``own`` (the names the stage's
+    output may have) is refused as not a zutis ``what`` directory."""
+    from zutiscli.artefacts.manifest import read_manifest
+
+    out, state = check_output_dir(output, stage, resumable=True)
+    if state == "existing":
+        if (out / MANIFEST_NAME).is_file():
+            if finished_kind is None:
+                raise ArtefactError(f"{out}: is a finished artefact; choose a new -o directory or remove it")
+            read_manifest(out, finished_kind)
+        else:
+            foreign = [entry.name for entry in content(out) if entry.name not in own]
+            if foreign:
+                raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis {what} directory; "
+                                    f"choose a new -o directory")
+    return out, state
+
+
+def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool = False, lock: bool = True,
+                       mark: bool | None = None) -> Path:
     """Resolve a stage's output directory, creating it and taking its lock.
 
     ``None`` gives a fresh numbered run directory. An explicit directory must be empty or absent,
@@ -114,8 +138,8 @@ def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool
     or it holds the unfinished output of a killed run of the same stage (then it is emptied).
     The rules are those of :func:`check_output_dir`. The directory's lock
     (:func:`zutiscli.artefacts.lock.lock_directory`) is taken unless ``lock`` is false (a caller
-    that writes into a subdirectory locks that one); a non-resumable stage marks the directory
-    unfinished until its manifest is written.
+    that writes into a subdirectory locks that one); a non-resumable stage (or any, with ``mark``)
+    marks the directory unfinished until its manifest is written, so that other stages refuse it.
     """
     if output is None:
         out, state = next_run_dir(stage), "new"
@@ -128,8 +152,9 @@ def prepare_output_dir(output: str | Path | None, stage: str, *, resumable: bool
             raise _cannot_create(out, exc, "choose another -o directory") from None
     if lock:
         lock_directory(out)
-        if not resumable:
-            if state != "new" and check_output_dir(out, stage, _restartable=restartable)[1] == "unfinished":
-                restart_unfinished(out)  # judged again under the lock: a writer may have finished meanwhile
+        if not resumable and state != "new" and \
+                check_output_dir(out, stage, _restartable=restartable)[1] == "unfinished":
+            restart_unfinished(out)  # judged again under the lock: a writer may have finished meanwhile
+        if (not resumable) if mark is None else mark:
             mark_unfinished(out, stage)
     return out

@@ -247,37 +247,24 @@ def _rounded(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # ---- the output directory ----------------------------------------------------------------------
 def _check_output(output: str | Path | None) -> tuple[Path, str]:
-    """Where the clusters would go and its state (:func:`zutiscli.artefacts.rundir.check_output_dir`),
-    creating nothing: an existing directory must be what a killed run of ``zutis cluster`` left (to
-    be resumed); a finished one, or one holding anything else, is refused."""
+    """Where the clusters would go and its state, creating nothing: an existing directory must be
+    what a killed run of ``zutis cluster`` left (to be resumed); a finished one, or one holding
+    anything else, is refused (:func:`zutiscli.artefacts.rundir.check_resumable_dir`)."""
     from zutiscli.artefacts.clusters import (CENTROIDS_NAME, CLUSTERS_NAME, CONTACT_DIR, FEATURES_NAME,
                                              STUFF_CENTROIDS_NAME)
-    from zutiscli.artefacts.lock import content
-    from zutiscli.artefacts.parts import PARTS_DIR
-    from zutiscli.artefacts.rundir import check_output_dir
+    from zutiscli.artefacts.rundir import check_resumable_dir
 
-    out, state = check_output_dir(output, "cluster", resumable=True)
-    if state == "existing":
-        if (out / MANIFEST_NAME).is_file():
-            raise ArtefactError(f"{out}: is a finished artefact; choose a new -o directory or remove it")
-        ours = {PARTS_DIR, CLUSTERS_NAME, CENTROIDS_NAME, STUFF_CENTROIDS_NAME, FEATURES_NAME, CONTACT_DIR}
-        foreign = [entry.name for entry in content(out) if entry.name not in ours]
-        if foreign:
-            raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis clusters directory; "
-                                f"choose a new -o directory")
-    return out, state
+    own = {PARTS_DIR, CLUSTERS_NAME, CENTROIDS_NAME, STUFF_CENTROIDS_NAME, FEATURES_NAME, CONTACT_DIR}
+    return check_resumable_dir(output, "cluster", own, "clusters")
 
 
 def _open_output(output: str | Path | None) -> Path:
     """The run's directory (:func:`_check_output`), created and locked, marked unfinished until the
     manifest is written."""
-    from zutiscli.artefacts.lock import mark_unfinished
     from zutiscli.artefacts.rundir import prepare_output_dir
 
     _check_output(output)
-    out = prepare_output_dir(output, "cluster", resumable=True)
-    mark_unfinished(out, "cluster")
-    return out
+    return prepare_output_dir(output, "cluster", resumable=True, mark=True)
 
 
 def _committed_masks(out: Path) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 
 from zutiscli.artefacts.atomic import atomic_path
 from zutiscli.artefacts.manifest import relative_to
-from zutiscli.artefacts.parts import PARTS_DIR, RUN_NAME, check_run, count_parts, iter_parts, write_part
+from zutiscli.artefacts.parts import PARTS_DIR, committed_parts, count_parts, iter_parts, write_part
 from zutiscli.errors import ArtefactError
 
 __all__ = ["FeatureCommits", "committed_features"]
@@ -35,11 +35,8 @@ def committed_features(out: Path, identity: dict[str, Any], position_of: dict[in
     masks (annotation id -> position, ``position_of``) of these pseudo-labels; nothing when it
     committed nothing. Raises :class:`ArtefactError` when it was run with other
     settings than ``identity`` (naming the first), or a part is damaged."""
-    if not count_parts(out):
+    if not committed_parts(out, identity, "cluster"):
         return {}
-    if not check_run(out, identity, "cluster"):
-        raise ArtefactError(f"{out / PARTS_DIR}: holds features without the settings they were made with "
-                            f"({RUN_NAME}); remove {out} or choose a new -o directory")
     features: dict[int, np.ndarray] = {}
     for part, rows in iter_parts(out, "mask-features row"):
         try:

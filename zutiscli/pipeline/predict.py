@@ -16,14 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from zutiscli.artefacts.lock import content, holding_locks
-from zutiscli.artefacts.manifest import (MANIFEST_NAME, read_json, read_manifest, relative_to, resolve_relative,
-                                         write_manifest)
+from zutiscli.artefacts.lock import holding_locks
+from zutiscli.artefacts.manifest import read_json, read_manifest, relative_to, resolve_relative, write_manifest
 from zutiscli.artefacts.parts import read_parts
 from zutiscli.artefacts.prediction_writer import (FAILED_NAME, FOLDERS, IMAGES_NAME, KIND, OWN_ENTRIES, PANOPTIC_NAME,
                                                   RESULTS_NAME, ImageResult, PredictionsWriter, committed_rows,
                                                   write_failed_list)
-from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.artefacts.rundir import check_output_dir, check_resumable_dir, prepare_output_dir
 from zutiscli.data.classes import safe_filenames
 from zutiscli.engine import inference
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
@@ -75,18 +74,10 @@ def _output(output: str | Path | None, shard: tuple[int, int] | None) -> str | P
 
 
 def _check_output(output: str | Path | None) -> tuple[Path, str]:
-    """Where a run writes and its state (:func:`zutiscli.artefacts.rundir.check_output_dir`), creating
-    nothing: an existing directory must be what an interrupted run of ``zutis predict`` left (to be
-    resumed); a finished one, or one holding anything else, is refused."""
-    out, state = check_output_dir(output, "predict", resumable=True)
-    if state == "existing":
-        if (out / MANIFEST_NAME).is_file():
-            raise ArtefactError(f"{out}: is a finished artefact; choose a new -o directory or remove it")
-        foreign = [entry.name for entry in content(out) if entry.name not in OWN_ENTRIES]
-        if foreign:
-            raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis predictions directory; "
-                                f"choose a new -o directory")
-    return out, state
+    """Where a run writes and its state, creating nothing: an existing directory must be what an
+    interrupted run of ``zutis predict`` left (to be resumed); a finished one, or one holding
+    anything else, is refused (:func:`zutiscli.artefacts.rundir.check_resumable_dir`)."""
+    return check_resumable_dir(output, "predict", OWN_ENTRIES, "predictions")
 
 
 def _resumed(out: Path, listing: list[Path], identity: dict[str, Any]) -> dict[int, dict[str, Any]]:

@@ -53,8 +53,8 @@ from zutiscli.artefacts.manifest import (
 )
 from zutiscli.artefacts.parts import PARTS_DIR, RUN_NAME, check_run, count_parts, read_parts, record_run, write_part
 from zutiscli.artefacts.pseudolabels import EMPTY_NAME, FAILED_NAME, PSEUDOLABELS_NAME
-from zutiscli.artefacts.lock import content, holding_locks
-from zutiscli.artefacts.rundir import check_output_dir, prepare_output_dir
+from zutiscli.artefacts.lock import holding_locks
+from zutiscli.artefacts.rundir import check_output_dir, check_resumable_dir, prepare_output_dir
 from zutiscli.data.shards import distinct_directories, shard_dir_name, shard_from_environment, shard_of, shard_output
 from zutiscli.data.workers import as_is, quiet_worker, worker_loader
 from zutiscli.errors import ArtefactError, ZutisError
@@ -190,17 +190,8 @@ def _check_output(output: str | Path | None, shard: tuple[int, int] | None = Non
     """
     if shard is not None:
         output = shard_output(output, shard, "pseudolabel")
-    out, state = check_output_dir(output, "pseudolabel", resumable=True)
-    if state == "existing":
-        if (out / MANIFEST_NAME).is_file():
-            read_manifest(out, "zutis.pseudolabels")
-        else:
-            ours = {PARTS_DIR, PSEUDOLABELS_NAME, EMPTY_NAME, FAILED_NAME, "preview"}
-            foreign = [entry.name for entry in content(out) if entry.name not in ours]
-            if foreign:
-                raise ArtefactError(f"{out}: is not empty (e.g. {foreign[0]}) and not a zutis pseudo-label "
-                                    f"directory; choose a new -o directory")
-    return out, state
+    own = {PARTS_DIR, PSEUDOLABELS_NAME, EMPTY_NAME, FAILED_NAME, "preview"}
+    return check_resumable_dir(output, "pseudolabel", own, "pseudo-label", finished_kind="zutis.pseudolabels")
 
 
 def _unique_images(archives: dict[str, list[Any]]) -> list[Path]:
