@@ -114,9 +114,10 @@ def format_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _prepared(config: CompareConfig) -> tuple[Path, Path, Any, list[Any], list[Any], list[Any]]:
+def _prepared(config: CompareConfig, plans: bool = True) -> tuple[Path, Path, Any, list[Any], list[Any], list[Any]]:
     """``(images, ground truth path, truth, classes, each run's clusters or None, each run's
-    PredictConfig)``, every run's options and weights checked (before the first run, or a dry run)."""
+    PredictConfig)``, every run's options checked, and with ``plans`` its weights too (before the
+    first run; a dry run plans each run whole)."""
     from zutiscli.artefacts.groundtruth import load_ground_truth
     from zutiscli.methods.predict import get
 
@@ -128,7 +129,8 @@ def _prepared(config: CompareConfig) -> tuple[Path, Path, Any, list[Any], list[A
     predict_configs = [_predict_config(config, run, images, classes, found) for run, found in zip(config.runs, clusters)]
     for predict_config in predict_configs:
         predict_config.validate()
-        get(predict_config.method).plan(predict_config)
+        if plans:
+            get(predict_config.method).plan(predict_config)
     return images, gt, truth, classes, clusters, predict_configs
 
 
@@ -139,7 +141,7 @@ def plan_compare(config: CompareConfig, output: str | Path | None = None) -> Any
     from zutiscli.pipeline.plan import Plan, input_entry, output_plan
     from zutiscli.pipeline.predict import plan_predict
 
-    images, gt, truth, classes, clusters, predict_configs = _prepared(config)
+    images, gt, truth, classes, clusters, predict_configs = _prepared(config, plans=False)  # plan_predict plans them
     writes = output_plan(output, "compare")
     reads, notes, count = [], [], 0
     for run, predict_config, found in zip(config.runs, predict_configs, clusters):
