@@ -264,6 +264,19 @@ def test_an_interrupted_run_is_finished_by_the_rerun_as_if_never_stopped(trained
     assert not (out / "parts").exists() and not (out / UNFINISHED_NAME).exists()
     with pytest.raises(ArtefactError, match="is a finished artefact"):
         predict(config, out)
+    # resumed with a listing that leaves out a committed image: its row and its files go
+    seen.clear()
+    monkeypatch.setattr(PredictionsWriter, "add", stopped_at_the_third)
+    with pytest.raises(_Stopped):
+        predict(config, tmp_path / "shorter")
+    monkeypatch.setattr(PredictionsWriter, "add", add)
+    (tmp_path / "shorter" / "semantic" / ".000002.png.tmp").write_bytes(b"cut short by a kill")
+    images = [str(scenes / "images" / name) for name in ("000001.png", "000002.png")]
+    shorter = predict(PredictConfig(**(vars(config) | {"inputs": images})), tmp_path / "shorter")
+    assert [i.path.name for i in shorter.images] == ["000001.png", "000002.png"]
+    for folder in ("semantic", "panoptic", "vis"):
+        assert sorted(p.name for p in (shorter.path / folder).iterdir()) == sorted(
+            p.name for p in (whole / folder).iterdir() if not p.name.startswith("000000")), folder
     # stopped before its first commit: nothing to keep, so a rerun with other settings starts afresh
     seen.clear()
     monkeypatch.setattr(PredictionsWriter, "add", stopped_at_the_third)
