@@ -188,7 +188,8 @@ def synth(kind, n, output=None, **options):
         **options: fields of :class:`zutiscli.pipeline.synth.SynthConfig`: ``seed``, ``size``
             (square side in pixels; ``None`` = the kind's default), ``min_objects`` /
             ``max_objects`` (scenes), ``image_format`` (``"png"`` or ``"jpg"``),
-            ``jpeg_quality``; and ``progress(done, total)``. Note the seed defaults to 0 for
+            ``jpeg_quality``, ``panoptic``, ``stuff``, ``split`` (``"train"`` or ``"shift"``),
+            ``varied``; and ``progress(done, total)``. Note the seed defaults to 0 for
             every kind, while ``zutis synth scenes`` / ``pairs`` default to seeds 1 / 2.
 
     Returns:

@@ -76,6 +76,9 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
     "synth train-clip": [
         (["--steps", "0", "-o", "{out}"], 2, "steps"),
         (["--steps", "1", "--eval-pool", "0", "-o", "{text}"], 1, "is a file"),
+        (["--steps", "1", "--device", "cpu", "--precision", "fp16", "-o", "{out}"], 2, "fp16 is for CUDA"),
+        (["--steps", "1", "--precision", "half", "-o", "{out}"], 2, "precision must be one of"),
+        (["--steps", "1", "--varied", "1.5", "-o", "{out}"], 2, "must be probabilities"),
     ],
     "index build": [
         ([], 2, "give at least one image"),
@@ -303,6 +306,8 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
 #: Valid arguments of the commands with --device or --classes (they run for real with good values).
 BASE: dict[str, list[str]] = {
     "demo": ["--iterations", "1"],
+    "synth train-clip": ["--steps", "1", "--batch-size", "4", "--workers", "0", "--eval-pool", "0", "--checkpoint-every",
+                         "0", "-o", "{out}"],
     "index build": ["{pile}/images", *TINY_INDEX, "-o", "{out}"],
     "retrieve": ["{index}", "-k", "2", "--prompts", "names", "-o", "{out}"],
     "pseudolabel run": ["{archives}", "--size", "32", "--refine", "none", "-o", "{out}"],

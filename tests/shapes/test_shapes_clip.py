@@ -220,6 +220,23 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:
         "resumed_from_step"] is None
 
 
+def test_training_under_bf16_autocast_learns_and_records_it(tmp_path) -> None:
+    """The autocast path (CUDA's production path) through its CPU twin: bf16 forward, fp32 loss and weights."""
+    fp32 = train_shapes_clip(_tiny_config(steps=12), tmp_path / "fp32.pt")
+    bf16 = train_shapes_clip(_tiny_config(steps=12, precision="bf16"), tmp_path / "bf16.pt")
+    assert (fp32["device"], fp32["autocast"], bf16["autocast"]) == ("cpu", "none", "bf16")
+    losses = [loss for _, loss in bf16["loss_curve"]]
+    assert losses[-1] < losses[0]
+    assert abs(losses[-1] - fp32["loss_curve"][-1][1]) < 0.25 * fp32["loss_curve"][-1][1], "bf16 learns as fp32 does"
+    a = torch.load(tmp_path / "fp32.pt", weights_only=True)
+    b = torch.load(tmp_path / "bf16.pt", weights_only=True)
+    assert not torch.equal(a["visual.conv1.weight"], b["visual.conv1.weight"])
+    assert _tiny_config(precision="bf16", device="cpu").recipe_key() == _tiny_config().recipe_key(), \
+        "a run resumes on another device or precision"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _tiny_config(precision="half").validate()
+
+
 def test_train_config_is_validated(tmp_path) -> None:
     with pytest.raises(ValueError):
         train_shapes_clip(_tiny_config(steps=0), tmp_path / "x.pt")

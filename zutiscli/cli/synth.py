@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
-from zutiscli.cli.options import CommandGroup, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import CommandGroup, DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 from zutiscli.shapes.clip_recipe import TrainClipConfig
 
@@ -98,7 +98,10 @@ def train_clip(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Image-caption pairs per step.")] = _CLIP.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = _CLIP.lr,
     stuff: Annotated[float, typer.Option("--stuff", help="Share of training pairs drawn over named stuff (sky, grass, ...) and captioned with it.")] = _CLIP.stuff,
+    varied: Annotated[float, typer.Option("--varied", help="Share of training pairs drawn over varied training backgrounds with clutter and lighting changes (never the shift split's looks).")] = _CLIP.varied,
     seed: SeedOpt = _CLIP.seed,
+    device: DeviceOpt = _CLIP.device,
+    precision: Annotated[str, typer.Option("--precision", metavar="auto|fp32|bf16|fp16", help="Autocast of the forward pass: auto (bf16 on CUDA, fp32 on the CPU as the shipped weights were trained), fp32, bf16, fp16 (CUDA).")] = _CLIP.precision,
     threads: Annotated[int, typer.Option("--threads", help="torch threads for training.")] = _CLIP.threads,
     workers: Annotated[int, typer.Option("--workers", help="Data-generation processes (0 = in the training process).")] = _CLIP.workers,
     eval_pool: Annotated[int, typer.Option("--eval-pool", help="Images for the retrieval/zero-shot evaluation afterwards (0 = skip).")] = 2000,
@@ -120,16 +123,18 @@ def train_clip(
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.rundir import prepare_output_dir
     from zutiscli.errors import UsageError
-    from zutiscli.shapes.clip_train import checkpoint_path, train_shapes_clip
+    from zutiscli.models.device import resolve_device
+    from zutiscli.shapes.clip_train import autocast_dtype, checkpoint_path, train_shapes_clip
 
     reporter = Reporter(json_mode, quiet)
-    config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, stuff=stuff, seed=seed, threads=threads,
-                             workers=workers, eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
+    config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, stuff=stuff, varied=varied, seed=seed,
+                             device=device, precision=precision, threads=threads, workers=workers, eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
                              checkpoint_every=checkpoint_every)
     try:
         config.validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    autocast_dtype(config.precision, resolve_device(config.device))  # before anything is written
     out = prepare_output_dir(output, "synth", resumable=output is not None)
     weights = out / "shapes-clip.pt"
     checkpoint = checkpoint_path(weights)

@@ -54,11 +54,12 @@ STUFF_SEGMENT = 1000
 
 def _sample(config: SynthConfig, index: int) -> Sample:
     if config.kind == "pile":
-        return pile_sample(config.seed, index, config.image_size, split=config.split, stuff=config.stuff)
+        return pile_sample(config.seed, index, config.image_size, split=config.split, stuff=config.stuff,
+                           varied=config.varied)
     if config.kind == "scenes":
         return scene_sample(config.seed, index, config.image_size, config.min_objects, config.max_objects,
-                            stuff=config.stuff, split=config.split)
-    return caption_sample(config.seed, index, config.image_size, stuff=config.stuff)
+                            stuff=config.stuff, split=config.split, varied=config.varied)
+    return caption_sample(config.seed, index, config.image_size, stuff=config.stuff, varied=config.varied)
 
 
 def semantic_classes(stuff: bool) -> list[str]:

@@ -51,6 +51,9 @@ class SynthConfig:
                                 "labelled in the scenes' ground truth and the pile's hidden one, named in the pairs' captions.")
     split: str = option("train", "train, or shift: the same objects over backgrounds, stuff looks and lighting "
                                  "no training uses (to measure robustness).", choices=SPLITS)
+    varied: bool = option(False, "Draw the objects over varied training backgrounds (flat, gradients, stripes, grids, "
+                                 "smooth noise, blobs, mosaics, scribbles) with clutter and milder lighting changes; "
+                                 "the same objects, none of the shift split's looks. Train split only.")
     jpeg_quality: int = not_an_option(90, "Python API only: quality of jpg images")
     workers: int = option(0, "Processes rendering the images (0 = this process); the bytes do not depend on it.")
 
@@ -75,6 +78,8 @@ class SynthConfig:
             raise UsageError(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
         if self.split == "shift" and self.kind == "pairs":
             raise UsageError("--split shift: pairs train shapes-clip, and the shift split is never trained on")
+        if self.varied and self.split != "train":
+            raise UsageError("--varied draws training looks; the shift split has its own (drop --varied or --split shift)")
         if self.image_format not in FORMATS:
             raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
 

@@ -37,6 +37,9 @@ class TrainClipConfig:
         stuff: probability that a training pair is drawn over named stuff
             (:mod:`zutiscli.shapes.stuff`), its caption then naming the objects, the objects and
             the stuff under the largest, or the stuff alone (:func:`zutiscli.shapes.world.caption_sample`).
+        varied: probability that a training pair is drawn over a varied training background with
+            clutter and milder lighting changes (:mod:`zutiscli.shapes.variety`; over named stuff,
+            the lighting alone); the objects and caption are the same as without it.
         dense: weight of the patch-aligned contrastive term (:func:`zutiscli.shapes.clip_train.patch_aligned_loss`)
             added to the loss: each caption is scored against every image's MaskCLIP value-path
             patch embeddings, pooled by their similarity to that caption (PACL, Mukhoti et al.
@@ -48,6 +51,11 @@ class TrainClipConfig:
         positives: which image--caption pairs count as matches in the loss: ``"truth"`` (caption
             ``j`` truly describes image ``i``, :func:`positive_matrix`), ``"content"`` (images ``i``
             and ``j`` hold the same colour--shape pairs) or ``"caption"`` (identical captions).
+        device: where to train: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: autocast of the forward pass: ``auto`` (bf16 on CUDA, fp32 on the CPU, where
+            the shipped weights were trained), ``fp32``, ``bf16`` or ``fp16`` (CUDA only, with a
+            gradient scaler). The weights and the optimiser stay fp32; the stream of samples is
+            the same whatever the device and precision.
         threads: torch intra-op threads during training (the previous value is restored).
         workers: data-generation processes running ahead of the optimiser (0 = generate in the
             training process; the stream is identical either way).
@@ -75,10 +83,13 @@ class TrainClipConfig:
     held_out: frozenset[tuple[str, str]] = field(default_factory=lambda: DEFAULT_HELD_OUT)
     hflip: float = 0.5
     stuff: float = 0.0
+    varied: float = 0.0
     dense: float = 0.0
     dense_temperature: float = 0.05
     text_noise: float = 0.0
     positives: str = "truth"
+    device: str = "auto"
+    precision: str = "auto"
     threads: int = 2
     workers: int = 1
     log_every: int = 50
@@ -93,9 +104,10 @@ class TrainClipConfig:
         return out
 
     def recipe_key(self) -> dict[str, Any]:
-        """The fields that decide the trained weights (not threads, workers, logging or evaluation)."""
+        """The fields that decide the trained weights (not the device, precision, threads, workers,
+        logging or evaluation: a run may resume on another device)."""
         out = self.to_json()
-        for name in ("threads", "workers", "log_every", "checkpoint_every", "eval_pool"):
+        for name in ("device", "precision", "threads", "workers", "log_every", "checkpoint_every", "eval_pool"):
             out.pop(name)
         return out
 
@@ -109,12 +121,14 @@ class TrainClipConfig:
             raise ValueError("need threads >= 1, workers >= 0, log_every >= 1 and eval_pool >= 0")
         if self.checkpoint_every < 0 or (self.checkpoint_every and self.checkpoint_every % self.log_every):
             raise ValueError("checkpoint_every must be 0 or a positive multiple of log_every")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be one of auto, fp32, bf16, fp16, got {self.precision!r}")
         if self.positives not in POSITIVE_RULES:
             raise ValueError(f"positives must be one of {', '.join(POSITIVE_RULES)}, got {self.positives!r}")
         if self.dense < 0 or not self.dense_temperature > 0:
             raise ValueError(f"need dense >= 0 and dense_temperature > 0, got {self.dense}, {self.dense_temperature}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not all(0.0 <= p <= 1.0 for p in (self.hflip, self.stuff, self.text_noise)):
-            raise ValueError(f"hflip, stuff and text_noise must be probabilities, got {self.hflip}, {self.stuff}, "
-                             f"{self.text_noise}")
+        if not all(0.0 <= p <= 1.0 for p in (self.hflip, self.stuff, self.varied, self.text_noise)):
+            raise ValueError(f"hflip, stuff, varied and text_noise must be probabilities, got {self.hflip}, "
+                             f"{self.stuff}, {self.varied}, {self.text_noise}")

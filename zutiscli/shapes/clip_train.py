@@ -290,6 +290,7 @@ def caption_batch(
     held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
     hflip: float = 0.0,
     stuff: float = 0.0,
+    varied: float = 0.0,
 ) -> tuple[np.ndarray, list[str], list[list[ShapeObject]], list[frozenset[str]]]:
     """Batch ``step`` of the training stream of ``seed``.
 
@@ -304,6 +305,8 @@ def caption_batch(
             ``(seed, step)``); a mirrored image's caption has "left" and "right" swapped.
         stuff: probability that a sample is drawn over named stuff (``caption_sample(stuff=True)``,
             decided by a generator seeded from ``(seed, step)``).
+        varied: probability that a sample is drawn over a varied training background
+            (``caption_sample(varied=True)``, decided by its own generator seeded from ``(seed, step)``).
 
     Returns:
         ``images`` ``(B, size, size, 3)`` uint8 RGB, ``captions`` (B strings), ``objects`` (B lists of
@@ -316,9 +319,10 @@ def caption_batch(
     shown: list[frozenset[str]] = []
     flips = np.random.default_rng([seed, 0x5EED, step]).random(batch_size) < hflip
     over_stuff = np.random.default_rng([seed, 0x57FF, step]).random(batch_size) < stuff
+    over_varied = np.random.default_rng([seed, 0x7A41, step]).random(batch_size) < varied
     for k in range(batch_size):
         sample = caption_sample(seed, step * batch_size + k, size=size, held_out=held_out,
-                                stuff=bool(over_stuff[k]))
+                                stuff=bool(over_stuff[k]), varied=bool(over_varied[k]))
         caption = sample.caption or ""
         if flips[k]:
             images[k] = sample.image[:, ::-1]
@@ -410,7 +414,7 @@ class _Stream(torch.utils.data.IterableDataset):
         shard, shards = (0, 1) if worker is None else (worker.id, worker.num_workers)
         for step in range(self.start + shard, cfg.steps, shards):
             images, captions, objects, stuff = caption_batch(
-                cfg.seed, step, cfg.batch_size, cfg.image_size, cfg.held_out, cfg.hflip, cfg.stuff
+                cfg.seed, step, cfg.batch_size, cfg.image_size, cfg.held_out, cfg.hflip, cfg.stuff, cfg.varied
             )
             pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
             tokens = self.tokenizer(captions)
@@ -422,14 +426,25 @@ class _Stream(torch.utils.data.IterableDataset):
 
 
 def _batches(
-    config: TrainClipConfig, tokenizer: Callable[..., torch.Tensor], start: int = 0
+    config: TrainClipConfig, tokenizer: Callable[..., torch.Tensor], start: int = 0, pin: bool = False
 ) -> Iterator[tuple[torch.Tensor, ...]]:
     stream = _Stream(config, tokenizer, start)
     if config.workers == 0:
         return iter(stream)
     # Workers take steps round-robin and the loader reads them round-robin: order is kept.
-    loader = worker_loader(stream, config.workers, batch_size=None, prefetch_factor=4)
+    loader = worker_loader(stream, config.workers, batch_size=None, prefetch_factor=4, pin_memory=pin)
     return iter(loader)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The forward pass's autocast dtype under ``precision`` on ``device`` (None: plain fp32)."""
+    from zutiscli.errors import UsageError
+
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 is for CUDA; on the CPU use bf16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,48 +569,55 @@ def train_shapes_clip(
 
     from zutiscli.artefacts.atomic import atomic_path
     from zutiscli.models.clip import ModelSpec, load_backbone
+    from zutiscli.models.device import resolve_device
 
     config.validate()
     output_path = Path(output_path)
+    device = resolve_device(config.device)
+    amp = autocast_dtype(config.precision, device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
         torch.manual_seed(config.seed)
         backbone = load_backbone(ModelSpec(config.model, "none"))
-        model = backbone.model
+        model = backbone.model.to(device)
         model.train()
         for param in model.parameters():
             param.requires_grad_(True)
         if config.image_size != backbone.image_size[0]:
             raise ValueError(f"image_size {config.image_size} differs from the model's {backbone.image_size[0]}")
         optimiser = _adamw(_param_groups(model, config.weight_decay), config)
-        mean = torch.tensor(backbone.mean).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(backbone.std).view(1, 3, 1, 1) * 255.0
+        scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+        mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1) * 255.0
         checkpoint = checkpoint_path(output_path)
         first, curve, previous_seconds = _resume(checkpoint, config, model, optimiser)
         window: list[float] = []
         start = time.perf_counter() - previous_seconds
         last_report = time.perf_counter()
-        batches = _batches(config, backbone.tokenizer, first)
+        batches = _batches(config, backbone.tokenizer, first, pin=device.type == "cuda")
         for step, (pixels, tokens, positives) in enumerate(batches, start=first):
             lr = learning_rate(config, step)
             for group in optimiser.param_groups:
                 group["lr"] = lr
+            pixels, tokens, positives = (t.to(device, non_blocking=True) for t in (pixels, tokens, positives))
             images = (pixels.float() - mean) / std
-            text_emb = F.normalize(model.encode_text(tokens), dim=-1)
-            if config.dense:
-                pooled, dense = backbone.encode_with_dense(images)
-                loss = multi_positive_loss(F.normalize(pooled, dim=-1), text_emb, model.logit_scale, positives)
-                loss = loss + config.dense * patch_aligned_loss(dense, text_emb, model.logit_scale, positives,
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                text = model.encode_text(tokens)
+                pooled, dense = backbone.encode_with_dense(images) if config.dense else (model.encode_image(images), None)
+            # the similarities and losses in fp32: bf16 cosines would be coarser than the logit scale's steps
+            text_emb = F.normalize(text.float(), dim=-1)
+            loss = multi_positive_loss(F.normalize(pooled.float(), dim=-1), text_emb, model.logit_scale, positives)
+            if dense is not None:
+                loss = loss + config.dense * patch_aligned_loss(dense.float(), text_emb, model.logit_scale, positives,
                                                                 config.dense_temperature)
-            else:
-                image_emb = F.normalize(model.encode_image(images), dim=-1)
-                loss = multi_positive_loss(image_emb, text_emb, model.logit_scale, positives)
             optimiser.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if config.grad_clip > 0:
+                scaler.unscale_(optimiser)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimiser.step()
+            scaler.step(optimiser)
+            scaler.update()
             with torch.no_grad():
                 model.logit_scale.clamp_(0.0, math.log(100.0))
             value = float(loss.detach())
@@ -635,6 +657,8 @@ def train_shapes_clip(
             "train_seconds": round(train_seconds, 1),
             "resumed_from_step": first or None,
             "threads": config.threads,
+            "device": str(device),
+            "autocast": {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(amp, "none"),
             "versions": {"torch": torch.__version__, "open_clip": open_clip.__version__, "numpy": np.__version__},
             "parameters": sum(p.numel() for p in model.parameters()),
             "final_loss": curve[-1][1] if curve else None,

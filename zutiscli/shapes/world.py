@@ -62,6 +62,7 @@ _KIND_SCENE = 2
 _KIND_CAPTION = 3
 _KIND_STUFF = 4
 _KIND_SHIFT = 5
+_KIND_VARIED = 6
 
 #: Splits a pile or scene can be drawn from: ``train`` (what every training stage sees) and
 #: ``shift`` (held-out backgrounds, stuff looks and lighting: :mod:`zutiscli.shapes.shift`).
@@ -396,7 +397,37 @@ def _shifted(seed: int, kind: int, index: int, split: str) -> np.random.Generato
     return _rng(seed, _KIND_SHIFT * 16 + kind, index) if split == "shift" else None
 
 
-def pile_sample(seed: int, index: int, size: int = 64, split: str = "train", stuff: bool = False) -> Sample:
+def _varied(seed: int, kind: int, index: int, varied: bool, split: str = "train") -> np.random.Generator | None:
+    """The generator of a varied sample's background, clutter and lighting (``None`` without ``varied``)."""
+    if not varied:
+        return None
+    if split != "train":
+        raise ValueError("varied backgrounds are training looks; the shift split draws its own")
+    return _rng(seed, _KIND_VARIED * 16 + kind, index)
+
+
+def _vary_background(varied: np.random.Generator | None, background: np.ndarray, stuff: bool) -> np.ndarray:
+    """A varied sample's background: one of the varied families with clutter (named stuff is kept as drawn)."""
+    if varied is None or stuff:
+        return background
+    from zutiscli.shapes.variety import add_clutter, varied_background
+
+    background = varied_background(varied, background.shape[0])
+    add_clutter(varied, background)
+    return background
+
+
+def _vary_light(varied: np.random.Generator | None, image: np.ndarray) -> np.ndarray:
+    if varied is None:
+        return image
+    from zutiscli.shapes.variety import adjust_light
+
+    return adjust_light(varied, image)
+
+
+def pile_sample(
+    seed: int, index: int, size: int = 64, split: str = "train", stuff: bool = False, varied: bool = False,
+) -> Sample:
     """An unlabelled, ImageNet-like image of the shapes world.
 
     About 80% of images hold one object (70% of those large and near the centre, the rest small
@@ -409,6 +440,9 @@ def pile_sample(seed: int, index: int, size: int = 64, split: str = "train", stu
         split: ``"train"`` or ``"shift"`` (the same objects over held-out backgrounds, relit).
         stuff: draw the objects over named stuff (:func:`zutiscli.shapes.stuff.stuff_background`);
             the objects are the same as without it.
+        varied: draw the objects over one of the varied training backgrounds with clutter, and
+            change the lighting (:mod:`zutiscli.shapes.variety`; over named stuff, the lighting
+            alone); train split only. The objects are the same as without it.
 
     Returns:
         A :class:`Sample` with ``caption=None``; ``objects``/``masks`` (and with ``stuff=True`` the
@@ -416,6 +450,7 @@ def pile_sample(seed: int, index: int, size: int = 64, split: str = "train", stu
     """
     _check_size(size)
     _check_split(split)
+    vary = _varied(seed, _KIND_PILE, index, varied, split)
     rng = _rng(seed, _KIND_PILE, index)
     background = _background(rng, size)  # drawn in every case: the objects do not depend on the background
     shift = _shifted(seed, _KIND_PILE, index, split)
@@ -429,8 +464,9 @@ def pile_sample(seed: int, index: int, size: int = 64, split: str = "train", stu
         from zutiscli.shapes.shift import shift_background
 
         background = shift_background(shift, size)
+    background = _vary_background(vary, background, stuff)
     layout = _pile_layout(rng, size, allowed_pairs(frozenset()))
-    image = _render(rng, background, layout)
+    image = _vary_light(vary, _render(rng, background, layout))
     if shift is not None:
         from zutiscli.shapes.shift import relight
 
@@ -440,7 +476,7 @@ def pile_sample(seed: int, index: int, size: int = 64, split: str = "train", stu
 
 def scene_sample(
     seed: int, index: int, size: int = 128, min_objects: int = 1, max_objects: int = 8, stuff: bool = False,
-    split: str = "train",
+    split: str = "train", varied: bool = False,
 ) -> Sample:
     """An evaluation scene with several, possibly occluding, objects.
 
@@ -460,6 +496,8 @@ def scene_sample(
             instead of an unnamed texture; the objects are the same either way.
         split: ``"train"`` or ``"shift"``: the same objects over backgrounds (or stuff looks) no
             training uses, relit (:mod:`zutiscli.shapes.shift`).
+        varied: the same objects over a varied training background with clutter, relit mildly
+            (:mod:`zutiscli.shapes.variety`; over named stuff, the lighting alone); train split only.
 
     Returns:
         A :class:`Sample` with ``caption=None`` (and ``stuff`` labels with ``stuff=True``).
@@ -468,6 +506,7 @@ def scene_sample(
     if not 0 <= min_objects <= max_objects:
         raise ValueError(f"need 0 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
     _check_split(split)
+    vary = _varied(seed, _KIND_SCENE, index, varied, split)
     rng = _rng(seed, _KIND_SCENE, index)
     background = _background(rng, size)  # drawn in every case: the objects do not depend on the background
     shift = _shifted(seed, _KIND_SCENE, index, split)
@@ -480,6 +519,7 @@ def scene_sample(
         from zutiscli.shapes.shift import shift_background
 
         background = shift_background(shift, size)
+    background = _vary_background(vary, background, stuff)
     n_target = int(rng.integers(min_objects, max_objects + 1))
     shapes: tuple[str, ...] = SHAPES
     fixed_colour: dict[str, str] = {}
@@ -512,7 +552,7 @@ def scene_sample(
             f"could not place {min_objects} objects in a {size}x{size} scene; "
             "use a larger size or fewer objects"
         )
-    image = _render(rng, background, layout)
+    image = _vary_light(vary, _render(rng, background, layout))
     if shift is not None:
         from zutiscli.shapes.shift import relight
 
@@ -604,6 +644,7 @@ def caption_sample(
     size: int = 64,
     held_out: frozenset[tuple[str, str]] = DEFAULT_HELD_OUT,
     stuff: bool = False,
+    varied: bool = False,
 ) -> Sample:
     """An image--caption pair for contrastive training.
 
@@ -619,6 +660,8 @@ def caption_sample(
         stuff: draw the objects over named stuff; the caption then names the objects alone, the
             objects and the stuff under the largest one ("a red star on sand"), or the stuff alone
             ("the sky above water"), a third of the time each (the stuff alone when there is no object).
+        varied: the same objects and caption over a varied training background with clutter,
+            relit mildly (:mod:`zutiscli.shapes.variety`; over named stuff, the lighting alone).
 
     Returns:
         A :class:`Sample` whose ``caption`` is a lower-case English string.
@@ -627,6 +670,7 @@ def caption_sample(
     pairs = allowed_pairs(held_out)
     if not pairs:
         raise ValueError("held_out excludes every colour-shape pair")
+    vary = _varied(seed, _KIND_CAPTION, index, varied)
     rng = _rng(seed, _KIND_CAPTION, index)
     background = _background(rng, size)
     layout = _pile_layout(rng, size, pairs)
@@ -644,5 +688,6 @@ def caption_sample(
             caption = f"{caption} {stuff_under(stuff_labels, largest.cx, largest.cy)}"
         elif choice == 2:
             caption = describe_stuff(own, stuff_labels)
-    image = _render(rng, background, layout)
+    background = _vary_background(vary, background, stuff)
+    image = _vary_light(vary, _render(rng, background, layout))
     return Sample(image, list(layout.objects), layout.masks(), caption, stuff_labels)
