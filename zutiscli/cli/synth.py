@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
-from zutiscli.cli.options import CommandGroup, DeviceOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt, Reporter
+from zutiscli.cli.options import (CommandGroup, DeviceOpt, DryRunOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt,
+                                  Reporter, print_dry_run)
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 from zutiscli.shapes.clip_recipe import TrainClipConfig
 
@@ -107,6 +108,7 @@ def train_clip(
     eval_pool: Annotated[int, typer.Option("--eval-pool", help="Images for the retrieval/zero-shot evaluation afterwards (0 = skip).")] = 2000,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between resumable checkpoints (a multiple of 50; 0 = none); rerun the same command with the same -o to resume.")] = 250,
     output: OutputOpt = None,
+    dry_run: DryRunOpt = False,
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -118,38 +120,19 @@ def train_clip(
 
     Example: zutis synth train-clip --steps 2 --batch-size 4 --workers 0 --eval-pool 0 --checkpoint-every 0 -o runs/clip-smoke
     """
-    from zutiscli.artefacts.atomic import atomic_write_json
-    from zutiscli.artefacts.lock import content
-    from zutiscli.artefacts.manifest import write_manifest
-    from zutiscli.artefacts.rundir import prepare_output_dir
-    from zutiscli.errors import UsageError
-    from zutiscli.models.device import resolve_device
-    from zutiscli.shapes.clip_train import autocast_dtype, checkpoint_path, train_shapes_clip
+    from zutiscli.pipeline.train_clip import plan_train_clip, train_clip as run_train_clip
 
     reporter = Reporter(json_mode, quiet)
     config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, stuff=stuff, varied=varied, seed=seed,
-                             device=device, precision=precision, threads=threads, workers=workers, eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
+                             device=device, precision=precision, threads=threads, workers=workers,
+                             eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
                              checkpoint_every=checkpoint_every)
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    autocast_dtype(config.precision, resolve_device(config.device))  # before anything is written
-    out = prepare_output_dir(output, "synth", resumable=output is not None)
-    weights = out / "shapes-clip.pt"
-    checkpoint = checkpoint_path(weights)
-    if (out / "manifest.json").is_file():
-        raise UsageError(f"{out}: holds a finished training; choose a new -o directory")
-    if output is not None and any(p != checkpoint for p in content(out)):
-        raise UsageError(f"{out}: is not empty and holds no shapes-clip checkpoint; choose a new -o directory")
-    if checkpoint.is_file():
-        reporter.log(f"resuming from {checkpoint} (a different recipe starts afresh)")
+    if dry_run:
+        print_dry_run(reporter, plan_train_clip(config, output))
+        return
     with ProgressBar(reporter, "train shapes-clip", unit="steps") as bar:
-        report = train_shapes_clip(config, weights, progress=lambda step, total, stats: bar(step, total))
-    atomic_write_json(out / "shapes-clip.json", report)
+        out, report = run_train_clip(config, output, progress=lambda step, total, stats: bar(step, total),
+                                 log=reporter.log)
     summary = {"steps": report["steps"], "train_seconds": report["train_seconds"], "final_loss": report["final_loss"]}
-    metrics = report.get("metrics") or {}
-    write_manifest(out, "zutis.synth", model={"name": config.model, "pretrained": "none"},
-                   params={"kind": "clip", **config.to_json()}, summary=summary)
     reporter.log(f"trained {report['steps']} steps in {report['train_seconds']:.0f} s; final loss {report['final_loss']:.4f}")
-    reporter.result({**summary, "metrics": metrics}, path=out)
+    reporter.result({**summary, "metrics": report.get("metrics") or {}}, path=out)

@@ -524,17 +524,33 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
+def _read_checkpoint(path: Path, config: TrainClipConfig) -> dict[str, Any] | None:
+    """The training state saved at ``path`` if it is readable and of ``config``'s recipe, else None."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, training restarts
+        return None
+    if not isinstance(state, dict) or state.get("recipe") != config.recipe_key():
+        return None
+    return state
+
+
+def checkpoint_step(path: str | Path, config: TrainClipConfig) -> int | None:
+    """The steps done by the checkpoint at ``path`` (:func:`checkpoint_path`), or None where it is
+    missing, unreadable or of another recipe (a run would start afresh)."""
+    path = Path(path)
+    state = _read_checkpoint(path, config) if path.is_file() else None
+    return None if state is None else int(state["step"])
+
+
 def _resume(
     path: Path, config: TrainClipConfig, model: torch.nn.Module, optimiser: torch.optim.Optimizer
 ) -> tuple[int, list[list[float]], float]:
     """Load a checkpoint of the same recipe if there is one: ``(first step, curve, seconds so far)``."""
     if not config.checkpoint_every or not path.is_file():
         return 0, [], 0.0
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, training restarts
-        return 0, [], 0.0
-    if not isinstance(state, dict) or state.get("recipe") != config.recipe_key():
+    state = _read_checkpoint(path, config)
+    if state is None:
         return 0, [], 0.0
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
