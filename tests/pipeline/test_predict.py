@@ -264,6 +264,19 @@ def test_an_interrupted_run_is_finished_by_the_rerun_as_if_never_stopped(trained
     assert not (out / "parts").exists() and not (out / UNFINISHED_NAME).exists()
     with pytest.raises(ArtefactError, match="is a finished artefact"):
         predict(config, out)
+    # Ctrl-C (or SIGTERM) commits what was segmented since the last commit
+    seen.clear()
+
+    def interrupted_at_the_third(self, item):
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        seen.append(item.path)
+        add(self, item)
+
+    monkeypatch.setattr(PredictionsWriter, "add", interrupted_at_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        predict(PredictConfig(**(vars(config) | {"chunk_size": 5})), tmp_path / "ctrl-c")
+    assert plan_predict(config, tmp_path / "ctrl-c").work == {"already_segmented": 2, "images_to_segment": 1}
     # resumed with a listing that leaves out a committed image: its row and its files go
     seen.clear()
     monkeypatch.setattr(PredictionsWriter, "add", stopped_at_the_third)

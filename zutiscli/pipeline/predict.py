@@ -204,6 +204,9 @@ def predict(config: PredictConfig, output: str | Path | None = None, *,
         timing = engine.run(todo, writer, batch_size=config.batch_size,
                             workers=config.decode_workers(len(todo)), max_pixels=config.max_pixels,
                             progress=progress).as_dict()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: keep the images segmented since the last commit for the rerun
+        writer.commit()
+        raise
     finally:
         engine.predictor.close()
     if writer.path is None and shard is not None and not listing and not problems:
