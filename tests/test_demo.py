@@ -240,7 +240,7 @@ def test_predict_with_the_run_alone_gives_the_demos_numbers(demo, tmp_path, vari
     mine = headline(json.loads((tmp_path / "evaluate" / "metrics.json").read_text()))
     reported = json.loads((out / "metrics.json").read_text())["headline"][variant]
     for key in ("mIoU", "mask_AP50", "mask_AP"):
-        assert round(mine[key], 4) == reported[key], (key, mine[key], reported[key])
+        assert mine[key] == pytest.approx(reported[key], abs=1e-12), (key, mine[key], reported[key])
 
 
 def test_a_used_output_directory_is_refused_in_one_line(demo) -> None:

@@ -481,10 +481,12 @@ def colour_shape_ground_truth(source: Path, target: Path) -> Path:
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     from zutiscli.engine.evaluator import headline
 
-    out = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline(metrics).items()}
+    # unrounded, as `zutis evaluate` writes them: the table rounds once (rounded here first, 0.246549
+    # became 0.2465 and then the table's 24.6 or 24.7 by the float's last bit)
+    out = dict(headline(metrics))
     per_class = (metrics.get("semantic") or {}).get("per_class_iou") or {}
     if per_class:
-        out["per_class_IoU"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in per_class.items()}
+        out["per_class_IoU"] = dict(per_class)
     return out
 
 
