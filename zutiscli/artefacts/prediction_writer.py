@@ -362,17 +362,6 @@ class PredictionsInMemory:
         self.images: list[Any] = []
         self.failures: list[tuple[str, str]] = []
 
-    def _drop_unlisted_files(self, out: Path) -> None:
-        """Remove the label maps, panoptic PNGs and overlays that name no image of this listing: those
-        of images an interrupted run segmented that the rerun no longer lists (their rows are dropped),
-        and the temporaries of writes a kill cut short."""
-        kept = {row["record"]["stem"] for row in self.rows.values()}
-        for folder in FOLDERS:
-            if (out / folder).is_dir():
-                for path in (out / folder).iterdir():
-                    if path.is_file() and path.stem not in kept:
-                        path.unlink()
-
     def failed(self, path: Path, reason: str) -> None:
         self.failures.append((str(path), reason))
 
