@@ -67,7 +67,7 @@ def test_varied_is_for_the_train_split_only():
         SynthConfig(kind="scenes", count=2, varied=True, split="shift").validate()
 
 
-def test_clutter_paints_inside_its_boxes_only_and_counts_its_blobs():
+def test_clutter_paints_a_few_blobs_and_counts_them():
     image = np.full((64, 64, 3), 100.0, dtype=np.float32)
     assert add_clutter(np.random.default_rng(1), image, count=0) == 0 and (image == 100.0).all()
     assert add_clutter(np.random.default_rng(1), image, count=3) == 3
