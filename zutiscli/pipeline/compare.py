@@ -194,7 +194,7 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
         if found:
             prediction = _as_matched_classes(prediction, metrics, [q.name for q in classes])
         atomic_write_json(out / "runs" / str(number) / "metrics.json", metrics)
-        glance = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline(metrics).items()}
+        glance = dict(headline(metrics))  # unrounded, as evaluate writes them: the table rounds once
         rows[run.label] = {"method": run.method + (f" (clusters, {config.match})" if found else ""),
                            "source": run.argument, "metrics": glance,
                            "seconds": round(seconds, 2),
