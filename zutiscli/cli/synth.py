@@ -120,6 +120,7 @@ def train_clip(
 
     Example: zutis synth train-clip --steps 2 --batch-size 4 --workers 0 --eval-pool 0 --checkpoint-every 0 -o runs/clip-smoke
     """
+    from zutiscli.artefacts.manifest import read_manifest
     from zutiscli.pipeline.train_clip import plan_train_clip, train_clip as run_train_clip
 
     reporter = Reporter(json_mode, quiet)
@@ -133,6 +134,6 @@ def train_clip(
     with ProgressBar(reporter, "train shapes-clip", unit="steps") as bar:
         out, report = run_train_clip(config, output, progress=lambda step, total, stats: bar(step, total),
                                  log=reporter.log)
-    summary = {"steps": report["steps"], "train_seconds": report["train_seconds"], "final_loss": report["final_loss"]}
+    summary = read_manifest(out).summary  # what train_clip recorded: steps, train_seconds, final_loss
     reporter.log(f"trained {report['steps']} steps in {report['train_seconds']:.0f} s; final loss {report['final_loss']:.4f}")
     reporter.result({**summary, "metrics": report.get("metrics") or {}}, path=out)
