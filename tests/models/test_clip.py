@@ -82,6 +82,18 @@ def test_mismatched_checkpoint_is_one_clear_error(tmp_path, tiny_backbone):
         load_backbone(ModelSpec(TINY, str(path)))
     message = str(err.value)
     assert str(path) in message and "1 weights missing" in message and "1 unexpected" in message
+    assert f"does not fit model {TINY}:" in message
+
+
+def test_fp16_weights_of_another_architecture_are_one_clear_error(tmp_path, tiny_backbone):
+    # fp16 files are what train-clip and the shipped weights are: their positions must be resizable,
+    # and tensors of another width must say so, not fail inside torch
+    path = tmp_path / "tiny-fp16.pt"
+    torch.save({k: v.half() for k, v in tiny_backbone.model.state_dict().items()}, path)
+    with pytest.raises(ModelError, match=r"tiny-fp16.pt: does not fit model shapes-clip: size mismatch"):
+        load_backbone(ModelSpec("shapes-clip", str(path)))
+    reloaded = load_backbone(ModelSpec(TINY, str(path)))
+    assert all(v.dtype == torch.float32 for v in reloaded.model.state_dict().values() if v.is_floating_point())
 
 
 def test_missing_file_and_unknown_names(tmp_path):

@@ -342,17 +342,23 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: 
     from open_clip.convert import convert_state_dict
     from open_clip.model import resize_pos_embed
 
-    state = convert_state_dict(model, dict(state))
+    # fp32 first: fp16 files (the shipped weights, train-clip's) could not have their positions resized
+    state = {k: v.float() if v.is_floating_point() else v for k, v in convert_state_dict(model, dict(state)).items()}
     persistent = set(model.state_dict())
-    for name, _ in model.named_buffers():
-        if name not in persistent:  # e.g. the text attention mask, saved by TorchScript archives
-            state.pop(name, None)
+    for buffer, _ in model.named_buffers():
+        if buffer not in persistent:  # e.g. the text attention mask, saved by TorchScript archives
+            state.pop(buffer, None)
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        resize_pos_embed(state, model)
-    result = model.load_state_dict(state, strict=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            resize_pos_embed(state, model)
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, ValueError) as exc:  # tensors of another architecture's shapes
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = next((line for line in lines if "size mismatch" in line), lines[0] if lines else type(exc).__name__)
+        raise ModelError(f"{path}: does not fit model {name}: {first[:200]}; is --model right?") from None
     missing = [k for k in result.missing_keys if not k.endswith("logit_bias")]
     if missing or result.unexpected_keys:
         parts = []
