@@ -8,14 +8,14 @@ import json
 import pytest
 
 from zutiscli.artefacts.manifest import read_manifest
-from zutiscli.errors import ArtefactError, UsageError
-from zutiscli.pipeline.train_clip import plan_train_clip, train_clip
+from zutiscli.errors import ArtefactError, ModelError, UsageError
+from zutiscli.pipeline.train_clip import plan_train_clip, report_name, train_clip, weights_name
 from zutiscli.shapes.clip_recipe import TrainClipConfig
 from zutiscli.shapes.clip_train import checkpoint_path
 
 
 def _config(**overrides) -> TrainClipConfig:
-    base = dict(model="zutis-tiny", image_size=32, seed=1, steps=6, batch_size=8, lr=3e-3, warmup=1, threads=1,
+    base = dict(model="zutis-tiny", seed=1, steps=6, batch_size=8, lr=3e-3, warmup=1, threads=1,
                 workers=0, log_every=2, checkpoint_every=2)
     return TrainClipConfig(**(base | overrides))
 
@@ -32,7 +32,7 @@ def test_a_stopped_training_is_planned_and_resumed(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_clip(_config(), out, progress=stop)
-    assert checkpoint_path(out / "shapes-clip.pt").is_file()
+    assert checkpoint_path(out / "zutis-tiny.pt").is_file()
     plan = plan_train_clip(_config(), out)
     assert plan.work["steps_done"] == 4 and plan.work["steps_to_run"] == 2 and plan.notes == []
     assert plan.reads[0]["kind"] == "training checkpoint"
@@ -42,8 +42,8 @@ def test_a_stopped_training_is_planned_and_resumed(tmp_path):
 
     done, report = train_clip(_config(), out)
     assert done == out and report["resumed_from_step"] == 4
-    assert not checkpoint_path(out / "shapes-clip.pt").exists()
-    assert json.loads((out / "shapes-clip.json").read_text())["steps"] == 6
+    assert not checkpoint_path(out / "zutis-tiny.pt").exists()
+    assert json.loads((out / "zutis-tiny.json").read_text())["steps"] == 6
     assert read_manifest(out, "zutis.synth").summary["steps"] == 6
     for attempt in (plan_train_clip, train_clip):
         with pytest.raises(ArtefactError, match="holds a finished training"):
@@ -55,10 +55,45 @@ def test_a_foreign_directory_or_a_bad_recipe_is_refused_before_anything_is_writt
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     for attempt in (plan_train_clip, train_clip):
-        with pytest.raises(ArtefactError, match="holds no shapes-clip checkpoint"):
+        with pytest.raises(ArtefactError, match="holds no zutis-tiny training checkpoint"):
             attempt(_config(), foreign)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
     for bad in (_config(steps=0), _config(precision="fp16", device="cpu")):
         with pytest.raises(UsageError):
             train_clip(bad, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_the_files_are_named_after_the_model():
+    assert (weights_name("shapes-clip"), report_name("shapes-clip")) == ("shapes-clip.pt", "shapes-clip.json")
+    assert weights_name("hf-hub:org/clip") == "hf-hub-org-clip.pt"
+
+
+def test_training_starts_from_init_weights_at_the_models_own_size(tmp_path):
+    import torch
+
+    first, report = train_clip(_config(checkpoint_every=0), tmp_path / "a")
+    assert report["config"]["image_size"] == 32 and report["config"]["init"] == "none"  # zutis-tiny's input size
+    weights = first / "zutis-tiny.pt"
+    plan = plan_train_clip(_config(init=str(weights)), tmp_path / "b")
+    assert plan.model["weights"] == str(weights) and plan.model["source"] == "file"
+    # at a vanishing learning rate a run from those weights keeps them; from random it does not
+    still = _config(init=str(weights), steps=2, lr=1e-12, checkpoint_every=0)
+    kept = torch.load(train_clip(still, tmp_path / "b")[0] / "zutis-tiny.pt", weights_only=True)
+    fresh = torch.load(train_clip(_config(steps=2, lr=1e-12, checkpoint_every=0), tmp_path / "c")[0]
+                       / "zutis-tiny.pt", weights_only=True)
+    start = torch.load(weights, weights_only=True)
+    assert all(torch.equal(kept[k], start[k]) for k in start)
+    assert not all(torch.equal(fresh[k], start[k]) for k in start)
+    assert read_manifest(tmp_path / "b", "zutis.synth").model["pretrained"] == str(weights)
+
+
+def test_init_weights_that_do_not_fit_are_refused_naming_init(tmp_path):
+    for init, says in (("builtin", "--init builtin: zutis ships no weights for zutis-tiny"),
+                       (str(tmp_path / "absent.pt"), "--init .*absent.pt: no such checkpoint file")):
+        for attempt in (plan_train_clip, train_clip):
+            with pytest.raises(ModelError, match=says):
+                attempt(_config(init=init), tmp_path / "never")
+    with pytest.raises(UsageError, match="image_size 48 differs"):
+        train_clip(_config(image_size=48, init="none"), tmp_path / "never")
     assert not (tmp_path / "never").exists()

@@ -8,7 +8,7 @@ import typer
 
 from zutiscli.cli.from_config import ConfigValues, from_config
 from zutiscli.cli.options import (CommandGroup, DeviceOpt, DryRunOpt, JsonOpt, OutputOpt, ProgressBar, QuietOpt,
-                                  Reporter, print_dry_run)
+                                  Reporter, complete_model_names, print_dry_run)
 from zutiscli.pipeline.synth_config import SynthConfig, command_defaults
 from zutiscli.shapes.clip_recipe import TrainClipConfig
 
@@ -95,11 +95,14 @@ _CLIP = TrainClipConfig()  # the shipped model's recipe: the defaults of `zutis 
 
 @app.command("train-clip")
 def train_clip(
+    model: Annotated[str, typer.Option("--model", metavar="NAME", help="Architecture to train: a config in zutiscli/models/configs or any open_clip model name; it is trained at its own input size.", autocompletion=complete_model_names)] = _CLIP.model,
+    init: Annotated[str, typer.Option("--init", metavar="none|builtin|FILE", help="Weights to start from: none (random initialisation, as the shipped weights were trained), builtin (the shipped weights) or a weights file of --model, e.g. an earlier run's: fine-tuning.")] = _CLIP.init,
     steps: Annotated[int, typer.Option("--steps", help="Optimiser steps (the shipped model's recipe is the default).")] = _CLIP.steps,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Image-caption pairs per step.")] = _CLIP.batch_size,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = _CLIP.lr,
     stuff: Annotated[float, typer.Option("--stuff", help="Share of training pairs drawn over named stuff (sky, grass, ...) and captioned with it.")] = _CLIP.stuff,
     varied: Annotated[float, typer.Option("--varied", help="Share of training pairs drawn over varied training backgrounds with clutter and lighting changes (never the shift split's looks).")] = _CLIP.varied,
+    dense: Annotated[float, typer.Option("--dense", metavar="WEIGHT", help="Weight of a patch-aligned contrastive term: each caption also scored against the MaskCLIP value-path patch tokens most like it (PACL), so that the patches MaskCLIP reads carry what captions name; 0 = the pooled embedding alone, as CLIP.")] = _CLIP.dense,
     seed: SeedOpt = _CLIP.seed,
     device: DeviceOpt = _CLIP.device,
     precision: Annotated[str, typer.Option("--precision", metavar="auto|fp32|bf16|fp16", help="Autocast of the forward pass: auto (bf16 on CUDA, fp32 on the CPU as the shipped weights were trained), fp32, bf16, fp16 (CUDA).")] = _CLIP.precision,
@@ -112,11 +115,11 @@ def train_clip(
     json_mode: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train `shapes-clip`, the shapes world's own CLIP, from scratch.
+    """Train `shapes-clip`, the shapes world's own CLIP, from scratch (or from --init weights).
 
-    Writes OUTPUT/shapes-clip.pt (fp16 weights: use them with --model shapes-clip --pretrained FILE)
-    and OUTPUT/shapes-clip.json (recipe, loss curve, metrics). An interrupted run resumes where its
-    last checkpoint left off when the same command is run again with the same -o.
+    Writes OUTPUT/MODEL.pt (fp16 weights: OUTPUT/shapes-clip.pt, used with --model shapes-clip
+    --pretrained FILE) and OUTPUT/MODEL.json (recipe, loss curve, metrics). An interrupted run resumes
+    where its last checkpoint left off when the same command is run again with the same -o.
 
     Example: zutis synth train-clip --steps 2 --batch-size 4 --workers 0 --eval-pool 0 --checkpoint-every 0 -o runs/clip-smoke
     """
@@ -124,7 +127,8 @@ def train_clip(
     from zutiscli.pipeline.train_clip import plan_train_clip, train_clip as run_train_clip
 
     reporter = Reporter(json_mode, quiet)
-    config = TrainClipConfig(steps=steps, batch_size=batch_size, lr=lr, stuff=stuff, varied=varied, seed=seed,
+    config = TrainClipConfig(model=model, init=init, steps=steps, batch_size=batch_size, lr=lr, stuff=stuff,
+                             varied=varied, dense=dense, seed=seed,
                              device=device, precision=precision, threads=threads, workers=workers,
                              eval_pool=eval_pool, warmup=min(200, max(1, steps // 10)),
                              checkpoint_every=checkpoint_every)

@@ -133,6 +133,20 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"--model {name!r} is not an open_clip model name{hint}")
 
 
+def config_input_size(name: str) -> int:
+    """The square input side, in pixels, of the model a config names (zutis' or open_clip's), without
+    building it. Raises :class:`ModelError` for hub names (``hf-hub:``, ``local-dir:``), which have no
+    local config, and for unknown names."""
+    import open_clip
+
+    if name.startswith(("hf-hub:", "local-dir:")):
+        raise ModelError(f"--model {name!r}: give the name of a model config (open_clip.list_models()), "
+                         "not a hub or directory model")
+    check_model_name(name)
+    size = open_clip.get_model_config(name.replace("/", "-"))["vision_cfg"]["image_size"]
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
 @contextlib.contextmanager
 def named_by(where: str | Path, model: str | None = None, weights: str | None = None) -> Iterator[None]:
     """Within the block, errors about a model named by a file, not by the user, blame that file.

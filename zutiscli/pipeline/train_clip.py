@@ -1,26 +1,48 @@
 """``zutis synth train-clip``: train ``shapes-clip`` into a directory, resumably, or plan it (``--dry-run``).
 
-The directory holds ``shapes-clip.pt`` (fp16 weights), ``shapes-clip.json`` (recipe, loss curve,
-metrics) and the manifest; while training, ``shapes-clip.pt.ckpt`` (the resumable state). A rerun
-into the same directory with the same recipe resumes from that checkpoint.
+The directory holds ``MODEL.pt`` (fp16 weights; ``shapes-clip.pt`` for the default model), ``MODEL.json``
+(recipe, loss curve, metrics) and the manifest; while training, ``MODEL.pt.ckpt`` (the resumable
+state). A rerun into the same directory with the same recipe resumes from that checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from zutiscli.errors import ArtefactError, UsageError
+from zutiscli.errors import ArtefactError, ModelError, UsageError
 from zutiscli.pipeline.plan import Plan, output_plan
 from zutiscli.shapes.clip_recipe import TrainClipConfig
 
 STAGE = "synth"
-WEIGHTS_NAME = "shapes-clip.pt"
-REPORT_NAME = "shapes-clip.json"
 
 
-def _check(config: TrainClipConfig) -> None:
-    """The recipe, device and precision, checked before anything is written (usage errors)."""
+def weights_name(model: str) -> str:
+    """The weights file a run of ``model`` writes: ``shapes-clip.pt`` for ``shapes-clip``; characters
+    a file name should not hold (``/``, ``:``) become ``-``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", model) + ".pt"
+
+
+def report_name(model: str) -> str:
+    """The recipe, loss curve and metrics beside the weights: ``shapes-clip.json`` for ``shapes-clip``."""
+    return weights_name(model)[: -len(".pt")] + ".json"
+
+
+@contextlib.contextmanager
+def _speaking_of_init() -> Iterator[None]:
+    """Model errors inside name ``--init``: the loaders speak of ``--pretrained``, which train-clip has not."""
+    try:
+        yield
+    except ModelError as exc:
+        raise ModelError(str(exc).replace("--pretrained", "--init")) from None
+
+
+def _check(config: TrainClipConfig, load: bool = True) -> None:
+    """The recipe, model, device and precision (and with ``load`` the starting weights, read), checked
+    before anything is written."""
+    from zutiscli.models.clip import ModelSpec, config_input_size, load_backbone
     from zutiscli.models.device import resolve_device
     from zutiscli.shapes.clip_train import autocast_dtype
 
@@ -29,9 +51,15 @@ def _check(config: TrainClipConfig) -> None:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     autocast_dtype(config.precision, resolve_device(config.device))
+    size = config_input_size(config.model)
+    if config.image_size not in (None, size):
+        raise UsageError(f"image_size {config.image_size} differs from {config.model}'s input size {size}")
+    if load and config.init != "none":
+        with _speaking_of_init():  # unreadable or foreign weights fail here
+            load_backbone(ModelSpec(config.model, config.init))
 
 
-def _check_content(out: Path) -> None:
+def _check_content(out: Path, model: str) -> None:
     """Refuse a directory that holds a finished training or anything but a checkpoint of one."""
     from zutiscli.artefacts.lock import content
     from zutiscli.artefacts.manifest import MANIFEST_NAME
@@ -39,23 +67,25 @@ def _check_content(out: Path) -> None:
 
     if (out / MANIFEST_NAME).is_file():
         raise ArtefactError(f"{out}: holds a finished training; choose a new -o directory")
-    checkpoint = checkpoint_path(out / WEIGHTS_NAME)
+    checkpoint = checkpoint_path(out / weights_name(model))
     if any(p != checkpoint for p in content(out)):
-        raise ArtefactError(f"{out}: is not empty and holds no shapes-clip checkpoint; choose a new -o directory")
+        raise ArtefactError(f"{out}: is not empty and holds no {model} training checkpoint; choose a new -o directory")
 
 
 def plan_train_clip(config: TrainClipConfig, output: str | Path | None = None) -> Plan:
     """What ``zutis synth train-clip`` would do: the checks of a real run, the steps left, nothing built or written."""
-    from zutiscli.pipeline.plan import input_entry
+    from zutiscli.pipeline.plan import input_entry, weights_plan
     from zutiscli.shapes.clip_train import checkpoint_path, checkpoint_step
 
-    _check(config)
+    _check(config, load=False)
+    with _speaking_of_init():
+        model = weights_plan(config.model, config.init)
     writes = output_plan(output, STAGE, resumable=output is not None)
     out = Path(writes["path"])
     reads, notes, done = [], [], 0
     if writes["state"] == "existing":
-        _check_content(out)
-        checkpoint = checkpoint_path(out / WEIGHTS_NAME)
+        _check_content(out, config.model)
+        checkpoint = checkpoint_path(out / weights_name(config.model))
         step = checkpoint_step(checkpoint, config) if config.checkpoint_every else None
         if step is None:
             notes.append(f"{checkpoint}: a checkpoint of another recipe, unreadable, or --checkpoint-every 0; "
@@ -65,7 +95,7 @@ def plan_train_clip(config: TrainClipConfig, output: str | Path | None = None) -
             reads.append(input_entry(checkpoint, "training checkpoint", steps_done=done))
     work = {"steps_done": done, "steps_to_run": config.steps - done,
             "pairs_to_draw": (config.steps - done) * config.batch_size, "evaluation_images": config.eval_pool}
-    return Plan("synth train-clip", reads, writes, model={"name": config.model, "weights": "none", "source": "none"},
+    return Plan("synth train-clip", reads, writes, model=model,
                 params=config.recipe_key() | {"device": config.device, "precision": config.precision},
                 work=work, notes=notes)
 
@@ -86,16 +116,16 @@ def train_clip(
     _check(config)
     out, state = check_output_dir(output, STAGE, resumable=output is not None)
     if state == "existing":
-        _check_content(out)  # before the lock: a refused directory is left as it was
+        _check_content(out, config.model)  # before the lock: a refused directory is left as it was
     out = prepare_output_dir(output, STAGE, resumable=output is not None)
-    _check_content(out)  # again, now that this process holds the lock
-    weights = out / WEIGHTS_NAME
+    _check_content(out, config.model)  # again, now that this process holds the lock
+    weights = out / weights_name(config.model)
     checkpoint = checkpoint_path(weights)
     if checkpoint.is_file() and log is not None:
         log(f"resuming from {checkpoint} (a different recipe starts afresh)")
     report = train_shapes_clip(config, weights, progress=progress)
-    atomic_write_json(out / REPORT_NAME, report)
+    atomic_write_json(out / report_name(config.model), report)
     summary = {"steps": report["steps"], "train_seconds": report["train_seconds"], "final_loss": report["final_loss"]}
-    write_manifest(out, "zutis.synth", model={"name": config.model, "pretrained": "none"},
+    write_manifest(out, "zutis.synth", model={"name": config.model, "pretrained": config.init},
                    params={"kind": "clip", **config.to_json()}, summary=summary)
     return out, report

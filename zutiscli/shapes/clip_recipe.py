@@ -17,7 +17,11 @@ class TrainClipConfig:
     """Recipe of a ``shapes-clip`` training run (every field is recorded with the weights).
 
     Attributes:
-        model: open_clip model name (a config in ``zutiscli/models/configs``).
+        model: open_clip model name (a config in ``zutiscli/models/configs``, or any open_clip
+            architecture).
+        init: the weights training starts from: ``"none"`` (random initialisation, as the shipped
+            weights were trained), ``"builtin"`` (the shipped weights) or a weights file of ``model``
+            (e.g. an earlier ``zutis synth train-clip`` run's): fine-tuning.
         seed: seeds the weight initialisation (torch) and the training stream (caption samples
             and augmentation); the same seed gives the same weights on the same machine.
         steps: optimiser steps; ``steps * batch_size`` fresh samples are drawn, none repeated.
@@ -30,7 +34,7 @@ class TrainClipConfig:
             positional/class embeddings or the logit scale).
         betas, eps: AdamW moment coefficients and epsilon (CLIP's large-batch values).
         grad_clip: maximum global gradient L2 norm (0 disables clipping).
-        image_size: side of the square training images, pixels.
+        image_size: side of the square training images, pixels; None = the model's input size.
         held_out: ``(colour, shape)`` pairs never shown in training (zero-shot composition test).
         hflip: probability of mirroring an image left-right (its caption's "left"/"right" are
             swapped accordingly).
@@ -69,6 +73,7 @@ class TrainClipConfig:
     """
 
     model: str = "shapes-clip"
+    init: str = "none"
     seed: int = 0
     steps: int = 6000
     batch_size: int = 128
@@ -79,7 +84,7 @@ class TrainClipConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     grad_clip: float = 1.0
-    image_size: int = 64
+    image_size: int | None = None
     held_out: frozenset[tuple[str, str]] = field(default_factory=lambda: DEFAULT_HELD_OUT)
     hflip: float = 0.5
     stuff: float = 0.0
@@ -127,6 +132,10 @@ class TrainClipConfig:
             raise ValueError(f"positives must be one of {', '.join(POSITIVE_RULES)}, got {self.positives!r}")
         if self.dense < 0 or not self.dense_temperature > 0:
             raise ValueError(f"need dense >= 0 and dense_temperature > 0, got {self.dense}, {self.dense_temperature}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
+        if not self.init:
+            raise ValueError("init must be none, builtin or a weights file")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if not all(0.0 <= p <= 1.0 for p in (self.hflip, self.stuff, self.varied, self.text_noise)):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -562,7 +563,8 @@ def train_shapes_clip(
     output_path: str | Path,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Train ``config.model`` from random initialisation and save its weights as fp16.
+    """Train ``config.model`` from ``config.init`` (random initialisation by default) and save its
+    weights as fp16.
 
     Args:
         config: the recipe.
@@ -595,13 +597,15 @@ def train_shapes_clip(
     torch.set_num_threads(config.threads)
     try:
         torch.manual_seed(config.seed)
-        backbone = load_backbone(ModelSpec(config.model, "none"))
+        backbone = load_backbone(ModelSpec(config.model, config.init))
         model = backbone.model.to(device)
         model.train()
         for param in model.parameters():
             param.requires_grad_(True)
-        if config.image_size != backbone.image_size[0]:
-            raise ValueError(f"image_size {config.image_size} differs from the model's {backbone.image_size[0]}")
+        size = backbone.image_size[0]
+        if config.image_size not in (None, size):
+            raise ValueError(f"image_size {config.image_size} differs from the model's {size}")
+        trained = replace(config, image_size=size)  # the recipe as trained (the recipe key keeps None)
         optimiser = _adamw(_param_groups(model, config.weight_decay), config)
         scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
         mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1) * 255.0
@@ -611,7 +615,7 @@ def train_shapes_clip(
         window: list[float] = []
         start = time.perf_counter() - previous_seconds
         last_report = time.perf_counter()
-        batches = _batches(config, backbone.tokenizer, first, pin=device.type == "cuda")
+        batches = _batches(trained, backbone.tokenizer, first, pin=device.type == "cuda")
         for step, (pixels, tokens, positives) in enumerate(batches, start=first):
             lr = learning_rate(config, step)
             for group in optimiser.param_groups:
@@ -667,7 +671,7 @@ def train_shapes_clip(
         result: dict[str, Any] = {
             "model": config.model,
             "weights": str(output_path),
-            "config": config.to_json(),
+            "config": trained.to_json(),
             "loss": "multi-positive contrastive (caption j positive for image i iff it truly describes it)",
             "steps": config.steps,
             "train_seconds": round(train_seconds, 1),
