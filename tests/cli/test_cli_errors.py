@@ -80,6 +80,7 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["--steps", "1", "--precision", "half", "-o", "{out}"], 2, "precision must be one of"),
         (["--steps", "1", "--varied", "1.5", "-o", "{out}"], 2, "must be probabilities"),
         (["--steps", "1", "--model", "no-such-model", "-o", "{out}"], 1, "not an open_clip model name"),
+        (["--steps", "1", "--model", "RN50", "--dense", "1", "-o", "{out}"], 2, "--dense trains MaskCLIP's patch tokens"),
         (["--steps", "1", "--model", "zutis-tiny", "--init", "{missing}.pt", "-o", "{out}"], 1,
          "no such checkpoint file"),
         (["--steps", "1", "--model", "zutis-tiny", "--init", "builtin", "-o", "{out}"], 1,

@@ -133,18 +133,31 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"--model {name!r} is not an open_clip model name{hint}")
 
 
-def config_input_size(name: str) -> int:
-    """The square input side, in pixels, of the model a config names (zutis' or open_clip's), without
-    building it. Raises :class:`ModelError` for hub names (``hf-hub:``, ``local-dir:``), which have no
-    local config, and for unknown names."""
+def vision_config(name: str) -> dict[str, Any]:
+    """The image tower's config of the model a config names (zutis' or open_clip's), without building
+    it. Raises :class:`ModelError` for hub names (``hf-hub:``, ``local-dir:``), which have no local
+    config, and for unknown names."""
     import open_clip
 
     if name.startswith(("hf-hub:", "local-dir:")):
         raise ModelError(f"--model {name!r}: give the name of a model config (open_clip.list_models()), "
                          "not a hub or directory model")
     check_model_name(name)
-    size = open_clip.get_model_config(name.replace("/", "-"))["vision_cfg"]["image_size"]
+    return dict(open_clip.get_model_config(name.replace("/", "-"))["vision_cfg"])
+
+
+def config_input_size(name: str) -> int:
+    """The square input side, in pixels, of the model a config names (:func:`vision_config`)."""
+    size = vision_config(name)["image_size"]
     return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+def config_is_plain_vit(name: str) -> bool:
+    """Whether the config names a plain ViT image tower (no attention pooling, not a ResNet or a timm
+    tower): the towers :class:`ClipBackbone` gives dense features of."""
+    vision = vision_config(name)
+    return isinstance(vision.get("layers"), int) and not vision.get("attentional_pool") and \
+        not vision.get("timm_model_name")
 
 
 @contextlib.contextmanager

@@ -42,7 +42,7 @@ def _speaking_of_init() -> Iterator[None]:
 def _check(config: TrainClipConfig, load: bool = True) -> None:
     """The recipe, model, device and precision (and with ``load`` the starting weights, read), checked
     before anything is written."""
-    from zutiscli.models.clip import ModelSpec, config_input_size, load_backbone
+    from zutiscli.models.clip import ModelSpec, config_input_size, config_is_plain_vit, load_backbone
     from zutiscli.models.device import resolve_device
     from zutiscli.shapes.clip_train import autocast_dtype
 
@@ -52,6 +52,9 @@ def _check(config: TrainClipConfig, load: bool = True) -> None:
         raise UsageError(str(exc)) from None
     autocast_dtype(config.precision, resolve_device(config.device))
     size = config_input_size(config.model)
+    if config.dense and not config_is_plain_vit(config.model):
+        raise UsageError(f"--dense trains MaskCLIP's patch tokens, which {config.model} has not (it needs a plain ViT "
+                         "image tower, e.g. ViT-B-16); give --dense 0")
     if config.image_size not in (None, size):
         raise UsageError(f"image_size {config.image_size} differs from {config.model}'s input size {size}")
     if load and config.init != "none":
