@@ -55,3 +55,28 @@ def test_the_demo_recipes_agree():
     assert differ == {"iterations", "checkpoint_every", "log_every"}
     # the inference the demo scores its model with: the one its recipe records in the checkpoints
     assert demo["inference"] == INFERENCE
+
+
+@pytest.mark.parametrize("varied", [False, True])
+def test_varied_draws_the_pile_alone_over_varied_looks(varied, tmp_path, monkeypatch):
+    # the held-out scenes of both splits are the usual ones whatever the pile's looks
+    from zutiscli.pipeline import demo, index, synth
+
+    drawn = []
+
+    class Drawn(Exception):
+        pass
+
+    def write_synth(config, output=None, **_):
+        drawn.append(config)
+        return output
+
+    def build_index(*_, **__):
+        raise Drawn
+
+    monkeypatch.setattr(synth, "write_synth", write_synth)
+    monkeypatch.setattr(index, "build_index", build_index)
+    with pytest.raises(Drawn):
+        demo.run_demo(preset(True, varied=varied), tmp_path / "demo")
+    assert [(c.kind, c.split, c.varied) for c in drawn] == [
+        ("pile", "train", varied), ("scenes", "train", False), ("scenes", "shift", False)]

@@ -233,8 +233,8 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
 
     stuff = config.discover and config.discover_stuff_k > 0  # --discover's world of things and named stuff
     over = " (over named stuff)" if stuff else ""
-    pile = stages.run("synth pile" + over, write_synth, SynthConfig(
-        "pile", config.pile, seed=config.seed, size=config.pile_size, stuff=stuff,
+    pile = stages.run("synth pile" + over + (" (varied looks)" if config.varied else ""), write_synth, SynthConfig(
+        "pile", config.pile, seed=config.seed, size=config.pile_size, stuff=stuff, varied=config.varied,
         workers=_generation_workers(config)), out / "pile")
     scenes = stages.run("synth scenes" + over, write_synth,
                         SynthConfig("scenes", config.scenes, seed=config.eval_seed, size=config.scene_size,

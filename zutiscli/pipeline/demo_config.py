@@ -54,6 +54,10 @@ class DemoConfig:
         6, "--discover: the pile and the scenes drawn over named stuff, and the stuff outside the masks clustered "
         "into this many stuff clusters (scored with PQ over things and stuff; the world has 6 materials); 0 = "
         "plain backgrounds, no stuff.")
+    varied: bool = option(
+        False, "Draw the pile over varied training looks (`zutis synth pile --varied`: eight background families, "
+        "clutter, brightness and contrast), so copy-paste lays the objects on them; the held-out scenes are drawn "
+        "as without it.")
     pretrained: str = option("builtin", "shapes-clip weights: builtin (shipped) or a file from `zutis synth train-clip`.")
     iterations: int | None = option(None, "Training iterations (default: the recipe's).", show_default=False)
     pile: int = option(3000, "Unlabelled images to index (default: the recipe's).", show_default=False)
