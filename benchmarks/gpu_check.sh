@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# One prepared check of the CUDA paths, for a machine with a CUDA GPU: under 8 minutes, no network.
+# One prepared check of the CUDA paths, for a machine with a CUDA GPU: under 9 minutes, no network.
 #
 #   bash benchmarks/gpu_check.sh                  # from the repository root; PYTHON=... to pick the interpreter
 #
-# Steps (each under its own time limit, 480 s in all; logs in $GPU_CHECK_DIR, default a temporary directory):
+# Steps (each under its own time limit, 540 s in all; logs in $GPU_CHECK_DIR, default a temporary directory):
 #   1. the test suite's CUDA tests: tests/test_cuda.py (predict engine fp16 vs fp32, pinned-memory
 #      decode workers, 2 iterations of `zutis train` with AMP) and tests/test_device.py;
 #   2. bench_predict: a ViT-B-16 ZUTIS model (random weights, the paper's decoder) in fp16, `predict`
@@ -11,7 +11,10 @@
 #   3. bench_index: `zutis index` with ViT-B-16 (random weights, fp16 autocast) on 500 JPEGs of 640 x 480;
 #   4. 50 iterations of `zutis train` with the official recipe (ViT-B-16, --pretrained none, batch 8,
 #      384 px, 100 queries, 6 decoder layers) with AMP (fp16), on `zutis synth scenes` ground truth;
-# then one table. Without CUDA, steps 2-4 are skipped (one line each) and replaced by a smoke run of
+#   5. 100 steps of `zutis synth train-clip` (shapes-clip, bf16 autocast, pairs over named stuff and
+#      varied looks, the patch-aligned term) fed by 12 data-generation workers: steps/s, and whether
+#      generation keeps up with the GPU;
+# then one table. Without CUDA, steps 2-5 are skipped (one line each) and replaced by a smoke run of
 # the same commands at toy sizes on the CPU (shapes-clip or zutis-tiny), to check that they still run;
 # step 1 reports its tests as skipped.
 set -u -o pipefail
@@ -125,10 +128,34 @@ else
     row "train (cpu smoke)" "$LAST_STATUS" "$LAST_SECONDS" "$(train_figures train_cpu_smoke)"
 fi
 
+# ---- 5. train-clip on the GPU ---------------------------------------------------------------------
+clip_figures() {
+    "$PYTHON" - "$WORK/$1.log" <<'EOF'
+import json, sys
+lines = [line for line in open(sys.argv[1]).read().splitlines() if line.startswith("{")]
+try:
+    result = json.loads(lines[-1])
+    print(f"{result['steps']} steps, {result['steps'] / result['train_seconds']:.2f} steps/s, "
+          f"final loss {result['final_loss']:.3f}")
+except Exception:  # noqa: BLE001 - the log shows what went wrong
+    print("?")
+EOF
+}
+if [ $CUDA = 1 ]; then
+    step train_clip 60 "$PYTHON" -m zutiscli synth train-clip --device cuda --steps 100 --stuff 0.3 --varied 0.4 \
+        --dense 0.5 --workers 12 --eval-pool 0 --checkpoint-every 0 -o "$WORK/clip" --json
+    row "train-clip bf16, 100 steps" "$LAST_STATUS" "$LAST_SECONDS" "$(clip_figures train_clip)"
+else
+    echo "== train-clip: SKIPPED, no CUDA GPU; CPU smoke run of the same command instead"
+    step train_clip_cpu_smoke 120 "$PYTHON" -m zutiscli synth train-clip --device cpu --steps 2 --batch-size 8 \
+        --stuff 0.3 --varied 0.4 --dense 0.5 --workers 0 --eval-pool 0 --checkpoint-every 0 -o "$WORK/clip" --json
+    row "train-clip (cpu smoke)" "$LAST_STATUS" "$LAST_SECONDS" "$(clip_figures train_clip_cpu_smoke)"
+fi
+
 # ---- the table ------------------------------------------------------------------------------------
 echo
 echo "gpu_check on $DEVICE_TEXT, $(( $(date +%s) - START )) s in all; logs in $WORK"
 printf '%-26s | %-16s | %5s | %s\n' "step" "status" "s" "figures"
 printf '%s\n' "---------------------------+------------------+-------+--------------------------------------------"
 printf '%s\n' "${ROWS[@]}"
-[ $CUDA = 1 ] || echo "(no CUDA GPU: the CUDA tests were skipped and steps 2-4 ran as CPU smoke runs at toy sizes)"
+[ $CUDA = 1 ] || echo "(no CUDA GPU: the CUDA tests were skipped and steps 2-5 ran as CPU smoke runs at toy sizes)"
