@@ -5,7 +5,7 @@
 #
 # Steps (each under its own time limit, 540 s in all; logs in $GPU_CHECK_DIR, default a temporary directory):
 #   1. the test suite's CUDA tests: tests/test_cuda.py (predict engine fp16 vs fp32, pinned-memory
-#      decode workers, 2 iterations of `zutis train` with AMP) and tests/test_device.py;
+#      decode workers, 2 iterations of `zutis train` with AMP) and tests/models/test_device.py;
 #   2. bench_predict: a ViT-B-16 ZUTIS model (random weights, the paper's decoder) in fp16, `predict`
 #      end to end against the model-forward ceiling, batch 1 and 8, 100 scenes of 384 px;
 #   3. bench_index: `zutis index` with ViT-B-16 (random weights, fp16 autocast) on 500 JPEGs of 640 x 480;
@@ -60,7 +60,7 @@ row() {  # row NAME STATUS SECONDS FIGURES
 }
 
 # ---- 1. CUDA tests -------------------------------------------------------------------------------
-step tests 100 "$PYTHON" -m pytest -q -rs tests/test_cuda.py tests/test_device.py
+step tests 100 "$PYTHON" -m pytest -q -rs tests/test_cuda.py tests/models/test_device.py
 row "tests (cuda, device)" "$LAST_STATUS" "$LAST_SECONDS" "$(tail -n 1 "$WORK/tests.log")"
 
 # ---- 2. bench_predict: ViT-B-16 ZUTIS, fp16 vs its ceiling ----------------------------------------
@@ -101,14 +101,17 @@ else
 fi
 
 # ---- 4. 50 iterations of the official recipe with AMP ---------------------------------------------
-train_figures() {
-    "$PYTHON" - "$WORK/$1.log" <<'EOF'
+json_figures() {  # json_figures NAME KIND: the figures of the last JSON line of NAME's log (train or clip)
+    "$PYTHON" - "$WORK/$1.log" "$2" <<'EOF'
 import json, sys
 lines = [line for line in open(sys.argv[1]).read().splitlines() if line.startswith("{")]
 try:
-    result = json.loads(lines[-1])
-    print(f"{result['iteration']} iterations, {result['iterations_per_second']:.2f} it/s, "
-          f"final loss {result['final'].get('loss', float('nan')):.3f}")
+    r = json.loads(lines[-1])
+    if sys.argv[2] == "train":
+        print(f"{r['iteration']} iterations, {r['iterations_per_second']:.2f} it/s, "
+              f"final loss {r['final'].get('loss', float('nan')):.3f}")
+    else:
+        print(f"{r['steps']} steps, {r['steps'] / r['train_seconds']:.2f} steps/s, final loss {r['final_loss']:.3f}")
 except Exception:  # noqa: BLE001 - the log shows what went wrong
     print("?")
 EOF
@@ -118,38 +121,26 @@ if [ $CUDA = 1 ]; then
     step train 100 "$PYTHON" -m zutiscli train "$WORK/scenes" --model ViT-B-16 --pretrained none --batch-size 8 \
         --crop 384 --iterations 50 --precision fp16 --device cuda --crop-adapter-scenes 0 --log-every 10 \
         -o "$WORK/train" --json
-    row "train ViT-B/16 AMP, 50 it" "$LAST_STATUS" "$LAST_SECONDS" "$(train_figures train)"
+    row "train ViT-B/16 AMP, 50 it" "$LAST_STATUS" "$LAST_SECONDS" "$(json_figures train train)"
 else
     echo "== train: SKIPPED, no CUDA GPU (AMP fp16 needs one); CPU smoke run of the same command instead"
     step synth_scenes 60 "$PYTHON" -m zutiscli synth scenes -n 8 --size 64 -o "$WORK/scenes" --quiet
     step train_cpu_smoke 120 "$PYTHON" -m zutiscli train "$WORK/scenes" --model shapes-clip --pretrained none \
         --batch-size 2 --crop 64 --iterations 2 --num-queries 4 --decoder-layers 1 --precision fp32 --device cpu \
         --workers 0 --crop-adapter-scenes 0 -o "$WORK/train" --json
-    row "train (cpu smoke)" "$LAST_STATUS" "$LAST_SECONDS" "$(train_figures train_cpu_smoke)"
+    row "train (cpu smoke)" "$LAST_STATUS" "$LAST_SECONDS" "$(json_figures train_cpu_smoke train)"
 fi
 
 # ---- 5. train-clip on the GPU ---------------------------------------------------------------------
-clip_figures() {
-    "$PYTHON" - "$WORK/$1.log" <<'EOF'
-import json, sys
-lines = [line for line in open(sys.argv[1]).read().splitlines() if line.startswith("{")]
-try:
-    result = json.loads(lines[-1])
-    print(f"{result['steps']} steps, {result['steps'] / result['train_seconds']:.2f} steps/s, "
-          f"final loss {result['final_loss']:.3f}")
-except Exception:  # noqa: BLE001 - the log shows what went wrong
-    print("?")
-EOF
-}
 if [ $CUDA = 1 ]; then
     step train_clip 60 "$PYTHON" -m zutiscli synth train-clip --device cuda --steps 100 --stuff 0.3 --varied 0.4 \
         --dense 0.5 --workers 12 --eval-pool 0 --checkpoint-every 0 -o "$WORK/clip" --json
-    row "train-clip bf16, 100 steps" "$LAST_STATUS" "$LAST_SECONDS" "$(clip_figures train_clip)"
+    row "train-clip bf16, 100 steps" "$LAST_STATUS" "$LAST_SECONDS" "$(json_figures train_clip clip)"
 else
     echo "== train-clip: SKIPPED, no CUDA GPU; CPU smoke run of the same command instead"
     step train_clip_cpu_smoke 120 "$PYTHON" -m zutiscli synth train-clip --device cpu --steps 2 --batch-size 8 \
         --stuff 0.3 --varied 0.4 --dense 0.5 --workers 0 --eval-pool 0 --checkpoint-every 0 -o "$WORK/clip" --json
-    row "train-clip (cpu smoke)" "$LAST_STATUS" "$LAST_SECONDS" "$(clip_figures train_clip_cpu_smoke)"
+    row "train-clip (cpu smoke)" "$LAST_STATUS" "$LAST_SECONDS" "$(json_figures train_clip_cpu_smoke clip)"
 fi
 
 # ---- the table ------------------------------------------------------------------------------------
