@@ -369,8 +369,12 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], path: 
     from open_clip.convert import convert_state_dict
     from open_clip.model import resize_pos_embed
 
-    # fp32 first: fp16 files (the shipped weights, train-clip's) could not have their positions resized
-    state = {k: v.float() if v.is_floating_point() else v for k, v in convert_state_dict(model, dict(state)).items()}
+    state = convert_state_dict(model, dict(state))
+    positions = state.get("visual.positional_embedding")
+    if positions is not None and positions.is_floating_point():
+        # in fp32: fp16 files (the shipped weights, train-clip's) could not have their positions resized;
+        # the rest stays as stored, load_state_dict casts it into the model's parameters
+        state["visual.positional_embedding"] = positions.float()
     persistent = set(model.state_dict())
     for buffer, _ in model.named_buffers():
         if buffer not in persistent:  # e.g. the text attention mask, saved by TorchScript archives
