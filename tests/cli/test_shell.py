@@ -137,7 +137,7 @@ def test_model_completes_open_clip_names_and_zutis_configs(capsys, monkeypatch):
     assert "ViT-B-16" in values and all(value.startswith("ViT-B-1") for value in values)
     # through the default subcommand of `zutis index`, and with bash's split of --model=VALUE
     values = bash_values(complete(capsys, monkeypatch, "bash", "zutis index --model = shapes", 4))
-    assert values == ["shapes-clip"]
+    assert values == ["shapes-clip", "shapes-clip-v2"]
     values = bash_values(complete(capsys, monkeypatch, "bash", "zutis index --model =", 3))
     assert "=shapes-clip" in values and all(value.startswith("=") for value in values)
     fish = complete(capsys, monkeypatch, "fish", "zutis train --model=zutis-t", "--model=zutis-t")

@@ -80,3 +80,25 @@ def test_varied_draws_the_pile_alone_over_varied_looks(varied, tmp_path, monkeyp
         demo.run_demo(preset(True, varied=varied), tmp_path / "demo")
     assert [(c.kind, c.split, c.varied) for c in drawn] == [
         ("pile", "train", varied), ("scenes", "train", False), ("scenes", "shift", False)]
+
+
+@pytest.mark.parametrize("model", ["shapes-clip", "shapes-clip-v2"])
+def test_the_chain_indexes_with_the_chosen_shapes_clip(model, tmp_path, monkeypatch):
+    from zutiscli.pipeline import demo, index, synth
+
+    indexed = []
+
+    class Indexed(Exception):
+        pass
+
+    def build_index(config, *_, **__):
+        indexed.append(config)
+        raise Indexed
+
+    monkeypatch.setattr(synth, "write_synth", lambda config, output=None, **_: output)
+    monkeypatch.setattr(index, "build_index", build_index)
+    config = preset(True, model=model)
+    with pytest.raises(Indexed):
+        demo.run_demo(config, tmp_path / "demo")
+    assert (indexed[0].model, indexed[0].pretrained) == (model, "builtin")
+    assert config.training("scenes").model == model

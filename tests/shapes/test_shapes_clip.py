@@ -371,3 +371,62 @@ def test_training_with_the_dense_term(tmp_path) -> None:
     assert all(v == v for v in losses) and report["config"]["dense"] == 1.0
     plain = train_shapes_clip(_tiny_config(steps=8), tmp_path / "p.pt")
     assert plain["loss_curve"] != report["loss_curve"]
+
+
+# ---------------------------------------------------------------------------------------------
+# shapes-clip-v2: the same architecture fine-tuned with named stuff, varied looks and the
+# patch-aligned term (its recipe beside it). The targets of a shapes-clip that MaskCLIP, ReCo and
+# ReCLIP++ can start from, on held-out images of the train split.
+
+V2_WEIGHTS = BUILTIN_DIR / "shapes-clip-v2.pt"
+V2_RECIPE = BUILTIN_DIR / "shapes-clip-v2.json"
+
+
+@pytest.fixture(scope="module")
+def v2_metrics():
+    return evaluate_shapes_clip(load_backbone(ModelSpec("shapes-clip-v2", "builtin")), pool_size=2000)
+
+
+def test_v2_file_is_small_fp16_with_its_recipe_and_both_splits_metrics() -> None:
+    assert V2_WEIGHTS.stat().st_size <= 20 * 1024 * 1024
+    state = torch.load(V2_WEIGHTS, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    assert state.keys() == torch.load(WEIGHTS, weights_only=True).keys()  # the same architecture
+    recipe = json.loads(V2_RECIPE.read_text())
+    assert recipe["model"] == "shapes-clip-v2" and recipe["config"]["steps"] == recipe["steps"]
+    assert recipe["config"]["init"] == "builtin" and len(recipe["init_sha256"]) == 64
+    assert recipe["config"]["stuff"] > 0 and recipe["config"]["dense"] > 0
+    assert recipe["metrics"]["pool"]["split"] == "train" and recipe["metrics_shift"]["pool"]["split"] == "shift"
+
+
+def test_v2_starts_from_the_shipped_shapes_clip() -> None:
+    import hashlib
+
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == json.loads(V2_RECIPE.read_text())["init_sha256"]
+
+
+def test_v2_shape_retrieval_and_zero_shot(v2_metrics) -> None:
+    by_name = v2_metrics["retrieval"]["shape"]["names"]["per_query"]
+    assert min(by_name.values()) >= 0.95, by_name
+    assert v2_metrics["retrieval"]["shape"]["ensemble"]["mean"] >= 0.95, v2_metrics["retrieval"]["shape"]["ensemble"]
+    assert v2_metrics["retrieval"]["colour_shape"]["ensemble"]["held_out_mean"] >= 0.90
+    assert v2_metrics["classification"]["shape"]["ensemble"] >= 0.95
+    assert v2_metrics["classification"]["colour"]["ensemble"] >= 0.95
+
+
+def test_v2_stuff_names_retrieve_their_material(v2_metrics) -> None:
+    retrieval = v2_metrics["stuff"]["retrieval"]
+    assert retrieval["mean"] >= 0.90, retrieval["per_query"]
+
+
+def test_v2_maskclip_labels_things_and_stuff_as_a_real_clip_does(v2_metrics) -> None:
+    # MaskCLIP over scenes of things on named stuff: mIoU over the twelve classes >= 0.25 (shapes-clip: 0.02).
+    scenes = v2_metrics["stuff"]["maskclip_scenes"]
+    assert scenes["miou"] >= 0.25, scenes
+
+
+def test_v2_metrics_match_the_recorded_ones(v2_metrics) -> None:
+    recorded = json.loads(V2_RECIPE.read_text())["metrics"]
+    for read in (lambda m: m["retrieval"]["shape"]["ensemble"]["mean"], lambda m: m["stuff"]["retrieval"]["mean"],
+                 lambda m: m["stuff"]["maskclip_scenes"]["miou"]):
+        assert abs(read(recorded) - read(v2_metrics)) < 0.01

@@ -15,6 +15,9 @@ from zutiscli.config_fields import device_option, join_commas, not_an_option, op
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.train_config import TrainConfig, load_recipe
 
+#: The shapes world's CLIPs the demo runs on (configs and weights shipped in the package).
+SHAPES_CLIPS = ("shapes-clip", "shapes-clip-v2")
+
 
 @dataclass(frozen=True)
 class DemoConfig:
@@ -58,7 +61,11 @@ class DemoConfig:
         False, "Draw the pile over varied training looks (`zutis synth pile --varied`: eight background families, "
         "clutter, brightness and contrast), so copy-paste lays the objects on them; the held-out scenes are drawn "
         "as without it.")
-    pretrained: str = option("builtin", "shapes-clip weights: builtin (shipped) or a file from `zutis synth train-clip`.")
+    model: str = option(
+        "shapes-clip", "The shapes world's CLIP: shapes-clip, or shapes-clip-v2 (fine-tuned over named stuff: stuff "
+        "names, dense tokens MaskCLIP can read; the recipe was chosen with shapes-clip).",
+        choices=SHAPES_CLIPS)
+    pretrained: str = option("builtin", "Its weights: builtin (shipped) or a file from `zutis synth train-clip`.")
     iterations: int | None = option(None, "Training iterations (default: the recipe's).", show_default=False)
     pile: int = option(3000, "Unlabelled images to index (default: the recipe's).", show_default=False)
     scenes: int = option(200, "Held-out evaluation scenes (default: the recipe's).", show_default=False)
@@ -85,7 +92,6 @@ class DemoConfig:
     recipe: str = not_an_option("demo", "set by --fast (demo-fast), else from Python only: the shipped training recipe")
     training_options: dict[str, Any] = not_an_option(default_factory=dict, why="set from Python only: zutis train options")
     photometric: bool = not_an_option(False, "set from Python only: copy-paste's photometric augmentation")
-    model: str = not_an_option("shapes-clip", "set from Python only")
     eval_seed: int = not_an_option(1, "set from Python only: seed of the held-out scenes")
     discover_match_score: float = not_an_option(
         0.0, "set from Python only: --discover's instance vote threshold (U2Seg's 0.6 is for its detector's scores; "
@@ -96,6 +102,9 @@ class DemoConfig:
     def validate(self) -> None:
         from zutiscli.shapes.world import SHAPES
 
+        if self.model not in SHAPES_CLIPS:
+            raise UsageError(f"--model {self.model!r}: the demo runs on the shapes world's CLIP, "
+                             f"{' or '.join(SHAPES_CLIPS)}")
         for name in ("pile", "scenes", "k", "copypaste"):
             if getattr(self, name) < 1:
                 flag = "-k" if name == "k" else f"--{name.replace('_', '-')}"
