@@ -194,6 +194,13 @@ def test_train_shapes_clip_learns_saves_and_is_deterministic(tmp_path) -> None:
     assert other["steps"] == 4
 
 
+@pytest.mark.slow
+def test_the_report_measures_both_splits(tmp_path) -> None:
+    report = train_shapes_clip(_tiny_config(steps=4, eval_pool=36), tmp_path / "m.pt")
+    assert report["metrics"]["pool"]["split"] == "train" and report["metrics_shift"]["pool"]["split"] == "shift"
+    assert report["metrics"]["pool"]["size"] == 36 and "maskclip_scenes" in report["metrics_shift"]["stuff"]
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:
     from zutiscli.shapes.clip_train import checkpoint_path
 

@@ -108,7 +108,7 @@ def train_clip(
     precision: Annotated[str, typer.Option("--precision", metavar="auto|fp32|bf16|fp16", help="Autocast of the forward pass: auto (bf16 on CUDA, fp32 on the CPU as the shipped weights were trained), fp32, bf16, fp16 (CUDA).")] = _CLIP.precision,
     threads: Annotated[int, typer.Option("--threads", help="torch threads for training.")] = _CLIP.threads,
     workers: Annotated[int, typer.Option("--workers", help="Data-generation processes (0 = in the training process).")] = _CLIP.workers,
-    eval_pool: Annotated[int, typer.Option("--eval-pool", help="Images for the retrieval/zero-shot evaluation afterwards (0 = skip).")] = 2000,
+    eval_pool: Annotated[int, typer.Option("--eval-pool", help="Images for the retrieval/zero-shot evaluation afterwards, on the train and the shift split (0 = skip).")] = 2000,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between resumable checkpoints (a multiple of 50; 0 = none); rerun the same command with the same -o to resume.")] = 250,
     output: OutputOpt = None,
     dry_run: DryRunOpt = False,

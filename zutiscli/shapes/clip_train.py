@@ -580,8 +580,9 @@ def train_shapes_clip(
         JSON-ready dict: ``config`` (the recipe), ``model``, ``weights`` (path), ``steps``,
         ``train_seconds`` (wall time of the optimisation loop), ``threads``, ``versions`` (torch,
         open_clip, numpy), ``final_loss`` (mean of the last ``log_every`` steps), ``loss_curve``
-        (``[step, mean loss]`` pairs), ``final_temperature``, ``parameters``, and ``metrics``
-        (:func:`zutiscli.shapes.clip_eval.evaluate_shapes_clip` output, only if ``config.eval_pool``).
+        (``[step, mean loss]`` pairs), ``final_temperature``, ``parameters``, and, only if
+        ``config.eval_pool``, ``metrics`` and ``metrics_shift``
+        (:func:`zutiscli.shapes.clip_eval.evaluate_shapes_clip` output on the train and the shift split).
     """
     import open_clip
 
@@ -690,6 +691,7 @@ def train_shapes_clip(
 
             reloaded = load_backbone(ModelSpec(config.model, str(output_path)))
             result["metrics"] = evaluate_shapes_clip(reloaded, pool_size=config.eval_pool)
+            result["metrics_shift"] = evaluate_shapes_clip(reloaded, pool_size=config.eval_pool, split="shift")
         return result
     finally:
         torch.set_num_threads(previous_threads)
