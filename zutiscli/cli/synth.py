@@ -140,4 +140,5 @@ def train_clip(
                                  log=reporter.log)
     summary = read_manifest(out).summary  # what train_clip recorded: steps, train_seconds, final_loss
     reporter.log(f"trained {report['steps']} steps in {report['train_seconds']:.0f} s; final loss {report['final_loss']:.4f}")
-    reporter.result({**summary, "metrics": report.get("metrics") or {}}, path=out)
+    reporter.result({**summary, "metrics": report.get("metrics") or {}, "metrics_shift": report.get("metrics_shift") or {}},
+                    path=out)
