@@ -184,6 +184,56 @@ def test_background_is_where_no_class_share_reaches_the_threshold() -> None:
     assert reco_probabilities(maps, (1, 2), 0.4).argmax(0).tolist() == [[1, 1]]  # a tie goes to the first
 
 
+def test_the_match_rule_makes_background_where_no_reference_matches_whatever_the_shares() -> None:
+    import torch
+
+    from zutiscli.methods.predict.reco import reco_probabilities
+
+    maps = torch.tensor([[[0.7, 0.3, 0.2]], [[0.05, 0.3, 0.6]]])  # 2 classes on a 1 x 3 grid
+    match = torch.tensor([[0.65, 0.7, 0.55]])
+    probs = reco_probabilities(maps, (1, 3), 0.6, match=match)
+    assert torch.allclose(probs.sum(0), torch.ones(1, 3))
+    # matched above 0.6: the best class, even with an even share; below: background, even with a 0.75 share
+    assert probs.argmax(0).tolist() == [[1, 1, 0]]
+    assert reco_probabilities(maps, (1, 3), 0.5, match=match).argmax(0).tolist() == [[1, 1, 2]]
+    # the background's margin grows with the distance from the threshold
+    low = reco_probabilities(maps, (1, 3), 0.6, match=torch.tensor([[0.65, 0.7, 0.3]]))
+    assert low[0, 0, 2] > probs[0, 0, 2]
+
+
+def test_the_predictor_thresholds_the_best_reference_match_before_the_gate() -> None:
+    import torch
+
+    from zutiscli.methods.predict.reco import RecoPredictor
+
+    class Encoder:  # two patches: one on the first reference, one on neither
+        device, dtype, patch_size = torch.device("cpu"), torch.float32, 16
+
+        def normalise(self, images):
+            return images
+
+        def last_block_features(self, images):
+            from types import SimpleNamespace
+
+            tokens = torch.tensor([[[[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]]]).expand(len(images), -1, -1, -1)
+            return SimpleNamespace(tokens=tokens)
+
+    references = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    predictor = RecoPredictor(Encoder(), references, background_threshold=0.6, background_rule="match")
+    raw = predictor.forward(torch.zeros(1, 3, 16, 32))[0]
+    assert raw.maps.shape == (2, 1, 2)
+    assert torch.allclose(raw.match, torch.sigmoid(torch.tensor([[1.0, 0.0]])))  # sigmoid(1), sigmoid(0)
+    labels, _ = predictor.postprocess(raw, np.zeros((1, 2, 3), np.uint8), SimpleSettings(), semantic=True,
+                                      instances=False)
+    assert labels.tolist() == [[1, 0]]  # 0.73 matches; 0.5 does not, though its shares are even
+    with pytest.raises(ValueError, match="background_rule"):
+        RecoPredictor(Encoder(), references, background_rule="maximum")
+
+
+class SimpleSettings:
+    crf = False
+
+
 def _predict(argv: list[str], capsys) -> int:
     with pytest.raises(SystemExit) as done:
         main(["predict", *argv])
@@ -288,17 +338,21 @@ def test_compare_scores_every_run_as_evaluate_does(world, references, tmp_path, 
     scenes = write_synth(SynthConfig("scenes", 4, seed=8, size=64), tmp_path / "scenes")
     argv = ["compare", str(scenes), "--run", "maskclip", "--run", "ReCo=reco:" + str(references), "--model",
             "shapes-clip", "--pretrained", "builtin", "--classes", "circle,star,ring", "--background-threshold",
-            "0.4", "--picture", "3", "--json", "-o", str(tmp_path / "c")]
+            "0.6", "--background-rule", "match", "--picture", "3", "--json", "-o", str(tmp_path / "c")]
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 0, capsys.readouterr().err
     rows = json.loads(capsys.readouterr().out)["runs"]
     assert list(rows) == ["maskclip", "ReCo"] and all(row["seconds_per_image"] > 0 for row in rows.values())
-    assert read_manifest(tmp_path / "c", "zutis.comparison").params["runs"] == ["maskclip", "ReCo"]
-    # the same numbers as zutis predict + zutis evaluate of the same run
-    assert _predict([str(scenes / "images"), "--method", "reco", "--references", str(references), "--classes",
-                     "circle,star,ring", "--background-threshold", "0.4", "--no-vis", "-q", "-o",
-                     str(tmp_path / "p")], capsys) == 0
+    params = read_manifest(tmp_path / "c", "zutis.comparison").params
+    assert params["runs"] == ["maskclip", "ReCo"] and params["background_rule"] == "match"
+    # the same numbers as zutis predict + zutis evaluate of the same run (and not those of the share rule)
+    for rule, out in (("match", "p"), ("share", "s")):
+        assert _predict([str(scenes / "images"), "--method", "reco", "--references", str(references), "--classes",
+                         "circle,star,ring", "--background-threshold", "0.6", "--background-rule", rule,
+                         "--no-vis", "-q", "-o", str(tmp_path / out)], capsys) == 0
+    share = json.loads((tmp_path / "s" / "predictions.json").read_text())
+    assert share != json.loads((tmp_path / "p" / "predictions.json").read_text())
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path / "p"), "--gt", str(scenes), "-q", "-o", str(tmp_path / "m")])
     from zutiscli.engine.evaluator import headline

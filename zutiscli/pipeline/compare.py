@@ -96,7 +96,8 @@ def _predict_config(config: CompareConfig, run: RunSpec, images: Path, classes: 
     if RUN_ARGUMENTS[run.method] == "checkpoint":
         options["checkpoint"] = run.argument
     elif run.method == "reco":
-        options.update(references=run.argument, background_threshold=config.background_threshold)
+        options.update(references=run.argument, background_threshold=config.background_threshold,
+                       background_rule=config.background_rule)
     else:
         options.update(model=config.model, pretrained=config.pretrained, components=True)
     return PredictConfig(**options)
@@ -200,8 +201,9 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
                            "seconds": round(seconds, 2),
                            "seconds_per_image": round(seconds / max(1, len(prediction.images)), 4)}
         if _background_only(prediction):
+            held = ("share of ReCo's maps" if config.background_rule == "share" else "reference match")
             hint = (f"; lower --background-threshold (now {config.background_threshold:g}: no class held that "
-                    f"share of ReCo's maps anywhere)" if run.method == "reco" else "")
+                    f"{held} anywhere)" if run.method == "reco" else "")
             rows[run.label]["warning"] = "every pixel of every image labelled background"
             send_warning(warn, f"{run.label} labelled every pixel of every image background{hint}", stacklevel=2)
         predictions.append(prediction)
@@ -218,7 +220,8 @@ def compare(config: CompareConfig, output: str | Path | None = None, *,
     write_manifest(out, "zutis.comparison", inputs=[p for p in (images, gt) if p.exists()],
                    params={"runs": [run.label for run in config.runs], "classes": names, "stuff": list(config.stuff),
                            "model": config.model, "pretrained": config.pretrained,
-                           "background_threshold": config.background_threshold, "match": config.match,
+                           "background_threshold": config.background_threshold,
+                           "background_rule": config.background_rule, "match": config.match,
                            "match_score": config.match_score, "device": config.device, "precision": config.precision},
                    summary={"runs": {label: row["metrics"] for label, row in rows.items()}})
     return CompareResult(out, rows, table)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
 from zutiscli.errors import UsageError
+from zutiscli.pipeline.predict_config import RECO_BACKGROUND_RULES
 
 #: ``--run`` methods and what their argument names.
 RUN_ARGUMENTS = {"maskclip": None, "reco": "references", "zutis": "checkpoint", "reclip": "checkpoint"}
@@ -63,7 +64,12 @@ class CompareConfig:
         metavar="A,B", parse=split_commas, text=join_commas, show_default=False)
     model: str = option("ViT-B-16", "maskclip: open_clip model name.", kind="model")
     pretrained: str | None = option(None, "maskclip: weights (tag, file, builtin).", show_default=False)
-    background_threshold: float = option(0.9, "reco: background where no class holds this share of the maps.")
+    background_threshold: float = option(
+        0.9, "reco: background where no class holds this share of the maps (--background-rule match: where no "
+        "reference matches this well).")
+    background_rule: str = option(
+        "share", "reco: background by class share (ZUTIS' comparison) or by reference match, as `zutis predict "
+        "--background-rule`.", choices=RECO_BACKGROUND_RULES)
     match: str = option(
         "hungarian", "Runs of a model trained on clusters (`zutis train CLUSTERS`) predict cluster ids: how they "
         "meet the ground truth's classes, one-to-one or many-to-one (U2Seg), as `zutis evaluate --match`.",

@@ -17,6 +17,9 @@ from zutiscli.errors import UsageError
 from zutiscli.data.shards import check_shard, parse_shard
 from zutiscli.data.workers import available_cores
 
+#: How ``--method reco`` decides the background (``--background-rule``).
+RECO_BACKGROUND_RULES = ("share", "match")
+
 if TYPE_CHECKING:
     from zutiscli.data.classes import ClassQuery
 
@@ -101,7 +104,12 @@ class PredictConfig:
         True, "reco: multiply each class map by sigmoid(10 cos) of the references' CLIP's dense features with "
         "the class text (ReCo's language gate).", flag="--text-gate/--no-text-gate")
     background_threshold: float = option(
-        0.9, "reco: background where no class holds this share of the class maps' sum (ZUTIS' comparison: 0.9).")
+        0.9, "reco: background where no class holds this share of the class maps' sum (ZUTIS' comparison: 0.9), "
+        "or with --background-rule match where no reference matches this well.")
+    background_rule: str = option(
+        "share", "reco: how the background is decided: share (no class holds --background-threshold of the maps' "
+        "sum; ZUTIS' comparison) or match (no class's reference match sigmoid(reference . feature) reaches it). "
+        "ReCo itself has no background.", choices=RECO_BACKGROUND_RULES)
     refine: str | None = _setting(
         "refine", "Snap each instance mask to the image's edges before classifying and NMS (bilateral solver, as "
         "for pseudo-masks; crf: DenseCRF). Not in the paper.", choices=REFINERS)

@@ -7,9 +7,12 @@ class text (Eq. 3, the official code's temperature); context elimination (``--co
 multiplies it by ``prod (1 - sigmoid(context . feature))`` over the context classes' references.
 
 ReCo labels every pixel with its best class; the benchmarks with a background class need a rule
-for it: as ZUTIS' comparison (following NamedMask), a pixel is background when its largest class
-share (the maps divided by their sum over the classes) is below ``--background-threshold`` (0.9
-there). ReCo is a semantic method: its instances are the connected components of each class's
+for it. By default (``--background-rule share``), as ZUTIS' comparison (following NamedMask), a
+pixel is background when its largest class share (the maps divided by their sum over the classes)
+is below ``--background-threshold`` (0.9 there). With ``--background-rule match`` it is background
+when no class's reference matches it, ``max_k sigmoid(reference_k . feature)`` below the threshold:
+an absolute rule, for encoders whose gated maps are alike over objects and background (then no
+class ever holds a large share; docs/reco.md). ReCo is a semantic method: its instances are the connected components of each class's
 region, scored by the mean share inside.
 """
 
@@ -25,13 +28,17 @@ import torch.nn.functional as F
 from zutiscli.data.classes import ClassQuery
 from zutiscli.methods.predict import Predictor
 from zutiscli.methods.predict.common import CrfOptions, DenseSemantic
+from zutiscli.pipeline.predict_config import RECO_BACKGROUND_RULES
 
 
 @dataclass
 class RecoRaw:
-    """ReCo's outputs for one image: ``maps`` ``(K, h, w)`` float32 class probabilities on the encoder's grid."""
+    """ReCo's outputs for one image on the encoder's grid, float32: ``maps`` ``(K, h, w)`` the class
+    probabilities; ``match`` ``(h, w)`` the best reference match ``max_k sigmoid(reference_k . feature)``,
+    before the gate and the context (what ``background_rule="match"`` thresholds)."""
 
     maps: torch.Tensor
+    match: torch.Tensor | None = None
 
 
 class RecoPredictor(Predictor):
@@ -41,8 +48,8 @@ class RecoPredictor(Predictor):
 
     def __init__(self, encoder: Any, references: torch.Tensor, *, clip: Any | None = None,
                  text: torch.Tensor | None = None, context: torch.Tensor | None = None,
-                 background_threshold: float = 0.9, components: bool = True, crf: CrfOptions = CrfOptions(),
-                 record: dict[str, Any] | None = None, features: str = "tokens"):
+                 background_threshold: float = 0.9, background_rule: str = "share", components: bool = True,
+                 crf: CrfOptions = CrfOptions(), record: dict[str, Any] | None = None, features: str = "tokens"):
         """``references`` ``(K, C)``, ``text`` ``(K, E)`` (with ``clip``), ``context`` ``(m, C)``; all normalised."""
         self.encoder, self.clip = encoder, clip
         self.patch = encoder.patch_size
@@ -50,6 +57,9 @@ class RecoPredictor(Predictor):
         self.gate_text = None if text is None else F.normalize(text.float(), dim=-1)
         self.context = None if context is None or not len(context) else F.normalize(context.float(), dim=-1)
         self.background_threshold = background_threshold
+        if background_rule not in RECO_BACKGROUND_RULES:
+            raise ValueError(f"background_rule must be one of {RECO_BACKGROUND_RULES}, got {background_rule!r}")
+        self.background_rule = background_rule
         self.features = features  # the encoder's last-block tokens or keys, as the references were made
         self.components = components
         self.recipe: dict[str, Any] = {}
@@ -64,6 +74,7 @@ class RecoPredictor(Predictor):
         found = self.encoder.last_block_features(self.encoder.normalise(images.to(device, self.encoder.dtype)))
         features = F.normalize(getattr(found, self.features).float(), dim=-1).cpu()  # (B, h, w, C)
         maps = reference_probability(features, self.references)  # (B, h, w, K)
+        match = maps.amax(dim=-1)  # (B, h, w)
         if self.context is not None:
             maps = maps * context_weights(features, self.context)[..., None]
         if self.gate_text is not None and self.clip is self.encoder:
@@ -81,13 +92,14 @@ class RecoPredictor(Predictor):
                 gate = F.interpolate(gate.permute(0, 3, 1, 2), size=grid, mode="bilinear",
                                      align_corners=False).permute(0, 2, 3, 1)
             maps = maps * gate
-        return [RecoRaw(m.permute(2, 0, 1).contiguous()) for m in maps]
+        return [RecoRaw(m.permute(2, 0, 1).contiguous(), best) for m, best in zip(maps, match)]
 
     def postprocess(self, raw: RecoRaw, image: np.ndarray, settings: Any, *, semantic: bool,
                     instances: bool) -> tuple[np.ndarray | None, Any]:
         from zutiscli.methods.predict.maskclip import region_instances
 
-        probs = reco_probabilities(raw.maps, image.shape[:2], self.background_threshold)
+        probs = reco_probabilities(raw.maps, image.shape[:2], self.background_threshold,
+                                   match=raw.match if self.background_rule == "match" else None)
         labels = probs.argmax(0).numpy().astype(np.int64)
         if settings.crf:
             labels = self._dense.crf_labels(image, probs)
@@ -98,13 +110,24 @@ class RecoPredictor(Predictor):
         self._dense.close()
 
 
-def reco_probabilities(maps: torch.Tensor, size: tuple[int, int], background_threshold: float) -> torch.Tensor:
+def reco_probabilities(maps: torch.Tensor, size: tuple[int, int], background_threshold: float, *,
+                       match: torch.Tensor | None = None) -> torch.Tensor:
     """``(1 + K, H, W)`` float32: ReCo's maps ``(K, h, w)`` upsampled (bilinear) to ``size``, each
-    class's share of their sum, and the background at ``background_threshold``, all over their
-    sum: the argmax is background exactly where no class's share reaches the threshold."""
+    class's share of their sum, and the background, all over their sum.
+
+    Without ``match`` the background scores ``background_threshold``: the argmax is background
+    exactly where no class's share reaches it. With ``match`` ``(h, w)`` (the best reference match,
+    upsampled alike) it scores ``max share x threshold / match``: background exactly where the match
+    is below the threshold, with a margin that grows with the distance from it.
+    """
     up = F.interpolate(maps[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
     shares = up / up.sum(dim=0, keepdim=True).clamp_min(1e-12)
-    scores = torch.cat([torch.full_like(shares[:1], background_threshold), shares])
+    if match is None:
+        background = torch.full_like(shares[:1], background_threshold)
+    else:
+        best = F.interpolate(match[None, None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+        background = shares.amax(dim=0, keepdim=True) * background_threshold / best.clamp_min(1e-12)
+    scores = torch.cat([background, shares])
     return scores / scores.sum(dim=0, keepdim=True)
 
 
@@ -186,7 +209,8 @@ def load(config: Any, device: torch.device, dtype: torch.dtype, log: Callable[[s
     record = {"method": "reco", "references": str(references.path), "encoder": encoder_record,
               "clip": clip_record if config.text_gate else None}
     predictor = RecoPredictor(encoder, vectors, clip=clip, text=text, context=suppress,
-                              background_threshold=config.background_threshold, components=True,
+                              background_threshold=config.background_threshold,
+                              background_rule=config.background_rule, components=True,
                               crf=CrfOptions.of(config), record=record, features=references.features)
     predictor.inputs = [references.path]
     return predictor
