@@ -2,11 +2,13 @@
 the two bias measures, and the paper's ablations.
 
 Needs a finished `zutis demo -o DEMO` (its pile, scenes, shift split, references and trained ZUTIS
-model). Trains on the demo's unlabelled pile (label hypotheses of the six shape names, windows of
-``--window``), every variant for the same iterations, then runs `zutis compare` on the test and
-shift scenes and prints markdown tables (percent; the bias scores as evaluate gives them).
+model; its CLIP and ReCo's background rule are read from DEMO/metrics.json). Trains on the demo's
+unlabelled pile (label hypotheses of the six shape names, windows of ``--window``), every variant for
+the same iterations (with ``--chosen`` only the chosen recipe and its distillation: the rows of the
+README's comparison), then runs `zutis compare` on the test and shift scenes and prints markdown
+tables (percent; the bias scores as evaluate gives them).
 
-    python benchmarks/reclip_shapes.py DEMO -o WORK [--iterations 600] [--distil-iterations 300]
+    python benchmarks/reclip_shapes.py DEMO -o WORK [--chosen] [--iterations 600] [--distil-iterations 300]
 
 The recipe row marked "chosen" was picked on a separate validation set of scenes (see docs/reclip.md).
 """
@@ -21,7 +23,6 @@ import time
 from pathlib import Path
 
 SHAPES = "circle,square,triangle,star,cross,ring"
-CLIP = ["--model", "shapes-clip", "--pretrained", "builtin"]
 
 
 def zutis(*args: object) -> None:
@@ -38,10 +39,16 @@ def main() -> None:
     parser.add_argument("--window", default="1/2")
     parser.add_argument("--iterations", type=int, default=600)
     parser.add_argument("--distil-iterations", type=int, default=300)
+    parser.add_argument("--chosen", action="store_true", help="train only the chosen recipe and its distillation")
     args = parser.parse_args()
     work, demo = args.output, args.demo
     work.mkdir(parents=True, exist_ok=True)
-    common = [*CLIP, "--batch-size", "8", "--crop", "128", "--workers", "1", "--iterations", args.iterations]
+    recipe = json.loads((demo / "metrics.json").read_text())["config"]
+    clip = ["--model", recipe["model"], "--pretrained", recipe["pretrained"]]
+    # ReCo as `zutis demo` ran it
+    reco = ["--background-threshold", recipe.get("reco_threshold", 0.3),
+            "--background-rule", recipe.get("reco_rule", "share")]
+    common = [*clip, "--batch-size", "8", "--crop", "128", "--workers", "1", "--iterations", args.iterations]
     clock = time.perf_counter()
     steps: dict[str, float] = {}
 
@@ -52,9 +59,9 @@ def main() -> None:
         zutis(*command, "-o", work / name)
         steps[name] = round(time.perf_counter() - start, 1)
 
-    timed("hyp", "hypotheses", demo / "pile" / "images", "--classes", SHAPES, *CLIP, "--window", args.window,
+    timed("hyp", "hypotheses", demo / "pile" / "images", "--classes", SHAPES, *clip, "--window", args.window,
           "--ground-truth", demo / "pile" / "hidden" / "instances.json")
-    timed("hyp-image", "hypotheses", demo / "pile" / "images", "--classes", SHAPES, *CLIP, "--mode", "image",
+    timed("hyp-image", "hypotheses", demo / "pile" / "images", "--classes", SHAPES, *clip, "--mode", "image",
           "--threshold", "0.1", "--ground-truth", demo / "pile" / "hidden" / "instances.json")
     variants = {
         "rec": [],  # the paper's rectification
@@ -66,20 +73,25 @@ def main() -> None:
         "rec-nodecoder-add": ["--no-mask-decoder", "--bias", "add"],
         "rec-nodecoder-noposition": ["--no-mask-decoder", "--no-position"],
     }
+    if args.chosen:
+        variants = {"rec-nodecoder": variants["rec-nodecoder"]}
     for name, extra in variants.items():
         timed(name, "train", "--method", "reclip", work / "hyp", *common, *extra)
-    timed("rec-wholeimage", "train", "--method", "reclip", work / "hyp-image", *common)
+    others = [] if args.chosen else ["rec-wholeimage"]
+    if others:
+        timed("rec-wholeimage", "train", "--method", "reclip", work / "hyp-image", *common)
     distil = ["--batch-size", "8", "--crop", "128", "--workers", "1", "--iterations", args.distil_iterations]
-    for name, extra in {"distil": [], "distil-nofeat": ["--feat-weight", "0"], "distil-notext": ["--text-weight", "0"],
-                        "distil-maskonly": ["--feat-weight", "0", "--text-weight", "0"]}.items():
+    distillations = {"distil": [], "distil-nofeat": ["--feat-weight", "0"], "distil-notext": ["--text-weight", "0"],
+                     "distil-maskonly": ["--feat-weight", "0", "--text-weight", "0"]}
+    if args.chosen:
+        distillations = {"distil": []}
+    for name, extra in distillations.items():
         timed(name, "train", "--method", "reclip", "--teacher", work / "rec-nodecoder", *distil, *extra)
     runs = ["--run", "MaskCLIP=maskclip", "--run", f"ReCo=reco:{demo / 'references'}",
             "--run", f"ZUTIS=zutis:{demo / 'train'}"]
-    runs += [arg for name in [*variants, "rec-wholeimage", "distil", "distil-nofeat", "distil-notext", "distil-maskonly"]
-             for arg in ("--run", f"{name}=reclip:{work / name}")]
+    runs += [arg for name in [*variants, *others, *distillations] for arg in ("--run", f"{name}=reclip:{work / name}")]
     for split, scenes in (("test", demo / "scenes"), ("shift", demo / "shift" / "scenes")):
-        timed(f"compare-{split}", "compare", scenes, *runs, *CLIP, "--classes", SHAPES, "--picture", "8",
-              "--background-threshold", "0.3")  # ReCo's, as `zutis demo` runs it
+        timed(f"compare-{split}", "compare", scenes, *runs, *clip, "--classes", SHAPES, "--picture", "8", *reco)
     print(f"# {time.perf_counter() - clock:.0f} s; steps: {json.dumps(steps)}")
     for name in ("hyp", "hyp-image"):
         summary = json.loads((work / name / "manifest.json").read_text())["summary"]
