@@ -10,9 +10,11 @@ Each variant co-segments the demo's archives (``zutis cosegment``, resumable: a 
 on the shift split (``shift/scenes/``) with ``zutis predict --method reco``, scored by ``zutis
 evaluate`` (mIoU over background and the six shapes; mask AP50 of the connected components):
 
-- the demo's ReCo: k 50, shapes-clip's last-block tokens, language gate, background threshold
-  as the demo's (chosen on validation scenes, docs/reco.md), no CRF;
-- the paper's background threshold 0.9; language gate off; CRF on;
+- the demo's ReCo: k 50, its CLIP's last-block tokens, language gate, background rule and
+  threshold as the demo's (chosen on validation scenes, docs/reco.md), no CRF; the CLIP, the rule
+  and the threshold are read from DEMO/metrics.json;
+- the share rule at ZUTIS' comparison's threshold 0.9 and at 0.3 (the first release's choice);
+  language gate off; CRF on;
 - k in {10, 25, 100} (the archives hold the demo's -k, 250);
 - co-segmented on the attention keys instead of the tokens.
 
@@ -94,7 +96,7 @@ def main() -> int:
     parser.add_argument("--recoplus", type=int, default=0,
                         help="unlabelled scenes to distil ReCo into the demo's model on (0: no ReCo+; the demo: 3000)")
     parser.add_argument("--threshold", type=float, default=None,
-                        help="the demo's background threshold (default: DemoConfig.reco_threshold)")
+                        help="the demo's background threshold (default: the demo's, from its metrics.json)")
     args = parser.parse_args()
 
     import zutiscli as zs
@@ -102,7 +104,9 @@ def main() -> int:
 
     demo, out = args.demo, args.output
     out.mkdir(parents=True, exist_ok=True)
-    threshold = DemoConfig.reco_threshold if args.threshold is None else args.threshold
+    recipe = json.loads((demo / "metrics.json").read_text())["config"]
+    model, rule = recipe["model"], recipe.get("reco_rule", "share")
+    threshold = recipe.get("reco_threshold", 0.3) if args.threshold is None else args.threshold
     splits = {"test": demo / "scenes", "shift": demo / "shift" / "scenes"}
     if not all((path / "instances.json").is_file() for path in splits.values()):
         sys.exit(f"{demo}: not a finished `zutis demo` run (scenes/ and shift/scenes/ needed)")
@@ -116,8 +120,11 @@ def main() -> int:
         return references[name]
 
     variants = [
-        (f"ReCo as in the demo (k 50, tokens, gate, threshold {threshold:g})", "k50", {}, {}),
-        ("background threshold 0.9 (ZUTIS' comparison)", "k50", {}, {"background_threshold": 0.9}),
+        (f"ReCo as in the demo (k 50, tokens, gate, {rule} rule at {threshold:g})", "k50", {}, {}),
+        ("share rule at 0.9 (ZUTIS' comparison)", "k50", {},
+         {"background_rule": "share", "background_threshold": 0.9}),
+        ("share rule at 0.3 (the first release's)", "k50", {},
+         {"background_rule": "share", "background_threshold": 0.3}),
         ("language gate off", "k50", {}, {"text_gate": False}),
         ("CRF on", "k50", {}, {"crf": True}),
         ("k 10", "k10", {"k": 10}, {}),
@@ -128,7 +135,7 @@ def main() -> int:
     rows = []
     for label, refs_name, cosegment_options, predict_options in variants:
         reference = refs(refs_name, **cosegment_options)
-        options = {"background_threshold": threshold} | predict_options
+        options = {"background_threshold": threshold, "background_rule": rule} | predict_options
         cells = []
         for split, scenes in splits.items():
             slug = label.split(" (")[0].replace(" ", "-").replace("'", "")
@@ -158,10 +165,10 @@ def main() -> int:
             if labels.exists():
                 shutil.rmtree(labels)
             zs.predict(unlabelled / "images", SHAPES, labels, method="reco", references=str(refs("k50")),
-                       background_threshold=threshold, vis=False)
+                       background_threshold=threshold, background_rule=rule, vis=False)
         run = root / "train"
         if not (run / "model.pt").is_file():
-            zs.train(labels, run, config_file="demo", model="shapes-clip", pretrained=_pretrained(demo), seed=0)
+            zs.train(labels, run, config_file="demo", model=model, pretrained=_pretrained(demo), seed=0)
         cells = []
         for split, scenes in splits.items():
             cells += _cells(_scored(zs, scenes, root / "predict" / split, checkpoint=str(run)))
@@ -175,7 +182,7 @@ def main() -> int:
         index = out / "context" / "index"
         manifest = index / "manifest.json"
         if not manifest.is_file() or not json.loads(manifest.read_text())["summary"].get("complete"):
-            zs.index(pile / "images", index, model="shapes-clip", pretrained=_pretrained(demo))
+            zs.index(pile / "images", index, model=model, pretrained=_pretrained(demo))
         archives = out / "context" / "archives"
         if not (archives / "archives.json").is_file():
             zs.retrieve([demo / "index", index], f"{SHAPES},{STUFF}", archives, k=50)
@@ -187,7 +194,8 @@ def main() -> int:
             cells = []
             for split, scenes in (("test", demo / "stuff" / "scenes"), ("shift", demo / "stuff" / "shift" / "scenes")):
                 metrics = _scored(zs, scenes, out / "stuff" / label.split()[0] / split, method="reco",
-                                  references=str(reference), background_threshold=threshold, **options)
+                                  references=str(reference), background_threshold=threshold,
+                                  background_rule=rule, **options)
                 cells.append(100 * _shape_iou(metrics))
             print(f"| {label} | {cells[0]:.1f} | {cells[1]:.1f} |")
     print(f"\n({time.perf_counter() - started:.0f} s; outputs under {out})")
