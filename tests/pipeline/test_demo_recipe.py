@@ -11,8 +11,9 @@ from zutiscli.errors import UsageError
 from zutiscli.pipeline.demo import _scene_paste, _train_config, preset
 from zutiscli.pipeline.train import TrainConfig
 
-# What the demo's training set before its recipe became a file (every other option at its default).
-BEFORE = dict(source="copypaste", model="shapes-clip", pretrained="builtin", num_queries=20, decoder_layers=3,
+# What the demo's training set before its recipe became a file (every other option at its default;
+# the CLIP is shapes-clip-v2 since it became the demo's).
+BEFORE = dict(source="copypaste", model="shapes-clip-v2", pretrained="builtin", num_queries=20, decoder_layers=3,
               decoder_heads=4, decoder_ffn=512, mlp_hidden=128, positional_values=True, iterations=700, batch_size=8,
               crop=128, lr=5e-4, encoder_lr_mult=0.3, temperature=0.1, max_objects=6, scale_min=0.14,
               scale_max=0.42, canvas_min=0.3, outside=0.0, crop_adapter_scenes=1000, crop_adapter_views=3, seed=0,

@@ -1,4 +1,4 @@
-"""`zutis demo`: the whole chain, offline on CPU, on the shapes world with shapes-clip."""
+"""`zutis demo`: the whole chain, offline on CPU, on the shapes world with shapes-clip-v2."""
 
 from __future__ import annotations
 

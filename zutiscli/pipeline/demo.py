@@ -1,11 +1,11 @@
-"""``zutis demo``: the whole chain, end to end, on the shapes world with ``shapes-clip``.
+"""``zutis demo``: the whole chain, end to end, on the shapes world with ``shapes-clip-v2``.
 
 The demo calls the very stage functions the subcommands call, and writes the very same artefacts,
 one directory per stage under the demo's output::
 
     pile/         zutis synth pile        unlabelled images (their hidden ground truth kept aside)
     scenes/       zutis synth scenes      held-out evaluation scenes (another seed)
-    index/        zutis index             shapes-clip embeddings of the pile
+    index/        zutis index             shapes-clip-v2 embeddings of the pile
     archives/     zutis retrieve          top-k pile images per shape name
     pseudolabels/ zutis pseudolabel       one saliency mask per archive image
     copypaste/    zutis copypaste         synthetic multi-object training scenes
@@ -266,7 +266,7 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
     references = stages.run("cosegment", cosegment, CosegmentConfig(archives=str(out / "archives"), preview=8,
                                                                     device=config.device), out / "references").path
     reco = dict(method="reco", references=str(references), background_threshold=config.reco_threshold,
-                device=config.device)
+                background_rule=config.reco_rule, device=config.device)
     metrics["reco"] = _predict_and_evaluate(stages, "reco", out / "reco", scenes, classes, **reco)
     metrics[f"zutis, {SHIFT}"] = _predict_zutis(stages, config, f"zutis, {SHIFT}", out / "shift", shifted, classes,
                                                 run.path)
@@ -285,7 +285,7 @@ def run_demo(config: DemoConfig, output: str | Path | None = None, *, progress: 
         images=str(scenes), runs=(RunSpec("zutis", "zutis", str(run.path)), RunSpec("maskclip", "maskclip", None),
                                   RunSpec("reco", "reco", str(references))),
         model=config.model, pretrained=config.pretrained, background_threshold=config.reco_threshold,
-        device=config.device), out / "compare")
+        background_rule=config.reco_rule, device=config.device), out / "compare")
     say(compared.table)
 
     headlines = {name: _headline(m) for name, m in metrics.items()}

@@ -16,7 +16,7 @@ from zutiscli.errors import UsageError
 from zutiscli.pipeline.train_config import TrainConfig, load_recipe
 
 #: The shapes world's CLIPs the demo runs on (configs and weights shipped in the package).
-SHAPES_CLIPS = ("shapes-clip", "shapes-clip-v2")
+SHAPES_CLIPS = ("shapes-clip-v2", "shapes-clip")
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class DemoConfig:
         "clutter, brightness and contrast), so copy-paste lays the objects on them; the held-out scenes are drawn "
         "as without it.")
     model: str = option(
-        "shapes-clip", "The shapes world's CLIP: shapes-clip, or shapes-clip-v2 (fine-tuned over named stuff: stuff "
-        "names, dense tokens MaskCLIP can read; the recipe was chosen with shapes-clip).",
+        "shapes-clip-v2", "The shapes world's CLIP: shapes-clip-v2 (knows the stuff names; dense tokens MaskCLIP can "
+        "read), or shapes-clip, the first release (the training recipe was chosen with it).",
         choices=SHAPES_CLIPS)
     pretrained: str = option("builtin", "Its weights: builtin (shipped) or a file from `zutis synth train-clip`.")
     iterations: int | None = option(None, "Training iterations (default: the recipe's).", show_default=False)
@@ -97,7 +97,11 @@ class DemoConfig:
         0.0, "set from Python only: --discover's instance vote threshold (U2Seg's 0.6 is for its detector's scores; "
         "the demo's short-trained models score 0.2-0.5, docs/discovery.md)")
     reco_threshold: float = not_an_option(
-        0.3, "set from Python only: ReCo's background threshold, chosen on validation scenes (docs/reco.md)")
+        0.62, "set from Python only: ReCo's background threshold, chosen on validation scenes (docs/reco.md)")
+    reco_rule: str = not_an_option(
+        "match", "set from Python only: how ReCo decides the background (`zutis predict --background-rule`): "
+        "where no reference matches (shapes-clip-v2's gated maps are alike over objects and background, so "
+        "no class holds a large share anywhere; docs/reco.md)")
 
     def validate(self) -> None:
         from zutiscli.shapes.world import SHAPES
