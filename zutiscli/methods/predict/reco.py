@@ -12,8 +12,8 @@ pixel is background when its largest class share (the maps divided by their sum 
 is below ``--background-threshold`` (0.9 there). With ``--background-rule match`` it is background
 when no class's reference matches it, ``max_k sigmoid(reference_k . feature)`` below the threshold:
 an absolute rule, for encoders whose gated maps are alike over objects and background (then no
-class ever holds a large share; docs/reco.md). ReCo is a semantic method: its instances are the connected components of each class's
-region, scored by the mean share inside.
+class ever holds a large share; docs/reco.md). ReCo is a semantic method: its instances are the
+connected components of each class's region, scored by the mean share inside.
 """
 
 from __future__ import annotations
