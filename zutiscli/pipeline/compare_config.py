@@ -11,7 +11,7 @@ from typing import Sequence
 
 from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
 from zutiscli.errors import UsageError
-from zutiscli.pipeline.predict_config import RECO_BACKGROUND_RULES
+from zutiscli.methods.predict import RECO_BACKGROUND_RULES
 
 #: ``--run`` methods and what their argument names.
 RUN_ARGUMENTS = {"maskclip": None, "reco": "references", "zutis": "checkpoint", "reclip": "checkpoint"}

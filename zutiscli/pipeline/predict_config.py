@@ -16,9 +16,7 @@ from zutiscli.engine.inference import NMS_METHODS, REFINERS, SEMANTIC_SOURCES, S
 from zutiscli.errors import UsageError
 from zutiscli.data.shards import check_shard, parse_shard
 from zutiscli.data.workers import available_cores
-
-#: How ``--method reco`` decides the background (``--background-rule``).
-RECO_BACKGROUND_RULES = ("share", "match")
+from zutiscli.methods.predict import RECO_BACKGROUND_RULES
 
 if TYPE_CHECKING:
     from zutiscli.data.classes import ClassQuery

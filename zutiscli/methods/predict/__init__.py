@@ -131,6 +131,10 @@ register(PredictMethod("reclip", "ReCLIP++'s rectified CLIP, trained by `zutis t
 register(PredictMethod("reco", "training-free ReCo: similarity to co-segmented references (--references)",
                        "zutiscli.methods.predict.reco", False))
 
+#: How ``--method reco`` decides the background (``--background-rule``; here, not in
+#: :mod:`zutiscli.methods.predict.reco`, because the options read it without importing torch).
+RECO_BACKGROUND_RULES = ("share", "match")
+
 
 def get(name: str) -> PredictMethod:
     """The registered method ``name``; a :class:`zutiscli.errors.UsageError` listing them otherwise."""

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from zutiscli.data.classes import ClassQuery
-from zutiscli.methods.predict import Predictor
+from zutiscli.methods.predict import RECO_BACKGROUND_RULES, Predictor
 from zutiscli.methods.predict.common import CrfOptions, DenseSemantic
-from zutiscli.pipeline.predict_config import RECO_BACKGROUND_RULES
 
 
 @dataclass
