@@ -172,6 +172,19 @@ def test_bad_options_are_one_line_errors(world, tmp_path, capsys) -> None:
 
 
 # ---- zutis predict --method reco ------------------------------------------------------------
+def test_an_unknown_background_rule_is_refused_by_predict_and_compare_from_python_too(tmp_path) -> None:
+    from zutiscli.data.classes import ClassQuery
+    from zutiscli.errors import UsageError
+    from zutiscli.pipeline.compare_config import CompareConfig, RunSpec
+    from zutiscli.pipeline.predict_config import PredictConfig
+
+    with pytest.raises(UsageError, match="--background-rule 'maximum' is not share or match"):
+        PredictConfig(inputs=[str(tmp_path)], classes=(ClassQuery("star", "star"),), method="reco",
+                      background_rule="maximum").validate()
+    with pytest.raises(UsageError, match="--background-rule 'maximum' is not share or match"):
+        CompareConfig(images=str(tmp_path), runs=(RunSpec.parse("maskclip"),), background_rule="maximum").validate()
+
+
 def test_background_is_where_no_class_share_reaches_the_threshold() -> None:
     import torch
 

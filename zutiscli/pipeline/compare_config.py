@@ -95,3 +95,5 @@ class CompareConfig:
             raise UsageError(f"--match-score must lie in [0, 1] (got {self.match_score})")
         if not 0.0 <= self.background_threshold <= 1.0:
             raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")
+        if self.background_rule not in RECO_BACKGROUND_RULES:
+            raise UsageError(f"--background-rule {self.background_rule!r} is not {' or '.join(RECO_BACKGROUND_RULES)}")

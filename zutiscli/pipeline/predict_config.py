@@ -160,6 +160,8 @@ class PredictConfig:
             raise UsageError(f"--max-size must be >= 32 (got {self.max_size})")
         if not 0.0 <= self.background_threshold <= 1.0:
             raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")
+        if self.background_rule not in RECO_BACKGROUND_RULES:
+            raise UsageError(f"--background-rule {self.background_rule!r} is not {' or '.join(RECO_BACKGROUND_RULES)}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.chunk_size < 1:
