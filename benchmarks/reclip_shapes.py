@@ -78,8 +78,8 @@ def main() -> None:
     for name, extra in variants.items():
         timed(name, "train", "--method", "reclip", work / "hyp", *common, *extra)
     others = [] if args.chosen else ["rec-wholeimage"]
-    if others:
-        timed("rec-wholeimage", "train", "--method", "reclip", work / "hyp-image", *common)
+    for name in others:
+        timed(name, "train", "--method", "reclip", work / "hyp-image", *common)
     distil = ["--batch-size", "8", "--crop", "128", "--workers", "1", "--iterations", args.distil_iterations]
     distillations = {"distil": [], "distil-nofeat": ["--feat-weight", "0"], "distil-notext": ["--text-weight", "0"],
                      "distil-maskonly": ["--feat-weight", "0", "--text-weight", "0"]}
