@@ -349,7 +349,8 @@ def main() -> int:
     parser.add_argument("--model", default="shapes-clip")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per batch (zutis index: --batch-size)")
+    parser.add_argument("--batch-size", type=int, default=IndexConfig.batch_size,
+                        help="images per batch (default: zutis index's --batch-size)")
     parser.add_argument("--workers", type=int, default=None, help="decoding threads or processes (default: as zutis index)")
     parser.add_argument("--threads", type=int, default=None, help="model threads on CPU (default: as zutis index)")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()) / "zutis-bench-index-jpegs")
