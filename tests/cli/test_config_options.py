@@ -290,3 +290,15 @@ def test_generated_options_in_help_keep_the_field_order_and_presentation():
     assert params["secret"].hidden
     assert params["levels"].default == "1,10" and params["renames"].default is None  # the defaults as typed
     assert [item.value for item in params["mode"].shell_complete(None, "e")] == ["exact"]
+
+
+def test_train_clip_options_take_their_defaults_from_the_recipe() -> None:
+    """`zutis synth train-clip` writes its options by hand; each default is TrainClipConfig's, so the
+    command line and the Python API train the same recipe (evaluation and checkpoints included)."""
+    from zutiscli.shapes.clip_recipe import TrainClipConfig
+
+    recipe = {field.name: field_default(field) for field in dataclasses.fields(TrainClipConfig)}
+    params = {param.name: param for param in _command("synth train-clip").params}
+    shared = sorted(set(params) & set(recipe))
+    assert {"eval_pool", "checkpoint_every", "steps", "varied", "dense"} <= set(shared)
+    assert {name: params[name].default for name in shared} == {name: recipe[name] for name in shared}

@@ -16,7 +16,7 @@ from zutiscli.shapes.clip_train import checkpoint_path
 
 def _config(**overrides) -> TrainClipConfig:
     base = dict(model="zutis-tiny", seed=1, steps=6, batch_size=8, lr=3e-3, warmup=1, threads=1,
-                workers=0, log_every=2, checkpoint_every=2)
+                workers=0, log_every=2, checkpoint_every=2, eval_pool=0)
     return TrainClipConfig(**(base | overrides))
 
 

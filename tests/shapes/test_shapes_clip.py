@@ -167,7 +167,7 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 def _tiny_config(**overrides) -> TrainClipConfig:
     base = dict(model="zutis-tiny", image_size=32, seed=4, steps=24, batch_size=24, lr=3e-3, warmup=2,
-                threads=1, workers=0, log_every=4)
+                threads=1, workers=0, log_every=4, checkpoint_every=0, eval_pool=0)
     return TrainClipConfig(**(base | overrides))
 
 

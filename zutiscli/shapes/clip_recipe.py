@@ -67,9 +67,11 @@ class TrainClipConfig:
         checkpoint_every: when > 0 (a multiple of ``log_every``), save the full training state
             every that many steps to ``<output>.ckpt`` (:func:`checkpoint_path`); a later call with
             the same recipe and output resumes from it (the stream is a function of the step, so
-            a resumed run equals an uninterrupted one). The checkpoint is deleted at the end.
+            a resumed run equals an uninterrupted one). The checkpoint is deleted at the end; 0
+            saves none.
         eval_pool: when > 0, run :func:`zutiscli.shapes.clip_eval.evaluate_shapes_clip` with this
-            pool size on the trained weights and return its metrics; 0 skips it.
+            pool size on the trained weights, on the train and the shift split, and return its
+            metrics; 0 skips it.
     """
 
     model: str = "shapes-clip"
@@ -98,8 +100,8 @@ class TrainClipConfig:
     threads: int = 2
     workers: int = 1
     log_every: int = 50
-    checkpoint_every: int = 0
-    eval_pool: int = 0
+    checkpoint_every: int = 250
+    eval_pool: int = 2000
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict of the recipe (held-out pairs as sorted ``"colour shape"`` strings)."""
