@@ -97,3 +97,35 @@ def test_init_weights_that_do_not_fit_are_refused_naming_init(tmp_path):
     with pytest.raises(UsageError, match="image_size 48 differs"):
         train_clip(_config(image_size=48, init="none"), tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_the_starting_weights_are_fingerprinted_and_a_rewritten_init_file_is_not_resumed(tmp_path):
+    import hashlib
+
+    import torch
+
+    from zutiscli.shapes.clip_train import checkpoint_step, init_sha256
+
+    first, report = train_clip(_config(checkpoint_every=0), tmp_path / "a")
+    assert report["init_sha256"] is None  # random initialisation
+    weights = first / "zutis-tiny.pt"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert init_sha256(_config(init=str(weights))) == digest
+
+    def stop_at_4(step, steps, stats):
+        if step == 4:
+            raise KeyboardInterrupt
+
+    config = _config(init=str(weights), steps=8)
+    with pytest.raises(KeyboardInterrupt):
+        train_clip(config, tmp_path / "b", progress=stop_at_4)
+    assert plan_train_clip(config, tmp_path / "b").work["steps_done"] == 4
+    # the same file resumes; the file rewritten with other weights starts afresh (plan and run agree)
+    state = torch.load(weights, weights_only=True)
+    torch.save({k: v + 1 for k, v in state.items()}, weights)
+    assert plan_train_clip(config, tmp_path / "b").work["steps_done"] == 0
+    assert checkpoint_step(tmp_path / "b" / "zutis-tiny.pt.ckpt", config) is None
+    _, resumed = train_clip(config, tmp_path / "b")
+    assert resumed["resumed_from_step"] is None
+    assert resumed["init_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest() != digest
+    assert json.loads((tmp_path / "b" / "zutis-tiny.json").read_text())["init_sha256"] == resumed["init_sha256"]

@@ -118,8 +118,9 @@ def train_clip(
     """Train `shapes-clip`, the shapes world's own CLIP, from scratch (or from --init weights).
 
     Writes OUTPUT/MODEL.pt (fp16 weights: OUTPUT/shapes-clip.pt, used with --model shapes-clip
-    --pretrained FILE) and OUTPUT/MODEL.json (recipe, loss curve, metrics). An interrupted run resumes
-    where its last checkpoint left off when the same command is run again with the same -o.
+    --pretrained FILE) and OUTPUT/MODEL.json (recipe, SHA-256 of the --init weights, loss curve, metrics).
+    An interrupted run resumes where its last checkpoint left off when the same command is run again with
+    the same -o (and the same --init weights).
 
     Example: zutis synth train-clip --steps 2 --batch-size 4 --workers 0 --eval-pool 0 --checkpoint-every 0 -o runs/clip-smoke
     """

@@ -505,6 +505,7 @@ def checkpoint_path(output_path: str | Path) -> Path:
 def _save_checkpoint(
     path: Path,
     config: TrainClipConfig,
+    init_digest: str | None,
     model: torch.nn.Module,
     optimiser: torch.optim.Optimizer,
     step: int,
@@ -515,6 +516,7 @@ def _save_checkpoint(
 
     state = {
         "recipe": config.recipe_key(),
+        "init_sha256": init_digest,
         "step": step,
         "model": model.state_dict(),
         "optimiser": optimiser.state_dict(),
@@ -525,32 +527,57 @@ def _save_checkpoint(
         torch.save(state, tmp)
 
 
-def _read_checkpoint(path: Path, config: TrainClipConfig) -> dict[str, Any] | None:
-    """The training state saved at ``path`` if it is readable and of ``config``'s recipe, else None."""
+def init_sha256(config: TrainClipConfig) -> str | None:
+    """SHA-256 (hex) of the weights file ``config.init`` names (``builtin``: the shipped weights of
+    ``config.model``), or None for ``none``: what a training run started from, recorded with its
+    weights and checked when it resumes. Raises ModelError where ``builtin`` has no shipped file."""
+    import hashlib
+
+    from zutiscli.models.clip import ModelSpec, builtin_weights
+
+    if config.init.lower() == "none":
+        return None
+    path = builtin_weights(config.model) if config.init.lower() == "builtin" else ModelSpec(config.model, config.init).weights_file
+    if path is None:  # an open_clip tag: nothing local to fingerprint
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_checkpoint(path: Path, config: TrainClipConfig, init_digest: str | None) -> dict[str, Any] | None:
+    """The training state saved at ``path`` if it is readable, of ``config``'s recipe and started from
+    weights of SHA-256 ``init_digest`` (a checkpoint that does not record it is taken), else None."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint is ignored, training restarts
         return None
     if not isinstance(state, dict) or state.get("recipe") != config.recipe_key():
         return None
+    if state.get("init_sha256", init_digest) != init_digest:  # --init FILE rewritten since
+        return None
     return state
 
 
 def checkpoint_step(path: str | Path, config: TrainClipConfig) -> int | None:
     """The steps done by the checkpoint at ``path`` (:func:`checkpoint_path`), or None where it is
-    missing, unreadable or of another recipe (a run would start afresh)."""
+    missing, unreadable, of another recipe or of other starting weights (a run would start afresh)."""
     path = Path(path)
-    state = _read_checkpoint(path, config) if path.is_file() else None
+    state = _read_checkpoint(path, config, init_sha256(config)) if path.is_file() else None
     return None if state is None else int(state["step"])
 
 
 def _resume(
-    path: Path, config: TrainClipConfig, model: torch.nn.Module, optimiser: torch.optim.Optimizer
+    path: Path, config: TrainClipConfig, init_digest: str | None, model: torch.nn.Module,
+    optimiser: torch.optim.Optimizer,
 ) -> tuple[int, list[list[float]], float]:
-    """Load a checkpoint of the same recipe if there is one: ``(first step, curve, seconds so far)``."""
+    """Load a checkpoint of the same recipe and starting weights if there is one: ``(first step,
+    curve, seconds so far)``."""
     if not config.checkpoint_every or not path.is_file():
         return 0, [], 0.0
-    state = _read_checkpoint(path, config)
+    state = _read_checkpoint(path, config, init_digest)
     if state is None:
         return 0, [], 0.0
     model.load_state_dict(state["model"])
@@ -577,7 +604,8 @@ def train_shapes_clip(
             wall time) and ``seconds_per_step`` (over the interval).
 
     Returns:
-        JSON-ready dict: ``config`` (the recipe), ``model``, ``weights`` (path), ``steps``,
+        JSON-ready dict: ``config`` (the recipe), ``init_sha256`` (:func:`init_sha256` of the
+        weights it started from), ``model``, ``weights`` (path), ``steps``,
         ``train_seconds`` (wall time of the optimisation loop), ``threads``, ``versions`` (torch,
         open_clip, numpy), ``final_loss`` (mean of the last ``log_every`` steps), ``loss_curve``
         (``[step, mean loss]`` pairs), ``final_temperature``, ``parameters``, and, only if
@@ -598,6 +626,7 @@ def train_shapes_clip(
     torch.set_num_threads(config.threads)
     try:
         torch.manual_seed(config.seed)
+        init_digest = init_sha256(config)
         backbone = load_backbone(ModelSpec(config.model, config.init))
         model = backbone.model.to(device)
         model.train()
@@ -612,7 +641,7 @@ def train_shapes_clip(
         mean = torch.tensor(backbone.mean, device=device).view(1, 3, 1, 1) * 255.0
         std = torch.tensor(backbone.std, device=device).view(1, 3, 1, 1) * 255.0
         checkpoint = checkpoint_path(output_path)
-        first, curve, previous_seconds = _resume(checkpoint, config, model, optimiser)
+        first, curve, previous_seconds = _resume(checkpoint, config, init_digest, model, optimiser)
         window: list[float] = []
         start = time.perf_counter() - previous_seconds
         last_report = time.perf_counter()
@@ -651,7 +680,7 @@ def train_shapes_clip(
                 mean_loss = sum(window) / len(window)
                 curve.append([done, round(mean_loss, 5)])
                 if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-                    _save_checkpoint(checkpoint, config, model, optimiser, done, curve, now - start)
+                    _save_checkpoint(checkpoint, config, init_digest, model, optimiser, done, curve, now - start)
                 if progress is not None:
                     progress(done, config.steps, {
                         "loss": mean_loss,
@@ -673,6 +702,7 @@ def train_shapes_clip(
             "model": config.model,
             "weights": str(output_path),
             "config": trained.to_json(),
+            "init_sha256": init_digest,
             "loss": "multi-positive contrastive (caption j positive for image i iff it truly describes it)",
             "steps": config.steps,
             "train_seconds": round(train_seconds, 1),
