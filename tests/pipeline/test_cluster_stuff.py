@@ -136,3 +136,45 @@ def test_features_from_reuses_the_stuff_clusters_of_the_same_options(pile, first
     other = cluster(ClusterConfig(pseudolabels=str(pile["pseudo"]), k=4, stuff_k=5, features_from=str(first.path),
                                   **{**FAST, "model": None, "pretrained": None}), tmp_path / "other")
     assert other.stuff.k == 5 and all(info.contact is None for info in other.stuff.clusters)
+
+
+class _Killed(Exception):
+    """Stands for a kill in the middle of the stuff sampling."""
+
+
+def test_a_run_killed_while_sampling_stuff_is_finished_by_the_rerun(pile, first, tmp_path, monkeypatch):
+    import zutiscli.pipeline.cluster_parts as parts
+    from zutiscli.errors import ArtefactError
+    from zutiscli.pipeline.cluster import plan_cluster
+
+    config = ClusterConfig(pseudolabels=str(pile["pseudo"]), k=3, stuff_k=6, chunk_size=10, batch_size=8, **FAST)
+    commit = parts.StuffCommits.commit
+
+    def killed_after_one_part(self):
+        commit(self)
+        raise _Killed
+
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        patch.setattr(parts.StuffCommits, "commit", killed_after_one_part)
+        with pytest.raises(_Killed):
+            cluster(config, out)
+    assert not (out / "manifest.json").exists() and (out / "stuff" / "parts" / "000000.jsonl").is_file()
+    work = plan_cluster(config, out).work  # --dry-run
+    sampled = work["stuff_images_already_sampled"]
+    images = work["images_to_decode"]  # those with masks: the stuff is sampled around them
+    assert 10 <= sampled < images and work["images_to_decode_for_stuff"] == images - sampled
+    with pytest.raises(ArtefactError, match="made with another patches; rerun with the same"):
+        cluster(ClusterConfig(**(vars(config) | {"stuff_patches": 7})), out)
+    import zutiscli.engine.stuff_features as features
+
+    logs, read = [], []
+    read_image = features._Inputs.__getitem__
+    monkeypatch.setattr(features._Inputs, "__getitem__", lambda self, n: read.append(n) or read_image(self, n))
+    done = cluster(config, out, log=logs.append)
+    assert any(f"stuff: {sampled} images already sampled" in line for line in logs), logs
+    assert len(read) == images - sampled  # only the rest was decoded and embedded
+    # the samples kept and the rest drawn give the uninterrupted run's clusters, to the byte
+    assert (done.path / "stuff_centroids.npy").read_bytes() == (first.path / "stuff_centroids.npy").read_bytes()
+    assert [c.size for c in done.stuff.clusters] == [c.size for c in first.stuff.clusters]
+    assert not (out / "stuff").exists() and not (out / "parts").exists()

@@ -11,14 +11,17 @@ seed. :func:`zutiscli.ops.kmeans.spherical_kmeans` then makes them stuff cluster
 nearest stuff centroid (:class:`zutiscli.methods.predict.zutis.StuffProbe`).
 
 Images are decoded in ``workers`` threads in order; inputs of one size are embedded ``batch_size``
-at a time in that order, so the samples do not depend on the number of workers.
+at a time in that order, so the samples do not depend on the number of workers. Each image's draw
+is seeded by its position, so the samples of images embedded by an earlier, interrupted run
+(``done``) are those this run would draw; ``embedded`` hears of each batch's new samples, for the
+caller to commit them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 
 from zutiscli.errors import ImageLoadError, ZutisError
 
-__all__ = ["STUFF_COVER", "StuffImage", "StuffSamples", "cell_shares", "stuff_samples"]
+__all__ = ["STUFF_COVER", "ImageSamples", "StuffImage", "StuffSamples", "cell_shares", "stuff_samples"]
 
 #: A patch is a stuff sample when at most this fraction of its pixels lie under a discovered mask.
 STUFF_COVER = 0.1
@@ -66,23 +69,29 @@ def cell_shares(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return F.interpolate(tensor, size=grid, mode="area")[0, 0].numpy()
 
 
-class _Inputs:
-    """Image ``i`` -> ``(i, model input (3, h, w) or None, candidate cells or None, failure reason)``;
-    safe to index from threads."""
+#: What one image gave: its patch grid ``(rows, columns)``, the ``(n,)`` int64 cells drawn and their
+#: ``(n, D)`` float32 unit embeddings.
+ImageSamples = tuple[tuple[int, int], np.ndarray, np.ndarray]
 
-    def __init__(self, images: Sequence[StuffImage], patch: int, max_size: int | None, per_image: int,
-                 cover: float, seed: int):
-        self.images, self.patch, self.max_size = images, patch, max_size
+
+class _Inputs:
+    """Item ``k`` -> ``(i, model input (3, h, w) or None, candidate cells or None, failure reason)``
+    of image ``i = order[k]``; safe to index from threads."""
+
+    def __init__(self, images: Sequence[StuffImage], order: Sequence[int], patch: int, max_size: int | None,
+                 per_image: int, cover: float, seed: int):
+        self.images, self.order, self.patch, self.max_size = images, order, patch, max_size
         self.per_image, self.cover, self.seed = per_image, cover, seed
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.order)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, np.ndarray | None, str | None]:
+    def __getitem__(self, number: int) -> tuple[int, torch.Tensor | None, np.ndarray | None, str | None]:
         from zutiscli.data.images import load_image
         from zutiscli.engine.predict import resize_for_model
         from zutiscli.ops.masks import decode_mask
 
+        index = self.order[number]
         item = self.images[index]
         try:
             rgb = np.asarray(load_image(item.path))
@@ -117,6 +126,8 @@ def stuff_samples(
     batch_size: int = 32,
     workers: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    done: Mapping[int, ImageSamples] | None = None,
+    embedded: Callable[[list[tuple[int, ImageSamples]]], None] | None = None,
 ) -> StuffSamples:
     """Embed the uncovered patches of every image (see the module docstring).
 
@@ -131,42 +142,49 @@ def stuff_samples(
         seed: seed of the draw (per image: ``(seed, image position)``).
         batch_size: images per call of ``encode`` (consecutive images of one input size).
         workers: threads decoding images (0: in this thread).
-        progress: ``progress(images done, images in all)``.
+        progress: ``progress(images done, images to do)``.
+        done: image position -> its samples, for images an earlier run embedded: not read again,
+            their samples taken as given.
+        embedded: called with ``[(image position, its samples), ...]`` after each batch the encoder
+            embedded.
+
+    Returns:
+        The samples of every image, ``done``'s and the new, in image order.
 
     Raises:
         ZutisError: the encoder gave a non-finite embedding.
     """
     from zutiscli.data.thread_batches import thread_items
 
-    grids: list[tuple[int, int]] = [(0, 0)] * len(images)
-    rows: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
-    cells: list[np.ndarray] = []
+    found: dict[int, ImageSamples] = dict(done or {})
+    order = [index for index in range(len(images)) if index not in found]
     failed: list[tuple[str, str]] = []
     pending: list[tuple[int, torch.Tensor, np.ndarray]] = []
-    done = 0
+    finished = 0
 
     def flush() -> None:
-        nonlocal done
+        nonlocal finished
         batch = torch.stack([pixels for _, pixels, _ in pending])
         dense = F.normalize(encode(batch).float(), dim=-1).cpu()
         if not torch.isfinite(dense).all():
             raise ZutisError("the model gave non-finite dense features (NaN or infinity); run with --precision fp32")
-        for (index, _, chosen), embedded in zip(pending, dense):
-            grids[index] = (int(embedded.shape[0]), int(embedded.shape[1]))
-            rows.append(embedded.reshape(-1, embedded.shape[-1])[torch.from_numpy(chosen)].numpy())
-            owners.append(np.full(len(chosen), index, dtype=np.int64))
-            cells.append(chosen)
-        done += len(pending)
+        new = []
+        for (index, _, chosen), tokens in zip(pending, dense):
+            rows = tokens.reshape(-1, tokens.shape[-1])[torch.from_numpy(chosen)].numpy()
+            new.append((index, ((int(tokens.shape[0]), int(tokens.shape[1])), chosen, rows)))
+        found.update(new)
+        if embedded is not None:
+            embedded(new)
+        finished += len(pending)
         pending.clear()
         if progress is not None:
-            progress(done, len(images))
+            progress(finished, len(order))
 
-    for index, pixels, chosen, reason in thread_items(_Inputs(images, patch, max_size, per_image, cover, seed),
-                                                      workers):
+    for index, pixels, chosen, reason in thread_items(
+            _Inputs(images, order, patch, max_size, per_image, cover, seed), workers):
         if pixels is None:
             failed.append((str(images[index].path), str(reason)))
-            done += 1
+            finished += 1
             continue
         if pending and tuple(pixels.shape) != tuple(pending[0][1].shape):
             flush()
@@ -175,7 +193,12 @@ def stuff_samples(
             flush()
     if pending:
         flush()
-    if not rows:
+    grids: list[tuple[int, int]] = [(0, 0)] * len(images)
+    for index, (grid, _, _) in found.items():
+        grids[index] = grid
+    kept = [(index, found[index]) for index in sorted(found)]
+    if not kept:
         return StuffSamples(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), grids, failed)
-    return StuffSamples(np.ascontiguousarray(np.concatenate(rows), dtype=np.float32), np.concatenate(owners),
-                        np.concatenate(cells), grids, failed)
+    return StuffSamples(np.ascontiguousarray(np.concatenate([rows for _, (_, _, rows) in kept]), dtype=np.float32),
+                        np.concatenate([np.full(len(cells), index, dtype=np.int64) for index, (_, cells, _) in kept]),
+                        np.concatenate([cells for _, (_, cells, _) in kept]).astype(np.int64), grids, failed)

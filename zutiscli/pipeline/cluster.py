@@ -19,9 +19,10 @@ The categories of the pseudo-labels (archive classes, or the single "object" of 
 play no part in the clustering; they are recorded per mask for reporting.
 
 Writes a ``zutis.clusters`` directory (:mod:`zutiscli.artefacts.clusters`), created once the
-inputs and options are checked. The embedding is resumable: the masks' features are committed as
-they come (:mod:`zutiscli.pipeline.cluster_parts`), and a rerun of the same command into a killed
-run's directory embeds only the rest (with other settings it is refused, naming the setting).
+inputs and options are checked. The embedding is resumable: the masks' features (and with
+``--stuff-k`` the stuff samples) are committed as they come (:mod:`zutiscli.pipeline.cluster_parts`),
+and a rerun of the same command into a killed run's directory embeds only the rest (with other
+settings it is refused, naming the setting).
 Until the manifest is written, last, the directory is marked unfinished: readers refuse it.
 """
 
@@ -42,6 +43,7 @@ from zutiscli.artefacts.parts import PARTS_DIR
 from zutiscli.errors import ArtefactError, UsageError, ZutisError
 from zutiscli.pipeline.archive_models import given_model, named_by_manifest
 from zutiscli.pipeline.cluster_config import DEFAULT_FEATURES, MATCH_IOU, ClusterConfig
+from zutiscli.pipeline.cluster_parts import STUFF_DIR
 from zutiscli.pipeline.cluster_steps import check_k, cluster_quality, decode_workers
 
 __all__ = ["ClusterConfig", "ClusterResult", "cluster", "plan_cluster"]
@@ -254,7 +256,7 @@ def _check_output(output: str | Path | None) -> tuple[Path, str]:
                                              STUFF_CENTROIDS_NAME)
     from zutiscli.artefacts.rundir import check_resumable_dir
 
-    own = {PARTS_DIR, CLUSTERS_NAME, CENTROIDS_NAME, STUFF_CENTROIDS_NAME, FEATURES_NAME, CONTACT_DIR}
+    own = {PARTS_DIR, STUFF_DIR, CLUSTERS_NAME, CENTROIDS_NAME, STUFF_CENTROIDS_NAME, FEATURES_NAME, CONTACT_DIR}
     return check_resumable_dir(output, "cluster", own, "clusters")
 
 
@@ -265,6 +267,13 @@ def _open_output(output: str | Path | None) -> Path:
 
     _check_output(output)
     return prepare_output_dir(output, "cluster", resumable=True, mark=True)
+
+
+def _committed_stuff_images(out: Path) -> int:
+    """Images whose stuff samples an interrupted run into ``out`` committed (settings not checked: a dry run's count)."""
+    from zutiscli.artefacts.parts import iter_parts
+
+    return sum(len(rows) for _, rows in iter_parts(out / STUFF_DIR, "stuff-samples row"))
 
 
 def _committed_masks(out: Path) -> int:
@@ -378,7 +387,10 @@ def plan_cluster(config: ClusterConfig, output: str | Path | None = None) -> Any
             model = dict(model) | {"stuff": weights_plan(name, pretrained)}
         params |= {"stuff_k": config.stuff_k, "stuff_patches": config.stuff_patches, "stuff_layer": config.stuff_layer}
         work["stuff_clusters"] = config.stuff_k
-        work["images_to_decode_for_stuff"] = images
+        sampled = _committed_stuff_images(out) if state == "existing" and not config.features_from else 0
+        work["images_to_decode_for_stuff"] = images - sampled
+        if sampled:
+            work["stuff_images_already_sampled"] = sampled
     return Plan("cluster", reads, writes, model, params, work)
 
 
@@ -521,7 +533,7 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
             stuff = reused_stuff(config, labels, read_clusters(features.source))
             if stuff is not None:
                 say(f"reusing the {config.stuff_k} stuff clusters of {features.source}")
-        stuff = stuff or find_stuff(config, labels, say, None)
+        stuff = stuff or find_stuff(config, labels, say, None, out)
 
     if config.contact:
         infos = _contact_sheets(out, config, labels, features, result, infos)
@@ -557,6 +569,7 @@ def cluster(config: ClusterConfig, output: str | Path | None = None, *,
     write_manifest(out, KIND, model=features.model, inputs=inputs, params=_params(config, out, features),
                    summary=summary | {"seconds": seconds})
     shutil.rmtree(out / PARTS_DIR, ignore_errors=True)  # features.npy holds every feature now
+    shutil.rmtree(out / STUFF_DIR, ignore_errors=True)  # and stuff_centroids.npy the stuff clusters
     return ClusterResult(out, config.k, len(masks), features.kind, infos, features.failed, quality.get("purity"),
                          quality.get("nmi"), quality.get("matched"), seconds, stuff_clusters,
                          stuff.quality.get("purity") if stuff else None, stuff.quality.get("nmi") if stuff else None)

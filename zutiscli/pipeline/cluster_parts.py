@@ -13,6 +13,18 @@ A part's ``.npy`` is written before its ``.jsonl`` (each atomically), so a row i
 its features. The features are stored as ``features.npy`` stores them (float16), and the run
 clusters the float16 values in any case (:func:`zutiscli.pipeline.cluster._rounded`): a resumed run
 clusters what an uninterrupted one does, up to the batches the encoder saw.
+
+With ``--stuff-k``, the stuff samples (:mod:`zutiscli.engine.stuff_features`) are committed the same
+way under ``stuff/`` (removed with ``parts/``)::
+
+    stuff/parts/run.json      what decides the samples: the pseudo-labels' fingerprint, the model, the
+                              layer, patches per image, cover, seed and precision
+    stuff/parts/NNNNNN.npy    (n, D) float32: the sampled patches' embeddings, in the order of its rows
+    stuff/parts/NNNNNN.jsonl  one row per image: {"path" (relative to stuff/), "grid": [rows, columns],
+                              "cells": the patches drawn}
+
+kept in float32, as the run clusters them, so a resumed run clusters the very vectors an
+uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -27,7 +39,10 @@ from zutiscli.artefacts.manifest import relative_to
 from zutiscli.artefacts.parts import PARTS_DIR, committed_parts, count_parts, iter_parts, write_part
 from zutiscli.errors import ArtefactError
 
-__all__ = ["FeatureCommits", "committed_features"]
+__all__ = ["STUFF_DIR", "FeatureCommits", "StuffCommits", "committed_features", "committed_stuff"]
+
+#: In the clusters directory while a run with ``--stuff-k`` goes: the stuff samples' parts.
+STUFF_DIR = "stuff"
 
 
 def committed_features(out: Path, identity: dict[str, Any], position_of: dict[int, int]) -> dict[int, np.ndarray]:
@@ -106,3 +121,62 @@ class FeatureCommits:
         write_part(self.out, self.part, rows)
         self.part += 1
         self.complete, self.waiting = [], 0
+
+
+def committed_stuff(directory: Path, identity: dict[str, Any], index_of: dict[str, int]) -> dict[int, Any]:
+    """``image position -> (grid, cells, (n, D) float32 features)`` that an interrupted run committed
+    under ``directory`` (the run's ``stuff/``), for the images (path relative to ``directory`` ->
+    position, ``index_of``); nothing when it committed nothing. Raises :class:`ArtefactError` when
+    the samples were drawn with other settings than ``identity`` (naming the first) or a part is
+    damaged."""
+    if not committed_parts(directory, identity, "cluster"):
+        return {}
+    found: dict[int, Any] = {}
+    for part, rows in iter_parts(directory, "stuff-samples row"):
+        try:
+            array = np.load(part.with_suffix(".npy"), allow_pickle=False)
+            cells = [np.asarray(row["cells"], dtype=np.int64).reshape(-1) for row in rows]
+            grids = [(int(row["grid"][0]), int(row["grid"][1])) for row in rows]
+            if array.ndim != 2 or array.dtype != np.float32 or len(array) != sum(map(len, cells)):
+                raise ValueError
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            raise ArtefactError(f"{part.with_suffix('.npy')}: does not hold the stuff samples of {part.name}'s "
+                                f"images; delete both files and rerun to sample their images again") from None
+        offset = 0
+        for row, grid, chosen in zip(rows, grids, cells):
+            if row["path"] in index_of:
+                found[index_of[row["path"]]] = (grid, chosen, array[offset:offset + len(chosen)])
+            offset += len(chosen)
+    return found
+
+
+class StuffCommits:
+    """``embedded(new)`` for :func:`zutiscli.engine.stuff_features.stuff_samples`: keeps the images'
+    samples as they come and commits them, every ``chunk`` images or more, as one part of
+    ``directory`` (the run's ``stuff/``, its ``parts/`` made); ``paths`` names the image of each
+    position."""
+
+    def __init__(self, directory: Path, paths: Sequence[Path], chunk: int):
+        self.directory, self.paths, self.chunk = directory, paths, chunk
+        self.waiting: list[tuple[int, Any]] = []
+        self.part = count_parts(directory)
+
+    def __call__(self, new: Sequence[tuple[int, Any]]) -> None:
+        self.waiting.extend(new)
+        if len(self.waiting) >= self.chunk:
+            self.commit()
+
+    def commit(self) -> None:
+        """Commit the waiting images' samples as one part (nothing when none wait)."""
+        if not self.waiting:
+            return
+        rows = [{"path": relative_to(self.directory, self.paths[index]), "grid": [int(v) for v in grid],
+                 "cells": [int(c) for c in cells]} for index, (grid, cells, _) in self.waiting]
+        features = np.concatenate([np.asarray(rows_, dtype=np.float32) for _, (_, _, rows_) in self.waiting])
+        name = self.directory / PARTS_DIR / f"{self.part:06d}.npy"
+        with atomic_path(name) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, features, allow_pickle=False)
+        write_part(self.directory, self.part, rows)
+        self.part += 1
+        self.waiting = []

@@ -89,8 +89,12 @@ def stuff_layer(config: Any, backbone: Any) -> int:
     return config.stuff_layer
 
 
-def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int], None] | None) -> StuffFound:
-    """Sample, embed and cluster the stuff of the pseudo-labelled images (nothing written)."""
+def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int], None] | None,
+               out: Path | None = None) -> StuffFound:
+    """Sample, embed and cluster the stuff of the pseudo-labelled images. With ``out`` (the run's
+    directory) the samples are committed under ``out/stuff`` as they come, and those an interrupted
+    run committed there with the same settings are taken instead of drawn again
+    (:mod:`zutiscli.pipeline.cluster_parts`); without it nothing is written."""
     import torch
 
     from zutiscli.artefacts.clusters import ClusterInfo, StuffClusters
@@ -118,9 +122,29 @@ def find_stuff(config: Any, labels: Any, say: Log, progress: Callable[[int, int]
 
     say(f"stuff: the patches outside the masks of {len(images)} images (at most {config.stuff_patches} each), "
         f"{name}'s tokens after {layer} of its {backbone.depth} blocks")
+    done, commits = {}, None
+    if out is not None:
+        from zutiscli.artefacts.manifest import fingerprint, relative_to
+        from zutiscli.artefacts.parts import PARTS_DIR, record_run
+        from zutiscli.pipeline.cluster_parts import STUFF_DIR, StuffCommits, committed_stuff
+
+        directory = out / STUFF_DIR
+        identity = {"model": {"name": name, "pretrained": pretrained},
+                    "params": {"pseudolabels": fingerprint(labels.directory), "layer": layer,
+                               "patches": config.stuff_patches, "cover": STUFF_COVER, "seed": config.seed,
+                               "precision": config.precision}}
+        done = committed_stuff(directory, identity, {relative_to(directory, image.path): number
+                                                     for number, image in enumerate(images)})
+        if done:
+            say(f"stuff: {len(done)} images already sampled by an interrupted run into {out}")
+        (directory / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        record_run(directory, identity)
+        commits = StuffCommits(directory, [image.path for image in images], config.chunk_size)
     samples = stuff_samples(images, encode, patch=backbone.patch_size, per_image=config.stuff_patches,
                             cover=STUFF_COVER, seed=config.seed, batch_size=config.batch_size,
-                            workers=decode_workers(config), progress=progress)
+                            workers=decode_workers(config), progress=progress, done=done, embedded=commits)
+    if commits is not None:
+        commits.commit()  # the last images too: what fails after the sampling (k-means) keeps them all
     if not len(samples.features):
         raise ZutisError(f"{labels.directory}: no patch outside the masks could be sampled (every image unreadable "
                          f"or covered by its masks); leave out --stuff-k")
