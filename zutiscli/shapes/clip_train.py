@@ -529,16 +529,15 @@ def _save_checkpoint(
 
 def init_sha256(config: TrainClipConfig) -> str | None:
     """SHA-256 (hex) of the weights file ``config.init`` names (``builtin``: the shipped weights of
-    ``config.model``), or None for ``none``: what a training run started from, recorded with its
-    weights and checked when it resumes. Raises ModelError where ``builtin`` has no shipped file."""
+    ``config.model``; a tag: its file where it is cached), or None for ``none`` or a tag not
+    downloaded: what a training run started from, recorded with its weights and checked when it
+    resumes. Raises ModelError where :func:`~zutiscli.models.clip.locate_pretrained` does."""
     import hashlib
 
-    from zutiscli.models.clip import ModelSpec, builtin_weights
+    from zutiscli.models.clip import ModelSpec, locate_pretrained
 
-    if config.init.lower() == "none":
-        return None
-    path = builtin_weights(config.model) if config.init.lower() == "builtin" else ModelSpec(config.model, config.init).weights_file
-    if path is None:  # an open_clip tag: nothing local to fingerprint
+    path, _, _ = locate_pretrained(ModelSpec(config.model, config.init))
+    if path is None:
         return None
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
