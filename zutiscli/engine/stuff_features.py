@@ -201,4 +201,4 @@ def stuff_samples(
         return StuffSamples(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), grids, failed)
     return StuffSamples(np.ascontiguousarray(np.concatenate([rows for _, (_, _, rows) in kept]), dtype=np.float32),
                         np.concatenate([np.full(len(cells), index, dtype=np.int64) for index, (_, cells, _) in kept]),
-                        np.concatenate([cells for _, (_, cells, _) in kept]).astype(np.int64), grids, failed)
+                        np.concatenate([cells for _, (_, cells, _) in kept]), grids, failed)

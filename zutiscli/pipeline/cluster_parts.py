@@ -45,6 +45,15 @@ __all__ = ["STUFF_DIR", "FeatureCommits", "StuffCommits", "committed_features", 
 STUFF_DIR = "stuff"
 
 
+def _write_part(directory: Path, number: int, rows: Sequence[dict[str, Any]], array: np.ndarray) -> None:
+    """Commit part ``number`` of ``directory``: its ``.npy`` (``array``, the rows' features in order)
+    first, then its ``.jsonl`` rows, each atomically, so a row is never without its features."""
+    with atomic_path(directory / PARTS_DIR / f"{number:06d}.npy") as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    write_part(directory, number, rows)
+
+
 def committed_features(out: Path, identity: dict[str, Any], position_of: dict[int, int]) -> dict[int, np.ndarray]:
     """``position -> (D,) float16 feature`` that an interrupted run into ``out`` committed, for the
     masks (annotation id -> position, ``position_of``) of these pseudo-labels; nothing when it
@@ -114,11 +123,7 @@ class FeatureCommits:
             rows.append({"path": relative_to(self.out, group.path),
                          "ids": [int(self.annotation_ids[p]) for p in group.positions]})
             rows_features.extend(self.buffer.pop(p) for p in group.positions)
-        name = self.out / PARTS_DIR / f"{self.part:06d}.npy"
-        with atomic_path(name) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.stack(rows_features), allow_pickle=False)
-        write_part(self.out, self.part, rows)
+        _write_part(self.out, self.part, rows, np.stack(rows_features))
         self.part += 1
         self.complete, self.waiting = [], 0
 
@@ -173,10 +178,6 @@ class StuffCommits:
         rows = [{"path": relative_to(self.directory, self.paths[index]), "grid": [int(v) for v in grid],
                  "cells": [int(c) for c in cells]} for index, (grid, cells, _) in self.waiting]
         features = np.concatenate([np.asarray(rows_, dtype=np.float32) for _, (_, _, rows_) in self.waiting])
-        name = self.directory / PARTS_DIR / f"{self.part:06d}.npy"
-        with atomic_path(name) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, features, allow_pickle=False)
-        write_part(self.directory, self.part, rows)
+        _write_part(self.directory, self.part, rows, features)
         self.part += 1
         self.waiting = []
