@@ -1,9 +1,10 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_npy, atomic_write_text
 
 
 def test_write_replaces_whole_file_and_leaves_no_temporaries(tmp_path):
@@ -46,3 +47,15 @@ def test_text_is_utf8(tmp_path):
     target = tmp_path / "t.txt"
     atomic_write_text(target, "chat · Katze · 猫")
     assert target.read_bytes().decode("utf-8") == "chat · Katze · 猫"
+
+
+def test_npy_round_trips_and_refuses_object_arrays_leaving_the_old_file(tmp_path):
+    target = tmp_path / "a.npy"
+    array = np.arange(6, dtype=np.float16).reshape(2, 3)
+    atomic_write_npy(target, array)
+    loaded = np.load(target, allow_pickle=False)
+    assert loaded.dtype == np.float16 and np.array_equal(loaded, array)
+    with pytest.raises(ValueError):
+        atomic_write_npy(target, np.array([{"a": 1}], dtype=object))
+    assert np.array_equal(np.load(target, allow_pickle=False), array)
+    assert os.listdir(tmp_path) == ["a.npy"]

@@ -114,6 +114,19 @@ def atomic_write_text(path: str | Path, text: str, *, fsync: bool = True) -> Pat
     return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
 
 
+def atomic_write_npy(path: str | Path, array: Any, *, fsync: bool = True) -> Path:
+    """Write ``array`` (a numeric ndarray) to ``path`` in ``np.save`` format, atomically; returns ``path``.
+
+    Object arrays are refused (no pickles): ``ValueError``, and ``path`` is left untouched.
+    """
+    import numpy as np
+
+    with atomic_path(path, fsync=fsync) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, array, allow_pickle=False)
+    return Path(path)
+
+
 def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, fsync: bool = True) -> Path:
     """Serialise ``obj`` as JSON (UTF-8, keys in insertion order) and write it atomically.
 

@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_json
+from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_npy
 from zutiscli.artefacts.manifest import Manifest, read_manifest, relative_to, resolve_relative
 from zutiscli.errors import ArtefactError
 
@@ -175,12 +175,6 @@ def write_contact_sheet(directory: str | Path, cluster: int, k: int, sheet: np.n
     return name
 
 
-def _save_array(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-
-
 def _info_record(c: ClusterInfo) -> dict[str, Any]:
     return {"cluster": c.cluster, "size": c.size, "majority": c.majority,
             "share": None if c.share is None else round(float(c.share), 6), "matched": c.matched, "contact": c.contact}
@@ -226,9 +220,9 @@ def write_clusters(directory: str | Path, *, features_kind: str, masks: list[Clu
                              "model": dict(stuff.model), "samples": stuff.samples, "per_image": stuff.per_image,
                              "cover": stuff.cover, "ground_truth": stuff_truth,
                              "clusters": [_info_record(c) for c in stuff.clusters]}
-        _save_array(directory / STUFF_CENTROIDS_NAME, stuff_centroids)
-    _save_array(directory / CENTROIDS_NAME, centroids)
-    _save_array(directory / FEATURES_NAME, features)
+        atomic_write_npy(directory / STUFF_CENTROIDS_NAME, stuff_centroids)
+    atomic_write_npy(directory / CENTROIDS_NAME, centroids)
+    atomic_write_npy(directory / FEATURES_NAME, features)
     atomic_write_json(directory / CLUSTERS_NAME, document, indent=None)
 
 

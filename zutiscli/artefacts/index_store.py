@@ -45,7 +45,7 @@ from typing import Iterator
 
 import numpy as np
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_json, atomic_write_text, link_or_copy
+from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_npy, atomic_write_text, link_or_copy
 from zutiscli.artefacts.image_table import (
     DamagedTable,
     ImageRecord,
@@ -183,9 +183,7 @@ class IndexWriter:
             raise ValueError(f"embeddings {embeddings.shape} do not match {len(records)} records")
         number = self._next
         stem = self.directory / CHUNK_DIR / f"{number:06d}"
-        with atomic_path(stem.with_suffix(".npy")) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.ascontiguousarray(embeddings, dtype=np.float16))
+        atomic_write_npy(stem.with_suffix(".npy"), np.ascontiguousarray(embeddings, dtype=np.float16))
         _write_jsonl(Path(f"{stem}.failed.jsonl"), [vars(f) for f in failures])
         _write_jsonl(stem.with_suffix(".jsonl"), [vars(r) for r in records])  # flat records: asdict's copies not needed
         self._next += 1

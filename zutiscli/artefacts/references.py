@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from zutiscli.artefacts.atomic import atomic_path, atomic_write_json
+from zutiscli.artefacts.atomic import atomic_write_json, atomic_write_npy
 from zutiscli.artefacts.manifest import read_manifest, resolve_relative
 from zutiscli.errors import ArtefactError
 
@@ -113,9 +113,7 @@ def write_references(out: Path, classes: list[ClassReference], grid: tuple[int, 
         "grid": list(grid), "size": size, "features": features,
         "classes": [{k: v for k, v in c.to_json().items() if k not in ("vector", "settings", "grid")}
                     for c in classes]})
-    with atomic_path(out / VECTORS_NAME) as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.stack([c.vector for c in classes]).astype(np.float32))
+    atomic_write_npy(out / VECTORS_NAME, np.stack([c.vector for c in classes]).astype(np.float32))
 
 
 def read_references(directory: str | Path) -> References:

@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from zutiscli.artefacts.atomic import atomic_path
+from zutiscli.artefacts.atomic import atomic_write_npy
 from zutiscli.artefacts.manifest import relative_to
 from zutiscli.artefacts.parts import PARTS_DIR, committed_parts, count_parts, iter_parts, write_part
 from zutiscli.errors import ArtefactError
@@ -48,9 +48,7 @@ STUFF_DIR = "stuff"
 def _write_part(directory: Path, number: int, rows: Sequence[dict[str, Any]], array: np.ndarray) -> None:
     """Commit part ``number`` of ``directory``: its ``.npy`` (``array``, the rows' features in order)
     first, then its ``.jsonl`` rows, each atomically, so a row is never without its features."""
-    with atomic_path(directory / PARTS_DIR / f"{number:06d}.npy") as tmp:
-        with open(tmp, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
+    atomic_write_npy(directory / PARTS_DIR / f"{number:06d}.npy", array)
     write_part(directory, number, rows)
 
 

@@ -89,7 +89,7 @@ def pseudolabels_from_predictions(config: Any, directory: Path, output: str | Pa
                                   log: Callable[[str], None] | None = None) -> Remined:
     """Write the confident instances of the predictions ``directory`` as pseudo-labels (see the
     module docstring); ``config`` has ``min_score`` and ``top_fraction``."""
-    from zutiscli.artefacts.atomic import atomic_path
+    from zutiscli.artefacts.atomic import atomic_write_npy
     from zutiscli.artefacts.coco import CocoBuilder
     from zutiscli.artefacts.manifest import write_manifest
     from zutiscli.artefacts.predictions import load_prediction
@@ -132,9 +132,7 @@ def pseudolabels_from_predictions(config: Any, directory: Path, output: str | Pa
     builder.write(out / PSEUDOLABELS_NAME)
     model = dict((manifest.model or {}).get("backbone") or {})
     if bank is not None:
-        with atomic_path(out / CLASS_BANK_NAME) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, bank, allow_pickle=False)
+        atomic_write_npy(out / CLASS_BANK_NAME, bank)
     seconds = time.perf_counter() - start
     masks = int(keep.sum())
     say(f"{masks} of {len(results)} instances kept (score >= {config.min_score}"
