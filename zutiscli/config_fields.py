@@ -46,8 +46,8 @@ class OptionSpec:
       A boolean with an "off" name gives both as one, in Click's way: ``"--vis/--no-vis"``.
     - ``short``: a one-letter alias such as ``"-n"``, appended to ``flags``.
     - ``metavar``: the placeholder shown for the value (default: from the type, or ``choices``).
-    - ``choices``: the values the field accepts; the metavar and shell completion show them (the
-      config's ``validate()`` still checks them, with its own message).
+    - ``choices``: the values the field accepts; the metavar and shell completion show them, and
+      :func:`check_choices` (first in the config's ``validate()``) refuses any other.
     - ``hidden``: left out of ``--help``, man pages and completion.
     - ``panel``: the rich help panel the option is listed under.
     - ``show_default``: ``False`` to hide ``[default: ...]``, or text to show instead of the value.
@@ -162,6 +162,28 @@ def field_default(field: dataclasses.Field) -> Any:
     if field.default_factory is not MISSING:
         return field.default_factory()
     return MISSING
+
+
+def check_choices(config: Any) -> None:
+    """Refuse a value outside its option's ``choices``, for every option of the config dataclass
+    ``config`` that declares them: :class:`zutiscli.errors.UsageError` naming the option, the value
+    and the choices. Each element of a tuple value is checked; ``None`` passes where it is the
+    field's default (the option not given).
+
+    Configs call it first in their ``validate()``, so the choices are written once, in the field.
+    """
+    from zutiscli.errors import UsageError
+
+    for field in dataclasses.fields(config):
+        spec = option_spec(field)
+        if spec is None or not spec.choices:
+            continue
+        value = getattr(config, field.name)
+        if value is None and field_default(field) is None:
+            continue
+        for item in value if isinstance(value, (tuple, list, frozenset, set)) else (value,):
+            if item not in spec.choices:
+                raise UsageError(f"{spec.names(field.name)[0]} {item!r} is not one of {', '.join(spec.choices)}")
 
 
 def option_fields(cls: type) -> list[tuple[dataclasses.Field, OptionSpec, Any]]:

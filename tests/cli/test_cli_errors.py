@@ -52,7 +52,7 @@ CASES: dict[str, list[tuple[list[str], int, str]]] = {
         (["--pretrained", "{missing}.pt"], 1, "no such checkpoint file"),
         (["--iterations", "0"], 2, "--iterations"),
         (["--zero-shot-class", "dragon"], 2, "--zero-shot-class"),
-        (["--model", "ViT-B-16"], 2, "shapes-clip-v2 or shapes-clip"),
+        (["--model", "ViT-B-16"], 2, "is not one of shapes-clip-v2, shapes-clip"),
         (["--discover", "--ablation"], 2, "separate runs"),
         (["--discover", "--discover-k", "1,6"], 2, "distinct cluster counts >= 2"),
         (["--discover", "--discover-k", "6,6"], 2, "distinct cluster counts >= 2"),

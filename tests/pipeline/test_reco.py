@@ -178,10 +178,10 @@ def test_an_unknown_background_rule_is_refused_by_predict_and_compare_from_pytho
     from zutiscli.pipeline.compare_config import CompareConfig, RunSpec
     from zutiscli.pipeline.predict_config import PredictConfig
 
-    with pytest.raises(UsageError, match="--background-rule 'maximum' is not share or match"):
+    with pytest.raises(UsageError, match="--background-rule 'maximum' is not one of share, match"):
         PredictConfig(inputs=[str(tmp_path)], classes=(ClassQuery("star", "star"),), method="reco",
                       background_rule="maximum").validate()
-    with pytest.raises(UsageError, match="--background-rule 'maximum' is not share or match"):
+    with pytest.raises(UsageError, match="--background-rule 'maximum' is not one of share, match"):
         CompareConfig(images=str(tmp_path), runs=(RunSpec.parse("maskclip"),), background_rule="maximum").validate()
 
 

@@ -369,7 +369,7 @@ def test_cli_human_output_table_and_path_last(tmp_path, capsys, pile_tree):
         (["--classes", ",,"], 2, "names no class"),
         (["--classes", "cat,cat"], 2, "duplicate class name 'cat'"),
         (["--classes", "cat", "-k", "0"], 2, "-k must be at least 1"),
-        (["--classes", "cat", "--prompts", "fancy"], 2, "--prompts must be one of"),
+        (["--classes", "cat", "--prompts", "fancy"], 2, "--prompts 'fancy' is not one of ensemble, names"),
         (["--classes", "cat", "--model", "ViT-B-16"], 2, "is not the model of index"),
     ],
 )

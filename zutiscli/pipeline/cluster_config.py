@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zutiscli.config_fields import device_option, not_an_option, option, precision_option
+from zutiscli.config_fields import check_choices, device_option, not_an_option, option, precision_option
 from zutiscli.errors import UsageError
 
 #: What ``--features`` may embed each mask as (see :class:`ClusterConfig`).
@@ -77,10 +77,9 @@ class ClusterConfig:
     chunk_size: int = not_an_option(4096, "Python API only: masks embedded between two commits of their features")
 
     def validate(self) -> None:
+        check_choices(self)
         if self.k < 2:
             raise UsageError(f"-k must be >= 2: one cluster groups nothing (got {self.k})")
-        if self.features is not None and self.features not in FEATURES:
-            raise UsageError(f"--features {self.features!r} is not {' or '.join(FEATURES)}")
         if self.stuff_k < 0 or self.stuff_k == 1:
             raise UsageError(f"--stuff-k must be 0 (no stuff) or >= 2 (got {self.stuff_k})")
         if self.stuff_layer is not None and self.stuff_layer < 0:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
+from zutiscli.config_fields import (
+    check_choices, device_option, join_commas, not_an_option, option, precision_option, split_commas,
+)
 from zutiscli.errors import UsageError
 from zutiscli.methods.predict import RECO_BACKGROUND_RULES
 
@@ -81,6 +83,7 @@ class CompareConfig:
     precision: str = precision_option("fp32")
 
     def validate(self) -> None:
+        check_choices(self)
         if not self.runs:
             raise UsageError("give the methods to compare: --run maskclip --run reco:REFS --run zutis:RUN")
         labels = [run.label for run in self.runs]
@@ -89,11 +92,7 @@ class CompareConfig:
                              f"label them apart with LABEL=METHOD:...")
         if self.picture < 0:
             raise UsageError(f"--picture must be >= 0 (got {self.picture})")
-        if self.match not in ("hungarian", "majority"):
-            raise UsageError(f"--match {self.match!r} is not hungarian or majority")
         if not 0.0 <= self.match_score <= 1.0:
             raise UsageError(f"--match-score must lie in [0, 1] (got {self.match_score})")
         if not 0.0 <= self.background_threshold <= 1.0:
             raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")
-        if self.background_rule not in RECO_BACKGROUND_RULES:
-            raise UsageError(f"--background-rule {self.background_rule!r} is not {' or '.join(RECO_BACKGROUND_RULES)}")

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
+from zutiscli.config_fields import (
+    check_choices, device_option, join_commas, not_an_option, option, precision_option, split_commas,
+)
 from zutiscli.errors import UsageError
 
 #: The patch features ``--features`` may co-segment (:class:`zutiscli.models.features.LastBlockFeatures`).
@@ -55,12 +57,11 @@ class CosegmentConfig:
     precision: str = precision_option("fp32")
 
     def validate(self) -> None:
+        check_choices(self)
         if self.k < 2:
             raise UsageError(f"-k must be >= 2: co-segmentation needs images to compare (got {self.k})")
         if self.size is not None and self.size < 16:
             raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
-        if self.features not in FEATURES:
-            raise UsageError(f"--features {self.features!r} is not {' or '.join(FEATURES)}")
         if self.preview < 0 or self.batch_size < 1:
             raise UsageError("--preview must be >= 0 and --batch-size >= 1")
         if len({name.casefold() for name in self.context}) < len(self.context):

@@ -11,7 +11,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from zutiscli.config_fields import device_option, join_commas, not_an_option, option, option_fields, split_commas
+from zutiscli.config_fields import (
+    check_choices, device_option, join_commas, not_an_option, option, option_fields, split_commas,
+)
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.train_config import TrainConfig, load_recipe
 
@@ -104,11 +106,9 @@ class DemoConfig:
         "no class holds a large share anywhere; docs/reco.md)")
 
     def validate(self) -> None:
+        check_choices(self)
         from zutiscli.shapes.world import SHAPES
 
-        if self.model not in SHAPES_CLIPS:
-            raise UsageError(f"--model {self.model!r}: the demo runs on the shapes world's CLIP, "
-                             f"{' or '.join(SHAPES_CLIPS)}")
         for name in ("pile", "scenes", "k", "copypaste"):
             if getattr(self, name) < 1:
                 flag = "-k" if name == "k" else f"--{name.replace('_', '-')}"

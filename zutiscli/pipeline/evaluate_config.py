@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from zutiscli.config_fields import join_commas, not_an_option, option, split_commas
+from zutiscli.config_fields import check_choices, join_commas, not_an_option, option, split_commas
 from zutiscli.engine.evaluator_choices import BACKENDS, IOU_TYPES, MATCH_MODES, TASKS
 from zutiscli.errors import UsageError
 
@@ -109,18 +109,13 @@ class EvaluateConfig:
     backend: str = option("pycocotools", "COCOeval implementation.", choices=BACKENDS)
 
     def validate(self) -> None:
+        check_choices(self)
         for task in self.tasks:
             if task not in TASKS:
                 raise UsageError(f"--task {task!r} is not one of {', '.join(TASKS)} (or all)")
-        if self.match not in MATCH_MODES:
-            raise UsageError(f"--match {self.match!r} is not one of {', '.join(MATCH_MODES)}")
-        if self.match_iou_type not in IOU_TYPES:
-            raise UsageError(f"--match-iou-type {self.match_iou_type!r} is not segm or bbox")
         if not 0 <= self.match_score <= 1 or not 0 <= self.match_iou < 1:
             raise UsageError("--match-score must lie in [0, 1] and --match-iou in [0, 1)")
         if not self.iou_types or any(t not in IOU_TYPES for t in self.iou_types):
             raise UsageError(f"--iou-type must be segm, bbox or both (got {', '.join(self.iou_types) or 'nothing'})")
         if len(self.max_dets) != 3 or any(int(d) < 1 for d in self.max_dets):
             raise UsageError(f"--max-dets needs three positive numbers, e.g. {join_commas(MAX_DETS)}")
-        if self.backend not in BACKENDS:
-            raise UsageError(f"--backend {self.backend!r} is not one of {', '.join(BACKENDS)}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Sequence
 
-from zutiscli.config_fields import device_option, not_an_option, option, precision_option
+from zutiscli.config_fields import check_choices, device_option, not_an_option, option, precision_option
 from zutiscli.errors import UsageError
 
 #: How the classes of an image are hypothesised: ReCLIP++'s sliding crops, or ReCLIP's whole image.
@@ -68,6 +68,7 @@ class HypothesesConfig:
     precision: str = precision_option()
 
     def validate(self) -> None:
+        check_choices(self)
         if not self.inputs:
             raise UsageError("give the images to hypothesise over (files, directories, globs)")
         if len(self.classes) < 2:
@@ -76,7 +77,5 @@ class HypothesesConfig:
             raise UsageError(f"--window must lie in (0, 1] (got {ratio_text(self.window)})")
         if not 0 <= self.threshold < 1:
             raise UsageError(f"--threshold must lie in [0, 1) (got {self.threshold})")
-        if self.mode not in MODES:
-            raise UsageError(f"--mode must be one of {', '.join(MODES)} (got {self.mode!r})")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from zutiscli.config_fields import device_option, not_an_option, option, precision_option
+from zutiscli.config_fields import check_choices, device_option, not_an_option, option, precision_option
 from zutiscli.data.limits import DEFAULT_MAX_PIXELS
 from zutiscli.data.shards import check_shard, parse_shard
 from zutiscli.data.workers import cores_per_process
@@ -60,6 +60,7 @@ class IndexConfig:
     seed: int = not_an_option(0, "Python API only: seed of the faiss training sample")
 
     def validate(self) -> None:
+        check_choices(self)
         if not self.sources and not self.from_list:
             raise UsageError("give at least one image directory, file or glob, or --from-list FILE")
         if self.batch_size < 1:
@@ -68,8 +69,6 @@ class IndexConfig:
             raise UsageError(f"--chunk-size must be >= 1 (got {self.chunk_size})")
         if self.workers is not None and self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
-        if self.decode_in not in DECODE_IN:
-            raise UsageError(f"--decode-in must be {', '.join(DECODE_IN)} (got {self.decode_in!r})")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads must be >= 1 (got {self.threads})")
         if self.decode_in == "processes" and self.threads not in (None, 1):

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from zutiscli.config_fields import device_option, join_commas, not_an_option, option, precision_option, split_commas
+from zutiscli.config_fields import (
+    check_choices, device_option, join_commas, not_an_option, option, precision_option, split_commas,
+)
 from zutiscli.engine import inference
 # by name: in PredictConfig's body its field ``inference`` hides the module
 from zutiscli.engine.inference import NMS_METHODS, REFINERS, SEMANTIC_SOURCES, SOURCES
@@ -143,6 +145,7 @@ class PredictConfig:
 
     def validate(self) -> None:
         """Check the options (the inference settings as given; :meth:`settings` checks them resolved)."""
+        check_choices(self)
         from zutiscli.methods.predict import get
 
         if not self.classes:
@@ -153,15 +156,11 @@ class PredictConfig:
             raise UsageError(f"--stuff {','.join(missing)}: not among the classes; list them in --classes too")
         if any(q.name.lower() == "background" for q in self.classes):
             raise UsageError("'background' is always a class of its own; leave it out of --classes")
-        if self.task not in TASKS:
-            raise UsageError(f"--task {self.task!r} is not one of {', '.join(TASKS)}")
         get(self.method)
         if self.max_size is not None and self.max_size < 32:
             raise UsageError(f"--max-size must be >= 32 (got {self.max_size})")
         if not 0.0 <= self.background_threshold <= 1.0:
             raise UsageError(f"--background-threshold must lie in [0, 1] (got {self.background_threshold})")
-        if self.background_rule not in RECO_BACKGROUND_RULES:
-            raise UsageError(f"--background-rule {self.background_rule!r} is not {' or '.join(RECO_BACKGROUND_RULES)}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         if self.chunk_size < 1:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zutiscli.config_fields import device_option, not_an_option, option, precision_option
+from zutiscli.config_fields import check_choices, device_option, not_an_option, option, precision_option
 from zutiscli.data.shards import check_shard, parse_shard
 from zutiscli.errors import UsageError
 from zutiscli.methods.pseudolabel import PseudoLabeller, get_labeller, labeller_names
@@ -91,14 +91,7 @@ class PseudolabelConfig:
             self.shard = parse_shard(self.shard)
 
     def validate(self) -> None:
-        if self.method not in labeller_names():
-            raise UsageError(f"--method {self.method!r} is not one of {', '.join(labeller_names())}")
-        if self.refine not in REFINERS:
-            raise UsageError(f"--refine {self.refine!r} is not one of {', '.join(REFINERS)}")
-        if self.components not in (None, *COMPONENTS):
-            raise UsageError(f"--components {self.components!r} is not one of {', '.join(COMPONENTS)}")
-        if self.features not in FEATURES:
-            raise UsageError(f"--features {self.features!r} is not {' or '.join(FEATURES)}")
+        check_choices(self)
         if self.size is not None and self.size < 16:
             raise UsageError(f"--size must be >= 16 pixels (got {self.size})")
         if not 0 < self.top_k <= 1:

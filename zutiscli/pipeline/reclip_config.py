@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from zutiscli.config_fields import field_default, not_an_option, option, option_spec
+from zutiscli.config_fields import check_choices, field_default, not_an_option, option, option_spec
 from zutiscli.errors import UsageError
 from zutiscli.pipeline.hypotheses_config import HypothesesConfig, parse_ratio, ratio_text
 
@@ -93,6 +93,7 @@ class ReclipTrainConfig:
         return loader_processes(self.workers)
 
     def validate(self) -> None:
+        check_choices(self)
         for name in ("iterations", "batch_size", "crop", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
@@ -111,8 +112,6 @@ class ReclipTrainConfig:
         for name in ("feat_weight", "text_weight"):
             if not getattr(self, name) >= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
-        if self.bias not in _BIAS_MODES:
-            raise UsageError(f"--bias must be one of {', '.join(_BIAS_MODES)} (got {self.bias!r})")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UsageError(f"--max-minutes must be > 0 (got {self.max_minutes})")
 

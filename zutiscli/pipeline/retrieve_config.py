@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from zutiscli.config_fields import device_option, not_an_option, option
+from zutiscli.config_fields import check_choices, device_option, not_an_option, option
 from zutiscli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -56,14 +56,13 @@ class RetrieveConfig:
 
     def validate(self) -> None:
         """Raise :class:`UsageError` for option values that cannot work."""
+        check_choices(self)
         if not self.indices:
             raise UsageError("give at least one INDEX_DIR (written by `zutis index`)")
         if not self.classes:
             raise UsageError("no classes to retrieve")
         if self.k < 1:
             raise UsageError(f"-k must be at least 1 (got {self.k})")
-        if self.prompts not in PROMPT_MODES:
-            raise UsageError(f"--prompts must be one of {', '.join(PROMPT_MODES)} (got {self.prompts!r})")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1 (got {self.batch_size})")
         if self.nprobe is not None and self.nprobe < 1:

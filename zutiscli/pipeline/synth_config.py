@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zutiscli.config_fields import not_an_option, option
+from zutiscli.config_fields import check_choices, not_an_option, option
 from zutiscli.errors import UsageError
 
 KINDS = ("pile", "scenes", "pairs")
@@ -58,6 +58,7 @@ class SynthConfig:
     workers: int = option(0, "Processes rendering the images (0 = this process); the bytes do not depend on it.")
 
     def validate(self) -> None:
+        check_choices(self)
         if self.kind not in KINDS:
             raise UsageError(f"unknown synth kind {self.kind!r}; choose one of {', '.join(KINDS)}")
         if self.count < 1:
@@ -74,14 +75,10 @@ class SynthConfig:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
         if self.panoptic and self.kind != "scenes":
             raise UsageError(f"--panoptic: only scenes have panoptic ground truth (not {self.kind})")
-        if self.split not in SPLITS:
-            raise UsageError(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
         if self.split == "shift" and self.kind == "pairs":
             raise UsageError("--split shift: pairs train shapes-clip, and the shift split is never trained on")
         if self.varied and self.split != "train":
             raise UsageError("--varied draws training looks; the shift split has its own (drop --varied or --split shift)")
-        if self.image_format not in FORMATS:
-            raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {self.image_format!r})")
 
     @property
     def image_size(self) -> int:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from zutiscli.config_fields import PRECISION_CHOICES, device_option, not_an_option, option
+from zutiscli.config_fields import PRECISION_CHOICES, check_choices, device_option, not_an_option, option
 from zutiscli.data.copypaste_config import CopyPasteConfig
 from zutiscli.engine.inference import check_recipe
 from zutiscli.errors import UsageError
@@ -126,6 +126,7 @@ class TrainConfig:
         return loader_processes(self.workers)
 
     def validate(self) -> None:
+        check_choices(self)
         positive = ("iterations", "batch_size", "crop", "num_queries", "decoder_layers", "decoder_heads",
                     "decoder_ffn", "mlp_hidden", "checkpoint_every", "log_every")
         for name in positive:
@@ -134,8 +135,6 @@ class TrainConfig:
         for name in ("lr", "temperature"):
             if not getattr(self, name) > 0:
                 raise UsageError(f"--{name} must be > 0 (got {getattr(self, name)})")
-        if self.precision not in PRECISION_CHOICES:
-            raise UsageError(f"--precision must be auto, fp32, bf16 or fp16 (got {self.precision!r})")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise UsageError(f"--max-minutes must be > 0 (got {self.max_minutes})")
         if self.eval_every < 0:
@@ -152,10 +151,6 @@ class TrainConfig:
             raise UsageError(f"{given} needs a held-out set: --eval-images DIR (or --eval-gt)")
         if not 0 < self.hard_pixels <= 1:
             raise UsageError(f"--hard-pixels must lie in (0, 1] (got {self.hard_pixels})")
-        if self.method not in TRAINERS:
-            raise UsageError(f"--method must be {' or '.join(TRAINERS)} (got {self.method!r})")
-        if self.classifier not in CLASSIFIERS:
-            raise UsageError(f"--classifier must be {' or '.join(CLASSIFIERS)} (got {self.classifier!r})")
         check_recipe(self.inference, where="inference")
         self.copypaste().validate()
 
