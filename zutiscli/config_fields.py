@@ -46,7 +46,8 @@ class OptionSpec:
       A boolean with an "off" name gives both as one, in Click's way: ``"--vis/--no-vis"``.
     - ``short``: a one-letter alias such as ``"-n"``, appended to ``flags``.
     - ``metavar``: the placeholder shown for the value (default: from the type, or ``choices``).
-    - ``choices``: the values the field accepts; the metavar and shell completion show them, and
+    - ``choices``: the values the field accepts, or a function returning them (for a registry that
+      plug-ins extend: asked each time); the metavar and shell completion show them, and
       :func:`check_choices` (first in the config's ``validate()``) refuses any other.
     - ``hidden``: left out of ``--help``, man pages and completion.
     - ``panel``: the rich help panel the option is listed under.
@@ -67,7 +68,7 @@ class OptionSpec:
     flags: tuple[str, ...] = ()
     short: str | None = None
     metavar: str | None = None
-    choices: tuple[str, ...] = ()
+    choices: tuple[str, ...] | Callable[[], Sequence[str]] = ()
     hidden: bool = False
     panel: str | None = None
     show_default: bool | str = True
@@ -75,6 +76,10 @@ class OptionSpec:
     text: Callable[[Any], str | None] | None = None
     kind: str | None = None
     parts: tuple[tuple[str, str], ...] = ()
+
+    def allowed(self) -> tuple[str, ...]:
+        """The values the option accepts now (``()``: any)."""
+        return tuple(self.choices()) if callable(self.choices) else self.choices
 
     def names(self, field_name: str) -> tuple[str, ...]:
         """The option's names: ``flags`` (or ``--field-name``) then ``short``."""
@@ -105,7 +110,7 @@ def option(
     flag: str | tuple[str, ...] = (),
     short: str | None = None,
     metavar: str | None = None,
-    choices: tuple[str, ...] = (),
+    choices: Sequence[str] | Callable[[], Sequence[str]] = (),
     hidden: bool = False,
     panel: str | None = None,
     show_default: bool | str = True,
@@ -129,7 +134,7 @@ def option(
     if text is not None and parse is None:
         raise ValueError("an option with text= needs parse=, the way back from the text")
     spec = OptionSpec(help=help, flags=(flag,) if isinstance(flag, str) else tuple(flag), short=short,
-                      metavar=metavar, choices=tuple(choices), hidden=hidden, panel=panel,
+                      metavar=metavar, choices=choices if callable(choices) else tuple(choices), hidden=hidden, panel=panel,
                       show_default=show_default, parse=parse, text=text, kind=kind, parts=tuple(parts))
     return _field(default, default_factory, spec)
 
@@ -176,14 +181,15 @@ def check_choices(config: Any) -> None:
 
     for field in dataclasses.fields(config):
         spec = option_spec(field)
-        if spec is None or not spec.choices:
+        choices = spec.allowed() if spec is not None else ()
+        if not choices:
             continue
         value = getattr(config, field.name)
         if value is None and field_default(field) is None:
             continue
         for item in value if isinstance(value, (tuple, list, frozenset, set)) else (value,):
-            if item not in spec.choices:
-                raise UsageError(f"{spec.names(field.name)[0]} {item!r} is not one of {', '.join(spec.choices)}")
+            if item not in choices:
+                raise UsageError(f"{spec.names(field.name)[0]} {item!r} is not one of {', '.join(choices)}")
 
 
 def option_fields(cls: type) -> list[tuple[dataclasses.Field, OptionSpec, Any]]:

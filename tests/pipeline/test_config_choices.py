@@ -33,8 +33,8 @@ def _configs_with_choices() -> list[tuple[type, str, tuple[str, ...]]]:
                     continue
                 for field in dataclasses.fields(value):
                     spec = option_spec(field)
-                    if spec is not None and spec.choices:
-                        found.append((value, field.name, spec.choices))
+                    if spec is not None and spec.allowed():
+                        found.append((value, field.name, spec.allowed()))
     return found
 
 
@@ -85,3 +85,21 @@ def test_check_choices_takes_the_choices_none_when_not_given_and_each_element_of
         check_choices(_Example(many=("a", "c")))
     with pytest.raises(UsageError, match=r"^--mode None is not one of a, b$"):
         check_choices(_Example(mode=None))
+
+
+_REGISTERED = ["a"]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Registry:
+    name: str = option("a", "A registered name.", choices=lambda: tuple(_REGISTERED))
+
+
+def test_choices_given_as_a_function_are_asked_at_each_check() -> None:
+    with pytest.raises(UsageError, match=r"^--name 'b' is not one of a$"):
+        check_choices(_Registry(name="b"))
+    _REGISTERED.append("b")
+    try:
+        check_choices(_Registry(name="b"))
+    finally:
+        _REGISTERED.remove("b")

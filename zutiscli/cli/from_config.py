@@ -60,14 +60,15 @@ def _complete_choices(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 def _typer_option(names: tuple[str, ...], help: str, spec: OptionSpec) -> Any:
     """The ``typer.Option`` for names and help, with the spec's presentation and its kind's checks."""
     settings: dict[str, Any] = {"help": help, "hidden": spec.hidden, "show_default": spec.show_default}
-    metavar = spec.metavar or ("|".join(spec.choices) if spec.choices else None)
+    choices = spec.allowed()
+    metavar = spec.metavar or ("|".join(choices) if choices else None)
     if spec.kind == "device":
         metavar = metavar or DEVICE_CHOICES
         settings["callback"] = check_device
     if spec.kind == "model":
         settings["autocompletion"] = complete_model_names
-    elif spec.choices:
-        settings["autocompletion"] = _complete_choices(spec.choices)
+    elif choices:
+        settings["autocompletion"] = _complete_choices(choices)
     if metavar:
         settings["metavar"] = metavar
     if spec.panel:

@@ -43,7 +43,7 @@ class PseudolabelConfig:
 
     inputs: tuple[str, ...] = not_an_option(
         (), "the command's INPUT arguments: an archives directory, an index, or image files, directories and globs")
-    method: str = option("spectral", "Mask discovery method.", choices=labeller_names())
+    method: str = option("spectral", "Mask discovery method.", choices=labeller_names)
     model: str | None = option(
         None, "ViT for features: open_clip name, timm:NAME or dino-vits8 etc. (default: the archives' or index's "
         "model; required for image files).",
