@@ -134,8 +134,8 @@ def option(
     if text is not None and parse is None:
         raise ValueError("an option with text= needs parse=, the way back from the text")
     spec = OptionSpec(help=help, flags=(flag,) if isinstance(flag, str) else tuple(flag), short=short,
-                      metavar=metavar, choices=choices if callable(choices) else tuple(choices), hidden=hidden, panel=panel,
-                      show_default=show_default, parse=parse, text=text, kind=kind, parts=tuple(parts))
+                      metavar=metavar, choices=choices if callable(choices) else tuple(choices), hidden=hidden,
+                      panel=panel, show_default=show_default, parse=parse, text=text, kind=kind, parts=tuple(parts))
     return _field(default, default_factory, spec)
 
 

@@ -106,9 +106,9 @@ class DemoConfig:
         "no class holds a large share anywhere; docs/reco.md)")
 
     def validate(self) -> None:
-        check_choices(self)
         from zutiscli.shapes.world import SHAPES
 
+        check_choices(self)
         for name in ("pile", "scenes", "k", "copypaste"):
             if getattr(self, name) < 1:
                 flag = "-k" if name == "k" else f"--{name.replace('_', '-')}"
