@@ -56,7 +56,8 @@ def _bare(cls: type, **values) -> object:
 def test_the_walk_finds_the_configs_with_choices() -> None:
     names = {(cls.__name__, field) for cls, field, _ in CHOICES}
     assert {("PredictConfig", "refine"), ("TrainConfig", "precision"), ("SynthConfig", "split"),
-            ("DemoConfig", "model"), ("EvaluateConfig", "backend")} <= names
+            ("DemoConfig", "model"), ("EvaluateConfig", "backend"),
+            ("CopyPasteDatasetConfig", "image_format")} <= names
 
 
 @pytest.mark.parametrize(("cls", "field", "choices"), CHOICES, ids=[f"{c.__name__}.{f}" for c, f, _ in CHOICES])

@@ -28,7 +28,6 @@ from zutiscli.artefacts.manifest import read_manifest, write_manifest
 from zutiscli.artefacts.rundir import prepare_output_dir
 from zutiscli.data.copypaste import CopyPasteConfig, ObjectPool, scene_rng, synthesize
 from zutiscli.data.workers import quiet_worker
-from zutiscli.errors import UsageError
 from zutiscli.ops.masks import encode_masks
 from zutiscli.pipeline.copypaste_config import DATASET_DEFAULTS, FORMATS, CopyPasteDatasetConfig
 from zutiscli.pipeline.plan import Plan, input_entry, output_plan
@@ -76,13 +75,9 @@ def _make_scene(index: int) -> tuple[int, list[dict], list[int]]:
     return index, encode_masks(scene.masks), [int(c) for c in scene.classes]
 
 
-def _check_options(config: CopyPasteConfig, count: int, image_format: str) -> None:
+def _check_options(config: CopyPasteConfig, count: int, image_format: str, workers: int) -> None:
     """Refuse option values that cannot work (:class:`UsageError`), before any input is read."""
-    config.validate()
-    if count < 1:
-        raise UsageError(f"--n must be at least 1 (got {count})")
-    if image_format not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)} (got {image_format!r})")
+    CopyPasteDatasetConfig(count=count, image_format=image_format, workers=workers, scene=config).validate()
 
 
 def plan_dataset(
@@ -95,7 +90,7 @@ def plan_dataset(
     image_format: str = DATASET_DEFAULTS.image_format,
 ) -> Plan:
     """What ``zutis copypaste`` would do (``--dry-run``): the checks of a real run, nothing written."""
-    _check_options(config, count, image_format)
+    _check_options(config, count, image_format, workers)
     labels, kind = _objects(pseudo_dir)
     pool = ObjectPool(labels)
     writes = output_plan(output, "copypaste")
@@ -115,7 +110,7 @@ def copypaste(config: CopyPasteDatasetConfig, output: str | Path | None = None, 
     """The ``zutis copypaste`` stage: ``config.count`` scenes from the pseudo-labels of
     ``config.source``, each made as ``config.scene`` says, into ``output`` (default
     ``runs/copypaste/N``); returns the directory. ``progress(done, total)`` counts scenes."""
-    config.scene.validate()
+    config.validate()
     out = write_dataset(config.source, config.count, config.scene, config.seed, output, config.workers,
                         config.image_format, progress=progress)
     if log is not None:
@@ -135,7 +130,7 @@ def write_dataset(
     progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Synthesise ``count`` scenes into ``output`` (default ``runs/copypaste/N``); returns the directory."""
-    _check_options(config, count, image_format)
+    _check_options(config, count, image_format, workers)
     start = time.perf_counter()
     labels, _ = _objects(pseudo_dir)
     ObjectPool(labels)  # refuses an empty pool before anything is written

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from zutiscli.config_fields import not_an_option, option
+from zutiscli.config_fields import check_choices, not_an_option, option
 from zutiscli.data.copypaste_config import CopyPasteConfig
+from zutiscli.errors import UsageError
 
 #: Image formats of the written scenes: PIL format name and save options.
 FORMATS = {"jpg": ("JPEG", {"quality": 95}), "png": ("PNG", {})}
@@ -29,6 +30,16 @@ class CopyPasteDatasetConfig:
     source: str = not_an_option("", "the command's PSEUDOLABELS argument: the pseudo-label directory")
     scene: CopyPasteConfig = not_an_option(default_factory=CopyPasteConfig,
                                            why="how each scene is made: the command's scene options")
+
+    def validate(self) -> None:
+        """Refuse values that cannot work (:class:`UsageError`), the scene's options included,
+        before any input is read."""
+        check_choices(self)
+        if self.count < 1:
+            raise UsageError(f"--n must be at least 1 (got {self.count})")
+        if self.workers < 0:
+            raise UsageError(f"--workers must be >= 0 (got {self.workers}); 0 writes the scenes in this process")
+        self.scene.validate()
 
 
 #: The dataset defaults, also those of :func:`zutiscli.pipeline.copypaste.write_dataset`.
