@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,7 @@ from zutiscli.artefacts.manifest import (
     MANIFEST_NAME,
     fingerprint,
     read_manifest,
+    relative_paths,
     relative_to,
     resolve_relative,
     write_manifest,
@@ -151,3 +153,15 @@ def test_relative_helpers_invert(tmp_path):
     rel = relative_to(root, target)
     assert rel == "../../c/d.png"
     assert resolve_relative(root, rel) == target
+
+
+def test_relative_paths_of_many_files_are_those_of_relative_to(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "runs" / "index"
+    paths = [tmp_path / "images" / "a.jpg", tmp_path / "images" / "sub" / "b.png", root / "c.jpg",
+             root / "deep" / "d.jpg", Path("images/e.jpg"), Path("./images/../images/f.jpg"), Path("/g.jpg"),
+             tmp_path / "images" / "a.jpg", root.parent / "x" / ".." / "index" / "h.jpg"]
+    assert relative_paths(root, paths) == [relative_to(root, path) for path in paths]
+    assert relative_paths(Path("runs/index"), paths) == [relative_to(root, path) for path in paths]
+    assert relative_paths(root, paths)[2:4] == ["c.jpg", "deep/d.jpg"]
+    assert relative_paths(root, []) == []

@@ -62,6 +62,7 @@ from zutiscli.artefacts.manifest import (
     InputRef,
     Manifest,
     read_manifest,
+    relative_paths,
     relative_to,
     resolve_relative,
     write_manifest,
@@ -373,11 +374,12 @@ def _indexed(out: Path) -> dict[str, tuple[int, int]]:
     return {record.path: (record.bytes, record.mtime_ns) for record in previous.records()}
 
 
-def _pending(out: Path, listing: list[Path], done: dict[str, tuple[int, int]]) -> list[Path]:
-    """The images of ``listing`` still to embed: new, or changed (size or mtime) since indexed."""
+def _pending(out: Path, listing: list[Path], done: dict[str, tuple[int, int]]) -> tuple[list[Path], list[str]]:
+    """The images of ``listing`` still to embed, new or changed (size or mtime) since indexed: their
+    paths and the same relative to ``out`` (as the index records them)."""
     todo: list[Path] = []
-    for path in listing:
-        rel = relative_to(out, path)
+    names: list[str] = []
+    for path, rel in zip(listing, relative_paths(out, listing)):
         if rel in done:
             try:
                 stat = path.stat()
@@ -386,7 +388,8 @@ def _pending(out: Path, listing: list[Path], done: dict[str, tuple[int, int]]) -
             if done[rel] == (stat.st_size, stat.st_mtime_ns):
                 continue
         todo.append(path)
-    return todo
+        names.append(rel)
+    return todo, names
 
 
 def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
@@ -405,7 +408,7 @@ def plan_index(config: IndexConfig, output: str | Path | None = None) -> Plan:
         writes = {"path": str(out), "state": state}
     if writes["state"] == "existing":  # the real run's check, without the image size only a built model knows
         _check_existing(out, ModelSpec(config.model, pretrained).describe() | {"precision": precision_name(dtype)})
-    todo = _pending(out, listing, _indexed(out))
+    todo, _ = _pending(out, listing, _indexed(out))
     sources = [*map(str, config.sources), *([str(config.from_list)] if config.from_list else [])]
     counts = {"images": len(found.paths)} | ({"unreadable_entries": len(found.problems)} if found.problems else {})
     reads = [input_entry(", ".join(sources), "images", **counts)]
@@ -464,7 +467,7 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     tally = _Tally(previous, backbone.embed_dim)
     done = {r.path: (r.bytes, r.mtime_ns) for r in previous.records()} if previous is not None else {}
     del previous
-    todo = _pending(out, listing, done)
+    todo, names = _pending(out, listing, done)
     skipped = len(listing) - len(todo)
     if skipped:
         say(f"{skipped} image(s) already indexed; embedding {len(todo)} more")
@@ -505,11 +508,11 @@ def build_index(config: IndexConfig, output: str | Path | None = None, *,
     with closing(_embedded(dataset, embed, config.batch_size, decoders, threads, in_threads, device)) as batches:
         for items, metas, bad, embeddings in batches:
             for item, reason in bad:
-                pending_failures.append(FailedImage(relative_to(out, todo[item]), reason))
+                pending_failures.append(FailedImage(names[item], reason))
                 failed += 1
             if embeddings is not None:
                 for item, meta in zip(items, metas):
-                    pending_records.append(ImageRecord(path=relative_to(out, todo[item]), **meta))
+                    pending_records.append(ImageRecord(path=names[item], **meta))
                 pending_embeddings.append(embeddings)
                 embedded += len(items)
             if progress is not None:
