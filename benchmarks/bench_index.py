@@ -31,7 +31,13 @@ one process, with the worker processes (or decoding and model threads) `zutis in
 - with --compare-threads, the stage with decoding threads and model threads in its own process
   (`--decode-in threads`) in the same rounds; with --split, one more run with the CPU time of
   decoding, of the model and of the main thread measured inside it; with --compare-decoders, the
-  JPEG decoders at hand (PIL draft, PIL full size, torchvision, simplejpeg where installed).
+  JPEG decoders at hand (PIL draft, PIL full size, torchvision, simplejpeg where installed);
+- with --steady, the stage once more in each round on the first quarter of the images: the rate
+  at scale, (images - quarter) / (seconds - the quarter's seconds), which a long run keeps once
+  the workers have started, and the fixed cost every run pays once (starting and joining them);
+- with --host-tax, in each round a pure-Python loop's CPU time on all cores at once over one
+  alone: work that shares no cache or memory still costs more when every core runs, and the
+  ratio e2e / (b) cannot pass 1 / that tax.
 
 Targets on CPU: with a model cheaper than or close to decoding (shapes-clip) e2e >= 0.95 x (b);
 with a model that dominates (ViT-B-16) e2e >= 0.95 x (a). Weights are random (--pretrained none):
@@ -242,6 +248,27 @@ def _noop(_: int) -> None:
     return None
 
 
+def _spin(loops: int) -> float:
+    """CPU seconds of a pure-Python loop of ``loops`` steps: arithmetic on a few objects, which
+    touches no memory beyond the core's own caches."""
+    start, total = time.process_time(), 0
+    for step in range(loops):
+        total += step * step % 7
+    return time.process_time() - start
+
+
+def host_tax(cores: int, loops: int = 10_000_000) -> float:
+    """How much more CPU time the same work costs when ``cores`` processes run it at once than when
+    one runs it with the other cores idle: the ratio of :func:`_spin`'s CPU seconds, all cores at
+    once (their mean) over one alone. Work that shares no cache or memory: what is left is the
+    machine's own (clock boost, a virtual machine's host, hyper-threads)."""
+    with multiprocessing.get_context("fork").Pool(cores) as pool:
+        pool.map(_noop, range(cores))  # started before the clock
+        alone = pool.apply(_spin, (loops,))
+        together = pool.map(_spin, [loops] * cores, chunksize=1)
+    return statistics.mean(together) / alone
+
+
 def ceiling(backbone, tensors: torch.Tensor, batch_size: int, threads: int, intra_op: int | None) -> float:
     """Wall images/s of the model alone: ``forward_in_order`` with ``threads`` (0: inline), or, with
     ``intra_op``, whole batches inline on that many torch threads. Best of two passes."""
@@ -276,7 +303,8 @@ def stage_run(config: IndexConfig) -> dict:
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
     extra = result.extra
-    return {"rate": result.images_per_second, "cpu": extra["embed_cpu_seconds"] / max(1, result.embedded),
+    return {"rate": result.images_per_second, "seconds": extra["embed_seconds"], "images": result.embedded,
+            "cpu": extra["embed_cpu_seconds"] / max(1, result.embedded),
             "busy": extra["embed_cpu_seconds"] / max(1e-9, extra["embed_seconds"]), "workers": extra["workers"],
             "threads": extra["threads"], "decode_in": extra["decode_in"]}
 
@@ -363,6 +391,12 @@ def main() -> int:
                         help="also run the stage once more with each kind of work's CPU time measured inside it")
     parser.add_argument("--compare-threads", action="store_true",
                         help="also run the stage with decoding threads and model threads (--decode-in threads)")
+    parser.add_argument("--steady", action="store_true",
+                        help="also run the stage on the first quarter of the images in each round: the rate at "
+                             "scale (the images beyond the quarter over the time they added) and the run's fixed cost")
+    parser.add_argument("--host-tax", action="store_true",
+                        help="also measure in each round how much more CPU a pure-Python loop costs on all cores at "
+                             "once than on one alone")
     args = parser.parse_args()
 
     paths = make_images(args.dir, args.images)
@@ -433,6 +467,11 @@ def main() -> int:
     variants = {"zutis index (e2e)": config}
     if args.compare_threads:
         variants["decoding threads"] = replace(config, decode_in="threads")
+    if args.steady:
+        quarter = weights.parent / "quarter.txt"
+        quarter.write_text("".join(f"{path.resolve()}\n" for path in paths[:len(paths) // 4]), encoding="utf-8")
+        variants["first quarter"] = replace(config, from_list=str(quarter))
+    taxes = []
     runs: dict[str, list[dict]] = {label: [] for label in variants}
     bounds, decodes, models, busy, busy_walls = [], [], [], [], []
     for _ in range(args.repeats):
@@ -445,6 +484,8 @@ def main() -> int:
         busy_walls.append(wall)
         for label, variant in variants.items():
             runs[label].append(stage_run(variant))
+        if args.host_tax:
+            taxes.append(host_tax(cores))
     t_model, t_decode, t_busy = statistics.median(models), statistics.median(decodes), statistics.median(busy)
     busy_bounds = [cores / t for t in busy]
     print(f"model, CPU per image (one thread, slices of {slice_size})      {t_model * 1000:7.3f} ms   (median of "
@@ -468,12 +509,28 @@ def main() -> int:
           f"{', '.join(f'{r:.2f}' for r in busy_ratios)})")
     print(f"work share               {(t_decode + t_model) / e2e_cpu:8.2f}   (t_decode + t_model) / e2e CPU per image "
           f"(with (b')'s t: {t_busy / e2e_cpu:.2f})")
+    if args.steady:
+        # the same stage at two sizes in each round: what the images beyond the quarter added is the
+        # rate a long run keeps; the rest of the time is what every run pays once (workers started, joined)
+        steady = [(whole["images"] - part["images"]) / (whole["seconds"] - part["seconds"])
+                  for whole, part in zip(ours, runs["first quarter"])]
+        fixed = [whole["seconds"] - whole["images"] / rate for whole, rate in zip(ours, steady)]
+        print(f"at scale                 {statistics.median(steady):8.1f} images/s   ({len(paths) - len(paths) // 4} images "
+              f"beyond the first {len(paths) // 4} over the time they added; rounds "
+              f"{', '.join(f'{r:.1f}' for r in steady)}); fixed cost of a run {statistics.median(fixed) * 1000:.0f} ms")
+        print(f"ratio at scale / (b)     {statistics.median(r / b for r, b in zip(steady, bounds)):8.2f}   (rounds "
+              f"{', '.join(f'{r / b:.2f}' for r, b in zip(steady, bounds))}); / (b') "
+              f"{statistics.median(r / b for r, b in zip(steady, busy_bounds)):.2f}")
+    if taxes:
+        print(f"host tax                 {statistics.median(taxes):8.2f}   CPU of a pure-Python loop on {cores} cores at "
+              f"once / on one alone (rounds {', '.join(f'{t:.2f}' for t in taxes)}): e2e / (b) cannot pass "
+              f"1 / tax = {1 / statistics.median(taxes):.2f}")
     if args.split:
         split = stage_split(config)
         print(f"inside the stage, CPU per image: decoding {split['decode'] * 1000:.3f} ms ({split['decode'] / t_decode:.2f} "
               f"x alone), model {split['model'] * 1000:.3f} ms ({split['model'] / t_model:.2f} x alone), main thread "
               f"{split['main thread'] * 1000:.3f} ms (starting workers, taking results, records, commits)")
-    for label in list(variants)[1:]:
+    for label in [label for label in variants if label not in ("zutis index (e2e)", "first quarter")]:
         theirs = [run["rate"] for run in runs[label]]
         per_round = [run["rate"] / other for run, other in zip(ours, theirs)]
         print(f"ratio e2e / {label:22s} {statistics.median(per_round):5.2f}   (median of the rounds; theirs "
