@@ -398,6 +398,9 @@ def main() -> int:
                         help="also measure in each round how much more CPU a pure-Python loop costs on all cores at "
                              "once than on one alone")
     args = parser.parse_args()
+    if args.steady and args.images // 4 <= args.batch_size:
+        parser.error(f"--steady needs a first quarter of more than one batch: --images {4 * (args.batch_size + 1)} "
+                     f"or more (the stage decodes a batch or less in its own process)")
 
     paths = make_images(args.dir, args.images)
     device = resolve_device(args.device)
