@@ -109,8 +109,8 @@ def copypaste(config: CopyPasteDatasetConfig, output: str | Path | None = None, 
               log: Callable[[str], None] | None = None) -> Path:
     """The ``zutis copypaste`` stage: ``config.count`` scenes from the pseudo-labels of
     ``config.source``, each made as ``config.scene`` says, into ``output`` (default
-    ``runs/copypaste/N``); returns the directory. ``progress(done, total)`` counts scenes."""
-    config.validate()
+    ``runs/copypaste/N``); returns the directory. ``progress(done, total)`` counts scenes (the
+    options are checked by :func:`write_dataset`, before it reads anything)."""
     out = write_dataset(config.source, config.count, config.scene, config.seed, output, config.workers,
                         config.image_format, progress=progress)
     if log is not None:
